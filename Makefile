@@ -1,0 +1,42 @@
+# The two commands a newcomer needs:  make repro  (the pipeline)   and   make test  (the tests).
+# Both create .venv if missing and install the pinned dependencies first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.promptseg-installed
+CLIP_BPE := vendor/clip/bpe_simple_vocab_16e6.txt.gz
+
+export HF_HUB_OFFLINE ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DVC_NO_ANALYTICS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+# DVC stages call `python`: make it the venv's.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install repro test clean-venv
+
+install: $(STAMP) $(CLIP_BPE)
+
+# torch is installed on its own, pinned: an unpinned torch drags in gigabytes of CUDA.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# The CLIP BPE vocabulary (MIT) ships inside the open_clip_torch wheel; we take just that file.
+$(CLIP_BPE): | $(STAMP)
+	mkdir -p vendor/clip/wheel
+	$(BIN)/pip download --quiet --no-deps open_clip_torch==3.3.0 -d vendor/clip/wheel
+	$(BIN)/python -c "import zipfile,glob,sys; z=zipfile.ZipFile(glob.glob('vendor/clip/wheel/open_clip_torch-3.3.0-*.whl')[0]); open(sys.argv[1],'wb').write(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" $@
+	rm -rf vendor/clip/wheel
+
+repro: install
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

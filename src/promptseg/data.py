@@ -1,0 +1,140 @@
+"""The torch Dataset over the processed tree: image + mask + a prompt of its dataset.
+
+Everything random (prompt choice, flip, negative prompts, data order) is a pure function of
+``(seed, epoch, sample index)``, so a run resumed after an interruption sees exactly the batches an
+uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, Dataset, Sampler
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, or ValueError naming the file."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image (corrupt or not an image file); re-export or remove it.")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize with PIL: matches what the CLIPSeg image processor does."""
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def normalize(rgb_resized: np.ndarray, mean, std) -> torch.Tensor:
+    """(S, S, 3) uint8 -> (3, S, S) float32 normalised with the model's mean/std."""
+    x = torch.from_numpy(np.array(rgb_resized, dtype=np.float32)).div_(255.0).permute(2, 0, 1)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def preprocess_image(rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
+    return normalize(resize_rgb(rgb, size), mean, std)
+
+
+def list_split(processed_root: Path, dataset: str, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of one split of the processed tree, sorted by stem."""
+    folder = Path(processed_root) / dataset / split
+    images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [(p, folder / "masks" / f"{p.stem}.png") for p in images]
+
+
+def _rng(seed: int, epoch: int, index: int, salt: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index, salt])
+
+
+class PromptedSegmentation(Dataset):
+    """One dataset split: each item is (pixel_values, target, prompt, dataset name).
+
+    - prompt: drawn from ``prompts`` by ``(seed, epoch, index)``; with probability
+      ``negative_prompt_prob`` a prompt of another dataset (``negative_prompts``) and an all-zero target.
+    - target: the {0,255} mask resized bilinearly to ``image_size`` and scaled to [0, 1] (soft edges).
+    - ``hflip_prob``: horizontal flip of image and mask together.
+    Resized images and masks are cached in memory after the first read.
+    """
+
+    def __init__(self, pairs, dataset: str, prompts, *, image_size: int, mean, std, seed: int = 42,
+                 hflip_prob: float = 0.0, negative_prompts=(), negative_prompt_prob: float = 0.0):
+        if not pairs:
+            raise ValueError(f"no images for dataset {dataset!r}: run `dvc repro masks` first.")
+        if not prompts:
+            raise ValueError(f"dataset {dataset!r} has no prompts in params.yaml (data.{dataset}.prompts).")
+        self.pairs, self.dataset, self.prompts = list(pairs), dataset, list(prompts)
+        self.image_size, self.mean, self.std, self.seed = image_size, mean, std, seed
+        self.hflip_prob = hflip_prob
+        self.negative_prompts, self.negative_prompt_prob = list(negative_prompts), negative_prompt_prob
+        self.epoch = 0
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index not in self._cache:
+            image_path, mask_path = self.pairs[index]
+            rgb = resize_rgb(read_rgb(image_path), self.image_size)
+            mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            if mask is None:
+                raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks`.")
+            mask = np.asarray(Image.fromarray(mask).resize((self.image_size,) * 2, Image.BILINEAR))
+            self._cache[index] = (rgb, mask)
+        return self._cache[index]
+
+    def sample_prompt(self, index: int) -> tuple[str, bool]:
+        """(prompt, is_negative) for this item in the current epoch."""
+        rng = _rng(self.seed, self.epoch, index, sum(self.dataset.encode()))
+        negative = bool(self.negative_prompts) and rng.random() < self.negative_prompt_prob
+        pool = self.negative_prompts if negative else self.prompts
+        return pool[int(rng.integers(len(pool)))], negative
+
+    def __getitem__(self, index: int):
+        rgb, mask = self.load_resized(index)
+        prompt, negative = self.sample_prompt(index)
+        flip_rng = _rng(self.seed, self.epoch, index, 1_000)
+        if self.hflip_prob and flip_rng.random() < self.hflip_prob:
+            rgb, mask = rgb[:, ::-1], mask[:, ::-1]
+        pixel_values = normalize(np.ascontiguousarray(rgb), self.mean, self.std)
+        target = torch.zeros(mask.shape, dtype=torch.float32) if negative else \
+            torch.from_numpy(np.ascontiguousarray(mask)).float().div_(255.0)
+        return pixel_values, target, prompt, self.dataset
+
+
+class JointSegmentation(ConcatDataset):
+    """Both datasets concatenated; ``set_epoch`` reaches every part."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            part.set_epoch(epoch)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` seeded by ``(seed, epoch)``: reproducible across resumes."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def collate(batch):
+    pixel_values = torch.stack([b[0] for b in batch])
+    targets = torch.stack([b[1] for b in batch])
+    return pixel_values, targets, [b[2] for b in batch], [b[3] for b in batch]

@@ -1,0 +1,257 @@
+"""Segmentation metrics, per image over the WHOLE 2-D mask.
+
+Every score here treats a mask as one set of pixels: ``(H, W)`` in, one number
+out. Nothing is averaged over rows or columns. (A row-averaged score would
+give an empty prediction on a one-row crack a score near 1, because every row
+without ground truth counts as a correct "nothing here".)
+
+Masks (``pred``, ``gt``) may be ``bool`` or numeric; a pixel is foreground
+when it is ``True`` / non-zero (so ``{0, 1}`` and ``{0, 255}`` both work).
+
+Empty-mask rules
+----------------
+* :func:`iou_dice`: prediction and ground truth both empty ->
+  ``(empty_score, empty_score)``, ``1.0`` by default (a correct "nothing
+  here", e.g. a negative prompt). One empty, the other not -> ``(0.0, 0.0)``.
+* :func:`micro_iou_dice`: all summed counts zero -> ``(empty_score, empty_score)``.
+* :func:`boundary_f1`, :func:`cl_dice`: both empty -> ``1.0``; exactly one
+  empty -> ``0.0``.
+
+Threshold selection
+-------------------
+:func:`threshold_sweep_counts` and :func:`choose_threshold` pick the
+probability threshold on validation data. The sweep scores are computed on the
+RAW thresholded probabilities (``probs > t``), i.e. before the morphological
+post-processing of :func:`promptseg.inference.postprocess_probabilities`.
+Thresholding is strict (``>``) everywhere and is done in the dtype of
+``probs``, exactly like the post-processing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+from skimage.morphology import skeletonize
+
+__all__ = [
+    "iou_dice",
+    "confusion_counts",
+    "micro_iou_dice",
+    "boundary_f1",
+    "cl_dice",
+    "lit_fraction",
+    "threshold_sweep_counts",
+    "choose_threshold",
+]
+
+
+def _as_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) mask, got shape {mask.shape}")
+    return mask if mask.dtype == np.bool_ else mask != 0
+
+
+def _as_bool_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = _as_bool(pred, "pred")
+    g = _as_bool(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(f"pred shape {p.shape} != gt shape {g.shape}")
+    return p, g
+
+
+def confusion_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+    """Pixel counts ``(tp, fp, fn)`` of one ``(H, W)`` prediction against its ground truth.
+
+    Returns Python ``int`` s: ``tp = |P & G|``, ``fp = |P & ~G|``, ``fn = |~P & G|``.
+    """
+    p, g = _as_bool_pair(pred, gt)
+    tp = int(np.count_nonzero(p & g))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(g)) - tp
+    return tp, fp, fn
+
+
+def _iou_dice_from_counts(tp: int, fp: int, fn: int, empty_score: float) -> tuple[float, float]:
+    if tp + fp + fn == 0:
+        return float(empty_score), float(empty_score)
+    return tp / (tp + fp + fn), 2.0 * tp / (2 * tp + fp + fn)
+
+
+def iou_dice(pred: np.ndarray, gt: np.ndarray, *, empty_score: float = 1.0) -> tuple[float, float]:
+    """IoU and Dice of one ``(H, W)`` prediction over all its pixels.
+
+    ``IoU = |P & G| / |P | G|`` and ``Dice = 2 |P & G| / (|P| + |G|)``.
+    Both masks empty -> ``(empty_score, empty_score)`` (``1.0`` by default);
+    one empty -> ``(0.0, 0.0)``.
+    """
+    return _iou_dice_from_counts(*confusion_counts(pred, gt), empty_score)
+
+
+def micro_iou_dice(
+    tps: int | Sequence[int] | np.ndarray,
+    fps: int | Sequence[int] | np.ndarray,
+    fns: int | Sequence[int] | np.ndarray,
+    *,
+    empty_score: float = 1.0,
+) -> tuple[float, float]:
+    """Dataset-level (micro) IoU and Dice from per-image counts.
+
+    ``tps``, ``fps``, ``fns`` are scalars or equal-length sequences of per-image
+    counts (see :func:`confusion_counts`); they are summed first, so large
+    masks weigh more than small ones. All sums zero -> ``(empty_score, empty_score)``.
+    """
+    tp = int(np.sum(np.asarray(tps, dtype=np.int64)))
+    fp = int(np.sum(np.asarray(fps, dtype=np.int64)))
+    fn = int(np.sum(np.asarray(fns, dtype=np.int64)))
+    return _iou_dice_from_counts(tp, fp, fn, empty_score)
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (float32, px) of every pixel to the nearest ``True`` pixel of ``mask``."""
+    # cv2.distanceTransform measures the distance to the nearest ZERO pixel.
+    src = np.where(mask, 0, 255).astype(np.uint8)
+    return cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def boundary_f1(pred: np.ndarray, gt: np.ndarray, *, tolerance_px: int = 2) -> float:
+    """Tolerance-based F1 of one ``(H, W)`` prediction.
+
+    ``precision`` = share of predicted foreground pixels whose Euclidean
+    distance (``cv2.distanceTransform``, ``DIST_L2``, precise mask) to the
+    nearest ground-truth pixel is ``<= tolerance_px``; ``recall`` = share of
+    ground-truth pixels within ``tolerance_px`` of a predicted pixel;
+    ``F1 = 2 P R / (P + R)`` (``0.0`` when ``P + R == 0``).
+
+    The foreground pixels themselves are matched (not extracted contours): for
+    thin structures such as cracks, where the mask is its own boundary, this is
+    the usual boundary F1; for wide regions it is a tolerant region F1.
+
+    Both empty -> ``1.0``; exactly one empty -> ``0.0``.
+    """
+    if tolerance_px < 0:
+        raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
+    p, g = _as_bool_pair(pred, gt)
+    n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
+    if n_p == 0 and n_g == 0:
+        return 1.0
+    if n_p == 0 or n_g == 0:
+        return 0.0
+    precision = np.count_nonzero(_distance_to(g)[p] <= tolerance_px) / n_p
+    recall = np.count_nonzero(_distance_to(p)[g] <= tolerance_px) / n_g
+    if precision + recall == 0:
+        return 0.0
+    return float(2.0 * precision * recall / (precision + recall))
+
+
+def cl_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Centerline Dice (Shit et al., CVPR 2021) of one ``(H, W)`` prediction.
+
+    With ``S = skimage.morphology.skeletonize`` (default method)::
+
+        Tprec = |S(P) & G| / |S(P)|     Tsens = |S(G) & P| / |S(G)|
+        clDice = 2 * Tprec * Tsens / (Tprec + Tsens)
+
+    It scores topology / connectivity and ignores thickness: a thick bar
+    against a thinner band on its centre scores 1.
+
+    Both empty -> ``1.0``; exactly one empty -> ``0.0``; ``Tprec + Tsens == 0`` -> ``0.0``.
+    """
+    p, g = _as_bool_pair(pred, gt)
+    has_p, has_g = bool(p.any()), bool(g.any())
+    if not has_p and not has_g:
+        return 1.0
+    if not has_p or not has_g:
+        return 0.0
+    sp = skeletonize(p)
+    sg = skeletonize(g)
+    n_sp, n_sg = int(np.count_nonzero(sp)), int(np.count_nonzero(sg))
+    tprec = np.count_nonzero(sp & g) / n_sp if n_sp else 0.0
+    tsens = np.count_nonzero(sg & p) / n_sg if n_sg else 0.0
+    if tprec + tsens == 0:
+        return 0.0
+    return float(2.0 * tprec * tsens / (tprec + tsens))
+
+
+def lit_fraction(pred: np.ndarray) -> float:
+    """Share of the pixels of an ``(H, W)`` mask that are foreground, in ``[0, 1]`` (``0.0`` if it has no pixels)."""
+    p = _as_bool(pred, "pred")
+    return float(np.count_nonzero(p) / p.size) if p.size else 0.0
+
+
+def threshold_sweep_counts(
+    probs: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]
+) -> np.ndarray:
+    """``(tp, fp, fn)`` of ``probs > t`` against ``gt`` for every threshold, in one pass.
+
+    Args:
+        probs: ``(H, W)`` float probabilities in ``[0, 1]`` (raw model output,
+            before any morphology). Must not contain NaN.
+        gt: ``(H, W)`` bool (or non-zero = foreground) ground truth.
+        thresholds: ``T`` thresholds in any order (duplicates allowed).
+
+    Returns:
+        ``(T, 3)`` ``int64`` array; row ``k`` holds ``tp, fp, fn`` of the mask
+        ``probs > thresholds[k]``. The comparison is strict and made in the
+        dtype of ``probs`` (thresholds are cast to it), so row ``k`` equals
+        ``confusion_counts(probs > thresholds[k], gt)`` exactly.
+
+    Each pixel is binned once against the sorted thresholds
+    (``np.searchsorted``, ``O(H W log T)``); a reverse cumulative sum of the
+    per-bin counts of foreground and background pixels gives the counts for
+    every threshold.
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be (H, W), got shape {probs.shape}")
+    g = _as_bool(gt, "gt")
+    if g.shape != probs.shape:
+        raise ValueError(f"gt shape {g.shape} != probs shape {probs.shape}")
+    if not np.issubdtype(probs.dtype, np.floating):
+        probs = probs.astype(np.float64)
+    if np.isnan(probs).any():
+        raise ValueError("probs contains NaN")
+
+    thr = np.asarray(thresholds, dtype=probs.dtype).reshape(-1)
+    n_thr = thr.size
+    if n_thr == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    uniq, inverse = np.unique(thr, return_inverse=True)  # sorted ascending
+    n_u = uniq.size
+
+    # idx = number of thresholds strictly below p, i.e. p > uniq[j] <=> j < idx.
+    idx = np.searchsorted(uniq, probs.ravel(), side="left")
+    g_flat = g.ravel()
+    hist = np.bincount(idx + (n_u + 1) * g_flat, minlength=2 * (n_u + 1)).reshape(2, n_u + 1)
+    # above[:, j] = number of pixels with idx > j = sum(hist[:, j+1:]).
+    above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    fp_u, tp_u = above[0], above[1]
+    n_fg = int(np.count_nonzero(g_flat))
+
+    out = np.empty((n_thr, 3), dtype=np.int64)
+    out[:, 0] = tp_u[inverse]
+    out[:, 1] = fp_u[inverse]
+    out[:, 2] = n_fg - out[:, 0]
+    return out
+
+
+def choose_threshold(per_threshold_scores: Mapping[float, float]) -> float:
+    """The threshold with the highest score.
+
+    Ties (exactly equal scores) go to the threshold closest to ``0.5`` (distances
+    compared after rounding to 9 decimals, so that e.g. 0.3 and 0.7 count as
+    equally close), then to the lower one. NaN scores are ignored; raises
+    ``ValueError`` if no score is left.
+    """
+    candidates = [
+        (float(score), -round(abs(float(t) - 0.5), 9), -float(t))
+        for t, score in per_threshold_scores.items()
+        if not math.isnan(float(score))
+    ]
+    if not candidates:
+        raise ValueError("no (non-NaN) scores to choose a threshold from")
+    best = max(candidates)
+    return -best[2]

@@ -1,0 +1,245 @@
+"""Build or load CLIPSeg, wrap it for a training variant, and run a forward that really trains the encoders.
+
+Model sources (``params.yaml: model.source``):
+- ``small``: the CLIPSeg architecture from a ``CLIPSegConfig`` sized by params, random weights, with the
+  real CLIP BPE tokenizer built offline from ``vendor/clip/bpe_simple_vocab_16e6.txt.gz``.
+- a local directory written by ``save_pretrained`` (model + processor).
+- a Hugging Face id such as ``CIDAS/clipseg-rd64-refined`` (needs network or a warm HF cache).
+
+TRAP (why ``segmentation_logits`` exists): ``CLIPSegForImageSegmentation.forward`` computes the vision
+and text embeddings under ``torch.no_grad()``, so LoRA adapters in the encoders (and "full" fine-tuning
+of the encoders) never receive a gradient through it. ``segmentation_logits`` runs the same computation
+with gradients; in eval mode it returns exactly the library forward's logits (tested).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    CLIPSegConfig,
+    CLIPSegForImageSegmentation,
+    CLIPSegProcessor,
+    CLIPTokenizer,
+    ViTImageProcessor,
+)
+
+CLIP_BPE_PATH = Path(os.environ.get("PROMPTSEG_CLIP_BPE", "vendor/clip/bpe_simple_vocab_16e6.txt.gz"))
+# The decoder modules that transformers 5.24 initialises with std 1.0 when built from a config.
+_DECODER_PLAIN_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+class ModelSourceError(RuntimeError):
+    """The configured model cannot be loaded; the message names the source and the fix."""
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable unicode table (the BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+@lru_cache(maxsize=2)
+def build_clip_tokenizer(bpe_path: str | Path = CLIP_BPE_PATH) -> CLIPTokenizer:
+    """The CLIP tokenizer (49,408 tokens) built from the BPE merges file that open_clip ships.
+
+    Same construction as CLIP's own SimpleTokenizer: 256 byte symbols, the same with ``</w>``,
+    48,894 merges, then ``<|startoftext|>`` (49406) and ``<|endoftext|>`` (49407).
+    """
+    bpe_path = Path(bpe_path)
+    if not bpe_path.exists():
+        raise ModelSourceError(
+            f"CLIP BPE vocabulary not found at {bpe_path}. Run `make install` (it fetches it from the "
+            "open_clip_torch wheel) or set PROMPTSEG_CLIP_BPE to the file."
+        )
+    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    alphabet = list(_bytes_to_unicode().values())
+    tokens = alphabet + [a + "</w>" for a in alphabet] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+# ----------------------------------------------------------------------------------------- configs
+def small_config(small: dict) -> CLIPSegConfig:
+    """A small CLIPSeg with the rd64-refined layout (patch 16, complex transposed conv) sized by params."""
+    vision, text = small["vision"], small["text"]
+    return CLIPSegConfig(
+        text_config={**text, "max_position_embeddings": 77},
+        vision_config={**vision, "image_size": 224},
+        projection_dim=int(small["projection_dim"]),
+        reduce_dim=int(small["reduce_dim"]),
+        extract_layers=list(small["extract_layers"]),
+        decoder_num_attention_heads=int(small["decoder_num_attention_heads"]),
+        use_complex_transposed_convolution=True,
+    )
+
+
+def rd64_refined_config() -> CLIPSegConfig:
+    """The shape of ``CIDAS/clipseg-rd64-refined`` (150,747,746 parameters), without its weights."""
+    return CLIPSegConfig(
+        vision_config={"patch_size": 16},
+        reduce_dim=64,
+        extract_layers=[3, 6, 9],
+        use_complex_transposed_convolution=True,
+    )
+
+
+def reset_decoder_plain_layers(model: CLIPSegForImageSegmentation) -> None:
+    """Give the decoder's plain Linear/Conv layers PyTorch's default init.
+
+    From a config, transformers 5.24 initialises ``film_mul``, ``film_add``, ``reduces`` and the
+    transposed convolutions with std 1.0 (the config has no top-level ``initializer_range``): logits
+    come out around +-1000 and training collapses to empty masks. Pretrained weights are unaffected.
+    """
+    for name, module in model.decoder.named_modules():
+        if isinstance(module, _DECODER_PLAIN_LAYERS) and ".layers." not in f".{name}.":
+            module.reset_parameters()
+
+
+def make_processor(tokenizer: CLIPTokenizer, image_size: int, mean, std) -> CLIPSegProcessor:
+    image_processor = ViTImageProcessor(
+        do_resize=True, size={"height": image_size, "width": image_size}, resample=2,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
+    )
+    return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_small_model(model_cfg: dict, image_size: int, seed: int) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
+    torch.manual_seed(seed)
+    model = CLIPSegForImageSegmentation(small_config(model_cfg["small"]))
+    reset_decoder_plain_layers(model)
+    processor = make_processor(build_clip_tokenizer(), image_size, model_cfg["image_mean"], model_cfg["image_std"])
+    return model, processor
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
+    """Load model + processor from a local ``save_pretrained`` directory or a Hugging Face id.
+
+    Offline, a hub id first tries the local HF cache; if it is not there, one clear error is raised
+    within seconds (no retry loop).
+    """
+    local = Path(source).expanduser()
+    if local.is_dir():
+        try:
+            return (CLIPSegForImageSegmentation.from_pretrained(local),
+                    CLIPSegProcessor.from_pretrained(local))
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(f"{local} is not a CLIPSeg save_pretrained directory ({exc}).") from None
+    fix = (f"Fix: on a machine with network, run CLIPSegForImageSegmentation.from_pretrained({source!r}) and "
+           f"CLIPSegProcessor.from_pretrained({source!r}), save_pretrained both into one folder, and set "
+           "model.source to that folder; or allow network access (unset HF_HUB_OFFLINE); or use model.source: small.")
+    try:  # a warm cache works offline
+        return (CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=True),
+                CLIPSegProcessor.from_pretrained(source, local_files_only=True))
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise ModelSourceError(f"cannot load model {source!r}: the Hugging Face hub is unreachable (offline) "
+                               f"and it is not in the local cache. {fix}")
+    try:
+        return CLIPSegForImageSegmentation.from_pretrained(source), CLIPSegProcessor.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"cannot load model {source!r} from the Hugging Face hub ({exc}). {fix}") from None
+
+
+def load_base_model(model_cfg: dict, image_size: int, seed: int):
+    """The model and processor that ``model.source`` names (see the module docstring)."""
+    if model_cfg["source"] == "small":
+        return build_small_model(model_cfg, image_size, seed)
+    return load_pretrained(model_cfg["source"])
+
+
+# ----------------------------------------------------------------------------------------- variants
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def apply_variant(model: CLIPSegForImageSegmentation, variant: dict) -> nn.Module:
+    """Make the parameters of one training variant trainable; returns the module to train.
+
+    - ``full``: every parameter.
+    - ``decoder``: the decoder only (encoders frozen): what the library forward trains.
+    - ``lora``: peft LoRA on ``targets`` in vision, text and decoder attention; plus the whole decoder
+      when ``train_decoder`` is true. Returns the ``PeftModel``.
+    """
+    method = variant["method"]
+    if method == "full":
+        model.requires_grad_(True)
+        return model
+    if method == "decoder":
+        model.requires_grad_(False)
+        model.decoder.requires_grad_(True)
+        return model
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=int(variant["r"]), lora_alpha=int(variant["alpha"]),
+                            lora_dropout=float(variant.get("dropout", 0.0)),
+                            target_modules=list(variant["targets"]), bias="none")
+        peft_model = get_peft_model(model, config)
+        if variant.get("train_decoder", False):
+            for name, param in peft_model.base_model.model.decoder.named_parameters():
+                param.requires_grad_(True)
+        return peft_model
+    raise ValueError(f"unknown training method {method!r} in train.variants: use full, decoder or lora.")
+
+
+def lora_parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if "lora_" in n)
+
+
+def unwrap(module: nn.Module) -> CLIPSegForImageSegmentation:
+    """The CLIPSegForImageSegmentation inside a PeftModel (or the model itself)."""
+    return module.base_model.model if hasattr(module, "peft_config") else module
+
+
+def merged_model(module: nn.Module) -> CLIPSegForImageSegmentation:
+    """A plain CLIPSeg with any LoRA weights merged in (for saving and export)."""
+    if hasattr(module, "peft_config"):
+        return module.merge_and_unload()
+    return module
+
+
+# ----------------------------------------------------------------------------------------- forward
+def segmentation_logits(module: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIPSeg logits (B, H, W) with gradients reaching the vision and text encoders.
+
+    The same steps as ``CLIPSegForImageSegmentation.forward`` without its ``no_grad``: vision hidden
+    states ``[i + 1 for i in extract_layers]`` (index 0 is the embeddings), pooled text features
+    projected to ``projection_dim``, then the decoder.
+    """
+    model = unwrap(module)
+    vision = model.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
+                                     interpolate_pos_encoding=True)
+    activations = [vision.hidden_states[i + 1] for i in model.extract_layers]
+    text = model.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    return model.decoder(activations, text).logits.reshape(pixel_values.shape[0], *pixel_values.shape[-2:])

@@ -1,0 +1,136 @@
+"""Land a Roboflow export in ``data/raw/<dataset>/``: from Roboflow, from a local zip/folder, or synthetic.
+
+Whatever the source, the stage writes into a sibling ``<out>.partial`` folder first and renames it
+into place only when complete, so a failure never leaves a half-written export behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+from promptseg.synthetic import write_synthetic_export
+
+SOURCES = ("synthetic", "local", "roboflow")
+API_KEY_VARIABLE = "ROBOFLOW_API_KEY"
+
+
+class SourceError(RuntimeError):
+    """A dataset source cannot be used; the message says why and what to do instead."""
+
+
+def _alternatives(dataset: str) -> str:
+    return (
+        f"Alternatives: set data.{dataset}.source: local with data.{dataset}.local.path pointing at an "
+        f"export you already have (zip or folder), or data.{dataset}.source: synthetic for the embedded offline set."
+    )
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """Remove the API key from any text that might reach a log or an error message."""
+    return text.replace(secret, "***") if secret else text
+
+
+def download_from_roboflow(dataset: str, roboflow_cfg: dict, out_dir: Path) -> None:
+    """Download workspace/project/version in the configured format with the roboflow SDK.
+
+    The key comes from the environment only (``ROBOFLOW_API_KEY``); it never appears in messages.
+    """
+    api_key = os.environ.get(API_KEY_VARIABLE, "").strip()
+    if not api_key:
+        raise SourceError(
+            f"data.{dataset}.source is 'roboflow' but the environment variable {API_KEY_VARIABLE} is not set. "
+            f"Export it in your shell (never put it in params.yaml). {_alternatives(dataset)}"
+        )
+    try:
+        import requests
+        from roboflow import Roboflow
+    except ImportError as exc:  # pragma: no cover - roboflow is a pinned dependency
+        raise SourceError(f"the roboflow package is not installed ({exc}); run `make install`.") from None
+
+    where = f"{roboflow_cfg['workspace']}/{roboflow_cfg['project']} version {roboflow_cfg['version']}"
+    try:
+        client = Roboflow(api_key=api_key)
+        version = client.workspace(roboflow_cfg["workspace"]).project(roboflow_cfg["project"]).version(
+            int(roboflow_cfg["version"])
+        )
+        version.download(model_format=roboflow_cfg["format"], location=str(out_dir), overwrite=True)
+    except requests.exceptions.RequestException as exc:
+        raise SourceError(
+            f"could not reach Roboflow to download {where} ({type(exc).__name__}: no network access?). "
+            f"{_alternatives(dataset)}"
+        ) from None
+    except Exception as exc:  # the SDK raises bare RuntimeError/KeyError for a wrong workspace or version
+        raise SourceError(
+            f"Roboflow refused the download of {where} in format {roboflow_cfg['format']!r}: "
+            f"{_scrub(str(exc), api_key)}. Check data.{dataset}.roboflow in params.yaml and that your key "
+            f"can read this project. {_alternatives(dataset)}"
+        ) from None
+
+
+def _export_root(folder: Path) -> Path:
+    """A zip often wraps the export in one top folder: descend while there is exactly one folder and no split."""
+    markers = ("train", "valid", "val", "test", "data.yaml")
+    current = folder
+    while not any((current / m).exists() for m in markers):
+        children = [c for c in current.iterdir() if not c.name.startswith((".", "__MACOSX"))]
+        if len(children) == 1 and children[0].is_dir():
+            current = children[0]
+        else:
+            break
+    return current
+
+
+def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> None:
+    """Copy a Roboflow export the user already has (a .zip or a folder) into ``out_dir``."""
+    if not str(path).strip():
+        raise SourceError(f"data.{dataset}.source is 'local' but data.{dataset}.local.path is empty. {_alternatives(dataset)}")
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise SourceError(f"data.{dataset}.local.path {str(src)!r} does not exist. Point it at a Roboflow export zip or folder.")
+    if src.is_file():
+        if not zipfile.is_zipfile(src):
+            raise SourceError(f"{src} is a file but not a zip archive: give a Roboflow export .zip or its unzipped folder.")
+        staging = out_dir.with_name(out_dir.name + ".unzip")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with zipfile.ZipFile(src) as archive:
+                archive.extractall(staging)
+            shutil.copytree(_export_root(staging), out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        shutil.copytree(_export_root(src), out_dir)
+
+
+def land_export(dataset: str, data_cfg: dict, synthetic_cfg: dict, out_dir: Path) -> str:
+    """Put the export of ``dataset`` in ``out_dir`` (replaced atomically). Returns the source used."""
+    source = data_cfg.get("source")
+    if source not in SOURCES:
+        raise SourceError(f"data.{dataset}.source is {source!r}; choose one of {', '.join(SOURCES)} in params.yaml.")
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if source == "synthetic":
+            write_synthetic_export(
+                dataset,
+                partial,
+                seed=int(synthetic_cfg["seed"]),
+                image_size=int(synthetic_cfg["image_size"]),
+                counts={k: int(v) for k, v in synthetic_cfg["counts"].items()},
+                negative_share=float(synthetic_cfg["negative_share"]),
+                augment_copies_share=float(synthetic_cfg.get("augment_copies_share", 0.0)),
+            )
+        elif source == "local":
+            copy_local_export(dataset, data_cfg.get("local", {}).get("path", ""), partial)
+        else:
+            download_from_roboflow(dataset, data_cfg["roboflow"], partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return source

@@ -1,0 +1,60 @@
+"""MLflow bookkeeping: one run per variant in the local sqlite store; evaluation reopens the same run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = value if not isinstance(value, (list, tuple)) else ",".join(map(str, value))
+    return out
+
+
+def connect(mlflow_cfg: dict):
+    """Point MLflow at the configured store (``MLFLOW_TRACKING_URI`` wins) and experiment."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_cfg.get("tracking_uri", "sqlite:///mlflow.db")
+    mlflow.set_tracking_uri(uri)
+    name = mlflow_cfg.get("experiment", "promptseg")
+    if mlflow.get_experiment_by_name(name) is None:
+        artifacts = Path(mlflow_cfg.get("artifact_root", "mlartifacts")).resolve()
+        mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(name)
+    return mlflow
+
+
+def log_training_run(setup, summary: dict, rows: list[dict], csv_path: Path) -> str:
+    """Create the variant's run: all params, per-epoch metrics, the weights dir and the CSV."""
+    mlflow = connect(setup.mlflow_cfg)
+    with mlflow.start_run(run_name=setup.variant) as run:
+        params = _flatten("", {"variant": setup.variant_cfg, "train": setup.common, "model": setup.model_cfg,
+                               "prompts": setup.prompts}, {})
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.set_tag("variant", setup.variant)
+        for row in rows:
+            step = int(row["epoch"])
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
+        mlflow.log_metrics({k: float(summary[k]) for k in ("trainable_params", "total_params", "lora_params")})
+        mlflow.log_artifact(str(csv_path), artifact_path="metrics")
+        mlflow.log_artifacts(str(setup.model_dir), artifact_path="model")
+        return run.info.run_id
+
+
+def log_to_run(mlflow_cfg: dict, run_id: str | None, metrics: dict[str, float], artifacts: list[Path] = ()) -> None:
+    """Add evaluation figures and files to an existing run (or a new one when ``run_id`` is None)."""
+    mlflow = connect(mlflow_cfg)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})  # drop NaN
+        for path in artifacts:
+            path = Path(path)
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=path.name)
+            elif path.exists():
+                mlflow.log_artifact(str(path))

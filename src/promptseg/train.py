@@ -1,0 +1,246 @@
+"""The training loop shared by every variant: optimiser, cosine schedule, checkpoint/resume, CSV + MLflow.
+
+One call of ``train_variant`` trains one variant from ``params.yaml`` and writes
+``models/<variant>/`` (merged weights + processor + ``promptseg.json``), ``metrics/train/<variant>.csv``
+(one row per epoch) and ``metrics/train/<variant>.json`` (parameter counts, final figures).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split
+from promptseg.losses import bce_dice_loss
+from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
+                             merged_model, segmentation_logits)
+
+CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based): linear warm-up, then cosine to 0."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class TrainSetup:
+    """What ``train_variant`` needs, resolved from params by the stage."""
+    variant: str
+    variant_cfg: dict
+    common: dict
+    model_cfg: dict
+    prompts: dict[str, list[str]]          # dataset -> prompts
+    processed_root: Path
+    model_dir: Path
+    metrics_dir: Path
+    checkpoint_dir: Path
+    mlflow_cfg: dict | None = None
+    stop_after_epochs: int | None = None    # for tests: simulate an interruption after N epochs
+
+
+def device_and_autocast():
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.device("cpu"), torch.autocast("cpu", enabled=False)
+
+
+def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
+    common = setup.common
+    mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+    datasets = setup.variant_cfg.get("datasets", list(setup.prompts)) if training else list(setup.prompts)
+    parts = []
+    for name in datasets:
+        others = [p for other, ps in setup.prompts.items() if other != name for p in ps]
+        parts.append(PromptedSegmentation(
+            list_split(setup.processed_root, name, split), name, setup.prompts[name],
+            image_size=int(common["image_size"]), mean=mean, std=std, seed=int(common["seed"]),
+            hflip_prob=float(common.get("hflip_prob", 0.0)) if training else 0.0,
+            negative_prompts=others if training else (),
+            negative_prompt_prob=float(common.get("negative_prompt_prob", 0.0)) if training else 0.0,
+        ))
+    return JointSegmentation(parts)
+
+
+def _tokenize(processor, prompts, device):
+    tokens = processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
+    return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+
+
+def run_epoch_validation(module, processor, loader, device, loss_kwargs) -> tuple[float, float]:
+    """(mean val loss, mean per-image Dice at threshold 0.5) with each image's first prompt."""
+    module.eval()
+    losses, dices = [], []
+    with torch.no_grad():
+        for pixel_values, targets, prompts, _ in loader:
+            ids, mask = _tokenize(processor, prompts, device)
+            logits = segmentation_logits(module, pixel_values.to(device), ids, mask).float()
+            targets = targets.to(device)
+            losses.append(bce_dice_loss(logits, targets, **loss_kwargs).item() * len(targets))
+            pred, gt = logits > 0, targets > 0.5
+            inter = (pred & gt).sum((1, 2)).float()
+            denom = (pred.sum((1, 2)) + gt.sum((1, 2))).float()
+            dices += torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom)).tolist()
+    module.train()
+    return sum(losses) / max(1, len(dices)), float(np.mean(dices)) if dices else float("nan")
+
+
+def _config_fingerprint(setup: TrainSetup) -> str:
+    blob = json.dumps([setup.variant_cfg, setup.common, setup.model_cfg, setup.prompts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, module, optimizer, scheduler, epoch: int, rows: list, fingerprint: str) -> None:
+    trainable = {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
+    state = {"epoch": epoch, "trainable": trainable, "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rows": rows, "fingerprint": fingerprint,
+             "torch_rng": torch.get_rng_state()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path, module, optimizer, scheduler, fingerprint: str):
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        print(f"[train] ignoring checkpoint {path}: it was written with other params")
+        return 0, []
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    print(f"[train] resumed from {path} after epoch {state['epoch']}")
+    return state["epoch"], state["rows"]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train_variant(setup: TrainSetup) -> dict:
+    """Train one variant; returns the summary written to ``metrics/train/<variant>.json``."""
+    common = setup.common
+    seed = int(common["seed"])
+    seed_everything(seed)
+    device, autocast = device_and_autocast()
+    base, processor = load_base_model(setup.model_cfg, int(common["image_size"]), seed)
+    module = apply_variant(base, setup.variant_cfg).to(device)
+    module.train()
+    trainable, total = count_parameters(module)
+    lora_count = lora_parameter_count(module)
+
+    train_set = build_datasets(setup, processor, "train", training=True)
+    val_set = build_datasets(setup, processor, "val", training=False)
+    sampler = EpochShuffleSampler(len(train_set), seed)
+    batch_size = int(common["batch_size"])
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                              num_workers=int(common.get("num_workers", 0)))
+    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+    epochs = int(common["epochs"])
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad],
+                                  lr=float(common["lr"]), weight_decay=float(common["weight_decay"]))
+    total_steps = epochs * steps_per_epoch
+    warmup = int(common.get("warmup_steps", 0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, total_steps, warmup))
+    loss_kwargs = {"bce_weight": float(common.get("bce_weight", 1.0)), "dice_weight": float(common.get("dice_weight", 1.0))}
+
+    fingerprint = _config_fingerprint(setup)
+    checkpoint = setup.checkpoint_dir / "last.pt"
+    start_epoch, rows = _load_checkpoint(checkpoint, module, optimizer, scheduler, fingerprint)
+    csv_path = setup.metrics_dir / f"{setup.variant}.csv"
+
+    for epoch in range(start_epoch, epochs):
+        if setup.stop_after_epochs is not None and epoch >= setup.stop_after_epochs:
+            raise KeyboardInterrupt(f"stopped after {epoch} epochs (test hook)")
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        started, losses = time.perf_counter(), []
+        lr = scheduler.get_last_lr()[0]
+        for pixel_values, targets, prompts, _ in tqdm(train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{epochs}",
+                                                      leave=False, disable=None):
+            ids, mask = _tokenize(processor, prompts, device)
+            with autocast:
+                logits = segmentation_logits(module, pixel_values.to(device), ids, mask)
+            loss = bce_dice_loss(logits.float(), targets.to(device), **loss_kwargs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        seconds = time.perf_counter() - started
+        val_loss, val_dice = run_epoch_validation(module, processor, val_loader, device, loss_kwargs)
+        rows.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 6), "val_loss": round(val_loss, 6),
+                     "val_dice": round(val_dice, 6), "lr": lr, "seconds": round(seconds, 3)})
+        print(f"[train] {setup.variant} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items()))
+        _write_csv(csv_path, rows)
+        _save_checkpoint(checkpoint, module, optimizer, scheduler, epoch + 1, rows, fingerprint)
+
+    summary = {
+        "variant": setup.variant, "method": setup.variant_cfg["method"],
+        "trainable_params": trainable, "total_params": total, "lora_params": lora_count,
+        "epochs": epochs, "final_train_loss": rows[-1]["train_loss"], "final_val_loss": rows[-1]["val_loss"],
+        "final_val_dice": rows[-1]["val_dice"],
+        "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in rows])), 3),
+        "device": str(device),
+    }
+    save_trained_model(module, processor, setup, summary)
+    _write_csv(csv_path, rows)
+    (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if setup.mlflow_cfg:
+        from promptseg.tracking import log_training_run
+        summary["mlflow_run_id"] = log_training_run(setup, summary, rows, csv_path)
+        _write_model_card(setup, summary)
+    shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
+    return summary
+
+
+def _write_model_card(setup: TrainSetup, summary: dict) -> None:
+    card = {"variant": setup.variant, "variant_params": setup.variant_cfg, "train_params": setup.common,
+            "model_params": setup.model_cfg, "prompts": setup.prompts, "summary": summary}
+    (setup.model_dir / "promptseg.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def save_trained_model(module, processor, setup: TrainSetup, summary: dict) -> None:
+    """``models/<variant>/``: merged CLIPSeg weights + processor (+ the LoRA adapter) + promptseg.json."""
+    out = setup.model_dir
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if hasattr(module, "peft_config"):
+        module.save_pretrained(out / "adapter")  # the adapter alone, for users of peft
+    model = merged_model(module).cpu()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    _write_model_card(setup, summary)

@@ -1,0 +1,96 @@
+"""The training loop: schedule, a falling loss, determinism, resume, MLflow."""
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import PROMPTS, TINY_MODEL
+from promptseg.train import TrainSetup, cosine_lr_factor, train_variant
+
+COMMON = {"seed": 42, "image_size": 64, "epochs": 3, "batch_size": 4, "lr": 3e-3, "weight_decay": 0.01,
+          "warmup_steps": 0, "hflip_prob": 0.5, "negative_prompt_prob": 0.0, "num_workers": 0}
+FULL = {"method": "full", "datasets": ["cracks", "drywall"]}
+LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "v_proj"],
+        "train_decoder": True, "datasets": ["cracks", "drywall"]}
+
+
+def make_setup(root, processed_root, variant="full", cfg=FULL, mlflow=None, **overrides):
+    return TrainSetup(variant=variant, variant_cfg=cfg, common={**COMMON, **overrides}, model_cfg=TINY_MODEL,
+                      prompts=PROMPTS, processed_root=processed_root, model_dir=root / "models" / variant,
+                      metrics_dir=root / "metrics", checkpoint_dir=root / "checkpoints" / variant, mlflow_cfg=mlflow)
+
+
+def weights(setup):
+    return load_file(str(setup.model_dir / "model.safetensors"))
+
+
+def test_cosine_schedule_starts_at_lr_and_ends_near_zero():
+    assert cosine_lr_factor(0, 100) == 1.0
+    assert cosine_lr_factor(50, 100) == pytest.approx(0.5)
+    assert cosine_lr_factor(99, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
+    assert cosine_lr_factor(100, 100) == pytest.approx(0.0)
+    assert cosine_lr_factor(0, 100, warmup_steps=4) == 0.25
+
+
+def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
+    first = make_setup(tmp_path / "a", processed_root)
+    summary = train_variant(first)
+    rows = (first.metrics_dir / "full.csv").read_text().splitlines()
+    assert rows[0] == "epoch,train_loss,val_loss,val_dice,lr,seconds" and len(rows) == 4
+    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    assert losses[-1] < losses[0], losses
+    assert summary["trainable_params"] == summary["total_params"]
+    second = make_setup(tmp_path / "b", processed_root)
+    train_variant(second)
+    a, b = weights(first), weights(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("config.json", "processor_config.json", "tokenizer.json", "promptseg.json"):
+        assert (first.model_dir / name).exists(), name
+    assert not first.checkpoint_dir.exists()  # removed after a finished run
+
+
+def test_resume_after_interruption_gives_the_same_final_weights(tmp_path, processed_root):
+    straight = make_setup(tmp_path / "straight", processed_root, "lora", LORA)
+    train_variant(straight)
+    interrupted = make_setup(tmp_path / "resumed", processed_root, "lora", LORA)
+    interrupted.stop_after_epochs = 1
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(interrupted)
+    assert (interrupted.checkpoint_dir / "last.pt").exists()
+    interrupted.stop_after_epochs = None
+    train_variant(interrupted)
+    a, b = weights(straight), weights(interrupted)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (interrupted.model_dir / "adapter" / "adapter_config.json").exists()
+
+
+def test_checkpoint_from_other_params_is_ignored(tmp_path, processed_root):
+    setup = make_setup(tmp_path, processed_root, epochs=2)
+    setup.stop_after_epochs = 1
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(setup)
+    changed = make_setup(tmp_path, processed_root, epochs=2, lr=1e-3)
+    train_variant(changed)
+    reference = make_setup(tmp_path / "ref", processed_root, epochs=2, lr=1e-3)
+    train_variant(reference)
+    a, b = weights(changed), weights(reference)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, processed_root, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = {"tracking_uri": uri, "experiment": "test-promptseg", "artifact_root": str(tmp_path / "artifacts")}
+    setup = make_setup(tmp_path, processed_root, mlflow=cfg, epochs=1)
+    summary = train_variant(setup)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.params["train.lr"] == str(COMMON["lr"])
+    assert run.data.params["variant.method"] == "full"
+    assert "val_dice" in run.data.metrics and run.data.metrics["trainable_params"] == summary["trainable_params"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics", "model"} <= artifacts
+    assert "mlflow_run_id" in (setup.model_dir / "promptseg.json").read_text()
