@@ -1,0 +1,361 @@
+"""Render :class:`~promptseg.exports.ImageRecord` shapes to binary masks, clip and count.
+
+Conventions (tested in ``tests/test_masks.py``):
+
+* Masks are ``uint8`` with values ``{0, 255}``, at the image's ACTUAL decoded size
+  (``cv2.imread``), never at the size the annotation file claims. A differing size is
+  counted ``size_mismatch`` and reported; coordinates are NOT rescaled, they are
+  rendered as they are and clipped to the real image.
+* Rounding is half-up: ``floor(v + 0.5)`` (not numpy's round-half-to-even).
+* **Box** ``(x0, y0, x1, y1)`` in continuous pixel coordinates (pixel column ``c`` spans
+  ``[c, c + 1)``) covers columns ``round(x0) .. round(x1) - 1`` and rows
+  ``round(y0) .. round(y1) - 1`` (half-open), i.e. after clipping to the image
+  ``cv2.rectangle(mask, (c0, r0), (c1 - 1, r1 - 1), 255, thickness=-1)``. A COCO bbox
+  ``[x, y, w, h]`` = ``[0, 0, 640, 640]`` on a 640x640 image covers every pixel.
+  A box reaching outside ``[0, W] x [0, H]`` (e.g. ``x + w == W + 1``) is clipped and
+  counted ``clipped_boxes``. A box whose clipped width or height is below
+  ``min_box_side_px`` (sub-pixel ``[0, 0, 0.5, 1]``, zero-width ``[0, 0, 0, 1]``, a box
+  entirely outside the image) is skipped and counted ``degenerate_boxes``; so is one
+  that rounds to zero columns or rows (possible only with ``min_box_side_px < 1``).
+* **Polygon**: vertices rounded half-up, then ``np.clip`` to ``[0, W-1] x [0, H-1]``,
+  then ``cv2.fillPoly`` (boundary pixels included). A polygon with a vertex outside
+  ``[0, W] x [0, H]`` is counted ``clipped_polygons`` (a vertex exactly on the border,
+  ``x == W``, as Roboflow writes them, is inside). Several polygons (the parts of a
+  multi-part annotation, or several annotations) render to their union: each is filled
+  on its own, so overlaps never cancel. COCO polygons cannot express holes.
+* **RLE**: decoded with ``pycocotools.mask`` (compressed or uncompressed counts). An RLE
+  whose size differs from the image is cropped/zero-padded at the top-left and counted
+  ``rle_size_mismatch``; an undecodable one is counted ``malformed_rle``.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from promptseg.exports import ExportReadResult, ImageRecord, source_group_of
+
+#: Counters rendering adds to each split (zero when not met).
+RENDER_COUNT_KEYS = (
+    "corrupt_image",
+    "size_mismatch",
+    "clipped_boxes",
+    "clipped_polygons",
+    "degenerate_boxes",
+    "rle_size_mismatch",
+    "malformed_rle",
+    "duplicate_stems",
+)
+
+INDEX_COLUMNS = (
+    "stem",
+    "split",
+    "source_group",
+    "width",
+    "height",
+    "foreground_fraction",
+    "n_shapes",
+    "notes",
+)
+
+
+def _round_half_up(v):
+    return np.floor(np.asarray(v, dtype=np.float64) + 0.5)
+
+
+def _fill_polygons(mask: np.ndarray, polygons: list[np.ndarray]) -> None:
+    h, w = mask.shape[:2]
+    for poly in polygons:
+        pts = _round_half_up(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
+        pts[:, 0] = np.clip(pts[:, 0], 0, w - 1)
+        pts[:, 1] = np.clip(pts[:, 1], 0, h - 1)
+        # One call per polygon: a union, whatever the orientation or overlap.
+        cv2.fillPoly(mask, [pts.astype(np.int32)], 255)
+
+
+def _box_pixels(box, height: int, width: int) -> tuple[int, int, int, int, bool, float, float]:
+    """Half-open pixel box (c0, r0, c1, r1) clipped to the image, whether clipping
+    happened, and the clipped continuous width/height."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    clipped = x0 < 0 or y0 < 0 or x1 > width or y1 > height
+    cw = min(x1, width) - max(x0, 0.0)
+    ch = min(y1, height) - max(y0, 0.0)
+    c0, r0, c1, r1 = (int(v) for v in _round_half_up([x0, y0, x1, y1]))
+    c0, c1 = max(c0, 0), min(c1, width)
+    r0, r1 = max(r0, 0), min(r1, height)
+    return c0, r0, c1, r1, clipped, cw, ch
+
+
+def _fill_box(mask: np.ndarray, c0: int, r0: int, c1: int, r1: int) -> None:
+    cv2.rectangle(mask, (c0, r0), (c1 - 1, r1 - 1), 255, thickness=-1)
+
+
+def render_polygon_mask(height: int, width: int, polygons: list[np.ndarray]) -> np.ndarray:
+    """uint8 {0,255} mask: union of ``cv2.fillPoly`` of each (N, 2) polygon (x, y),
+    vertices rounded half-up and clipped to the image."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    _fill_polygons(mask, polygons)
+    return mask
+
+
+def render_box_mask(height: int, width: int, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """uint8 {0,255} mask: each ``(x0, y0, x1, y1)`` box filled over columns
+    ``round(x0) .. round(x1) - 1`` and rows ``round(y0) .. round(y1) - 1`` (half-open),
+    clipped to the image; boxes that round to nothing draw nothing."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for box in boxes:
+        c0, r0, c1, r1, *_ = _box_pixels(box, height, width)
+        if c1 > c0 and r1 > r0:
+            _fill_box(mask, c0, r0, c1, r1)
+    return mask
+
+
+def _decode_rle(rle: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    h, w = (int(v) for v in rle["size"])
+    cnts = rle["counts"]
+    if isinstance(cnts, list):
+        if sum(int(v) for v in cnts) != h * w:
+            raise ValueError(f"uncompressed RLE counts sum to {sum(cnts)}, not {h}*{w}")
+        enc = mask_utils.frPyObjects({"size": [h, w], "counts": [int(v) for v in cnts]}, h, w)
+    else:
+        enc = {"size": [h, w], "counts": cnts.encode("ascii") if isinstance(cnts, str) else cnts}
+    m = mask_utils.decode(enc)
+    if m.ndim == 3:
+        m = m[..., 0]
+    return m
+
+
+def render_record_mask(
+    record: ImageRecord,
+    height: int,
+    width: int,
+    counts: collections.Counter,
+    *,
+    min_box_side_px: float = 1.0,
+) -> np.ndarray:
+    """The union of ``record.shapes`` as a uint8 {0,255} mask of ``(height, width)``
+    (the image's actual size). Clipping, degenerate boxes and RLE trouble are added to
+    ``counts`` (see the module docstring for the conventions)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    polygons = []
+    for shape in record.shapes:
+        if shape.kind == "polygon":
+            pts = np.asarray(shape.points, dtype=np.float64).reshape(-1, 2)
+            if (
+                (pts[:, 0] < 0).any()
+                or (pts[:, 0] > width).any()
+                or (pts[:, 1] < 0).any()
+                or (pts[:, 1] > height).any()
+            ):
+                counts["clipped_polygons"] += 1
+            polygons.append(pts)
+        elif shape.kind == "box":
+            c0, r0, c1, r1, clipped, cw, ch = _box_pixels(shape.box, height, width)
+            if clipped:
+                counts["clipped_boxes"] += 1
+            if cw < min_box_side_px or ch < min_box_side_px or c1 <= c0 or r1 <= r0:
+                counts["degenerate_boxes"] += 1
+                continue
+            _fill_box(mask, c0, r0, c1, r1)
+        elif shape.kind == "rle":
+            try:
+                m = _decode_rle(shape.rle)
+            except Exception:  # noqa: BLE001 - a bad RLE is counted, not fatal
+                counts["malformed_rle"] += 1
+                continue
+            if m.shape != (height, width):
+                counts["rle_size_mismatch"] += 1
+                hh, ww = min(m.shape[0], height), min(m.shape[1], width)
+                mask[:hh, :ww][m[:hh, :ww] > 0] = 255
+            else:
+                mask[m > 0] = 255
+        else:
+            counts["unknown_shape_kind"] += 1
+    if polygons:
+        _fill_polygons(mask, polygons)
+    return mask
+
+
+def _check_no_overlap(out_dir: Path, split_names: list[str], export_root: Path | None) -> None:
+    """Refuse to write into the export being read, or to clear a folder that holds it."""
+    if export_root is None:
+        return
+    r = Path(export_root).resolve()
+    o = Path(out_dir).resolve()
+    bad = o == r or r in o.parents  # out_dir is the export or inside it
+    for split in split_names:
+        p = (o / split).resolve()
+        bad = bad or p == r or p in r.parents  # clearing out_dir/<split> would delete it
+    if bad:
+        raise ValueError(
+            f"refusing to write {out_dir}: it overlaps the export being read ({export_root}); "
+            "write the processed dataset to another folder"
+        )
+
+
+def _process_one(
+    rec: ImageRecord, stem: str, dup: bool, out_dir: Path, min_box_side_px: float
+) -> tuple[dict | None, collections.Counter, list[str]]:
+    """Decode, render and write one image: (index row or None, per-image counts, problems)."""
+    per_image: collections.Counter = collections.Counter()
+    problems: list[str] = []
+    path = Path(rec.image_path)
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        per_image["corrupt_image"] += 1
+        problems.append(
+            f"{path}: cannot be decoded (corrupt, truncated or not an image); it is "
+            "skipped; re-download the export or remove the file"
+        )
+        return None, per_image, problems
+    h, w = img.shape[:2]
+    del img
+    if dup:
+        per_image["duplicate_stems"] += 1
+    if (rec.width is not None and rec.width != w) or (rec.height is not None and rec.height != h):
+        per_image["size_mismatch"] += 1
+        problems.append(
+            f"{path}: the annotation says {rec.width}x{rec.height} but the file is {w}x{h}; "
+            "the shapes are rendered unscaled and clipped to the file; re-download the export"
+        )
+    mask = render_record_mask(rec, h, w, per_image, min_box_side_px=min_box_side_px)
+    shutil.copy2(path, out_dir / rec.split / "images" / f"{stem}{path.suffix}")
+    mask_path = out_dir / rec.split / "masks" / f"{stem}.png"
+    if not cv2.imwrite(str(mask_path), mask):
+        raise OSError(f"could not write {mask_path}")
+    frac = float(np.count_nonzero(mask)) / float(mask.size)
+    row = {
+        "stem": stem,
+        "split": rec.split,
+        "source_group": source_group_of(path.name, rec.source_name),
+        "width": w,
+        "height": h,
+        "foreground_fraction": f"{frac:.6f}",
+        "n_shapes": len(rec.shapes),
+        "notes": ";".join(f"{k}={v}" for k, v in sorted(per_image.items()) if v),
+        "_fraction": frac,
+    }
+    return row, per_image, problems
+
+
+def build_processed_dataset(
+    read: ExportReadResult,
+    out_dir: Path,
+    *,
+    min_box_side_px: float = 1.0,
+    workers: int | None = None,
+) -> dict:
+    """Write ``out_dir/<split>/images/<stem><ext>`` (a copy), ``out_dir/<split>/masks/<stem>.png``
+    ({0,255} uint8) and ``out_dir/index.csv``; return the dict for ``metrics/data.json``.
+
+    Existing ``out_dir/{train,val,test}`` folders are replaced. An image cv2 cannot decode
+    is skipped (``corrupt_image``); rendering problems are appended to ``read.problems``.
+    The returned dict has, per split, ``images`` (written), ``with_foreground``,
+    ``without_foreground``, ``mean_foreground_fraction`` and every count of
+    ``read.counts`` and of rendering (:data:`RENDER_COUNT_KEYS`), plus ``"problems"``:
+    the number of problem messages. Raises ``ValueError`` if no usable image comes out.
+    ``workers``: threads for decode/render/write (default ``min(8, cpu_count)``; 1 runs
+    inline); the output does not depend on it.
+    """
+    out_dir = Path(out_dir)
+    split_names = list(dict.fromkeys([*read.counts.keys(), *(r.split for r in read.records)]))
+    _check_no_overlap(out_dir, split_names, read.root)
+    for split in split_names:
+        if (out_dir / split).exists():
+            shutil.rmtree(out_dir / split)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # Output stems, unique per split (decided up front so that the work can run in threads).
+    used_stems: dict[str, set[str]] = {s: set() for s in split_names}
+    jobs = []
+    for rec in read.records:
+        stem = Path(rec.image_path).stem
+        dup = stem in used_stems[rec.split]
+        if dup:
+            i = 2
+            while f"{stem}__{i}" in used_stems[rec.split]:
+                i += 1
+            stem = f"{stem}__{i}"
+        used_stems[rec.split].add(stem)
+        jobs.append((rec, stem, dup))
+    for split in {rec.split for rec in read.records}:
+        (out_dir / split / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / split / "masks").mkdir(parents=True, exist_ok=True)
+
+    def work(job):
+        rec, stem, dup = job
+        return _process_one(rec, stem, dup, out_dir, min_box_side_px)
+
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if n_workers <= 1 or len(jobs) < 2:
+        results = [work(j) for j in jobs]
+    else:
+        # cv2 decode/encode and file copies release the GIL; results keep the input order.
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            results = list(pool.map(work, jobs))
+
+    render_counts: dict[str, collections.Counter] = {
+        s: collections.Counter({k: 0 for k in RENDER_COUNT_KEYS}) for s in split_names
+    }
+    fg_fractions: dict[str, list[float]] = {s: [] for s in split_names}
+    rows = []
+    for (rec, _, _), (row, per_image, problems) in zip(jobs, results):
+        render_counts[rec.split].update(per_image)
+        read.problems.extend(problems)
+        if row is not None:
+            fg_fractions[rec.split].append(row.pop("_fraction"))
+            rows.append(row)
+
+    if not rows:
+        listed = sum(c.get("images_listed", 0) for c in read.counts.values())
+        missing = sum(c.get("missing_image_file", 0) for c in read.counts.values())
+        corrupt = sum(c.get("corrupt_image", 0) for c in read.counts.values()) + sum(
+            c["corrupt_image"] for c in render_counts.values()
+        )
+        where = read.root if read.root is not None else "the export"
+        hint = "check the export path" if missing or not listed else "re-download the export"
+        first = f"; first problem: {read.problems[0]}" if read.problems else ""
+        raise ValueError(
+            f"no usable images in {where}: {listed} listed, {missing} missing on disk, "
+            f"{corrupt} corrupt; {hint}{first}"
+        )
+
+    with open(out_dir / "index.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    summary: dict = {}
+    for split in split_names:
+        fr = fg_fractions[split]
+        entry: dict = {}
+        entry.update({k: int(v) for k, v in read.counts.get(split, {}).items()})
+        for k, v in render_counts[split].items():
+            entry[k] = entry.get(k, 0) + int(v)
+        entry["images"] = len(fr)
+        entry["with_foreground"] = sum(1 for x in fr if x > 0)
+        entry["without_foreground"] = sum(1 for x in fr if x == 0)
+        entry["mean_foreground_fraction"] = round(sum(fr) / len(fr), 6) if fr else 0.0
+        summary[split] = entry
+    summary["problems"] = len(read.problems)
+    return summary
+
+
+__all__ = [
+    "INDEX_COLUMNS",
+    "RENDER_COUNT_KEYS",
+    "build_processed_dataset",
+    "render_box_mask",
+    "render_polygon_mask",
+    "render_record_mask",
+    "source_group_of",
+]
