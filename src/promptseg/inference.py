@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["postprocess_probabilities", "upsample_logits"]
+__all__ = ["postprocess_probabilities", "upsample_logits", "TrainedModel", "load_trained_model", "predict_probabilities", "predict_masks"]
 
 
 def postprocess_probabilities(
@@ -79,3 +79,72 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     x = logits[None, None] if squeeze else logits[:, None]
     y = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
     return y[0, 0] if squeeze else y[:, 0]
+
+
+# --------------------------------------------------------------------------- running a trained model
+class TrainedModel:
+    """A trained variant loaded from ``models/<variant>/`` (merged weights + processor + promptseg.json)."""
+
+    def __init__(self, model, processor, card: dict | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.card = card or {}
+        image_processor = processor.image_processor
+        size = image_processor.size
+        self.image_size = int(size["height"] if not isinstance(size, int) else size)
+        self.mean, self.std = list(image_processor.image_mean), list(image_processor.image_std)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_trained_model(model_dir) -> TrainedModel:
+    """Load ``models/<variant>`` (or any CLIPSeg ``save_pretrained`` folder)."""
+    import json
+    from pathlib import Path
+
+    from promptseg.model import load_pretrained
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} not found: train it first (`dvc repro train`) "
+                                "or pass --model with a folder written by save_pretrained.")
+    model, processor = load_pretrained(str(model_dir))
+    card_path = model_dir / "promptseg.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    return TrainedModel(model, processor, card)
+
+
+@torch.no_grad()
+def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], prompts: list[str],
+                          *, batch_size: int = 16) -> list[np.ndarray]:
+    """Probability maps at each image's OWN size, one per (image, prompt) pair.
+
+    ``images[i]`` is an (H, W, 3) uint8 RGB array paired with ``prompts[i]``. Steps per batch:
+    resize + normalise -> CLIPSeg logits at the model's input size -> bilinear upsample of the
+    logits to (H, W) -> sigmoid. Returns float32 (H, W) arrays in [0, 1].
+    """
+    from promptseg.data import preprocess_image
+    from promptseg.model import segmentation_logits
+
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
+    out: list[np.ndarray] = []
+    device = trained.device
+    for start in range(0, len(images), batch_size):
+        chunk, chunk_prompts = images[start:start + batch_size], prompts[start:start + batch_size]
+        pixel_values = torch.stack([preprocess_image(im, trained.image_size, trained.mean, trained.std) for im in chunk])
+        tokens = trained.processor.tokenizer(list(chunk_prompts), padding=True, return_tensors="pt")
+        logits = segmentation_logits(trained.model, pixel_values.to(device), tokens["input_ids"].to(device),
+                                     tokens["attention_mask"].to(device)).float().cpu()
+        for image, logit in zip(chunk, logits):
+            out.append(torch.sigmoid(upsample_logits(logit, image.shape[:2])).numpy())
+    return out
+
+
+def predict_masks(trained: TrainedModel, images: list[np.ndarray], prompts: list[str], *, threshold: float,
+                  morphology: bool = True, kernel_size: int = 3, batch_size: int = 16) -> list[np.ndarray]:
+    """{0,255} uint8 masks at each image's own size: probabilities -> threshold -> open/close."""
+    probs = predict_probabilities(trained, images, prompts, batch_size=batch_size)
+    return [postprocess_probabilities(p, threshold, morphology=morphology, kernel_size=kernel_size) for p in probs]

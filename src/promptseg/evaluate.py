@@ -1,0 +1,213 @@
+"""Score a trained variant: threshold chosen on val, every image scored with EVERY prompt of its dataset.
+
+Per dataset:
+1. val probabilities for each prompt -> one-pass threshold sweep (raw ``probs > t``, before morphology)
+   -> the threshold with the best mean per-image Dice over val images x prompts. Test is never used.
+2. val and test masks at that threshold (+ open/close) -> per prompt: mIoU and mean Dice over images
+   (both-empty image scores 1.0), micro IoU/Dice from summed counts, and for cracks boundary F1
+   (2 px) and clDice. Masks are written to ``<predictions>/<dataset>/<split>/<stem>__<prompt>.png``.
+3. Prompt switching: the same images with every prompt of the OTHER dataset should light nothing;
+   ``cross_prompt_lit`` is the mean fraction of pixels lit (lower is better), next to ``in_prompt_lit``.
+   Unrelated prompts (``eval.unrelated_prompts``) give ``unrelated_prompt_lit``; paraphrases never
+   used in training (``eval.paraphrases``) get Dice like the training prompts.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from promptseg.data import list_split, read_rgb
+from promptseg.inference import TrainedModel, postprocess_probabilities, predict_probabilities
+from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice, lit_fraction,
+                               micro_iou_dice, threshold_sweep_counts)
+
+THIN_STRUCTURE_DATASETS = ("cracks",)  # get boundary F1 and clDice
+
+
+def prompt_slug(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+
+
+@dataclass
+class EvalConfig:
+    thresholds: list[float]
+    morphology: bool = True
+    kernel_size: int = 3
+    batch_size: int = 16
+    boundary_tolerance_px: int = 2
+    empty_score: float = 1.0
+    figure_images: int = 3
+    unrelated_prompts: list[str] = field(default_factory=list)
+    paraphrases: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class SplitData:
+    stems: list[str]
+    images: list[np.ndarray]      # RGB uint8, own size
+    truths: list[np.ndarray]      # bool, own size
+
+
+def load_split(processed_root: Path, dataset: str, split: str) -> SplitData:
+    pairs = list_split(processed_root, dataset, split)
+    images, truths = [], []
+    for image_path, mask_path in pairs:
+        images.append(read_rgb(image_path))
+        truths.append(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 0)
+    return SplitData([p.stem for p, _ in pairs], images, truths)
+
+
+def per_image_dice_from_counts(counts: np.ndarray, empty_score: float) -> np.ndarray:
+    """counts (..., 3) tp, fp, fn -> Dice per row, ``empty_score`` where all are zero."""
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), empty_score)
+
+
+def sweep_thresholds(probs_by_prompt: dict[str, list[np.ndarray]], truths, cfg: EvalConfig):
+    """Mean per-image IoU and Dice at every threshold over images x prompts; one pass per map."""
+    counts = np.stack([threshold_sweep_counts(p, t, cfg.thresholds)
+                       for probs in probs_by_prompt.values() for p, t in zip(probs, truths)])  # (N, T, 3)
+    dice = per_image_dice_from_counts(counts, cfg.empty_score).mean(axis=0)
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    union = tp + fp + fn
+    iou = np.where(union > 0, tp / np.maximum(union, 1), cfg.empty_score).mean(axis=0)
+    return {t: (float(i), float(d)) for t, i, d in zip(cfg.thresholds, iou, dice)}
+
+
+def score_masks(masks, truths, cfg: EvalConfig, thin: bool) -> dict:
+    """Per-image mean IoU/Dice (+ boundary F1, clDice for thin structures) and micro IoU/Dice."""
+    ious, dices, bf1, cld, tps, fps, fns = [], [], [], [], [], [], []
+    for mask, truth in zip(masks, truths):
+        pred = mask > 0
+        iou, dice = iou_dice(pred, truth, empty_score=cfg.empty_score)
+        ious.append(iou), dices.append(dice)
+        tp, fp, fn = confusion_counts(pred, truth)
+        tps.append(tp), fps.append(fp), fns.append(fn)
+        if thin:
+            bf1.append(boundary_f1(pred, truth, tolerance_px=cfg.boundary_tolerance_px))
+            cld.append(cl_dice(pred, truth))
+    micro_iou, micro_dice = micro_iou_dice(tps, fps, fns, empty_score=cfg.empty_score)
+    scores = {"miou": float(np.mean(ious)), "dice": float(np.mean(dices)),
+              "micro_iou": float(micro_iou), "micro_dice": float(micro_dice), "images": len(masks)}
+    if thin:
+        scores["boundary_f1"] = float(np.mean(bf1))
+        scores["cl_dice"] = float(np.mean(cld))
+    return scores
+
+
+def _mean_of(prompt_scores: list[dict]) -> dict:
+    keys = [k for k in prompt_scores[0] if k != "images"]
+    return {k: float(np.mean([s[k] for s in prompt_scores])) for k in keys}
+
+
+def _write_masks(folder: Path, stems, prompt: str, masks) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, mask in zip(stems, masks):
+        cv2.imwrite(str(folder / f"{stem}__{prompt_slug(prompt)}.png"), mask)
+
+
+def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, prompts: list[str],
+                     other_prompts: list[str], cfg: EvalConfig, predictions_dir: Path | None) -> tuple[dict, dict]:
+    """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}."""
+    thin = dataset in THIN_STRUCTURE_DATASETS
+    predict = lambda data, prompt: predict_probabilities(trained, data.images, [prompt] * len(data.images),
+                                                         batch_size=cfg.batch_size)
+    post = lambda probs, t: [postprocess_probabilities(p, t, morphology=cfg.morphology, kernel_size=cfg.kernel_size)
+                             for p in probs]
+    splits = {split: load_split(processed_root, dataset, split) for split in ("val", "test")}
+    splits = {s: d for s, d in splits.items() if d.images}
+    if "val" not in splits:
+        raise ValueError(f"{dataset}: no validation images under {processed_root}/{dataset}/val; "
+                         "the threshold must be chosen on validation.")
+    val_probs = {prompt: predict(splits["val"], prompt) for prompt in prompts}
+    sweep = sweep_thresholds(val_probs, splits["val"].truths, cfg)
+    threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
+
+    result: dict = {"threshold": threshold, "threshold_chosen_on": "val"}
+    for split, data in splits.items():
+        per_prompt, in_lit = {}, []
+        for prompt in prompts:
+            probs = val_probs[prompt] if split == "val" else predict(data, prompt)
+            masks = post(probs, threshold)
+            per_prompt[prompt] = score_masks(masks, data.truths, cfg, thin)
+            in_lit += [lit_fraction(m > 0) for m in masks]
+            if predictions_dir is not None:
+                _write_masks(predictions_dir / dataset / split, data.stems, prompt, masks)
+        cross = [lit_fraction(m > 0) for prompt in other_prompts for m in post(predict(data, prompt), threshold)]
+        entry = {"prompts": per_prompt, "all_prompts": _mean_of(list(per_prompt.values())),
+                 "images": len(data.images), "in_prompt_lit": float(np.mean(in_lit)),
+                 "cross_prompt_lit": float(np.mean(cross)) if cross else float("nan")}
+        if cfg.unrelated_prompts:
+            entry["unrelated_prompt_lit"] = float(np.mean(
+                [lit_fraction(m > 0) for prompt in cfg.unrelated_prompts for m in post(predict(data, prompt), threshold)]))
+        paraphrases = cfg.paraphrases.get(dataset, [])
+        if paraphrases:
+            entry["paraphrases"] = {p: score_masks(post(predict(data, p), threshold), data.truths, cfg, thin)
+                                    for p in paraphrases}
+        result[split] = entry
+    return result, sweep
+
+
+def evaluate_variant(trained: TrainedModel, processed_root: Path, prompts: dict[str, list[str]], cfg: EvalConfig,
+                     predictions_dir: Path | None = None) -> tuple[dict, dict]:
+    """Scores for every dataset plus an "overall" block, and the sweeps {dataset: {t: (miou, dice)}}."""
+    results, sweeps = {}, {}
+    for dataset, dataset_prompts in prompts.items():
+        others = [p for name, ps in prompts.items() if name != dataset for p in ps]
+        results[dataset], sweeps[dataset] = evaluate_dataset(trained, processed_root, dataset, dataset_prompts,
+                                                             others, cfg, predictions_dir)
+    overall = {}
+    for split in ("val", "test"):
+        present = [r[split] for r in results.values() if split in r]
+        if present:
+            overall[f"{split}_miou"] = float(np.mean([r["all_prompts"]["miou"] for r in present]))
+            overall[f"{split}_dice"] = float(np.mean([r["all_prompts"]["dice"] for r in present]))
+            overall[f"{split}_cross_prompt_lit"] = float(np.mean([r["cross_prompt_lit"] for r in present]))
+    results["overall"] = overall
+    return results, sweeps
+
+
+def write_sweep_csv(path: Path, sweeps: dict) -> None:
+    """One row per threshold: <dataset>_val_miou and <dataset>_val_dice columns (a DVC plot)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    thresholds = sorted({t for s in sweeps.values() for t in s})
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["threshold"] + [f"{d}_val_{m}" for d in sweeps for m in ("miou", "dice")])
+        for t in thresholds:
+            writer.writerow([t] + [round(sweeps[d][t][k], 6) for d in sweeps for k in (0, 1)])
+
+
+def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str, prompt: str, threshold: float,
+                       cfg: EvalConfig, out_path: Path, split: str = "test") -> None:
+    """image | ground truth | heatmap | binary mask for the first ``cfg.figure_images`` images of a split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = load_split(processed_root, dataset, split)
+    n = min(cfg.figure_images, len(data.images))
+    if n == 0:
+        return
+    probs = predict_probabilities(trained, data.images[:n], [prompt] * n, batch_size=cfg.batch_size)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
+    for row, (image, truth, prob, stem) in enumerate(zip(data.images, data.truths, probs, data.stems)):
+        mask = postprocess_probabilities(prob, threshold, morphology=cfg.morphology, kernel_size=cfg.kernel_size)
+        panels = [(image, "image", None), (truth, "ground truth", "gray"), (prob, f"heatmap: {prompt!r}", "magma"),
+                  (mask, f"mask (t={threshold:g})", "gray")]
+        for col, (panel, title, cmap) in enumerate(panels):
+            axes[row, col].imshow(panel, cmap=cmap, vmin=0 if cmap else None, vmax=(1 if cmap == "magma" else None))
+            axes[row, col].set_title(title if row == 0 else "", fontsize=9)
+            axes[row, col].axis("off")
+        axes[row, 0].set_ylabel(stem[:24], fontsize=7)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,416 @@
+"""``metrics/report.md`` from the metrics files alone (no model), plus trivial masks scored on the same images.
+
+Inputs (all small JSON files written by earlier stages):
+
+- ``metrics/data/<dataset>.json``: per split counts (images, with/without foreground, mean foreground
+  fraction) and the counters of what the mask stage skipped or repaired;
+- ``metrics/train/<variant>.json``: method, trainable/total parameters, seconds per epoch;
+- ``metrics/eval/<variant>.json``: per dataset the threshold chosen on val, and per split per-prompt scores,
+  prompt-switching lit fractions and paraphrase scores (see :mod:`promptseg.evaluate`).
+
+The trivial baselines ("all zeros", "all ones") are scored with :func:`promptseg.evaluate.score_masks` on the
+processed ground truth of the same split, so a model's figures can be read against masks that need no model.
+
+Everything is GitHub-flavoured markdown (tables padded so they read in a terminal too), numbers to 3 decimals.
+A file that is missing (a variant not yet evaluated) gives one line saying so, never an exception.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from promptseg.data import list_split
+from promptseg.evaluate import THIN_STRUCTURE_DATASETS, EvalConfig, score_masks
+from promptseg.params import DATASETS
+
+__all__ = ["trivial_baseline_scores", "build_report", "write_report", "QUIRK_IGNORED_KEYS"]
+
+ZEROSHOT = "zeroshot"
+BASELINE_NAMES = ("all zeros", "all ones")
+
+# Counters in metrics/data/<dataset>.json that describe the data rather than something skipped or repaired.
+QUIRK_IGNORED_KEYS = frozenset({
+    "images", "images_listed", "with_foreground", "without_foreground", "mean_foreground_fraction",
+    "images_without_labels", "annotations", "polygons", "multipart_polygons", "rle", "boxes",
+})
+
+MISSING = "n/a"
+
+
+# --------------------------------------------------------------------------- trivial baselines
+def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, empty_score: float = 1.0,
+                            boundary_tolerance_px: int = 2) -> dict:
+    """Scores of an all-zero and an all-one mask on every image of one processed split.
+
+    Returns ``{"all zeros": scores, "all ones": scores}`` where ``scores`` is what
+    :func:`promptseg.evaluate.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``,
+    ``images``; for thin-structure datasets also ``boundary_f1`` and ``cl_dice``), with the same
+    empty-mask rule (an image whose ground truth and prediction are both empty scores ``empty_score``).
+    Returns ``{}`` when the split has no images. Only the ground-truth masks are read.
+    """
+    truths = []
+    for _, mask_path in list_split(Path(processed_root), dataset, split):
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks@{dataset}`.")
+        truths.append(mask > 0)
+    if not truths:
+        return {}
+    cfg = EvalConfig(thresholds=[], empty_score=float(empty_score), boundary_tolerance_px=int(boundary_tolerance_px))
+    thin = dataset in THIN_STRUCTURE_DATASETS
+    zeros = [np.zeros(t.shape, dtype=np.uint8) for t in truths]
+    ones = [np.full(t.shape, 255, dtype=np.uint8) for t in truths]
+    return {"all zeros": score_masks(zeros, truths, cfg, thin), "all ones": score_masks(ones, truths, cfg, thin)}
+
+
+# --------------------------------------------------------------------------- formatting helpers
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or isinstance(value, bool):
+        return MISSING
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return MISSING
+    if math.isnan(x):
+        return MISSING
+    return f"{x:.{digits}f}"
+
+
+def _int(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return MISSING
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return MISSING
+
+
+def _pct(fraction: Any) -> str:
+    try:
+        return _num(float(fraction) * 100.0)
+    except (TypeError, ValueError):
+        return MISSING
+
+
+def _cell(text: Any) -> str:
+    """One table cell: no newlines, pipes escaped."""
+    return str(text).replace("\n", " ").replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str]) -> str:
+    """A markdown table padded to equal column widths (``align``: "l" or "r" per column)."""
+    body = [[_cell(c) for c in row] for row in rows]
+    head = [_cell(h) for h in header]
+    widths = [max([len(head[i]), 3] + [len(r[i]) for r in body]) for i in range(len(head))]
+
+    def line(cells):
+        padded = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if a == "r" else "-" * w for w, a in zip(widths, align)) + " |"
+    return "\n".join([line(head), rule, *(line(r) for r in body)])
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _quirks(split_counts: dict) -> str:
+    found = [(k, v) for k, v in sorted(split_counts.items())
+             if k not in QUIRK_IGNORED_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and v]
+    if not found:
+        return "0"
+    total = sum(v for _, v in found)
+    return f"{_int(total)} (" + ", ".join(f"{k} {_int(v)}" for k, v in found) + ")"
+
+
+def _source_description(model_source: str) -> str:
+    if model_source == "small":
+        return "`small` (a small CLIPSeg built from a config: random initial weights, trained here from scratch)"
+    return f"`{model_source}` (pretrained CLIPSeg weights, fine-tuned here)"
+
+
+# --------------------------------------------------------------------------- sections
+def _header(variants: list[str], model_source: str, datasets: Sequence[str]) -> list[str]:
+    return [
+        "# promptseg report",
+        "",
+        f"Model source: {_source_description(model_source)}. "
+        f"Variants: {', '.join(f'`{v}`' for v in variants) if variants else 'none'}. "
+        f"Datasets: {', '.join(datasets)}.",
+        "",
+        "Metric: IoU and Dice are computed per image over the whole 2-D mask, then averaged over images "
+        "(mIoU, Dice); an image whose ground truth and prediction are both empty scores 1. "
+        "Each variant's threshold is chosen on val only and then applied to test; "
+        "every image is scored with every prompt of its dataset.",
+        "",
+    ]
+
+
+def _data_section(data_metrics: dict[str, dict], datasets: Sequence[str]) -> list[str]:
+    out = ["## Table 1: data", ""]
+    rows, missing = [], []
+    for dataset in datasets:
+        counts = data_metrics.get(dataset)
+        if not counts:
+            missing.append(dataset)
+            continue
+        for split in ("train", "val", "test"):
+            c = counts.get(split)
+            if not isinstance(c, dict):
+                continue
+            rows.append([dataset, split, _int(c.get("images")), _int(c.get("with_foreground")),
+                         _int(c.get("without_foreground")), _pct(c.get("mean_foreground_fraction")), _quirks(c)])
+    if rows:
+        out += [_table(["dataset", "split", "images", "with foreground", "without foreground", "mean foreground %",
+                        "skipped/repaired"], rows, "llrrrrl"), ""]
+    for dataset in missing:
+        out += [f"No data summary for `{dataset}` (metrics/data/{dataset}.json is missing: run "
+                f"`dvc repro masks@{dataset}`).", ""]
+    return out
+
+
+def _score_columns(dataset: str) -> list[tuple[str, str]]:
+    cols = [("mIoU", "miou"), ("Dice", "dice")]
+    if dataset in THIN_STRUCTURE_DATASETS:
+        cols += [("boundary F1", "boundary_f1"), ("clDice", "cl_dice")]
+    return cols
+
+
+def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_metrics: dict[str, dict],
+                        baselines: dict, boundary_tolerance_px: int | None) -> list[str]:
+    cols = _score_columns(dataset)
+    out = [f"## Table {number}: {dataset}, test split, per prompt", ""]
+    rows, notes = [], []
+    for variant in variants:
+        ev = eval_metrics.get(variant)
+        if ev is None:
+            notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
+                         f"`dvc repro evaluate@{variant}`).")
+            continue
+        block = ev.get(dataset)
+        test = _get(block, "test")
+        if not isinstance(test, dict):
+            notes.append(f"Variant `{variant}`: no test scores for {dataset} in metrics/eval/{variant}.json.")
+            continue
+        threshold = _num(block.get("threshold"))
+        for prompt, scores in (test.get("prompts") or {}).items():
+            rows.append([f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols),
+                         _int(scores.get("images"))])
+        mean = test.get("all_prompts") or {}
+        rows.append(["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols),
+                     _int(test.get("images"))])
+    base = baselines.get(dataset) or {}
+    for name in BASELINE_NAMES:
+        scores = base.get(name)
+        if scores:
+            rows.append([f"trivial: {name}", "no model", MISSING, *(_num(scores.get(k)) for _, k in cols),
+                         _int(scores.get("images"))])
+    if rows:
+        out += [_table(["prompt", "variant", "threshold (val)", *(c for c, _ in cols), "images"], rows,
+                       "llr" + "r" * len(cols) + "r"), ""]
+    if not base:
+        notes.append(f"No trivial baselines for {dataset} (no processed test split found).")
+    else:
+        notes += _beaten_notes(dataset, variants, eval_metrics, base)
+    if dataset in THIN_STRUCTURE_DATASETS:
+        tolerance = f"{boundary_tolerance_px} px" if boundary_tolerance_px is not None else "the evaluation tolerance"
+        notes.append(f"Boundary F1: precision and recall of mask pixels lying within {tolerance} of the other mask; "
+                     "clDice compares skeletons. Both suit thin cracks, where IoU punishes one-pixel offsets.")
+    out += [n + "\n" for n in notes]
+    return out
+
+
+def _beaten_notes(dataset: str, variants: list[str], eval_metrics: dict[str, dict], base: dict) -> list[str]:
+    """One line per variant whose mean test Dice does not beat the best trivial mask (at 3 decimals)."""
+    named = [(name, s.get("dice")) for name, s in base.items() if isinstance(s, dict) and s.get("dice") is not None]
+    if not named:
+        return []
+    best_name, best = max(named, key=lambda t: t[1])
+    notes = []
+    for variant in variants:
+        dice = _get(eval_metrics.get(variant), dataset, "test", "all_prompts", "dice")
+        if isinstance(dice, (int, float)) and not math.isnan(dice) and round(dice, 3) <= round(best, 3):
+            notes.append(f"Note: `{variant}` on {dataset} (mean Dice {_num(dice)}) does not beat the trivial "
+                         f"'{best_name}' mask (Dice {_num(best)}).")
+    return notes
+
+
+def _comparison_section(number: int, variants: list[str], train_metrics: dict[str, dict],
+                        eval_metrics: dict[str, dict], datasets: Sequence[str]) -> list[str]:
+    out = [f"## Table {number}: variant comparison (test split, mean over prompts)", ""]
+    rows, notes = [], []
+    for variant in variants:
+        tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
+        if tr is None and ev is None:
+            notes.append(f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
+                         f"or metrics/eval/{variant}.json).")
+            continue
+        if tr is None and variant != ZEROSHOT:
+            notes.append(f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`).")
+        if ev is None:
+            notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
+        tr = tr or {}
+        method = tr.get("method") or ("zero-shot (no training)" if variant == ZEROSHOT else MISSING)
+        trainable, total = tr.get("trainable_params"), tr.get("total_params")
+        if variant == ZEROSHOT and trainable is None:
+            trainable = 0
+        share = (_num(100.0 * trainable / total) if isinstance(trainable, (int, float)) and total else MISSING)
+        per_dataset = []
+        for dataset in datasets:
+            mean = _get(ev, dataset, "test", "all_prompts") or {}
+            per_dataset += [_num(mean.get("miou")), _num(mean.get("dice"))]
+        rows.append([variant, method, _int(trainable), _int(total), share, *per_dataset,
+                     _num(tr.get("seconds_per_epoch"))])
+    if rows:
+        header = ["variant", "method", "trainable params", "total params", "trainable %"]
+        for dataset in datasets:
+            header += [f"{dataset} mIoU", f"{dataset} Dice"]
+        header.append("s/epoch")
+        out += [_table(header, rows, "llrrr" + "rr" * len(datasets) + "r"), ""]
+    out += [n + "\n" for n in notes]
+    return out
+
+
+def _switching_section(number: int, variants: list[str], eval_metrics: dict[str, dict],
+                       data_metrics: dict[str, dict], datasets: Sequence[str]) -> list[str]:
+    out = [f"## Table {number}: prompt switching (test split)", "",
+           "Fraction of pixels lit: with the dataset's own prompts (in-prompt; compare with the ground-truth "
+           "foreground share), with every prompt of the OTHER dataset (cross-prompt: a model that does not "
+           "switch on the prompt lights the same pixels; lower is better) and with unrelated prompts "
+           "(lower is better). Paraphrase Dice: prompts never used in training, scored like the training prompts.",
+           ""]
+    rows, notes = [], []
+    for variant in variants:
+        ev = eval_metrics.get(variant)
+        if ev is None:
+            notes.append(f"Variant `{variant}`: not evaluated yet.")
+            continue
+        for dataset in datasets:
+            test = _get(ev, dataset, "test")
+            if not isinstance(test, dict):
+                continue
+            paraphrases = test.get("paraphrases") or {}
+            para = "; ".join(f'"{p}" {_num(s.get("dice"))}' for p, s in paraphrases.items()) or MISSING
+            gt = _get(data_metrics, dataset, "test", "mean_foreground_fraction")
+            rows.append([variant, dataset, _num(gt), _num(test.get("in_prompt_lit")),
+                         _num(test.get("cross_prompt_lit")), _num(test.get("unrelated_prompt_lit")), para])
+    if rows:
+        out += [_table(["variant", "dataset", "ground-truth foreground", "in-prompt lit", "cross-prompt lit",
+                        "unrelated-prompt lit", "paraphrase Dice"], rows, "llrrrrl"), ""]
+    out += [n + "\n" for n in notes]
+    return out
+
+
+def _figures_section(figures: dict[str, list[str]] | None) -> list[str]:
+    if not figures:
+        return []
+    out = ["## Qualitative figures", "",
+           "Each row: image, ground truth, heatmap, binary mask (first test images, first prompt of the dataset).", ""]
+    for variant, links in figures.items():
+        for link in links:
+            out.append(f"- {variant}, {Path(link).stem.removeprefix(variant + '_')}: ![{Path(link).stem}]({link})")
+    return out + [""]
+
+
+# --------------------------------------------------------------------------- assembly
+def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], eval_metrics: dict[str, dict],
+                 baselines: dict, *, model_source: str, variants: list[str] | None = None,
+                 datasets: Sequence[str] = DATASETS, figures: dict[str, list[str]] | None = None,
+                 boundary_tolerance_px: int | None = None) -> str:
+    """The markdown report.
+
+    Args:
+        data_metrics: ``{dataset: metrics/data/<dataset>.json}`` (missing datasets allowed).
+        train_metrics: ``{variant: metrics/train/<variant>.json}``.
+        eval_metrics: ``{variant: metrics/eval/<variant>.json}``.
+        baselines: ``{dataset: trivial_baseline_scores(...)}`` on the test split.
+        model_source: ``model.source`` from params.yaml (``"small"`` or pretrained weights).
+        variants: variants to report, in order; default: every variant found in train or eval metrics.
+            A variant with no files gets a line saying so.
+        datasets: datasets to report.
+        figures: ``{variant: [relative link, ...]}`` to qualitative PNGs that exist.
+        boundary_tolerance_px: the boundary F1 tolerance, named in the thin-structure note when given.
+    """
+    if variants is None:
+        variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
+    variants = list(variants)
+    if model_source != "small" and ZEROSHOT in eval_metrics and ZEROSHOT not in variants:
+        variants.append(ZEROSHOT)
+    if model_source == "small":
+        variants = [v for v in variants if v != ZEROSHOT]
+
+    lines = _header(variants, model_source, datasets)
+    if model_source == "small":
+        lines += ["Zero-shot: a zero-shot row is meaningless for a randomly initialised model and is omitted.", ""]
+    elif ZEROSHOT not in eval_metrics:
+        lines += [f"Zero-shot: no metrics/eval/{ZEROSHOT}.json yet, so no zero-shot row.", ""]
+    lines += _data_section(data_metrics, datasets)
+    number = 2
+    for dataset in datasets:
+        lines += _per_prompt_section(number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px)
+        number += 1
+    lines += _comparison_section(number, variants, train_metrics, eval_metrics, datasets)
+    number += 1
+    lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets)
+    lines += _figures_section(figures)
+    text = "\n".join(lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.rstrip("\n") + "\n"
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"[report] ignoring {path}: not readable JSON ({exc})")
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_report(metrics_dir: Path, processed_root: Path, out_path: Path, *, variants: list[str], model_source: str,
+                 datasets: Sequence[str] = DATASETS, empty_score: float = 1.0,
+                 boundary_tolerance_px: int = 2) -> None:
+    """Read the metrics files under ``metrics_dir``, score the trivial baselines on the processed test
+    splits, and write the markdown report to ``out_path`` (figure links relative to it)."""
+    metrics_dir, processed_root, out_path = Path(metrics_dir), Path(processed_root), Path(out_path)
+    variants = list(variants)
+    if model_source != "small" and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
+        variants.append(ZEROSHOT)
+    data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
+    train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}
+    evals = {v: m for v in variants if (m := _read_json(metrics_dir / "eval" / f"{v}.json")) is not None}
+    baselines = {}
+    for dataset in datasets:
+        scores = trivial_baseline_scores(processed_root, dataset, "test", empty_score=empty_score,
+                                         boundary_tolerance_px=boundary_tolerance_px)
+        if scores:
+            baselines[dataset] = scores
+    figures: dict[str, list[str]] = {}
+    for variant in variants:
+        for dataset in datasets:
+            png = metrics_dir / "eval" / "figures" / f"{variant}_{dataset}.png"
+            if png.exists():
+                figures.setdefault(variant, []).append(_relative(png, out_path.parent))
+    text = build_report(data, train, evals, baselines, model_source=model_source, variants=variants,
+                        datasets=datasets, figures=figures, boundary_tolerance_px=boundary_tolerance_px)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(text)
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()

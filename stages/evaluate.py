@@ -1,0 +1,50 @@
+"""DVC stage `evaluate@<variant>`: metrics/eval/<variant>.json, the val threshold sweep CSV, masks, figures."""
+import json
+import sys
+from pathlib import Path
+
+from promptseg.evaluate import EvalConfig, evaluate_variant, qualitative_figure, write_sweep_csv
+from promptseg.inference import load_trained_model
+from promptseg.params import DATASETS, load_params, section
+from promptseg.tracking import log_to_run
+
+
+def flatten(prefix, value, out):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flatten(f"{prefix}.{key}" if prefix else key, item, out)
+    elif isinstance(value, (int, float)):
+        out[prefix.replace(" ", "_")] = value
+    return out
+
+
+def main(variant: str) -> None:
+    params = load_params()
+    infer, ev = section(params, "infer"), section(params, "eval")
+    cfg = EvalConfig(thresholds=[float(t) for t in infer["threshold_grid"]],
+                     morphology=bool(infer["morphology"]["enabled"]), kernel_size=int(infer["morphology"]["kernel"]),
+                     batch_size=int(infer["batch_size"]), boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
+                     empty_score=float(ev["empty_score"]), figure_images=int(ev["figure_images"]),
+                     unrelated_prompts=list(ev.get("unrelated_prompts", [])), paraphrases=dict(ev.get("paraphrases", {})))
+    prompts = {name: section(params, f"data.{name}.prompts") for name in DATASETS}
+    trained = load_trained_model(Path("models") / variant)
+    processed, out = Path("data/processed"), Path("metrics/eval")
+    results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_sweep_csv(out / "sweep" / f"{variant}.csv", sweeps)
+    figures = []
+    for dataset in DATASETS:
+        figure = out / "figures" / f"{variant}_{dataset}.png"
+        qualitative_figure(trained, processed, dataset, prompts[dataset][0], results[dataset]["threshold"], cfg, figure)
+        figures.append(figure)
+    run_id = trained.card.get("summary", {}).get("mlflow_run_id")
+    log_to_run(section(params, "mlflow"), run_id, flatten("eval", results, {}),
+               [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures])
+    o = results["overall"]
+    print(f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "
+          f"cross-prompt lit {o.get('test_cross_prompt_lit', float('nan')):.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,92 @@
+"""`dvc repro` end to end in a temporary copy of the repository, on tiny params."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SECRET = "rf_TEST_SECRET_never_logged_42"
+
+
+def run(args, cwd, **env):
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+                "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **env}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    """The tracked files of this repository (as committed or staged) plus the vendored BPE, with tiny params."""
+    dest = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    shutil.copytree(REPO / "vendor", dest / "vendor")
+    for generated in ("dvc.lock", "metrics"):
+        path = dest / generated
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["synthetic"].update(image_size=96, counts={"train": 6, "valid": 3, "test": 3})
+    params["model"] = {**params["model"], **TINY_MODEL}
+    params["train"]["common"].update(image_size=64, epochs=1, batch_size=4, warmup_steps=0)
+    params["train"]["variants"]["lora"]["r"] = 2
+    params["data"]["drywall"]["source"] = "synthetic"
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], dest)
+    return dest
+
+
+def test_data_stages_run_then_do_nothing_the_second_time(repo_copy):
+    run(["dvc", "repro", "masks@cracks", "masks@drywall"], repo_copy, ROBOFLOW_API_KEY=SECRET)
+    for dataset in ("cracks", "drywall"):
+        summary = json.loads((repo_copy / "metrics" / "data" / f"{dataset}.json").read_text())
+        assert summary["train"]["images"] == 6 and summary["val"]["images"] == 3
+        assert any((repo_copy / "data" / "processed" / dataset / "train" / "masks").glob("*.png"))
+    again = run(["dvc", "repro", "masks@cracks", "masks@drywall"], repo_copy)
+    assert "didn't change" in again and "Running stage" not in again
+
+
+def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
+    run(["dvc", "repro"], repo_copy, ROBOFLOW_API_KEY=SECRET)
+    report = (repo_copy / "metrics" / "report.md").read_text()
+    assert "segment wall crack" in report and "segment taping area" in report
+    for variant in ("lora", "full"):
+        scores = json.loads((repo_copy / "metrics" / "eval" / f"{variant}.json").read_text())
+        assert set(scores["cracks"]["test"]["prompts"]) == {"segment crack", "segment wall crack"}
+        assert set(scores["drywall"]["test"]["prompts"]) == {"segment joint tape", "segment drywall seam",
+                                                            "segment taping area"}
+        for dataset in ("cracks", "drywall"):
+            for prompt_scores in scores[dataset]["test"]["prompts"].values():
+                assert all(0.0 <= v <= 1.0 for k, v in prompt_scores.items() if k != "images")
+    run(["git", "add", "-A"], repo_copy)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo_copy)
+    # the secret that was in the environment during `dvc repro` is nowhere in what it wrote
+    for path in repo_copy.rglob("*"):
+        if path.is_file() and ".git" not in path.parts and path.stat().st_size < 5_000_000:
+            assert SECRET.encode() not in path.read_bytes(), path
+    run(["dvc", "repro", "-s", "evaluate@lora"], repo_copy)
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["infer"]["threshold_grid"] = [0.99]
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status"], repo_copy)
+    assert "evaluate@lora" in status and "train@lora" not in status and "masks@cracks" not in status
+    run(["dvc", "repro", "evaluate@lora"], repo_copy)
+    diff = run(["dvc", "metrics", "diff", "--md"], repo_copy)
+    assert "metrics/eval/lora.json" in diff and "cracks.threshold" in diff

@@ -1,0 +1,111 @@
+"""`promptseg predict`: folders with bad files, exit codes, overlays, the threshold actually used."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import PROMPTS, TINY_MODEL
+from promptseg.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """An untrained tiny model saved like models/<variant> (weights + processor + promptseg.json)."""
+    from promptseg.model import build_small_model
+
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    model, processor = build_small_model(TINY_MODEL, 64, 0)
+    model.save_pretrained(d)
+    processor.save_pretrained(d)
+    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
+    return d
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    cv2.imwrite(str(d / "b.jpg"), rng.integers(0, 256, (33, 47, 3), dtype=np.uint8))
+    (d / "bad.jpg").write_bytes(b"\x00garbage, not a jpeg" * 10)
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(model_dir, folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder), "--out", str(out),
+               "--batch-size", "2", "--eval-metrics", str(tmp_path / "none.json")])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a__segment-crack.png", "b__segment-crack.png"]
+    for name, shape in (("a", (40, 56)), ("b", (33, 47))):
+        mask = cv2.imread(str(out / f"{name}__segment-crack.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+    assert f"skipped {folder / 'bad.jpg'}: not a readable image" in captured.err
+    assert "notes.txt" in captured.err
+    assert "2 masks written, 2 skipped" in captured.out
+    assert "threshold 0.5" in captured.out and "none.json" in captured.out
+
+
+def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(model_dir, folder, tmp_path, capsys):
+    eval_path = tmp_path / "tiny.json"
+    eval_path.write_text(json.dumps({"cracks": {"threshold": 0.3}, "drywall": {"threshold": 0.7}}))
+    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment joint tape", str(folder / "a.png"),
+               "--out", str(tmp_path / "o"), "--eval-metrics", str(eval_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "threshold 0.7: chosen on val for dataset 'drywall'" in out
+    main(["predict", "--model", str(model_dir), "--prompt", "segment a cat", str(folder / "a.png"),
+          "--out", str(tmp_path / "o"), "--eval-metrics", str(eval_path)])
+    assert "threshold 0.5: the default, because 'segment a cat' is not one of the model's training prompts" \
+        in capsys.readouterr().out
+
+
+def test_threshold_one_gives_empty_masks_and_overlay_is_written(model_dir, folder, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder / "a.png"),
+                 str(folder / "b.jpg"), "--out", str(out), "--threshold", "1.0", "--overlay"]) == 0
+    for name in ("a", "b"):
+        assert not cv2.imread(str(out / f"{name}__segment-crack.png"), cv2.IMREAD_GRAYSCALE).any()
+        overlay = cv2.imread(str(out / f"{name}__segment-crack_overlay.png"), cv2.IMREAD_COLOR)
+        original = cv2.imread(str(folder / f"{name}.{'png' if name == 'a' else 'jpg'}"), cv2.IMREAD_COLOR)
+        assert overlay.shape == original.shape
+        assert np.array_equal(overlay, original)  # nothing lit: the overlay is the image itself
+    zero = tmp_path / "zero"
+    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder / "a.png"),
+                 "--out", str(zero), "--threshold", "0", "--overlay", "--no-morphology"]) == 0
+    mask = cv2.imread(str(zero / "a__segment-crack.png"), cv2.IMREAD_GRAYSCALE)
+    overlay = cv2.cvtColor(cv2.imread(str(zero / "a__segment-crack_overlay.png")), cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(cv2.imread(str(folder / "a.png")), cv2.COLOR_BGR2RGB).astype(float)
+    lit = mask > 0
+    assert lit.all()  # sigmoid > 0 everywhere
+    expected = np.rint(0.5 * image + 0.5 * np.array([255.0, 0.0, 0.0]))
+    assert np.abs(overlay.astype(float) - expected).max() <= 1
+
+
+def test_usage_errors_exit_2(model_dir, folder, tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(missing),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    for prompt in ("", "   "):
+        assert main(["predict", "--model", str(model_dir), "--prompt", prompt, str(folder),
+                     "--out", str(tmp_path / "o")]) == 2
+        assert "give a non-empty --prompt" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "no-model"), "--prompt", "segment crack", str(folder),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no-model" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model_dir), "--prompt", "x", str(folder), "--out", str(tmp_path / "o"),
+                 "--threshold", "1.5"]) == 2
+
+
+def test_nothing_readable_exits_1(model_dir, tmp_path, capsys):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "broken.png").write_bytes(b"not a png")
+    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(d),
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "0 masks written, 1 skipped" in capsys.readouterr().out
