@@ -30,14 +30,21 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
 
 
-def normalize(rgb_resized: np.ndarray, mean, std) -> torch.Tensor:
-    """(S, S, 3) uint8 -> (3, S, S) float32 normalised with the model's mean/std."""
+def normalize(rgb_resized: np.ndarray, mean, std, per_image: bool = False) -> torch.Tensor:
+    """(S, S, 3) uint8 -> (3, S, S) float32 normalised with the model's mean/std.
+
+    ``per_image``: then standardise the whole tensor to zero mean, unit std (used by the randomly
+    initialised ``small`` model; see ``promptseg.model.uses_per_image_standardization``).
+    """
     x = torch.from_numpy(np.array(rgb_resized, dtype=np.float32)).div_(255.0).permute(2, 0, 1)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    if per_image:
+        x = (x - x.mean()) / (x.std() + 1e-6)
+    return x
 
 
-def preprocess_image(rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
-    return normalize(resize_rgb(rgb, size), mean, std)
+def preprocess_image(rgb: np.ndarray, size: int, mean, std, per_image: bool = False) -> torch.Tensor:
+    return normalize(resize_rgb(rgb, size), mean, std, per_image)
 
 
 def list_split(processed_root: Path, dataset: str, split: str) -> list[tuple[Path, Path]]:
@@ -62,7 +69,8 @@ class PromptedSegmentation(Dataset):
     """
 
     def __init__(self, pairs, dataset: str, prompts, *, image_size: int, mean, std, seed: int = 42,
-                 hflip_prob: float = 0.0, negative_prompts=(), negative_prompt_prob: float = 0.0):
+                 hflip_prob: float = 0.0, negative_prompts=(), negative_prompt_prob: float = 0.0,
+                 per_image: bool = False):
         if not pairs:
             raise ValueError(f"no images for dataset {dataset!r}: run `dvc repro masks` first.")
         if not prompts:
@@ -71,6 +79,7 @@ class PromptedSegmentation(Dataset):
         self.image_size, self.mean, self.std, self.seed = image_size, mean, std, seed
         self.hflip_prob = hflip_prob
         self.negative_prompts, self.negative_prompt_prob = list(negative_prompts), negative_prompt_prob
+        self.per_image = per_image
         self.epoch = 0
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -104,7 +113,7 @@ class PromptedSegmentation(Dataset):
         flip_rng = _rng(self.seed, self.epoch, index, 1_000)
         if self.hflip_prob and flip_rng.random() < self.hflip_prob:
             rgb, mask = rgb[:, ::-1], mask[:, ::-1]
-        pixel_values = normalize(np.ascontiguousarray(rgb), self.mean, self.std)
+        pixel_values = normalize(np.ascontiguousarray(rgb), self.mean, self.std, self.per_image)
         target = torch.zeros(mask.shape, dtype=torch.float32) if negative else \
             torch.from_numpy(np.ascontiguousarray(mask)).float().div_(255.0)
         return pixel_values, target, prompt, self.dataset

@@ -93,6 +93,8 @@ class TrainedModel:
         size = image_processor.size
         self.image_size = int(size["height"] if not isinstance(size, int) else size)
         self.mean, self.std = list(image_processor.image_mean), list(image_processor.image_std)
+        # inputs standardised per image after mean/std (the small model; promptseg.model explains why)
+        self.per_image = bool(self.card.get("per_image_standardization", False))
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +136,8 @@ def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], promp
     device = trained.device
     for start in range(0, len(images), batch_size):
         chunk, chunk_prompts = images[start:start + batch_size], prompts[start:start + batch_size]
-        pixel_values = torch.stack([preprocess_image(im, trained.image_size, trained.mean, trained.std) for im in chunk])
+        pixel_values = torch.stack([preprocess_image(im, trained.image_size, trained.mean, trained.std, trained.per_image)
+                                    for im in chunk])
         tokens = trained.processor.tokenizer(list(chunk_prompts), padding=True, return_tensors="pt")
         logits = segmentation_logits(trained.model, pixel_values.to(device), tokens["input_ids"].to(device),
                                      tokens["attention_mask"].to(device)).float().cpu()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split
 from promptseg.losses import bce_dice_loss
 from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
-                             merged_model, segmentation_logits)
+                             merged_model, segmentation_logits, uses_per_image_standardization)
 
 CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
@@ -79,6 +79,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
             hflip_prob=float(common.get("hflip_prob", 0.0)) if training else 0.0,
             negative_prompts=others if training else (),
             negative_prompt_prob=float(common.get("negative_prompt_prob", 0.0)) if training else 0.0,
+            per_image=uses_per_image_standardization(setup.model_cfg),
         ))
     return JointSegmentation(parts)
 
@@ -228,7 +229,8 @@ def train_variant(setup: TrainSetup) -> dict:
 
 
 def _write_model_card(setup: TrainSetup, summary: dict) -> None:
-    card = {"variant": setup.variant, "variant_params": setup.variant_cfg, "train_params": setup.common,
+    card = {"variant": setup.variant,
+            "per_image_standardization": uses_per_image_standardization(setup.model_cfg), "variant_params": setup.variant_cfg, "train_params": setup.common,
             "model_params": setup.model_cfg, "prompts": setup.prompts, "summary": summary}
     (setup.model_dir / "promptseg.json").write_text(json.dumps(card, indent=2) + "\n")
 
