@@ -1,0 +1,62 @@
+"""The training Dataset: prompt sampling, negative prompts, flips, and reproducibility per epoch."""
+import numpy as np
+import torch
+
+from conftest import PROMPTS
+from promptseg.data import EpochShuffleSampler, PromptedSegmentation, list_split, normalize
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def make(processed_root, **kwargs):
+    return PromptedSegmentation(list_split(processed_root, "cracks", "train"), "cracks", PROMPTS["cracks"],
+                                image_size=64, mean=MEAN, std=STD, seed=42, **kwargs)
+
+
+def test_negative_prompts_come_at_the_configured_rate_with_zero_targets(processed_root):
+    dataset = make(processed_root, negative_prompts=PROMPTS["drywall"], negative_prompt_prob=0.3)
+    negatives, total = 0, 0
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            _, target, prompt, _ = dataset[index]
+            total += 1
+            if prompt in PROMPTS["drywall"]:
+                negatives += 1
+                assert torch.count_nonzero(target) == 0
+            else:
+                assert prompt in PROMPTS["cracks"]
+    assert total == 40 * len(dataset)
+    assert 0.22 < negatives / total < 0.38
+
+
+def test_without_negatives_every_prompt_is_the_datasets_own(processed_root):
+    dataset = make(processed_root)
+    prompts = {dataset[i][2] for e in range(10) for i in range(len(dataset)) if dataset.set_epoch(e) is None}
+    assert prompts == set(PROMPTS["cracks"])
+
+
+def test_samples_are_a_pure_function_of_seed_epoch_and_index(processed_root):
+    a, b = make(processed_root, hflip_prob=0.5), make(processed_root, hflip_prob=0.5)
+    a.set_epoch(3), b.set_epoch(3)
+    for i in range(len(a)):
+        xa, ya, pa, _ = a[i]
+        xb, yb, pb, _ = b[i]
+        assert pa == pb and torch.equal(xa, xb) and torch.equal(ya, yb)
+    order = lambda epoch: (lambda s: (s.set_epoch(epoch), list(s))[1])(EpochShuffleSampler(16, 42))
+    assert order(1) == order(1) and order(1) != order(2)
+
+
+def test_flip_moves_image_and_mask_together(processed_root):
+    plain, flipped = make(processed_root), make(processed_root, hflip_prob=1.0)
+    x0, y0, _, _ = plain[0]
+    x1, y1, _, _ = flipped[0]
+    assert torch.equal(x1, x0.flip(-1)) and torch.equal(y1, y0.flip(-1))
+
+
+def test_per_image_standardisation_gives_zero_mean_unit_std():
+    rgb = np.random.default_rng(0).integers(150, 200, size=(32, 32, 3), dtype=np.uint8)
+    x = normalize(rgb, MEAN, STD, per_image=True)
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-3
+    plain = normalize(rgb, MEAN, STD)
+    assert torch.allclose(plain[0], (torch.from_numpy(rgb[..., 0].astype(np.float32)) / 255 - MEAN[0]) / STD[0])
