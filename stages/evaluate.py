@@ -6,16 +6,7 @@ from pathlib import Path
 from promptseg.evaluate import EvalConfig, evaluate_variant, qualitative_figure, write_sweep_csv
 from promptseg.inference import load_trained_model
 from promptseg.params import DATASETS, load_params, section
-from promptseg.tracking import log_to_run
-
-
-def flatten(prefix, value, out):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            flatten(f"{prefix}.{key}" if prefix else key, item, out)
-    elif isinstance(value, (int, float)):
-        out[prefix.replace(" ", "_")] = value
-    return out
+from promptseg.tracking import flatten_metrics, log_to_run
 
 
 def main(variant: str) -> None:
@@ -39,7 +30,7 @@ def main(variant: str) -> None:
         qualitative_figure(trained, processed, dataset, prompts[dataset][0], results[dataset]["threshold"], cfg, figure)
         figures.append(figure)
     run_id = trained.card.get("summary", {}).get("mlflow_run_id")
-    log_to_run(section(params, "mlflow"), run_id, flatten("eval", results, {}),
+    log_to_run(section(params, "mlflow"), run_id, flatten_metrics(results, "eval"),
                [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures])
     o = results["overall"]
     print(f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "

@@ -16,6 +16,18 @@ def _flatten(prefix: str, value, out: dict) -> dict:
     return out
 
 
+def flatten_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested metrics dict as ``a.b.c`` keys (spaces -> ``_``) for MLflow."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name.replace(" ", "_")] = float(value)
+    return flat
+
+
 def connect(mlflow_cfg: dict):
     """Point MLflow at the configured store (``MLFLOW_TRACKING_URI`` wins) and experiment."""
     import mlflow
