@@ -219,8 +219,7 @@ def apply_variant(model: CLIPSegForImageSegmentation, variant: dict) -> nn.Modul
                             target_modules=list(variant["targets"]), bias="none")
         peft_model = get_peft_model(model, config)
         if variant.get("train_decoder", False):
-            for name, param in peft_model.base_model.model.decoder.named_parameters():
-                param.requires_grad_(True)
+            peft_model.base_model.model.decoder.requires_grad_(True)
         return peft_model
     raise ValueError(f"unknown training method {method!r} in train.variants: use full, decoder or lora.")
 

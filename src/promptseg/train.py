@@ -218,7 +218,6 @@ def train_variant(setup: TrainSetup) -> dict:
         "device": str(device),
     }
     save_trained_model(module, processor, setup, summary)
-    _write_csv(csv_path, rows)
     (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if setup.mlflow_cfg:
         from promptseg.tracking import log_training_run
