@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # DVC stages call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test clean-venv
+.PHONY: install repro repro-paper test clean-venv
 
 install: $(STAMP) $(CLIP_BPE)
 
@@ -34,6 +34,11 @@ $(CLIP_BPE): | $(STAMP)
 
 repro: install
 	$(BIN)/dvc repro
+
+# The student report's configuration (profiles/paper.yaml: overrides of params.yaml) as a DVC experiment.
+# Needs ROBOFLOW_API_KEY and a GPU; offline it stops at download with the Roboflow message.
+repro-paper: install
+	$(BIN)/dvc exp run -n paper $$($(BIN)/python -m promptseg.profiles paper)
 
 test: install
 	$(BIN)/python -m pytest -q

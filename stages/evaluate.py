@@ -3,7 +3,8 @@ import json
 import sys
 from pathlib import Path
 
-from promptseg.evaluate import EvalConfig, evaluate_variant, qualitative_figure, write_sweep_csv
+from promptseg.evaluate import (EvalConfig, evaluate_variant, qualitative_figure, skipped_reason, write_skipped_outputs,
+                                write_sweep_csv)
 from promptseg.inference import load_trained_model
 from promptseg.params import DATASETS, load_params, section
 from promptseg.tracking import flatten_metrics, log_to_run
@@ -16,10 +17,19 @@ def main(variant: str) -> None:
                      morphology=bool(infer["morphology"]["enabled"]), kernel_size=int(infer["morphology"]["kernel"]),
                      batch_size=int(infer["batch_size"]), boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
                      empty_score=float(ev["empty_score"]), figure_images=int(ev["figure_images"]),
-                     unrelated_prompts=list(ev.get("unrelated_prompts", [])), paraphrases=dict(ev.get("paraphrases", {})))
+                     unrelated_prompts=list(ev.get("unrelated_prompts", [])), paraphrases=dict(ev.get("paraphrases", {})),
+                     hflip_tta=bool(infer["hflip_tta"]), prompt_ensemble=bool(infer["prompt_ensemble"]),
+                     tiled={d: bool(v) for d, v in infer["tiled"].items()},
+                     tile_upscale=float(infer["tiling"]["upscale"]), tile_overlap=float(infer["tiling"]["overlap"]),
+                     measure_inference_options=bool(ev["measure_inference_options"]))
     prompts = {name: section(params, f"data.{name}.prompts") for name in DATASETS}
-    trained = load_trained_model(Path("models") / variant)
     processed, out = Path("data/processed"), Path("metrics/eval")
+    skipped = skipped_reason(Path("models") / variant)
+    if skipped:
+        write_skipped_outputs(variant, skipped, out, Path("data/predictions") / variant, DATASETS)
+        print(f"[evaluate] {variant}: skipped: {skipped}")
+        return
+    trained = load_trained_model(Path("models") / variant)
     results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")

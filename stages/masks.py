@@ -1,4 +1,5 @@
-"""DVC stage `masks@<dataset>`: parse the raw export, render {0,255} masks, write metrics/data/<dataset>.json."""
+"""DVC stage `masks@<dataset>`: parse the raw export, group copies and re-split (data.<dataset>.split),
+render {0,255} masks, write metrics/data/<dataset>.json, contact sheets and the suspicious-items CSV."""
 import json
 import sys
 from pathlib import Path
@@ -6,25 +7,53 @@ from pathlib import Path
 from promptseg.exports import read_export
 from promptseg.masks import build_processed_dataset
 from promptseg.params import check_dataset, load_params, section
+from promptseg.qa import read_index, write_contact_sheets, write_suspicious_csv
+from promptseg.splits import plan_splits
 
 
 def main(dataset: str) -> None:
     params = load_params()
     check_dataset(dataset)
+    cfg = section(params, "masks")
     raw, out = Path("data/raw") / dataset, Path("data/processed") / dataset
     read = read_export(raw, empty_segmentation=section(params, f"data.{dataset}.empty_polygon"))
     for problem in read.problems[:20]:
         print(f"[masks] {dataset}: {problem}")
     if len(read.problems) > 20:
         print(f"[masks] {dataset}: ... and {len(read.problems) - 20} more problems (counted in metrics/data/{dataset}.json)")
+    near = section(params, "masks.near_duplicates")
+    grouped = section(params, "masks.grouped_split")
     try:
-        summary = build_processed_dataset(read, out, min_box_side_px=float(section(params, "masks.min_box_side_px")))
+        plan = plan_splits(
+            read.records,
+            strategy=section(params, f"data.{dataset}.split"),
+            ratios=dict(grouped["ratios"]),
+            seed=int(grouped["seed"]),
+            max_distance=int(near["dhash_max_distance"]),
+            min_correlation=float(near["min_correlation"]),
+        )
+        summary = build_processed_dataset(read, out, min_box_side_px=float(cfg["min_box_side_px"]), plan=plan)
     except ValueError as exc:
         sys.exit(f"masks@{dataset}: {exc}")
-    metrics = Path("metrics/data") / f"{dataset}.json"
-    metrics.parent.mkdir(parents=True, exist_ok=True)
+
+    metrics_dir = Path("metrics/data")
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    sheet = section(params, "masks.contact_sheet")
+    write_contact_sheets(out, dataset, metrics_dir / "contact_sheets", grid=int(sheet["grid"]), tile_px=int(sheet["tile_px"]))
+    suspicious = metrics_dir / "suspicious" / f"{dataset}.csv"
+    summary["suspicious"] = write_suspicious_csv(
+        read_index(out / "index.csv"), suspicious,
+        max_foreground_share=float(section(params, "masks.suspicious_max_foreground_share")),
+    )
+    metrics = metrics_dir / f"{dataset}.json"
     metrics.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print(f"[masks] {dataset}: wrote {out} and {metrics}")
+
+    split = summary["split"]
+    for which in ("as_exported", "written"):
+        figures = ", ".join(f"{s} {v['images']} images / {v['groups']} photos, leak {v['leak_by_name']} by name "
+                            f"{v['leak_by_hash']} by hash" for s, v in split[which].items())
+        print(f"[masks] {dataset}: {which.replace('_', ' ')}: {figures}")
+    print(f"[masks] {dataset}: wrote {out}, {metrics}, {suspicious} and contact sheets")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ def main(variant: str) -> None:
         mlflow_cfg=section(params, "mlflow"),
     )
     summary = train_variant(setup)
+    if "skipped" in summary:
+        return
     print(f"[train] {variant}: trainable {summary['trainable_params']:,} of {summary['total_params']:,}; "
           f"final val Dice {summary['final_val_dice']:.3f}")
 

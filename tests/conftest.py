@@ -11,8 +11,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 TINY_MODEL = {
     "source": "small",
-    "hub_id": "CIDAS/clipseg-rd64-refined",
-    "small": {
+    "clipseg": {
         "vision": {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 128, "patch_size": 16},
         "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
         "projection_dim": 32, "reduce_dim": 16, "extract_layers": [0, 1, 2], "decoder_num_attention_heads": 2,

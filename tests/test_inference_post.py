@@ -80,3 +80,26 @@ def test_upsample_align_corners_false():
     # half-pixel centres: output x-coords map to -0.25, 0.25, 0.75, 1.25 (clamped)
     y = upsample_logits(x, (1, 4))
     assert torch.allclose(y, torch.tensor([[0.0, 0.25, 0.75, 1.0]]))
+
+
+def test_prompt_ensemble_and_flip_tta_give_masks_of_each_images_shape():
+    from conftest import TINY_MODEL
+    from promptseg.inference import TrainedModel, predict_masks, predict_probabilities
+    from promptseg.model import build_small_model
+
+    model, processor = build_small_model(TINY_MODEL, 64, 0)
+    trained = TrainedModel(model, processor, {"per_image_standardization": True})
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), rng.integers(0, 256, (70, 33, 3), dtype=np.uint8)]
+    ensemble = ["segment crack", "segment wall crack"]
+    masks = predict_masks(trained, images, [ensemble, "segment crack"], threshold=0.5, hflip_tta=True)
+    assert [m.shape for m in masks] == [(40, 56), (70, 33)]
+    # the ensemble is the mean of the members' logits: sigmoid^-1 of the ensemble = mean of the logits
+    single = [predict_probabilities(trained, images[:1], [p])[0] for p in ensemble]
+    both = predict_probabilities(trained, images[:1], [ensemble])[0]
+    logit = lambda p: np.log(p) - np.log1p(-p)
+    assert np.allclose(logit(both), (logit(single[0]) + logit(single[1])) / 2, atol=1e-4)
+    # flip TTA of a mirrored image is the mirror of flip TTA of the image
+    flipped = predict_probabilities(trained, [images[0][:, ::-1].copy()], ["segment crack"], hflip_tta=True)[0]
+    plain = predict_probabilities(trained, images[:1], ["segment crack"], hflip_tta=True)[0]
+    assert np.allclose(flipped, plain[:, ::-1], atol=1e-5)

@@ -45,6 +45,9 @@ def repo_copy(tmp_path_factory):
     params["model"] = {**params["model"], **TINY_MODEL}
     params["train"]["common"].update(image_size=64, epochs=1, batch_size=4, warmup_steps=0)
     params["train"]["variants"]["lora"]["r"] = 2
+    params["model"]["unet"] = {"widths": [8, 16, 32, 64], "freeze_text": False,
+                               "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                        "intermediate_size": 64}}
     params["data"]["drywall"]["source"] = "synthetic"
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
@@ -57,7 +60,10 @@ def test_data_stages_run_then_do_nothing_the_second_time(repo_copy):
     run(["dvc", "repro", "masks@cracks", "masks@drywall"], repo_copy, ROBOFLOW_API_KEY=SECRET)
     for dataset in ("cracks", "drywall"):
         summary = json.loads((repo_copy / "metrics" / "data" / f"{dataset}.json").read_text())
-        assert summary["train"]["images"] == 6 and summary["val"]["images"] == 3
+        split = summary["split"]
+        assert split["as_exported"]["train"]["images"] == 8 and split["as_exported"]["val"]["images"] == 3  # 6 + 2 copies
+        assert sum(summary[s]["images"] for s in ("train", "val", "test")) == 14
+        assert all(v["leak_by_group"] == 0 for v in split["written"].values())  # grouped: no photo in two splits
         assert any((repo_copy / "data" / "processed" / dataset / "train" / "masks").glob("*.png"))
     again = run(["dvc", "repro", "masks@cracks", "masks@drywall"], repo_copy)
     assert "didn't change" in again and "Running stage" not in again
@@ -67,7 +73,8 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     run(["dvc", "repro"], repo_copy, ROBOFLOW_API_KEY=SECRET)
     report = (repo_copy / "metrics" / "report.md").read_text()
     assert "segment wall crack" in report and "segment taping area" in report
-    for variant in ("lora", "full"):
+    assert json.loads((repo_copy / "metrics" / "eval" / "zeroshot.json").read_text()).keys() == {"skipped"}
+    for variant in ("decoder", "lora", "full", "unet"):
         scores = json.loads((repo_copy / "metrics" / "eval" / f"{variant}.json").read_text())
         assert set(scores["cracks"]["test"]["prompts"]) == {"segment crack", "segment wall crack"}
         assert set(scores["drywall"]["test"]["prompts"]) == {"segment joint tape", "segment drywall seam",

@@ -109,3 +109,22 @@ def test_nothing_readable_exits_1(model_dir, tmp_path, capsys):
     assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(d),
                  "--out", str(tmp_path / "o")]) == 1
     assert "0 masks written, 1 skipped" in capsys.readouterr().out
+
+
+def test_engine_and_threads_options(model_dir, folder, tmp_path, capsys):
+    """--engine onnx on a folder without an export: one line naming `promptseg export`; bad values exit 2."""
+    args = ["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder / "a.png"),
+            "--out", str(tmp_path / "o")]
+    assert main([*args, "--engine", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert f"run `promptseg export --model {model_dir}` first" in err and err.count("\n") == 1
+    assert main([*args, "--engine", "tensorrt"]) == 2
+    assert main([*args, "--threads", "0"]) == 2
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main([*args, "--threads", "1", "--threshold", "1.0"]) == 0  # the torch engine with one thread
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)  # the setting is process-wide: do not slow the tests after this one

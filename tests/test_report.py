@@ -1,11 +1,11 @@
-"""metrics/report.md from hand-written metrics dicts, and the trivial baselines on hand-made masks."""
+"""metrics/report.md from hand-written metrics dicts, and the no-learning baselines on hand-made masks and images."""
 import json
 
 import cv2
 import numpy as np
 import pytest
 
-from promptseg.report import build_report, trivial_baseline_scores, write_report
+from promptseg.report import build_report, darkest_name, trivial_baseline_scores, write_report
 
 
 def scores(miou, dice, thin=False, images=4):
@@ -37,11 +37,18 @@ DATA = {name: {"problems": 0, **{split: {"images": 4, "with_foreground": 3, "wit
                                            "clipped_boxes": 2 if name == "drywall" else 0, "corrupt_image": 1,
                                            "unknown_category": 0}
                                    for split in ("train", "val", "test")}} for name in ("cracks", "drywall")}
-TRAIN = {"lora": {"method": "lora", "trainable_params": 995328, "total_params": 150747746, "seconds_per_epoch": 12.5},
-         "full": {"method": "full", "trainable_params": 150747746, "total_params": 150747746, "seconds_per_epoch": 20.0}}
+TRAIN = {"lora": {"method": "lora", "architecture": "clipseg", "trainable_params": 995328, "total_params": 150747746,
+                  "seconds_per_epoch": 12.5},
+         "full": {"method": "full", "architecture": "clipseg", "trainable_params": 150747746,
+                  "total_params": 150747746, "seconds_per_epoch": 20.0}}
 EVAL = {"lora": eval_file(0.512, 0.61), "full": eval_file(0.333, 0.444)}
-BASELINES = {"cracks": {"all zeros": scores(0.25, 0.25, True), "all ones": scores(0.011, 0.021, True)},
+BASELINES = {"cracks": {"all zeros": {**scores(0.25, 0.25, True), "lit": 0.0},
+                        "all ones": {**scores(0.011, 0.021, True), "lit": 1.0},
+                        "darkest 5%": {**scores(0.05, 0.09, True), "lit": 0.05}},
              "drywall": {"all zeros": scores(0.25, 0.25), "all ones": scores(0.2, 0.3)}}
+SKIP_REASON = "zero-shot needs pretrained weights, and model.source is `small`"
+OPTIONS = {"single_prompt": 0.41, "ensemble": 0.43, "single_prompt+hflip": 0.42, "ensemble+hflip": 0.4}
+LADDER = ["zeroshot", "decoder", "lora", "full", "unet"]
 
 
 def row(text, *cells):
@@ -65,14 +72,24 @@ def test_report_tables_hold_the_numbers_in_the_right_rows():
     r = row(cracks, '"segment crack"', "lora")
     assert r[2:7] == ["0.400", "0.512", "0.600", "0.250", "0.125"]
     assert row(cracks, '"segment crack"', "full")[3] == "0.333"
-    assert row(cracks, "trivial: all ones")[3:7] == ["0.011", "0.021", "0.250", "0.125"]
+    assert row(cracks, "no learning: all ones")[3:7] == ["0.011", "0.021", "0.250", "0.125"]
+    assert row(cracks, "no learning: darkest 5%")[3:5] == ["0.050", "0.090"]
     assert row(cracks, "mean over prompts", "lora")[3] == "0.356"  # (0.512 + 0.2) / 2
     assert "boundary F1" in cracks and "boundary F1" not in drywall
     assert row(drywall, '"segment joint tape"', "full")[2:5] == ["0.600", "0.444", "0.700"]
-    assert row(drywall, "trivial: all zeros")[3:5] == ["0.250", "0.250"]
-    comparison = section(text, "variant comparison")
-    assert row(comparison, "lora")[1:5] == ["lora", "995,328", "150,747,746", "0.660"]
-    assert row(comparison, "full")[-1] == "20.000"
+    assert row(drywall, "no learning: all zeros")[3:5] == ["0.250", "0.250"]
+    assert "darkest" not in drywall
+    ladder = section(text, "cracks ladder")
+    assert row(ladder, "lora")[1:] == ["lora / clipseg", "995,328", "150,747,746", "0.356", "0.450", "0.250", "0.125",
+                                       "0.012", "0.200", "12.500"]
+    assert row(ladder, "full")[-1] == "20.000"
+    assert row(ladder, "darkest 5%")[1:] == ["no learning", "\u2014", "\u2014", "0.050", "0.090", "0.250", "0.125",
+                                             "0.050", "0.050", "\u2014"]
+    assert "Read every rung against the best no-learning baseline (all zeros, Dice 0.250)." in ladder
+    wall = section(text, "drywall ladder")
+    assert row(wall, "lora")[4:] == ["0.505", "0.600", "0.012", "0.200", "12.500"]
+    assert "boundary F1" not in wall and "darkest" not in wall
+    assert "best no-learning baseline (all ones, Dice 0.300)" in wall
     switching = section(text, "prompt switching")
     assert row(switching, "lora", "cracks")[2:] == ["0.052", "0.040", "0.012", "0.200",
                                                    '"segment the crack in the wall" 0.456']
@@ -92,7 +109,7 @@ def test_missing_variant_and_zeroshot_for_pretrained_source():
     with_zs = build_report(DATA, TRAIN, {**EVAL, "zeroshot": eval_file(0.05, 0.06)}, BASELINES,
                            model_source="CIDAS/clipseg-rd64-refined", variants=["lora", "full"])
     assert row(section(with_zs, "cracks, test split"), '"segment crack"', "zeroshot")[3] == "0.050"
-    assert row(section(with_zs, "variant comparison"), "zeroshot")[1] == "zero-shot (no training)"
+    assert row(section(with_zs, "cracks ladder"), "zeroshot")[1:3] == ["zero-shot (no training)", "0"]
     small = build_report(DATA, TRAIN, {**EVAL, "zeroshot": eval_file(0.05, 0.06)}, BASELINES, model_source="small")
     assert "zeroshot" not in small
     empty = build_report({}, {}, {}, {}, model_source="small", variants=["lora"])
@@ -103,8 +120,13 @@ def test_variant_not_beating_a_trivial_mask_is_flagged():
     weak = eval_file(0.1, 0.1)
     weak["drywall"]["test"]["all_prompts"]["dice"] = 0.3
     text = build_report(DATA, TRAIN, {"lora": weak}, BASELINES, model_source="small", variants=["lora"])
-    assert "`lora` on drywall (mean Dice 0.300) does not beat the trivial 'all ones' mask" in text
+    assert "`lora` on drywall (mean Dice 0.300) does not beat the no-learning 'all ones' mask (Dice 0.300)" in text
     assert "`lora` on cracks" not in text
+    darker = {**BASELINES, "cracks": {**BASELINES["cracks"], "darkest 5%": scores(0.5, 0.7, True)}}
+    text = build_report(DATA, TRAIN, {"lora": weak}, darker, model_source="small", variants=["lora"])
+    ladder = section(text, "cracks ladder")
+    assert "best no-learning baseline (darkest 5%, Dice 0.700)" in ladder
+    assert "`lora` on cracks (mean Dice 0.450) does not beat the no-learning 'darkest 5%' mask (Dice 0.700)" in ladder
 
 
 def write_split(root, dataset, split, masks):
@@ -149,6 +171,123 @@ def test_write_report_reads_files_and_links_figures(tmp_path):
     write_report(metrics, tmp_path / "processed", out, variants=["lora", "full"], model_source="small")
     text = out.read_text()
     assert "(eval/figures/lora_cracks.png)" in text and "lora_drywall" not in text
-    assert row(section(text, "cracks, test split"), "trivial: all ones")[3] == "0.500"
+    assert row(section(text, "cracks, test split"), "no learning: all ones")[3] == "0.500"
+    # black images: every pixel ties at the quantile, so the darkest baseline lights everything (= all ones)
+    assert row(section(text, "cracks ladder"), "darkest 5%")[4:6] == row(section(text, "cracks ladder"), "all ones")[4:6]
+    assert "`full`: neither trained nor evaluated yet" in text
     assert "`full`: not evaluated yet" in text and "metrics/data/drywall.json is missing" in text
-    assert "No trivial baselines for drywall" in text
+    assert "No no-learning baselines for drywall" in text
+
+
+def ladder_rungs(text, dataset):
+    """The first cell of every body row of a dataset's ladder table, in order."""
+    lines = [ln for ln in section(text, f"{dataset} ladder").splitlines() if ln.startswith("|")]
+    return [ln.strip("|").split("|")[0].strip() for ln in lines[2:]]
+
+
+def write_images_and_masks(root, dataset, split, pairs):
+    """pairs: [(gray image (H, W) uint8, mask (H, W) uint8)] written as lossless PNGs a.png, b.png, ..."""
+    for folder in ("images", "masks"):
+        (root / dataset / split / folder).mkdir(parents=True, exist_ok=True)
+    for stem, (gray, mask) in zip("abcdefgh", pairs):
+        cv2.imwrite(str(root / dataset / split / "images" / f"{stem}.png"), np.dstack([gray] * 3))
+        cv2.imwrite(str(root / dataset / split / "masks" / f"{stem}.png"), mask)
+
+
+def test_darkest_baseline_on_a_hand_made_split_with_a_dark_line(tmp_path):
+    # a: 20x20 at 200 with a 3-px dark band (rows 8-10, value 10: 15% of the pixels) and a 1-px black speck;
+    #    ground truth: the left half of the band (30 px). 5% quantile = 10, so band + speck are dark; OPEN
+    #    removes the speck -> prediction = the band (60 px): Dice 2*30/(60+30) = 2/3, IoU 30/60.
+    a, a_gt = np.full((20, 20), 200, np.uint8), np.zeros((20, 20), np.uint8)
+    a[8:11] = 10
+    a[2, 2] = 0
+    a_gt[8:11, :10] = 255
+    # b: a 1-px dark line (row 5, exactly 5%): the quantile (10 + 0.95 * 190) keeps just the line, which OPEN
+    #    with a 3x3 kernel deletes -> empty prediction against a non-empty truth: Dice 0.
+    b, b_gt = np.full((20, 20), 200, np.uint8), np.zeros((20, 20), np.uint8)
+    b[5] = 10
+    b_gt[5] = 255
+    # c: a uniform image with no crack: every pixel ties at the quantile -> all lit, truth empty: Dice 0.
+    c, c_gt = np.full((20, 20), 128, np.uint8), np.zeros((20, 20), np.uint8)
+    write_images_and_masks(tmp_path, "cracks", "test", [(a, a_gt), (b, b_gt), (c, c_gt)])
+
+    got = trivial_baseline_scores(tmp_path, "cracks", "test")
+    assert list(got) == ["all zeros", "all ones", "darkest 5%"]
+    dark = got["darkest 5%"]
+    assert dark["dice"] == pytest.approx((2 / 3 + 0 + 0) / 3)
+    assert dark["miou"] == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert dark["micro_dice"] == pytest.approx(2 * 30 / ((60 + 0 + 400) + (30 + 20 + 0)))
+    assert dark["lit"] == pytest.approx((60 / 400 + 0 + 1) / 3)
+    assert dark["images"] == 3 and {"boundary_f1", "cl_dice"} <= set(dark)
+
+    # no morphology (kernel 1): the speck and the thin line stay. a: Dice 2*30/(61+30); b: Dice 1; c: 0.
+    raw = trivial_baseline_scores(tmp_path, "cracks", "test", kernel_size=1)["darkest 5%"]
+    assert raw["dice"] == pytest.approx((60 / 91 + 1 + 0) / 3)
+    assert trivial_baseline_scores(tmp_path, "cracks", "test", morphology=False)["darkest 5%"]["dice"] == raw["dice"]
+
+    assert darkest_name(0.1) == "darkest 10%" and darkest_name(0.025) == "darkest 2.5%"
+    assert "darkest 10%" in trivial_baseline_scores(tmp_path, "cracks", "test", darkest_share=0.1)
+    assert list(trivial_baseline_scores(tmp_path, "cracks", "test", darkest_share=None)) == ["all zeros", "all ones"]
+    write_images_and_masks(tmp_path, "drywall", "test", [(a, a_gt)])
+    assert list(trivial_baseline_scores(tmp_path, "drywall", "test")) == ["all zeros", "all ones"]
+
+
+def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
+    train = {**TRAIN, "zeroshot": {"variant": "zeroshot", "method": "zeroshot", "skipped": SKIP_REASON}}
+    evals = {**EVAL, "zeroshot": {"skipped": SKIP_REASON}}
+    text = build_report(DATA, train, evals, BASELINES, model_source="CIDAS/clipseg-rd64-refined",
+                        variants=["zeroshot", "lora", "full"])
+    for dataset in ("cracks", "drywall"):
+        ladder = section(text, f"{dataset} ladder")
+        r = row(ladder, "zeroshot")
+        assert r[1] == "zeroshot" and set(r[2:]) == {"skipped"}
+        assert not any(ch.isdigit() for ch in "".join(r))
+        assert f"`zeroshot` was skipped: {SKIP_REASON}." in ladder
+        assert "Variant `zeroshot`: skipped" in section(text, f"{dataset}, test split")
+        assert "zeroshot" not in [p.strip() for ln in section(text, f"{dataset}, test split").splitlines()
+                                  if ln.startswith("|") for p in ln.split("|")]
+    assert "Zero-shot: no metrics/eval" not in text and "zeroshot" not in section(text, "Inference options")
+    # an eval file that says skipped is enough (no train file)
+    only_eval = build_report(DATA, TRAIN, {**EVAL, "unet": {"skipped": "no GPU"}}, BASELINES, model_source="small",
+                             variants=["lora", "full", "unet"])
+    assert set(row(section(only_eval, "cracks ladder"), "unet")[2:]) == {"skipped"}
+    assert "`unet` was skipped: no GPU." in only_eval
+    # on `small` the skipped zero-shot rung keeps its one-line explanation and gets no row at all
+    small = build_report(DATA, train, evals, BASELINES, model_source="small", variants=["zeroshot", "lora", "full"])
+    assert "meaningless for a randomly initialised model" in small and "zeroshot" not in small
+
+
+def test_ladder_lists_baselines_first_then_rungs_in_params_order():
+    train = {v: {"method": "full" if v == "unet" else v, "architecture": "unet" if v == "unet" else "clipseg",
+                 "trainable_params": 10 * i, "total_params": 100, "seconds_per_epoch": 1.0 + i}
+             for i, v in enumerate(LADDER)}
+    evals = {v: eval_file(0.1 * i, 0.1 * i) for i, v in enumerate(LADDER)}
+    order = ["unet", "full", "decoder", "lora", "zeroshot"]  # dicts in another order than params
+    text = build_report(DATA, {v: train[v] for v in order}, {v: evals[v] for v in order}, BASELINES,
+                        model_source="CIDAS/clipseg-rd64-refined", variants=LADDER)
+    assert ladder_rungs(text, "cracks") == ["all zeros", "all ones", "darkest 5%", *LADDER]
+    assert ladder_rungs(text, "drywall") == ["all zeros", "all ones", *LADDER]
+    assert row(section(text, "cracks ladder"), "unet")[1] == "full / unet"
+    assert row(section(text, "drywall ladder"), "decoder")[1:4] == ["decoder / clipseg", "10", "100"]
+    small = build_report(DATA, train, evals, BASELINES, model_source="small", variants=LADDER)
+    assert ladder_rungs(small, "cracks") == ["all zeros", "all ones", "darkest 5%", "decoder", "lora", "full", "unet"]
+
+
+def test_inference_options_on_val_and_prompt_ensemble_row():
+    lora = eval_file(0.512, 0.61)
+    lora["cracks"]["options_val"] = OPTIONS
+    lora["drywall"]["options_val"] = {**OPTIONS, "single_prompt+hflip": 0.5}
+    lora["cracks"]["ensemble_threshold"] = 0.7
+    lora["cracks"]["test"]["ensemble"] = scores(0.61, 0.66, True)
+    text = build_report(DATA, TRAIN, {"lora": lora, "full": EVAL["full"]}, BASELINES, model_source="small",
+                        variants=["lora", "full"], infer_defaults={"hflip_tta": False, "prompt_ensemble": True})
+    options = section(text, "Inference options on validation")
+    assert row(options, "lora", "cracks")[2:] == ["0.410", "0.430", "0.420", "0.400", "prompt ensemble"]
+    assert row(options, "lora", "drywall")[2:] == ["0.410", "0.430", "0.500", "0.400", "single prompt + hflip"]
+    assert "val only" in options and "`infer.hflip_tta` / `infer.prompt_ensemble`" in options
+    assert "`hflip_tta: false`, `prompt_ensemble: true`" in options
+    assert "Variant `full`: no `options_val` for cracks" in options
+    cracks = section(text, "cracks, test split")
+    assert row(cracks, "prompt ensemble", "lora")[2:7] == ["0.700", "0.610", "0.660", "0.250", "0.125"]
+    assert "prompt ensemble" not in section(text, "drywall, test split")
+    assert text.index("cracks ladder") < text.index("Inference options") < text.index("cracks, test split")

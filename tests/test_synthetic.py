@@ -112,28 +112,37 @@ def test_crack_polygons_cover_dark_pixels(cracks):
             gray = cv2.imread(str(root / split / im["file_name"]), cv2.IMREAD_GRAYSCALE).astype(np.float64)
             mask = _fill(by_image[im["id"]], gray.shape) > 0
             assert 0 < mask.sum() < mask.size
-            # darker than the mean wall, and clearly darker than the wall right around it
+            # darker than the wall around it (not the whole image: a floor or a doorway in
+            # the frame can be darker than any crack), and clearly darker than the wall
+            # right along it
+            near = (cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0) & ~mask
             ring = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
             ring &= cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
-            assert gray[mask].mean() < 0.95 * gray[~mask].mean()
+            assert gray[mask].mean() < 0.95 * gray[near].mean()
             assert gray[mask].mean() < 0.9 * gray[ring].mean()
             checked += 1
     assert checked >= 8
 
 
 def test_polygon_fill_reproduces_crack_mask():
+    """A crack label is an outline without holes (branches stop before closing a loop), so
+    its exported outer-contour polygons give back the label."""
     rng = np.random.default_rng(0)
-    for _ in range(6):
+    checked = 0
+    for _ in range(12):
         sample = render_wall_sample("cracks", rng, 160)
-        assert sample.instances
         for inst in sample.instances:
             filled = _fill(crack_polygons(inst), inst.shape) > 0
             truth = inst > 0
             iou = (filled & truth).sum() / (filled | truth).sum()
-            assert iou > 0.95
+            assert iou > 0.99
+            checked += 1
+    assert checked >= 12
 
 
 def test_crack_foreground_fraction_is_small(cracks):
+    """Cracks cover a few % of an image: the median lies in the real export's p10-p90 range
+    (0.008-0.11, median 0.029: benchmarks/synthetic_vs_real.py), the mean stays small."""
     root, summary = cracks
     fractions = []
     for split in SPLITS:
@@ -142,8 +151,29 @@ def test_crack_foreground_fraction_is_small(cracks):
         for a in coco["annotations"]:
             polys[a["image_id"]].extend(a["segmentation"])
         fractions += [(_fill(p, (SIZE, SIZE)) > 0).mean() for p in polys.values()]
-    assert np.mean(fractions) < 0.03
-    assert summary["foreground_fraction"] < 0.03
+    assert 0.008 < np.median(fractions) < 0.11
+    assert np.mean(fractions) < 0.05
+    assert summary["foreground_fraction"] == pytest.approx(np.mean(fractions), abs=0.005)
+
+
+@pytest.mark.parametrize(
+    "dataset, brightness, contrast",
+    # the real exports' p10-p90 of the mean and std of the gray image (for drywall, the
+    # tighter of the two real exports): benchmarks/synthetic_vs_real.py
+    [("cracks", (118, 199), (17.4, 52.7)), ("drywall", (99.6, 166), (18.1, 80.0))],
+)
+def test_brightness_and_contrast_like_real_photos(dataset, brightness, contrast):
+    """Median brightness and contrast of the renders lie in the real range, and every render
+    leaves head-room for the +25 % brightness-jittered augmentation copies (no clipping)."""
+    means, stds = [], []
+    for i in range(30):
+        sample = render_wall_sample(dataset, np.random.default_rng(100 + i), 128, negative=i % 5 == 0)
+        gray = cv2.cvtColor(sample.image, cv2.COLOR_BGR2GRAY).astype(np.float64)
+        means.append(gray.mean())
+        stds.append(gray.std())
+        assert np.percentile(gray, 99) * 1.25 < 254
+    assert brightness[0] < np.median(means) < brightness[1]
+    assert contrast[0] < np.median(stds) < contrast[1]
 
 
 # ----------------------------------------------------------------------------- YOLO
@@ -194,8 +224,9 @@ def test_true_band_mask_inside_its_box(drywall):
             c0, c1 = int(round(x0 * SIZE)), int(round(x1 * SIZE))
             r0, r1 = int(round(y0 * SIZE)), int(round(y1 * SIZE))
             assert truth[r0:r1, c0:c1].mean() > 0.6
-            # a joint spans most of the image along its length
-            assert max(w, h) > 0.7
+            # a joint spans most of the image along its length (a floor strip or a frame at
+            # the image border may hide up to 40 % of it)
+            assert max(w, h) > 0.55
         assert covered.all()
         checked += 1
     assert checked >= 8

@@ -1,4 +1,5 @@
 """The training loop: schedule, a falling loss, determinism, resume, MLflow."""
+import json
 import math
 
 import pytest
@@ -94,3 +95,63 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, processed_root, m
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics", "model"} <= artifacts
     assert "mlflow_run_id" in (setup.model_dir / "promptseg.json").read_text()
+
+
+UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False,
+                                     "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                              "intermediate_size": 64}}}
+
+
+def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_path, processed_root, capsys):
+    from promptseg.evaluate import skipped_reason, write_skipped_outputs
+
+    setup = make_setup(tmp_path, processed_root, variant="zeroshot", cfg={"method": "zeroshot"})
+    summary = train_variant(setup)
+    assert "pretrained" in summary["skipped"] and "skipped" in capsys.readouterr().out
+    written = json.loads((setup.metrics_dir / "zeroshot.json").read_text())
+    assert set(written) == {"variant", "method", "skipped"}  # no numbers
+    assert not (setup.model_dir / "model.safetensors").exists()
+    reason = skipped_reason(setup.model_dir)
+    assert reason == summary["skipped"]
+    write_skipped_outputs("zeroshot", reason, tmp_path / "eval", tmp_path / "pred", ["cracks", "drywall"])
+    assert json.loads((tmp_path / "eval" / "zeroshot.json").read_text()) == {"skipped": reason}
+    assert (tmp_path / "eval" / "figures" / "zeroshot_cracks.png").stat().st_size > 0
+
+
+def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, processed_root):
+    import numpy as np
+
+    from promptseg.data import list_split, read_rgb
+    from promptseg.inference import load_trained_model, predict_masks
+
+    cfg = {"method": "full", "architecture": "unet", "image_size": 64, "lr": 3e-3, "datasets": ["cracks", "drywall"]}
+    setup = TrainSetup(variant="unet", variant_cfg=cfg, common={**COMMON, "epochs": 2}, model_cfg=UNET_MODEL,
+                       prompts=PROMPTS, processed_root=processed_root, model_dir=tmp_path / "models" / "unet",
+                       metrics_dir=tmp_path / "metrics", checkpoint_dir=tmp_path / "ckpt")
+    summary = train_variant(setup)
+    losses = [float(r.split(",")[1]) for r in (setup.metrics_dir / "unet.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < losses[0], losses
+    assert summary["architecture"] == "unet" and summary["trainable_params"] == summary["total_params"]
+    trained = load_trained_model(setup.model_dir)
+    assert trained.per_image is False and trained.image_size == 64
+    images = [read_rgb(p) for p, _ in list_split(processed_root, "cracks", "test")[:2]]
+    first = predict_masks(trained, images, ["segment crack"] * 2, threshold=0.5)
+    again = predict_masks(load_trained_model(setup.model_dir), images, ["segment crack"] * 2, threshold=0.5)
+    assert all(a.shape == im.shape[:2] and np.array_equal(a, b) for a, b, im in zip(first, again, images))
+
+
+def test_box_projection_target_applies_only_to_its_dataset():
+    from promptseg.losses import bce_dice_loss, box_components, box_projection_loss
+    from promptseg.train import training_loss
+
+    torch.manual_seed(0)
+    logits, pixels = torch.randn(4, 16, 16), torch.randn(4, 3, 16, 16)
+    targets = torch.zeros(4, 16, 16)
+    targets[:, 4:8, 2:14] = 1.0
+    names = ["cracks", "drywall", "cracks", "drywall"]
+    plain = {"bce_weight": 1.0, "dice_weight": 1.0}
+    assert torch.allclose(training_loss(logits, targets, names, pixels, plain), bce_dice_loss(logits, targets))
+    boxed = {**plain, "targets": {"cracks": "mask", "drywall": "box_projection"}}
+    expected = (2 * bce_dice_loss(logits[[0, 2]], targets[[0, 2]]) + 2 * box_projection_loss(
+        logits[[1, 3]], targets[[1, 3]], images=pixels[[1, 3]], components=box_components(targets[[1, 3]]))) / 4
+    assert torch.allclose(training_loss(logits, targets, names, pixels, boxed), expected, atol=1e-6)

@@ -4,8 +4,17 @@
 writes ``<out>/<stem>__<prompt-slug>.png`` ({0, 255} masks at each image's own size) and, with
 ``--overlay``, ``<stem>__<prompt-slug>_overlay.png`` (the mask in red over the image, alpha 0.5).
 
+``--engine onnx`` runs the ONNX export of the model (``promptseg export --model models/lora`` writes it to
+``models/lora/onnx/``) in onnxruntime on the CPU with ``--threads`` intra-op threads; the default engine is
+PyTorch. Both engines share the preprocessing and ``postprocess_probabilities``.
+
 Exit codes: 0 at least one mask written; 1 none written (every image skipped); 2 usage errors
-(unknown path, empty prompt, missing or unreadable model directory, bad option values).
+(unknown path, empty prompt, missing or unreadable model directory, no ONNX export for ``--engine onnx``,
+bad option values).
+
+``promptseg export --model models/lora [--out models/lora/onnx]`` writes ``model.onnx``, its metadata
+(image size, mean/std, per-image standardisation, the model card) and the tokenizer files. Exit codes:
+0 written; 2 missing or unreadable model folder; 1 the export failed or does not reproduce the PyTorch logits.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ EXIT_OK, EXIT_NOTHING_WRITTEN, EXIT_USAGE = 0, 1, 2
 FALLBACK_THRESHOLD = 0.5
 OVERLAY_COLOR_RGB = (255, 0, 0)
 OVERLAY_ALPHA = 0.5
+ENGINES = ("torch", "onnx")
 
 
 def _err(message: str) -> None:
@@ -168,32 +178,78 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     _quiet_transformers()  # before promptseg.model imports the processor classes
-    from promptseg.inference import load_trained_model
-    from promptseg.model import ModelSourceError
-
     try:
-        trained = load_trained_model(model_dir)
-    except (ModelSourceError, OSError, ValueError) as exc:
-        _err(f"cannot load the model from {model_dir}: {exc}")
+        engine = _load_engine(args.engine, model_dir, args.threads)
+    except _EngineLoadError as exc:
+        _err(str(exc))
         return EXIT_USAGE
 
-    variant = str(trained.card.get("variant") or model_dir.name)
+    variant = str(engine.card.get("variant") or model_dir.name)
     if args.threshold is not None:
         threshold, why = args.threshold, "given with --threshold"
     else:
         eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
-        threshold, why = default_threshold(trained.card, prompt, variant, eval_path)
+        threshold, why = default_threshold(engine.card, prompt, variant, eval_path)
     print(f"threshold {threshold:g}: {why}")
 
-    return _predict_all(trained, prompt, prompt_slug(prompt), inputs, out_dir, threshold, args)
+    return _predict_all(engine, prompt, prompt_slug(prompt), inputs, out_dir, threshold, args)
 
 
-def _predict_all(trained, prompt: str, slug: str, inputs: Inputs, out_dir: Path, threshold: float,
+class _EngineLoadError(Exception):
+    """The model cannot be loaded for the chosen engine; the message says why and what to do."""
+
+
+class _TorchEngine:
+    """The PyTorch engine (``promptseg.inference``) behind the interface ``OnnxSegmenter`` also offers."""
+
+    def __init__(self, trained):
+        self.trained = trained
+        self.card = trained.card
+
+    def predict_masks(self, images, prompts, **kwargs):
+        from promptseg.inference import predict_masks
+
+        return predict_masks(self.trained, images, prompts, **kwargs)
+
+
+def _load_engine(name: str, model_dir: Path, threads: int | None):
+    """An object with ``.card`` and ``.predict_masks(images, prompts, threshold=, morphology=, kernel_size=,
+    batch_size=)`` for ``--engine torch`` (``load_trained_model``) or ``--engine onnx`` (``OnnxSegmenter``)."""
+    if name == "onnx":
+        from promptseg.onnx_engine import OnnxEngineError, OnnxSegmenter, find_export_dir, stale_export_reason
+
+        try:
+            export_dir = find_export_dir(model_dir)
+            engine = OnnxSegmenter(export_dir, threads=threads)
+        except OnnxEngineError as exc:  # MissingExportError included: it names `promptseg export`
+            raise _EngineLoadError(str(exc)) from None
+        except Exception as exc:  # onnxruntime raises its own classes for a corrupt graph
+            raise _EngineLoadError(f"cannot load the ONNX export in {export_dir}: {type(exc).__name__}: {exc}. "
+                                   f"Export it again: `promptseg export --model {model_dir}`") from None
+        stale = stale_export_reason(export_dir, model_dir if export_dir != model_dir else None)
+        if stale:
+            _err(f"warning: {stale}")
+        print(f"engine onnx: {export_dir} (onnxruntime, {engine.threads} threads)")
+        return engine
+
+    from promptseg.inference import load_trained_model
+    from promptseg.model import ModelSourceError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    try:
+        return _TorchEngine(load_trained_model(model_dir))
+    except (ModelSourceError, OSError, ValueError) as exc:
+        raise _EngineLoadError(f"cannot load the model from {model_dir}: {exc}") from None
+
+
+def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, threshold: float,
                  args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from promptseg.data import read_rgb
-    from promptseg.inference import predict_masks
 
     written, skipped = 0, 0
     progress = tqdm(total=len(inputs.images), unit="image", disable=not inputs.any_folder or args.quiet,
@@ -214,9 +270,9 @@ def _predict_all(trained, prompt: str, slug: str, inputs: Inputs, out_dir: Path,
         nonlocal written
         if not batch:
             return
-        masks = predict_masks(trained, [im for _, _, im in batch], [prompt] * len(batch), threshold=threshold,
-                              morphology=not args.no_morphology, kernel_size=args.kernel_size,
-                              batch_size=args.batch_size)
+        masks = engine.predict_masks([im for _, _, im in batch], [prompt] * len(batch), threshold=threshold,
+                                     morphology=not args.no_morphology, kernel_size=args.kernel_size,
+                                     batch_size=args.batch_size)
         for (path, stem, image), mask in zip(batch, masks):
             try:
                 _write_png(out_dir / f"{stem}__{slug}.png", mask)
@@ -275,8 +331,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the 3x3 opening/closing (keeps 1-px structures)")
     p.add_argument("--kernel-size", type=_positive_int, default=3, help="opening/closing kernel side (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="torch (default): PyTorch; onnx: the model's ONNX export (`promptseg export`) in onnxruntime")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
+                        "default: all cores of this machine")
     p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("export", help="write a trained model as ONNX for `predict --engine onnx`",
+                       description="Write <out>/model.onnx (logits for pixel_values, input_ids, attention_mask; "
+                                   "dynamic batch and token length), its metadata and the tokenizer files.")
+    e.add_argument("--model", required=True, help="a trained model folder, e.g. models/lora")
+    e.add_argument("--out", default=None, help="output folder (default: <model>/onnx)")
+    e.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    e.add_argument("--no-check", action="store_true",
+                   help="skip running the export once in onnxruntime against the PyTorch forward")
+    e.set_defaults(func=cmd_export)
     return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        _err(f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass --model with a "
+             "folder written by save_pretrained (e.g. models/lora)")
+        return EXIT_USAGE
+    _quiet_transformers()
+    import time
+
+    from promptseg.model import ModelSourceError
+    from promptseg.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
+
+    started = time.perf_counter()
+    try:
+        out_dir = export_model_dir(model_dir, args.out, opset=args.opset, check=not args.no_check)
+    except ExportMismatchError as exc:
+        _err(str(exc))
+        return EXIT_NOTHING_WRITTEN
+    except (ModelSourceError, OnnxEngineError) as exc:
+        _err(f"cannot load the model from {model_dir}: {exc}")
+        return EXIT_USAGE
+    except (OSError, ValueError, RuntimeError) as exc:
+        _err(f"the ONNX export of {model_dir} failed: {type(exc).__name__}: {exc}")
+        return EXIT_NOTHING_WRITTEN
+    size_mb = (out_dir / ONNX_FILENAME).stat().st_size / 1e6
+    print(f"wrote {out_dir / ONNX_FILENAME} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f} s; "
+          f"run it with `promptseg predict --engine onnx --model {model_dir} ...`")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

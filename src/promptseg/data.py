@@ -115,7 +115,7 @@ class PromptedSegmentation(Dataset):
             rgb, mask = rgb[:, ::-1], mask[:, ::-1]
         pixel_values = normalize(np.ascontiguousarray(rgb), self.mean, self.std, self.per_image)
         target = torch.zeros(mask.shape, dtype=torch.float32) if negative else \
-            torch.from_numpy(np.ascontiguousarray(mask)).float().div_(255.0)
+            torch.from_numpy(np.array(mask, dtype=np.float32)).div_(255.0)
         return pixel_values, target, prompt, self.dataset
 
 

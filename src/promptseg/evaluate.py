@@ -10,6 +10,12 @@ Per dataset:
    ``cross_prompt_lit`` is the mean fraction of pixels lit (lower is better), next to ``in_prompt_lit``.
    Unrelated prompts (``eval.unrelated_prompts``) give ``unrelated_prompt_lit``; paraphrases never
    used in training (``eval.paraphrases``) get Dice like the training prompts.
+4. Inference options measured on val only (``options_val``): the best-threshold val Dice of single prompts,
+   the prompt ensemble (logits averaged over the dataset's prompts) and horizontal-flip TTA, alone and
+   together, and sliding-window (tiled) inference, so the defaults in ``params.yaml: infer`` can follow
+   the numbers.
+5. Where the export has TRUE object masks (the synthetic drywall export's tape bands, beside the box
+   labels), the same masks are also scored against them (``vs_true_masks``).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import numpy as np
 
 from promptseg.data import list_split, read_rgb
 from promptseg.inference import TrainedModel, postprocess_probabilities, predict_probabilities
+from promptseg.tiling import predict_probabilities_tiled
 from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice, lit_fraction,
                                micro_iou_dice, threshold_sweep_counts)
 
@@ -44,22 +51,35 @@ class EvalConfig:
     figure_images: int = 3
     unrelated_prompts: list[str] = field(default_factory=list)
     paraphrases: dict[str, list[str]] = field(default_factory=dict)
+    hflip_tta: bool = False          # average the logits of the image and its mirror (every prediction)
+    prompt_ensemble: bool = False    # also score the logit average over the dataset's prompts ("ensemble")
+    tiled: dict[str, bool] = field(default_factory=dict)   # dataset -> sliding-window inference (promptseg.tiling)
+    tile_upscale: float = 1.0
+    tile_overlap: float = 0.25
+    measure_inference_options: bool = True  # options_val (extra val passes)
 
 
 @dataclass
 class SplitData:
     stems: list[str]
     images: list[np.ndarray]      # RGB uint8, own size
-    truths: list[np.ndarray]      # bool, own size
+    truths: list[np.ndarray]      # bool, own size: the rendered labels (filled boxes for box-labelled data)
+    true_masks: list[np.ndarray] | None = None  # bool: the TRUE object pixels where the export has them (synthetic)
 
 
 def load_split(processed_root: Path, dataset: str, split: str) -> SplitData:
+    """Images and label masks of a processed split, plus ``true_masks/<stem>.png`` when every image has one
+    (the synthetic export's tape bands: used by evaluation only, never by training)."""
     pairs = list_split(processed_root, dataset, split)
     images, truths = [], []
     for image_path, mask_path in pairs:
         images.append(read_rgb(image_path))
         truths.append(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 0)
-    return SplitData([p.stem for p, _ in pairs], images, truths)
+    true_paths = [Path(processed_root) / dataset / split / "true_masks" / f"{mask_path.stem}.png" for _, mask_path in pairs]
+    true_masks = None
+    if pairs and all(path.exists() for path in true_paths):
+        true_masks = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0 for path in true_paths]
+    return SplitData([p.stem for p, _ in pairs], images, truths, true_masks)
 
 
 def per_image_dice_from_counts(counts: np.ndarray, empty_score: float) -> np.ndarray:
@@ -116,10 +136,19 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
                      other_prompts: list[str], cfg: EvalConfig, predictions_dir: Path | None) -> tuple[dict, dict]:
     """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}."""
     thin = dataset in THIN_STRUCTURE_DATASETS
-    predict = lambda data, prompt: predict_probabilities(trained, data.images, [prompt] * len(data.images),
-                                                         batch_size=cfg.batch_size)
-    post = lambda probs, t: [postprocess_probabilities(p, t, morphology=cfg.morphology, kernel_size=cfg.kernel_size)
-                             for p in probs]
+
+    def predict(data, prompt, hflip=cfg.hflip_tta, tiled=cfg.tiled.get(dataset, False)):
+        """Probabilities for every image of ``data`` with ``prompt`` (a string, or a list: the ensemble)."""
+        if tiled:
+            return predict_probabilities_tiled(trained, data.images, [prompt] * len(data.images),
+                                               upscale=cfg.tile_upscale, overlap=cfg.tile_overlap,
+                                               batch_size=cfg.batch_size, hflip_tta=hflip)
+        return predict_probabilities(trained, data.images, [prompt] * len(data.images),
+                                     batch_size=cfg.batch_size, hflip_tta=hflip)
+
+    def post(probs, t):
+        return [postprocess_probabilities(p, t, morphology=cfg.morphology, kernel_size=cfg.kernel_size) for p in probs]
+
     splits = {split: load_split(processed_root, dataset, split) for split in ("val", "test")}
     splits = {s: d for s, d in splits.items() if d.images}
     if "val" not in splits:
@@ -130,12 +159,19 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
     threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
 
     result: dict = {"threshold": threshold, "threshold_chosen_on": "val"}
+    if cfg.measure_inference_options:
+        result["options_val"] = inference_options_on_val(predict, splits["val"], prompts, cfg)
+    if cfg.prompt_ensemble:
+        ensemble_sweep = sweep_thresholds({"ensemble": predict(splits["val"], list(prompts))}, splits["val"].truths, cfg)
+        result["ensemble_threshold"] = choose_threshold({t: dice for t, (_, dice) in ensemble_sweep.items()})
     for split, data in splits.items():
-        per_prompt, in_lit = {}, []
+        per_prompt, in_lit, vs_true = {}, [], {}
         for prompt in prompts:
             probs = val_probs[prompt] if split == "val" else predict(data, prompt)
             masks = post(probs, threshold)
             per_prompt[prompt] = score_masks(masks, data.truths, cfg, thin)
+            if data.true_masks is not None:
+                vs_true[prompt] = score_masks(masks, data.true_masks, cfg, thin)
             in_lit += [lit_fraction(m > 0) for m in masks]
             if predictions_dir is not None:
                 _write_masks(predictions_dir / dataset / split, data.stems, prompt, masks)
@@ -143,6 +179,11 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
         entry = {"prompts": per_prompt, "all_prompts": _mean_of(list(per_prompt.values())),
                  "images": len(data.images), "in_prompt_lit": float(np.mean(in_lit)),
                  "cross_prompt_lit": float(np.mean(cross)) if cross else float("nan")}
+        if vs_true:  # the same masks against the true object pixels (e.g. the tape band inside each box)
+            entry["vs_true_masks"] = {"prompts": vs_true, "all_prompts": _mean_of(list(vs_true.values()))}
+        if cfg.prompt_ensemble:
+            entry["ensemble"] = score_masks(post(predict(data, list(prompts)), result["ensemble_threshold"]),
+                                            data.truths, cfg, thin)
         if cfg.unrelated_prompts:
             entry["unrelated_prompt_lit"] = float(np.mean(
                 [lit_fraction(m > 0) for prompt in cfg.unrelated_prompts for m in post(predict(data, prompt), threshold)]))
@@ -152,6 +193,20 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
                                     for p in paraphrases}
         result[split] = entry
     return result, sweep
+
+
+def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: EvalConfig) -> dict:
+    """Best-threshold val Dice (mean over images, and over prompts where several) per inference option."""
+    def best_dice(probs_by_key):
+        return max(d for _, d in sweep_thresholds(probs_by_key, val.truths, cfg).values())
+
+    options = {}
+    for flip in (False, True):
+        suffix = "+hflip" if flip else ""
+        options[f"single_prompt{suffix}"] = best_dice({p: predict(val, p, flip, False) for p in prompts})
+        options[f"ensemble{suffix}"] = best_dice({"ensemble": predict(val, list(prompts), flip, False)})
+    options["single_prompt+tiled"] = best_dice({p: predict(val, p, False, True) for p in prompts})
+    return {k: round(float(v), 6) for k, v in options.items()}
 
 
 def evaluate_variant(trained: TrainedModel, processed_root: Path, prompts: dict[str, list[str]], cfg: EvalConfig,
@@ -211,3 +266,37 @@ def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- a rung with nothing to score
+def skipped_reason(model_dir: Path) -> str | None:
+    """The reason a training stage skipped this variant (``promptseg.json: summary.skipped``), else None."""
+    import json
+
+    card_path = Path(model_dir) / "promptseg.json"
+    if not card_path.exists():
+        return None
+    return json.loads(card_path.read_text()).get("summary", {}).get("skipped")
+
+
+def write_skipped_outputs(variant: str, reason: str, metrics_dir: Path, predictions_dir: Path, datasets) -> None:
+    """The evaluate stage's outputs for a skipped rung: the reason, no numbers, and figures that say so."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / f"{variant}.json").write_text(json.dumps({"skipped": reason}, indent=2) + "\n")
+    write_sweep_csv(metrics_dir / "sweep" / f"{variant}.csv", {})
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    (predictions_dir / "SKIPPED.txt").write_text(reason + "\n")
+    for dataset in datasets:
+        fig = plt.figure(figsize=(6, 1.2))
+        fig.text(0.02, 0.5, f"{variant} / {dataset}: skipped\n{reason}", fontsize=7, va="center", wrap=True)
+        path = metrics_dir / "figures" / f"{variant}_{dataset}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80)
+        plt.close(fig)

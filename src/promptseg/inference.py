@@ -118,36 +118,56 @@ def load_trained_model(model_dir) -> TrainedModel:
     return TrainedModel(model, processor, card)
 
 
+def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Logits (B, h, w) at the model's input size for a batch of images, one prompt per image."""
+    from promptseg.model import segmentation_logits
+
+    device = trained.device
+    tokens = trained.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
+    return segmentation_logits(trained.model, pixel_values.to(device), tokens["input_ids"].to(device),
+                               tokens["attention_mask"].to(device)).float().cpu()
+
+
 @torch.no_grad()
-def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], prompts: list[str],
-                          *, batch_size: int = 16) -> list[np.ndarray]:
+def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], prompts: list,
+                          *, batch_size: int = 16, hflip_tta: bool = False) -> list[np.ndarray]:
     """Probability maps at each image's OWN size, one per (image, prompt) pair.
 
-    ``images[i]`` is an (H, W, 3) uint8 RGB array paired with ``prompts[i]``. Steps per batch:
-    resize + normalise -> CLIPSeg logits at the model's input size -> bilinear upsample of the
+    ``images[i]`` is an (H, W, 3) uint8 RGB array paired with ``prompts[i]``: a string, or a list of
+    strings for a PROMPT ENSEMBLE (the logits of every prompt of the list are averaged). Steps per batch:
+    resize + normalise -> logits at the model's input size (averaged over the ensemble and, with
+    ``hflip_tta``, over the image and its horizontal mirror flipped back) -> bilinear upsample of the
     logits to (H, W) -> sigmoid. Returns float32 (H, W) arrays in [0, 1].
     """
     from promptseg.data import preprocess_image
-    from promptseg.model import segmentation_logits
 
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
+    prompt_sets = [[p] if isinstance(p, str) else list(p) for p in prompts]
+    if any(not ps for ps in prompt_sets):
+        raise ValueError("an empty prompt list was given for an image: pass at least one prompt.")
     out: list[np.ndarray] = []
-    device = trained.device
     for start in range(0, len(images), batch_size):
-        chunk, chunk_prompts = images[start:start + batch_size], prompts[start:start + batch_size]
+        chunk, chunk_sets = images[start:start + batch_size], prompt_sets[start:start + batch_size]
         pixel_values = torch.stack([preprocess_image(im, trained.image_size, trained.mean, trained.std, trained.per_image)
                                     for im in chunk])
-        tokens = trained.processor.tokenizer(list(chunk_prompts), padding=True, return_tensors="pt")
-        logits = segmentation_logits(trained.model, pixel_values.to(device), tokens["input_ids"].to(device),
-                                     tokens["attention_mask"].to(device)).float().cpu()
-        for image, logit in zip(chunk, logits):
+        views = [(pixel_values, False)] + ([(torch.flip(pixel_values, dims=[-1]), True)] if hflip_tta else [])
+        n_prompts = max(len(ps) for ps in chunk_sets)
+        total, count = torch.zeros(len(chunk), *pixel_values.shape[-2:]), torch.zeros(len(chunk), 1, 1)
+        for k in range(n_prompts):
+            rows = [i for i, ps in enumerate(chunk_sets) if k < len(ps)]
+            for view, flipped in views:
+                logits = _model_logits(trained, view[rows], [chunk_sets[i][k] for i in rows])
+                total[rows] += torch.flip(logits, dims=[-1]) if flipped else logits
+                count[rows] += 1
+        for image, logit in zip(chunk, total / count):
             out.append(torch.sigmoid(upsample_logits(logit, image.shape[:2])).numpy())
     return out
 
 
-def predict_masks(trained: TrainedModel, images: list[np.ndarray], prompts: list[str], *, threshold: float,
-                  morphology: bool = True, kernel_size: int = 3, batch_size: int = 16) -> list[np.ndarray]:
+def predict_masks(trained: TrainedModel, images: list[np.ndarray], prompts: list, *, threshold: float,
+                  morphology: bool = True, kernel_size: int = 3, batch_size: int = 16,
+                  hflip_tta: bool = False) -> list[np.ndarray]:
     """{0,255} uint8 masks at each image's own size: probabilities -> threshold -> open/close."""
-    probs = predict_probabilities(trained, images, prompts, batch_size=batch_size)
+    probs = predict_probabilities(trained, images, prompts, batch_size=batch_size, hflip_tta=hflip_tta)
     return [postprocess_probabilities(p, threshold, morphology=morphology, kernel_size=kernel_size) for p in probs]

@@ -40,7 +40,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptseg import SPLITS
 from promptseg.exports import ExportReadResult, ImageRecord, source_group_of
+from promptseg.splits import SplitPlan, hash_hex, plan_splits
 
 #: Counters rendering adds to each split (zero when not met).
 RENDER_COUNT_KEYS = (
@@ -57,13 +59,22 @@ RENDER_COUNT_KEYS = (
 INDEX_COLUMNS = (
     "stem",
     "split",
+    "exported_split",
     "source_group",
+    "group",
+    "dhash",
     "width",
     "height",
     "foreground_fraction",
     "n_shapes",
     "notes",
+    "leak_as_exported",
 )
+
+#: Where a synthetic (or any) export keeps true masks beside the annotations:
+#: ``<export>/true_masks/<roboflow split>/<file stem>.png``; they are copied to
+#: ``<processed>/<split>/true_masks/<stem>.png``, following the image to its written split.
+TRUE_MASKS_DIR = "true_masks"
 
 
 def _round_half_up(v):
@@ -202,10 +213,24 @@ def _check_no_overlap(out_dir: Path, split_names: list[str], export_root: Path |
         )
 
 
+def _true_mask_source(rec: ImageRecord, export_root: Path | None) -> Path | None:
+    """``<export>/true_masks/<roboflow split>/<file stem>.png`` for ``rec`` if it exists."""
+    if export_root is None:
+        return None
+    try:
+        rf_split = Path(rec.image_path).relative_to(export_root).parts[0]
+    except ValueError:
+        return None
+    p = Path(export_root) / TRUE_MASKS_DIR / rf_split / f"{Path(rec.image_path).stem}.png"
+    return p if p.is_file() else None
+
+
 def _process_one(
-    rec: ImageRecord, stem: str, dup: bool, out_dir: Path, min_box_side_px: float
+    rec: ImageRecord, split: str, stem: str, dup: bool, out_dir: Path, min_box_side_px: float,
+    true_mask: Path | None = None,
 ) -> tuple[dict | None, collections.Counter, list[str]]:
-    """Decode, render and write one image: (index row or None, per-image counts, problems)."""
+    """Decode, render and write one image into ``out_dir/<split>``: (index row or None,
+    per-image counts, problems)."""
     per_image: collections.Counter = collections.Counter()
     problems: list[str] = []
     path = Path(rec.image_path)
@@ -228,14 +253,18 @@ def _process_one(
             "the shapes are rendered unscaled and clipped to the file; re-download the export"
         )
     mask = render_record_mask(rec, h, w, per_image, min_box_side_px=min_box_side_px)
-    shutil.copy2(path, out_dir / rec.split / "images" / f"{stem}{path.suffix}")
-    mask_path = out_dir / rec.split / "masks" / f"{stem}.png"
+    shutil.copy2(path, out_dir / split / "images" / f"{stem}{path.suffix}")
+    mask_path = out_dir / split / "masks" / f"{stem}.png"
     if not cv2.imwrite(str(mask_path), mask):
         raise OSError(f"could not write {mask_path}")
+    if true_mask is not None:
+        (out_dir / split / TRUE_MASKS_DIR).mkdir(exist_ok=True)
+        shutil.copy2(true_mask, out_dir / split / TRUE_MASKS_DIR / f"{stem}.png")
     frac = float(np.count_nonzero(mask)) / float(mask.size)
     row = {
         "stem": stem,
-        "split": rec.split,
+        "split": split,
+        "exported_split": rec.split,
         "source_group": source_group_of(path.name, rec.source_name),
         "width": w,
         "height": h,
@@ -243,6 +272,7 @@ def _process_one(
         "n_shapes": len(rec.shapes),
         "notes": ";".join(f"{k}={v}" for k, v in sorted(per_image.items()) if v),
         "_fraction": frac,
+        "_true_mask": true_mask is not None,
     }
     return row, per_image, problems
 
@@ -253,47 +283,65 @@ def build_processed_dataset(
     *,
     min_box_side_px: float = 1.0,
     workers: int | None = None,
+    plan: SplitPlan | None = None,
 ) -> dict:
     """Write ``out_dir/<split>/images/<stem><ext>`` (a copy), ``out_dir/<split>/masks/<stem>.png``
-    ({0,255} uint8) and ``out_dir/index.csv``; return the dict for ``metrics/data.json``.
+    ({0,255} uint8) and ``out_dir/index.csv``; return the dict for ``metrics/data/<dataset>.json``.
+
+    ``plan`` (:func:`promptseg.splits.plan_splits` of ``read.records``) decides each image's
+    split; by default the export's own splits (``as_exported``, near-duplicates found with the
+    default thresholds, for the leakage figures). Where the export has true masks
+    (``<export>/true_masks/<roboflow split>/<file stem>.png``, as the synthetic drywall export
+    writes), each is copied to ``out_dir/<split>/true_masks/<stem>.png`` beside its image.
 
     Existing ``out_dir/{train,val,test}`` folders are replaced. An image cv2 cannot decode
     is skipped (``corrupt_image``); rendering problems are appended to ``read.problems``.
-    The returned dict has, per split, ``images`` (written), ``with_foreground``,
-    ``without_foreground``, ``mean_foreground_fraction`` and every count of
-    ``read.counts`` and of rendering (:data:`RENDER_COUNT_KEYS`), plus ``"problems"``:
-    the number of problem messages. Raises ``ValueError`` if no usable image comes out.
-    ``workers``: threads for decode/render/write (default ``min(8, cpu_count)``; 1 runs
-    inline); the output does not depend on it.
+    The returned dict has, per written split, ``images`` (written), ``with_foreground``,
+    ``without_foreground``, ``mean_foreground_fraction`` and every rendering count
+    (:data:`RENDER_COUNT_KEYS`); with ``as_exported`` splits also every count of
+    ``read.counts`` (which are counts of the export's splits, so a grouped re-split keeps
+    them only under ``"export"``). Top level: ``"problems"`` (the number of problem
+    messages), ``"export"`` (``read.counts``), ``"split"`` (:meth:`SplitPlan.summary`: groups,
+    copies and cross-split leakage of the splits as exported and as written) and, when the
+    export has them, ``"true_masks"`` (copied per split). Raises ``ValueError`` if no usable
+    image comes out. ``workers``: threads for decode/render/write (default
+    ``min(8, cpu_count)``; 1 runs inline); the output does not depend on it.
     """
     out_dir = Path(out_dir)
-    split_names = list(dict.fromkeys([*read.counts.keys(), *(r.split for r in read.records)]))
-    _check_no_overlap(out_dir, split_names, read.root)
-    for split in split_names:
+    if plan is None:
+        plan = plan_splits(read.records, strategy="as_exported", workers=workers)
+    if len(plan.written) != len(read.records):
+        raise ValueError(f"the split plan has {len(plan.written)} entries for {len(read.records)} records")
+    split_names = list(dict.fromkeys([*read.counts.keys(), *plan.written]))
+    _check_no_overlap(out_dir, list(dict.fromkeys([*SPLITS, *split_names])), read.root)
+    for split in dict.fromkeys([*SPLITS, *split_names]):
         if (out_dir / split).exists():
             shutil.rmtree(out_dir / split)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if plan.strategy == "grouped":
+        split_names = [s for s in SPLITS if s in set(plan.written)]
+    leaks = plan.duplicates_across("as_exported")
 
     # Output stems, unique per split (decided up front so that the work can run in threads).
     used_stems: dict[str, set[str]] = {s: set() for s in split_names}
     jobs = []
-    for rec in read.records:
+    for i, (rec, split) in enumerate(zip(read.records, plan.written)):
         stem = Path(rec.image_path).stem
-        dup = stem in used_stems[rec.split]
+        dup = stem in used_stems[split]
         if dup:
-            i = 2
-            while f"{stem}__{i}" in used_stems[rec.split]:
-                i += 1
-            stem = f"{stem}__{i}"
-        used_stems[rec.split].add(stem)
-        jobs.append((rec, stem, dup))
-    for split in {rec.split for rec in read.records}:
+            k = 2
+            while f"{stem}__{k}" in used_stems[split]:
+                k += 1
+            stem = f"{stem}__{k}"
+        used_stems[split].add(stem)
+        jobs.append((i, rec, split, stem, dup, _true_mask_source(rec, read.root)))
+    for split in set(plan.written):
         (out_dir / split / "images").mkdir(parents=True, exist_ok=True)
         (out_dir / split / "masks").mkdir(parents=True, exist_ok=True)
 
     def work(job):
-        rec, stem, dup = job
-        return _process_one(rec, stem, dup, out_dir, min_box_side_px)
+        _, rec, split, stem, dup, true_mask = job
+        return _process_one(rec, split, stem, dup, out_dir, min_box_side_px, true_mask)
 
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     if n_workers <= 1 or len(jobs) < 2:
@@ -307,12 +355,17 @@ def build_processed_dataset(
         s: collections.Counter({k: 0 for k in RENDER_COUNT_KEYS}) for s in split_names
     }
     fg_fractions: dict[str, list[float]] = {s: [] for s in split_names}
+    true_masks: collections.Counter = collections.Counter()
     rows = []
-    for (rec, _, _), (row, per_image, problems) in zip(jobs, results):
-        render_counts[rec.split].update(per_image)
+    for (i, _, split, _, _, _), (row, per_image, problems) in zip(jobs, results):
+        render_counts[split].update(per_image)
         read.problems.extend(problems)
         if row is not None:
-            fg_fractions[rec.split].append(row.pop("_fraction"))
+            fg_fractions[split].append(row.pop("_fraction"))
+            true_masks[split] += int(row.pop("_true_mask"))
+            row["group"] = plan.groups[i]
+            row["dhash"] = hash_hex(plan.hashes[i])
+            row["leak_as_exported"] = "; ".join(leaks.get(i, []))
             rows.append(row)
 
     if not rows:
@@ -338,7 +391,8 @@ def build_processed_dataset(
     for split in split_names:
         fr = fg_fractions[split]
         entry: dict = {}
-        entry.update({k: int(v) for k, v in read.counts.get(split, {}).items()})
+        if plan.strategy != "grouped":
+            entry.update({k: int(v) for k, v in read.counts.get(split, {}).items()})
         for k, v in render_counts[split].items():
             entry[k] = entry.get(k, 0) + int(v)
         entry["images"] = len(fr)
@@ -347,6 +401,10 @@ def build_processed_dataset(
         entry["mean_foreground_fraction"] = round(sum(fr) / len(fr), 6) if fr else 0.0
         summary[split] = entry
     summary["problems"] = len(read.problems)
+    summary["export"] = {split: {k: int(v) for k, v in c.items()} for split, c in read.counts.items()}
+    summary["split"] = plan.summary(written=[r[0] is not None for r in results])
+    if true_masks:
+        summary["true_masks"] = {s: int(true_masks[s]) for s in split_names}
     return summary
 
 

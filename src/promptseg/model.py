@@ -1,6 +1,10 @@
 """Build or load CLIPSeg, wrap it for a training variant, and run a forward that really trains the encoders.
 
-Model sources (``params.yaml: model.source``):
+Architectures (``train.variants.<v>.architecture``): ``clipseg`` (default) or ``unet``, the
+text-conditioned U-Net of :mod:`promptseg.unet` (random init, sized by ``model.unet``), which learns on a
+CPU budget where a ViT from random weights does not.
+
+Model sources (``params.yaml: model.source``, for CLIPSeg):
 - ``small``: the CLIPSeg architecture from a ``CLIPSegConfig`` sized by params, random weights, with the
   real CLIP BPE tokenizer built offline from ``vendor/clip/bpe_simple_vocab_16e6.txt.gz``.
 - a local directory written by ``save_pretrained`` (model + processor).
@@ -121,23 +125,34 @@ def make_processor(tokenizer: CLIPTokenizer, image_size: int, mean, std) -> CLIP
 
 def build_small_model(model_cfg: dict, image_size: int, seed: int) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
     torch.manual_seed(seed)
-    model = CLIPSegForImageSegmentation(small_config(model_cfg["small"]))
+    model = CLIPSegForImageSegmentation(small_config(model_cfg["clipseg"]))
     reset_decoder_plain_layers(model)
     processor = make_processor(build_clip_tokenizer(), image_size, model_cfg["image_mean"], model_cfg["image_std"])
     return model, processor
 
 
-def uses_per_image_standardization(model_cfg: dict) -> bool:
+def build_unet_model(model_cfg: dict, image_size: int, seed: int):
+    """The text-conditioned U-Net (random init) sized by ``model.unet``, with the same CLIP tokenizer."""
+    from promptseg.unet import TextConditionedUNet, UNetConfig
+
+    torch.manual_seed(seed)
+    model = TextConditionedUNet(UNetConfig.from_params({**model_cfg["unet"], "image_size": image_size}))
+    processor = make_processor(build_clip_tokenizer(), image_size, model_cfg["image_mean"], model_cfg["image_std"])
+    return model, processor
+
+
+def uses_per_image_standardization(model_cfg: dict, architecture: str = "clipseg") -> bool:
     """Whether inputs are standardised per image after the mean/std normalisation.
 
-    Only for the randomly initialised ``small`` model (``model.small.per_image_standardization``).
+    Only for the randomly initialised ``small`` model (``model.clipseg.per_image_standardization``).
     Why: CLIP's patch embedding has no bias and is followed by a LayerNorm, so a uniform patch's token
     is the same whatever its brightness; on bright, low-contrast walls a random ViT then sees almost
     no difference between a tape band and the wall. Measured: 135 steps on 8 drywall images gave
     train Dice 0.00 with ImageNet mean/std alone and 0.91 with per-image standardisation.
-    Pretrained weights were trained with the plain mean/std and keep it.
+    Pretrained weights were trained with the plain mean/std and keep it; so does the U-Net, whose
+    zero-padded convolutions and batch norm see absolute brightness.
     """
-    return model_cfg.get("source") == "small" and bool(model_cfg.get("small", {}).get("per_image_standardization", False))
+    return architecture == "clipseg" and model_cfg.get("source") == "small" and bool(model_cfg.get("clipseg", {}).get("per_image_standardization", False))
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -158,6 +173,10 @@ def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
     """
     local = Path(source).expanduser()
     if local.is_dir():
+        from promptseg.unet import TextConditionedUNet, is_unet_directory
+
+        if is_unet_directory(local):
+            return TextConditionedUNet.from_pretrained(local), CLIPSegProcessor.from_pretrained(local)
         try:
             return (CLIPSegForImageSegmentation.from_pretrained(local),
                     CLIPSegProcessor.from_pretrained(local))
@@ -180,8 +199,12 @@ def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
         raise ModelSourceError(f"cannot load model {source!r} from the Hugging Face hub ({exc}). {fix}") from None
 
 
-def load_base_model(model_cfg: dict, image_size: int, seed: int):
-    """The model and processor that ``model.source`` names (see the module docstring)."""
+def load_base_model(model_cfg: dict, image_size: int, seed: int, architecture: str = "clipseg"):
+    """The model and processor of ``architecture`` (CLIPSeg from ``model.source``, or the U-Net)."""
+    if architecture == "unet":
+        return build_unet_model(model_cfg, image_size, seed)
+    if architecture != "clipseg":
+        raise ValueError(f"unknown architecture {architecture!r} in train.variants: use clipseg or unet.")
     if model_cfg["source"] == "small":
         return build_small_model(model_cfg, image_size, seed)
     return load_pretrained(model_cfg["source"])
@@ -198,7 +221,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def apply_variant(model: CLIPSegForImageSegmentation, variant: dict) -> nn.Module:
     """Make the parameters of one training variant trainable; returns the module to train.
 
-    - ``full``: every parameter.
+    - ``zeroshot``: nothing (the pretrained model as it is).
+    - ``full``: every parameter (for the U-Net: all but a frozen text encoder when ``freeze_text``).
     - ``decoder``: the decoder only (encoders frozen): what the library forward trains.
     - ``lora``: peft LoRA on ``targets`` in vision, text and decoder attention; plus the whole decoder
       when ``train_decoder`` is true. Returns the ``PeftModel``.
@@ -206,6 +230,14 @@ def apply_variant(model: CLIPSegForImageSegmentation, variant: dict) -> nn.Modul
     method = variant["method"]
     if method == "full":
         model.requires_grad_(True)
+        if getattr(getattr(model, "config", None), "freeze_text", False):  # the U-Net with pretrained text weights
+            model.text_encoder.requires_grad_(False)
+        return model
+    if variant.get("architecture", "clipseg") != "clipseg":
+        raise ValueError(f"method {method!r} applies to CLIPSeg only; the {variant['architecture']} "
+                         "architecture trains with method: full.")
+    if method == "zeroshot":
+        model.requires_grad_(False)
         return model
     if method == "decoder":
         model.requires_grad_(False)
@@ -250,6 +282,8 @@ def segmentation_logits(module: nn.Module, pixel_values: torch.Tensor, input_ids
     projected to ``projection_dim``, then the decoder.
     """
     model = unwrap(module)
+    if not hasattr(model, "clip"):  # the U-Net: its own forward has no no_grad
+        return model(pixel_values, input_ids, attention_mask)
     vision = model.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
                                      interpolate_pos_encoding=True)
     activations = [vision.hidden_states[i + 1] for i in model.extract_layers]

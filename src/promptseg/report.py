@@ -1,15 +1,21 @@
-"""``metrics/report.md`` from the metrics files alone (no model), plus trivial masks scored on the same images.
+"""``metrics/report.md`` from the metrics files alone (no model), plus no-learning masks scored on the same images.
 
 Inputs (all small JSON files written by earlier stages):
 
 - ``metrics/data/<dataset>.json``: per split counts (images, with/without foreground, mean foreground
   fraction) and the counters of what the mask stage skipped or repaired;
-- ``metrics/train/<variant>.json``: method, trainable/total parameters, seconds per epoch;
-- ``metrics/eval/<variant>.json``: per dataset the threshold chosen on val, and per split per-prompt scores,
-  prompt-switching lit fractions and paraphrase scores (see :mod:`promptseg.evaluate`).
+- ``metrics/train/<variant>.json``: method, architecture, trainable/total parameters, seconds per epoch
+  (or ``{"variant", "method", "skipped": reason}`` for a rung that was skipped);
+- ``metrics/eval/<variant>.json``: per dataset the threshold chosen on val, the inference options measured on
+  val (``options_val``), and per split per-prompt scores, prompt-switching lit fractions and paraphrase
+  scores (see :mod:`promptseg.evaluate`); ``{"skipped": reason}`` for a skipped rung.
 
-The trivial baselines ("all zeros", "all ones") are scored with :func:`promptseg.evaluate.score_masks` on the
+The no-learning baselines ("all zeros", "all ones" and, for thin structures, "darkest 5%": each image's
+darkest pixels, then the models' open/close) are scored with :func:`promptseg.evaluate.score_masks` on the
 processed ground truth of the same split, so a model's figures can be read against masks that need no model.
+
+The report's core is one "ladder" table per dataset: the baselines first, then every rung of
+``train.variants`` in params order.
 
 Everything is GitHub-flavoured markdown (tables padded so they read in a terminal too), numbers to 3 decimals.
 A file that is missing (a variant not yet evaluated) gives one line saying so, never an exception.
@@ -24,14 +30,18 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 
-from promptseg.data import list_split
+from promptseg.data import list_split, read_rgb
 from promptseg.evaluate import THIN_STRUCTURE_DATASETS, EvalConfig, score_masks
+from promptseg.inference import postprocess_probabilities
+from promptseg.metrics import lit_fraction
 from promptseg.params import DATASETS
 
-__all__ = ["trivial_baseline_scores", "build_report", "write_report", "QUIRK_IGNORED_KEYS"]
+__all__ = ["trivial_baseline_scores", "darkest_pixels_mask", "darkest_name", "build_report", "write_report",
+           "QUIRK_IGNORED_KEYS"]
 
 ZEROSHOT = "zeroshot"
-BASELINE_NAMES = ("all zeros", "all ones")
+BASELINE_NAMES = ("all zeros", "all ones")  # the prompt-blind constant masks; "darkest N%" joins them for cracks
+DEFAULT_DARKEST_SHARE = 0.05
 
 # Counters in metrics/data/<dataset>.json that describe the data rather than something skipped or repaired.
 QUIRK_IGNORED_KEYS = frozenset({
@@ -40,21 +50,56 @@ QUIRK_IGNORED_KEYS = frozenset({
 })
 
 MISSING = "n/a"
+NONE = "\u2014"      # an em dash: a cell that has no meaning for this row (a baseline's parameters)
+SKIPPED = "skipped"
+INFER_OPTIONS = (("single prompt", "single_prompt"), ("prompt ensemble", "ensemble"),
+                 ("single prompt + hflip", "single_prompt+hflip"), ("prompt ensemble + hflip", "ensemble+hflip"))
 
 
-# --------------------------------------------------------------------------- trivial baselines
-def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, empty_score: float = 1.0,
-                            boundary_tolerance_px: int = 2) -> dict:
-    """Scores of an all-zero and an all-one mask on every image of one processed split.
+# --------------------------------------------------------------------------- no-learning baselines
+def darkest_name(share: float) -> str:
+    """``0.05`` -> ``"darkest 5%"``."""
+    return f"darkest {float(share) * 100:g}%"
 
-    Returns ``{"all zeros": scores, "all ones": scores}`` where ``scores`` is what
-    :func:`promptseg.evaluate.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``,
-    ``images``; for thin-structure datasets also ``boundary_f1`` and ``cl_dice``), with the same
-    empty-mask rule (an image whose ground truth and prediction are both empty scores ``empty_score``).
-    Returns ``{}`` when the split has no images. Only the ground-truth masks are read.
+
+def darkest_pixels_mask(rgb: np.ndarray, share: float = DEFAULT_DARKEST_SHARE, *, morphology: bool = True,
+                        kernel_size: int = 3) -> np.ndarray:
+    """The "darkest pixels" guess at a crack: a {0, 255} uint8 mask of one (H, W, 3) RGB image.
+
+    The pixels whose grayscale value (``cv2.COLOR_RGB2GRAY``) is at or below the image's ``share`` quantile
+    (``np.quantile``, linear interpolation), then the models' post-processing
+    (:func:`promptseg.inference.postprocess_probabilities` on a map that is 1.0 on those pixels, threshold 0.5:
+    OPEN then CLOSE with a ``kernel_size`` square). Ties at the quantile are all kept, so a uniform image is lit
+    everywhere.
     """
+    if not 0.0 < float(share) < 1.0:
+        raise ValueError(f"darkest share must lie in (0, 1), got {share}")
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    dark = (gray <= np.quantile(gray, float(share))).astype(np.float32)
+    return postprocess_probabilities(dark, 0.5, morphology=morphology, kernel_size=kernel_size)
+
+
+def _with_lit(scores: dict, masks: list[np.ndarray]) -> dict:
+    """``lit``: the mean share of pixels a prompt-blind mask lights (with any prompt: its cross-prompt lit)."""
+    return {**scores, "lit": float(np.mean([lit_fraction(m > 0) for m in masks]))}
+
+
+def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, empty_score: float = 1.0,
+                            boundary_tolerance_px: int = 2, darkest_share: float | None = DEFAULT_DARKEST_SHARE,
+                            morphology: bool = True, kernel_size: int = 3) -> dict:
+    """Scores of masks that need no learning on every image of one processed split.
+
+    Returns ``{"all zeros": scores, "all ones": scores}`` and, for thin-structure datasets (cracks) when
+    ``darkest_share`` is not None, ``{darkest_name(darkest_share): scores}`` (:func:`darkest_pixels_mask` with
+    ``morphology`` / ``kernel_size``, the ``infer.morphology`` the models use). ``scores`` is what
+    :func:`promptseg.evaluate.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``, ``images``;
+    for thin-structure datasets also ``boundary_f1`` and ``cl_dice``), with the same empty-mask rule (an image
+    whose ground truth and prediction are both empty scores ``empty_score``), plus ``lit``, the mean share of
+    pixels lit. Returns ``{}`` when the split has no images. Images are read only for the darkest baseline.
+    """
+    pairs = list_split(Path(processed_root), dataset, split)
     truths = []
-    for _, mask_path in list_split(Path(processed_root), dataset, split):
+    for _, mask_path in pairs:
         mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks@{dataset}`.")
@@ -65,7 +110,19 @@ def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, e
     thin = dataset in THIN_STRUCTURE_DATASETS
     zeros = [np.zeros(t.shape, dtype=np.uint8) for t in truths]
     ones = [np.full(t.shape, 255, dtype=np.uint8) for t in truths]
-    return {"all zeros": score_masks(zeros, truths, cfg, thin), "all ones": score_masks(ones, truths, cfg, thin)}
+    out = {"all zeros": _with_lit(score_masks(zeros, truths, cfg, thin), zeros),
+           "all ones": _with_lit(score_masks(ones, truths, cfg, thin), ones)}
+    if thin and darkest_share is not None:
+        dark = []
+        for (image_path, mask_path), truth in zip(pairs, truths):
+            mask = darkest_pixels_mask(read_rgb(image_path), darkest_share, morphology=morphology,
+                                       kernel_size=kernel_size)
+            if mask.shape != truth.shape:
+                raise ValueError(f"{image_path}: image is {mask.shape[1]}x{mask.shape[0]} px but its mask "
+                                 f"{mask_path.name} is {truth.shape[1]}x{truth.shape[0]}; rerun `dvc repro masks@{dataset}`.")
+            dark.append(mask)
+        out[darkest_name(darkest_share)] = _with_lit(score_masks(dark, truths, cfg, thin), dark)
+    return out
 
 
 # --------------------------------------------------------------------------- formatting helpers
@@ -186,6 +243,20 @@ def _score_columns(dataset: str) -> list[tuple[str, str]]:
     return cols
 
 
+def _skipped(variant: str, train_metrics: dict[str, dict], eval_metrics: dict[str, dict]) -> str | None:
+    """The reason a rung was skipped (``"skipped"`` in its eval or train file), else None."""
+    for metrics in (eval_metrics, train_metrics):
+        reason = _get(metrics.get(variant), "skipped")
+        if reason:
+            return str(reason)
+    return None
+
+
+def _baseline_rows(base: dict) -> list[tuple[str, dict]]:
+    """(name, scores) of the no-learning baselines, in the order they were computed."""
+    return [(name, scores) for name, scores in base.items() if isinstance(scores, dict) and scores]
+
+
 def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_metrics: dict[str, dict],
                         baselines: dict, boundary_tolerance_px: int | None) -> list[str]:
     cols = _score_columns(dataset)
@@ -196,6 +267,9 @@ def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_met
         if ev is None:
             notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
                          f"`dvc repro evaluate@{variant}`).")
+            continue
+        if ev.get("skipped"):
+            notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
             continue
         block = ev.get(dataset)
         test = _get(block, "test")
@@ -209,19 +283,22 @@ def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_met
         mean = test.get("all_prompts") or {}
         rows.append(["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols),
                      _int(test.get("images"))])
+        ensemble = test.get("ensemble")
+        if isinstance(ensemble, dict):
+            rows.append(["prompt ensemble", variant, _num(block.get("ensemble_threshold", block.get("threshold"))),
+                         *(_num(ensemble.get(k)) for _, k in cols), _int(ensemble.get("images"))])
     base = baselines.get(dataset) or {}
-    for name in BASELINE_NAMES:
-        scores = base.get(name)
-        if scores:
-            rows.append([f"trivial: {name}", "no model", MISSING, *(_num(scores.get(k)) for _, k in cols),
-                         _int(scores.get("images"))])
+    for name, scores in _baseline_rows(base):
+        rows.append([f"no learning: {name}", "no model", MISSING, *(_num(scores.get(k)) for _, k in cols),
+                     _int(scores.get("images"))])
     if rows:
         out += [_table(["prompt", "variant", "threshold (val)", *(c for c, _ in cols), "images"], rows,
                        "llr" + "r" * len(cols) + "r"), ""]
+    if any(isinstance(_get(eval_metrics.get(v), dataset, "test", "ensemble"), dict) for v in variants):
+        notes.append("Prompt ensemble: the logits of every prompt of the dataset averaged, thresholded at its own "
+                     "val threshold (`ensemble_threshold`).")
     if not base:
-        notes.append(f"No trivial baselines for {dataset} (no processed test split found).")
-    else:
-        notes += _beaten_notes(dataset, variants, eval_metrics, base)
+        notes.append(f"No no-learning baselines for {dataset} (no processed test split found).")
     if dataset in THIN_STRUCTURE_DATASETS:
         tolerance = f"{boundary_tolerance_px} px" if boundary_tolerance_px is not None else "the evaluation tolerance"
         notes.append(f"Boundary F1: precision and recall of mask pixels lying within {tolerance} of the other mask; "
@@ -230,27 +307,53 @@ def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_met
     return out
 
 
+def _best_baseline(base: dict) -> tuple[str, float] | None:
+    """(name, Dice) of the no-learning baseline with the highest mean test Dice (the first one on a tie)."""
+    named = [(name, s.get("dice")) for name, s in _baseline_rows(base)
+             if isinstance(s.get("dice"), (int, float)) and not math.isnan(s.get("dice"))]
+    return max(named, key=lambda t: t[1]) if named else None
+
+
 def _beaten_notes(dataset: str, variants: list[str], eval_metrics: dict[str, dict], base: dict) -> list[str]:
-    """One line per variant whose mean test Dice does not beat the best trivial mask (at 3 decimals)."""
-    named = [(name, s.get("dice")) for name, s in base.items() if isinstance(s, dict) and s.get("dice") is not None]
-    if not named:
+    """One line per variant whose mean test Dice does not beat the best no-learning mask (at 3 decimals)."""
+    best = _best_baseline(base)
+    if best is None:
         return []
-    best_name, best = max(named, key=lambda t: t[1])
+    best_name, best_dice = best
     notes = []
     for variant in variants:
         dice = _get(eval_metrics.get(variant), dataset, "test", "all_prompts", "dice")
-        if isinstance(dice, (int, float)) and not math.isnan(dice) and round(dice, 3) <= round(best, 3):
-            notes.append(f"Note: `{variant}` on {dataset} (mean Dice {_num(dice)}) does not beat the trivial "
-                         f"'{best_name}' mask (Dice {_num(best)}).")
+        if isinstance(dice, (int, float)) and not math.isnan(dice) and round(dice, 3) <= round(best_dice, 3):
+            notes.append(f"Note: `{variant}` on {dataset} (mean Dice {_num(dice)}) does not beat the no-learning "
+                         f"'{best_name}' mask (Dice {_num(best_dice)}).")
     return notes
 
 
-def _comparison_section(number: int, variants: list[str], train_metrics: dict[str, dict],
-                        eval_metrics: dict[str, dict], datasets: Sequence[str]) -> list[str]:
-    out = [f"## Table {number}: variant comparison (test split, mean over prompts)", ""]
-    rows, notes = [], []
+def _method_cell(variant: str, tr: dict) -> str:
+    method = tr.get("method") or ("zero-shot (no training)" if variant == ZEROSHOT else MISSING)
+    architecture = tr.get("architecture")
+    return f"{method} / {architecture}" if architecture else str(method)
+
+
+def _ladder_section(number: int, dataset: str, variants: list[str], train_metrics: dict[str, dict],
+                    eval_metrics: dict[str, dict], baselines: dict) -> list[str]:
+    """One dataset's ladder: the no-learning baselines, then every rung in ``variants`` (params) order."""
+    cols = _score_columns(dataset)
+    out = [f"## Table {number}: {dataset} ladder (test split, mean over prompts)", ""]
+    header = ["rung", "method / architecture", "trainable params", "total params", *(c for c, _ in cols),
+              "cross-prompt lit", "unrelated-prompt lit", "s/epoch"]
+    rows, notes, skipped_notes = [], [], []
+    base = baselines.get(dataset) or {}
+    for name, scores in _baseline_rows(base):
+        lit = _num(scores.get("lit"))
+        rows.append([name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), lit, lit, NONE])
     for variant in variants:
         tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
+        reason = _skipped(variant, train_metrics, eval_metrics)
+        if reason is not None:
+            rows.append([variant, _method_cell(variant, tr or {}), *([SKIPPED] * (len(header) - 2))])
+            skipped_notes.append(f"`{variant}` was skipped: {reason.rstrip('.')}.")
+            continue
         if tr is None and ev is None:
             notes.append(f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
                          f"or metrics/eval/{variant}.json).")
@@ -259,24 +362,65 @@ def _comparison_section(number: int, variants: list[str], train_metrics: dict[st
             notes.append(f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`).")
         if ev is None:
             notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
+        elif not isinstance(_get(ev, dataset, "test"), dict):
+            notes.append(f"Variant `{variant}`: no test scores for {dataset} in metrics/eval/{variant}.json.")
         tr = tr or {}
-        method = tr.get("method") or ("zero-shot (no training)" if variant == ZEROSHOT else MISSING)
-        trainable, total = tr.get("trainable_params"), tr.get("total_params")
+        trainable = tr.get("trainable_params")
         if variant == ZEROSHOT and trainable is None:
             trainable = 0
-        share = (_num(100.0 * trainable / total) if isinstance(trainable, (int, float)) and total else MISSING)
-        per_dataset = []
-        for dataset in datasets:
-            mean = _get(ev, dataset, "test", "all_prompts") or {}
-            per_dataset += [_num(mean.get("miou")), _num(mean.get("dice"))]
-        rows.append([variant, method, _int(trainable), _int(total), share, *per_dataset,
-                     _num(tr.get("seconds_per_epoch"))])
+        test = _get(ev, dataset, "test") or {}
+        mean = test.get("all_prompts") or {}
+        rows.append([variant, _method_cell(variant, tr), _int(trainable), _int(tr.get("total_params")),
+                     *(_num(mean.get(k)) for _, k in cols), _num(test.get("cross_prompt_lit")),
+                     _num(test.get("unrelated_prompt_lit")), _num(tr.get("seconds_per_epoch"))])
     if rows:
-        header = ["variant", "method", "trainable params", "total params", "trainable %"]
+        out += [_table(header, rows, "llrr" + "r" * len(cols) + "rrr"), ""]
+    best = _best_baseline(base)
+    if best is not None:
+        out += [f"Read every rung against the best no-learning baseline ({best[0]}, Dice {_num(best[1])}).", ""]
+        notes = _beaten_notes(dataset, variants, eval_metrics, base) + notes
+    else:
+        notes.insert(0, f"No no-learning baselines for {dataset} (no processed test split found).")
+    if base:
+        notes.append("The no-learning masks ignore the prompt, so their cross- and unrelated-prompt lit is simply "
+                     "the share of pixels they light with any prompt.")
+    out += [n + "\n" for n in skipped_notes + notes]
+    return out
+
+
+def _options_section(number: int, variants: list[str], eval_metrics: dict[str, dict], datasets: Sequence[str],
+                     infer_defaults: dict | None) -> list[str]:
+    """Best-threshold val Dice of each inference option (``options_val``), per variant and dataset."""
+    out = [f"## Table {number}: Inference options on validation", ""]
+    settings = ""
+    if infer_defaults:
+        settings = " (now " + ", ".join(f"`{k}: {str(bool(v)).lower()}`" for k, v in infer_defaults.items()) + ")"
+    out += ["Best-threshold Dice (mean over val images, and over prompts for a single prompt) of each inference "
+            "option: one prompt at a time, the logit average over the dataset's prompts (prompt ensemble), and "
+            "each with horizontal-flip test-time augmentation. These are measured on val only (test is never used "
+            "to choose), and the defaults in params.yaml `infer.hflip_tta` / `infer.prompt_ensemble`"
+            f"{settings} follow them.", ""]
+    rows, notes = [], []
+    for variant in variants:
+        ev = eval_metrics.get(variant)
+        if ev is None or ev.get("skipped"):
+            continue  # the ladder tables say why
         for dataset in datasets:
-            header += [f"{dataset} mIoU", f"{dataset} Dice"]
-        header.append("s/epoch")
-        out += [_table(header, rows, "llrrr" + "rr" * len(datasets) + "r"), ""]
+            options = _get(ev, dataset, "options_val")
+            if not isinstance(options, dict):
+                if isinstance(ev.get(dataset), dict):
+                    notes.append(f"Variant `{variant}`: no `options_val` for {dataset} in metrics/eval/{variant}.json "
+                                 f"(evaluated before the options were measured: rerun `dvc repro evaluate@{variant}`).")
+                continue
+            known = [(label, options.get(key)) for label, key in INFER_OPTIONS
+                     if isinstance(options.get(key), (int, float)) and not math.isnan(options.get(key))]
+            best = max(known, key=lambda t: t[1])[0] if known else MISSING
+            rows.append([variant, dataset, *(_num(options.get(key)) for _, key in INFER_OPTIONS), best])
+    if rows:
+        out += [_table(["variant", "dataset", *(label for label, _ in INFER_OPTIONS), "best on val"], rows,
+                       "ll" + "r" * len(INFER_OPTIONS) + "l"), ""]
+    elif not notes:
+        out += ["No inference-option figures yet (no variant has been evaluated).", ""]
     out += [n + "\n" for n in notes]
     return out
 
@@ -294,6 +438,9 @@ def _switching_section(number: int, variants: list[str], eval_metrics: dict[str,
         ev = eval_metrics.get(variant)
         if ev is None:
             notes.append(f"Variant `{variant}`: not evaluated yet.")
+            continue
+        if ev.get("skipped"):
+            notes.append(f"Variant `{variant}`: skipped (see the ladder tables).")
             continue
         for dataset in datasets:
             test = _get(ev, dataset, "test")
@@ -326,7 +473,7 @@ def _figures_section(figures: dict[str, list[str]] | None) -> list[str]:
 def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], eval_metrics: dict[str, dict],
                  baselines: dict, *, model_source: str, variants: list[str] | None = None,
                  datasets: Sequence[str] = DATASETS, figures: dict[str, list[str]] | None = None,
-                 boundary_tolerance_px: int | None = None) -> str:
+                 boundary_tolerance_px: int | None = None, infer_defaults: dict | None = None) -> str:
     """The markdown report.
 
     Args:
@@ -335,11 +482,13 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
         eval_metrics: ``{variant: metrics/eval/<variant>.json}``.
         baselines: ``{dataset: trivial_baseline_scores(...)}`` on the test split.
         model_source: ``model.source`` from params.yaml (``"small"`` or pretrained weights).
-        variants: variants to report, in order; default: every variant found in train or eval metrics.
-            A variant with no files gets a line saying so.
+        variants: the ladder's rungs, in params order; default: every variant found in train or eval metrics.
+            A variant with no files gets a line saying so; a skipped rung gets a "skipped" row and its reason.
         datasets: datasets to report.
         figures: ``{variant: [relative link, ...]}`` to qualitative PNGs that exist.
         boundary_tolerance_px: the boundary F1 tolerance, named in the thin-structure note when given.
+        infer_defaults: ``{"hflip_tta": bool, "prompt_ensemble": bool}`` from ``params.yaml: infer``, named next to
+            the inference-options table when given.
     """
     if variants is None:
         variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
@@ -357,10 +506,13 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
     lines += _data_section(data_metrics, datasets)
     number = 2
     for dataset in datasets:
+        lines += _ladder_section(number, dataset, variants, train_metrics, eval_metrics, baselines)
+        number += 1
+    lines += _options_section(number, variants, eval_metrics, datasets, infer_defaults)
+    number += 1
+    for dataset in datasets:
         lines += _per_prompt_section(number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px)
         number += 1
-    lines += _comparison_section(number, variants, train_metrics, eval_metrics, datasets)
-    number += 1
     lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets)
     lines += _figures_section(figures)
     text = "\n".join(lines)
@@ -382,9 +534,11 @@ def _read_json(path: Path) -> dict | None:
 
 def write_report(metrics_dir: Path, processed_root: Path, out_path: Path, *, variants: list[str], model_source: str,
                  datasets: Sequence[str] = DATASETS, empty_score: float = 1.0,
-                 boundary_tolerance_px: int = 2) -> None:
-    """Read the metrics files under ``metrics_dir``, score the trivial baselines on the processed test
-    splits, and write the markdown report to ``out_path`` (figure links relative to it)."""
+                 boundary_tolerance_px: int = 2, darkest_share: float | None = DEFAULT_DARKEST_SHARE,
+                 morphology: bool = True, kernel_size: int = 3, infer_defaults: dict | None = None) -> None:
+    """Read the metrics files under ``metrics_dir``, score the no-learning baselines on the processed test
+    splits (``darkest_share``, ``morphology``, ``kernel_size``: see :func:`trivial_baseline_scores`), and write
+    the markdown report to ``out_path`` (figure links relative to it)."""
     metrics_dir, processed_root, out_path = Path(metrics_dir), Path(processed_root), Path(out_path)
     variants = list(variants)
     if model_source != "small" and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
@@ -395,7 +549,8 @@ def write_report(metrics_dir: Path, processed_root: Path, out_path: Path, *, var
     baselines = {}
     for dataset in datasets:
         scores = trivial_baseline_scores(processed_root, dataset, "test", empty_score=empty_score,
-                                         boundary_tolerance_px=boundary_tolerance_px)
+                                         boundary_tolerance_px=boundary_tolerance_px, darkest_share=darkest_share,
+                                         morphology=morphology, kernel_size=kernel_size)
         if scores:
             baselines[dataset] = scores
     figures: dict[str, list[str]] = {}
@@ -405,7 +560,8 @@ def write_report(metrics_dir: Path, processed_root: Path, out_path: Path, *, var
             if png.exists():
                 figures.setdefault(variant, []).append(_relative(png, out_path.parent))
     text = build_report(data, train, evals, baselines, model_source=model_source, variants=variants,
-                        datasets=datasets, figures=figures, boundary_tolerance_px=boundary_tolerance_px)
+                        datasets=datasets, figures=figures, boundary_tolerance_px=boundary_tolerance_px,
+                        infer_defaults=infer_defaults)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
 

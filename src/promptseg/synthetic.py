@@ -18,20 +18,50 @@ Roboflow counterpart:
     out_dir/{train,valid,test}/labels/<stem>_jpg.rf.<32 hex>.txt      # "0 cx cy w h"
     out_dir/true_masks/{train,valid,test}/<stem>_jpg.rf.<32 hex>.png  # {0,255} band mask
 
-The images try to look like photos of walls rather than flat toys: a plaster /
-painted drywall texture (several octaves of low-frequency noise plus fine grain), a
-varying base colour (off-white, grey, beige), a lighting gradient and vignette, soft
-shadows and dark stains as distractors, optical blur and sensor noise.
+The images try to look like photos of walls rather than flat toys: a plaster / paint /
+render / concrete texture (several octaves of low-frequency noise, fine grain, pores and
+aggregate on rough surfaces), a varying base colour (off-white, grey, beige, concrete;
+green board for drywall), scene context around the wall (a floor strip, a dark doorway or
+room background at a side, a door / window frame, a second wall plane at a room corner),
+a lighting falloff and off-centre vignette, soft shadows, dark stains and screw holes as
+distractors, then an auto-exposing camera, optical blur and sensor noise.
 
-* Cracks are thin, branching, dark random-walk polylines (1-4 px wide at 320 px,
-  scaled with ``image_size``), 1-3 per image. Each crack (with its branches) is one
-  COCO annotation whose polygons are the outer contours of the rendered crack mask
-  (``cv2.findContours`` with ``RETR_EXTERNAL`` / ``CHAIN_APPROX_SIMPLE``), so filling
-  the polygons gives back the crack pixels.
+* Cracks are branching, dark random-walk polylines (the open fissure 1.2-5 px wide at
+  320 px before its taper, scaled with ``image_size``), 0.45-1.2 image sides long, growing
+  both ways from a random point, 1-3 per image; branches end before they would close a
+  loop. Like a human annotator, the label usually outlines a 1-2 px margin (at 320 px)
+  over the crack's chipped, shadowed edges (those are rendered slightly darker), so the
+  polygon is a little wider than the dark line, as on the real export. Each crack (with
+  its branches) is one COCO annotation whose polygons are the outer contours of the label
+  mask (``cv2.findContours`` with ``RETR_EXTERNAL`` / ``CHAIN_APPROX_SIMPLE``); the label
+  is hole-free, so filling the polygons gives it back.
 * Joints are long tape/compound bands (40-80 px wide at 320 px, scaled), vertical or
   horizontal, 1-2 per image, spanning most of the image, with feathered compound edges
-  and a central paper-tape strip. Each band's YOLO box is the bounding box of its
-  pixels; the band pixels themselves are written as the sidecar truth mask.
+  and a central paper-tape strip; faint: the compound is only 5-14 gray levels lighter
+  than the wall. Each band's YOLO box is the bounding box of its pixels; the band pixels
+  themselves are written as the sidecar truth mask.
+* Objects partly hidden by an occluding context (floor, side, frame) are clipped to
+  their visible pixels, so masks, polygons and boxes stay exact.
+
+Target: every per-image figure that ``benchmarks/synthetic_vs_real.py`` compares has its
+synthetic median inside the p10-p90 range of the real Roboflow exports (cracks-3ii36-yg05p;
+drywall-join-detect-7nstl and -v1). The ranges, read off the real exports:
+
+* foreground fraction: cracks 0.008-0.11 (median 0.029); drywall boxes 0.034-0.30 /
+  0.021-0.29 (7nstl / v1);
+* crack width, typical (2 x median distance transform on the ridge, px at 640): 4.4-51
+  (median 14.6); widest: 8.5-80 (median 30);
+* crack box long side / image side: 0.14-1.0 (median 0.70);
+* brightness (mean gray): cracks 118-199 (median 152); drywall 100-176 / 89-166
+  (medians 146 / 147);
+* contrast (std gray): cracks 17.4-52.7 (median 36.7); drywall 18.1-84 / 13.3-80
+  (medians 52 / 48).
+
+With params.yaml's settings (seed 7, 320 px) the synthetic medians are: cracks foreground
+0.017, typical width 11 px at 640, brightness 144, contrast 26.5; drywall brightness 145,
+contrast 31. Nothing is made easier to get there: the cracks are wider and longer than
+before (the real ones are), but fainter ones are included, and the added context edges,
+corner creases, pores, darker stains and shadows are all crack- or band-like distractors.
 
 Everything random comes from ``numpy.random.default_rng(seed + DATASET_OFFSETS[dataset])``
 (each image draws its own child generator from it), and JPEGs are written with a fixed
@@ -77,8 +107,16 @@ _SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "test": "t
 _REFERENCE_SIZE = 320.0  # pixel sizes in the brief are given for 320 px images
 _FIXED_DATE = "2024-01-01T00:00:00+00:00"
 
-# Base wall colours in BGR (cv2 order): off-whites, greys, beiges.
-_WALL_PALETTE = np.array(
+# Exposure of the wall palette: a phone camera meters a wall to mid-grey, so even a white
+# wall photographs at a gray level of about 150-190, not 235 (the real crack photos have a
+# median mean gray of 152, the real drywall photos 146-147). With the palette at that level
+# the auto-exposure gain below stays near 1, so the absolute strengths of the compound,
+# tape and screw holes (gray levels) keep their meaning, and there is head-room for the
+# +10-25 % brightness-jittered augmentation copies.
+_EXPOSURE = 0.8
+# Base wall colours in BGR (cv2 order), before exposure: off-whites, greys, beiges, bare
+# concrete / render. Drywall also draws from _BOARD_PALETTE (moisture-resistant green board).
+_WALL_PALETTE = _EXPOSURE * np.array(
     [
         [236, 238, 240],  # cool white
         [228, 233, 236],  # warm off-white
@@ -88,9 +126,17 @@ _WALL_PALETTE = np.array(
         [196, 210, 220],  # beige
         [178, 196, 212],  # sand
         [206, 214, 214],  # greige
+        [164, 170, 174],  # bare concrete
+        [150, 170, 188],  # weathered sand render
     ],
     dtype=np.float32,
 )
+#: Auto-exposure of the simulated camera: the mean gray it meters a scene to is drawn from
+#: N(_AE_TARGET, _AE_SPREAD) (clipped at 2 sigma), unless that would push the 99.5th gray
+#: percentile above _AE_HIGHLIGHT: then the highlights win (a +25 % brightness-jittered copy
+#: stays below 255, so jittered copies do not clip and still match their original's dhash).
+_AE_TARGET, _AE_SPREAD, _AE_HIGHLIGHT = 158.0, 22.0, 198.0
+_BOARD_PALETTE = _EXPOSURE * np.array([[196, 206, 150], [200, 210, 190]], dtype=np.float32)  # green / grey-green board
 
 
 # --------------------------------------------------------------------------- rendering
@@ -131,25 +177,54 @@ def _coords(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(t, t)
 
 
-def _wall_texture(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(image, base_colour)``: a float32 BGR plaster/paint texture around a
-    randomly chosen and jittered base colour."""
-    base = _WALL_PALETTE[rng.integers(len(_WALL_PALETTE))].copy()
+def _scale_(img: np.ndarray, factor: np.ndarray) -> None:
+    """``img *= factor`` in place for a ``(S, S, 3)`` image and a ``(S, S)`` factor (cv2 is
+    several times faster than numpy's broadcasting here)."""
+    cv2.multiply(img, cv2.merge([factor, factor, factor]), dst=img)
+
+
+def _speckles(rng: np.random.Generator, size: int, density: float, sigma: float) -> np.ndarray:
+    """Sparse soft dots (peak about 1): pores, aggregate, paint splatter, screw holes."""
+    dots = (rng.random((size, size), dtype=np.float32) < density).astype(np.float32)
+    dots = cv2.GaussianBlur(dots, (0, 0), sigma)
+    return np.minimum(dots * np.float32(2.0 * np.pi * sigma * sigma), 1.0)
+
+
+def _wall_texture(rng: np.random.Generator, size: int, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(image, base_colour)``: a float32 BGR plaster/paint/concrete texture around a
+    randomly chosen and jittered base colour.
+
+    Surfaces range from smooth paint to rough render / concrete: a log-uniform roughness of
+    1-3.5 (cracks; drywall boards are smooth paper, 1-1.6) scales the texture octaves and the
+    grain, and rough surfaces get pores and aggregate specks (dark and light dots that a crack
+    model must not take for cracks)."""
+    palette = _WALL_PALETTE
+    if dataset == "drywall" and rng.random() < 0.15:
+        palette = _BOARD_PALETTE
+    base = palette[rng.integers(len(palette))].copy()
     base += rng.normal(0.0, 2.5, 3).astype(np.float32)  # per-channel tint jitter
-    base += np.float32(rng.normal(0.0, 6.0))  # overall brightness jitter
-    base = np.minimum(base, np.float32(228.0))  # leave head-room for lighting, avoid clipping
+    base += np.float32(rng.normal(0.0, 8.0))  # overall brightness jitter
+    base = np.minimum(base, np.float32(200.0))  # head-room for texture, lighting and jittered copies
+    rough = float(np.exp(rng.uniform(0.0, math.log(3.5)))) if dataset == "cracks" else float(rng.uniform(1.0, 1.6))
     lum = np.zeros((size, size), np.float32)
-    # Low-frequency octaves (paint unevenness, plaster waviness) ...
+    # Low-frequency octaves (paint unevenness, plaster waviness, render trowel marks) ...
     for cells, amp in ((3, rng.uniform(2.0, 6.0)), (8, rng.uniform(1.5, 4.0)), (24, rng.uniform(1.0, 2.5))):
-        lum += np.float32(amp) * _smooth_noise(rng, size, (cells, cells))
-    # ... fine grain (orange-peel / sanded texture) ...
+        lum += np.float32(amp * rough) * _smooth_noise(rng, size, (cells, cells))
+    # ... fine grain (orange-peel / sanded / sand-float texture) ...
     grain = rng.standard_normal((size, size), dtype=np.float32)
-    grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.6, 1.2))
-    lum += np.float32(rng.uniform(3.0, 7.0)) * grain
+    grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.6, 1.2) * max(1.0, size / _REFERENCE_SIZE))
+    lum += np.float32(rng.uniform(3.0, 7.0) * rough) * grain
+    # ... pores (dark) and aggregate (light) on rough render / concrete ...
+    if rough > 1.6:
+        sig_px = rng.uniform(0.6, 1.3) * size / _REFERENCE_SIZE  # dot size scales with the image,
+        density = rng.uniform(0.002, 0.008) * (rough - 1.0) / (sig_px * sig_px)  # dot count does not
+        sig = max(0.5, sig_px)
+        lum -= np.float32(rng.uniform(0.12, 0.3) * base.mean()) * _speckles(rng, size, density, sig)
+        lum += np.float32(rng.uniform(0.05, 0.15) * base.mean()) * _speckles(rng, size, density, sig)
     # ... plus slight per-channel colour mottling.
-    img = np.empty((size, size, 3), np.float32)
-    for ch in range(3):
-        img[..., ch] = base[ch] + lum + np.float32(rng.uniform(0.5, 1.5)) * _smooth_noise(rng, size, (6, 6))
+    mottle = rng.standard_normal((6, 6, 3), dtype=np.float32) * rng.uniform(0.5, 1.5, 3).astype(np.float32)
+    img = cv2.resize(mottle, (size, size), interpolation=cv2.INTER_CUBIC)
+    img += cv2.merge([lum + base[ch] for ch in range(3)])
     return img, base
 
 
@@ -183,45 +258,90 @@ def _taper(n: int, rng: np.random.Generator) -> np.ndarray:
     return prof * np.clip(wobble, 0.5, 1.5)
 
 
-def _crack_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Render one crack (main walk plus occasional thinner branches) as a {0,255} mask."""
+def _crack_mask(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render one crack (main walk plus thinner branches): ``(core, label)`` {0,255} masks.
+
+    ``core`` is the open, dark fissure (1.2-5 px wide at 320 px before the taper);
+    ``label`` is what an annotator outlines: the core plus, for most cracks, a margin of
+    1-2 px (at 320 px) over the chipped, shadowed edges, as on the real polygons, which are
+    drawn wider than the visible dark line. The main walk grows both ways from a random
+    point and is 0.45-1.2 image sides long (it often runs off the image, like the real
+    cracks: their boxes' long side is a median 0.7 of the image side)."""
     scale = size / _REFERENCE_SIZE
-    mask = np.zeros((size, size), np.uint8)
-    width = rng.uniform(1.0, 4.0) * scale  # 1-4 px at 320 px
-    length = rng.uniform(0.35, 0.95) * size
+    core = np.zeros((size, size), np.uint8)
+    width = rng.uniform(1.2, 5.0) * scale
+    length = rng.uniform(0.45, 1.2) * size
     step = max(1.5, 3.0 * scale)
-    start = rng.uniform(0.05, 0.95, 2) * size
+    start = rng.uniform(0.1, 0.9, 2) * size
     angle = rng.uniform(0, 2 * np.pi)
-    main = _crack_walk(rng, start, angle, length, step)
+    fwd = length * rng.uniform(0.35, 0.65)
+    ahead = _crack_walk(rng, start, angle, fwd, step)
+    behind = _crack_walk(rng, start, angle + np.pi, length - fwd, step)
+    main = np.vstack([behind[::-1], ahead[1:]])
     n = len(main) - 1
-    _draw_polyline(mask, main, width * _taper(n, rng))
-    n_branches = rng.choice([0, 0, 1, 1, 2])
+    _draw_polyline(core, main, width * _taper(n, rng))
+    margin = int(round(float(rng.choice([0.0, 1.0, 1.0, 2.0])) * scale))
+    n_branches = int(rng.choice([0, 1, 1, 2, 3]))
     for _ in range(n_branches):
-        i0 = int(rng.integers(n // 5, max(n // 5 + 1, 4 * n // 5)))
-        b_angle = angle + rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 1.1)
-        b_len = length * rng.uniform(0.15, 0.45)
+        i0 = int(rng.integers(n // 10, max(n // 10 + 1, 9 * n // 10)))
+        direction = angle + (np.pi if rng.random() < 0.5 else 0.0)
+        b_angle = direction + rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 1.1)
+        b_len = length * rng.uniform(0.15, 0.5)
         branch = _crack_walk(rng, main[i0], b_angle, b_len, step)
-        nb = len(branch) - 1
         b_width = max(0.6 * scale, width * rng.uniform(0.4, 0.8))
+        branch = _stop_short(core, branch, b_width / 2 + 2 * margin + 2.0)
+        nb = len(branch) - 1
+        if nb < 1:
+            continue
         # branches start as wide as the parent and thin out towards the tip
-        prof = np.linspace(1.0, 0.3, nb) * b_width
-        _draw_polyline(mask, branch, prof)
-    return mask
+        _draw_polyline(core, branch, np.linspace(1.0, 0.3, nb) * b_width)
+    label = core
+    if margin >= 1:
+        label = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1)))
+    # an annotator outlines the crack and ignores pinholes in it: the label is the filled
+    # outer contour (exactly what the exported COCO polygons describe)
+    contours, _ = cv2.findContours(label, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(label)
+    cv2.drawContours(filled, contours, -1, 255, thickness=cv2.FILLED)
+    return core, filled
 
 
-def _apply_cracks(rng: np.random.Generator, img: np.ndarray, masks: list[np.ndarray]) -> None:
-    """Darken ``img`` in place along the crack masks (not pitch black: 35-65 % of the
-    wall brightness), with a faint shadow halo just around the crack."""
+def _stop_short(core: np.ndarray, branch: np.ndarray, gap: float) -> np.ndarray:
+    """Cut a branch polyline where, having left the crack drawn so far, it comes back within
+    ``gap`` px of it: branches end before they would close a loop (an enclosed piece of wall
+    cannot be told apart in an outline polygon)."""
+    size = core.shape[0]
+    dist = cv2.distanceTransform(np.where(core > 0, 0, 255).astype(np.uint8), cv2.DIST_L2, 3)
+    ip = np.rint(branch).astype(np.int64)
+    inside = (ip[:, 0] >= 0) & (ip[:, 0] < size) & (ip[:, 1] >= 0) & (ip[:, 1] < size)
+    d = np.full(len(ip), np.inf)
+    d[inside] = dist[ip[inside, 1], ip[inside, 0]]
+    away = np.nonzero(d >= gap + 1.0)[0]
+    if len(away) == 0:
+        return branch[:1]
+    back = np.nonzero(d[away[0]:] < gap)[0]
+    return branch if len(back) == 0 else branch[: away[0] + back[0]]
+
+
+def _apply_cracks(rng: np.random.Generator, img: np.ndarray, cores: list[np.ndarray], labels: list[np.ndarray]) -> None:
+    """Darken ``img`` in place along the cracks: the core to 30-70 % of the wall brightness,
+    the labelled rim around it (chipped, shadowed edges) by 5-18 %, and a faint shadow halo
+    just outside."""
     size = img.shape[0]
-    union = np.zeros((size, size), np.uint8)
-    for m in masks:
-        np.maximum(union, m, out=union)
-    inside = union.astype(np.float32) / 255.0
-    keep = np.float32(rng.uniform(0.35, 0.6)) + np.float32(0.07) * _smooth_noise(rng, size, (5, 5))
-    keep = np.clip(keep, 0.25, 0.7)
-    halo = cv2.GaussianBlur(inside, (0, 0), max(0.8, 1.5 * size / _REFERENCE_SIZE))
+    core = np.zeros((size, size), np.uint8)
+    label = np.zeros((size, size), np.uint8)
+    for c, m in zip(cores, labels):
+        np.maximum(core, c, out=core)
+        np.maximum(label, m, out=label)
+    inside = core.astype(np.float32) / 255.0
+    lab = label.astype(np.float32) / 255.0
+    rim = lab - inside
+    keep = np.float32(rng.uniform(0.3, 0.7)) + np.float32(0.07) * _smooth_noise(rng, size, (5, 5))
+    keep = np.clip(keep, 0.22, 0.78)
+    halo = cv2.GaussianBlur(lab, (0, 0), max(0.8, 1.5 * size / _REFERENCE_SIZE))
     factor = 1.0 - inside * (1.0 - keep)
-    factor *= 1.0 - np.float32(rng.uniform(0.03, 0.1)) * halo * (1.0 - inside)
+    factor *= 1.0 - np.float32(rng.uniform(0.05, 0.18)) * rim
+    factor *= 1.0 - np.float32(rng.uniform(0.03, 0.1)) * halo * (1.0 - lab)
     img *= factor[..., None]
 
 
@@ -280,85 +400,228 @@ def _apply_bands(rng: np.random.Generator, img: np.ndarray, base: np.ndarray, ma
         tone = base + np.float32(rng.uniform(5.0, 14.0)) + rng.normal(0.0, 2.0, 3).astype(np.float32)
         cells = (3, 20) if vertical else (20, 3)  # streaks run along the band
         streaks = np.float32(rng.uniform(0.8, 2.0)) * _smooth_noise(rng, size, cells)
-        texture = tone[None, None, :] + (streaks + 0.35 * (img.mean(axis=2) - img.mean()))[..., None]
+        lum = cv2.transform(img, np.full((1, 3), 1.0 / 3.0, np.float32))
+        shade = streaks + np.float32(0.35) * (lum - np.float32(lum.mean()))
         feather = cv2.GaussianBlur(m, (0, 0), max(1.0, rng.uniform(0.06, 0.14) * width))
         alpha = np.float32(rng.uniform(0.75, 0.95)) * np.maximum(feather, 0.85 * m)
-        img *= 1.0 - alpha[..., None]
-        img += alpha[..., None] * texture
+        _scale_(img, 1.0 - alpha)
+        img += cv2.merge([alpha * (shade + tone[ch]) for ch in range(3)])
         # central paper tape strip (about 5 cm of a 15-30 cm taping area)
         tape_w = width * rng.uniform(0.3, 0.5)
         # follow the (slight) tilt of the band: fit its centre line across vs. along
         along_px = ys if vertical else xs
         across_px = xs if vertical else ys
         slope, icpt = np.polyfit(along_px.astype(np.float64), across_px.astype(np.float64), 1)
-        xg, yg = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32))
-        along = yg if vertical else xg
-        across = xg if vertical else yg
-        centre_line = (np.float32(slope) * along + np.float32(icpt)).astype(np.float32)
+        t = np.arange(size, dtype=np.float32)
+        along, across = (t[:, None], t[None, :]) if vertical else (t[None, :], t[:, None])
+        centre_line = np.float32(slope) * along + np.float32(icpt)
         tape = (np.abs(across - centre_line) <= tape_w / 2).astype(np.float32) * m
         tape = cv2.GaussianBlur(tape, (0, 0), max(0.6, 1.0 * scale))
         t_delta = np.float32(rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 6.0))
         t_tint = rng.normal(0.0, 2.0, 3).astype(np.float32)
-        img += tape[..., None] * (t_delta + t_tint)[None, None, :]
+        img += cv2.merge([tape * (t_delta + t_tint[ch]) for ch in range(3)])
 
 
 def _apply_distractors(rng: np.random.Generator, img: np.ndarray, dataset: str) -> None:
-    """Soft shadows, dark stains and (drywall) screw-head spots, in place."""
+    """Soft shadows, dark stains and (drywall) screw holes / screw-head spots, in place."""
     size = img.shape[0]
     x, y = _coords(size)
-    # soft half-plane shadow (a fixture, a door frame ...)
-    if rng.random() < 0.45:
+    # soft half-plane shadow (a fixture, a ladder, the photographer ...)
+    if rng.random() < 0.55:
         th = float(rng.uniform(0, 2 * np.pi))
-        d = math.cos(th) * x + math.sin(th) * y - float(rng.uniform(0.3, 0.9))
+        d = math.cos(th) * x + math.sin(th) * y - float(rng.uniform(0.2, 0.9))
         soft = float(rng.uniform(0.05, 0.3))
-        shadow = 1.0 / (1.0 + np.exp(-d / soft))
-        img *= (1.0 - np.float32(rng.uniform(0.06, 0.2)) * shadow)[..., None]
-    # stains: irregular dark blotches, slightly brownish
+        shadow = 1.0 / (1.0 + np.exp(-d / np.float32(soft)))
+        _scale_(img, 1.0 - np.float32(rng.uniform(0.1, 0.35)) * shadow)
+    # stains: irregular dark blotches (damp, dirt, filler), slightly brownish; each is
+    # computed in a window around it (the blotch is zero further out)
     n_stains = int(rng.choice([0, 1, 1, 2, 3]))
+    tint = np.array([1.25, 1.0, 0.8], np.float32)  # B darkens most -> brownish
+    blur = max(1.0, 0.01 * size)
     for _ in range(n_stains):
         cx, cy = (float(v) for v in rng.uniform(-0.9, 0.9, 2))
         r1, r2 = (float(v) for v in rng.uniform(0.05, 0.25, 2))
         th = float(rng.uniform(0, np.pi))
+        half = 2.0 * max(r1, r2) * size / 2.0 + 3.0 * blur
+        px, py = (cx + 1.0) * size / 2.0, (cy + 1.0) * size / 2.0
+        c0, c1 = max(0, int(px - half)), min(size, int(px + half) + 1)
+        r0, rb = max(0, int(py - half)), min(size, int(py + half) + 1)
+        xs, ys = x[r0:rb, c0:c1], y[r0:rb, c0:c1]
         c, s = math.cos(th), math.sin(th)
-        u = (c * (x - cx) + s * (y - cy)) / r1
-        v = (-s * (x - cx) + c * (y - cy)) / r2
-        q = u * u + v * v + 0.6 * _smooth_noise(rng, size, (10, 10))
-        blot = np.clip(1.0 - q, 0.0, 1.0)
-        blot = cv2.GaussianBlur(blot.astype(np.float32), (0, 0), max(1.0, 0.01 * size))
-        strength = np.float32(rng.uniform(0.08, 0.3))
-        tint = np.array([1.25, 1.0, 0.8], np.float32)  # B darkens most -> brownish
-        img *= 1.0 - np.clip(strength * blot[..., None] * tint[None, None, :], 0.0, 0.6)
-    if dataset == "drywall" and rng.random() < 0.6:
-        # screw / nail heads covered with compound: small faint spots in a column or row
-        n = int(rng.integers(2, 7))
+        u = (c * (xs - cx) + s * (ys - cy)) / r1
+        v = (-s * (xs - cx) + c * (ys - cy)) / r2
+        cells = (max(2, round(10 * (rb - r0) / size)), max(2, round(10 * (c1 - c0) / size)))
+        grid = rng.standard_normal(cells, dtype=np.float32)
+        wobble = cv2.resize(grid, (c1 - c0, rb - r0), interpolation=cv2.INTER_CUBIC)
+        # at most 0.6 * 1.6 of wobble: the blotch stays inside 2 radii, inside the window
+        q = u * u + v * v + 0.6 * np.clip(wobble, -1.6, 1.6)
+        blot = np.clip(1.0 - q, 0.0, 1.0).astype(np.float32)
+        blot = cv2.GaussianBlur(blot, (0, 0), blur)
+        strength = np.float32(rng.uniform(0.1, 0.4))
+        roi = img[r0:rb, c0:c1]
+        roi *= 1.0 - np.clip(strength * blot[..., None] * tint[None, None, :], 0.0, 0.6)
+    if dataset == "drywall" and rng.random() < 0.7:
+        # screws along a stud line: open screw holes (dark) or heads spotted with compound
+        # (light), in a column or row
+        n = int(rng.integers(2, 11))
         vertical = rng.random() < 0.5
         pos = rng.uniform(0.1, 0.9) * size
         along = np.sort(rng.uniform(0.05, 0.95, n)) * size
         spots = np.zeros((size, size), np.float32)
-        r = max(1, int(round(3 * size / _REFERENCE_SIZE)))
+        r = max(1, int(round(rng.uniform(2.0, 4.0) * size / _REFERENCE_SIZE)))
         for a in along:
             pt = (int(pos), int(a)) if vertical else (int(a), int(pos))
             cv2.circle(spots, pt, r, 1.0, -1, cv2.LINE_AA)
         spots = cv2.GaussianBlur(spots, (0, 0), 0.8)
-        img += spots[..., None] * np.float32(rng.choice([-1.0, 1.0]) * rng.uniform(4.0, 12.0))
+        sign = -1.0 if rng.random() < 0.65 else 1.0
+        img += cv2.merge([spots * np.float32(sign * rng.uniform(6.0, 30.0))] * 3)
+
+
+@dataclass
+class _Context:
+    """One piece of scene around / on the wall: ``kind`` is ``floor`` / ``side`` / ``trim``
+    (occluding: the wall, and any object on it, is hidden where ``dist > 0``) or ``plane``
+    (a second wall plane, turned from the light: only darkened). ``dist`` is the signed
+    distance in px to the boundary line, positive on the context side."""
+
+    kind: str
+    dist: np.ndarray  # float32 (S, S)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.dist > 0).astype(np.float32)
+
+
+def _half_plane(rng: np.random.Generator, kind: str, size: int, side: str, depth: tuple[float, float], tilt: float) -> _Context:
+    """The part of the image beyond a slightly tilted line ``depth`` (a share of the image
+    side, drawn uniformly) from the ``side`` border (``bottom`` / ``top`` / ``left`` /
+    ``right``); ``tilt`` is the largest slope of the line."""
+    d = float(rng.uniform(*depth)) * size
+    k = float(rng.uniform(-tilt, tilt))
+    t = np.arange(size, dtype=np.float32) + 0.5
+    across, along = (t[:, None], t[None, :]) if side in ("bottom", "top") else (t[None, :], t[:, None])
+    line = np.float32(d) + np.float32(k) * (along - np.float32(size / 2))
+    dist = (across - (size - line)) if side in ("bottom", "right") else (line - across)
+    return _Context(kind, np.ascontiguousarray(np.broadcast_to(dist, (size, size)), dtype=np.float32))
+
+
+def _context_plan(rng: np.random.Generator, size: int, dataset: str) -> list[_Context]:
+    """Decide which scene context the photo shows (each independently): a floor strip at the
+    bottom, a dark background / doorway at a side, a door or window frame at a side or the
+    top, and a second wall plane (a room corner or the ceiling). Real photos are rarely
+    framed on the wall alone; the real drywall photos mostly show the board standing on a
+    floor in a room."""
+    if dataset == "drywall":
+        p = {"floor": 0.45, "side": 0.3, "trim": 0.1, "plane": 0.2}
+    else:
+        p = {"floor": 0.15, "side": 0.2, "trim": 0.2, "plane": 0.3}
+    out: list[_Context] = []
+    if rng.random() < p["floor"]:
+        out.append(_half_plane(rng, "floor", size, "bottom", (0.08, 0.3), 0.08))
+    for kind, depth in (("side", (0.06, 0.25)), ("trim", (0.04, 0.1))):
+        if rng.random() < p[kind]:
+            where = "left" if rng.random() < 0.5 else "right"
+            if kind == "trim" and rng.random() < 0.3:
+                where = "top"
+            out.append(_half_plane(rng, kind, size, where, depth, 0.05))
+    if rng.random() < p["plane"]:
+        where = ("left", "right", "top")[int(rng.integers(3))]
+        out.append(_half_plane(rng, "plane", size, where, (0.15, 0.5), 0.1))
+    return out
+
+
+def _occluded(plan: list[_Context]) -> np.ndarray | None:
+    """Bool mask of the pixels hidden by occluding context, or None."""
+    occ = [c.dist > 0 for c in plan if c.kind != "plane"]
+    return np.logical_or.reduce(occ) if occ else None
+
+
+def _apply_context(rng: np.random.Generator, img: np.ndarray, base: np.ndarray, plan: list[_Context]) -> None:
+    """Paint the planned context into ``img`` in place (before the camera: lighting, blur and
+    noise apply to it too)."""
+    size = img.shape[0]
+    scale = size / _REFERENCE_SIZE
+    lum = float(base.mean())
+    for ctx in plan:
+        m = ctx.mask
+        if ctx.kind == "plane":
+            # the other plane gets less light; a thin shadowed crease along the corner
+            crease = np.exp(-0.5 * (ctx.dist / np.float32(max(0.8, 1.2 * scale))) ** 2)
+            factor = (1.0 - np.float32(rng.uniform(0.15, 0.45)) * m) * (1.0 - np.float32(rng.uniform(0.05, 0.2)) * crease)
+            _scale_(img, factor.astype(np.float32))
+            continue
+        if ctx.kind == "floor":
+            # concrete / screed floor: darker, grey-brown, textured, with paint splatter
+            level = lum * rng.uniform(0.35, 0.7)
+            colour = level * (1.0 + rng.normal(0.0, 0.05, 3)).astype(np.float32)
+            tex = np.float32(rng.uniform(5.0, 12.0)) * _smooth_noise(rng, size, (6, 12))
+            tex += np.float32(rng.uniform(3.0, 7.0)) * rng.standard_normal((size, size), dtype=np.float32)
+            tex += np.float32(rng.uniform(0.3, 0.8) * lum) * _speckles(rng, size, rng.uniform(0.0005, 0.003), max(0.6, 1.2 * scale))
+            contact = rng.uniform(0.2, 0.45)  # shadow where the wall meets the floor
+        elif ctx.kind == "side":
+            # room background / doorway seen past the wall edge: dark, out of focus
+            level = lum * rng.uniform(0.12, 0.55)
+            colour = level * (1.0 + rng.normal(0.0, 0.12, 3)).astype(np.float32)
+            tex = np.float32(rng.uniform(0.1, 0.3) * level) * _smooth_noise(rng, size, (5, 5))
+            contact = rng.uniform(0.0, 0.25)
+        else:
+            # door / window frame: painted (lighter) or wood (darker), smooth
+            level = lum * (rng.uniform(1.02, 1.15) if rng.random() < 0.6 else rng.uniform(0.3, 0.55))
+            colour = level * (1.0 + rng.normal(0.0, 0.06, 3)).astype(np.float32)
+            tex = np.float32(rng.uniform(1.0, 3.0)) * _smooth_noise(rng, size, (4, 16))
+            contact = rng.uniform(0.25, 0.5)  # the frame's shadow line on the wall
+        width = np.float32(rng.uniform(1.5, 6.0) * scale)
+        shade = np.exp(np.minimum(ctx.dist, 0.0) / width) * (1.0 - m)
+        _scale_(img, ((1.0 - np.float32(contact) * shade) * (1.0 - m)).astype(np.float32))
+        img += cv2.merge([m * (tex + colour[ch]) for ch in range(3)])
 
 
 def _apply_camera(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Lighting gradient and vignette, optical blur, sensor noise; returns ``uint8``."""
+    """Lighting falloff and off-centre vignette, optical blur, sensor noise; returns ``uint8``.
+
+    The light falls off by 8-35 % across the image from its brightest side (a window or a
+    lamp to one side) and by up to 30 % more towards the corners around an off-centre
+    hot spot: the low-frequency shading that dominates the contrast of real wall photos."""
     size = img.shape[0]
     x, y = _coords(size)
     th = float(rng.uniform(0, 2 * np.pi))
-    grad = np.float32(rng.uniform(0.04, 0.16)) * (math.cos(th) * x + math.sin(th) * y)
-    vignette = np.float32(rng.uniform(0.0, 0.12)) * (x * x + y * y) / 2.0
-    light = (1.0 + grad - vignette).astype(np.float32)
+    ramp = (math.cos(th) * x + math.sin(th) * y) / np.float32(math.sqrt(2.0))  # in [-1, 1]
+    falloff = np.float32(rng.uniform(0.08, 0.35)) * (1.0 - ramp) / 2.0
+    cx, cy = (np.float32(v) for v in rng.uniform(-0.4, 0.4, 2))
+    vignette = np.float32(rng.uniform(0.05, 0.3)) * ((x - cx) ** 2 + (y - cy) ** 2) / 2.0
+    light = np.maximum(1.0 - falloff - vignette, 0.3).astype(np.float32)
     colour = (1.0 + rng.normal(0.0, 0.01, 3)).astype(np.float32)  # warm / cool light
-    img *= light[..., None] * colour[None, None, :]
+    img = cv2.multiply(img, cv2.merge([light * colour[0], light * colour[1], light * colour[2]]))
+    # auto-exposure: meter the scene to a mid-tone (with the usual metering error), but do
+    # not blow out the highlights
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    sub = gray[::2, ::2].ravel()
+    k = min(sub.size - 1, int(0.995 * sub.size))
+    highlight = float(np.partition(sub, k)[k])
+    target = float(np.clip(rng.normal(_AE_TARGET, _AE_SPREAD), _AE_TARGET - 2 * _AE_SPREAD, _AE_TARGET + 2 * _AE_SPREAD))
+    gain = min(target / max(float(gray.mean()), 1.0), _AE_HIGHLIGHT / max(highlight, 1.0))
+    img *= np.float32(gain)
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.45, 0.85))
     sigma = np.float32(rng.uniform(1.2, 3.5))
     luma_noise = rng.standard_normal((size, size), dtype=np.float32)
-    chroma_noise = rng.standard_normal((size, size, 3), dtype=np.float32)
-    img += sigma * (0.7 * luma_noise[..., None] + 0.5 * chroma_noise)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    noise = rng.standard_normal((size, size, 3), dtype=np.float32)
+    noise *= np.float32(0.5) * sigma
+    noise += cv2.merge([np.float32(0.7) * sigma * luma_noise] * 3)
+    img += noise
+    np.clip(img, 0, 255, out=img)
+    return np.rint(img, out=img).astype(np.uint8)
+
+
+def _clip_objects(masks: list[np.ndarray], occ: np.ndarray | None, min_keep: float) -> list[np.ndarray]:
+    """Remove the occluded pixels from each object mask; keep a mask only if at least
+    ``min_keep`` of its pixels (and at least one) stay visible."""
+    out = []
+    for m in masks:
+        v = m if occ is None else np.where(occ, np.uint8(0), m)
+        nv = np.count_nonzero(v)
+        if nv and nv >= min_keep * np.count_nonzero(m):
+            out.append(v)
+    return out
 
 
 def render_wall_sample(dataset: str, rng: np.random.Generator, image_size: int, *, negative: bool = False) -> WallSample:
@@ -372,14 +635,23 @@ def render_wall_sample(dataset: str, rng: np.random.Generator, image_size: int, 
 
     Returns:
         A :class:`WallSample` with the ``uint8`` BGR image and one {0,255} mask per object.
+        Objects partly hidden by the scene context (a floor strip, a frame ...) are clipped
+        to their visible pixels; if the context would hide every object of a positive
+        image, the occluding context is left out.
     """
     _check_dataset(dataset)
     size = int(image_size)
-    img, base = _wall_texture(rng, size)
+    img, base = _wall_texture(rng, size, dataset)
+    plan = _context_plan(rng, size, dataset)
+    occ = _occluded(plan)
     instances: list[np.ndarray] = []
     if dataset == "drywall":
         if not negative:
-            instances = _band_masks(rng, size)
+            bands = _band_masks(rng, size)
+            instances = _clip_objects(bands, occ, 0.6)
+            if not instances:
+                plan = [c for c in plan if c.kind == "plane"]
+                instances = _clip_objects(bands, None, 0.0)
             _apply_bands(rng, img, base, instances)
         _apply_distractors(rng, img, dataset)
     else:
@@ -387,9 +659,15 @@ def render_wall_sample(dataset: str, rng: np.random.Generator, image_size: int, 
         _apply_distractors(rng, img, dataset)
         if not negative:
             n = int(rng.choice([1, 1, 1, 2, 2, 3]))
-            instances = [_crack_mask(rng, size) for _ in range(n)]
-            instances = [m for m in instances if m.any()]
-            _apply_cracks(rng, img, instances)
+            drawn = [_crack_mask(rng, size) for _ in range(n)]
+            cores = [c for c, _ in drawn]
+            labels = _clip_objects([lab for _, lab in drawn], occ, 0.0)
+            if not labels:
+                plan = [c for c in plan if c.kind == "plane"]
+                labels = _clip_objects([lab for _, lab in drawn], None, 0.0)
+            _apply_cracks(rng, img, cores, [lab for _, lab in drawn])
+            instances = labels
+    _apply_context(rng, img, base, plan)
     return WallSample(image=_apply_camera(rng, img), instances=instances)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -17,14 +18,15 @@ def _flatten(prefix: str, value, out: dict) -> dict:
 
 
 def flatten_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested metrics dict as ``a.b.c`` keys (spaces -> ``_``) for MLflow."""
+    """Numeric leaves of a nested metrics dict as ``a.b.c`` keys for MLflow (characters it refuses, such
+    as spaces or ``+``, become ``_``)."""
     flat: dict[str, float] = {}
     for key, value in tree.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict):
             flat.update(flatten_metrics(value, name))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name.replace(" ", "_")] = float(value)
+            flat[re.sub(r"[^A-Za-z0-9_\-./]", "_", name)] = float(value)  # MLflow's allowed characters
     return flat
 
 

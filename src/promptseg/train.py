@@ -23,11 +23,34 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split
-from promptseg.losses import bce_dice_loss
+from promptseg.losses import bce_dice_loss, box_components, box_projection_loss
 from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
                              merged_model, segmentation_logits, uses_per_image_standardization)
 
 CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, datasets: list[str], pixel_values: torch.Tensor,
+                  common: dict) -> torch.Tensor:
+    """The batch loss: BCE + (1 - soft Dice) against the rendered masks, except for samples of a dataset
+    whose ``train.common.targets.<dataset>`` is ``box_projection``: their masks are filled boxes, and
+    they get :func:`promptseg.losses.box_projection_loss` (per box, weights from
+    ``train.common.box_projection``). The two parts are averaged by their number of samples."""
+    loss_kwargs = {"bce_weight": float(common.get("bce_weight", 1.0)), "dice_weight": float(common.get("dice_weight", 1.0))}
+    targets_by_dataset = common.get("targets") or {}
+    boxed = torch.tensor([targets_by_dataset.get(d, "mask") == "box_projection" for d in datasets])
+    if not bool(boxed.any()):
+        return bce_dice_loss(logits, targets, **loss_kwargs)
+    cfg = common.get("box_projection") or {}
+    box_targets = targets[boxed]
+    parts = [box_projection_loss(logits[boxed], box_targets, outside_weight=float(cfg.get("outside_weight", 1.0)),
+                                 pairwise_weight=float(cfg.get("pairwise_weight", 0.0)), images=pixel_values[boxed],
+                                 components=box_components(box_targets.detach().cpu()).to(box_targets.device))]
+    weights = [int(boxed.sum())]
+    if not bool(boxed.all()):
+        parts.append(bce_dice_loss(logits[~boxed], targets[~boxed], **loss_kwargs))
+        weights.append(int((~boxed).sum()))
+    return sum(w * part for w, part in zip(weights, parts)) / sum(weights)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,6 +82,20 @@ class TrainSetup:
     mlflow_cfg: dict | None = None
     stop_after_epochs: int | None = None    # for tests: simulate an interruption after N epochs
 
+    @property
+    def architecture(self) -> str:
+        """``clipseg`` or ``unet`` (``train.variants.<v>.architecture``)."""
+        return self.variant_cfg.get("architecture", "clipseg")
+
+    @property
+    def image_size(self) -> int:
+        """The variant's input side: ``train.variants.<v>.image_size`` or ``train.common.image_size``."""
+        return int(self.variant_cfg.get("image_size", self.common["image_size"]))
+
+    @property
+    def per_image_standardization(self) -> bool:
+        return uses_per_image_standardization(self.model_cfg, self.architecture)
+
 
 def device_and_autocast():
     if torch.cuda.is_available():
@@ -75,11 +112,11 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
         others = [p for other, ps in setup.prompts.items() if other != name for p in ps]
         parts.append(PromptedSegmentation(
             list_split(setup.processed_root, name, split), name, setup.prompts[name],
-            image_size=int(common["image_size"]), mean=mean, std=std, seed=int(common["seed"]),
+            image_size=setup.image_size, mean=mean, std=std, seed=int(common["seed"]),
             hflip_prob=float(common.get("hflip_prob", 0.0)) if training else 0.0,
             negative_prompts=others if training else (),
             negative_prompt_prob=float(common.get("negative_prompt_prob", 0.0)) if training else 0.0,
-            per_image=uses_per_image_standardization(setup.model_cfg),
+            per_image=setup.per_image_standardization,
         ))
     return JointSegmentation(parts)
 
@@ -149,13 +186,36 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+ZEROSHOT_NEEDS_PRETRAINED = ("zero-shot needs pretrained weights, and model.source is `small` (random init): "
+                             "there is nothing to evaluate, so no numbers are written")
+
+
+def skip_zeroshot(setup: TrainSetup) -> dict:
+    """The ``zeroshot`` rung on the random ``small`` model: write a card and a summary that say why, no numbers."""
+    summary = {"variant": setup.variant, "method": "zeroshot", "skipped": ZEROSHOT_NEEDS_PRETRAINED}
+    shutil.rmtree(setup.model_dir, ignore_errors=True)
+    setup.model_dir.mkdir(parents=True)
+    _write_model_card(setup, summary)
+    _write_csv(setup.metrics_dir / f"{setup.variant}.csv", [])
+    (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[train] {setup.variant}: skipped: {ZEROSHOT_NEEDS_PRETRAINED}")
+    return summary
+
+
 def train_variant(setup: TrainSetup) -> dict:
-    """Train one variant; returns the summary written to ``metrics/train/<variant>.json``."""
+    """Train one variant; returns the summary written to ``metrics/train/<variant>.json``.
+
+    ``method: zeroshot`` trains nothing: with a pretrained source the model is saved as it is (0 epochs);
+    with the random ``small`` model the rung is skipped and says why (:func:`skip_zeroshot`).
+    """
     common = setup.common
+    zeroshot = setup.variant_cfg["method"] == "zeroshot"
+    if zeroshot and setup.model_cfg["source"] == "small" and setup.architecture == "clipseg":
+        return skip_zeroshot(setup)
     seed = int(common["seed"])
     seed_everything(seed)
     device, autocast = device_and_autocast()
-    base, processor = load_base_model(setup.model_cfg, int(common["image_size"]), seed)
+    base, processor = load_base_model(setup.model_cfg, setup.image_size, seed, setup.architecture)
     module = apply_variant(base, setup.variant_cfg).to(device)
     module.train()
     trainable, total = count_parameters(module)
@@ -169,10 +229,12 @@ def train_variant(setup: TrainSetup) -> dict:
                               num_workers=int(common.get("num_workers", 0)))
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
-    epochs = int(common["epochs"])
+    epochs = 0 if zeroshot else int(setup.variant_cfg.get("epochs", common["epochs"]))
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad],
-                                  lr=float(common["lr"]), weight_decay=float(common["weight_decay"]))
+    # zeroshot has nothing to train: a placeholder tensor keeps the optimizer/scheduler path uniform.
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)],
+                                  lr=float(setup.variant_cfg.get("lr", common["lr"])),
+                                  weight_decay=float(common["weight_decay"]))
     total_steps = epochs * steps_per_epoch
     warmup = int(common.get("warmup_steps", 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, total_steps, warmup))
@@ -190,12 +252,12 @@ def train_variant(setup: TrainSetup) -> dict:
         sampler.set_epoch(epoch)
         started, losses = time.perf_counter(), []
         lr = scheduler.get_last_lr()[0]
-        for pixel_values, targets, prompts, _ in tqdm(train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{epochs}",
+        for pixel_values, targets, prompts, datasets in tqdm(train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{epochs}",
                                                       leave=False, disable=None):
             ids, mask = _tokenize(processor, prompts, device)
             with autocast:
                 logits = segmentation_logits(module, pixel_values.to(device), ids, mask)
-            loss = bce_dice_loss(logits.float(), targets.to(device), **loss_kwargs)
+            loss = training_loss(logits.float(), targets.to(device), datasets, pixel_values.to(device), common)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -209,10 +271,16 @@ def train_variant(setup: TrainSetup) -> dict:
         _write_csv(csv_path, rows)
         _save_checkpoint(checkpoint, module, optimizer, scheduler, epoch + 1, rows, fingerprint)
 
+    if not rows:  # zeroshot on a pretrained model: score the untouched model once
+        val_loss, val_dice = run_epoch_validation(module, processor, val_loader, device, loss_kwargs)
+        rows = [{"epoch": 0, "train_loss": float("nan"), "val_loss": round(val_loss, 6), "val_dice": round(val_dice, 6),
+                 "lr": 0.0, "seconds": 0.0}]
+        _write_csv(csv_path, rows)
     summary = {
-        "variant": setup.variant, "method": setup.variant_cfg["method"],
+        "variant": setup.variant, "method": setup.variant_cfg["method"], "architecture": setup.architecture,
         "trainable_params": trainable, "total_params": total, "lora_params": lora_count,
-        "epochs": epochs, "final_train_loss": rows[-1]["train_loss"], "final_val_loss": rows[-1]["val_loss"],
+        "epochs": epochs, "image_size": setup.image_size,
+        "final_train_loss": rows[-1]["train_loss"], "final_val_loss": rows[-1]["val_loss"],
         "final_val_dice": rows[-1]["val_dice"],
         "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in rows])), 3),
         "device": str(device),
@@ -228,8 +296,8 @@ def train_variant(setup: TrainSetup) -> dict:
 
 
 def _write_model_card(setup: TrainSetup, summary: dict) -> None:
-    card = {"variant": setup.variant,
-            "per_image_standardization": uses_per_image_standardization(setup.model_cfg), "variant_params": setup.variant_cfg, "train_params": setup.common,
+    card = {"variant": setup.variant, "architecture": setup.architecture,
+            "per_image_standardization": setup.per_image_standardization, "variant_params": setup.variant_cfg, "train_params": setup.common,
             "model_params": setup.model_cfg, "prompts": setup.prompts, "summary": summary}
     (setup.model_dir / "promptseg.json").write_text(json.dumps(card, indent=2) + "\n")
 

@@ -1,0 +1,209 @@
+"""The ONNX engine: `promptseg export`, then masks from onnxruntime that agree with the PyTorch engine's."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import PROMPTS, TINY_MODEL
+from promptseg.cli import main
+
+IMAGE_SIZE = 64
+ALL_PROMPTS = [p for ps in PROMPTS.values() for p in ps] + ["segment the long thin dark crack running across the wall"]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """An untrained tiny CLIPSeg saved like models/<variant>, with per-image standardisation, exported by the CLI."""
+    from promptseg.model import build_small_model
+
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    model, processor = build_small_model(TINY_MODEL, IMAGE_SIZE, 0)
+    model.save_pretrained(d)
+    processor.save_pretrained(d)
+    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS,
+                                                  "per_image_standardization": True}))
+    assert main(["export", "--model", str(d)]) == 0
+    return d
+
+
+@pytest.fixture(scope="module")
+def images():
+    """20 synthetic wall photos of both datasets, square and non-square, 48 to 160 px, with one prompt each."""
+    from promptseg.synthetic import render_wall_sample
+
+    rng = np.random.default_rng(11)
+    out, prompts = [], []
+    for i in range(20):
+        dataset = ("cracks", "drywall")[i % 2]
+        side = int(rng.integers(64, 161))
+        bgr = render_wall_sample(dataset, rng, side, negative=(i % 7 == 6)).image
+        if i % 3 == 1:  # non-square: crop rows
+            bgr = bgr[: int(rng.integers(48, side)), :]
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        prompts.append(ALL_PROMPTS[i % len(ALL_PROMPTS)])
+    return out, prompts
+
+
+def test_export_writes_the_graph_its_metadata_and_the_tokenizer(model_dir):
+    import onnx
+
+    export = model_dir / "onnx"
+    assert (export / "model.onnx").is_file() and (export / "tokenizer_config.json").is_file()
+    meta = json.loads((export / "promptseg_onnx.json").read_text())
+    assert meta["image_size"] == IMAGE_SIZE and meta["per_image_standardization"] is True
+    assert meta["image_mean"] == TINY_MODEL["image_mean"] and meta["image_std"] == TINY_MODEL["image_std"]
+    assert meta["card"]["variant"] == "tiny" and meta["opset"] >= 17
+    graph = onnx.load(str(export / "model.onnx"), load_external_data=False).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.input) + list(graph.output)}
+    assert dims == {"pixel_values": ["batch", 3, IMAGE_SIZE, IMAGE_SIZE], "input_ids": ["batch", "tokens"],
+                    "attention_mask": ["batch", "tokens"], "logits": ["batch", IMAGE_SIZE, IMAGE_SIZE]}
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_image):
+    import torch
+
+    from promptseg.data import preprocess_image
+    from promptseg.inference import upsample_logits
+    from promptseg.onnx_engine import preprocess, sigmoid, upsample_bilinear
+
+    mean, std = TINY_MODEL["image_mean"], TINY_MODEL["image_std"]
+    rng = np.random.default_rng(0)
+    for image in images[0][:6]:
+        expected = preprocess_image(image, 96, mean, std, per_image).numpy()
+        got = preprocess(image, 96, mean, std, per_image)
+        assert got.dtype == np.float32 and got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
+    for (h, w), (H, W) in (((64, 64), (137, 90)), ((64, 64), (40, 33)), ((5, 7), (5, 7)), ((16, 16), (1, 300)),
+                          ((224, 224), (640, 480))):
+        logits = (rng.standard_normal((h, w)) * 20).astype(np.float32)
+        expected = upsample_logits(torch.from_numpy(logits), (H, W))
+        got = upsample_bilinear(logits, (H, W))
+        assert got.shape == (H, W) and got.dtype == np.float32
+        # float32 tap positions (~1e-5 px at 300 px) times neighbour differences of up to ~100: ~1e-3 at most
+        assert np.abs(got - expected.numpy()).max() < 1e-3
+        assert np.abs(sigmoid(got) - torch.sigmoid(expected).numpy()).max() < 1e-4
+
+
+def test_onnx_and_torch_engines_agree_on_20_synthetic_images(model_dir, images):
+    """Probabilities within 1e-3 and, thresholded at each image's median probability (raw masks half full, so the
+    comparison is not between two empty masks), per-image IoU >= 0.99 with and without the open/close."""
+    from promptseg.inference import load_trained_model, postprocess_probabilities, predict_probabilities
+    from promptseg.onnx_engine import OnnxSegmenter
+
+    rgb, prompts = images
+    torch_probs = predict_probabilities(load_trained_model(model_dir), rgb, prompts, batch_size=16)
+    onnx_probs = OnnxSegmenter(model_dir, threads=2).predict_probabilities(rgb, prompts, batch_size=7)
+    assert len(onnx_probs) == len(torch_probs) == 20
+    for image, p_torch, p_onnx in zip(rgb, torch_probs, onnx_probs):
+        assert p_onnx.shape == p_torch.shape == image.shape[:2] and p_onnx.dtype == np.float32
+        assert float(np.abs(p_onnx - p_torch).max()) < 1e-3
+        assert float(p_torch.max() - p_torch.min()) > 1e-3  # the maps are not flat: the masks below mean something
+        threshold = float(np.median(p_torch))
+        for morphology in (False, True):  # the raw threshold, then the default 3x3 open/close
+            m_torch = postprocess_probabilities(p_torch, threshold, morphology=morphology)
+            m_onnx = postprocess_probabilities(p_onnx, threshold, morphology=morphology)
+            fill = (m_torch > 0).mean()
+            assert (0.3 < fill < 0.7) if not morphology else fill > 0.01
+            assert _iou(m_torch, m_onnx) >= 0.99
+
+
+def test_predict_engine_onnx_writes_the_masks_the_torch_engine_writes(model_dir, images, tmp_path, capsys):
+    from promptseg.inference import load_trained_model, predict_probabilities
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = images[0][:4]
+    for i, image in enumerate(rgb):
+        cv2.imwrite(str(folder / f"im{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    threshold = float(np.median(predict_probabilities(load_trained_model(model_dir), rgb[:1], ["segment crack"])[0]))
+    common = ["--model", str(model_dir), "--prompt", "segment crack", str(folder), "--threshold", f"{threshold:.9f}"]
+    assert main(["predict", *common, "--out", str(tmp_path / "t")]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "o"), "--engine", "onnx", "--threads", "1"]) == 0
+    assert "engine onnx" in capsys.readouterr().out
+    for i in range(len(rgb)):
+        a = cv2.imread(str(tmp_path / "t" / f"im{i}__segment-crack.png"), cv2.IMREAD_GRAYSCALE)
+        b = cv2.imread(str(tmp_path / "o" / f"im{i}__segment-crack.png"), cv2.IMREAD_GRAYSCALE)
+        assert a.shape == b.shape == rgb[i].shape[:2]
+        assert _iou(a, b) >= 0.99
+
+
+def test_engine_onnx_without_an_export_names_the_export_command(model_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("onnx"))
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((20, 20, 3), np.uint8))
+    rc = main(["predict", "--engine", "onnx", "--model", str(bare), "--prompt", "segment crack", str(image),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"promptseg export --model {bare}" in err and err.count("\n") == 1
+
+
+def test_threads_flag_and_default(model_dir):
+    from promptseg.onnx_engine import OnnxSegmenter, default_threads
+
+    assert OnnxSegmenter(model_dir, threads=1).session.get_session_options().intra_op_num_threads == 1
+    engine = OnnxSegmenter(model_dir / "onnx")  # the export folder itself works too
+    assert engine.threads == default_threads() == engine.session.get_session_options().intra_op_num_threads
+
+
+def test_changed_weights_make_the_export_stale(model_dir, tmp_path):
+    from promptseg.model import build_small_model
+    from promptseg.onnx_engine import stale_export_reason
+
+    assert stale_export_reason(model_dir / "onnx") is None
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    build_small_model(TINY_MODEL, IMAGE_SIZE, 1)[0].save_pretrained(copy)  # other weights, same folder
+    reason = stale_export_reason(copy / "onnx")
+    assert reason and f"promptseg export --model {copy}" in reason
+
+
+def test_export_of_a_folder_that_is_not_a_model_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["export", "--model", str(tmp_path / "empty")]) == 2
+    assert main(["export", "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and "missing" in err
+
+
+def test_export_onnx_takes_any_module_with_the_same_forward(tmp_path):
+    """Another model type (e.g. a U-Net) only needs a forward (pixel_values, input_ids, attention_mask) -> logits."""
+    import onnxruntime as ort
+    import torch
+
+    from promptseg.onnx_engine import export_onnx
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 4)
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, pixel_values, input_ids, attention_mask):
+            mask = attention_mask.unsqueeze(-1).float()
+            text = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+            return (self.conv(pixel_values) * text[:, :, None, None]).sum(1)
+
+    torch.manual_seed(0)
+    toy = Toy().eval()
+    path = export_onnx(toy, tmp_path / "toy.onnx", image_size=16)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pixel_values = torch.randn(3, 3, 16, 16)
+    ids = torch.randint(0, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    got = session.run(None, {"pixel_values": pixel_values.numpy(), "input_ids": ids.numpy(),
+                             "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        expected = toy(pixel_values, ids, mask).numpy()
+    assert got.shape == (3, 16, 16) and np.abs(got - expected).max() < 1e-4

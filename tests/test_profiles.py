@@ -1,0 +1,73 @@
+"""The paper profile: overrides of params.yaml, the dvc -S flags, and a fast clear failure offline."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptseg.params import ParamsError, load_params
+from promptseg.profiles import apply_profile, dvc_set_flags, flatten_overrides, load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def paper_params():
+    return apply_profile(load_params(ROOT / "params.yaml"), load_profile("paper", ROOT / "profiles"))
+
+
+def test_paper_profile_sets_the_reports_configuration():
+    p = paper_params()
+    assert p["model"]["source"] == "CIDAS/clipseg-rd64-refined"
+    common = p["train"]["common"]
+    assert (common["image_size"], common["epochs"], common["batch_size"], common["lr"], common["weight_decay"],
+            common["seed"]) == (352, 40, 4, 1e-4, 0.01, 42)
+    lora = p["train"]["variants"]["lora"]
+    assert (lora["r"], lora["alpha"], lora["dropout"], lora["targets"], lora["train_decoder"]) == \
+        (16, 32, 0.05, ["q_proj", "v_proj"], False)
+    assert p["train"]["variants"]["full"]["datasets"] == ["cracks"]
+    assert p["infer"]["threshold_grid"] == [0.3, 0.4, 0.5, 0.6, 0.7]
+    for dataset, (workspace, project, version) in {"cracks": ("fyp-ny1jt", "cracks-3ii36", 1),
+                                                   "drywall": ("objectdetect-pu6rn", "drywall-join-detect", 2)}.items():
+        d = p["data"][dataset]
+        assert d["source"] == "roboflow" and d["split"] == "as_exported"
+        assert (d["roboflow"]["workspace"], d["roboflow"]["project"], d["roboflow"]["version"]) == (workspace, project, version)
+
+
+def test_only_the_profiles_keys_differ_from_the_default():
+    default, paper = load_params(ROOT / "params.yaml"), paper_params()
+    differing = {k for k, v in flatten_overrides(paper).items() if flatten_overrides(default).get(k) != v}
+    assert differing and differing <= set(flatten_overrides(load_profile("paper", ROOT / "profiles")))
+
+
+def test_dvc_flags_round_trip_through_yaml():
+    overrides = load_profile("paper", ROOT / "profiles")
+    flags = dvc_set_flags(overrides)
+    assert flags[0::2] == ["-S"] * (len(flags) // 2)
+    parsed = {k: yaml.safe_load(v) for k, v in (f.split("=", 1) for f in flags[1::2])}
+    assert parsed == flatten_overrides(overrides)
+    assert all(" " not in f for f in flags)
+
+
+def test_a_profile_key_params_lacks_is_an_error():
+    with pytest.raises(ParamsError, match="train.common.epochz"):
+        apply_profile(load_params(ROOT / "params.yaml"), {"train": {"common": {"epochz": 3}}})
+    with pytest.raises(ParamsError, match="known profiles: paper"):
+        load_profile("papr", ROOT / "profiles")
+
+
+def test_paper_profile_offline_fails_fast_at_download_with_the_roboflow_message(tmp_path):
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(paper_params()))
+    env = {k: v for k, v in os.environ.items() if k != "ROBOFLOW_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "stages/download.py", "drywall"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert time.perf_counter() - started < 30
+    assert done.returncode != 0
+    assert "ROBOFLOW_API_KEY" in done.stderr and "download@drywall" in done.stderr
+    assert not (tmp_path / "data" / "raw" / "drywall").exists()
