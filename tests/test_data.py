@@ -60,3 +60,29 @@ def test_per_image_standardisation_gives_zero_mean_unit_std():
     assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-3
     plain = normalize(rgb, MEAN, STD)
     assert torch.allclose(plain[0], (torch.from_numpy(rgb[..., 0].astype(np.float32)) / 255 - MEAN[0]) / STD[0])
+
+
+def test_training_loader_never_opens_the_true_masks(processed_root, monkeypatch):
+    """The synthetic drywall export's true band masks are for evaluation only: training reads images and
+    label masks, nothing under true_masks/ (this test fails if any file there is opened)."""
+    import builtins
+
+    import cv2
+    from PIL import Image
+
+    from promptseg.data import JointSegmentation, PromptedSegmentation, list_split
+
+    true_masks = sorted((processed_root / "drywall").glob("*/true_masks/*.png"))
+    assert true_masks, "the fixture export should carry true masks"
+    opened = []
+    for module, name in ((cv2, "imread"), (Image, "open"), (builtins, "open")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda path, *a, _o=original, **k: (opened.append(str(path)), _o(path, *a, **k))[1])
+    parts = [PromptedSegmentation(list_split(processed_root, d, "train"), d, PROMPTS[d], image_size=32,
+                                  mean=[0.5] * 3, std=[0.5] * 3, negative_prompts=["x"], negative_prompt_prob=0.5)
+             for d in ("cracks", "drywall")]
+    joint = JointSegmentation(parts)
+    for index in range(len(joint)):
+        joint[index]
+    assert any("masks" in p for p in opened)  # the recorder sees the label masks being read
+    assert not [p for p in opened if "true_masks" in p]

@@ -282,8 +282,8 @@ def test_inference_options_on_val_and_prompt_ensemble_row():
     text = build_report(DATA, TRAIN, {"lora": lora, "full": EVAL["full"]}, BASELINES, model_source="small",
                         variants=["lora", "full"], infer_defaults={"hflip_tta": False, "prompt_ensemble": True})
     options = section(text, "Inference options on validation")
-    assert row(options, "lora", "cracks")[2:] == ["0.410", "0.430", "0.420", "0.400", "prompt ensemble"]
-    assert row(options, "lora", "drywall")[2:] == ["0.410", "0.430", "0.500", "0.400", "single prompt + hflip"]
+    assert row(options, "lora", "cracks")[2:] == ["0.410", "0.430", "0.420", "0.400", "n/a", "prompt ensemble"]
+    assert row(options, "lora", "drywall")[2:] == ["0.410", "0.430", "0.500", "0.400", "n/a", "single prompt + hflip"]
     assert "val only" in options and "`infer.hflip_tta` / `infer.prompt_ensemble`" in options
     assert "`hflip_tta: false`, `prompt_ensemble: true`" in options
     assert "Variant `full`: no `options_val` for cracks" in options

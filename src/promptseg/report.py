@@ -53,7 +53,8 @@ MISSING = "n/a"
 NONE = "\u2014"      # an em dash: a cell that has no meaning for this row (a baseline's parameters)
 SKIPPED = "skipped"
 INFER_OPTIONS = (("single prompt", "single_prompt"), ("prompt ensemble", "ensemble"),
-                 ("single prompt + hflip", "single_prompt+hflip"), ("prompt ensemble + hflip", "ensemble+hflip"))
+                 ("single prompt + hflip", "single_prompt+hflip"), ("prompt ensemble + hflip", "ensemble+hflip"),
+                 ("single prompt, tiled", "single_prompt+tiled"))
 
 
 # --------------------------------------------------------------------------- no-learning baselines
@@ -397,9 +398,10 @@ def _options_section(number: int, variants: list[str], eval_metrics: dict[str, d
         settings = " (now " + ", ".join(f"`{k}: {str(bool(v)).lower()}`" for k, v in infer_defaults.items()) + ")"
     out += ["Best-threshold Dice (mean over val images, and over prompts for a single prompt) of each inference "
             "option: one prompt at a time, the logit average over the dataset's prompts (prompt ensemble), and "
-            "each with horizontal-flip test-time augmentation. These are measured on val only (test is never used "
-            "to choose), and the defaults in params.yaml `infer.hflip_tta` / `infer.prompt_ensemble`"
-            f"{settings} follow them.", ""]
+            "each with horizontal-flip test-time augmentation, and one prompt with sliding-window (tiled) inference at "
+            "the image's own resolution. These are measured on val only (test is never used to choose), and the "
+            "defaults in params.yaml `infer.hflip_tta` / `infer.prompt_ensemble`"
+            f"{settings} / `infer.tiled` follow them.", ""]
     rows, notes = [], []
     for variant in variants:
         ev = eval_metrics.get(variant)
@@ -410,7 +412,8 @@ def _options_section(number: int, variants: list[str], eval_metrics: dict[str, d
             if not isinstance(options, dict):
                 if isinstance(ev.get(dataset), dict):
                     notes.append(f"Variant `{variant}`: no `options_val` for {dataset} in metrics/eval/{variant}.json "
-                                 f"(evaluated before the options were measured: rerun `dvc repro evaluate@{variant}`).")
+                                 "(`eval.measure_inference_options` is off, or it was evaluated before the options "
+                                 f"were measured: rerun `dvc repro evaluate@{variant}`).")
                 continue
             known = [(label, options.get(key)) for label, key in INFER_OPTIONS
                      if isinstance(options.get(key), (int, float)) and not math.isnan(options.get(key))]
