@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import collections
 import csv
-import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -42,7 +40,7 @@ import numpy as np
 
 from promptseg import SPLITS
 from promptseg.exports import ExportReadResult, ImageRecord, source_group_of
-from promptseg.splits import SplitPlan, hash_hex, plan_splits
+from promptseg.splits import SplitPlan, hash_hex, map_in_threads, plan_splits
 
 #: Counters rendering adds to each split (zero when not met).
 RENDER_COUNT_KEYS = (
@@ -343,13 +341,7 @@ def build_processed_dataset(
         _, rec, split, stem, dup, true_mask = job
         return _process_one(rec, split, stem, dup, out_dir, min_box_side_px, true_mask)
 
-    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    if n_workers <= 1 or len(jobs) < 2:
-        results = [work(j) for j in jobs]
-    else:
-        # cv2 decode/encode and file copies release the GIL; results keep the input order.
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            results = list(pool.map(work, jobs))
+    results = map_in_threads(work, jobs, workers)
 
     render_counts: dict[str, collections.Counter] = {
         s: collections.Counter({k: 0 for k in RENDER_COUNT_KEYS}) for s in split_names

@@ -40,6 +40,16 @@ import numpy as np
 from promptseg import SPLITS
 from promptseg.exports import ImageRecord, source_group_of
 
+
+def map_in_threads(function, items: Sequence, workers: int | None = None) -> list:
+    """``[function(x) for x in items]`` in ``workers`` threads (default ``min(8, cpu_count)``; 1 runs inline),
+    results in input order. For cv2 decode/encode and file copies, which release the GIL."""
+    n = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if n <= 1 or len(items) < 2:
+        return [function(x) for x in items]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(function, items))
+
 SPLIT_STRATEGIES = ("as_exported", "grouped")
 #: Side and high-pass sigma of the thumbnails that confirm a dhash match (see :func:`detail_thumbnail`).
 THUMB_SIDE = 64
@@ -404,12 +414,7 @@ def plan_splits(
         raise ValueError(f"split strategy must be one of {SPLIT_STRATEGIES}, got {strategy!r}")
     records = list(records)
     paths = [r.image_path for r in records]
-    n = workers if workers is not None else min(8, os.cpu_count() or 1)
-    if n <= 1 or len(paths) < 2:
-        sigs = [image_signature(p) for p in paths]
-    else:
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            sigs = list(pool.map(image_signature, paths))
+    sigs = map_in_threads(image_signature, paths, workers)
     hashes = [h for h, _ in sigs]
     thumbs = [t for _, t in sigs] if min_correlation > -1 else None
     name_groups = [source_group_of(Path(r.image_path).name, r.source_name) for r in records]
