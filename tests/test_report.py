@@ -291,3 +291,11 @@ def test_inference_options_on_val_and_prompt_ensemble_row():
     assert row(cracks, "prompt ensemble", "lora")[2:7] == ["0.700", "0.610", "0.660", "0.250", "0.125"]
     assert "prompt ensemble" not in section(text, "drywall, test split")
     assert text.index("cracks ladder") < text.index("Inference options") < text.index("cracks, test split")
+
+
+def test_export_quirks_are_shown_when_the_splits_were_regrouped():
+    data = {"cracks": {**DATA["cracks"], "export": {"test": {"images": 804, "empty_segmentation_as_box": 2,
+                                                             "unused_categories": 1}}}}
+    text = build_report(data, TRAIN, EVAL, BASELINES, model_source="small", datasets=["cracks"])
+    assert "`cracks` export as parsed, per exported split, skipped/repaired: `test` 3 " \
+           "(empty_segmentation_as_box 2, unused_categories 1)." in text

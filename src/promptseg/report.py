@@ -231,6 +231,11 @@ def _data_section(data_metrics: dict[str, dict], datasets: Sequence[str]) -> lis
     if rows:
         out += [_table(["dataset", "split", "images", "with foreground", "without foreground", "mean foreground %",
                         "skipped/repaired"], rows, "llrrrrl"), ""]
+    for dataset in datasets:  # what parsing met, per EXPORTED split (the rows above are the splits as written)
+        export = (data_metrics.get(dataset) or {}).get("export")
+        if isinstance(export, dict) and export:
+            parsed = "; ".join(f"`{split}` {_quirks(c)}" for split, c in export.items() if isinstance(c, dict))
+            out += [f"`{dataset}` export as parsed, per exported split, skipped/repaired: {parsed}.", ""]
     for dataset in missing:
         out += [f"No data summary for `{dataset}` (metrics/data/{dataset}.json is missing: run "
                 f"`dvc repro masks@{dataset}`).", ""]
