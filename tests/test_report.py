@@ -297,5 +297,5 @@ def test_export_quirks_are_shown_when_the_splits_were_regrouped():
     data = {"cracks": {**DATA["cracks"], "export": {"test": {"images": 804, "empty_segmentation_as_box": 2,
                                                              "unused_categories": 1}}}}
     text = build_report(data, TRAIN, EVAL, BASELINES, model_source="small", datasets=["cracks"])
-    assert "`cracks` export as parsed, per exported split, skipped/repaired: `test` 3 " \
-           "(empty_segmentation_as_box 2, unused_categories 1)." in text
+    assert "`cracks` export as parsed, per exported split, skipped/repaired: `test` 2 " \
+           "(empty_segmentation_as_box 2)." in text

@@ -47,6 +47,7 @@ DEFAULT_DARKEST_SHARE = 0.05
 QUIRK_IGNORED_KEYS = frozenset({
     "images", "images_listed", "with_foreground", "without_foreground", "mean_foreground_fraction",
     "images_without_labels", "annotations", "polygons", "multipart_polygons", "rle", "boxes",
+    "unused_categories",  # Roboflow's supercategory entry: describes the export, nothing was skipped
 })
 
 MISSING = "n/a"
