@@ -53,6 +53,21 @@ def test_training_forward_equals_library_forward_in_eval():
     assert torch.equal(ours, library)
 
 
+@pytest.mark.parametrize("patch", [8, 16])
+def test_small_model_restores_the_input_size_for_patch_8_and_16(patch):
+    import copy
+
+    cfg = copy.deepcopy(TINY_MODEL)
+    cfg["clipseg"]["vision"]["patch_size"] = patch
+    model, processor = build_small_model(cfg, 64, 0)
+    assert model.config.use_complex_transposed_convolution == (patch == 16)  # transformers' x(p/4)^2 fits 16 only
+    x, ids, mask = _batch(processor)
+    with torch.no_grad():
+        ours = segmentation_logits(model.eval(), x, ids, mask)
+        library = model(pixel_values=x, input_ids=ids, attention_mask=mask).logits
+    assert ours.shape == (2, 64, 64) and torch.equal(ours, library.reshape(ours.shape))
+
+
 def test_small_model_logits_have_a_sane_scale_at_init():
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     x, ids, mask = _batch(processor)

@@ -45,6 +45,9 @@ def repo_copy(tmp_path_factory):
     params["model"] = {**params["model"], **TINY_MODEL}
     params["train"]["common"].update(image_size=64, epochs=1, batch_size=4, warmup_steps=0)
     params["train"]["variants"]["lora"]["r"] = 2
+    for rung in params["train"]["variants"].values():  # the tiny profile: every rung 1 epoch at 64 px
+        for key in ("epochs", "image_size"):
+            rung.pop(key, None)
     params["model"]["unet"] = {"widths": [8, 16, 32, 64], "freeze_text": False,
                                "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                         "intermediate_size": 64}}

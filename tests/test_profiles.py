@@ -28,7 +28,13 @@ def test_paper_profile_sets_the_reports_configuration():
     lora = p["train"]["variants"]["lora"]
     assert (lora["r"], lora["alpha"], lora["dropout"], lora["targets"], lora["train_decoder"]) == \
         (16, 32, 0.05, ["q_proj", "v_proj"], False)
-    assert p["train"]["variants"]["full"]["datasets"] == ["cracks"]
+    full = p["train"]["variants"]["full"]
+    assert full["datasets"] == ["cracks"]
+    # a rung's own schedule overrides train.common, so the profile must set it for the rung too
+    assert (full.get("epochs", common["epochs"]), full.get("lr", common["lr"])) == (40, 1e-4)
+    clipseg = {n: v for n, v in p["train"]["variants"].items() if v["architecture"] == "clipseg"}
+    assert all(v.get("epochs", 40) == 40 and v.get("lr", 1e-4) == 1e-4 for v in clipseg.values()), clipseg
+    assert all(v.get("image_size", 352) == 352 for n, v in p["train"]["variants"].items() if v["architecture"] == "clipseg")
     assert p["infer"]["threshold_grid"] == [0.3, 0.4, 0.5, 0.6, 0.7]
     for dataset, (workspace, project, version) in {"cracks": ("fyp-ny1jt", "cracks-3ii36", 1),
                                                    "drywall": ("objectdetect-pu6rn", "drywall-join-detect", 2)}.items():

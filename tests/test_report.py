@@ -81,13 +81,13 @@ def test_report_tables_hold_the_numbers_in_the_right_rows():
     assert "darkest" not in drywall
     ladder = section(text, "cracks ladder")
     assert row(ladder, "lora")[1:] == ["lora / clipseg", "995,328", "150,747,746", "0.356", "0.450", "0.250", "0.125",
-                                       "0.012", "0.200", "12.500"]
+                                       "0.012", "0.200", "n/a", "12.500"]
     assert row(ladder, "full")[-1] == "20.000"
     assert row(ladder, "darkest 5%")[1:] == ["no learning", "\u2014", "\u2014", "0.050", "0.090", "0.250", "0.125",
-                                             "0.050", "0.050", "\u2014"]
+                                             "0.050", "0.050", "\u2014", "\u2014"]
     assert "Read every rung against the best no-learning baseline (all zeros, Dice 0.250)." in ladder
     wall = section(text, "drywall ladder")
-    assert row(wall, "lora")[4:] == ["0.505", "0.600", "0.012", "0.200", "12.500"]
+    assert row(wall, "lora")[4:] == ["0.505", "0.600", "0.012", "0.200", "n/a", "12.500"]
     assert "boundary F1" not in wall and "darkest" not in wall
     assert "best no-learning baseline (all ones, Dice 0.300)" in wall
     switching = section(text, "prompt switching")
@@ -259,7 +259,8 @@ def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
 
 def test_ladder_lists_baselines_first_then_rungs_in_params_order():
     train = {v: {"method": "full" if v == "unet" else v, "architecture": "unet" if v == "unet" else "clipseg",
-                 "trainable_params": 10 * i, "total_params": 100, "seconds_per_epoch": 1.0 + i}
+                 "trainable_params": 10 * i, "total_params": 100, "seconds_per_epoch": 1.0 + i,
+                 "epochs": 24 if v == "full" else 8, "image_size": 224 if v == "unet" else 160}
              for i, v in enumerate(LADDER)}
     evals = {v: eval_file(0.1 * i, 0.1 * i) for i, v in enumerate(LADDER)}
     order = ["unet", "full", "decoder", "lora", "zeroshot"]  # dicts in another order than params
@@ -269,6 +270,9 @@ def test_ladder_lists_baselines_first_then_rungs_in_params_order():
     assert ladder_rungs(text, "drywall") == ["all zeros", "all ones", *LADDER]
     assert row(section(text, "cracks ladder"), "unet")[1] == "full / unet"
     assert row(section(text, "drywall ladder"), "decoder")[1:4] == ["decoder / clipseg", "10", "100"]
+    assert row(section(text, "cracks ladder"), "full")[-2:] == ["24 @ 160", "4.000"]  # rungs' own schedules
+    assert row(section(text, "cracks ladder"), "unet")[-2:] == ["8 @ 224", "5.000"]
+    assert row(section(text, "cracks ladder"), "all zeros")[-2:] == ["\u2014", "\u2014"]
     small = build_report(DATA, train, evals, BASELINES, model_source="small", variants=LADDER)
     assert ladder_rungs(small, "cracks") == ["all zeros", "all ones", "darkest 5%", "decoder", "lora", "full", "unet"]
 

@@ -155,3 +155,46 @@ def test_box_projection_target_applies_only_to_its_dataset():
     expected = (2 * bce_dice_loss(logits[[0, 2]], targets[[0, 2]]) + 2 * box_projection_loss(
         logits[[1, 3]], targets[[1, 3]], images=pixels[[1, 3]], components=box_components(targets[[1, 3]]))) / 4
     assert torch.allclose(training_loss(logits, targets, names, pixels, boxed), expected, atol=1e-6)
+
+
+def test_unrelated_negative_prompts_are_a_second_pool_drawn_at_their_share(tmp_path, processed_root):
+    from types import SimpleNamespace
+
+    from promptseg.train import build_datasets
+
+    processor = SimpleNamespace(image_processor=SimpleNamespace(image_mean=[0.5] * 3, image_std=[0.5] * 3))
+
+    def negatives_drawn(share):
+        setup = make_setup(tmp_path, processed_root, negative_prompt_prob=1.0, unrelated_negative_share=share,
+                           unrelated_negative_prompts=["segment sky", "segment joint tape"])
+        cracks, drywall = build_datasets(setup, processor, "train", training=True).datasets
+        assert cracks.negative_prompts == PROMPTS["drywall"] and cracks.unrelated_prompts == ["segment sky"]
+        assert drywall.negative_prompts == PROMPTS["cracks"]
+        assert drywall.unrelated_prompts == ["segment sky", "segment joint tape"]
+        drawn = []
+        for epoch in range(20):
+            cracks.set_epoch(epoch)
+            for i in range(len(cracks)):
+                _, target, prompt, _ = cracks[i]
+                assert float(target.sum()) == 0.0
+                drawn.append(prompt)
+        assert set(drawn) <= set(PROMPTS["drywall"]) | {"segment sky"}
+        return drawn.count("segment sky") / len(drawn)
+
+    assert negatives_drawn(0.0) == 0.0
+    assert 0.35 < negatives_drawn(0.5) < 0.65  # the other dataset's negatives are not diluted by the pool's size
+    assert negatives_drawn(1.0) == 1.0
+    setup = make_setup(tmp_path, processed_root, unrelated_negative_prompts=["segment sky"])
+    val_parts = build_datasets(setup, processor, "val", training=False).datasets
+    assert all(not part.negative_prompts and not part.unrelated_prompts and part.negative_prompt_prob == 0.0
+               for part in val_parts)
+
+
+def test_params_keep_training_negatives_apart_from_the_held_out_unrelated_prompts():
+    import yaml
+
+    params = yaml.safe_load(open("params.yaml"))
+    train_negatives = set(params["train"]["common"]["unrelated_negative_prompts"])
+    dataset_prompts = {p for ds in params["data"].values() if isinstance(ds, dict) for p in ds.get("prompts", [])}
+    assert train_negatives and not train_negatives & set(params["eval"]["unrelated_prompts"])
+    assert not train_negatives & dataset_prompts

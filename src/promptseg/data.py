@@ -62,7 +62,10 @@ class PromptedSegmentation(Dataset):
     """One dataset split: each item is (pixel_values, target, prompt, dataset name).
 
     - prompt: drawn from ``prompts`` by ``(seed, epoch, index)``; with probability
-      ``negative_prompt_prob`` a prompt of another dataset (``negative_prompts``) and an all-zero target.
+      ``negative_prompt_prob`` a negative prompt and an all-zero target: one of ``unrelated_prompts``
+      (prompts naming neither dataset) with probability ``unrelated_share``, else one of
+      ``negative_prompts`` (the other dataset's prompts). Two pools, so that adding unrelated prompts
+      does not dilute the other dataset's negatives.
     - target: the {0,255} mask resized bilinearly to ``image_size`` and scaled to [0, 1] (soft edges).
     - ``hflip_prob``: horizontal flip of image and mask together.
     Resized images and masks are cached in memory after the first read.
@@ -70,7 +73,7 @@ class PromptedSegmentation(Dataset):
 
     def __init__(self, pairs, dataset: str, prompts, *, image_size: int, mean, std, seed: int = 42,
                  hflip_prob: float = 0.0, negative_prompts=(), negative_prompt_prob: float = 0.0,
-                 per_image: bool = False):
+                 unrelated_prompts=(), unrelated_share: float = 0.5, per_image: bool = False):
         if not pairs:
             raise ValueError(f"no images for dataset {dataset!r}: run `dvc repro masks` first.")
         if not prompts:
@@ -79,6 +82,7 @@ class PromptedSegmentation(Dataset):
         self.image_size, self.mean, self.std, self.seed = image_size, mean, std, seed
         self.hflip_prob = hflip_prob
         self.negative_prompts, self.negative_prompt_prob = list(negative_prompts), negative_prompt_prob
+        self.unrelated_prompts, self.unrelated_share = list(unrelated_prompts), unrelated_share
         self.per_image = per_image
         self.epoch = 0
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -103,8 +107,13 @@ class PromptedSegmentation(Dataset):
     def sample_prompt(self, index: int) -> tuple[str, bool]:
         """(prompt, is_negative) for this item in the current epoch."""
         rng = _rng(self.seed, self.epoch, index, sum(self.dataset.encode()))
-        negative = bool(self.negative_prompts) and rng.random() < self.negative_prompt_prob
-        pool = self.negative_prompts if negative else self.prompts
+        has_negatives = bool(self.negative_prompts or self.unrelated_prompts)
+        negative = has_negatives and rng.random() < self.negative_prompt_prob
+        pool = self.prompts
+        if negative:
+            pool = self.negative_prompts or self.unrelated_prompts
+            if self.negative_prompts and self.unrelated_prompts and rng.random() < self.unrelated_share:
+                pool = self.unrelated_prompts
         return pool[int(rng.integers(len(pool)))], negative
 
     def __getitem__(self, index: int):

@@ -80,7 +80,11 @@ def build_clip_tokenizer(bpe_path: str | Path = CLIP_BPE_PATH) -> CLIPTokenizer:
 
 # ----------------------------------------------------------------------------------------- configs
 def small_config(small: dict) -> CLIPSegConfig:
-    """A small CLIPSeg with the rd64-refined layout (patch 16, complex transposed conv) sized by params."""
+    """A small CLIPSeg with the rd64-refined layout sized by params.
+
+    The complex transposed convolution (two x(patch/4) up-convolutions) restores the input size only
+    for patch 16; any other patch size gets the plain single up-convolution of stride ``patch_size``.
+    """
     vision, text = small["vision"], small["text"]
     return CLIPSegConfig(
         text_config={**text, "max_position_embeddings": 77},
@@ -89,7 +93,7 @@ def small_config(small: dict) -> CLIPSegConfig:
         reduce_dim=int(small["reduce_dim"]),
         extract_layers=list(small["extract_layers"]),
         decoder_num_attention_heads=int(small["decoder_num_attention_heads"]),
-        use_complex_transposed_convolution=True,
+        use_complex_transposed_convolution=int(vision.get("patch_size", 16)) == 16,
     )
 
 

@@ -342,18 +342,25 @@ def _method_cell(variant: str, tr: dict) -> str:
     return f"{method} / {architecture}" if architecture else str(method)
 
 
+def _schedule_cell(tr: dict) -> str:
+    """``"<epochs> @ <image_size>"`` of a trained rung (rungs may override both), or the missing mark."""
+    if tr.get("epochs") is None or tr.get("image_size") is None:
+        return MISSING
+    return f"{tr['epochs']} @ {tr['image_size']}"
+
+
 def _ladder_section(number: int, dataset: str, variants: list[str], train_metrics: dict[str, dict],
                     eval_metrics: dict[str, dict], baselines: dict) -> list[str]:
     """One dataset's ladder: the no-learning baselines, then every rung in ``variants`` (params) order."""
     cols = _score_columns(dataset)
     out = [f"## Table {number}: {dataset} ladder (test split, mean over prompts)", ""]
     header = ["rung", "method / architecture", "trainable params", "total params", *(c for c, _ in cols),
-              "cross-prompt lit", "unrelated-prompt lit", "s/epoch"]
+              "cross-prompt lit", "unrelated-prompt lit", "epochs @ px", "s/epoch"]
     rows, notes, skipped_notes = [], [], []
     base = baselines.get(dataset) or {}
     for name, scores in _baseline_rows(base):
         lit = _num(scores.get("lit"))
-        rows.append([name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), lit, lit, NONE])
+        rows.append([name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), lit, lit, NONE, NONE])
     for variant in variants:
         tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
         reason = _skipped(variant, train_metrics, eval_metrics)
@@ -379,9 +386,9 @@ def _ladder_section(number: int, dataset: str, variants: list[str], train_metric
         mean = test.get("all_prompts") or {}
         rows.append([variant, _method_cell(variant, tr), _int(trainable), _int(tr.get("total_params")),
                      *(_num(mean.get(k)) for _, k in cols), _num(test.get("cross_prompt_lit")),
-                     _num(test.get("unrelated_prompt_lit")), _num(tr.get("seconds_per_epoch"))])
+                     _num(test.get("unrelated_prompt_lit")), _schedule_cell(tr), _num(tr.get("seconds_per_epoch"))])
     if rows:
-        out += [_table(header, rows, "llrr" + "r" * len(cols) + "rrr"), ""]
+        out += [_table(header, rows, "llrr" + "r" * len(cols) + "rrrr"), ""]
     best = _best_baseline(base)
     if best is not None:
         out += [f"Read every rung against the best no-learning baseline ({best[0]}, Dice {_num(best[1])}).", ""]

@@ -109,12 +109,16 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
     datasets = setup.variant_cfg.get("datasets", list(setup.prompts)) if training else list(setup.prompts)
     parts = []
     for name in datasets:
+        # negatives: the other datasets' prompts, and prompts naming things absent from both datasets
         others = [p for other, ps in setup.prompts.items() if other != name for p in ps]
+        unrelated = [p for p in common.get("unrelated_negative_prompts", []) if p not in others]
         parts.append(PromptedSegmentation(
             list_split(setup.processed_root, name, split), name, setup.prompts[name],
             image_size=setup.image_size, mean=mean, std=std, seed=int(common["seed"]),
             hflip_prob=float(common.get("hflip_prob", 0.0)) if training else 0.0,
             negative_prompts=others if training else (),
+            unrelated_prompts=unrelated if training else (),
+            unrelated_share=float(common.get("unrelated_negative_share", 0.5)),
             negative_prompt_prob=float(common.get("negative_prompt_prob", 0.0)) if training else 0.0,
             per_image=setup.per_image_standardization,
         ))
