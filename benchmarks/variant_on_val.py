@@ -30,6 +30,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from promptseg.data import list_split, read_rgb  # noqa: E402
 from promptseg.inference import load_trained_model, predict_probabilities  # noqa: E402
+from promptseg.metrics import iou_dice, lit_fraction  # noqa: E402
 from promptseg.train import TrainSetup, train_variant  # noqa: E402
 
 
@@ -43,8 +44,7 @@ def set_key(params: dict, dotted: str, value) -> None:
 
 
 def image_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    denominator = pred.sum() + truth.sum()
-    return 1.0 if denominator == 0 else float(2 * (pred & truth).sum() / denominator)
+    return iou_dice(pred, truth, empty_score=1.0)[1]
 
 
 def val_scores(trained, processed: Path, dataset: str, prompts: dict, unrelated: list[str]) -> dict:
@@ -59,7 +59,7 @@ def val_scores(trained, processed: Path, dataset: str, prompts: dict, unrelated:
                           for t in np.arange(0.1, 0.95, 0.1))
 
     def lit(probs):
-        return round(float(np.mean([(p > threshold).mean() for p in probs])), 3)
+        return round(float(np.mean([lit_fraction(p > threshold) for p in probs])), 3)
 
     return {"dice": round(dice, 3), "thr": threshold,
             "zeros": round(float(np.mean([image_dice(np.zeros_like(g), g) for g in truths])), 3),
