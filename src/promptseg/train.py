@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -97,10 +98,42 @@ class TrainSetup:
         return uses_per_image_standardization(self.model_cfg, self.architecture)
 
 
-def device_and_autocast():
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.device("cpu"), torch.autocast("cpu", enabled=False)
+def device_and_autocast(device: torch.device | None = None):
+    """(device, autocast context): CUDA with bf16 autocast when present, else CPU in fp32."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return device, torch.autocast("cuda", dtype=torch.bfloat16)
+    return device, torch.autocast("cpu", enabled=False)
+
+
+def launched_world_size() -> int:
+    """How many processes ``accelerate launch`` (or ``torchrun``) started: ``WORLD_SIZE``, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class TrainingForward(nn.Module):
+    """:func:`promptseg.model.segmentation_logits` as a module's ``forward``.
+
+    Under ``accelerate launch`` this module is what DDP wraps: DDP all-reduces gradients only for
+    calls that go through the wrapper's ``forward``, and ``segmentation_logits`` bypasses the library
+    forward (its ``no_grad``), so the training forward itself must be a module.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        return segmentation_logits(self.module, pixel_values, input_ids, attention_mask)
+
+
+def check_replicas_agree(accelerator, module: nn.Module) -> None:
+    """After distributed training every process must hold the same weights; raise if not."""
+    checksum = torch.stack([p.detach().double().sum() for p in module.parameters() if p.requires_grad]).sum()
+    gathered = accelerator.gather(checksum.reshape(1).to(accelerator.device)).cpu()
+    if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=1e-6, atol=1e-6):
+        raise RuntimeError(f"processes ended with different weights (checksums {gathered.tolist()}): "
+                           "gradients were not all-reduced; train with one process and report this.")
 
 
 def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
@@ -218,7 +251,16 @@ def train_variant(setup: TrainSetup) -> dict:
         return skip_zeroshot(setup)
     seed = int(common["seed"])
     seed_everything(seed)
-    device, autocast = device_and_autocast()
+    # One process: plain PyTorch. Several (`accelerate launch`): an Accelerator shards the batches
+    # (train.common.batch_size is per process) and DDP all-reduces the gradients.
+    accelerator = None
+    if launched_world_size() > 1:
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        # find_unused_parameters: CLIP's logit_scale and projections the decoder never reads get no gradient
+        accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available(),  # bf16 autocast is ours
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    device, autocast = device_and_autocast(accelerator.device if accelerator else None)
+    is_main = accelerator is None or accelerator.is_main_process
     base, processor = load_base_model(setup.model_cfg, setup.image_size, seed, setup.architecture)
     module = apply_variant(base, setup.variant_cfg).to(device)
     module.train()
@@ -234,11 +276,14 @@ def train_variant(setup: TrainSetup) -> dict:
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
     epochs = 0 if zeroshot else int(setup.variant_cfg.get("epochs", common["epochs"]))
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
     # zeroshot has nothing to train: a placeholder tensor keeps the optimizer/scheduler path uniform.
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)],
                                   lr=float(setup.variant_cfg.get("lr", common["lr"])),
                                   weight_decay=float(common["weight_decay"]))
+    forward, step_optimizer = TrainingForward(module), optimizer
+    if accelerator is not None and not zeroshot:
+        forward, step_optimizer, train_loader = accelerator.prepare(forward, optimizer, train_loader)
+    steps_per_epoch = len(train_loader)  # this process's batches: ceil(images / batch_size / processes)
     total_steps = epochs * steps_per_epoch
     warmup = int(common.get("warmup_steps", 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, total_steps, warmup))
@@ -260,26 +305,32 @@ def train_variant(setup: TrainSetup) -> dict:
                                                       leave=False, disable=None):
             ids, mask = _tokenize(processor, prompts, device)
             with autocast:
-                logits = segmentation_logits(module, pixel_values.to(device), ids, mask)
+                logits = forward(pixel_values.to(device), ids, mask)
             loss = training_loss(logits.float(), targets.to(device), datasets, pixel_values.to(device), common)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step_optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # under DDP the gradients are all-reduced here
+            step_optimizer.step()
             scheduler.step()
             losses.append(loss.item())
         seconds = time.perf_counter() - started
+        train_loss = float(np.mean(losses))
+        if accelerator is not None:  # the mean over every process's batches
+            train_loss = float(accelerator.gather(torch.tensor([train_loss], device=device)).mean())
+        # every process validates the same (whole) val set with the same weights: no collective needed
         val_loss, val_dice = run_epoch_validation(module, processor, val_loader, device, loss_kwargs)
-        rows.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 6), "val_loss": round(val_loss, 6),
+        rows.append({"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
                      "val_dice": round(val_dice, 6), "lr": lr, "seconds": round(seconds, 3)})
-        print(f"[train] {setup.variant} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items()))
-        _write_csv(csv_path, rows)
-        _save_checkpoint(checkpoint, module, optimizer, scheduler, epoch + 1, rows, fingerprint)
+        if is_main:
+            print(f"[train] {setup.variant} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items()))
+            _write_csv(csv_path, rows)
+            _save_checkpoint(checkpoint, module, optimizer, scheduler, epoch + 1, rows, fingerprint)
 
     if not rows:  # zeroshot on a pretrained model: score the untouched model once
         val_loss, val_dice = run_epoch_validation(module, processor, val_loader, device, loss_kwargs)
         rows = [{"epoch": 0, "train_loss": float("nan"), "val_loss": round(val_loss, 6), "val_dice": round(val_dice, 6),
                  "lr": 0.0, "seconds": 0.0}]
-        _write_csv(csv_path, rows)
+        if is_main:
+            _write_csv(csv_path, rows)
     summary = {
         "variant": setup.variant, "method": setup.variant_cfg["method"], "architecture": setup.architecture,
         "trainable_params": trainable, "total_params": total, "lora_params": lora_count,
@@ -288,7 +339,14 @@ def train_variant(setup: TrainSetup) -> dict:
         "final_val_dice": rows[-1]["val_dice"],
         "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in rows])), 3),
         "device": str(device),
+        "processes": accelerator.num_processes if accelerator else 1,
+        "steps_per_epoch_per_process": steps_per_epoch,
     }
+    if accelerator is not None:
+        check_replicas_agree(accelerator, module)
+        accelerator.wait_for_everyone()
+        if not is_main:
+            return summary
     save_trained_model(module, processor, setup, summary)
     (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if setup.mlflow_cfg:
