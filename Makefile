@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # DVC stages call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro repro-paper test clean-venv
+.PHONY: install repro repro-paper repro-real test clean-venv
 
 install: $(STAMP) $(CLIP_BPE)
 
@@ -39,6 +39,13 @@ repro: install
 # Needs ROBOFLOW_API_KEY and a GPU; offline it stops at download with the Roboflow message.
 repro-paper: install
 	$(BIN)/dvc exp run -n paper $$($(BIN)/python -m promptseg.profiles paper)
+
+# The U-Net rung on the real sample (profiles/real-cpu.yaml) as a DVC experiment; CPU only, about 15 min.
+REAL ?= ../shared/real
+repro-real: install
+	$(BIN)/dvc exp run -n real-cpu $$($(BIN)/python -m promptseg.profiles real-cpu) \
+	    -S data.cracks.local.path=$(REAL)/cracks-3ii36-yg05p -S data.drywall.local.path=$(REAL)/drywall-join-detect-v1 \
+	    evaluate@unet
 
 test: install
 	$(BIN)/python -m pytest -q
