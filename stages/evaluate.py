@@ -3,8 +3,8 @@ import json
 import sys
 from pathlib import Path
 
-from promptseg.evaluate import (EvalConfig, evaluate_variant, qualitative_figure, skipped_reason, write_skipped_outputs,
-                                write_sweep_csv)
+from promptseg.evaluate import (eval_config_from_params, evaluate_variant, qualitative_figure, skipped_reason,
+                                write_skipped_outputs, write_sweep_csv)
 from promptseg.inference import load_trained_model
 from promptseg.params import DATASETS, load_params, section
 from promptseg.tracking import flatten_metrics, log_to_run
@@ -12,16 +12,7 @@ from promptseg.tracking import flatten_metrics, log_to_run
 
 def main(variant: str) -> None:
     params = load_params()
-    infer, ev = section(params, "infer"), section(params, "eval")
-    cfg = EvalConfig(thresholds=[float(t) for t in infer["threshold_grid"]],
-                     morphology=bool(infer["morphology"]["enabled"]), kernel_size=int(infer["morphology"]["kernel"]),
-                     batch_size=int(infer["batch_size"]), boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
-                     empty_score=float(ev["empty_score"]), figure_images=int(ev["figure_images"]),
-                     unrelated_prompts=list(ev.get("unrelated_prompts", [])), paraphrases=dict(ev.get("paraphrases", {})),
-                     hflip_tta=bool(infer["hflip_tta"]), prompt_ensemble=bool(infer["prompt_ensemble"]),
-                     tiled={d: bool(v) for d, v in infer["tiled"].items()},
-                     tile_upscale=float(infer["tiling"]["upscale"]), tile_overlap=float(infer["tiling"]["overlap"]),
-                     measure_inference_options=bool(ev["measure_inference_options"]))
+    cfg = eval_config_from_params(params)
     prompts = {name: section(params, f"data.{name}.prompts") for name in DATASETS}
     processed, out = Path("data/processed"), Path("metrics/eval")
     skipped = skipped_reason(Path("models") / variant)

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from promptseg.data import list_split, read_rgb
-from promptseg.inference import TrainedModel, postprocess_probabilities, predict_probabilities
+from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
 from promptseg.tiling import predict_probabilities_tiled
 from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice, lit_fraction,
                                micro_iou_dice, threshold_sweep_counts)
@@ -132,6 +132,20 @@ def _write_masks(folder: Path, stems, prompt: str, masks) -> None:
         cv2.imwrite(str(folder / f"{stem}__{prompt_slug(prompt)}.png"), mask)
 
 
+def eval_config_from_params(params: dict) -> EvalConfig:
+    """The evaluation settings from ``params.yaml``'s ``infer`` and ``eval`` sections."""
+    infer, ev = params["infer"], params["eval"]
+    return EvalConfig(thresholds=[float(t) for t in infer["threshold_grid"]],
+                      morphology=bool(infer["morphology"]["enabled"]), kernel_size=int(infer["morphology"]["kernel"]),
+                      batch_size=int(infer["batch_size"]), boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
+                      empty_score=float(ev["empty_score"]), figure_images=int(ev["figure_images"]),
+                      unrelated_prompts=list(ev.get("unrelated_prompts", [])), paraphrases=dict(ev.get("paraphrases", {})),
+                      hflip_tta=bool(infer["hflip_tta"]), prompt_ensemble=bool(infer["prompt_ensemble"]),
+                      tiled={d: bool(v) for d, v in infer["tiled"].items()},
+                      tile_upscale=float(infer["tiling"]["upscale"]), tile_overlap=float(infer["tiling"]["overlap"]),
+                      measure_inference_options=bool(ev["measure_inference_options"]))
+
+
 def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, prompts: list[str],
                      other_prompts: list[str], cfg: EvalConfig, predictions_dir: Path | None) -> tuple[dict, dict]:
     """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}."""
@@ -212,6 +226,7 @@ def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: E
 def evaluate_variant(trained: TrainedModel, processed_root: Path, prompts: dict[str, list[str]], cfg: EvalConfig,
                      predictions_dir: Path | None = None) -> tuple[dict, dict]:
     """Scores for every dataset plus an "overall" block, and the sweeps {dataset: {t: (miou, dice)}}."""
+    trained.encodings = EncodingCache()  # each split is scored with ten or so prompts: encode its images once
     results, sweeps = {}, {}
     for dataset, dataset_prompts in prompts.items():
         others = [p for name, ps in prompts.items() if name != dataset for p in ps]

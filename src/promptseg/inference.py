@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import cv2
 import numpy as np
 import torch
@@ -82,6 +85,42 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 
 
 # --------------------------------------------------------------------------- running a trained model
+class EncodingCache:
+    """The prompt-independent part of inference for recently seen batches of images: their
+    preprocessed pixels and the image half of the model (CLIPSeg's vision activations, the U-Net's encoder
+    features). Evaluation runs ten or so prompts over
+    the same images; with this cache each image is resized, normalised and encoded once. Keyed by a
+    digest of the images' bytes (never by object identity); least recently used entries are dropped
+    beyond ``max_bytes``. Results are the same as without it (tested)."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes, self.used = int(max_bytes), 0
+        self._entries: OrderedDict = OrderedDict()
+
+    @staticmethod
+    def digest(images: list[np.ndarray]) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for image in images:
+            h.update(repr(image.shape).encode())
+            h.update(np.ascontiguousarray(image).data)
+        return h.digest()
+
+    def get_or_compute(self, key, compute):
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key][0]
+        value = compute()
+        tensors = value if isinstance(value, list) else [value]
+        size = sum(t.element_size() * t.nelement() for t in tensors)
+        if self.max_bytes and size <= self.max_bytes:
+            self._entries[key] = (value, size)
+            self.used += size
+            while self.used > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.used -= dropped
+        return value
+
+
 class TrainedModel:
     """A trained variant loaded from ``models/<variant>/`` (merged weights + processor + promptseg.json)."""
 
@@ -95,6 +134,7 @@ class TrainedModel:
         self.mean, self.std = list(image_processor.image_mean), list(image_processor.image_std)
         # inputs standardised per image after mean/std (the small model; promptseg.model explains why)
         self.per_image = bool(self.card.get("per_image_standardization", False))
+        self.encodings = EncodingCache(max_bytes=0)  # off; evaluation turns it on (many prompts, same images)
 
     @property
     def device(self) -> torch.device:
@@ -118,14 +158,37 @@ def load_trained_model(model_dir) -> TrainedModel:
     return TrainedModel(model, processor, card)
 
 
-def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """Logits (B, h, w) at the model's input size for a batch of images, one prompt per image."""
-    from promptseg.model import segmentation_logits
+def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, rows: list[int], prompts: list[str],
+                  cache_key=None) -> torch.Tensor:
+    """Logits (len(rows), h, w) at the model's input size for images ``pixel_values[rows]``, one prompt
+    each. The model runs in two halves: the image half (CLIPSeg's vision activations, the U-Net's
+    encoder), which does not depend on the prompt, then the prompt half (text encoder, FiLM decoder).
+    The image half of the whole batch comes from ``trained.encodings`` under ``cache_key`` (computed on
+    first use); ``cache_key=None`` computes it for ``rows`` afresh."""
+    from promptseg.model import clipseg_decode, clipseg_vision_activations
 
-    device = trained.device
+    model, device = trained.model, trained.device
     tokens = trained.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
-    return segmentation_logits(trained.model, pixel_values.to(device), tokens["input_ids"].to(device),
-                               tokens["attention_mask"].to(device)).float().cpu()
+    ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+    size = tuple(pixel_values.shape[-2:])
+    if hasattr(model, "clip"):
+        def encode(px):
+            return clipseg_vision_activations(model, px)
+
+        def decode(features):
+            return clipseg_decode(model, features, ids, mask, size)
+    else:  # the text-conditioned U-Net
+        encode = model.encode_image
+
+        def decode(features):
+            return model.decode_features(features, model.text_features(ids, mask), size)
+    if cache_key is None:
+        features = encode(pixel_values[rows].to(device))
+    else:
+        features = trained.encodings.get_or_compute(("encoded", cache_key), lambda: encode(pixel_values.to(device)))
+        if len(rows) != len(pixel_values):
+            features = [f[rows] for f in features]
+    return decode(features).float().cpu()
 
 
 @torch.no_grad()
@@ -149,15 +212,16 @@ def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], promp
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk, chunk_sets = images[start:start + batch_size], prompt_sets[start:start + batch_size]
-        pixel_values = torch.stack([preprocess_image(im, trained.image_size, trained.mean, trained.std, trained.per_image)
-                                    for im in chunk])
+        key = EncodingCache.digest(chunk)
+        pixel_values = trained.encodings.get_or_compute(("pixels", key), lambda: torch.stack(
+            [preprocess_image(im, trained.image_size, trained.mean, trained.std, trained.per_image) for im in chunk]))
         views = [(pixel_values, False)] + ([(torch.flip(pixel_values, dims=[-1]), True)] if hflip_tta else [])
         n_prompts = max(len(ps) for ps in chunk_sets)
         total, count = torch.zeros(len(chunk), *pixel_values.shape[-2:]), torch.zeros(len(chunk), 1, 1)
         for k in range(n_prompts):
             rows = [i for i, ps in enumerate(chunk_sets) if k < len(ps)]
             for view, flipped in views:
-                logits = _model_logits(trained, view[rows], [chunk_sets[i][k] for i in rows])
+                logits = _model_logits(trained, view, rows, [chunk_sets[i][k] for i in rows], cache_key=(key, flipped))
                 total[rows] += torch.flip(logits, dims=[-1]) if flipped else logits
                 count[rows] += 1
         for image, logit in zip(chunk, total / count):

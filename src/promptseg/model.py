@@ -277,19 +277,31 @@ def merged_model(module: nn.Module) -> CLIPSegForImageSegmentation:
 
 
 # ----------------------------------------------------------------------------------------- forward
+def clipseg_vision_activations(model: CLIPSegForImageSegmentation, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """The vision hidden states the decoder reads: ``[i + 1 for i in extract_layers]`` (index 0 is the
+    embeddings). They do not depend on the prompt, so inference over many prompts can reuse them."""
+    vision = model.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
+                                     interpolate_pos_encoding=True)
+    return [vision.hidden_states[i + 1] for i in model.extract_layers]
+
+
+def clipseg_decode(model: CLIPSegForImageSegmentation, activations: list[torch.Tensor], input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+    """Logits (B, H, W) from vision activations and prompts: pooled text features projected to
+    ``projection_dim``, then the FiLM-conditioned decoder; ``size`` is the input image's (H, W)."""
+    text = model.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    return model.decoder(activations, text).logits.reshape(input_ids.shape[0], *size)
+
+
 def segmentation_logits(module: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """CLIPSeg logits (B, H, W) with gradients reaching the vision and text encoders.
 
-    The same steps as ``CLIPSegForImageSegmentation.forward`` without its ``no_grad``: vision hidden
-    states ``[i + 1 for i in extract_layers]`` (index 0 is the embeddings), pooled text features
-    projected to ``projection_dim``, then the decoder.
+    The same steps as ``CLIPSegForImageSegmentation.forward`` without its ``no_grad``:
+    :func:`clipseg_vision_activations`, then :func:`clipseg_decode`.
     """
     model = unwrap(module)
     if not hasattr(model, "clip"):  # the U-Net: its own forward has no no_grad
         return model(pixel_values, input_ids, attention_mask)
-    vision = model.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
-                                     interpolate_pos_encoding=True)
-    activations = [vision.hidden_states[i + 1] for i in model.extract_layers]
-    text = model.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-    return model.decoder(activations, text).logits.reshape(pixel_values.shape[0], *pixel_values.shape[-2:])
+    activations = clipseg_vision_activations(model, pixel_values)
+    return clipseg_decode(model, activations, input_ids, attention_mask, tuple(pixel_values.shape[-2:]))

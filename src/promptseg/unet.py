@@ -152,6 +152,11 @@ class TextConditionedUNet(nn.Module):
         Any H, W: the image is padded on the bottom/right to a multiple of 32 (reflection; replication where
         the padding exceeds the image) and the logits are cropped back to (H, W).
         """
+        text = self.text_features(input_ids, attention_mask)
+        return self.decode_features(self.encode_image(pixel_values), text, tuple(pixel_values.shape[-2:]))
+
+    def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The prompt-independent half: [padded image, stem (S/2), stages (S/4, S/8, S/16, S/32)]."""
         height, width = pixel_values.shape[-2:]
         pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
         image = pixel_values
@@ -159,18 +164,22 @@ class TextConditionedUNet(nn.Module):
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             image = F.pad(pixel_values, (0, pad_w, 0, pad_h), mode=mode)
         image = image.contiguous(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
-        text = self.text_features(input_ids, attention_mask)
         stem = self.stem(image)  # S/2
         x = F.max_pool2d(stem, 3, 2, 1)  # S/4
         stage_outputs = []
         for stage in self.stages:
             x = stage(x)
             stage_outputs.append(x)  # S/4, S/8, S/16, S/32
-        x = self._film(x, self.film[0], text)
+        return [image, stem, *stage_outputs]
+
+    def decode_features(self, features: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """FiLM at the bottleneck and after every decoder stage -> logits (B, H, W) cropped to ``size``."""
+        image, stem, *stage_outputs = features
+        x = self._film(stage_outputs[3], self.film[0], text)
         skips = (stage_outputs[2], stage_outputs[1], stage_outputs[0], stem, image)
         for block, skip, film in zip(self.decoder, skips, self.film[1:]):
             x = self._film(block(x, skip), film, text)
-        return self.head(x)[:, 0, :height, :width]
+        return self.head(x)[:, 0, :size[0], :size[1]]
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``unet_config.json`` (config + ``"architecture": "unet"``) and ``model.safetensors``."""

@@ -1,0 +1,51 @@
+"""Evaluation reuses the prompt-independent half of the model: same probabilities as without the cache."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from promptseg.inference import EncodingCache, TrainedModel, predict_probabilities
+from promptseg.model import load_base_model
+
+UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False,
+                                     "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                              "intermediate_size": 64}}}
+
+
+def trained_model(architecture):
+    torch.manual_seed(0)
+    model, processor = load_base_model(UNET_MODEL, 64, 0, architecture)
+    if architecture == "unet":  # FiLM starts at identity: give it weights so the prompt matters
+        for film in model.film:
+            torch.nn.init.normal_(film.weight, std=0.5)
+    return TrainedModel(model, processor, {"per_image_standardization": architecture == "clipseg"})
+
+
+@pytest.mark.parametrize("architecture", ["clipseg", "unet"])
+def test_cached_encodings_give_the_same_probabilities_for_every_prompt(architecture):
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((64, 64, 3), (50, 80, 3), (64, 48, 3))]
+    trained = trained_model(architecture)
+    prompt_lists = [["segment crack"] * 3, ["segment taping area"] * 3,
+                    ["segment crack", ["segment crack", "segment joint tape"], "segment sky"]]  # ensemble: row subsets
+    fresh = [predict_probabilities(trained, images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists]
+    trained.encodings = EncodingCache()
+    cached = [predict_probabilities(trained, images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists]
+    assert trained.encodings.used > 0  # the cache was filled and used
+    for a_list, b_list in zip(fresh, cached):
+        for a, b in zip(a_list, b_list):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert not np.allclose(fresh[0][0], fresh[1][0], atol=1e-4)  # the prompt changes the output
+
+
+def test_cache_stays_within_its_byte_budget_and_drops_the_oldest():
+    cache = EncodingCache(max_bytes=3 * 400)  # three 10 x 10 float32 tensors
+    calls = []
+    for key in range(5):
+        cache.get_or_compute(key, lambda: calls.append(1) or torch.zeros(10, 10))
+    assert cache.used <= cache.max_bytes and list(cache._entries) == [2, 3, 4]
+    cache.get_or_compute(4, lambda: calls.append(1) or torch.zeros(10, 10))
+    assert len(calls) == 5  # key 4 came from the cache
+    off = EncodingCache(max_bytes=0)
+    off.get_or_compute("k", lambda: torch.zeros(3))
+    assert off.used == 0 and not off._entries
