@@ -291,6 +291,9 @@ def test_inference_options_on_val_and_prompt_ensemble_row():
     assert "val only" in options and "`infer.hflip_tta` / `infer.prompt_ensemble`" in options
     assert "`hflip_tta: false`, `prompt_ensemble: true`" in options
     assert "Variant `full`: no `options_val` for cracks" in options
+    none_measured = build_report(DATA, TRAIN, {"full": EVAL["full"]}, BASELINES, model_source="small", variants=["full"])
+    options_off = section(none_measured, "Inference options on validation")
+    assert "`eval.measure_inference_options` is off" in options_off and "Variant `full`" not in options_off
     cracks = section(text, "cracks, test split")
     assert row(cracks, "prompt ensemble", "lora")[2:7] == ["0.700", "0.610", "0.660", "0.250", "0.125"]
     assert "prompt ensemble" not in section(text, "drywall, test split")
