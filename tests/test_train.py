@@ -198,3 +198,19 @@ def test_params_keep_training_negatives_apart_from_the_held_out_unrelated_prompt
     dataset_prompts = {p for ds in params["data"].values() if isinstance(ds, dict) for p in ds.get("prompts", [])}
     assert train_negatives and not train_negatives & set(params["eval"]["unrelated_prompts"])
     assert not train_negatives & dataset_prompts
+
+
+def test_text_lr_puts_the_unet_text_encoder_in_its_own_optimizer_group():
+    from promptseg.model import load_base_model
+    from promptseg.train import optimizer_param_groups
+
+    model, _ = load_base_model(UNET_MODEL, 64, 0, "unet")
+    single = optimizer_param_groups(model, 2e-3)
+    assert len(single) == 1 and single[0]["lr"] == 2e-3
+    rest, text = optimizer_param_groups(model, 2e-3, text_lr=3e-4)
+    text_ids = {id(p) for p in model.text_encoder.parameters()}
+    assert (rest["lr"], text["lr"]) == (2e-3, 3e-4)
+    assert {id(p) for p in text["params"]} == text_ids and not text_ids & {id(p) for p in rest["params"]}
+    assert len(rest["params"]) + len(text["params"]) == len(list(model.parameters()))
+    model.text_encoder.requires_grad_(False)  # frozen text: nothing for text_lr to act on
+    assert len(optimizer_param_groups(model, 2e-3, text_lr=3e-4)) == 1

@@ -54,6 +54,21 @@ def training_loss(logits: torch.Tensor, targets: torch.Tensor, datasets: list[st
     return sum(w * part for w, part in zip(weights, parts)) / sum(weights)
 
 
+def optimizer_param_groups(module: nn.Module, lr: float, text_lr: float | None = None) -> list[dict]:
+    """AdamW parameter groups: every trainable parameter at ``lr``; with ``text_lr`` (a rung's
+    ``train.variants.<v>.text_lr``), the U-Net's CLIP text encoder (``text_encoder.*``) at ``text_lr``
+    instead. A transformer trained from scratch at the CNN's lr can collapse to one output for every
+    prompt (measured on the real sample: README). A placeholder group when nothing is trainable (zeroshot)."""
+    trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    if not trainable:
+        return [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr}]
+    if text_lr is None:
+        return [{"params": [p for _, p in trainable], "lr": lr}]
+    text = [p for name, p in trainable if name.startswith("text_encoder.")]
+    rest = [p for name, p in trainable if not name.startswith("text_encoder.")]
+    return [group for group in ({"params": rest, "lr": lr}, {"params": text, "lr": text_lr}) if group["params"]]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -276,9 +291,9 @@ def train_variant(setup: TrainSetup) -> dict:
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
     epochs = 0 if zeroshot else int(setup.variant_cfg.get("epochs", common["epochs"]))
-    # zeroshot has nothing to train: a placeholder tensor keeps the optimizer/scheduler path uniform.
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)],
-                                  lr=float(setup.variant_cfg.get("lr", common["lr"])),
+    text_lr = setup.variant_cfg.get("text_lr")
+    optimizer = torch.optim.AdamW(optimizer_param_groups(module, float(setup.variant_cfg.get("lr", common["lr"])),
+                                                         None if text_lr is None else float(text_lr)),
                                   weight_decay=float(common["weight_decay"]))
     forward, step_optimizer = TrainingForward(module), optimizer
     if accelerator is not None and not zeroshot:
