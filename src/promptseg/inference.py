@@ -165,30 +165,19 @@ def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, rows: list[
     encoder), which does not depend on the prompt, then the prompt half (text encoder, FiLM decoder).
     The image half of the whole batch comes from ``trained.encodings`` under ``cache_key`` (computed on
     first use); ``cache_key=None`` computes it for ``rows`` afresh."""
-    from promptseg.model import clipseg_decode, clipseg_vision_activations
+    from promptseg.model import decode_prompts, encode_images
 
     model, device = trained.model, trained.device
     tokens = trained.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
     ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-    size = tuple(pixel_values.shape[-2:])
-    if hasattr(model, "clip"):
-        def encode(px):
-            return clipseg_vision_activations(model, px)
-
-        def decode(features):
-            return clipseg_decode(model, features, ids, mask, size)
-    else:  # the text-conditioned U-Net
-        encode = model.encode_image
-
-        def decode(features):
-            return model.decode_features(features, model.text_features(ids, mask), size)
     if cache_key is None:
-        features = encode(pixel_values[rows].to(device))
+        features = encode_images(model, pixel_values[rows].to(device))
     else:
-        features = trained.encodings.get_or_compute(("encoded", cache_key), lambda: encode(pixel_values.to(device)))
+        features = trained.encodings.get_or_compute(("encoded", cache_key),
+                                                    lambda: encode_images(model, pixel_values.to(device)))
         if len(rows) != len(pixel_values):
             features = [f[rows] for f in features]
-    return decode(features).float().cpu()
+    return decode_prompts(model, features, ids, mask, tuple(pixel_values.shape[-2:])).float().cpu()
 
 
 @torch.no_grad()

@@ -293,15 +293,27 @@ def clipseg_decode(model: CLIPSegForImageSegmentation, activations: list[torch.T
     return model.decoder(activations, text).logits.reshape(input_ids.shape[0], *size)
 
 
+def encode_images(model: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """The prompt-independent half of either architecture: CLIPSeg's vision activations, or the U-Net's
+    encoder features. Inference over many prompts can compute it once per image."""
+    if hasattr(model, "clip"):
+        return clipseg_vision_activations(model, pixel_values)
+    return model.encode_image(pixel_values)
+
+
+def decode_prompts(model: nn.Module, features: list[torch.Tensor], input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+    """The prompt half: logits (B, H, W) from :func:`encode_images`' features and one prompt per image."""
+    if hasattr(model, "clip"):
+        return clipseg_decode(model, features, input_ids, attention_mask, size)
+    return model.decode_features(features, model.text_features(input_ids, attention_mask), size)
+
+
 def segmentation_logits(module: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """CLIPSeg logits (B, H, W) with gradients reaching the vision and text encoders.
-
-    The same steps as ``CLIPSegForImageSegmentation.forward`` without its ``no_grad``:
-    :func:`clipseg_vision_activations`, then :func:`clipseg_decode`.
-    """
+    """Logits (B, H, W) with gradients reaching every encoder: :func:`encode_images`, then
+    :func:`decode_prompts`. For CLIPSeg these are the steps of ``CLIPSegForImageSegmentation.forward``
+    without its ``no_grad``; for the U-Net, its own forward."""
     model = unwrap(module)
-    if not hasattr(model, "clip"):  # the U-Net: its own forward has no no_grad
-        return model(pixel_values, input_ids, attention_mask)
-    activations = clipseg_vision_activations(model, pixel_values)
-    return clipseg_decode(model, activations, input_ids, attention_mask, tuple(pixel_values.shape[-2:]))
+    return decode_prompts(model, encode_images(model, pixel_values), input_ids, attention_mask,
+                          tuple(pixel_values.shape[-2:]))
