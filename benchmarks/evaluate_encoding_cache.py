@@ -16,13 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from promptseg import evaluate as evaluation  # noqa: E402
-from promptseg.inference import EncodingCache, load_trained_model  # noqa: E402
+from promptseg.inference import load_trained_model  # noqa: E402
 from promptseg.params import DATASETS, load_params  # noqa: E402
-
-
-class _NoCache(EncodingCache):
-    def __init__(self, max_bytes: int = 0):
-        super().__init__(max_bytes=0)
 
 
 def main(rungs: list[str]) -> None:
@@ -32,12 +27,11 @@ def main(rungs: list[str]) -> None:
     for rung in rungs:
         trained = load_trained_model(Path("models") / rung)
         timings, scores = {}, {}
-        for label, cache in (("cache off", _NoCache), ("cache on", EncodingCache)):
-            evaluation.EncodingCache = cache
+        for label, cache_bytes in (("cache off", 0), ("cache on", 512 * 2**20)):
             started = time.perf_counter()
-            scores[label], _ = evaluation.evaluate_variant(trained, Path("data/processed"), prompts, cfg)
+            scores[label], _ = evaluation.evaluate_variant(trained, Path("data/processed"), prompts, cfg,
+                                                           encoding_cache_bytes=cache_bytes)
             timings[label] = time.perf_counter() - started
-        evaluation.EncodingCache = EncodingCache
         same = json.dumps(scores["cache off"], sort_keys=True) == json.dumps(scores["cache on"], sort_keys=True)
         print(f"{rung}: evaluate_variant {timings['cache off']:.1f} s without the cache, "
               f"{timings['cache on']:.1f} s with it; scores identical: {same}")

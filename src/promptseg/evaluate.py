@@ -224,9 +224,12 @@ def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: E
 
 
 def evaluate_variant(trained: TrainedModel, processed_root: Path, prompts: dict[str, list[str]], cfg: EvalConfig,
-                     predictions_dir: Path | None = None) -> tuple[dict, dict]:
-    """Scores for every dataset plus an "overall" block, and the sweeps {dataset: {t: (miou, dice)}}."""
-    trained.encodings = EncodingCache()  # each split is scored with ten or so prompts: encode its images once
+                     predictions_dir: Path | None = None, encoding_cache_bytes: int = 512 * 2**20) -> tuple[dict, dict]:
+    """Scores for every dataset plus an "overall" block, and the sweeps {dataset: {t: (miou, dice)}}.
+
+    Each split is scored with ten or so prompts, so the images' encodings are cached
+    (``promptseg.inference.EncodingCache``, at most ``encoding_cache_bytes``; 0 turns it off)."""
+    trained.encodings = EncodingCache(max_bytes=encoding_cache_bytes)
     results, sweeps = {}, {}
     for dataset, dataset_prompts in prompts.items():
         others = [p for name, ps in prompts.items() if name != dataset for p in ps]
