@@ -15,7 +15,7 @@ VARIANTS = {"full": {"method": "full", "datasets": ["cracks", "drywall"]},
             "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"],
                      "train_decoder": True, "datasets": ["cracks", "drywall"]},
             "unet": {"method": "full", "architecture": "unet", "datasets": ["cracks", "drywall"]}}
-MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False,
+MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
                                 "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                          "intermediate_size": 64}}}
 

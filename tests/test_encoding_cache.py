@@ -7,7 +7,7 @@ from conftest import TINY_MODEL
 from promptseg.inference import EncodingCache, TrainedModel, predict_probabilities
 from promptseg.model import load_base_model
 
-UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False,
+UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
                                      "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                               "intermediate_size": 64}}}
 

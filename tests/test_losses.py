@@ -247,3 +247,16 @@ def test_box_projection_gradients_finite():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     assert loss.dtype == torch.float32
+
+
+def test_presence_loss_is_bce_against_whether_the_target_has_any_pixel():
+    from promptseg.losses import presence_loss
+    target = torch.zeros(3, 4, 4)
+    target[0, 1, 2] = 1.0   # present: one pixel
+    target[2] = 0.4         # soft values at or below 0.5 do not count as present
+    logits = torch.tensor([2.0, -1.0, 0.5])
+    expected = -(math.log(torch.sigmoid(torch.tensor(2.0)).item()) + math.log(1 - torch.sigmoid(torch.tensor(-1.0)).item())
+                 + math.log(1 - torch.sigmoid(torch.tensor(0.5)).item())) / 3
+    assert presence_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="must be"):
+        presence_loss(torch.zeros(2), target)

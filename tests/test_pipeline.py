@@ -48,7 +48,7 @@ def repo_copy(tmp_path_factory):
     for rung in params["train"]["variants"].values():  # the tiny profile: every rung 1 epoch at 64 px
         for key in ("epochs", "image_size"):
             rung.pop(key, None)
-    params["model"]["unet"] = {"widths": [8, 16, 32, 64], "freeze_text": False,
+    params["model"]["unet"] = {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
                                "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                         "intermediate_size": 64}}
     params["data"]["drywall"]["source"] = "synthetic"

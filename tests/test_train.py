@@ -97,7 +97,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, processed_root, m
     assert "mlflow_run_id" in (setup.model_dir / "promptseg.json").read_text()
 
 
-UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False,
+UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
                                      "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                               "intermediate_size": 64}}}
 
@@ -118,11 +118,21 @@ def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_p
     assert (tmp_path / "eval" / "figures" / "zeroshot_cracks.png").stat().st_size > 0
 
 
-def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, processed_root):
+def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, processed_root, monkeypatch):
     import numpy as np
 
+    import promptseg.train
     from promptseg.data import list_split, read_rgb
     from promptseg.inference import load_trained_model, predict_masks
+    from promptseg.losses import presence_loss
+
+    gate_batches = []  # the loop adds the presence gate's own loss on every training batch
+
+    def recording_presence_loss(presence_logits, target):
+        gate_batches.append((tuple(presence_logits.shape), tuple(target.shape)))
+        return presence_loss(presence_logits, target)
+
+    monkeypatch.setattr(promptseg.train, "presence_loss", recording_presence_loss)
 
     cfg = {"method": "full", "architecture": "unet", "image_size": 64, "lr": 3e-3, "datasets": ["cracks", "drywall"]}
     setup = TrainSetup(variant="unet", variant_cfg=cfg, common={**COMMON, "epochs": 2}, model_cfg=UNET_MODEL,
@@ -131,6 +141,7 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
     summary = train_variant(setup)
     losses = [float(r.split(",")[1]) for r in (setup.metrics_dir / "unet.csv").read_text().splitlines()[1:]]
     assert losses[-1] < losses[0], losses
+    assert gate_batches and all(p == t[:1] and len(t) == 3 for p, t in gate_batches), gate_batches
     assert summary["architecture"] == "unet" and summary["trainable_params"] == summary["total_params"]
     trained = load_trained_model(setup.model_dir)
     assert trained.per_image is False and trained.image_size == 64

@@ -4,8 +4,10 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
+from promptseg.losses import presence_loss
 from promptseg.model import build_clip_tokenizer
-from promptseg.unet import (TextConditionedUNet, UNetConfig, is_unet_directory, load_text_encoder_weights)
+from promptseg.unet import (TextConditionedUNet, UNetConfig, gate_logits, is_unet_directory,
+                            load_text_encoder_weights)
 
 TINY_PARAMS = {"widths": [8, 16, 32, 64],
                "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
@@ -49,6 +51,8 @@ def line_batch(n: int = 4, size: int = 64, seed: int = 0):
 def test_config_from_params_and_defaults():
     config = UNetConfig.from_params(TINY_PARAMS)
     assert config.widths == (8, 16, 32, 64) and config.image_size == 64 and config.freeze_text is False
+    assert config.presence_gate is False  # a config saved before the gate existed loads without one
+    assert tiny_unet().presence is None and tiny_unet(presence_gate=True).presence is not None
     assert config.text_config().eos_token_id == config.text_config().pad_token_id == 49407
     assert UNetConfig().widths == (64, 128, 256, 512)
     with pytest.raises(ValueError):
@@ -108,8 +112,9 @@ def test_a_few_adamw_steps_learn_a_dark_line():
     assert probabilities[targets == 1].mean() > probabilities[targets == 0].mean() + 0.3
 
 
-def test_save_pretrained_then_from_pretrained_gives_identical_logits(tmp_path):
-    model = tiny_unet()
+@pytest.mark.parametrize("presence_gate", [False, True])
+def test_save_pretrained_then_from_pretrained_gives_identical_logits(tmp_path, presence_gate):
+    model = tiny_unet(presence_gate=presence_gate)
     perturb_film(model)
     with torch.no_grad():  # move the BatchNorm running statistics off their init
         model.train()(torch.randn(2, 3, 64, 64), *tokens(["segment crack", "segment joint tape"]))
@@ -148,3 +153,64 @@ def test_frozen_pretrained_text_encoder_stays_bit_identical_after_a_step():
     assert text_keys and all(torch.equal(after[k], before[k]) for k in text_keys)
     assert not torch.equal(after["head.weight"], before["head.weight"])
     assert not torch.equal(after["stem.0.weight"], before["stem.0.weight"])
+
+
+def test_gate_logits_is_the_logit_of_the_product_of_probabilities_and_stays_finite():
+    generator = torch.Generator().manual_seed(0)
+    pixel = torch.randn(2, 4, 5, generator=generator, dtype=torch.float64) * 4
+    presence = torch.tensor([-3.0, 2.0], dtype=torch.float64)
+    product = pixel.sigmoid() * presence.sigmoid()[:, None, None]
+    expected = torch.log(product / (1 - product))
+    torch.testing.assert_close(gate_logits(pixel.float(), presence.float()).double(), expected, rtol=1e-5, atol=1e-5)
+    saturated = gate_logits(torch.tensor([[[200.0, -200.0, 0.0]]]), torch.tensor([200.0]))
+    assert torch.isfinite(saturated).all()
+    assert saturated[0, 0, 0] > 80 and saturated[0, 0, 1] == -200.0 and abs(saturated[0, 0, 2]) < 1e-6
+    # A closed gate closes every pixel: sigmoid(gate) = 1e-4 caps each pixel's probability at 1e-4.
+    assert gate_logits(torch.full((1, 2, 2), 50.0), torch.tensor([-9.21])).sigmoid().max() < 1.01e-4
+
+
+def test_presence_gate_learns_to_close_for_a_prompt_whose_target_is_absent():
+    """Same images twice: with "segment crack" the target is the line, with "segment sky" it is empty.
+    Trained as in promptseg.train: pixel loss on the gated logits plus the gate's own presence BCE."""
+    model = tiny_unet(seed=0, presence_gate=True).train()
+    images, targets = line_batch()
+    images, targets = torch.cat([images, images]), torch.cat([targets, torch.zeros_like(targets)])
+    input_ids, attention_mask = tokens(["segment crack"] * 4 + ["segment sky"] * 4)
+    gate_outputs = []
+    model.presence.register_forward_hook(lambda module, args, output: gate_outputs.append(output[:, 0].detach()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    for _ in range(40):
+        logits, presence = model.decode_features(model.encode_image(images), model.text_features(input_ids, attention_mask),
+                                                 (64, 64), with_presence=True)
+        loss = F.binary_cross_entropy_with_logits(logits, targets) + presence_loss(presence, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        probabilities = model(images, input_ids, attention_mask).sigmoid()
+    gate = gate_outputs[-1]
+    assert gate[:4].min() > gate[4:].max() + 2.0, gate  # open for the crack prompt, closed for the sky
+    assert probabilities[4:].max() < 0.5  # nothing lit for "segment sky"
+    assert probabilities[:4][targets[:4] == 1].mean() > probabilities[:4][targets[:4] == 0].mean() + 0.3
+
+
+def test_gated_unet_exports_to_onnx_and_onnxruntime_gives_the_same_logits(tmp_path):
+    import onnxruntime as ort
+
+    from promptseg.onnx_engine import export_onnx
+
+    model = tiny_unet(presence_gate=True)
+    perturb_film(model)
+    model.eval()
+    tokenizer = build_clip_tokenizer()
+    path = export_onnx(model, tmp_path / "unet.onnx", image_size=64, tokenizer=tokenizer)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    image = torch.randn(3, 3, 64, 64)
+    input_ids, attention_mask = tokens(["segment crack", "segment taping area", "segment sky"])
+    got = session.run(None, {"pixel_values": image.numpy(), "input_ids": input_ids.numpy(),
+                             "attention_mask": attention_mask.numpy()})[0]
+    with torch.no_grad():
+        expected = model(image, input_ids, attention_mask).numpy()
+    assert got.shape == (3, 64, 64)
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(expected), rtol=1e-4, atol=1e-4)

@@ -114,6 +114,16 @@ def bce_dice_loss(
 # --------------------------------------------------------------------------- box supervision
 # Undirected neighbour offsets (dy, dx) at distance d: right, down, down-right, down-left. With both
 # orders of each pair implied, this is BoxInst's 8-neighbourhood at dilation d.
+def presence_loss(presence_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Image-level BCE for a presence gate (``promptseg.unet``): presence_logits (B,), target masks (B, H, W)
+    in [0, 1] -> scalar, the mean over the batch of BCE(presence logit, 1 if the target has a pixel above
+    0.5 else 0). Negative prompts (all-zero targets) and images without the prompt's target teach "absent"."""
+    if presence_logits.shape != target.shape[:1]:
+        raise ValueError(f"presence_logits {tuple(presence_logits.shape)} must be (B,) for target {tuple(target.shape)}")
+    present = (target.flatten(1) > 0.5).any(dim=1).to(presence_logits.dtype)
+    return F.binary_cross_entropy_with_logits(presence_logits, present)
+
+
 def _pair_offsets(dilation: int) -> tuple[tuple[int, int], ...]:
     d = int(dilation)
     return ((0, d), (d, 0), (d, d), (d, -d))

@@ -302,18 +302,22 @@ def encode_images(model: nn.Module, pixel_values: torch.Tensor) -> list[torch.Te
 
 
 def decode_prompts(model: nn.Module, features: list[torch.Tensor], input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
-    """The prompt half: logits (B, H, W) from :func:`encode_images`' features and one prompt per image."""
+                   attention_mask: torch.Tensor | None, size: tuple[int, int], *, with_presence: bool = False):
+    """The prompt half: logits (B, H, W) from :func:`encode_images`' features and one prompt per image.
+    ``with_presence``: ``(logits, presence logits (B,))`` where the model has a presence gate (the U-Net
+    with ``presence_gate``), else ``(logits, None)``."""
     if hasattr(model, "clip"):
-        return clipseg_decode(model, features, input_ids, attention_mask, size)
-    return model.decode_features(features, model.text_features(input_ids, attention_mask), size)
+        logits = clipseg_decode(model, features, input_ids, attention_mask, size)
+        return (logits, None) if with_presence else logits
+    return model.decode_features(features, model.text_features(input_ids, attention_mask), size,
+                                 with_presence=with_presence)
 
 
 def segmentation_logits(module: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                        attention_mask: torch.Tensor | None = None, *, with_presence: bool = False):
     """Logits (B, H, W) with gradients reaching every encoder: :func:`encode_images`, then
     :func:`decode_prompts`. For CLIPSeg these are the steps of ``CLIPSegForImageSegmentation.forward``
-    without its ``no_grad``; for the U-Net, its own forward."""
+    without its ``no_grad``; for the U-Net, its own forward. ``with_presence``: see :func:`decode_prompts`."""
     model = unwrap(module)
     return decode_prompts(model, encode_images(model, pixel_values), input_ids, attention_mask,
-                          tuple(pixel_values.shape[-2:]))
+                          tuple(pixel_values.shape[-2:]), with_presence=with_presence)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split
-from promptseg.losses import bce_dice_loss, box_components, box_projection_loss
+from promptseg.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
                              merged_model, segmentation_logits, uses_per_image_standardization)
 
@@ -139,7 +139,8 @@ class TrainingForward(nn.Module):
         self.module = module
 
     def forward(self, pixel_values, input_ids, attention_mask):
-        return segmentation_logits(self.module, pixel_values, input_ids, attention_mask)
+        """-> (logits (B, H, W), presence logits (B,) or None where the model has no presence gate)."""
+        return segmentation_logits(self.module, pixel_values, input_ids, attention_mask, with_presence=True)
 
 
 def check_replicas_agree(accelerator, module: nn.Module) -> None:
@@ -303,6 +304,7 @@ def train_variant(setup: TrainSetup) -> dict:
     warmup = int(common.get("warmup_steps", 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, total_steps, warmup))
     loss_kwargs = {"bce_weight": float(common.get("bce_weight", 1.0)), "dice_weight": float(common.get("dice_weight", 1.0))}
+    presence_weight = float(common.get("presence_weight", 1.0))
 
     fingerprint = _config_fingerprint(setup)
     checkpoint = setup.checkpoint_dir / "last.pt"
@@ -320,8 +322,10 @@ def train_variant(setup: TrainSetup) -> dict:
                                                       leave=False, disable=None):
             ids, mask = _tokenize(processor, prompts, device)
             with autocast:
-                logits = forward(pixel_values.to(device), ids, mask)
+                logits, presence = forward(pixel_values.to(device), ids, mask)
             loss = training_loss(logits.float(), targets.to(device), datasets, pixel_values.to(device), common)
+            if presence is not None:  # the gate's own image-level supervision (promptseg.unet)
+                loss = loss + presence_weight * presence_loss(presence.float(), targets.to(device))
             step_optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP the gradients are all-reduced here
             step_optimizer.step()

@@ -10,6 +10,17 @@ FiLM linears are initialised to zero, so at init FiLM is the identity and the lo
 the prompt; the gradient reaching the FiLM weights (feature map x text feature) is non-zero, so the
 prompt dependence is learnt from the first step on (the text encoder gets gradients from the second).
 
+Presence gate (``presence_gate: true``): FiLM alone changes features locally, and on real photos a crack
+prompt still traced drywall seams (lines look like lines). The gate answers the image-level question
+"is the prompt's target in this picture at all?" from the pooled bottleneck (mean and max, after FiLM)
+and the text feature, through a two-layer MLP, as one logit g per (image, prompt). The pixel probability
+is sigmoid(pixel logit) * sigmoid(g), returned again as a logit, so the threshold, inference and export
+are unchanged. Training supervises g directly (``promptseg.losses.presence_loss``: BCE against "the
+target mask is not empty"; negative prompts have empty targets): through the product alone g got almost
+no gradient (the mask's pixels are nearly all off already) and stayed open (sigmoid(g) 0.94-0.99 for
+every prompt on every real test photo). SAM 3's "presence head" separates recognition from localisation
+the same way.
+
 Layout for an input of side S (padded to a multiple of 32): stem conv 7x7/2 + BN + ReLU (S/2), max-pool
 (S/4), four stages of two BasicBlocks with strides 1, 2, 2, 2 (S/4, S/8, S/16, S/32); the decoder goes
 back up S/16, S/8, S/4, S/2, S with a bilinear x2, a concatenated skip (the stage outputs, the stem,
@@ -49,18 +60,21 @@ class UNetConfig:
                                                 "num_attention_heads": 8, "intermediate_size": 2048})
     freeze_text: bool = False
     image_size: int = 224
+    presence_gate: bool = False
 
     @classmethod
     def from_params(cls, params: dict) -> "UNetConfig":
         """From a params.yaml dict such as ``{widths: [32, 64, 128, 256], text: {hidden_size: 128, ...},
-        freeze_text: false, image_size: 224}``; missing keys take the defaults."""
+        freeze_text: false, presence_gate: true, image_size: 224}``; missing keys take the defaults
+        (a model saved before the gate existed has none)."""
         default = cls()
         widths = tuple(int(w) for w in params.get("widths", default.widths))
         if len(widths) != 4:
             raise ValueError(f"unet widths must list 4 stage widths, got {list(widths)}")
         return cls(widths=widths, text=dict(params.get("text", default.text)),
                    freeze_text=bool(params.get("freeze_text", False)),
-                   image_size=int(params.get("image_size", default.image_size)))
+                   image_size=int(params.get("image_size", default.image_size)),
+                   presence_gate=bool(params.get("presence_gate", False)))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
@@ -125,6 +139,11 @@ class TextConditionedUNet(nn.Module):
         text_width = config.text["hidden_size"]
         # One FiLM per conditioned map: the bottleneck, then each decoder stage. Zero init = identity.
         self.film = nn.ModuleList(nn.Linear(text_width, 2 * c) for c in (w3, *decoder_widths))
+        # Presence gate: [mean, max of the FiLM-ed bottleneck, text] -> one logit per (image, prompt).
+        self.presence = None
+        if config.presence_gate:
+            self.presence = nn.Sequential(nn.Linear(2 * w3 + text_width, w3), nn.ReLU(inplace=True),
+                                          nn.Linear(w3, 1))
         for module in self.modules():
             if isinstance(module, nn.Conv2d) and module is not self.head:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -172,14 +191,23 @@ class TextConditionedUNet(nn.Module):
             stage_outputs.append(x)  # S/4, S/8, S/16, S/32
         return [image, stem, *stage_outputs]
 
-    def decode_features(self, features: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """FiLM at the bottleneck and after every decoder stage -> logits (B, H, W) cropped to ``size``."""
+    def decode_features(self, features: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int], *,
+                        with_presence: bool = False):
+        """FiLM at the bottleneck and after every decoder stage -> logits (B, H, W) cropped to ``size``
+        (gated, with ``presence_gate``). ``with_presence``: ``(logits, presence logits (B,) or None)``."""
         image, stem, *stage_outputs = features
         x = self._film(stage_outputs[3], self.film[0], text)
+        bottleneck = x
         skips = (stage_outputs[2], stage_outputs[1], stage_outputs[0], stem, image)
         for block, skip, film in zip(self.decoder, skips, self.film[1:]):
             x = self._film(block(x, skip), film, text)
-        return self.head(x)[:, 0, :size[0], :size[1]]
+        logits = self.head(x)[:, 0, :size[0], :size[1]]
+        presence = None
+        if self.presence is not None:
+            pooled = torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3)), text], dim=1)
+            presence = self.presence(pooled)[:, 0]
+            logits = gate_logits(logits, presence)
+        return (logits, presence) if with_presence else logits
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``unet_config.json`` (config + ``"architecture": "unet"``) and ``model.safetensors``."""
@@ -200,6 +228,21 @@ class TextConditionedUNet(nn.Module):
         model = cls(UNetConfig.from_params(params))
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device="cpu"), strict=True)
         return model.eval()
+
+
+def gate_logits(pixel_logits: torch.Tensor, presence_logits: torch.Tensor) -> torch.Tensor:
+    """pixel_logits a (B, H, W), presence_logits g (B,) -> logit of p = sigmoid(a) * sigmoid(g), (B, H, W).
+
+    In log space, with no cancellation: log p = logsigmoid(a) + logsigmoid(g), and since
+    1 - p = sigmoid(-a) + sigmoid(a) * sigmoid(-g), log(1 - p) = logaddexp(logsigmoid(-a), logsigmoid(a) +
+    logsigmoid(-g)). The log-sum-exp is written out (max + log of a sum) so the legacy ONNX exporter takes it.
+    """
+    log_a, log_not_a = F.logsigmoid(pixel_logits), F.logsigmoid(-pixel_logits)
+    log_g, log_not_g = F.logsigmoid(presence_logits)[:, None, None], F.logsigmoid(-presence_logits)[:, None, None]
+    first, second = log_not_a, log_a + log_not_g
+    largest = torch.maximum(first, second)
+    log_not_p = largest + torch.log(torch.exp(first - largest) + torch.exp(second - largest))
+    return log_a + log_g - log_not_p
 
 
 def is_unet_directory(directory: str | Path) -> bool:
