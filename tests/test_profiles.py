@@ -79,12 +79,14 @@ def test_paper_profile_offline_fails_fast_at_download_with_the_roboflow_message(
     assert not (tmp_path / "data" / "raw" / "drywall").exists()
 
 
-def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_the_unet_schedule():
+def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_the_unet():
     overrides = load_profile("real-cpu", ROOT / "profiles")
     real = apply_profile(load_params(ROOT / "params.yaml"), overrides)
     assert real["data"]["cracks"]["source"] == real["data"]["drywall"]["source"] == "local"
     assert real["data"]["cracks"]["local"]["path"] == ""  # the folders come from `make repro-real REAL=...`
-    assert {k.split(".")[0] for k in flatten_overrides(overrides)} == {"data", "train"}
-    assert all(k.startswith(("data.cracks.source", "data.drywall.source", "train.variants.unet.", "train.common."))
+    assert {k.split(".")[0] for k in flatten_overrides(overrides)} == {"data", "model", "train"}
+    assert all(k.startswith(("data.cracks.source", "data.drywall.source", "model.unet.presence_gate",
+                             "train.variants.unet.", "train.common."))
                for k in flatten_overrides(overrides)), overrides
+    assert real["model"]["unet"]["presence_gate"] is True and real["model"]["unet"]["widths"]  # merged, not replaced
     assert real["train"]["variants"]["unet"]["epochs"] >= 12
