@@ -111,9 +111,6 @@ def bce_dice_loss(
     return bce_weight * bce + dice_weight * dice
 
 
-# --------------------------------------------------------------------------- box supervision
-# Undirected neighbour offsets (dy, dx) at distance d: right, down, down-right, down-left. With both
-# orders of each pair implied, this is BoxInst's 8-neighbourhood at dilation d.
 def presence_loss(presence_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Image-level BCE for a presence gate (``promptseg.unet``): presence_logits (B,), target masks (B, H, W)
     in [0, 1] -> scalar, the mean over the batch of BCE(presence logit, 1 if the target has a pixel above
@@ -124,6 +121,9 @@ def presence_loss(presence_logits: torch.Tensor, target: torch.Tensor) -> torch.
     return F.binary_cross_entropy_with_logits(presence_logits, present)
 
 
+# --------------------------------------------------------------------------- box supervision
+# Undirected neighbour offsets (dy, dx) at distance d: right, down, down-right, down-left. With both
+# orders of each pair implied, this is BoxInst's 8-neighbourhood at dilation d.
 def _pair_offsets(dilation: int) -> tuple[tuple[int, int], ...]:
     d = int(dilation)
     return ((0, d), (d, 0), (d, d), (d, -d))
