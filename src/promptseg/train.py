@@ -304,7 +304,7 @@ def train_variant(setup: TrainSetup) -> dict:
     warmup = int(common.get("warmup_steps", 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, total_steps, warmup))
     loss_kwargs = {"bce_weight": float(common.get("bce_weight", 1.0)), "dice_weight": float(common.get("dice_weight", 1.0))}
-    presence_weight = float(common.get("presence_weight", 1.0))
+    presence_weight = float(setup.variant_cfg.get("presence_weight", 0.3))  # a gated rung's train.variants.<v>
 
     fingerprint = _config_fingerprint(setup)
     checkpoint = setup.checkpoint_dir / "last.pt"
