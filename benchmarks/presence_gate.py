@@ -17,28 +17,24 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from promptseg.data import list_split, preprocess_image, read_rgb  # noqa: E402
-from promptseg.inference import load_trained_model  # noqa: E402
-from promptseg.model import decode_prompts, encode_images  # noqa: E402
+from promptseg.data import list_split, read_rgb  # noqa: E402
+from promptseg.inference import load_trained_model, predict_probabilities  # noqa: E402
 from promptseg.params import DATASETS, load_params  # noqa: E402
 
-BATCH = 16
 
-
-@torch.no_grad()
 def gate_probabilities(trained, images: list[np.ndarray], prompt: str) -> np.ndarray:
-    """sigmoid(presence logit) for each image with one prompt, (N,)."""
-    out = []
-    for start in range(0, len(images), BATCH):
-        pixels = torch.stack([preprocess_image(rgb, trained.image_size, trained.mean, trained.std, trained.per_image)
-                              for rgb in images[start:start + BATCH]])
-        tokens = trained.processor.tokenizer([prompt] * len(pixels), padding=True, return_tensors="pt")
-        _, presence = decode_prompts(trained.model, encode_images(trained.model, pixels), tokens["input_ids"],
-                                     tokens["attention_mask"], tuple(pixels.shape[-2:]), with_presence=True)
-        if presence is None:
-            raise SystemExit("this model has no presence gate (model.unet.presence_gate: false, or a CLIPSeg rung)")
-        out.append(torch.sigmoid(presence).numpy())
-    return np.concatenate(out)
+    """sigmoid(presence logit) for each image with one prompt, (N,): the gate's outputs, read by a forward
+    hook while ``predict_probabilities`` runs the usual inference path (batches in image order)."""
+    gate = getattr(trained.model, "presence", None)
+    if gate is None:
+        raise SystemExit("this model has no presence gate (model.unet.presence_gate: false, or a CLIPSeg rung)")
+    outputs = []
+    handle = gate.register_forward_hook(lambda module, args, output: outputs.append(torch.sigmoid(output[:, 0])))
+    try:
+        predict_probabilities(trained, images, [prompt] * len(images))
+    finally:
+        handle.remove()
+    return torch.cat(outputs).numpy()
 
 
 def main(model_dir: str = "models/unet", split: str = "test") -> None:
