@@ -268,6 +268,13 @@ def test_masks_stage_writes_the_problems_table_and_prints_render_problems(tmp_pa
     assert json.loads((project / "metrics" / "data" / "cracks.json").read_text())["problems"] == 4
 
 
+def test_report_table_1_links_the_problems_table():
+    from promptseg.report import _data_section
+
+    text = "\n".join(_data_section({"cracks": {"problems": 4, "train": {"images": 3}}, "drywall": {}}, ["cracks", "drywall"]))
+    assert "Every problem met, with its file: [`cracks`](data/problems/cracks.csv) (4).\n" in text
+
+
 def test_interrupted_masks_write_keeps_the_previous_tree(tmp_path, monkeypatch):
     import promptseg.masks as masks
 
