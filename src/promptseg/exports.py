@@ -347,7 +347,7 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
         c = counts[split]
         split_dir = ann_path.parent
 
-        def problem(message: str, kind: str, file=ann_path, annotation="") -> None:
+        def problem(message: str, kind: str, file=ann_path, annotation="", split=split) -> None:
             problems.append(Problem(message, kind=kind, file=file, split=split, annotation=annotation))
 
         categories = {

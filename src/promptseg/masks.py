@@ -43,7 +43,14 @@ import cv2
 import numpy as np
 
 from promptseg import SPLITS
-from promptseg.exports import PROBLEM_COLUMNS, ExportError, ExportReadResult, ImageRecord, Problem, source_group_of
+from promptseg.exports import (
+    PROBLEM_COLUMNS,
+    ExportError,
+    ExportReadResult,
+    ImageRecord,
+    Problem,
+    source_group_of,
+)
 from promptseg.images import ImageReadError, read_image
 from promptseg.splits import SplitPlan, hash_hex, map_in_threads, plan_splits
 
@@ -183,10 +190,10 @@ def render_record_mask(
                 counts["clipped_boxes"] += 1
             if cw < min_box_side_px or ch < min_box_side_px or c1 <= c0 or r1 <= r0:
                 counts["degenerate_boxes"] += 1
-                dropped.append((shape, "degenerate_boxes",
-                                f"box {tuple(round(float(v), 2) for v in shape.box)} (x0, y0, x1, y1) covers "
-                                f"{max(cw, 0):.2f} x {max(ch, 0):.2f} px of the {width}x{height} image "
-                                f"(below min_box_side_px={min_box_side_px:g})"))
+                why = (f"box {tuple(round(float(v), 2) for v in shape.box)} (x0, y0, x1, y1) covers "
+                       f"{max(cw, 0):.2f} x {max(ch, 0):.2f} px of the {width}x{height} image "
+                       f"(below min_box_side_px={min_box_side_px:g})")
+                dropped.append((shape, "degenerate_boxes", why))
                 continue
             _fill_box(mask, c0, r0, c1, r1)
         elif shape.kind == "rle":
