@@ -10,6 +10,8 @@ Inputs (all small JSON files written by earlier stages):
   val (``options_val``), and per split per-prompt scores, prompt-switching lit fractions and paraphrase
   scores (see :mod:`promptseg.evaluate`); ``{"skipped": reason}`` for a skipped rung.
 
+- ``metrics/runtime/<variant>.json``: measured ms per image (PyTorch, ONNX), model size, peak memory
+  (:mod:`promptseg.runtime`);
 - ``metrics/eval/baselines.json``: the no-learning baselines ("all zeros", "all ones" and, for thin structures,
   "darkest 5%") scored on the same test images by the ``baselines`` stage (:mod:`promptseg.baselines`), so a
   model's figures can be read against masks that need no model.
@@ -400,6 +402,33 @@ def _switching_section(number: int, variants: list[str], eval_metrics: dict[str,
     return out
 
 
+def _runtime_section(number: int, variants: list[str], runtime: dict[str, dict]) -> list[str]:
+    """Measured inference time, model size and peak memory per rung (``metrics/runtime/<variant>.json``)."""
+    out = [f"## Table {number}: runtime and footprint", "",
+           "Measured by the `runtime@<rung>` stages on a handful of test images (`params.yaml: runtime`): "
+           "milliseconds per image through `promptseg predict`'s PyTorch path and through the ONNX engine "
+           "(`--engine onnx`, exported to a temporary folder), each the fastest of the timed rounds; the model "
+           "folder's size on disk; the peak resident memory of the measuring process (interpreter and libraries "
+           "included) after the PyTorch path and after the ONNX path too.", ""]
+    rows, notes = [], []
+    for variant in variants:
+        r = runtime.get(variant)
+        if r is None:
+            notes.append(f"Variant `{variant}`: no metrics/runtime/{variant}.json yet (run `dvc repro runtime@{variant}`).")
+            continue
+        if r.get("skipped"):
+            continue  # the ladder tables say why
+        rows.append([variant, _num(r.get("torch_ms_per_image"), 1), _num(r.get("onnx_ms_per_image"), 1),
+                     _num(r.get("model_mb"), 1), _num(r.get("onnx_mb"), 1), _num(r.get("peak_rss_mb"), 0),
+                     _num(r.get("peak_rss_onnx_mb"), 0), _int(r.get("images")),
+                     f"{r.get('device', MISSING)}, {_int(r.get('threads'))} threads, batch {_int(r.get('batch_size'))}"])
+    if rows:
+        out += [_table(["rung", "torch ms/image", "ONNX ms/image", "model MB", "ONNX MB", "peak RSS MB (torch)",
+                        "peak RSS MB (+ONNX)", "images", "setting"], rows, "lrrrrrrrl"), ""]
+    out += [n + "\n" for n in notes]
+    return out
+
+
 def _figures_section(figures: dict[str, list[str]] | None) -> list[str]:
     if not figures:
         return []
@@ -415,7 +444,8 @@ def _figures_section(figures: dict[str, list[str]] | None) -> list[str]:
 def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], eval_metrics: dict[str, dict],
                  baselines: dict, *, model_source: str, variants: list[str] | None = None,
                  datasets: Sequence[str] = DATASETS, figures: dict[str, list[str]] | None = None,
-                 boundary_tolerance_px: int | None = None, infer_defaults: dict | None = None) -> str:
+                 boundary_tolerance_px: int | None = None, infer_defaults: dict | None = None,
+                 runtime: dict[str, dict] | None = None) -> str:
     """The markdown report.
 
     Args:
@@ -431,6 +461,7 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
         boundary_tolerance_px: the boundary F1 tolerance, named in the thin-structure note when given.
         infer_defaults: ``{"hflip_tta": bool, "prompt_ensemble": bool}`` from ``params.yaml: infer``, named next to
             the inference-options table when given.
+        runtime: ``{variant: metrics/runtime/<variant>.json}``; a runtime table when given (None: no table).
     """
     if variants is None:
         variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
@@ -456,6 +487,8 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
         lines += _per_prompt_section(number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px)
         number += 1
     lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets)
+    if runtime is not None:
+        lines += _runtime_section(number + 1, variants, runtime)
     lines += _figures_section(figures)
     text = "\n".join(lines)
     while "\n\n\n" in text:
@@ -548,6 +581,7 @@ def write_report(metrics_dir: Path, out_path: Path, *, variants: list[str], mode
     data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
     train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}
     evals = {v: m for v in variants if (m := _read_json(metrics_dir / "eval" / f"{v}.json")) is not None}
+    runtime = {v: m for v in variants if (m := _read_json(metrics_dir / "runtime" / f"{v}.json")) is not None}
     baselines = _read_json(metrics_dir / "eval" / BASELINES_FILE) or {}
     baselines = {d: b for d, b in baselines.items() if d in datasets and isinstance(b, dict) and b}
     figures: dict[str, list[str]] = {}
@@ -558,7 +592,7 @@ def write_report(metrics_dir: Path, out_path: Path, *, variants: list[str], mode
                 figures.setdefault(variant, []).append(_relative(png, out_path.parent))
     text = build_report(data, train, evals, baselines, model_source=model_source, variants=variants,
                         datasets=datasets, figures=figures, boundary_tolerance_px=boundary_tolerance_px,
-                        infer_defaults=infer_defaults)
+                        infer_defaults=infer_defaults, runtime=runtime or None)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
     if summary_path is not None:
