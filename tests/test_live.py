@@ -113,3 +113,28 @@ def test_a_fresh_run_clears_the_previous_series(tmp_path, monkeypatch):
         assert logger.mlflow_run_id is None
     assert logger.metric_series("val_dice") == [(0, 0.25)]
     assert sorted(p.name for p in (tmp_path / "live" / "plots" / "images" / "val_overlay").iterdir()) == ["0.png"]
+
+
+def test_resume_after_dvc_deleted_the_outputs_rebuilds_the_series_from_the_checkpoint_rows(tmp_path, mlflow_cfg,
+                                                                                          monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    live_dir = tmp_path / "metrics" / "train" / "unet"
+    first = EpochLogger("unet", live_dir, mlflow_cfg=mlflow_cfg, params={"epochs": 3})
+    rows = []
+    for epoch in (1, 2):
+        rows.append({"epoch": epoch, **dict(zip(NAMES, EPOCHS[epoch - 1]))})
+        log(first, epoch)
+    first.close("KILLED")
+    shutil.rmtree(live_dir)  # `dvc repro` removes a stage's outputs before running it
+    resumed = EpochLogger("unet", live_dir, mlflow_cfg=mlflow_cfg, params={"epochs": 3}, resume_epoch=2,
+                          history=rows)  # no run id saved: a new MLflow run gets the history first
+    log(resumed, 3)
+    resumed.close()
+    for i, name in enumerate(NAMES):
+        assert resumed.metric_series(name) == [(e, EPOCHS[e][i]) for e in range(3)]
+        assert mlflow_history(mlflow_cfg, resumed.mlflow_run_id, name) == [(e, EPOCHS[e][i]) for e in range(3)]
+    assert resumed.mlflow_run_id != first.mlflow_run_id
+    assert json.loads((live_dir / "metrics.json").read_text())["step"] == 2
+    assert yaml.safe_load((live_dir / "params.yaml").read_text()) == {"epochs": 3}

@@ -29,6 +29,9 @@ Resume: pass ``resume_epoch`` = the number of epochs the checkpoint holds (and t
 :attr:`EpochLogger.mlflow_run_id`). The DVCLive series keep their rows for steps below ``resume_epoch`` and
 drop any later ones (an epoch logged after the checkpoint was written and then lost in a crash), so the
 resumed run continues the same step series with no duplicate; the MLflow run is reopened, not duplicated.
+``dvc repro`` deletes a stage's outputs before it runs the command, so pass the checkpoint's per-epoch rows
+as ``history`` too: the series are then rewritten from them (the images of earlier epochs cannot be), and an
+MLflow run that cannot be reopened (no id) is replaced by a new one that gets the history first.
 """
 from __future__ import annotations
 
@@ -81,10 +84,13 @@ class EpochLogger:
         params: the rung's settings, logged once to DVCLive's ``params.yaml`` and the MLflow run.
         resume_epoch: epochs already done (0: a fresh run, which clears ``live_dir``'s previous series).
         mlflow_run_id: the run to continue on resume (:attr:`mlflow_run_id` of the interrupted logger).
+        history: on resume, the checkpoint's rows (``{"epoch": e, "train_loss": ..., ...}``, e <= resume_epoch):
+            the DVCLive series are rebuilt from them rather than read back from ``live_dir``.
     """
 
     def __init__(self, variant: str, live_dir: str | Path, *, mlflow_cfg: dict | None = None,
-                 params: dict | None = None, resume_epoch: int = 0, mlflow_run_id: str | None = None):
+                 params: dict | None = None, resume_epoch: int = 0, mlflow_run_id: str | None = None,
+                 history: list[dict] | None = None):
         from dvclive import Live
 
         self.variant, self.live_dir = variant, Path(live_dir)
@@ -93,15 +99,40 @@ class EpochLogger:
             raise ValueError(f"resume_epoch must be >= 0, got {resume_epoch}")
         resume = self.resume_epoch > 0
         self.live = Live(dir=str(self.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+        history = [r for r in (history or []) if 0 < int(r["epoch"]) <= self.resume_epoch] if resume else []
+        if resume and history:
+            import shutil
+
+            shutil.rmtree(Path(self.live.plots_dir) / "metrics", ignore_errors=True)
+            for row in history:  # the same rows, the same steps, as the interrupted run wrote
+                self.live.step = int(row["epoch"]) - 1
+                for name, value in self._values(row).items():
+                    self.live.log_metric(name, value)
         if resume:
             _truncate_series(Path(self.live.plots_dir), self.resume_epoch)
         self.live.step = self.resume_epoch  # the next epoch's step (epoch e is step e - 1)
-        if params and not resume:
+        if params and (not resume or not Path(self.live.params_file).exists()):
             self.live.log_params(params)
         self._client, self.mlflow_run_id = None, None
         if mlflow_cfg:
-            self._open_mlflow(mlflow_cfg, params, mlflow_run_id if resume else None)
+            reopen = mlflow_run_id if resume else None
+            self._open_mlflow(mlflow_cfg, params, reopen)
+            if reopen is None and history:
+                self._log_mlflow_metrics(history)
         self._closed = False
+
+    @staticmethod
+    def _values(row: dict) -> dict[str, float]:
+        """The numeric per-epoch values of a row (everything but ``epoch``), as floats."""
+        return {k: float(v) for k, v in row.items()
+                if k != "epoch" and isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+
+    def _log_mlflow_metrics(self, rows: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, int(row["epoch"]) - 1) for row in rows for k, v in self._values(row).items()]
+        self._client.log_batch(self.mlflow_run_id, metrics=metrics)
 
     # ------------------------------------------------------------------ MLflow
     def _open_mlflow(self, mlflow_cfg: dict, params: dict | None, run_id: str | None) -> None:
@@ -150,11 +181,7 @@ class EpochLogger:
         if overlay_image is not None:
             self.live.log_image(f"{OVERLAY_NAME}/{step}.png", np.ascontiguousarray(overlay_image))
         if self._client is not None:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            self._client.log_batch(self.mlflow_run_id,
-                                   metrics=[Metric(k, v, now, step) for k, v in values.items()])
+            self._log_mlflow_metrics([{"epoch": epoch, **values}])
             if overlay_image is not None:
                 self._client.log_image(self.mlflow_run_id, np.ascontiguousarray(overlay_image),
                                        artifact_file=f"{OVERLAY_NAME}/{step:04d}.png")
