@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import yaml
 
+from promptseg.runtime import best_rates  # shared with the runtime@<rung> stage
+
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -97,21 +99,6 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [cv2.cvtColor(render_wall_sample(("cracks", "drywall")[i % 2], rng, size).image, cv2.COLOR_BGR2RGB)
             for i in range(n)]
-
-
-def best_rates(paths: dict, n_images: int, rounds: int) -> dict:
-    """Images/s of each path: one untimed warm-up call each, then ``rounds`` rounds that time every path once
-    in turn (interleaved, so a burst of load from elsewhere hits all paths alike); the fastest round counts
-    (the least disturbed one: this machine is shared)."""
-    for fn in paths.values():
-        fn(warmup=True)
-    best = {name: float("inf") for name in paths}
-    for _ in range(rounds):
-        for name, fn in paths.items():
-            started = time.perf_counter()
-            fn(warmup=False)
-            best[name] = min(best[name], time.perf_counter() - started)
-    return {name: n_images / seconds for name, seconds in best.items()}
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

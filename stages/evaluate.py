@@ -33,6 +33,11 @@ def main(variant: str) -> None:
     run_id = trained.card.get("summary", {}).get("mlflow_run_id")
     log_to_run(section(params, "mlflow"), run_id, flatten_metrics(results, "eval"),
                [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures])
+    from promptseg.mlflow_model import log_pyfunc_model  # the rung as a pyfunc model, registered as promptseg-<rung>
+    uri = log_pyfunc_model(Path("models") / variant, section(params, "mlflow"), run_id=run_id, variant=variant,
+                           thresholds={d: results[d]["threshold"] for d in DATASETS if "threshold" in results.get(d, {})},
+                           morphology=section(params, "infer.morphology"), batch_size=int(section(params, "infer.batch_size")))
+    print(f"[evaluate] {variant}: registered {uri}")
     o = results["overall"]
     print(f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "
           f"cross-prompt lit {o.get('test_cross_prompt_lit', float('nan')):.3f}")

@@ -1,8 +1,8 @@
-"""DVC stage `report`: metrics/report.md from the data, train and eval metrics (no model is loaded).
+"""DVC stage `report`: metrics/report.md and the headline metrics/summary.json from the metrics files alone
+(data, train, eval and the no-learning baselines of metrics/eval/baselines.json; no model, no images).
 
 Params read (each must be declared by the `report` stage in dvc.yaml): model.source, train.variants,
-eval.empty_score, eval.boundary_tolerance_px, report.darkest_share, infer.morphology, infer.hflip_tta,
-infer.prompt_ensemble.
+eval.boundary_tolerance_px, infer.hflip_tta, infer.prompt_ensemble.
 """
 from pathlib import Path
 
@@ -12,17 +12,14 @@ from promptseg.report import write_report
 
 def main() -> None:
     params = load_params()
-    ev, infer = section(params, "eval"), section(params, "infer")
-    morphology = section(params, "infer.morphology")
+    infer = section(params, "infer")
     variants = list(section(params, "train.variants"))  # the ladder, in params order
-    out = Path("metrics/report.md")
-    write_report(Path("metrics"), Path("data/processed"), out, variants=variants,
-                 model_source=str(section(params, "model.source")), datasets=DATASETS,
-                 empty_score=float(ev["empty_score"]), boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
-                 darkest_share=float(section(params, "report.darkest_share")),
-                 morphology=bool(morphology["enabled"]), kernel_size=int(morphology["kernel"]),
-                 infer_defaults={"hflip_tta": bool(infer["hflip_tta"]), "prompt_ensemble": bool(infer["prompt_ensemble"])})
-    print(f"[report] wrote {out}")
+    out, summary = Path("metrics/report.md"), Path("metrics/summary.json")
+    write_report(Path("metrics"), out, variants=variants, model_source=str(section(params, "model.source")),
+                 datasets=DATASETS, boundary_tolerance_px=int(section(params, "eval.boundary_tolerance_px")),
+                 infer_defaults={"hflip_tta": bool(infer["hflip_tta"]), "prompt_ensemble": bool(infer["prompt_ensemble"])},
+                 summary_path=summary)
+    print(f"[report] wrote {out} and {summary}")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,18 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
         for dataset in ("cracks", "drywall"):
             for prompt_scores in scores[dataset]["test"]["prompts"].values():
                 assert all(0.0 <= v <= 1.0 for k, v in prompt_scores.items() if k != "images")
+    summary = json.loads((repo_copy / "metrics" / "summary.json").read_text())  # the headline
+    assert set(summary) == {"cracks", "drywall", "train_minutes"}
+    assert {"decoder", "lora", "full", "unet", "no_learning"} <= set(summary["cracks"])
+    assert set(json.loads((repo_copy / "metrics" / "eval" / "baselines.json").read_text())) == {"cracks", "drywall"}
+    timing = json.loads((repo_copy / "metrics" / "runtime" / "unet.json").read_text())
+    assert timing["torch_ms_per_image"] > 0 and timing["onnx_ms_per_image"] > 0 and timing["model_mb"] > 0
+    assert "runtime and footprint" in report
+    from mlflow.tracking import MlflowClient
+
+    registry = MlflowClient(f"sqlite:///{repo_copy / 'mlflow.db'}")
+    assert {m.name for m in registry.search_registered_models()} == {f"promptseg-{v}" for v in
+                                                                     ("decoder", "lora", "full", "unet")}
     run(["git", "add", "-A"], repo_copy)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo_copy)
     # the secret that was in the environment during `dvc repro` is nowhere in what it wrote

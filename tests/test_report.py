@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.report import build_report, darkest_name, trivial_baseline_scores, write_report
+from promptseg.baselines import darkest_name, trivial_baseline_scores, write_baselines
+from promptseg.report import build_report, write_report
 
 
 def scores(miou, dice, thin=False, images=4):
@@ -167,8 +168,9 @@ def test_write_report_reads_files_and_links_figures(tmp_path):
     half = np.zeros((10, 20), np.uint8)
     half[:, :10] = 255
     write_split(tmp_path / "processed", "cracks", "test", [half])
+    write_baselines(tmp_path / "processed", metrics / "eval" / "baselines.json")  # the `baselines` stage
     out = metrics / "report.md"
-    write_report(metrics, tmp_path / "processed", out, variants=["lora", "full"], model_source="small")
+    write_report(metrics, out, variants=["lora", "full"], model_source="small")
     text = out.read_text()
     assert "(eval/figures/lora_cracks.png)" in text and "lora_drywall" not in text
     assert row(section(text, "cracks, test split"), "no learning: all ones")[3] == "0.500"

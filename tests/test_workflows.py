@@ -74,3 +74,11 @@ def test_gpu_job_runs_the_paper_profile_on_the_self_hosted_gpu_runner_with_a_dvc
     for secret in ("DVC_REMOTE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
                    "ROBOFLOW_API_KEY"):
         assert f"secrets.{secret}" in text
+
+
+def test_gpu_job_shows_the_headline_before_every_metric():
+    runs = _runs(next(iter(_load(ROOT / ".github" / "workflows" / "gpu-paper.yml")["jobs"].values())))
+    headline = runs.index("dvc metrics diff origin/main --targets metrics/summary.json")
+    changed = runs.index("dvc exp show --only-changed")
+    everything = runs.index("dvc metrics diff origin/main --md")
+    assert headline < changed < everything

@@ -33,7 +33,7 @@ from promptseg.tiling import predict_probabilities_tiled
 from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice, lit_fraction,
                                micro_iou_dice, threshold_sweep_counts)
 
-THIN_STRUCTURE_DATASETS = ("cracks",)  # get boundary F1 and clDice
+from promptseg.params import THIN_STRUCTURE_DATASETS  # get boundary F1 and clDice
 
 
 def prompt_slug(prompt: str) -> str:

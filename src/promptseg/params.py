@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 DATASETS = ("cracks", "drywall")
+THIN_STRUCTURE_DATASETS = ("cracks",)  # get boundary F1 and clDice (evaluation, baselines, report)
 
 
 class ParamsError(ValueError):

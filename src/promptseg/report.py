@@ -1,4 +1,4 @@
-"""``metrics/report.md`` from the metrics files alone (no model), plus no-learning masks scored on the same images.
+"""``metrics/report.md`` from the metrics files alone: no model, no images, no scoring.
 
 Inputs (all small JSON files written by earlier stages):
 
@@ -10,9 +10,11 @@ Inputs (all small JSON files written by earlier stages):
   val (``options_val``), and per split per-prompt scores, prompt-switching lit fractions and paraphrase
   scores (see :mod:`promptseg.evaluate`); ``{"skipped": reason}`` for a skipped rung.
 
-The no-learning baselines ("all zeros", "all ones" and, for thin structures, "darkest 5%": each image's
-darkest pixels, then the models' open/close) are scored with :func:`promptseg.evaluate.score_masks` on the
-processed ground truth of the same split, so a model's figures can be read against masks that need no model.
+- ``metrics/runtime/<variant>.json``: measured ms per image (PyTorch, ONNX), model size, peak memory
+  (:mod:`promptseg.runtime`);
+- ``metrics/eval/baselines.json``: the no-learning baselines ("all zeros", "all ones" and, for thin structures,
+  "darkest 5%") scored on the same test images by the ``baselines`` stage (:mod:`promptseg.baselines`), so a
+  model's figures can be read against masks that need no model.
 
 The report's core is one "ladder" table per dataset: the baselines first, then every rung of
 ``train.variants`` in params order.
@@ -27,21 +29,13 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import cv2
-import numpy as np
+from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
 
-from promptseg.data import list_split, read_rgb
-from promptseg.evaluate import THIN_STRUCTURE_DATASETS, EvalConfig, score_masks
-from promptseg.inference import postprocess_probabilities
-from promptseg.metrics import lit_fraction
-from promptseg.params import DATASETS
-
-__all__ = ["trivial_baseline_scores", "darkest_pixels_mask", "darkest_name", "build_report", "write_report",
-           "QUIRK_IGNORED_KEYS"]
+__all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
 
 ZEROSHOT = "zeroshot"
 BASELINE_NAMES = ("all zeros", "all ones")  # the prompt-blind constant masks; "darkest N%" joins them for cracks
-DEFAULT_DARKEST_SHARE = 0.05
+BASELINES_FILE = "baselines.json"  # under metrics/eval: written by the `baselines` stage
 
 # Counters in metrics/data/<dataset>.json that describe the data rather than something skipped or repaired.
 QUIRK_IGNORED_KEYS = frozenset({
@@ -56,75 +50,6 @@ SKIPPED = "skipped"
 INFER_OPTIONS = (("single prompt", "single_prompt"), ("prompt ensemble", "ensemble"),
                  ("single prompt + hflip", "single_prompt+hflip"), ("prompt ensemble + hflip", "ensemble+hflip"),
                  ("single prompt, tiled", "single_prompt+tiled"))
-
-
-# --------------------------------------------------------------------------- no-learning baselines
-def darkest_name(share: float) -> str:
-    """``0.05`` -> ``"darkest 5%"``."""
-    return f"darkest {float(share) * 100:g}%"
-
-
-def darkest_pixels_mask(rgb: np.ndarray, share: float = DEFAULT_DARKEST_SHARE, *, morphology: bool = True,
-                        kernel_size: int = 3) -> np.ndarray:
-    """The "darkest pixels" guess at a crack: a {0, 255} uint8 mask of one (H, W, 3) RGB image.
-
-    The pixels whose grayscale value (``cv2.COLOR_RGB2GRAY``) is at or below the image's ``share`` quantile
-    (``np.quantile``, linear interpolation), then the models' post-processing
-    (:func:`promptseg.inference.postprocess_probabilities` on a map that is 1.0 on those pixels, threshold 0.5:
-    OPEN then CLOSE with a ``kernel_size`` square). Ties at the quantile are all kept, so a uniform image is lit
-    everywhere.
-    """
-    if not 0.0 < float(share) < 1.0:
-        raise ValueError(f"darkest share must lie in (0, 1), got {share}")
-    gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    dark = (gray <= np.quantile(gray, float(share))).astype(np.float32)
-    return postprocess_probabilities(dark, 0.5, morphology=morphology, kernel_size=kernel_size)
-
-
-def _with_lit(scores: dict, masks: list[np.ndarray]) -> dict:
-    """``lit``: the mean share of pixels a prompt-blind mask lights (with any prompt: its cross-prompt lit)."""
-    return {**scores, "lit": float(np.mean([lit_fraction(m > 0) for m in masks]))}
-
-
-def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, empty_score: float = 1.0,
-                            boundary_tolerance_px: int = 2, darkest_share: float | None = DEFAULT_DARKEST_SHARE,
-                            morphology: bool = True, kernel_size: int = 3) -> dict:
-    """Scores of masks that need no learning on every image of one processed split.
-
-    Returns ``{"all zeros": scores, "all ones": scores}`` and, for thin-structure datasets (cracks) when
-    ``darkest_share`` is not None, ``{darkest_name(darkest_share): scores}`` (:func:`darkest_pixels_mask` with
-    ``morphology`` / ``kernel_size``, the ``infer.morphology`` the models use). ``scores`` is what
-    :func:`promptseg.evaluate.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``, ``images``;
-    for thin-structure datasets also ``boundary_f1`` and ``cl_dice``), with the same empty-mask rule (an image
-    whose ground truth and prediction are both empty scores ``empty_score``), plus ``lit``, the mean share of
-    pixels lit. Returns ``{}`` when the split has no images. Images are read only for the darkest baseline.
-    """
-    pairs = list_split(Path(processed_root), dataset, split)
-    truths = []
-    for _, mask_path in pairs:
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks@{dataset}`.")
-        truths.append(mask > 0)
-    if not truths:
-        return {}
-    cfg = EvalConfig(thresholds=[], empty_score=float(empty_score), boundary_tolerance_px=int(boundary_tolerance_px))
-    thin = dataset in THIN_STRUCTURE_DATASETS
-    zeros = [np.zeros(t.shape, dtype=np.uint8) for t in truths]
-    ones = [np.full(t.shape, 255, dtype=np.uint8) for t in truths]
-    out = {"all zeros": _with_lit(score_masks(zeros, truths, cfg, thin), zeros),
-           "all ones": _with_lit(score_masks(ones, truths, cfg, thin), ones)}
-    if thin and darkest_share is not None:
-        dark = []
-        for (image_path, mask_path), truth in zip(pairs, truths):
-            mask = darkest_pixels_mask(read_rgb(image_path), darkest_share, morphology=morphology,
-                                       kernel_size=kernel_size)
-            if mask.shape != truth.shape:
-                raise ValueError(f"{image_path}: image is {mask.shape[1]}x{mask.shape[0]} px but its mask "
-                                 f"{mask_path.name} is {truth.shape[1]}x{truth.shape[0]}; rerun `dvc repro masks@{dataset}`.")
-            dark.append(mask)
-        out[darkest_name(darkest_share)] = _with_lit(score_masks(dark, truths, cfg, thin), dark)
-    return out
 
 
 # --------------------------------------------------------------------------- formatting helpers
@@ -481,6 +406,33 @@ def _switching_section(number: int, variants: list[str], eval_metrics: dict[str,
     return out
 
 
+def _runtime_section(number: int, variants: list[str], runtime: dict[str, dict]) -> list[str]:
+    """Measured inference time, model size and peak memory per rung (``metrics/runtime/<variant>.json``)."""
+    out = [f"## Table {number}: runtime and footprint", "",
+           "Measured by the `runtime@<rung>` stages on a handful of test images (`params.yaml: runtime`): "
+           "milliseconds per image through `promptseg predict`'s PyTorch path and through the ONNX engine "
+           "(`--engine onnx`, exported to a temporary folder), each the fastest of the timed rounds; the model "
+           "folder's size on disk; the peak resident memory of the measuring process (interpreter and libraries "
+           "included) after the PyTorch path and after the ONNX path too.", ""]
+    rows, notes = [], []
+    for variant in variants:
+        r = runtime.get(variant)
+        if r is None:
+            notes.append(f"Variant `{variant}`: no metrics/runtime/{variant}.json yet (run `dvc repro runtime@{variant}`).")
+            continue
+        if r.get("skipped"):
+            continue  # the ladder tables say why
+        rows.append([variant, _num(r.get("torch_ms_per_image"), 1), _num(r.get("onnx_ms_per_image"), 1),
+                     _num(r.get("model_mb"), 1), _num(r.get("onnx_mb"), 1), _num(r.get("peak_rss_mb"), 0),
+                     _num(r.get("peak_rss_onnx_mb"), 0), _int(r.get("images")),
+                     f"{r.get('device', MISSING)}, {_int(r.get('threads'))} threads, batch {_int(r.get('batch_size'))}"])
+    if rows:
+        out += [_table(["rung", "torch ms/image", "ONNX ms/image", "model MB", "ONNX MB", "peak RSS MB (torch)",
+                        "peak RSS MB (+ONNX)", "images", "setting"], rows, "lrrrrrrrl"), ""]
+    out += [n + "\n" for n in notes]
+    return out
+
+
 def _figures_section(figures: dict[str, list[str]] | None) -> list[str]:
     if not figures:
         return []
@@ -496,14 +448,15 @@ def _figures_section(figures: dict[str, list[str]] | None) -> list[str]:
 def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], eval_metrics: dict[str, dict],
                  baselines: dict, *, model_source: str, variants: list[str] | None = None,
                  datasets: Sequence[str] = DATASETS, figures: dict[str, list[str]] | None = None,
-                 boundary_tolerance_px: int | None = None, infer_defaults: dict | None = None) -> str:
+                 boundary_tolerance_px: int | None = None, infer_defaults: dict | None = None,
+                 runtime: dict[str, dict] | None = None) -> str:
     """The markdown report.
 
     Args:
         data_metrics: ``{dataset: metrics/data/<dataset>.json}`` (missing datasets allowed).
         train_metrics: ``{variant: metrics/train/<variant>.json}``.
         eval_metrics: ``{variant: metrics/eval/<variant>.json}``.
-        baselines: ``{dataset: trivial_baseline_scores(...)}`` on the test split.
+        baselines: ``{dataset: promptseg.baselines.trivial_baseline_scores(...)}`` on the test split (metrics/eval/baselines.json).
         model_source: ``model.source`` from params.yaml (``"small"`` or pretrained weights).
         variants: the ladder's rungs, in params order; default: every variant found in train or eval metrics.
             A variant with no files gets a line saying so; a skipped rung gets a "skipped" row and its reason.
@@ -512,6 +465,7 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
         boundary_tolerance_px: the boundary F1 tolerance, named in the thin-structure note when given.
         infer_defaults: ``{"hflip_tta": bool, "prompt_ensemble": bool}`` from ``params.yaml: infer``, named next to
             the inference-options table when given.
+        runtime: ``{variant: metrics/runtime/<variant>.json}``; a runtime table when given (None: no table).
     """
     if variants is None:
         variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
@@ -537,11 +491,74 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
         lines += _per_prompt_section(number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px)
         number += 1
     lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets)
+    if runtime is not None:
+        lines += _runtime_section(number + 1, variants, runtime)
     lines += _figures_section(figures)
     text = "\n".join(lines)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text.rstrip("\n") + "\n"
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def _train_seconds(tr: dict) -> float | None:
+    """A rung's training wall time: ``train_seconds`` when the train metrics have it, else epochs x s/epoch."""
+    seconds = _number(tr.get("train_seconds"))
+    if seconds is None:
+        per_epoch, epochs = _number(tr.get("seconds_per_epoch")), _number(tr.get("epochs"))
+        seconds = per_epoch * epochs if per_epoch is not None and epochs is not None else None
+    return seconds
+
+
+def build_summary(train_metrics: dict[str, dict], eval_metrics: dict[str, dict], baselines: dict, *,
+                  variants: Sequence[str], datasets: Sequence[str] = DATASETS) -> dict:
+    """The headline, ``metrics/summary.json`` (about 20 numbers; the full files stay for drill-down).
+
+    Per dataset: test ``miou`` and ``dice`` (mean over prompts) of every evaluated rung and of the best
+    no-learning mask (``no_learning``: the highest test Dice, as the report's ladder names it), and
+    ``cross_prompt_lit.<rung>``: the test cross-prompt lit of the rung with the highest VAL Dice (test never
+    chooses). ``train_minutes``: the training wall time of every rung, summed. Skipped or missing rungs are left out.
+    """
+    summary: dict[str, Any] = {}
+    for dataset in datasets:
+        block: dict[str, Any] = {}
+        best_val: tuple[float, str] | None = None
+        for variant in variants:
+            ev = eval_metrics.get(variant)
+            test = _get(ev, dataset, "test", "all_prompts")
+            if not isinstance(test, dict):
+                continue
+            miou, dice = _number(test.get("miou")), _number(test.get("dice"))
+            if miou is None and dice is None:
+                continue
+            block[variant] = {k: round(v, 4) for k, v in (("miou", miou), ("dice", dice)) if v is not None}
+            val_dice = _number(_get(ev, dataset, "val", "all_prompts", "dice"))
+            if val_dice is not None and (best_val is None or val_dice > best_val[0]):
+                best_val = (val_dice, variant)
+        best = _best_baseline(baselines.get(dataset) or {})
+        if best is not None:
+            scores = baselines[dataset][best[0]]
+            block["no_learning"] = {k: round(v, 4) for k in ("miou", "dice") if (v := _number(scores.get(k))) is not None}
+        if best_val is not None:
+            lit = _number(_get(eval_metrics.get(best_val[1]), dataset, "test", "cross_prompt_lit"))
+            if lit is not None:
+                block["cross_prompt_lit"] = {best_val[1]: round(lit, 4)}
+        if block:
+            summary[dataset] = block
+    seconds = [s for v in variants if (tr := train_metrics.get(v)) and not tr.get("skipped")
+               and (s := _train_seconds(tr)) is not None]
+    if seconds:
+        summary["train_minutes"] = round(sum(seconds) / 60.0, 2)
+    return summary
 
 
 def _read_json(path: Path) -> dict | None:
@@ -555,27 +572,22 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def write_report(metrics_dir: Path, processed_root: Path, out_path: Path, *, variants: list[str], model_source: str,
-                 datasets: Sequence[str] = DATASETS, empty_score: float = 1.0,
-                 boundary_tolerance_px: int = 2, darkest_share: float | None = DEFAULT_DARKEST_SHARE,
-                 morphology: bool = True, kernel_size: int = 3, infer_defaults: dict | None = None) -> None:
-    """Read the metrics files under ``metrics_dir``, score the no-learning baselines on the processed test
-    splits (``darkest_share``, ``morphology``, ``kernel_size``: see :func:`trivial_baseline_scores`), and write
-    the markdown report to ``out_path`` (figure links relative to it)."""
-    metrics_dir, processed_root, out_path = Path(metrics_dir), Path(processed_root), Path(out_path)
+def write_report(metrics_dir: Path, out_path: Path, *, variants: list[str], model_source: str,
+                 datasets: Sequence[str] = DATASETS, boundary_tolerance_px: int = 2,
+                 infer_defaults: dict | None = None, summary_path: Path | None = None) -> str:
+    """Read the metrics files under ``metrics_dir`` (data, train, eval and ``eval/baselines.json``) and write the
+    markdown report to ``out_path`` (figure links relative to it) and, with ``summary_path``, the headline
+    (:func:`build_summary`) as JSON. Returns the report's text."""
+    metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     variants = list(variants)
     if model_source != "small" and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
         variants.append(ZEROSHOT)
     data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
     train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}
     evals = {v: m for v in variants if (m := _read_json(metrics_dir / "eval" / f"{v}.json")) is not None}
-    baselines = {}
-    for dataset in datasets:
-        scores = trivial_baseline_scores(processed_root, dataset, "test", empty_score=empty_score,
-                                         boundary_tolerance_px=boundary_tolerance_px, darkest_share=darkest_share,
-                                         morphology=morphology, kernel_size=kernel_size)
-        if scores:
-            baselines[dataset] = scores
+    runtime = {v: m for v in variants if (m := _read_json(metrics_dir / "runtime" / f"{v}.json")) is not None}
+    baselines = _read_json(metrics_dir / "eval" / BASELINES_FILE) or {}
+    baselines = {d: b for d, b in baselines.items() if d in datasets and isinstance(b, dict) and b}
     figures: dict[str, list[str]] = {}
     for variant in variants:
         for dataset in datasets:
@@ -584,9 +596,14 @@ def write_report(metrics_dir: Path, processed_root: Path, out_path: Path, *, var
                 figures.setdefault(variant, []).append(_relative(png, out_path.parent))
     text = build_report(data, train, evals, baselines, model_source=model_source, variants=variants,
                         datasets=datasets, figures=figures, boundary_tolerance_px=boundary_tolerance_px,
-                        infer_defaults=infer_defaults)
+                        infer_defaults=infer_defaults, runtime=runtime or None)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
+    if summary_path is not None:
+        summary = build_summary(train, evals, baselines, variants=variants, datasets=datasets)
+        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+    return text
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -1,0 +1,170 @@
+"""A trained rung as an MLflow pyfunc model, registered as ``promptseg-<rung>`` in the project's MLflow registry.
+
+    import mlflow, pandas as pd
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/promptseg-unet/1")
+    out = model.predict(pd.DataFrame({"image": [open("wall.jpg", "rb").read()], "prompt": ["segment crack"]}))
+    # out["mask"][0]: PNG bytes of a {0, 255} mask at the image's own size
+
+Input: a DataFrame with ``image`` (the bytes of an encoded image file: PNG, JPEG, ...) and ``prompt`` (text).
+Output: a DataFrame with ``mask`` (PNG bytes, {0, 255}, the image's own size) and ``threshold`` (the one used).
+The masks are the ones ``promptseg predict --model models/<rung>`` writes: the same loader
+(:func:`promptseg.inference.load_trained_model`), the same :func:`promptseg.inference.predict_masks`, the same
+threshold rule (:func:`promptseg.cli.default_threshold`: the val threshold of the dataset whose training prompts
+contain the prompt, else 0.5) and the same ``infer.morphology``. ``params={"threshold": t}`` (t in [0, 1])
+overrides the threshold like ``--threshold``; the default, -1, keeps the val threshold. An undecodable image is an error naming its row (nothing is silently dropped).
+
+:func:`log_pyfunc_model` logs the model folder with this wrapper, a signature and an input example, and
+registers it; the evaluation stage calls it once the thresholds are chosen on val.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow.pyfunc  # noqa: E402
+
+__all__ = ["PromptSegPyfunc", "log_pyfunc_model", "registered_name", "decode_image", "encode_mask"]
+
+MODEL_ARTIFACT, SERVING_ARTIFACT = "model_dir", "serving"
+# What the pyfunc environment needs (the project's pins); given explicitly so MLflow does not infer them by
+# loading the model in a subprocess.
+PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "opencv-python-headless==5.0.0.93",
+                    "numpy==2.4.6", "pillow==13.0.0", "mlflow==3.17.2", "pandas", "promptseg"]
+
+
+def registered_name(variant: str) -> str:
+    """The registry name of a rung (the same name as its DVC artifact in dvc.yaml)."""
+    return f"promptseg-{variant}"
+
+
+def decode_image(data: bytes, row: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an encoded image file's bytes (what :func:`promptseg.data.read_rgb` gives for the
+    same file); ValueError naming the row when the bytes are not a readable image."""
+    import cv2
+
+    if isinstance(data, str):  # a base64 string (JSON serving input)
+        import base64
+
+        data = base64.b64decode(data)
+    image = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"row {row}: `image` is not a readable image file (PNG, JPEG, ...); pass the file's bytes.")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) uint8 mask (lossless: decoding gives the same pixels)."""
+    import cv2
+
+    ok, buffer = cv2.imencode(".png", mask)
+    if not ok:
+        raise ValueError("could not encode the mask as PNG")
+    return buffer.tobytes()
+
+
+class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
+    """image + prompt in, {0, 255} mask out, through ``promptseg predict``'s inference path."""
+
+    def load_context(self, context) -> None:
+        from promptseg.inference import load_trained_model
+
+        self.trained = load_trained_model(Path(context.artifacts[MODEL_ARTIFACT]))
+        self.serving_path = Path(context.artifacts[SERVING_ARTIFACT])
+        self.serving = json.loads(self.serving_path.read_text())
+
+    def threshold_for(self, prompt: str) -> float:
+        from promptseg.cli import default_threshold
+
+        variant = str(self.trained.card.get("variant") or self.serving.get("variant", ""))
+        return default_threshold(self.trained.card, prompt, variant, self.serving_path)[0]
+
+    def predict(self, context, model_input, params: dict | None = None):
+        import pandas as pd
+
+        from promptseg.inference import predict_masks
+
+        missing = {"image", "prompt"} - set(model_input.columns)
+        if missing:
+            raise ValueError(f"input needs the columns `image` and `prompt`; missing: {', '.join(sorted(missing))}")
+        images = [decode_image(data, i) for i, data in enumerate(model_input["image"])]
+        prompts = [str(p).strip() for p in model_input["prompt"]]
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"row {i}: `prompt` is empty; give a text prompt such as 'segment crack'.")
+        override = (params or {}).get("threshold")
+        override = None if override is None or float(override) < 0 else float(override)  # -1: the val threshold
+        if override is not None and override > 1:
+            raise ValueError(f"params threshold {override} is outside [0, 1]")
+        thresholds = [override if override is not None else self.threshold_for(p) for p in prompts]
+        morphology = self.serving.get("morphology", {"enabled": True, "kernel": 3})
+        masks: list = [None] * len(images)
+        for threshold in sorted(set(thresholds)):  # one batch per threshold, rows kept in order
+            rows = [i for i, t in enumerate(thresholds) if t == threshold]
+            for i, mask in zip(rows, predict_masks(self.trained, [images[i] for i in rows], [prompts[i] for i in rows],
+                                                   threshold=threshold, morphology=bool(morphology["enabled"]),
+                                                   kernel_size=int(morphology["kernel"]),
+                                                   batch_size=int(self.serving.get("batch_size", 16)))):
+                masks[i] = mask
+        return pd.DataFrame({"mask": [encode_mask(m) for m in masks], "threshold": thresholds})
+
+
+def _example_image(size: int = 32) -> bytes:
+    """A small deterministic wall-like image (a dark diagonal line on grey) as PNG bytes: the input example."""
+    image = np.full((size, size, 3), 180, np.uint8)
+    idx = np.arange(size)
+    image[idx, idx] = 40
+    return encode_mask(image)
+
+
+def log_pyfunc_model(model_dir: str | Path, mlflow_cfg: dict, *, thresholds: dict[str, float],
+                     morphology: dict | None = None, batch_size: int = 16, run_id: str | None = None,
+                     variant: str | None = None) -> str:
+    """Log ``models/<variant>`` as a pyfunc model and register it as ``promptseg-<variant>``.
+
+    Args:
+        model_dir: the trained model folder (``promptseg predict --model`` reads the same).
+        mlflow_cfg: params.yaml ``mlflow`` (``tracking_uri``, ``experiment``).
+        thresholds: ``{dataset: threshold chosen on val}`` (metrics/eval/<variant>.json's ``<dataset>.threshold``).
+        morphology: params.yaml ``infer.morphology`` (``{"enabled", "kernel"}``).
+        batch_size: images per forward (params.yaml ``infer.batch_size``).
+        run_id: the rung's MLflow run (its training run) to log into; None starts a new run.
+        variant: the rung's name; default: the model card's ``variant``, else the folder's name.
+
+    Returns the registered model's URI, ``models:/promptseg-<variant>/<version>``.
+    """
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from promptseg.tracking import connect
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "promptseg.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no promptseg.json: not a trained model folder "
+                                "(train it first: `dvc repro train@<variant>`)")
+    card = json.loads((model_dir / "promptseg.json").read_text())
+    variant = variant or str(card.get("variant") or model_dir.name)
+    morphology = morphology or {"enabled": True, "kernel": 3}
+    mlflow = connect(mlflow_cfg)
+    example = pd.DataFrame({"image": [_example_image()], "prompt": [next(iter(
+        (card.get("prompts") or {"cracks": ["segment crack"]}).values()))[0]]})
+    # params: MLflow fills a missing param with its default, so the default -1.0 means "the val threshold"
+    signature = infer_signature(example, pd.DataFrame({"mask": [b""], "threshold": [0.5]}),
+                                params={"threshold": -1.0})
+    with tempfile.TemporaryDirectory() as tmp:
+        serving = Path(tmp) / "serving.json"
+        serving.write_text(json.dumps({"variant": variant, "morphology": morphology, "batch_size": int(batch_size),
+                                       **{d: {"threshold": float(t)} for d, t in thresholds.items()}}, indent=2))
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else variant):
+            info = mlflow.pyfunc.log_model(name="pyfunc_model", python_model=PromptSegPyfunc(),
+                                           artifacts={MODEL_ARTIFACT: str(model_dir), SERVING_ARTIFACT: str(serving)},
+                                           signature=signature, input_example=example,
+                                           pip_requirements=PIP_REQUIREMENTS,
+                                           registered_model_name=registered_name(variant))
+    return f"models:/{registered_name(variant)}/{info.registered_model_version}"

@@ -1,0 +1,37 @@
+"""DVC stage `runtime@<variant>`: metrics/runtime/<variant>.json, the rung's measured inference time
+(PyTorch and ONNX), model size on disk and peak memory on a handful of test images (promptseg.runtime).
+
+Params read (declared by the stage in dvc.yaml): runtime, infer.batch_size, data.cracks.prompts,
+data.drywall.prompts.
+"""
+import sys
+from pathlib import Path
+
+from promptseg.evaluate import skipped_reason
+from promptseg.params import DATASETS, load_params, section
+from promptseg.runtime import measure_runtime, runtime_images, write_runtime
+
+
+def main(variant: str) -> None:
+    params = load_params()
+    cfg = section(params, "runtime")
+    out = Path("metrics/runtime") / f"{variant}.json"
+    model_dir = Path("models") / variant
+    skipped = skipped_reason(model_dir)
+    if skipped:
+        write_runtime(out, {"skipped": skipped})
+        print(f"[runtime] {variant}: skipped: {skipped}")
+        return
+    prompts = {name: section(params, f"data.{name}.prompts") for name in DATASETS}
+    images, image_prompts = runtime_images(Path("data/processed"), prompts, int(cfg["images"]))
+    figures = measure_runtime(model_dir, images, image_prompts, rounds=int(cfg["rounds"]),
+                              batch_size=int(section(params, "infer.batch_size")),
+                              threads=int(cfg["threads"]) or None, onnx=bool(cfg["onnx"]))
+    write_runtime(out, figures)
+    print(f"[runtime] {variant}: torch {figures['torch_ms_per_image']} ms/image, "
+          f"onnx {figures.get('onnx_ms_per_image', 'n/a')} ms/image, {figures['model_mb']} MB, "
+          f"peak RSS {figures['peak_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,111 @@
+"""promptseg.mlflow_model: a tiny trained U-Net logged, registered and loaded back from the registry predicts
+exactly the masks `promptseg predict` writes."""
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import PROMPTS, TINY_MODEL
+from promptseg.cli import main
+
+UNET = {"widths": [8, 16, 32, 64], "freeze_text": False,
+        "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
+
+
+@pytest.fixture(scope="module")
+def unet_dir(tmp_path_factory):
+    """A tiny U-Net trained 15 AdamW steps on dark lines, saved like models/unet (weights, processor, card)."""
+    from promptseg.model import build_unet_model
+
+    model, processor = build_unet_model({**TINY_MODEL, "unet": UNET}, 64, 0)
+    generator = torch.Generator().manual_seed(0)
+    images = 0.8 + 0.1 * torch.randn(4, 3, 64, 64, generator=generator)
+    targets = torch.zeros(4, 64, 64)
+    for i in range(4):
+        targets[i, 10 + 12 * i:13 + 12 * i, :] = 1
+    images = images * (1 - 0.6 * targets[:, None])
+    tokens = processor.tokenizer(["segment crack", "segment joint tape"] * 2, padding=True, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(15):
+        loss = F.binary_cross_entropy_with_logits(model(images, tokens["input_ids"], tokens["attention_mask"]), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    d = tmp_path_factory.mktemp("models") / "unet"
+    model.eval().save_pretrained(d)
+    processor.save_pretrained(d)
+    (d / "promptseg.json").write_text(json.dumps({"variant": "unet", "architecture": "unet", "prompts": PROMPTS}))
+    return d
+
+
+def wall_images(folder):
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    names = []
+    for i, (h, w) in enumerate([(48, 64), (70, 52), (64, 64)]):
+        image = np.clip(rng.normal(200, 15, (h, w, 3)), 0, 255).astype(np.uint8)
+        image[h // 3:h // 3 + 3 + i] = 60  # a dark band
+        names.append(f"w{i}.png")
+        cv2.imwrite(str(folder / names[-1]), image)
+    return names
+
+
+def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp_path, monkeypatch):
+    import mlflow
+
+    from promptseg.inference import load_trained_model, predict_probabilities
+    from promptseg.mlflow_model import log_pyfunc_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = {"tracking_uri": uri, "experiment": "pyfunc-test", "artifact_root": str(tmp_path / "mlartifacts")}
+    folder = tmp_path / "in"
+    names = wall_images(folder)
+    images = [cv2.cvtColor(cv2.imread(str(folder / n)), cv2.COLOR_BGR2RGB) for n in names]
+    # thresholds that split each dataset's probabilities (so the masks are neither empty nor full)
+    trained = load_trained_model(unet_dir)
+    thresholds = {}
+    for dataset, prompt in (("cracks", "segment crack"), ("drywall", "segment joint tape")):
+        probs = np.concatenate([p.ravel() for p in predict_probabilities(trained, images, [prompt] * len(images))])
+        thresholds[dataset] = float(np.quantile(probs, 0.9))
+    eval_json = tmp_path / "unet.json"
+    eval_json.write_text(json.dumps({d: {"threshold": t} for d, t in thresholds.items()}))
+
+    model_uri = log_pyfunc_model(unet_dir, cfg, thresholds=thresholds, morphology={"enabled": True, "kernel": 3})
+    assert model_uri == "models:/promptseg-unet/1"
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model("models:/promptseg-unet/1")
+    schema = loaded.metadata.get_input_schema()
+    assert schema.input_names() == ["image", "prompt"]
+    assert loaded.metadata.get_params_schema() is not None
+
+    for prompt, dataset in (("segment crack", "cracks"), ("segment joint tape", "drywall"), ("segment a cat", None)):
+        out_dir = tmp_path / f"cli-{prompt.replace(' ', '-')}"
+        assert main(["predict", "--model", str(unet_dir), "--prompt", prompt, str(folder), "--out", str(out_dir),
+                     "--eval-metrics", str(eval_json)]) == 0
+        frame = pd.DataFrame({"image": [(folder / n).read_bytes() for n in names], "prompt": [prompt] * len(names)})
+        got = loaded.predict(frame)
+        assert list(got["threshold"]) == [thresholds[dataset] if dataset else 0.5] * len(names)
+        lit = 0.0
+        for name, png in zip(names, got["mask"]):
+            mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+            expected = cv2.imread(str(next(out_dir.glob(f"{name[:-4]}__*.png"))), cv2.IMREAD_UNCHANGED)
+            assert mask.dtype == np.uint8 and mask.shape == expected.shape
+            assert np.array_equal(mask, expected), (prompt, name)
+            lit += (mask > 0).mean()
+        if dataset:
+            assert 0.0 < lit / len(names) < 1.0  # the comparison is not between two empty (or full) masks
+
+    ones = loaded.predict(pd.DataFrame({"image": [(folder / names[0]).read_bytes()], "prompt": ["segment crack"]}),
+                          params={"threshold": 0.0})
+    assert ones["threshold"][0] == 0.0
+    with pytest.raises(Exception, match="row 1: `image` is not a readable image"):
+        loaded.predict(pd.DataFrame({"image": [(folder / names[0]).read_bytes(), b"not an image"],
+                                     "prompt": ["segment crack"] * 2}))
+    # a second log of the same rung is version 2 of the same registered model
+    assert log_pyfunc_model(unet_dir, cfg, thresholds=thresholds) == "models:/promptseg-unet/2"
