@@ -3,17 +3,17 @@ import json
 import sys
 from pathlib import Path
 
-from promptseg.evaluate import (eval_config_from_params, evaluate_variant, qualitative_figure, skipped_reason,
-                                write_skipped_outputs, write_sweep_csv)
+from promptseg.evaluate import EvalConfig, evaluate_variant, qualitative_figure, skipped_reason, write_skipped_outputs, write_sweep_csv
 from promptseg.inference import load_trained_model
-from promptseg.params import DATASETS, load_params, section
-from promptseg.tracking import flatten_metrics, log_to_run
+from promptseg.params import DATASETS
+from promptseg.settings import evaluate_settings, load_stage_settings
+from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
 
 
 def main(variant: str) -> None:
-    params = load_params()
-    cfg = eval_config_from_params(params)
-    prompts = {name: section(params, f"data.{name}.prompts") for name in DATASETS}
+    settings = load_stage_settings(f"evaluate@{variant}", evaluate_settings)
+    cfg = EvalConfig.from_settings(settings.infer, settings.eval)
+    prompts = {name: list(settings.prompts[name]) for name in DATASETS}
     processed, out = Path("data/processed"), Path("metrics/eval")
     skipped = skipped_reason(Path("models") / variant)
     if skipped:
@@ -30,8 +30,7 @@ def main(variant: str) -> None:
         figure = out / "figures" / f"{variant}_{dataset}.png"
         qualitative_figure(trained, processed, dataset, prompts[dataset][0], results[dataset]["threshold"], cfg, figure)
         figures.append(figure)
-    run_id = trained.card.get("summary", {}).get("mlflow_run_id")
-    log_to_run(section(params, "mlflow"), run_id, flatten_metrics(results, "eval"),
+    log_to_run(settings.mlflow, training_run_id(settings.mlflow, variant), flatten_metrics(results, "eval"),
                [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures])
     o = results["overall"]
     print(f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "

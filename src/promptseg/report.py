@@ -32,6 +32,7 @@ import numpy as np
 
 from promptseg.data import list_split, read_rgb
 from promptseg.evaluate import THIN_STRUCTURE_DATASETS, EvalConfig, score_masks
+from promptseg.settings import zeroshot_skip_reason
 from promptseg.inference import postprocess_probabilities
 from promptseg.metrics import lit_fraction
 from promptseg.params import DATASETS
@@ -108,7 +109,7 @@ def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, e
         truths.append(mask > 0)
     if not truths:
         return {}
-    cfg = EvalConfig(thresholds=[], empty_score=float(empty_score), boundary_tolerance_px=int(boundary_tolerance_px))
+    cfg = EvalConfig.for_scoring(empty_score=empty_score, boundary_tolerance_px=boundary_tolerance_px)
     thin = dataset in THIN_STRUCTURE_DATASETS
     zeros = [np.zeros(t.shape, dtype=np.uint8) for t in truths]
     ones = [np.full(t.shape, 255, dtype=np.uint8) for t in truths]
@@ -512,13 +513,14 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
     if variants is None:
         variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
     variants = list(variants)
-    if model_source != "small" and ZEROSHOT in eval_metrics and ZEROSHOT not in variants:
+    zeroshot_skipped = zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is not None  # the one rule
+    if not zeroshot_skipped and ZEROSHOT in eval_metrics and ZEROSHOT not in variants:
         variants.append(ZEROSHOT)
-    if model_source == "small":
+    if zeroshot_skipped:
         variants = [v for v in variants if v != ZEROSHOT]
 
     lines = _header(variants, model_source, datasets)
-    if model_source == "small":
+    if zeroshot_skipped:
         lines += ["Zero-shot: a zero-shot row is meaningless for a randomly initialised model and is omitted.", ""]
     elif ZEROSHOT not in eval_metrics:
         lines += [f"Zero-shot: no metrics/eval/{ZEROSHOT}.json yet, so no zero-shot row.", ""]
@@ -560,7 +562,8 @@ def write_report(metrics_dir: Path, processed_root: Path, out_path: Path, *, var
     the markdown report to ``out_path`` (figure links relative to it)."""
     metrics_dir, processed_root, out_path = Path(metrics_dir), Path(processed_root), Path(out_path)
     variants = list(variants)
-    if model_source != "small" and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
+    if zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None \
+            and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
         variants.append(ZEROSHOT)
     data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
     train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}

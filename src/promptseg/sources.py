@@ -10,6 +10,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from promptseg.settings import RoboflowSettings, SourceSettings, SyntheticSettings, to_plain
 from promptseg.synthetic import write_synthetic_export
 
 SOURCES = ("synthetic", "local", "roboflow")
@@ -32,7 +33,7 @@ def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def download_from_roboflow(dataset: str, roboflow_cfg: dict, out_dir: Path) -> None:
+def download_from_roboflow(dataset: str, roboflow_cfg: RoboflowSettings, out_dir: Path) -> None:
     """Download workspace/project/version in the configured format with the roboflow SDK.
 
     The key comes from the environment only (``ROBOFLOW_API_KEY``); it never appears in messages.
@@ -49,13 +50,13 @@ def download_from_roboflow(dataset: str, roboflow_cfg: dict, out_dir: Path) -> N
     except ImportError as exc:  # pragma: no cover - roboflow is a pinned dependency
         raise SourceError(f"the roboflow package is not installed ({exc}); run `make install`.") from None
 
-    where = f"{roboflow_cfg['workspace']}/{roboflow_cfg['project']} version {roboflow_cfg['version']}"
+    where = f"{roboflow_cfg.workspace}/{roboflow_cfg.project} version {roboflow_cfg.version}"
     try:
         client = Roboflow(api_key=api_key)
-        version = client.workspace(roboflow_cfg["workspace"]).project(roboflow_cfg["project"]).version(
-            int(roboflow_cfg["version"])
+        version = client.workspace(roboflow_cfg.workspace).project(roboflow_cfg.project).version(
+            roboflow_cfg.version
         )
-        version.download(model_format=roboflow_cfg["format"], location=str(out_dir), overwrite=True)
+        version.download(model_format=roboflow_cfg.format, location=str(out_dir), overwrite=True)
     except requests.exceptions.RequestException as exc:
         raise SourceError(
             f"could not reach Roboflow to download {where} ({type(exc).__name__}: no network access?). "
@@ -63,7 +64,7 @@ def download_from_roboflow(dataset: str, roboflow_cfg: dict, out_dir: Path) -> N
         ) from None
     except Exception as exc:  # the SDK raises bare RuntimeError/KeyError for a wrong workspace or version
         raise SourceError(
-            f"Roboflow refused the download of {where} in format {roboflow_cfg['format']!r}: "
+            f"Roboflow refused the download of {where} in format {roboflow_cfg.format!r}: "
             f"{_scrub(str(exc), api_key)}. Check data.{dataset}.roboflow in params.yaml and that your key "
             f"can read this project. {_alternatives(dataset)}"
         ) from None
@@ -104,9 +105,9 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
         shutil.copytree(_export_root(src), out_dir)
 
 
-def land_export(dataset: str, data_cfg: dict, synthetic_cfg: dict, out_dir: Path) -> str:
+def land_export(dataset: str, data_cfg: SourceSettings, synthetic_cfg: SyntheticSettings, out_dir: Path) -> str:
     """Put the export of ``dataset`` in ``out_dir`` (replaced atomically). Returns the source used."""
-    source = data_cfg.get("source")
+    source = data_cfg.source
     if source not in SOURCES:
         raise SourceError(f"data.{dataset}.source is {source!r}; choose one of {', '.join(SOURCES)} in params.yaml.")
     out_dir = Path(out_dir)
@@ -118,16 +119,16 @@ def land_export(dataset: str, data_cfg: dict, synthetic_cfg: dict, out_dir: Path
             write_synthetic_export(
                 dataset,
                 partial,
-                seed=int(synthetic_cfg["seed"]),
-                image_size=int(synthetic_cfg["image_size"]),
-                counts={k: int(v) for k, v in synthetic_cfg["counts"].items()},
-                negative_share=float(synthetic_cfg["negative_share"]),
-                augment_copies_share=float(synthetic_cfg.get("augment_copies_share", 0.0)),
+                seed=synthetic_cfg.seed,
+                image_size=synthetic_cfg.image_size,
+                counts=to_plain(synthetic_cfg.counts),
+                negative_share=synthetic_cfg.negative_share,
+                augment_copies_share=synthetic_cfg.augment_copies_share,
             )
         elif source == "local":
-            copy_local_export(dataset, data_cfg.get("local", {}).get("path", ""), partial)
+            copy_local_export(dataset, data_cfg.local.path, partial)
         else:
-            download_from_roboflow(dataset, data_cfg["roboflow"], partial)
+            download_from_roboflow(dataset, data_cfg.roboflow, partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
