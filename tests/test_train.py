@@ -45,6 +45,11 @@ def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
     train_variant(second)
     a, b = weights(first), weights(second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the model folder holds no timings: the same seed gives byte-identical files (one DVC hash)
+    files = {p.relative_to(first.model_dir): p.read_bytes() for p in sorted(first.model_dir.rglob("*")) if p.is_file()}
+    assert files == {p.relative_to(second.model_dir): p.read_bytes()
+                     for p in sorted(second.model_dir.rglob("*")) if p.is_file()}
+    assert "seconds_per_epoch" in json.loads((first.metrics_dir / "full.json").read_text())  # timings: metrics only
     for name in ("config.json", "processor_config.json", "tokenizer.json", "promptseg.json"):
         assert (first.model_dir / name).exists(), name
     assert not first.checkpoint_dir.exists()  # removed after a finished run

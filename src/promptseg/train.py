@@ -463,6 +463,12 @@ def save_trained_model(module, processor, setup: TrainSetup, summary: dict) -> N
     out.mkdir(parents=True)
     if hasattr(module, "peft_config"):
         module.save_pretrained(out / "adapter")  # the adapter alone, for users of peft
+        # peft keeps target_modules as a set: its JSON order follows the process's hash seed; sort it
+        config_path = out / "adapter" / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
     model = merged_model(module).cpu()
     model.save_pretrained(out)
     processor.save_pretrained(out)
