@@ -1,26 +1,28 @@
 """DVC stage `masks@<dataset>`: parse the raw export, group copies and re-split (data.<dataset>.split),
-render {0,255} masks, write metrics/data/<dataset>.json, contact sheets and the suspicious-items CSV."""
+render {0,255} masks, write metrics/data/<dataset>.json, contact sheets, the suspicious-items CSV and the
+problems table (every problem with its file). data/processed/<dataset> is written to a .partial sibling
+and renamed into place when complete."""
 import json
 import sys
 from pathlib import Path
 
 from promptseg.exports import read_export
-from promptseg.masks import build_processed_dataset
+from promptseg.masks import write_problems_csv, write_processed_dataset
 from promptseg.qa import read_index, write_contact_sheets, write_suspicious_csv
 from promptseg.settings import load_stage_settings, masks_settings, to_plain
 from promptseg.splits import plan_splits
+
+SHOW_PROBLEMS = 10  # problem lines printed; all of them are in metrics/data/problems/<dataset>.csv
 
 
 def main(dataset: str) -> None:
     settings = load_stage_settings(f"masks@{dataset}", masks_settings, dataset)
     cfg = settings.masks
     raw, out = Path("data/raw") / dataset, Path("data/processed") / dataset
-    read = read_export(raw, empty_segmentation=settings.empty_polygon)
-    for problem in read.problems[:20]:
-        print(f"[masks] {dataset}: {problem}")
-    if len(read.problems) > 20:
-        print(f"[masks] {dataset}: ... and {len(read.problems) - 20} more problems (counted in metrics/data/{dataset}.json)")
+    problems_csv = Path("metrics/data/problems") / f"{dataset}.csv"
+    read = None
     try:
+        read = read_export(raw, empty_segmentation=settings.empty_polygon)
         plan = plan_splits(
             read.records,
             strategy=settings.split,
@@ -29,12 +31,22 @@ def main(dataset: str) -> None:
             max_distance=cfg.near_duplicates.dhash_max_distance,
             min_correlation=cfg.near_duplicates.min_correlation,
         )
-        summary = build_processed_dataset(read, out, min_box_side_px=cfg.min_box_side_px, plan=plan)
-    except ValueError as exc:
+        summary = write_processed_dataset(read, out, min_box_side_px=cfg.min_box_side_px, plan=plan)
+    except (ValueError, OSError) as exc:
+        if read is not None and read.problems:
+            write_problems_csv(read.problems, problems_csv)
+            exc = f"{exc} (all {len(read.problems)} problems: {problems_csv})"
         sys.exit(f"masks@{dataset}: {exc}")
 
     metrics_dir = Path("metrics/data")
     metrics_dir.mkdir(parents=True, exist_ok=True)
+    kinds = write_problems_csv(read.problems, problems_csv)  # after rendering: its problems are included
+    print(f"[masks] {dataset}: {len(read.problems)} problems ("
+          + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) + f") in {problems_csv}")
+    for problem in read.problems[:SHOW_PROBLEMS]:
+        print(f"[masks] {dataset}: {problem}")
+    if len(read.problems) > SHOW_PROBLEMS:
+        print(f"[masks] {dataset}: ... and {len(read.problems) - SHOW_PROBLEMS} more in {problems_csv}")
     write_contact_sheets(out, dataset, metrics_dir / "contact_sheets", grid=cfg.contact_sheet.grid,
                          tile_px=cfg.contact_sheet.tile_px)
     suspicious = metrics_dir / "suspicious" / f"{dataset}.csv"
@@ -49,7 +61,7 @@ def main(dataset: str) -> None:
         figures = ", ".join(f"{s} {v['images']} images / {v['groups']} photos, leak {v['leak_by_name']} by name "
                             f"{v['leak_by_hash']} by hash" for s, v in split[which].items())
         print(f"[masks] {dataset}: {which.replace('_', ' ')}: {figures}")
-    print(f"[masks] {dataset}: wrote {out}, {metrics}, {suspicious} and contact sheets")
+    print(f"[masks] {dataset}: wrote {out}, {metrics}, {suspicious}, {problems_csv} and contact sheets")
 
 
 if __name__ == "__main__":

@@ -280,7 +280,10 @@ def test_build_processed_dataset_coco(tmp_path):
     assert 0 < v["mean_foreground_fraction"] < 1
     assert set(RENDER_COUNT_KEYS) <= set(v)
     assert summary["train"]["images"] == 1
-    assert summary["problems"] == len(read.problems) == 3  # missing, corrupt, size mismatch
+    # missing, corrupt, size mismatch, and the degenerate box (every dropped shape is named)
+    assert summary["problems"] == len(read.problems) == 4
+    assert [p.kind for p in read.problems] == ["missing_image_file", "degenerate_boxes", "corrupt_image", "size_mismatch"]
+    assert read.problems[1].annotation == "3" and read.problems[1].file.endswith(rf_name("IMG_1", 1))
     assert any("corrupt.jpg" in p and ("re-download" in p or "remove" in p) for p in read.problems)
     json.dumps(summary)
 

@@ -24,11 +24,13 @@ W = H = 48
 
 
 def _export(root: Path) -> Path:
-    """train: a normal image, an annotation that renders to nothing (a zero-width box), a
+    """train: a normal image, annotations that render to nothing (a zero-width box, an empty RLE), a
     mask over 80% of the image, and photo P; valid: another copy of photo P."""
     train = [
         (rf_name("ok", 1), [coco_ann(1, 0, segmentation=[[4, 4, 20, 4, 4, 20]], bbox=(4, 4, 16, 16))]),
-        (rf_name("empty", 2), [coco_ann(2, 1, segmentation=[], bbox=(10, 10, 0, 5))]),
+        # a zero-width box (dropped) beside an empty RLE (valid, draws nothing): kept, an empty render
+        (rf_name("empty", 2), [coco_ann(2, 1, segmentation=[], bbox=(10, 10, 0, 5)),
+                               coco_ann(5, 1, segmentation={"size": [H, W], "counts": [H * W]}, bbox=(0, 0, 1, 1))]),
         (rf_name("huge", 3), [coco_ann(3, 2, segmentation=[], bbox=(0, 0, W, 0.75 * H))]),
         (rf_name("P", 4), [coco_ann(4, 3, segmentation=[[1, 1, 9, 1, 1, 9]], bbox=(1, 1, 8, 8))]),
     ]

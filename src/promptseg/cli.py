@@ -8,9 +8,11 @@ writes ``<out>/<stem>__<prompt-slug>.png`` ({0, 255} masks at each image's own s
 ``models/lora/onnx/``) in onnxruntime on the CPU with ``--threads`` intra-op threads; the default engine is
 PyTorch. Both engines share the preprocessing and ``postprocess_probabilities``.
 
-Exit codes: 0 at least one mask written; 1 none written (every image skipped); 2 usage errors
-(unknown path, empty prompt, missing or unreadable model directory, no ONNX export for ``--engine onnx``,
-bad option values).
+Exit codes: 0 at least one mask written; 1 none written (every image skipped) or writing stopped on an
+error; 2 usage errors (unknown path, empty prompt, missing or unreadable model directory, a corrupt weights
+file, no ONNX export for ``--engine onnx``, an ``--out`` folder that cannot be written, bad option values).
+Every image is decoded and checked once (``promptseg.images.read_image``): a truncated, empty or undecodable
+file is skipped and named with the reason. ``--out`` is checked for writing before the model is loaded.
 
 ``promptseg export --model models/lora [--out models/lora/onnx]`` writes ``model.onnx``, its metadata
 (image size, mean/std, per-image standardisation, the model card) and the tokenizer files. Exit codes:
@@ -114,11 +116,29 @@ def overlay_image(rgb: np.ndarray, mask: np.ndarray, *, color=OVERLAY_COLOR_RGB,
 
 
 def _write_png(path: Path, image: np.ndarray, *, rgb: bool = False) -> None:
+    """Encode in memory and write with Python, so that a failure says why (OSError with its reason)."""
     import cv2
 
     data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb else image
-    if not cv2.imwrite(str(path), data):
-        raise OSError(f"could not write {path}")
+    ok, encoded = cv2.imencode(".png", data)
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    Path(path).write_bytes(encoded.tobytes())
+
+
+def _unwritable_reason(folder: Path) -> str | None:
+    """None if a file can be created in ``folder`` (created if missing), else why not."""
+    import os
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".promptseg-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 # --------------------------------------------------------------------------- predict
@@ -171,10 +191,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
              "folder written by save_pretrained (e.g. models/lora)")
         return EXIT_USAGE
     out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _err(f"cannot create the output folder {out_dir}: {exc}")
+    why = _unwritable_reason(out_dir)  # before the model is loaded
+    if why is not None:
+        _err(f"cannot write to the output folder {out_dir}: {why}; pass --out with a folder you can write to")
         return EXIT_USAGE
 
     _quiet_transformers()  # before promptseg.model imports the processor classes
@@ -239,10 +258,17 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
         import torch
 
         torch.set_num_threads(int(threads))
+    from safetensors import SafetensorError
+
     try:
         return _TorchEngine(load_trained_model(model_dir))
     except (ModelSourceError, OSError, ValueError) as exc:
         raise _EngineLoadError(f"cannot load the model from {model_dir}: {exc}") from None
+    except (SafetensorError, RuntimeError) as exc:  # a truncated or corrupt weights file
+        weights = ", ".join(str(p) for p in sorted(model_dir.glob("*.safetensors"))) or f"the weights in {model_dir}"
+        raise _EngineLoadError(f"cannot load the model from {model_dir}: {weights} is corrupt or truncated "
+                               f"({type(exc).__name__}: {exc}). Copy the model folder again, or retrain it "
+                               "(`dvc repro train`)") from None
 
 
 def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, threshold: float,
@@ -250,8 +276,10 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
     from tqdm import tqdm
 
     from promptseg.data import read_rgb
+    from promptseg.images import ImageReadError
 
     written, skipped = 0, 0
+    write_error: list[str] = []
     progress = tqdm(total=len(inputs.images), unit="image", disable=not inputs.any_folder or args.quiet,
                     file=sys.stderr, desc="predict")
 
@@ -268,7 +296,7 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
 
     def flush() -> None:
         nonlocal written
-        if not batch:
+        if not batch or write_error:
             return
         masks = engine.predict_masks([im for _, _, im in batch], [prompt] * len(batch), threshold=threshold,
                                      morphology=not args.no_morphology, kernel_size=args.kernel_size,
@@ -278,9 +306,9 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
                 _write_png(out_dir / f"{stem}__{slug}.png", mask)
                 if args.overlay:
                     _write_png(out_dir / f"{stem}__{slug}_overlay.png", overlay_image(image, mask), rgb=True)
-            except OSError as exc:
-                report_skip(path, str(exc))
-                continue
+            except OSError as exc:  # the folder was checked: a full disk or a folder gone; stop here
+                write_error.append(f"cannot write the mask of {path}: {exc}; stopped after {written} masks")
+                break
             written += 1
         progress.update(len(batch))
         batch.clear()
@@ -291,10 +319,12 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
             report_skip(path, f"its output name {stem}__{slug}.png is already taken by {used_names[stem]}")
             progress.update(1)
             continue
+        if write_error:
+            break
         try:
             image = read_rgb(path)
-        except (ValueError, OSError):
-            report_skip(path, "not a readable image")
+        except ImageReadError as exc:
+            report_skip(path, f"not a readable image ({exc.reason})")
             progress.update(1)
             continue
         used_names[stem] = path
@@ -303,6 +333,9 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
             flush()
     flush()
     progress.close()
+    if write_error:
+        _err(write_error[0])
+        return EXIT_NOTHING_WRITTEN
     print(f"{written} masks written, {skipped} skipped -> {out_dir}")
     return EXIT_OK if written else EXIT_NOTHING_WRITTEN
 

@@ -3,9 +3,15 @@
 Everything random (prompt choice, flip, negative prompts, data order) is a pure function of
 ``(seed, epoch, sample index)``, so a run resumed after an interruption sees exactly the batches an
 uninterrupted run would have seen.
+
+Every image is decoded once, when the dataset is built (:func:`promptseg.images.read_image`: a truncated
+or undecodable file is refused); such an image, or one whose mask is unreadable, is skipped, counted in
+``skipped`` and named on stderr, and the rest is cached.
 """
 from __future__ import annotations
 
+import collections
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,14 +20,18 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
+from promptseg.images import ImageReadError, read_image
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, or ValueError naming the file."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image (corrupt or not an image file); re-export or remove it.")
+    """(H, W, 3) uint8 RGB, or :class:`promptseg.images.ImageReadError` (a ValueError; ``kind``
+    ``corrupt_image`` or ``truncated_image``) naming the file: missing, empty, truncated or undecodable."""
+    try:
+        image = read_image(path, cv2.IMREAD_COLOR)
+    except ImageReadError as exc:
+        raise ImageReadError(exc.path, exc.kind, f"{exc.reason}; re-export or remove it") from None
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -47,11 +57,33 @@ def preprocess_image(rgb: np.ndarray, size: int, mean, std, per_image: bool = Fa
     return normalize(resize_rgb(rgb, size), mean, std, per_image)
 
 
+class SplitPairs(list):
+    """The (image, mask) pairs of one split, remembering the ``folder`` they were listed from (so that an
+    empty split can be explained: :func:`explain_empty_split`)."""
+
+    def __init__(self, pairs, folder: Path):
+        super().__init__(pairs)
+        self.folder = Path(folder)
+
+
 def list_split(processed_root: Path, dataset: str, split: str) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of one split of the processed tree, sorted by stem."""
+    """(image, mask) pairs of one split of the processed tree, sorted by stem (a :class:`SplitPairs`)."""
     folder = Path(processed_root) / dataset / split
     images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return [(p, folder / "masks" / f"{p.stem}.png") for p in images]
+    return SplitPairs([(p, folder / "masks" / f"{p.stem}.png") for p in images], folder)
+
+
+def explain_empty_split(folder: Path, dataset: str) -> str:
+    """Why ``<processed>/<dataset>/<split>`` has no images, and the fix."""
+    folder = Path(folder)
+    root, split = folder.parent, folder.name
+    if not (root / "index.csv").is_file():
+        return f"no images for dataset {dataset!r}: {root} has not been written; run `dvc repro masks@{dataset}` first."
+    present = sorted(p.name for p in root.iterdir() if (p / "images").is_dir() and any((p / "images").iterdir()))
+    return (f"no images for dataset {dataset!r} in {folder}: the masks stage ran, but the processed dataset has no "
+            f"{split} split (it has: {', '.join(present) or 'none'}). With data.{dataset}.split: as_exported the "
+            f"splits are the export's own, and this export has no {split} split: set data.{dataset}.split: grouped "
+            f"in params.yaml to re-split it (ratios in masks.grouped_split), or export a {split} split from Roboflow.")
 
 
 def _rng(seed: int, epoch: int, index: int, salt: int) -> np.random.Generator:
@@ -68,14 +100,17 @@ class PromptedSegmentation(Dataset):
       does not dilute the other dataset's negatives.
     - target: the {0,255} mask resized bilinearly to ``image_size`` and scaled to [0, 1] (soft edges).
     - ``hflip_prob``: horizontal flip of image and mask together.
-    Resized images and masks are cached in memory after the first read.
+    Every image and mask is decoded once, resized and cached when the dataset is built; a pair that cannot
+    be used is skipped, listed in ``skipped`` and named on stderr.
     """
 
     def __init__(self, pairs, dataset: str, prompts, *, image_size: int, mean, std, seed: int = 42,
                  hflip_prob: float = 0.0, negative_prompts=(), negative_prompt_prob: float = 0.0,
                  unrelated_prompts=(), unrelated_share: float = 0.5, per_image: bool = False):
         if not pairs:
-            raise ValueError(f"no images for dataset {dataset!r}: run `dvc repro masks` first.")
+            folder = getattr(pairs, "folder", None)
+            raise ValueError(explain_empty_split(folder, dataset) if folder is not None
+                             else f"no images for dataset {dataset!r}: run `dvc repro masks` first.")
         if not prompts:
             raise ValueError(f"dataset {dataset!r} has no prompts in params.yaml (data.{dataset}.prompts).")
         self.pairs, self.dataset, self.prompts = list(pairs), dataset, list(prompts)
@@ -86,6 +121,41 @@ class PromptedSegmentation(Dataset):
         self.per_image = per_image
         self.epoch = 0
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.skipped: list[tuple[Path, str, str]] = []  # (image, kind, message) of each image left out
+        self._decode_all()
+
+    def _decode_all(self) -> None:
+        """Decode every pair once (into the cache); skip, count and name the ones that cannot be used."""
+        kept, cache = [], {}
+        for image_path, mask_path in self.pairs:
+            try:
+                item = self._read_pair(image_path, mask_path)
+            except ImageReadError as exc:
+                self.skipped.append((Path(image_path), exc.kind, str(exc)))
+                continue
+            except ValueError as exc:
+                self.skipped.append((Path(image_path), "unreadable_mask", str(exc)))
+                continue
+            cache[len(kept)] = item
+            kept.append((image_path, mask_path))
+        if self.skipped:
+            kinds = collections.Counter(kind for _, kind, _ in self.skipped)
+            for _, _, message in self.skipped:
+                print(f"[data] {self.dataset}: skipped {message}", file=sys.stderr)
+            print(f"[data] {self.dataset}: {len(self.skipped)} of {len(self.pairs)} images skipped ("
+                  + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")", file=sys.stderr)
+            if not kept:
+                raise ValueError(f"no usable images for dataset {self.dataset!r}: all {len(self.pairs)} were skipped "
+                                 f"(first: {self.skipped[0][2]}); rerun `dvc repro masks@{self.dataset}`.")
+        self.pairs, self._cache = kept, cache
+
+    def _read_pair(self, image_path, mask_path) -> tuple[np.ndarray, np.ndarray]:
+        rgb = resize_rgb(read_rgb(image_path), self.image_size)
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks`.")
+        mask = np.asarray(Image.fromarray(mask).resize((self.image_size,) * 2, Image.BILINEAR))
+        return rgb, mask
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -95,13 +165,7 @@ class PromptedSegmentation(Dataset):
 
     def load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index not in self._cache:
-            image_path, mask_path = self.pairs[index]
-            rgb = resize_rgb(read_rgb(image_path), self.image_size)
-            mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-            if mask is None:
-                raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks`.")
-            mask = np.asarray(Image.fromarray(mask).resize((self.image_size,) * 2, Image.BILINEAR))
-            self._cache[index] = (rgb, mask)
+            self._cache[index] = self._read_pair(*self.pairs[index])
         return self._cache[index]
 
     def sample_prompt(self, index: int) -> tuple[str, bool]:

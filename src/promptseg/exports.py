@@ -31,6 +31,20 @@ Policies (see ``/work/shared/real/README.md`` for the quirks they answer):
   segmentation export). In a YOLO export that has polygons, a 5-value line is treated
   like a COCO empty segmentation (``empty_segmentation`` decides).
 
+* **Invalid labels**: every dropped shape is reported (file, annotation id or label-file line,
+  reason). An image that had annotations and lost ALL of them to validation (bad polygons,
+  unknown categories, malformed YOLO lines, a malformed RLE dict, no segmentation and no bbox)
+  is skipped and counted ``all_labels_invalid``: it is never kept as a negative. An image with
+  no annotation at all (or an empty label file) stays a negative.
+* Image files in a COCO split folder that its JSON does not list are counted
+  ``unlisted_image`` and named. A COCO file without an ``images`` or ``annotations`` list is an
+  :class:`ExportError` naming the file.
+
+Every problem is a :class:`Problem`: a ``str`` (the human message) that also carries ``split``,
+``file``, ``annotation`` and ``kind`` (a counter name) for the problems table.
+``images_listed = images + skipped`` per split, where the skips are the kinds in
+:data:`IMAGE_SKIP_KINDS` counted at read time, each with one problem naming the image.
+
 Counters (per split, all present, zero when not met): see :data:`COUNT_KEYS`.
 ``images_listed`` is what the export lists (COCO ``images`` entries, YOLO image files
 found); ``images`` is the number of records returned for the split.
@@ -40,6 +54,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -75,7 +90,37 @@ COUNT_KEYS = (
     "malformed_annotations",
     "malformed_label_lines",
     "unreadable_annotation_file",
+    "all_labels_invalid",
+    "unlisted_image",
 )
+
+#: Counters that mean "this listed image was not kept" (read time and, in :mod:`promptseg.masks`,
+#: render time); each comes with exactly one :class:`Problem` of that kind naming the image file.
+IMAGE_SKIP_KINDS = ("missing_image_file", "duplicate_image_ids", "corrupt_image", "truncated_image", "all_labels_invalid")
+
+#: Columns of the problems table (``metrics/data/problems/<dataset>.csv``).
+PROBLEM_COLUMNS = ("split", "file", "annotation", "kind", "detail")
+
+
+class ExportError(ValueError):
+    """The export cannot be used at all; the message names the file and the fix."""
+
+
+class Problem(str):
+    """One problem met while reading or rendering: the human message (the string itself: the file,
+    what is wrong, the fix) with the fields of the problems table: ``split``, ``file``,
+    ``annotation`` (a COCO annotation id, ``line N`` of a YOLO label file, or empty) and ``kind``
+    (the counter it adds to)."""
+
+    def __new__(cls, message: str = "", *, kind: str = "", file="", split: str = "", annotation="") -> Problem:
+        self = super().__new__(cls, message)
+        self.kind, self.file, self.split = kind, str(file), split
+        self.annotation = "" if annotation is None else str(annotation)
+        return self
+
+    def row(self) -> dict[str, str]:
+        return {"split": self.split, "file": self.file, "annotation": self.annotation,
+                "kind": self.kind, "detail": str(self)}
 
 
 @dataclass(frozen=True)
@@ -91,6 +136,7 @@ class Shape:
     points: np.ndarray | None = None
     box: tuple[float, float, float, float] | None = None
     rle: dict | None = None
+    ref: str = ""  # where it comes from, for messages: the COCO annotation id or "line N" of a label file
 
 
 @dataclass
@@ -108,7 +154,7 @@ class ExportReadResult:
     format: str  # "coco" | "yolo"
     records: list[ImageRecord]
     counts: dict[str, dict[str, int]]  # split -> counter -> n
-    problems: list[str]  # one human message per problem: the file, what is wrong, the fix
+    problems: list[Problem]  # one per problem: the file, what is wrong, the fix (see Problem)
     root: Path | None = None  # the export folder that was read
 
 
@@ -144,12 +190,12 @@ def _is_number(v) -> bool:
 
 def detect_export_format(root: Path) -> str:
     """``"coco"`` if any ``<split>/_annotations.coco.json`` exists, ``"yolo"`` if
-    ``data.yaml`` or any ``<split>/labels`` exists; otherwise ``ValueError``."""
+    ``data.yaml`` or any ``<split>/labels`` exists; otherwise :class:`ExportError`."""
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"export folder {root} does not exist; check the path")
+        raise ExportError(f"export folder {root} does not exist; check the path")
     if not root.is_dir():
-        raise ValueError(
+        raise ExportError(
             f"{root} is not a folder; unzip the Roboflow export and pass the folder "
             "that holds train/ valid/ test/"
         )
@@ -165,7 +211,7 @@ def detect_export_format(root: Path) -> str:
     )
     if nested:
         hint = f"; an export seems to be one level down, in {nested[0]}: pass that folder"
-    raise ValueError(
+    raise ExportError(
         f"{root} is not a Roboflow export: expected <split>/{COCO_ANNOTATION_FILE} (COCO) or "
         f"data.yaml / <split>/labels/ (YOLO), with split folders named "
         f"{', '.join(ROBOFLOW_SPLIT_NAMES)}{hint}"
@@ -196,24 +242,38 @@ def read_export(root: Path, *, empty_segmentation: str = "box") -> ExportReadRes
 # ------------------------------------------------------------------------------ COCO
 
 
-def _coco_polygon_parts(seg: list, counts: Counter) -> list[Shape]:
-    """Polygon shapes from a COCO polygon list (one flat list per part)."""
+def _polygon_part_defect(part) -> str | None:
+    """Why a COCO polygon part is unusable, or None."""
+    if not isinstance(part, (list, tuple)):
+        return f"a polygon part is not a list ({str(part)[:40]})"
+    if not all(_is_number(v) for v in part):
+        bad = next(v for v in part if not _is_number(v))
+        return f"a polygon has a non-finite or non-numeric coordinate ({bad!r})"
+    if len(part) % 2:
+        return f"a polygon has an odd number of coordinates ({len(part)})"
+    if len(part) < 6:
+        return f"a polygon has {len(part) // 2} points (fewer than 3)"
+    return None
+
+
+def _coco_polygon_parts(seg: list, counts: Counter, ref: str = "") -> tuple[list[Shape], list[str]]:
+    """Polygon shapes from a COCO polygon list (one flat list per part), and why each dropped
+    part was dropped (``"part k: ..."`` when there are several parts)."""
     # Some writers emit a single flat list instead of a list of lists.
     if seg and all(_is_number(v) for v in seg):
         seg = [seg]
-    shapes = []
-    for part in seg:
-        if (
-            not isinstance(part, (list, tuple))
-            or len(part) < 6
-            or len(part) % 2
-            or not all(_is_number(v) for v in part)
-        ):
+    elif seg and not any(isinstance(v, (list, tuple)) for v in seg):
+        seg = [seg]  # a flat list with a bad value: one bad part, not one per value
+    shapes, dropped = [], []
+    for k, part in enumerate(seg, 1):
+        why = _polygon_part_defect(part)
+        if why is not None:
             counts["degenerate_polygons"] += 1
+            dropped.append(f"part {k} of {len(seg)}: {why}" if len(seg) > 1 else why)
             continue
         pts = np.asarray(part, dtype=np.float64).reshape(-1, 2)
-        shapes.append(Shape(kind="polygon", points=pts))
-    return shapes
+        shapes.append(Shape(kind="polygon", points=pts, ref=ref))
+    return shapes, dropped
 
 
 def _coco_bbox(ann: dict) -> tuple[float, float, float, float] | None:
@@ -230,8 +290,28 @@ def _has_mask_segmentation(seg) -> bool:
     return isinstance(seg, list) and len(seg) > 0
 
 
+def _load_coco_file(ann_path: Path) -> dict:
+    """The parsed COCO JSON; ValueError/OSError if unreadable; :class:`ExportError` if it lacks
+    an ``images`` or ``annotations`` list (every image would silently become a negative)."""
+    with open(ann_path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("top level is not a JSON object")
+    for key in ("images", "annotations"):
+        if key not in data:
+            raise ExportError(
+                f"{ann_path}: has no '{key}' list, so its images cannot be matched to their labels; "
+                "re-download the export (or re-export it from Roboflow in COCO format)"
+            )
+        if not isinstance(data[key], list):
+            raise ExportError(
+                f"{ann_path}: '{key}' is a {type(data[key]).__name__}, not a list; re-download the export"
+            )
+    return data
+
+
 def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
-    problems: list[str] = []
+    problems: list[Problem] = []
     counts: dict[str, Counter] = {}
     loaded: list[tuple[str, Path, dict]] = []
 
@@ -241,16 +321,16 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
             continue
         c = counts.setdefault(split, _new_counter())
         try:
-            with open(ann_path, encoding="utf-8") as f:
-                data = json.load(f)
-            if not isinstance(data, dict):
-                raise ValueError("top level is not a JSON object")
+            data = _load_coco_file(ann_path)
+        except ExportError:
+            raise
         except (OSError, ValueError) as e:
             c["unreadable_annotation_file"] += 1
-            problems.append(
+            problems.append(Problem(
                 f"{ann_path}: cannot be read as COCO JSON ({e}); re-download the export "
-                f"or remove the {rf_name}/ folder"
-            )
+                f"or remove the {rf_name}/ folder",
+                kind="unreadable_annotation_file", file=ann_path, split=split,
+            ))
             continue
         loaded.append((split, ann_path, data))
 
@@ -258,7 +338,7 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
     has_masks = any(
         _has_mask_segmentation(a.get("segmentation"))
         for _, _, data in loaded
-        for a in (data.get("annotations") or [])
+        for a in data["annotations"]
         if isinstance(a, dict)
     )
 
@@ -266,33 +346,46 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
     for split, ann_path, data in loaded:
         c = counts[split]
         split_dir = ann_path.parent
+
+        def problem(message: str, kind: str, file=ann_path, annotation="", split=split) -> None:
+            problems.append(Problem(message, kind=kind, file=file, split=split, annotation=annotation))
+
         categories = {
             cat.get("id") for cat in (data.get("categories") or []) if isinstance(cat, dict)
         }
-        # image id -> (record, file exists)
+        # image id -> record; the file names the JSON lists (for unlisted files)
         by_id: dict = {}
         order: list = []
-        for im in data.get("images") or []:
+        listed_files: set[Path] = set()
+        for im in data["images"]:
             if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
                 c["malformed_annotations"] += 1
-                problems.append(
+                problem(
                     f"{ann_path}: image entry without id or file_name ({str(im)[:120]}); "
-                    "it is ignored; re-export the dataset"
+                    "it is ignored; re-export the dataset",
+                    "malformed_annotations",
                 )
                 continue
             c["images_listed"] += 1
+            image_path = split_dir / im["file_name"]
+            listed_files.add(Path(os.path.normpath(image_path)))
+            try:
+                hash(im["id"])
+            except TypeError:  # an id JSON cannot use as a key (a list or an object)
+                im = {**im, "id": json.dumps(im["id"])}
             if im["id"] in by_id:
                 c["duplicate_image_ids"] += 1
-                problems.append(
+                problem(
                     f"{ann_path}: image id {im['id']} is listed twice; the second entry "
-                    f"({im['file_name']}) is ignored; re-export the dataset"
+                    f"({im['file_name']}) is ignored; re-export the dataset",
+                    "duplicate_image_ids", file=image_path,
                 )
                 continue
             extra = im.get("extra") if isinstance(im.get("extra"), dict) else {}
             w, h = im.get("width"), im.get("height")
             rec = ImageRecord(
                 split=split,
-                image_path=split_dir / im["file_name"],
+                image_path=image_path,
                 width=int(w) if _is_number(w) else None,
                 height=int(h) if _is_number(h) else None,
                 shapes=[],
@@ -303,51 +396,75 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
 
         used_categories = set()
         annotated_ids = set()
-        for ann in data.get("annotations") or []:
+        invalid: Counter = Counter()  # image id -> annotations dropped by validation
+        for ann in data["annotations"]:
             if not isinstance(ann, dict):
                 c["malformed_annotations"] += 1
-                problems.append(f"{ann_path}: annotation is not an object ({str(ann)[:80]}); ignored")
+                problem(f"{ann_path}: annotation is not an object ({str(ann)[:80]}); ignored",
+                        "malformed_annotations")
                 continue
             c["annotations"] += 1
             img_id = ann.get("image_id")
             cat_id = ann.get("category_id")
-            if img_id not in by_id:
+            ref = str(ann.get("id"))
+            try:
+                known_image = img_id in by_id
+            except TypeError:  # an unhashable image_id
+                known_image = False
+            if not known_image:
                 c["labels_without_image"] += 1
-                problems.append(
+                problem(
                     f"{ann_path}: annotation {ann.get('id')} refers to image id {img_id}, which "
-                    "is not in 'images'; it is ignored; re-export the dataset"
+                    "is not in 'images'; it is ignored; re-export the dataset",
+                    "labels_without_image", annotation=ref,
                 )
                 continue
             annotated_ids.add(img_id)
-            if cat_id not in categories:
+            rec = by_id[img_id]
+            try:
+                known_category = cat_id in categories
+            except TypeError:
+                known_category = False
+            if not known_category:
                 c["unknown_category"] += 1
-                problems.append(
-                    f"{ann_path}: annotation {ann.get('id')} has category_id {cat_id!r}, which is "
-                    f"not in 'categories' (ids {sorted(categories, key=str)}); it is ignored; "
-                    "fix the category in Roboflow and re-export"
+                invalid[img_id] += 1
+                problem(
+                    f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has category_id "
+                    f"{cat_id!r}, which is not in 'categories' (ids {sorted(categories, key=str)}); it is "
+                    "ignored; fix the category in Roboflow and re-export",
+                    "unknown_category", file=rec.image_path, annotation=ref,
                 )
                 continue
             used_categories.add(cat_id)
-            rec = by_id[img_id]
             seg = ann.get("segmentation")
             if isinstance(seg, dict):
                 if "counts" in seg and "size" in seg:
-                    rec.shapes.append(Shape(kind="rle", rle=seg))
+                    rec.shapes.append(Shape(kind="rle", rle=seg, ref=ref))
                     c["rle"] += 1
                 else:
                     c["malformed_annotations"] += 1
-                    problems.append(
-                        f"{ann_path}: annotation {ann.get('id')} has an RLE segmentation without "
-                        "'size'/'counts'; it is ignored; re-export the dataset"
+                    invalid[img_id] += 1
+                    problem(
+                        f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has an RLE "
+                        "segmentation without 'size'/'counts'; it is ignored; re-export the dataset",
+                        "malformed_annotations", file=rec.image_path, annotation=ref,
                     )
                 continue
             if isinstance(seg, list) and seg:
-                parts = _coco_polygon_parts(seg, c)
+                parts, dropped = _coco_polygon_parts(seg, c, ref)
+                for why in dropped:
+                    problem(
+                        f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}): {why}; "
+                        "the polygon is ignored; fix it in Roboflow and re-export",
+                        "degenerate_polygons", file=rec.image_path, annotation=ref,
+                    )
                 if parts:
                     rec.shapes.extend(parts)
                     c["polygons"] += 1
                     if len(parts) > 1:
                         c["multipart_polygons"] += 1
+                else:
+                    invalid[img_id] += 1
                 continue
             # Empty (or absent) segmentation: the bbox is all there is.
             box = _coco_bbox(ann)
@@ -356,12 +473,14 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                 continue
             if box is None:
                 c["malformed_annotations"] += 1
-                problems.append(
-                    f"{ann_path}: annotation {ann.get('id')} has neither a segmentation nor a "
-                    f"valid bbox ({ann.get('bbox')!r}); it is ignored; re-export the dataset"
+                invalid[img_id] += 1
+                problem(
+                    f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has neither a "
+                    f"segmentation nor a valid bbox ({ann.get('bbox')!r}); it is ignored; re-export the dataset",
+                    "malformed_annotations", file=rec.image_path, annotation=ref,
                 )
                 continue
-            rec.shapes.append(Shape(kind="box", box=box))
+            rec.shapes.append(Shape(kind="box", box=box, ref=ref))
             c["empty_segmentation_as_box" if has_masks else "boxes"] += 1
 
         c["unused_categories"] += len(categories - used_categories)
@@ -370,9 +489,19 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
             rec = by_id[img_id]
             if not rec.image_path.is_file():
                 c["missing_image_file"] += 1
-                problems.append(
+                problem(
                     f"{rec.image_path}: listed in {ann_path} but missing on disk; the image is "
-                    "dropped; re-download the export (or unzip it completely)"
+                    "dropped; re-download the export (or unzip it completely)",
+                    "missing_image_file", file=rec.image_path,
+                )
+                continue
+            if invalid[img_id] and not rec.shapes:
+                c["all_labels_invalid"] += 1
+                problem(
+                    f"{rec.image_path}: all {invalid[img_id]} of its annotations in {ann_path} are invalid "
+                    "(see the problems naming them); the image is skipped, not kept as a negative; fix "
+                    "the labels in Roboflow and re-export",
+                    "all_labels_invalid", file=rec.image_path,
                 )
                 continue
             if img_id not in annotated_ids:
@@ -380,13 +509,23 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
             records.append(rec)
             c["images"] += 1
 
+        # Image files beside the JSON that it does not list are not used: say so.
+        for f in sorted(split_dir.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and Path(os.path.normpath(f)) not in listed_files:
+                c["unlisted_image"] += 1
+                problem(
+                    f"{f}: an image file in {split_dir} that {ann_path.name} does not list; it is not "
+                    "used; re-download the export or remove the file",
+                    "unlisted_image", file=f,
+                )
+
     return ExportReadResult("coco", records, _finalise_counts(counts), problems)
 
 
 # ------------------------------------------------------------------------------ YOLO
 
 
-def _read_yolo_names(root: Path, problems: list[str]) -> int | None:
+def _read_yolo_names(root: Path, problems: list[Problem]) -> int | None:
     """Number of classes from data.yaml (``nc`` or ``names``), None if unknown."""
     path = root / "data.yaml"
     if not path.is_file():
@@ -399,7 +538,8 @@ def _read_yolo_names(root: Path, problems: list[str]) -> int | None:
         if not isinstance(data, dict):
             raise ValueError("top level is not a mapping")
     except Exception as e:  # noqa: BLE001 - any parse error is a problem, not a crash
-        problems.append(f"{path}: cannot be read ({e}); class ids are not checked; fix or delete it")
+        problems.append(Problem(f"{path}: cannot be read ({e}); class ids are not checked; fix or delete it",
+                                kind="unreadable_data_yaml", file=path))
         return None
     nc = data.get("nc")
     names = data.get("names")
@@ -412,7 +552,8 @@ def _read_yolo_names(root: Path, problems: list[str]) -> int | None:
             return max(int(k) for k in names) + 1
         except (TypeError, ValueError):
             pass
-    problems.append(f"{path}: has no usable 'nc' or 'names'; class ids are not checked")
+    problems.append(Problem(f"{path}: has no usable 'nc' or 'names'; class ids are not checked",
+                            kind="unreadable_data_yaml", file=path))
     return None
 
 
@@ -448,7 +589,7 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 
 def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
-    problems: list[str] = []
+    problems: list[Problem] = []
     counts: dict[str, Counter] = {}
     nc = _read_yolo_names(root, problems)
 
@@ -459,6 +600,10 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
         if not img_dir.is_dir() and not lbl_dir.is_dir():
             continue
         c = counts.setdefault(split, _new_counter())
+
+        def problem(message: str, kind: str, file, annotation="", split=split) -> None:
+            problems.append(Problem(message, kind=kind, file=file, split=split, annotation=annotation))
+
         images = (
             sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if img_dir.is_dir()
@@ -470,20 +615,24 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
         for p in labels:
             if p.stem not in image_stems:
                 c["labels_without_image"] += 1
-                problems.append(
+                problem(
                     f"{p}: label file without a matching image in {img_dir}; it is ignored; "
-                    "re-download the export"
+                    "re-download the export",
+                    "labels_without_image", p,
                 )
-        parsed: dict[Path, tuple[Path | None, list]] = {}
+        # image -> (label file, valid lines (line number, class, values), lines dropped)
+        parsed: dict[Path, tuple[Path | None, list, int]] = {}
         for img in images:
             lbl = label_by_stem.get(img.stem)
-            lines = []
+            lines, dropped = [], 0
             if lbl is not None:
                 try:
                     text = lbl.read_text(encoding="utf-8", errors="replace")
                 except OSError as e:
                     c["malformed_label_lines"] += 1
-                    problems.append(f"{lbl}: cannot be read ({e}); the image gets no labels")
+                    dropped += 1
+                    problem(f"{lbl}: cannot be read ({e}); its labels are lost; re-download the export",
+                            "malformed_label_lines", lbl)
                     text = ""
                 for lineno, line in enumerate(text.splitlines(), 1):
                     if not line.strip():
@@ -491,44 +640,49 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
                     p = _parse_yolo_line(line)
                     if p is None:
                         c["malformed_label_lines"] += 1
-                        problems.append(
+                        dropped += 1
+                        problem(
                             f"{lbl}:{lineno}: malformed line {line.strip()[:60]!r} (want "
-                            "'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', normalised); ignored"
+                            "'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', normalised); ignored",
+                            "malformed_label_lines", lbl, f"line {lineno}",
                         )
                         continue
-                    lines.append(p)
-            parsed[img] = (lbl, lines)
-        splits.append((split, c, parsed))
+                    lines.append((lineno, *p))
+            parsed[img] = (lbl, lines, dropped)
+        splits.append((split, c, parsed, problem))
 
     has_polygons = any(
-        len(v) > 4 for _, _, parsed in splits for _, ls in parsed.values() for _, v in ls
+        len(v) > 4 for _, _, parsed, _ in splits for _, ls, _ in parsed.values() for _, _, v in ls
     )
 
     records: list[ImageRecord] = []
-    for split, c, parsed in splits:
+    for split, c, parsed, problem in splits:
         used = set()
-        for img, (lbl, lines) in parsed.items():
+        for img, (lbl, lines, dropped) in parsed.items():
             c["images_listed"] += 1
             size = _image_size(img)
             if size is None:
                 c["corrupt_image"] += 1
-                problems.append(
+                problem(
                     f"{img}: cannot be read as an image (corrupt or not an image); it is "
-                    "skipped; re-download the export or delete the file"
+                    "skipped; re-download the export or delete the file",
+                    "corrupt_image", img,
                 )
                 continue
             W, H = size
             shapes: list[Shape] = []
-            if not lines:
+            if not lines and not dropped:
                 c["images_without_labels"] += 1
-            for cls, vals in lines:
+            for lineno, cls, vals in lines:
                 c["annotations"] += 1
                 if nc is not None and cls >= nc:
                     c["unknown_category"] += 1
-                    problems.append(
-                        f"{lbl}: class id {cls} is "
+                    dropped += 1
+                    problem(
+                        f"{lbl}:{lineno}: class id {cls} is "
                         f"not below nc={nc} from data.yaml; the line is ignored; fix data.yaml "
-                        "or the labels"
+                        "or the labels",
+                        "unknown_category", lbl, f"line {lineno}",
                     )
                     continue
                 used.add(cls)
@@ -538,12 +692,20 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
                         continue
                     cx, cy, w, h = vals
                     box = ((cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H)
-                    shapes.append(Shape(kind="box", box=box))
+                    shapes.append(Shape(kind="box", box=box, ref=f"line {lineno}"))
                     c["empty_segmentation_as_box" if has_polygons else "boxes"] += 1
                 else:
                     pts = np.asarray(vals, dtype=np.float64).reshape(-1, 2) * (W, H)
-                    shapes.append(Shape(kind="polygon", points=pts))
+                    shapes.append(Shape(kind="polygon", points=pts, ref=f"line {lineno}"))
                     c["polygons"] += 1
+            if dropped and not shapes:
+                c["all_labels_invalid"] += 1
+                problem(
+                    f"{img}: all {dropped} label lines of {lbl} are invalid (see the problems naming "
+                    "them); the image is skipped, not kept as a negative; fix the labels and re-export",
+                    "all_labels_invalid", img,
+                )
+                continue
             records.append(ImageRecord(split, img, None, None, shapes))
             c["images"] += 1
         if nc is not None:
@@ -573,8 +735,12 @@ def source_group_of(file_name: str, extra_name: str | None = None) -> str:
 
 __all__ = [
     "COUNT_KEYS",
+    "ExportError",
     "ExportReadResult",
+    "IMAGE_SKIP_KINDS",
     "ImageRecord",
+    "PROBLEM_COLUMNS",
+    "Problem",
     "Shape",
     "detect_export_format",
     "read_export",

@@ -3,7 +3,7 @@
 Conventions (tested in ``tests/test_masks.py``):
 
 * Masks are ``uint8`` with values ``{0, 255}``, at the image's ACTUAL decoded size
-  (``cv2.imread``), never at the size the annotation file claims. A differing size is
+  (:func:`promptseg.images.read_image`, which also refuses truncated files), never at the size the annotation file claims. A differing size is
   counted ``size_mismatch`` and reported; coordinates are NOT rescaled, they are
   rendered as they are and clipped to the real image.
 * Rounding is half-up: ``floor(v + 0.5)`` (not numpy's round-half-to-even).
@@ -26,6 +26,10 @@ Conventions (tested in ``tests/test_masks.py``):
 * **RLE**: decoded with ``pycocotools.mask`` (compressed or uncompressed counts). An RLE
   whose size differs from the image is cropped/zero-padded at the top-left and counted
   ``rle_size_mismatch``; an undecodable one is counted ``malformed_rle``.
+* Every shape dropped while rendering (a degenerate box, a malformed RLE) is reported with its
+  annotation; an image whose shapes are ALL dropped is skipped (``all_labels_invalid``), never
+  written as a negative. A truncated or undecodable image is skipped (``truncated_image`` or
+  ``corrupt_image``) and named.
 """
 
 from __future__ import annotations
@@ -39,12 +43,22 @@ import cv2
 import numpy as np
 
 from promptseg import SPLITS
-from promptseg.exports import ExportReadResult, ImageRecord, source_group_of
+from promptseg.exports import (
+    PROBLEM_COLUMNS,
+    ExportError,
+    ExportReadResult,
+    ImageRecord,
+    Problem,
+    source_group_of,
+)
+from promptseg.images import ImageReadError, read_image
 from promptseg.splits import SplitPlan, hash_hex, map_in_threads, plan_splits
 
 #: Counters rendering adds to each split (zero when not met).
 RENDER_COUNT_KEYS = (
     "corrupt_image",
+    "truncated_image",
+    "all_labels_invalid",
     "size_mismatch",
     "clipped_boxes",
     "clipped_polygons",
@@ -150,10 +164,13 @@ def render_record_mask(
     counts: collections.Counter,
     *,
     min_box_side_px: float = 1.0,
+    dropped: list | None = None,
 ) -> np.ndarray:
     """The union of ``record.shapes`` as a uint8 {0,255} mask of ``(height, width)``
     (the image's actual size). Clipping, degenerate boxes and RLE trouble are added to
-    ``counts`` (see the module docstring for the conventions)."""
+    ``counts`` (see the module docstring for the conventions); each shape that draws nothing
+    because it is unusable is appended to ``dropped`` as ``(shape, counter, reason)``."""
+    dropped = [] if dropped is None else dropped
     mask = np.zeros((height, width), dtype=np.uint8)
     polygons = []
     for shape in record.shapes:
@@ -173,13 +190,18 @@ def render_record_mask(
                 counts["clipped_boxes"] += 1
             if cw < min_box_side_px or ch < min_box_side_px or c1 <= c0 or r1 <= r0:
                 counts["degenerate_boxes"] += 1
+                why = (f"box {tuple(round(float(v), 2) for v in shape.box)} (x0, y0, x1, y1) covers "
+                       f"{max(cw, 0):.2f} x {max(ch, 0):.2f} px of the {width}x{height} image "
+                       f"(below min_box_side_px={min_box_side_px:g})")
+                dropped.append((shape, "degenerate_boxes", why))
                 continue
             _fill_box(mask, c0, r0, c1, r1)
         elif shape.kind == "rle":
             try:
                 m = _decode_rle(shape.rle)
-            except Exception:  # noqa: BLE001 - a bad RLE is counted, not fatal
+            except Exception as exc:  # noqa: BLE001 - a bad RLE is counted, not fatal
                 counts["malformed_rle"] += 1
+                dropped.append((shape, "malformed_rle", f"RLE cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})"))
                 continue
             if m.shape != (height, width):
                 counts["rle_size_mismatch"] += 1
@@ -189,6 +211,7 @@ def render_record_mask(
                 mask[m > 0] = 255
         else:
             counts["unknown_shape_kind"] += 1
+            dropped.append((shape, "unknown_shape_kind", f"unknown shape kind {shape.kind!r}"))
     if polygons:
         _fill_polygons(mask, polygons)
     return mask
@@ -226,19 +249,20 @@ def _true_mask_source(rec: ImageRecord, export_root: Path | None) -> Path | None
 def _process_one(
     rec: ImageRecord, split: str, stem: str, dup: bool, out_dir: Path, min_box_side_px: float,
     true_mask: Path | None = None,
-) -> tuple[dict | None, collections.Counter, list[str]]:
+) -> tuple[dict | None, collections.Counter, list[Problem]]:
     """Decode, render and write one image into ``out_dir/<split>``: (index row or None,
     per-image counts, problems)."""
     per_image: collections.Counter = collections.Counter()
-    problems: list[str] = []
+    problems: list[Problem] = []
     path = Path(rec.image_path)
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        per_image["corrupt_image"] += 1
-        problems.append(
-            f"{path}: cannot be decoded (corrupt, truncated or not an image); it is "
-            "skipped; re-download the export or remove the file"
-        )
+    try:
+        img = read_image(path, cv2.IMREAD_COLOR)
+    except ImageReadError as exc:
+        per_image[exc.kind] += 1
+        problems.append(Problem(
+            f"{path}: {exc.reason}; it is skipped; re-download the export or remove the file",
+            kind=exc.kind, file=path, split=split,
+        ))
         return None, per_image, problems
     h, w = img.shape[:2]
     del img
@@ -246,11 +270,26 @@ def _process_one(
         per_image["duplicate_stems"] += 1
     if (rec.width is not None and rec.width != w) or (rec.height is not None and rec.height != h):
         per_image["size_mismatch"] += 1
-        problems.append(
+        problems.append(Problem(
             f"{path}: the annotation says {rec.width}x{rec.height} but the file is {w}x{h}; "
-            "the shapes are rendered unscaled and clipped to the file; re-download the export"
-        )
-    mask = render_record_mask(rec, h, w, per_image, min_box_side_px=min_box_side_px)
+            "the shapes are rendered unscaled and clipped to the file; re-download the export",
+            kind="size_mismatch", file=path, split=split,
+        ))
+    dropped: list = []
+    mask = render_record_mask(rec, h, w, per_image, min_box_side_px=min_box_side_px, dropped=dropped)
+    for shape, kind, why in dropped:
+        problems.append(Problem(
+            f"{path}: annotation {shape.ref or '?'}: {why}; it draws nothing; fix it in Roboflow and re-export",
+            kind=kind, file=path, split=split, annotation=shape.ref,
+        ))
+    if rec.shapes and len(dropped) == len(rec.shapes):
+        per_image["all_labels_invalid"] += 1
+        problems.append(Problem(
+            f"{path}: all {len(dropped)} of its shapes draw nothing (see the problems naming them); the "
+            "image is skipped, not kept as a negative; fix the labels and re-export",
+            kind="all_labels_invalid", file=path, split=split,
+        ))
+        return None, per_image, problems
     shutil.copy2(path, out_dir / split / "images" / f"{stem}{path.suffix}")
     mask_path = out_dir / split / "masks" / f"{stem}.png"
     if not cv2.imwrite(str(mask_path), mask):
@@ -275,6 +314,39 @@ def _process_one(
     return row, per_image, problems
 
 
+def write_problems_csv(problems: list, path: Path) -> collections.Counter:
+    """Write every problem as a row of :data:`promptseg.exports.PROBLEM_COLUMNS` (a plain string
+    becomes a row with only ``detail``); return the count per kind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kinds: collections.Counter = collections.Counter()
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(PROBLEM_COLUMNS))
+        writer.writeheader()
+        for p in problems:
+            row = p.row() if isinstance(p, Problem) else {"detail": str(p)}
+            kinds[row.get("kind") or "other"] += 1
+            writer.writerow(row)
+    return kinds
+
+
+def write_processed_dataset(read: ExportReadResult, out_dir: Path, **kwargs) -> dict:
+    """:func:`build_processed_dataset` into the sibling folder ``<out_dir>.partial``, renamed to
+    ``out_dir`` (replacing it) only when complete: an interrupted run never leaves a half-written
+    tree or a stale ``index.csv`` behind (``download`` does the same)."""
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        summary = build_processed_dataset(read, partial, **kwargs)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return summary
+
+
 def build_processed_dataset(
     read: ExportReadResult,
     out_dir: Path,
@@ -292,8 +364,10 @@ def build_processed_dataset(
     (``<export>/true_masks/<roboflow split>/<file stem>.png``, as the synthetic drywall export
     writes), each is copied to ``out_dir/<split>/true_masks/<stem>.png`` beside its image.
 
-    Existing ``out_dir/{train,val,test}`` folders are replaced. An image cv2 cannot decode
-    is skipped (``corrupt_image``); rendering problems are appended to ``read.problems``.
+    Existing ``out_dir/{train,val,test}`` folders are replaced. An image that is truncated or
+    cannot be decoded is skipped (``truncated_image`` / ``corrupt_image``), so is one whose shapes
+    all draw nothing (``all_labels_invalid``); rendering problems (:class:`Problem`) are appended
+    to ``read.problems``.
     The returned dict has, per written split, ``images`` (written), ``with_foreground``,
     ``without_foreground``, ``mean_foreground_fraction`` and every rendering count
     (:data:`RENDER_COUNT_KEYS`); with ``as_exported`` splits also every count of
@@ -302,7 +376,7 @@ def build_processed_dataset(
     messages), ``"export"`` (``read.counts``), ``"split"`` (:meth:`SplitPlan.summary`: groups,
     copies and cross-split leakage of the splits as exported and as written) and, when the
     export has them, ``"true_masks"`` (copied per split). Raises ``ValueError`` if no usable
-    image comes out. ``workers``: threads for decode/render/write (default
+    image comes out (an :class:`~promptseg.exports.ExportError`). ``workers``: threads for decode/render/write (default
     ``min(8, cpu_count)``; 1 runs inline); the output does not depend on it.
     """
     out_dir = Path(out_dir)
@@ -363,15 +437,15 @@ def build_processed_dataset(
     if not rows:
         listed = sum(c.get("images_listed", 0) for c in read.counts.values())
         missing = sum(c.get("missing_image_file", 0) for c in read.counts.values())
-        corrupt = sum(c.get("corrupt_image", 0) for c in read.counts.values()) + sum(
-            c["corrupt_image"] for c in render_counts.values()
-        )
+        corrupt = sum(c.get(k, 0) for c in [*read.counts.values(), *render_counts.values()]
+                      for k in ("corrupt_image", "truncated_image"))
+        invalid = sum(c.get("all_labels_invalid", 0) for c in [*read.counts.values(), *render_counts.values()])
         where = read.root if read.root is not None else "the export"
         hint = "check the export path" if missing or not listed else "re-download the export"
         first = f"; first problem: {read.problems[0]}" if read.problems else ""
-        raise ValueError(
+        raise ExportError(
             f"no usable images in {where}: {listed} listed, {missing} missing on disk, "
-            f"{corrupt} corrupt; {hint}{first}"
+            f"{corrupt} corrupt or truncated, {invalid} with only invalid labels; {hint}{first}"
         )
 
     with open(out_dir / "index.csv", "w", newline="", encoding="utf-8") as f:
@@ -404,6 +478,8 @@ __all__ = [
     "INDEX_COLUMNS",
     "RENDER_COUNT_KEYS",
     "build_processed_dataset",
+    "write_problems_csv",
+    "write_processed_dataset",
     "render_box_mask",
     "render_polygon_mask",
     "render_record_mask",

@@ -238,6 +238,10 @@ def _data_section(data_metrics: dict[str, dict], datasets: Sequence[str]) -> lis
         if isinstance(export, dict) and export:
             parsed = "; ".join(f"`{split}` {_quirks(c)}" for split, c in export.items() if isinstance(c, dict))
             out += [f"`{dataset}` export as parsed, per exported split, skipped/repaired: {parsed}.", ""]
+    listed = [d for d in datasets if d not in missing]
+    if listed:  # every problem with its file, annotation and kind (written by masks@<dataset>)
+        out += ["Every problem met, with its file: " + ", ".join(
+            f"[`{d}`](data/problems/{d}.csv) ({_int((data_metrics.get(d) or {}).get('problems'))})" for d in listed) + ".", ""]
     for dataset in missing:
         out += [f"No data summary for `{dataset}` (metrics/data/{dataset}.json is missing: run "
                 f"`dvc repro masks@{dataset}`).", ""]

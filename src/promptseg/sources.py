@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 from promptseg.settings import RoboflowSettings, SourceSettings, SyntheticSettings, to_plain
@@ -96,13 +97,39 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
         staging = out_dir.with_name(out_dir.name + ".unzip")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            with zipfile.ZipFile(src) as archive:
-                archive.extractall(staging)
+            try:
+                with zipfile.ZipFile(src) as archive:
+                    archive.extractall(staging)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as exc:
+                raise SourceError(f"{src} cannot be unzipped ({type(exc).__name__}: {exc}): the archive is corrupt "
+                                  "or truncated. Download the export again (or unzip it yourself and point "
+                                  f"data.{dataset}.local.path at the folder).") from None
+            except OSError as exc:
+                raise SourceError(f"cannot unzip {src} into {staging}: {exc}") from None
             shutil.copytree(_export_root(staging), out_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     else:
         shutil.copytree(_export_root(src), out_dir)
+
+
+def check_landed_export(dataset: str, folder: Path, came_from: str) -> None:
+    """Refuse a landed export that the masks stage could not use: no split folder with annotations
+    (an empty folder, a wrong folder) or not a single image file in its split folders."""
+    from promptseg.exports import IMAGE_SUFFIXES, ExportError, detect_export_format
+
+    try:
+        detect_export_format(folder)
+    except ExportError:
+        found = sorted(p.name for p in Path(folder).iterdir())[:8]
+        raise SourceError(
+            f"{came_from} is not a Roboflow export: it holds {', '.join(found) if found else 'nothing'}; expected "
+            "train/ valid/ test/ folders with _annotations.coco.json (COCO) or images/ + labels/ (YOLO). "
+            f"Point data.{dataset}.local.path at the unzipped export (or its .zip). {_alternatives(dataset)}"
+        ) from None
+    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in Path(folder).rglob("*")):
+        raise SourceError(f"{came_from} holds no image files: re-download the export (a complete zip). "
+                          f"{_alternatives(dataset)}")
 
 
 def land_export(dataset: str, data_cfg: SourceSettings, synthetic_cfg: SyntheticSettings, out_dir: Path) -> str:
@@ -126,9 +153,14 @@ def land_export(dataset: str, data_cfg: SourceSettings, synthetic_cfg: Synthetic
                 augment_copies_share=synthetic_cfg.augment_copies_share,
             )
         elif source == "local":
-            copy_local_export(dataset, data_cfg.local.path, partial)
+            path = data_cfg.local.path
+            copy_local_export(dataset, path, partial)
+            check_landed_export(dataset, partial, f"data.{dataset}.local.path {str(path)!r}")
         else:
             download_from_roboflow(dataset, data_cfg.roboflow, partial)
+            rf = data_cfg.roboflow
+            check_landed_export(dataset, partial, f"the Roboflow download of {rf.workspace}/{rf.project} "
+                                                  f"version {rf.version}")
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -39,6 +39,7 @@ import numpy as np
 
 from promptseg import SPLITS
 from promptseg.exports import ImageRecord, source_group_of
+from promptseg.images import ImageReadError, read_image
 
 
 def map_in_threads(function, items: Sequence, workers: int | None = None) -> list:
@@ -110,9 +111,11 @@ def dhash(image: np.ndarray, hash_size: int = 8) -> int:
 
 
 def image_dhash(path: str | Path, hash_size: int = 8) -> int | None:
-    """:func:`dhash` of the image file at ``path`` (decoded gray), ``None`` if cv2 cannot read it."""
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
+    """:func:`dhash` of the image file at ``path`` (decoded gray), ``None`` if it is truncated or
+    cannot be decoded (:func:`promptseg.images.read_image`)."""
+    try:
+        img = read_image(path, cv2.IMREAD_GRAYSCALE)
+    except ImageReadError:
         return None
     return dhash(img, hash_size)
 
@@ -134,9 +137,11 @@ def detail_thumbnail(image: np.ndarray, side: int = THUMB_SIDE, sigma: float = T
 
 def image_signature(path: str | Path) -> tuple[int | None, np.ndarray | None]:
     """``(dhash, detail_thumbnail)`` of the image file at ``path`` from one gray decode;
-    ``(None, None)`` if cv2 cannot read it."""
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
+    ``(None, None)`` if it is truncated or cannot be decoded (:func:`promptseg.images.read_image`;
+    the masks stage then skips and names it)."""
+    try:
+        img = read_image(path, cv2.IMREAD_GRAYSCALE)
+    except ImageReadError:
         return None, None
     return dhash(img), detail_thumbnail(img)
 

@@ -1,0 +1,113 @@
+"""Read an image file, fully decoded and checked: the one place every image enters through.
+
+``cv2.imread`` of a truncated JPEG returns a picture whose missing rows are grey (libjpeg only prints
+"Premature end of JPEG file" on stderr), and a truncated PNG or BMP may decode partly. So the file's
+bytes are read once, checked for completeness, then decoded from memory (``cv2.imdecode``: the same
+pixels as ``cv2.imread``, EXIF orientation included):
+
+* an empty file, or bytes no decoder accepts: :class:`ImageReadError` with kind ``corrupt_image``;
+* a JPEG with no end-of-image marker (``FF D9``) after its first start-of-scan, a PNG that does not
+  end with its ``IEND`` chunk, or another format that PIL cannot load in full
+  (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left at its default, False): kind ``truncated_image``.
+
+Callers (the masks stage, the split hashing, the training reader, ``promptseg predict``) skip the
+image, count ``error.kind`` and name ``error.path``.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CORRUPT, TRUNCATED = "corrupt_image", "truncated_image"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be used; ``kind`` is ``corrupt_image`` or ``truncated_image``."""
+
+    def __init__(self, path, kind: str, reason: str):
+        self.path, self.kind, self.reason = Path(path), kind, reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset just after the first start-of-scan (SOS) header of a JPEG, or None if the headers end first."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2:
+            return None
+        if marker == 0xDA:
+            end = pos + 2 + length
+            return end if end <= len(data) else None
+        pos += 2 + length
+    return None
+
+
+def check_image_bytes(data: bytes) -> tuple[str, str] | None:
+    """``(kind, reason)`` if ``data`` is not a complete image file, else None (see the module docstring).
+    For JPEG and PNG this reads markers only; other formats are loaded once with PIL."""
+    if not data:
+        return CORRUPT, "the file is empty (0 bytes)"
+    if data[:2] == b"\xff\xd8":
+        start = _jpeg_scan_start(data)
+        if start is None:
+            return TRUNCATED, f"JPEG headers end before the image data ({len(data)} bytes): the file is truncated"
+        # Inside the entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker,
+        # so FF D9 after the first scan header is the end-of-image marker.
+        if data.find(b"\xff\xd9", start) < 0:
+            return TRUNCATED, f"JPEG data ends without its end-of-image marker ({len(data)} bytes): the file is truncated"
+        return None
+    if data[:8] == _PNG_SIGNATURE:
+        end = data.rfind(_PNG_IEND)
+        if end < 0:
+            return TRUNCATED, f"PNG data ends without its IEND chunk ({len(data)} bytes): the file is truncated"
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+        kind = TRUNCATED if "truncated" in str(exc).lower() else CORRUPT
+        return kind, f"cannot be decoded ({type(exc).__name__}: {str(exc)[:120]})"
+    return None
+
+
+def read_image(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """The image at ``path`` decoded with ``cv2.imdecode(..., flags)`` (BGR for ``IMREAD_COLOR``) after
+    :func:`check_image_bytes`; :class:`ImageReadError` naming the file if it is missing, empty,
+    truncated or undecodable."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(path, CORRUPT, f"cannot be read ({exc.strerror or exc})") from None
+    problem = check_image_bytes(data)
+    if problem is not None:
+        raise ImageReadError(path, *problem)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as exc:
+        image, why = None, f" ({str(exc).strip().splitlines()[-1][:120]})"
+    else:
+        why = ""
+    if image is None or image.size == 0:
+        raise ImageReadError(path, CORRUPT, f"cannot be decoded as an image (corrupt or not an image){why}")
+    return image
+
+
+__all__ = ["CORRUPT", "TRUNCATED", "ImageReadError", "check_image_bytes", "read_image"]

@@ -1,0 +1,604 @@
+"""Bad input and faults: nothing slips through, nothing is lost, no traceback reaches the user.
+
+One test per fault (truncated and empty images at every entry point, labels that all fail validation,
+unlisted images, a COCO file without annotations, the problems table, corrupt weights, a corrupt zip, an
+empty export, an export without a train split, an unwritable --out, an interrupted masks stage), then a
+corruption fuzz test over small synthetic exports: 200 seeded corruptions, parsed and rendered in-process,
+a few through the real stage script.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fixtures_exports import (
+    coco_ann,
+    coco_image,
+    write_coco_split,
+    write_image,
+    write_yolo_export,
+)
+
+from promptseg.exports import (
+    IMAGE_SKIP_KINDS,
+    IMAGE_SUFFIXES,
+    PROBLEM_COLUMNS,
+    ExportError,
+    read_export,
+)
+from promptseg.images import (
+    CORRUPT,
+    TRUNCATED,
+    ImageReadError,
+    check_image_bytes,
+    read_image,
+)
+from promptseg.masks import build_processed_dataset, write_processed_dataset
+from promptseg.splits import image_signature, plan_splits
+
+REPO = Path(__file__).resolve().parents[1]
+TRI = [[2, 2, 20, 2, 2, 20]]  # a valid polygon inside a 32x24 image
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def rows_of(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def stage_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def run_masks_stage(project: Path, dataset: str) -> subprocess.CompletedProcess:
+    """``python stages/masks.py <dataset>`` in ``project`` (params.yaml copied from the repository)."""
+    if not (project / "params.yaml").exists():
+        shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    return subprocess.run([sys.executable, str(REPO / "stages" / "masks.py"), dataset], check=False, cwd=project,
+                          env=stage_env(), capture_output=True, text=True, timeout=120)
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp"])
+def test_truncated_images_are_refused_whole_ones_decode_like_imread(tmp_path, suffix):
+    whole = write_image(tmp_path / f"whole{suffix}", 40, 30, seed=1)
+    np.testing.assert_array_equal(read_image(whole), cv2.imread(str(whole), cv2.IMREAD_COLOR))
+    np.testing.assert_array_equal(read_image(whole, cv2.IMREAD_GRAYSCALE), cv2.imread(str(whole), cv2.IMREAD_GRAYSCALE))
+    cut = truncate(Path(shutil.copy(whole, tmp_path / f"cut{suffix}")), 0.6)
+    with pytest.raises(ImageReadError) as info:
+        read_image(cut)
+    assert info.value.kind == TRUNCATED and info.value.path == cut
+    assert str(info.value).startswith(f"{cut}: ") and "truncated" in str(info.value)
+    # losing only the last 2 bytes (the JPEG EOI marker, the end of PNG's IEND chunk) is caught too
+    assert check_image_bytes(whole.read_bytes()[:-2])[0] == TRUNCATED
+
+
+def test_empty_and_garbage_files_are_corrupt(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image at all" * 5)
+    for path, words in ((empty, "empty (0 bytes)"), (garbage, "cannot be decoded"), (tmp_path / "gone.jpg", "cannot be read")):
+        with pytest.raises(ImageReadError) as info:
+            read_image(path)
+        assert info.value.kind == CORRUPT and words in str(info.value) and str(path) in str(info.value)
+
+
+def _coco_three(root: Path, split: str = "train") -> Path:
+    """<split>: a.jpg, b.jpg (a triangle each), c.png (no annotation)."""
+    images = [coco_image(0, "a.jpg"), coco_image(1, "b.jpg"), coco_image(2, "c.png")]
+    anns = [coco_ann(1, 0, segmentation=TRI), coco_ann(2, 1, segmentation=TRI)]
+    return write_coco_split(root, split, images, anns)
+
+
+def test_truncated_and_empty_images_are_skipped_counted_and_named_by_the_masks_stage(tmp_path):
+    d = _coco_three(tmp_path / "exp")
+    truncate(d / "a.jpg")
+    (d / "c.png").write_bytes(b"")
+    read = read_export(tmp_path / "exp")
+    summary = build_processed_dataset(read, tmp_path / "out", workers=1)
+    t = summary["train"]
+    assert (t["images_listed"], t["images"], t["truncated_image"], t["corrupt_image"]) == (3, 1, 1, 1)
+    assert sorted(p.name for p in (tmp_path / "out" / "train" / "images").iterdir()) == ["b.jpg"]
+    by_kind = {p.kind: p for p in read.problems}
+    assert set(by_kind) == {"truncated_image", "corrupt_image"}
+    assert by_kind["truncated_image"].file == str(d / "a.jpg") and "the file is truncated" in by_kind["truncated_image"]
+    assert by_kind["corrupt_image"].file == str(d / "c.png") and "empty (0 bytes)" in by_kind["corrupt_image"]
+    assert image_signature(d / "a.jpg") == (None, None)  # the split hashing refuses it too
+
+
+def test_training_reader_skips_and_names_a_truncated_image(processed_root, tmp_path, capsys):
+    from promptseg.data import PromptedSegmentation, list_split
+
+    root = tmp_path / "processed"
+    shutil.copytree(processed_root / "cracks", root / "cracks")
+    pairs = list_split(root, "cracks", "train")
+    victim = truncate(pairs[1][0])
+    dataset = PromptedSegmentation(pairs, "cracks", ["segment crack"], image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
+    assert len(dataset) == len(pairs) - 1 == 7
+    assert [(p, k) for p, k, _ in dataset.skipped] == [(victim, "truncated_image")]
+    err = capsys.readouterr().err
+    assert f"skipped {victim}: JPEG data ends without its end-of-image marker" in err
+    assert "1 of 8 images skipped (truncated_image 1)" in err
+    assert victim not in [p for p, _ in dataset.pairs] and dataset[6][0].shape == (3, 32, 32)
+
+
+def test_a_split_the_export_lacks_is_explained_honestly(processed_root, tmp_path):
+    from promptseg.data import PromptedSegmentation, list_split
+
+    root = tmp_path / "processed"
+    shutil.copytree(processed_root / "cracks", root / "cracks")
+    shutil.rmtree(root / "cracks" / "train")  # as_exported on an export with valid/test only
+    with pytest.raises(ValueError) as info:
+        PromptedSegmentation(list_split(root, "cracks", "train"), "cracks", ["x"], image_size=32, mean=[0.5] * 3,
+                             std=[0.5] * 3)
+    message = str(info.value)
+    assert "the masks stage ran" in message and "has no train split (it has: test, val)" in message
+    assert "data.cracks.split: grouped" in message and "run `dvc repro masks" not in message
+    with pytest.raises(ValueError, match=r"has not been written; run `dvc repro masks@cracks` first"):
+        PromptedSegmentation(list_split(tmp_path / "nothing", "cracks", "train"), "cracks", ["x"], image_size=32,
+                             mean=[0.5] * 3, std=[0.5] * 3)
+
+
+# ------------------------------------------------------------------------------- annotations
+
+
+def test_coco_image_losing_all_annotations_is_skipped_not_a_negative(tmp_path):
+    images = [coco_image(i, f"{n}.jpg") for i, n in enumerate(["nan", "two", "mixed", "neg", "cat", "ok"])]
+    anns = [
+        coco_ann(10, 0, segmentation=[[1, 1, float("nan"), 5, 9, 9]]),
+        coco_ann(11, 1, segmentation=[[1, 1, 9, 9]]),
+        coco_ann(12, 2, segmentation=[[1, 1, 9, 9]]),
+        coco_ann(13, 2, segmentation=TRI),
+        coco_ann(14, 4, segmentation=TRI, category_id=7),
+        coco_ann(15, 5, segmentation=TRI),
+    ]
+    write_coco_split(tmp_path / "exp", "train", images, anns)
+    read = read_export(tmp_path / "exp")
+    c = read.counts["train"]
+    assert (c["images_listed"], c["images"], c["all_labels_invalid"], c["images_without_labels"]) == (6, 3, 3, 1)
+    assert sorted(r.image_path.name for r in read.records) == ["mixed.jpg", "neg.jpg", "ok.jpg"]
+    rows = [(p.kind, Path(p.file).name, p.annotation) for p in read.problems]
+    assert rows == [
+        ("degenerate_polygons", "nan.jpg", "10"), ("degenerate_polygons", "two.jpg", "11"),
+        ("degenerate_polygons", "mixed.jpg", "12"), ("unknown_category", "cat.jpg", "14"),
+        ("all_labels_invalid", "nan.jpg", ""), ("all_labels_invalid", "two.jpg", ""), ("all_labels_invalid", "cat.jpg", ""),
+    ]
+    assert "non-finite or non-numeric coordinate (nan)" in read.problems[0]
+    assert "has 2 points (fewer than 3)" in read.problems[1]
+    assert "not kept as a negative" in read.problems[4]
+    summary = build_processed_dataset(read, tmp_path / "out", workers=1)
+    assert summary["train"]["images"] == 3 and summary["train"]["without_foreground"] == 1  # only neg.jpg
+
+
+def test_yolo_image_losing_all_lines_is_skipped_and_lines_are_named(tmp_path):
+    export = write_yolo_export(tmp_path / "exp", {"train": {
+        "bad": (20, 10, ["0 0.5 0.5", "0 0.5 0.5 0.2 nan"]),
+        "cls": (20, 10, ["3 0.5 0.5 0.2 0.2"]),
+        "half": (20, 10, ["0 0.5 0.5 0.4 0.4", "x y z"]),
+        "neg": (20, 10, []),
+        "none": (20, 10, None),
+    }})
+    read = read_export(export)
+    c = read.counts["train"]
+    assert (c["images_listed"], c["images"], c["all_labels_invalid"], c["images_without_labels"]) == (5, 3, 2, 2)
+    assert c["malformed_label_lines"] == 3 and c["unknown_category"] == 1
+    assert sorted(r.image_path.stem for r in read.records) == ["half", "neg", "none"]
+    named = [(p.kind, Path(p.file).name, p.annotation) for p in read.problems]
+    assert named == [
+        ("malformed_label_lines", "bad.txt", "line 1"), ("malformed_label_lines", "bad.txt", "line 2"),
+        ("malformed_label_lines", "half.txt", "line 2"),
+        ("all_labels_invalid", "bad.jpg", ""), ("unknown_category", "cls.txt", "line 1"), ("all_labels_invalid", "cls.jpg", ""),
+    ]
+    assert f"{export / 'train' / 'labels' / 'cls.txt'}:1: class id 3" in read.problems[4]
+
+
+def test_shapes_dropped_while_rendering_are_named_and_an_image_left_with_none_is_skipped(tmp_path):
+    images = [coco_image(0, "thin.jpg"), coco_image(1, "rle.jpg"), coco_image(2, "ok.jpg")]
+    anns = [coco_ann(1, 0, segmentation=[], bbox=(3, 3, 0.4, 5)),
+            coco_ann(2, 1, segmentation={"size": [24, 32], "counts": [5, 5]}),  # counts do not sum to 24*32
+            coco_ann(3, 2, segmentation=[], bbox=(1, 1, 4, 4)), coco_ann(4, 2, segmentation=[], bbox=(40, 40, 3, 3))]
+    write_coco_split(tmp_path / "exp", "train", images, anns)
+    read = read_export(tmp_path / "exp")
+    summary = build_processed_dataset(read, tmp_path / "out", workers=1)
+    t = summary["train"]
+    assert (t["images"], t["all_labels_invalid"], t["degenerate_boxes"], t["malformed_rle"]) == (1, 2, 2, 1)
+    named = [(p.kind, Path(p.file).name, p.annotation) for p in read.problems]
+    assert named == [("degenerate_boxes", "thin.jpg", "1"), ("all_labels_invalid", "thin.jpg", ""),
+                     ("malformed_rle", "rle.jpg", "2"), ("all_labels_invalid", "rle.jpg", ""),
+                     ("degenerate_boxes", "ok.jpg", "4")]
+    assert "covers 0.40 x 5.00 px" in read.problems[0]
+
+
+def test_unlisted_image_files_are_counted_and_named(tmp_path):
+    d = _coco_three(tmp_path / "exp")
+    write_image(d / "stray.jpg")
+    (d / "notes.txt").write_text("not an image")
+    read = read_export(tmp_path / "exp")
+    assert read.counts["train"]["unlisted_image"] == 1 and read.counts["train"]["images"] == 3
+    [p] = read.problems
+    assert (p.kind, p.file) == ("unlisted_image", str(d / "stray.jpg")) and "does not list" in p
+
+
+@pytest.mark.parametrize("key", ["annotations", "images"])
+def test_coco_file_without_annotations_is_an_error_naming_it(tmp_path, key):
+    d = _coco_three(tmp_path / "project" / "data" / "raw" / "cracks")
+    data = json.loads((d / "_annotations.coco.json").read_text())
+    del data[key]
+    (d / "_annotations.coco.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match=rf"_annotations.coco.json: has no '{key}' list"):
+        read_export(d.parent)
+    result = run_masks_stage(tmp_path / "project", "cracks")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"masks@cracks: {Path('data/raw/cracks/train/_annotations.coco.json')}: has no "
+                                     f"'{key}' list, so its images cannot be matched to their labels; re-download the "
+                                     "export (or re-export it from Roboflow in COCO format)")
+
+
+# --------------------------------------------------------------------- problems table, stage
+
+
+def test_masks_stage_writes_the_problems_table_and_prints_render_problems(tmp_path):
+    project = tmp_path / "project"
+    raw = project / "data" / "raw" / "cracks"
+    images = [coco_image(i, f"{n}.jpg") for i, n in enumerate(["a", "b", "c", "d", "empty", "e", "f"])]
+    anns = [coco_ann(i + 1, i, segmentation=TRI) for i in range(6)] + [coco_ann(9, 6, segmentation=[[1, 1, 2, 2]])]
+    write_coco_split(raw, "train", images, anns, sizes={"b.jpg": (40, 30)})
+    (raw / "train" / "empty.jpg").write_bytes(b"")
+    # stale output of an earlier run, and a .partial left by an interrupted one: both replaced
+    (project / "data" / "processed" / "cracks" / "old").mkdir(parents=True)
+    (project / "data" / "processed" / "cracks.partial").mkdir(parents=True)
+    result = run_masks_stage(project, "cracks")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[masks] cracks: 4 problems (all_labels_invalid 1, corrupt_image 1, degenerate_polygons 1, size_mismatch 1) " \
+           "in metrics/data/problems/cracks.csv" in out
+    # printed AFTER rendering: the render-time problems (the empty file, the size mismatch) are shown, with the file
+    assert f"{Path('data/raw/cracks/train/empty.jpg')}: the file is empty (0 bytes)" in out
+    assert "b.jpg: the annotation says 32x24 but the file is 40x30" in out
+    rows = rows_of(project / "metrics" / "data" / "problems" / "cracks.csv")
+    assert tuple(rows[0]) == PROBLEM_COLUMNS
+    assert sorted((r["kind"], Path(r["file"]).name, r["annotation"]) for r in rows) == [
+        ("all_labels_invalid", "f.jpg", ""), ("corrupt_image", "empty.jpg", ""), ("degenerate_polygons", "f.jpg", "9"),
+        ("size_mismatch", "b.jpg", "")]
+    processed = project / "data" / "processed"
+    assert sorted(p.name for p in processed.iterdir()) == ["cracks"]  # no .partial left, old tree replaced
+    assert not (processed / "cracks" / "old").exists() and (processed / "cracks" / "index.csv").is_file()
+    assert json.loads((project / "metrics" / "data" / "cracks.json").read_text())["problems"] == 4
+
+
+def test_report_table_1_links_the_problems_table():
+    from promptseg.report import _data_section
+
+    text = "\n".join(_data_section({"cracks": {"problems": 4, "train": {"images": 3}}, "drywall": {}}, ["cracks", "drywall"]))
+    assert "Every problem met, with its file: [`cracks`](data/problems/cracks.csv) (4).\n" in text
+
+
+def test_interrupted_masks_write_keeps_the_previous_tree(tmp_path, monkeypatch):
+    from promptseg import masks
+
+    _coco_three(tmp_path / "exp")
+    out = tmp_path / "processed" / "cracks"
+    write_processed_dataset(read_export(tmp_path / "exp"), out, workers=1)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    index = (out / "index.csv").read_text()
+    calls = []
+    real = masks._process_one
+
+    def dies_on_the_second_image(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(masks, "_process_one", dies_on_the_second_image)
+    with pytest.raises(KeyboardInterrupt):
+        write_processed_dataset(read_export(tmp_path / "exp"), out, workers=1)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and (out / "index.csv").read_text() == index
+    assert sorted(p.name for p in out.parent.iterdir()) == ["cracks"]
+
+
+# ------------------------------------------------------------------------- download sources
+
+
+def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
+    from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings
+    from promptseg.sources import SourceError, land_export
+
+    def local(path):  # data.cracks's source keys, as the download stage builds them (promptseg.settings)
+        return SourceSettings(source="local", roboflow=RoboflowSettings("w", "p", 1, "coco"), local=LocalSettings(path))
+
+    export = _coco_three(tmp_path / "exp").parent
+    archive = Path(shutil.make_archive(str(tmp_path / "export"), "zip", export))
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo("train/a.jpg")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 10, start + 40):
+        data[i] ^= 0x5A
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "raw" / "cracks"
+    with pytest.raises(SourceError) as failed:
+        land_export("cracks", local(str(archive)), None, out)
+    assert str(failed.value).startswith(f"{archive} cannot be unzipped (") and "corrupt or truncated" in str(failed.value)
+    empty = tmp_path / "empty-export"
+    empty.mkdir()
+    with pytest.raises(SourceError) as failed:
+        land_export("cracks", local(str(empty)), None, out)
+    assert str(failed.value).startswith(f"data.cracks.local.path {str(empty)!r} is not a Roboflow export: it holds nothing")
+    assert not out.exists() and not (tmp_path / "raw" / "cracks.partial").exists()
+    (empty / "train").mkdir()
+    (empty / "train" / "_annotations.coco.json").write_text('{"images": [], "annotations": []}')
+    with pytest.raises(SourceError, match="holds no image files"):
+        land_export("cracks", local(str(empty)), None, out)
+
+
+# ------------------------------------------------------------------------------------ predict
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import PROMPTS, TINY_MODEL
+
+    from promptseg.model import build_small_model
+
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    model, processor = build_small_model(TINY_MODEL, 64, 0)
+    model.save_pretrained(d)
+    processor.save_pretrained(d)
+    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
+    return d
+
+
+def test_predict_skips_truncated_images_with_the_reason(model_dir, tmp_path, capsys):
+    from promptseg.cli import main
+
+    folder = tmp_path / "in"
+    write_image(folder / "good.jpg", 40, 30)
+    truncate(Path(shutil.copy(folder / "good.jpg", folder / "cut.jpg")))
+    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder), "--out",
+               str(tmp_path / "out"), "--threshold", "0.5", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good__segment-crack.png"]
+    assert f"skipped {folder / 'cut.jpg'}: not a readable image (JPEG data ends without its end-of-image marker" in captured.err
+    assert "1 masks written, 1 skipped" in captured.out
+
+
+def test_predict_with_corrupt_weights_is_rc2_with_a_message(model_dir, tmp_path, capsys):
+    from promptseg.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    truncate(broken / "model.safetensors")
+    write_image(tmp_path / "a.jpg")
+    rc = main(["predict", "--model", str(broken), "--prompt", "segment crack", str(tmp_path / "a.jpg"), "--out",
+               str(tmp_path / "out"), "--threshold", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"promptseg: cannot load the model from {broken}: {broken / 'model.safetensors'} is corrupt "
+                          "or truncated (SafetensorError: ")
+    assert "Copy the model folder again, or retrain it" in err
+
+
+def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    from promptseg import cli
+
+    monkeypatch.setattr(cli, "_load_engine", lambda *a: pytest.fail("the model was loaded before --out was checked"))
+    write_image(tmp_path / "a.jpg")
+    model = tmp_path / "model"
+    model.mkdir()
+    # /proc/self refuses new files even to root; a read-only folder refuses them to other users
+    targets = [(Path("/proc/self"), "No such file or directory")]
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        targets.append((ro, "Permission denied"))
+    for out, reason in targets:
+        rc = cli.main(["predict", "--model", str(model), "--prompt", "segment crack", str(tmp_path / "a.jpg"),
+                       "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err == (f"promptseg: cannot write to the output folder {out}: {reason}; pass --out with a "
+                                   "folder you can write to\n")
+
+
+# ------------------------------------------------------------------------------- fuzz test
+
+FUZZ_RUNS = 200
+FUZZ_STAGE_RUNS = 3
+
+
+@pytest.fixture(scope="module")
+def fuzz_bases(tmp_path_factory):
+    """Two small exports from the synthetic builders: cracks (COCO polygons, one extra PNG image) and
+    drywall (YOLO boxes), 48 px images, 6 images each."""
+    from promptseg.synthetic import write_synthetic_export
+
+    root = tmp_path_factory.mktemp("fuzz-bases")
+    counts = {"train": 3, "valid": 2, "test": 1}
+    for dataset in ("cracks", "drywall"):
+        write_synthetic_export(dataset, root / dataset, seed=5, image_size=48, counts=counts, negative_share=0.2)
+    ann = root / "cracks" / "train" / "_annotations.coco.json"
+    data = json.loads(ann.read_text())
+    write_image(ann.parent / "extra.png", 48, 48, seed=7)
+    data["images"].append(coco_image(99, "extra.png", 48, 48))
+    data["annotations"].append(coco_ann(999, 99, segmentation=[[4, 4, 30, 4, 4, 30]],
+                                        category_id=data["annotations"][0]["category_id"]))
+    ann.write_text(json.dumps(data))
+    return root
+
+
+def _delete_json_key(path: Path, rng: np.random.Generator) -> str | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    holders = [data] + [x for key in ("images", "annotations", "categories") if isinstance(data.get(key), list)
+                        for x in data[key] if isinstance(x, dict)]
+    holders = [h for h in holders if h]
+    if not holders:
+        return None
+    holder = holders[int(rng.integers(len(holders)))]
+    key = sorted(holder)[int(rng.integers(len(holder)))]
+    del holder[key]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return f"deleted key {key!r} in {path.name}"
+
+
+def corrupt_export(root: Path, rng: np.random.Generator) -> list[str]:
+    """1-3 random corruptions: bytes flipped or the file truncated (images, label files, JSON, data.yaml),
+    or a key deleted from the COCO JSON."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "true_masks" not in p.parts
+                   and p.suffix.lower() in (*IMAGE_SUFFIXES, ".txt", ".json", ".yaml"))
+    done = []
+    for _ in range(int(rng.integers(1, 4))):
+        f = files[int(rng.integers(len(files)))]
+        if f.suffix == ".json" and rng.random() < 0.6:
+            what = _delete_json_key(f, rng)
+            if what:
+                done.append(what)
+                continue
+        data = bytearray(f.read_bytes())
+        if data and rng.random() < 0.5:
+            keep = int(rng.integers(0, len(data)))
+            f.write_bytes(bytes(data[:keep]))
+            done.append(f"truncated {f.relative_to(root)} to {keep} of {len(data)} bytes")
+        elif data:
+            for i in rng.integers(0, len(data), size=int(rng.integers(1, 9))):
+                data[int(i)] ^= int(rng.integers(1, 256))
+            f.write_bytes(bytes(data))
+            done.append(f"flipped bytes in {f.relative_to(root)}")
+    return done
+
+
+def listed_images(root: Path, fmt: str) -> tuple[int, bool]:
+    """(images the export lists, whether the export must be refused outright), computed from the files
+    independently of the parser: COCO entries with an id and a string file_name in each JSON that parses;
+    YOLO image files in <split>/images."""
+    listed, refused = 0, False
+    for split in ("train", "valid", "test"):
+        if fmt == "yolo":
+            d = root / split / "images"
+            listed += sum(1 for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else 0
+            continue
+        path = root / split / "_annotations.coco.json"
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        if not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
+            refused = True
+            continue
+        listed += sum(1 for im in data["images"] if isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str))
+    return listed, refused
+
+
+def fuzz_once(base: Path, work: Path, fmt: str, seed: int) -> dict:
+    """Corrupt a copy of ``base``, parse and render it in-process; the figures of the run."""
+    rng = np.random.default_rng([2026, seed])
+    export, out = work / "raw", work / "processed" / "x"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(base, export)
+    what = corrupt_export(export, rng)
+    listed, must_refuse = listed_images(export, fmt)
+    result = {"seed": seed, "what": what, "listed": listed, "written": 0, "skipped": 0, "traceback": None,
+              "error": None, "unnamed": [], "skip_kinds": {}}
+    read = None
+    try:
+        read = read_export(export)
+        plan = plan_splits(read.records, strategy="grouped" if seed % 4 == 3 else "as_exported", workers=1)
+        write_processed_dataset(read, out, plan=plan, workers=1)
+    except ExportError as exc:  # the project's own error: one message
+        result["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything else is a traceback the user would see
+        import traceback
+
+        result["traceback"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        return result
+    if read is None:  # refused while parsing: only a COCO file without its lists, and the message names it
+        result["refused_ok"] = must_refuse and "_annotations.coco.json: " in result["error"]
+        result["accounted"] = None
+        return result
+    result["written"] = sum(1 for p in out.glob("*/images/*") if p.is_file()) if out.is_dir() else 0
+    skips = [p for p in read.problems if p.kind in IMAGE_SKIP_KINDS]
+    result["skipped"] = len(skips)
+    result["skip_kinds"] = {k: sum(p.kind == k for p in skips) for k in IMAGE_SKIP_KINDS}
+    result["unnamed"] = [str(p) for p in skips if not p.file or Path(p.file).name not in p]
+    result["refused_ok"] = not must_refuse
+    result["accounted"] = listed == result["written"] + result["skipped"]
+    return result
+
+
+def test_corruption_fuzz_never_a_traceback_and_every_image_accounted_for(fuzz_bases, tmp_path):
+    started = time.perf_counter()
+    runs = []
+    for seed in range(FUZZ_RUNS):
+        fmt = "coco" if seed % 2 == 0 else "yolo"
+        runs.append(fuzz_once(fuzz_bases / ("cracks" if fmt == "coco" else "drywall"), tmp_path / "run", fmt, seed))
+    in_process_s = time.perf_counter() - started
+    tracebacks = [r for r in runs if r["traceback"]]
+    unaccounted = [r for r in runs if r.get("accounted") is False]
+    refused = [r for r in runs if not r["traceback"] and r["accounted"] is None]
+    # stage runs through the real script: one refused export, one with skipped images, one clean-ish
+    picks = []
+    for wanted in (lambda r: r in refused, lambda r: r["skipped"] and not r["error"],
+                   lambda r: not r["error"] and not r["skipped"]):
+        pick = next((r for r in runs if wanted(r) and r not in picks), None)
+        if pick is not None:
+            picks.append(pick)
+    stage_results = []
+    for r in picks[:FUZZ_STAGE_RUNS]:
+        fmt_dataset = "cracks" if r["seed"] % 2 == 0 else "drywall"
+        project = tmp_path / f"stage-{r['seed']}"
+        work = tmp_path / "stage-work"
+        fuzz_once(fuzz_bases / fmt_dataset, work, "coco" if fmt_dataset == "cracks" else "yolo", r["seed"])
+        (project / "data" / "raw").mkdir(parents=True)
+        shutil.move(str(work / "raw"), project / "data" / "raw" / fmt_dataset)
+        done = run_masks_stage(project, fmt_dataset)
+        stage_results.append((r["seed"], done.returncode, done.stderr))
+    figures = {
+        "runs": len(runs), "tracebacks": len(tracebacks), "images unaccounted for": len(unaccounted),
+        "refused with a message": len(refused),
+        "no usable images (accounted, then a message)": sum(bool(r["error"]) for r in runs) - len(refused),
+        "images listed (runs not refused)": sum(r["listed"] for r in runs if r["accounted"] is not None),
+        "written": sum(r["written"] for r in runs),
+        "skipped and named": sum(r["skipped"] for r in runs),
+        "skips by kind": {k: sum(r["skip_kinds"].get(k, 0) for r in runs) for k in IMAGE_SKIP_KINDS},
+        "stage script runs": len(stage_results), "stage tracebacks": sum("Traceback" in e for _, _, e in stage_results),
+        "seconds in-process": round(in_process_s, 1), "seconds total": round(time.perf_counter() - started, 1),
+    }
+    print("\nfuzz figures:", json.dumps(figures))
+    assert not tracebacks, (tracebacks[0]["what"], tracebacks[0]["traceback"])
+    assert not unaccounted, [(r["seed"], r["what"], r["listed"], r["written"], r["skipped"]) for r in unaccounted[:3]]
+    assert not [r for r in runs if r["unnamed"]], [r["unnamed"] for r in runs if r["unnamed"]][:3]
+    assert all(r["refused_ok"] for r in runs), [(r["seed"], r["what"], r["error"]) for r in runs if not r["refused_ok"]][:3]
+    assert figures["skipped and named"] > 0 and figures["refused with a message"] > 0 and figures["written"] > 0
+    assert len(stage_results) == FUZZ_STAGE_RUNS
+    for seed, rc, stderr in stage_results:
+        assert "Traceback" not in stderr, (seed, stderr)
+        assert rc == 0 or (rc == 1 and stderr.strip().startswith("masks@")), (seed, rc, stderr)
