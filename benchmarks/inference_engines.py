@@ -65,7 +65,7 @@ def build_model(name: str, params: dict):
     if name == "small":
         size = int(params["train"]["common"]["image_size"])
         model, processor = build_small_model(model_cfg, size, 0)
-        return model.eval(), processor, uses_per_image_standardization(model_cfg), size
+        return model.eval(), processor, uses_per_image_standardization(model_cfg, "clipseg"), size
     if name == "rd64":
         from transformers import CLIPSegForImageSegmentation
 

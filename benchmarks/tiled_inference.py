@@ -42,8 +42,8 @@ def main() -> None:
         eval_path = Path("metrics/eval") / f"{Path(args.model).name}.json"
         threshold = json.loads(eval_path.read_text())[args.dataset]["threshold"] if eval_path.exists() else 0.5
     ev = section(params, "eval")
-    cfg = EvalConfig(thresholds=[threshold], boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
-                     empty_score=float(ev["empty_score"]))
+    cfg = EvalConfig.for_scoring(boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
+                                 empty_score=float(ev["empty_score"]))
     data = load_split(Path(args.processed), args.dataset, args.split)
     n = len(data.images)
 

@@ -31,35 +31,33 @@ def measure(variant: str, rd64: bool, steps: int) -> dict:
     from promptseg.data import EpochShuffleSampler, collate
     from promptseg.losses import bce_dice_loss
     from promptseg.model import apply_variant, build_clip_tokenizer, make_processor, rd64_refined_config
-    from promptseg.params import DATASETS, load_params, section
+    from promptseg.params import load_params
+    from promptseg.settings import train_settings
     from promptseg.train import TrainSetup, build_datasets, load_base_model
     from promptseg.model import segmentation_logits
 
     params = load_params()
-    common = dict(section(params, "train.common"))
-    variant_cfg = dict(section(params, f"train.variants.{variant}"))
-    model_cfg = section(params, "model")
     if rd64:
-        common.update(image_size=352, batch_size=4)
-    setup = TrainSetup(variant=variant, variant_cfg=variant_cfg, common=common, model_cfg=model_cfg,
-                       prompts={d: section(params, f"data.{d}.prompts") for d in DATASETS},
-                       processed_root=Path("data/processed"), model_dir=Path("/tmp/unused"),
+        params["train"]["common"].update(image_size=352, batch_size=4)
+    settings = train_settings(params, variant)
+    model_cfg = settings.model
+    setup = TrainSetup(settings=settings, processed_root=Path("data/processed"), model_dir=Path("/tmp/unused"),
                        metrics_dir=Path("/tmp/unused"), checkpoint_dir=Path("/tmp/unused"))
     torch.manual_seed(0)
     if rd64:
         from transformers import CLIPSegForImageSegmentation
 
         base = CLIPSegForImageSegmentation(rd64_refined_config())
-        processor = make_processor(build_clip_tokenizer(), 352, model_cfg["image_mean"], model_cfg["image_std"])
+        processor = make_processor(build_clip_tokenizer(), 352, model_cfg.image_mean, model_cfg.image_std)
     else:
         base, processor = load_base_model(model_cfg, setup.image_size, 0, setup.architecture)
-    module = apply_variant(base, variant_cfg).train()
+    module = apply_variant(base, settings.rung.method, settings.rung.lora).train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     train_set = build_datasets(setup, processor, "train", training=True)
-    batch_size = int(common["batch_size"])
+    batch_size = settings.rung.train.batch_size
     loader = DataLoader(train_set, batch_size=batch_size, sampler=EpochShuffleSampler(len(train_set), 0),
-                        collate_fn=collate, num_workers=int(common.get("num_workers", 0)))
+                        collate_fn=collate, num_workers=settings.rung.train.num_workers)
     for _ in loader:  # warm the resize cache, as every epoch after the first
         pass
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from promptseg.data import list_split, read_rgb  # noqa: E402
 from promptseg.inference import load_trained_model, predict_probabilities  # noqa: E402
 from promptseg.metrics import iou_dice, lit_fraction  # noqa: E402
+from promptseg.settings import train_settings  # noqa: E402
 from promptseg.train import TrainSetup, train_variant  # noqa: E402
 
 
@@ -80,8 +81,7 @@ def main() -> None:
     prompts = {d: params["data"][d]["prompts"] for d in ("cracks", "drywall")}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        setup = TrainSetup(variant=args.variant, variant_cfg=params["train"]["variants"][args.variant],
-                           common=params["train"]["common"], model_cfg=params["model"], prompts=prompts,
+        setup = TrainSetup(settings=train_settings(params, args.variant),
                            processed_root=args.processed, model_dir=root / "model", metrics_dir=root / "metrics",
                            checkpoint_dir=root / "checkpoints")
         start = time.perf_counter()

@@ -2,16 +2,15 @@
 import sys
 from pathlib import Path
 
-from promptseg.params import check_dataset, load_params, section
+from promptseg.settings import download_settings, load_stage_settings
 from promptseg.sources import SourceError, land_export
 
 
 def main(dataset: str) -> None:
-    params = load_params()
-    check_dataset(dataset)
+    settings = load_stage_settings(f"download@{dataset}", download_settings, dataset)
     out = Path("data/raw") / dataset
     try:
-        source = land_export(dataset, section(params, f"data.{dataset}"), section(params, "synthetic"), out)
+        source = land_export(dataset, settings.source, settings.synthetic, out)
     except SourceError as exc:
         sys.exit(f"download@{dataset}: {exc}")
     print(f"[download] {dataset}: export from source '{source}' in {out}")

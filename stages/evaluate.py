@@ -3,17 +3,18 @@ import json
 import sys
 from pathlib import Path
 
-from promptseg.evaluate import (eval_config_from_params, evaluate_variant, qualitative_figure, skipped_reason,
-                                write_skipped_outputs, write_sweep_csv)
+from promptseg.evaluate import EvalConfig, evaluate_variant, qualitative_figure, skipped_reason, write_skipped_outputs, write_sweep_csv
 from promptseg.inference import load_trained_model
-from promptseg.params import DATASETS, load_params, section
-from promptseg.tracking import flatten_metrics, log_to_run
+from promptseg.mlflow_model import log_pyfunc_model  # the rung as a pyfunc model, registered as promptseg-<rung>
+from promptseg.params import DATASETS
+from promptseg.settings import evaluate_settings, load_stage_settings
+from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
 
 
 def main(variant: str) -> None:
-    params = load_params()
-    cfg = eval_config_from_params(params)
-    prompts = {name: section(params, f"data.{name}.prompts") for name in DATASETS}
+    settings = load_stage_settings(f"evaluate@{variant}", evaluate_settings)
+    cfg = EvalConfig.from_settings(settings.infer, settings.eval)
+    prompts = {name: list(settings.prompts[name]) for name in DATASETS}
     processed, out = Path("data/processed"), Path("metrics/eval")
     skipped = skipped_reason(Path("models") / variant)
     if skipped:
@@ -30,13 +31,12 @@ def main(variant: str) -> None:
         figure = out / "figures" / f"{variant}_{dataset}.png"
         qualitative_figure(trained, processed, dataset, prompts[dataset][0], results[dataset]["threshold"], cfg, figure)
         figures.append(figure)
-    run_id = trained.card.get("summary", {}).get("mlflow_run_id")
-    log_to_run(section(params, "mlflow"), run_id, flatten_metrics(results, "eval"),
+    run_id = training_run_id(settings.mlflow, variant)
+    log_to_run(settings.mlflow, run_id, flatten_metrics(results, "eval"),
                [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures])
-    from promptseg.mlflow_model import log_pyfunc_model  # the rung as a pyfunc model, registered as promptseg-<rung>
-    uri = log_pyfunc_model(Path("models") / variant, section(params, "mlflow"), run_id=run_id, variant=variant,
+    uri = log_pyfunc_model(Path("models") / variant, settings.mlflow, run_id=run_id, variant=variant,
                            thresholds={d: results[d]["threshold"] for d in DATASETS if "threshold" in results.get(d, {})},
-                           morphology=section(params, "infer.morphology"), batch_size=int(section(params, "infer.batch_size")))
+                           morphology={"enabled": cfg.morphology, "kernel": cfg.kernel_size}, batch_size=cfg.batch_size)
     print(f"[evaluate] {variant}: registered {uri}")
     o = results["overall"]
     print(f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "

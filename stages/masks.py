@@ -8,33 +8,30 @@ from pathlib import Path
 
 from promptseg.exports import read_export
 from promptseg.masks import write_problems_csv, write_processed_dataset
-from promptseg.params import check_dataset, load_params, section
 from promptseg.qa import read_index, write_contact_sheets, write_suspicious_csv
+from promptseg.settings import load_stage_settings, masks_settings, to_plain
 from promptseg.splits import plan_splits
 
 SHOW_PROBLEMS = 10  # problem lines printed; all of them are in metrics/data/problems/<dataset>.csv
 
 
 def main(dataset: str) -> None:
-    params = load_params()
-    check_dataset(dataset)
-    cfg = section(params, "masks")
+    settings = load_stage_settings(f"masks@{dataset}", masks_settings, dataset)
+    cfg = settings.masks
     raw, out = Path("data/raw") / dataset, Path("data/processed") / dataset
-    near = section(params, "masks.near_duplicates")
-    grouped = section(params, "masks.grouped_split")
     problems_csv = Path("metrics/data/problems") / f"{dataset}.csv"
     read = None
     try:
-        read = read_export(raw, empty_segmentation=section(params, f"data.{dataset}.empty_polygon"))
+        read = read_export(raw, empty_segmentation=settings.empty_polygon)
         plan = plan_splits(
             read.records,
-            strategy=section(params, f"data.{dataset}.split"),
-            ratios=dict(grouped["ratios"]),
-            seed=int(grouped["seed"]),
-            max_distance=int(near["dhash_max_distance"]),
-            min_correlation=float(near["min_correlation"]),
+            strategy=settings.split,
+            ratios=to_plain(cfg.grouped_split.ratios),
+            seed=cfg.grouped_split.seed,
+            max_distance=cfg.near_duplicates.dhash_max_distance,
+            min_correlation=cfg.near_duplicates.min_correlation,
         )
-        summary = write_processed_dataset(read, out, min_box_side_px=float(cfg["min_box_side_px"]), plan=plan)
+        summary = write_processed_dataset(read, out, min_box_side_px=cfg.min_box_side_px, plan=plan)
     except (ValueError, OSError) as exc:
         if read is not None and read.problems:
             write_problems_csv(read.problems, problems_csv)
@@ -50,12 +47,11 @@ def main(dataset: str) -> None:
         print(f"[masks] {dataset}: {problem}")
     if len(read.problems) > SHOW_PROBLEMS:
         print(f"[masks] {dataset}: ... and {len(read.problems) - SHOW_PROBLEMS} more in {problems_csv}")
-    sheet = section(params, "masks.contact_sheet")
-    write_contact_sheets(out, dataset, metrics_dir / "contact_sheets", grid=int(sheet["grid"]), tile_px=int(sheet["tile_px"]))
+    write_contact_sheets(out, dataset, metrics_dir / "contact_sheets", grid=cfg.contact_sheet.grid,
+                         tile_px=cfg.contact_sheet.tile_px)
     suspicious = metrics_dir / "suspicious" / f"{dataset}.csv"
     summary["suspicious"] = write_suspicious_csv(
-        read_index(out / "index.csv"), suspicious,
-        max_foreground_share=float(section(params, "masks.suspicious_max_foreground_share")),
+        read_index(out / "index.csv"), suspicious, max_foreground_share=cfg.suspicious_max_foreground_share,
     )
     metrics = metrics_dir / f"{dataset}.json"
     metrics.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

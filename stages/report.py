@@ -1,23 +1,22 @@
 """DVC stage `report`: metrics/report.md and the headline metrics/summary.json from the metrics files alone
 (data, train, eval and the no-learning baselines of metrics/eval/baselines.json; no model, no images).
 
-Params read (each must be declared by the `report` stage in dvc.yaml): model.source, train.variants,
-eval.boundary_tolerance_px, infer.hflip_tta, infer.prompt_ensemble.
+Params read (each declared by the `report` stage in dvc.yaml; promptseg.settings.report_settings):
+model.source, train.variants, eval.boundary_tolerance_px, infer.hflip_tta, infer.prompt_ensemble.
 """
 from pathlib import Path
 
-from promptseg.params import DATASETS, load_params, section
+from promptseg.params import DATASETS
 from promptseg.report import write_report
+from promptseg.settings import load_stage_settings, report_settings
 
 
 def main() -> None:
-    params = load_params()
-    infer = section(params, "infer")
-    variants = list(section(params, "train.variants"))  # the ladder, in params order
+    s = load_stage_settings("report", report_settings)
     out, summary = Path("metrics/report.md"), Path("metrics/summary.json")
-    write_report(Path("metrics"), out, variants=variants, model_source=str(section(params, "model.source")),
-                 datasets=DATASETS, boundary_tolerance_px=int(section(params, "eval.boundary_tolerance_px")),
-                 infer_defaults={"hflip_tta": bool(infer["hflip_tta"]), "prompt_ensemble": bool(infer["prompt_ensemble"])},
+    write_report(Path("metrics"), out, variants=list(s.rungs), model_source=s.model_source, datasets=DATASETS,
+                 boundary_tolerance_px=s.boundary_tolerance_px,
+                 infer_defaults={"hflip_tta": s.hflip_tta, "prompt_ensemble": s.prompt_ensemble},
                  summary_path=summary)
     print(f"[report] wrote {out} and {summary}")
 

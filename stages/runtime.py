@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from promptseg.evaluate import skipped_reason
-from promptseg.params import DATASETS, load_params, section
+from promptseg.settings import load_stage_settings, runtime_settings
 from promptseg.runtime import measure_runtime, runtime_images, write_runtime
 
 
 def main(variant: str) -> None:
-    params = load_params()
-    cfg = section(params, "runtime")
+    s = load_stage_settings(f"runtime@{variant}", runtime_settings)
+    cfg = s.runtime
     out = Path("metrics/runtime") / f"{variant}.json"
     model_dir = Path("models") / variant
     skipped = skipped_reason(model_dir)
@@ -22,11 +22,10 @@ def main(variant: str) -> None:
         write_runtime(out, {"skipped": skipped})
         print(f"[runtime] {variant}: skipped: {skipped}")
         return
-    prompts = {name: section(params, f"data.{name}.prompts") for name in DATASETS}
-    images, image_prompts = runtime_images(Path("data/processed"), prompts, int(cfg["images"]))
-    figures = measure_runtime(model_dir, images, image_prompts, rounds=int(cfg["rounds"]),
-                              batch_size=int(section(params, "infer.batch_size")),
-                              threads=int(cfg["threads"]) or None, onnx=bool(cfg["onnx"]))
+    prompts = {name: list(p) for name, p in s.prompts.items()}
+    images, image_prompts = runtime_images(Path("data/processed"), prompts, cfg.images)
+    figures = measure_runtime(model_dir, images, image_prompts, rounds=cfg.rounds, batch_size=s.batch_size,
+                              threads=cfg.threads or None, onnx=cfg.onnx)
     write_runtime(out, figures)
     print(f"[runtime] {variant}: torch {figures['torch_ms_per_image']} ms/image, "
           f"onnx {figures.get('onnx_ms_per_image', 'n/a')} ms/image, {figures['model_mb']} MB, "

@@ -1,24 +1,18 @@
-"""DVC stage `train@<variant>`: train one variant of params.yaml's train.variants."""
+"""DVC stage `train@<variant>`: train one rung of params.yaml's train.variants (settings checked once, here)."""
 import sys
 from pathlib import Path
 
-from promptseg.params import DATASETS, load_params, section
+from promptseg.settings import load_stage_settings, train_settings
 from promptseg.train import TrainSetup, train_variant
 
 
 def main(variant: str) -> None:
-    params = load_params()
     setup = TrainSetup(
-        variant=variant,
-        variant_cfg=section(params, f"train.variants.{variant}"),
-        common=section(params, "train.common"),
-        model_cfg=section(params, "model"),
-        prompts={name: section(params, f"data.{name}.prompts") for name in DATASETS},
+        settings=load_stage_settings(f"train@{variant}", train_settings, variant),
         processed_root=Path("data/processed"),
         model_dir=Path("models") / variant,
         metrics_dir=Path("metrics/train"),
         checkpoint_dir=Path("checkpoints") / variant,
-        mlflow_cfg=section(params, "mlflow"),
     )
     summary = train_variant(setup)
     if "skipped" in summary:

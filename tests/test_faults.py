@@ -321,7 +321,11 @@ def test_interrupted_masks_write_keeps_the_previous_tree(tmp_path, monkeypatch):
 
 
 def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
+    from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings
     from promptseg.sources import SourceError, land_export
+
+    def local(path):  # data.cracks's source keys, as the download stage builds them (promptseg.settings)
+        return SourceSettings(source="local", roboflow=RoboflowSettings("w", "p", 1, "coco"), local=LocalSettings(path))
 
     export = _coco_three(tmp_path / "exp").parent
     archive = Path(shutil.make_archive(str(tmp_path / "export"), "zip", export))
@@ -334,18 +338,18 @@ def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
     archive.write_bytes(bytes(data))
     out = tmp_path / "raw" / "cracks"
     with pytest.raises(SourceError) as failed:
-        land_export("cracks", {"source": "local", "local": {"path": str(archive)}}, {}, out)
+        land_export("cracks", local(str(archive)), None, out)
     assert str(failed.value).startswith(f"{archive} cannot be unzipped (") and "corrupt or truncated" in str(failed.value)
     empty = tmp_path / "empty-export"
     empty.mkdir()
     with pytest.raises(SourceError) as failed:
-        land_export("cracks", {"source": "local", "local": {"path": str(empty)}}, {}, out)
+        land_export("cracks", local(str(empty)), None, out)
     assert str(failed.value).startswith(f"data.cracks.local.path {str(empty)!r} is not a Roboflow export: it holds nothing")
     assert not out.exists() and not (tmp_path / "raw" / "cracks.partial").exists()
     (empty / "train").mkdir()
     (empty / "train" / "_annotations.coco.json").write_text('{"images": [], "annotations": []}')
     with pytest.raises(SourceError, match="holds no image files"):
-        land_export("cracks", {"source": "local", "local": {"path": str(empty)}}, {}, out)
+        land_export("cracks", local(str(empty)), None, out)
 
 
 # ------------------------------------------------------------------------------------ predict

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import PROMPTS, TINY_MODEL
 from promptseg.cli import main
 
-UNET = {"widths": [8, 16, 32, 64], "freeze_text": False,
+UNET = {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": False,
         "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
 
 

@@ -4,10 +4,17 @@ import zipfile
 
 import pytest
 
+from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings, SyntheticSettings, build
 from promptseg.sources import SourceError, land_export
 
-SYNTH = {"seed": 1, "image_size": 96, "counts": {"train": 3, "valid": 2, "test": 2}, "negative_share": 0.0}
-ROBOFLOW = {"workspace": "objectdetect-pu6rn", "project": "drywall-join-detect", "version": 2, "format": "coco"}
+SYNTH = build(SyntheticSettings, {"seed": 1, "image_size": 96, "counts": {"train": 3, "valid": 2, "test": 2},
+                                  "negative_share": 0.0, "augment_copies_share": 0.0}, "synthetic")
+ROBOFLOW = RoboflowSettings(workspace="objectdetect-pu6rn", project="drywall-join-detect", version=2, format="coco")
+
+
+def source(kind, path=""):
+    """data.<dataset>'s source keys, as the download stage builds them."""
+    return SourceSettings(source=kind, roboflow=ROBOFLOW, local=LocalSettings(path))
 
 
 def tree(root):
@@ -16,7 +23,7 @@ def tree(root):
 
 def test_synthetic_lands_atomically(tmp_path):
     out = tmp_path / "raw" / "cracks"
-    assert land_export("cracks", {"source": "synthetic"}, SYNTH, out) == "synthetic"
+    assert land_export("cracks", source("synthetic"), SYNTH, out) == "synthetic"
     assert (out / "train" / "_annotations.coco.json").exists()
     assert not (tmp_path / "raw" / "cracks.partial").exists()
 
@@ -25,7 +32,7 @@ def test_roboflow_without_key_fails_fast_and_leaves_nothing(tmp_path, monkeypatc
     monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
     out = tmp_path / "raw" / "drywall"
     with pytest.raises(SourceError) as info:
-        land_export("drywall", {"source": "roboflow", "roboflow": ROBOFLOW}, SYNTH, out)
+        land_export("drywall", source("roboflow"), SYNTH, out)
     message = str(info.value)
     assert "ROBOFLOW_API_KEY" in message and "source: local" in message and "synthetic" in message
     assert not out.exists() and not (tmp_path / "raw" / "drywall.partial").exists()
@@ -43,7 +50,7 @@ def test_roboflow_error_never_shows_the_key(tmp_path, monkeypatch):
 
     monkeypatch.setattr(roboflow, "Roboflow", offline)
     with pytest.raises(SourceError) as info:
-        land_export("drywall", {"source": "roboflow", "roboflow": ROBOFLOW}, SYNTH, tmp_path / "raw" / "drywall")
+        land_export("drywall", source("roboflow"), SYNTH, tmp_path / "raw" / "drywall")
     assert secret not in str(info.value) and "no network" in str(info.value)
 
     def refused(api_key=None, **_):
@@ -51,46 +58,46 @@ def test_roboflow_error_never_shows_the_key(tmp_path, monkeypatch):
 
     monkeypatch.setattr(roboflow, "Roboflow", refused)
     with pytest.raises(SourceError) as info:
-        land_export("drywall", {"source": "roboflow", "roboflow": ROBOFLOW}, SYNTH, tmp_path / "raw" / "drywall")
+        land_export("drywall", source("roboflow"), SYNTH, tmp_path / "raw" / "drywall")
     assert secret not in str(info.value) and "***" in str(info.value)
 
 
 def test_local_zip_lands_the_same_tree_as_the_folder(tmp_path):
     export = tmp_path / "my-export"
-    land_export("cracks", {"source": "synthetic"}, SYNTH, export)
+    land_export("cracks", source("synthetic"), SYNTH, export)
     archive = tmp_path / "export.zip"
     with zipfile.ZipFile(archive, "w") as zf:  # wrapped in one top folder, as downloads often are
         for path in export.rglob("*"):
             zf.write(path, f"cracks-3ii36-1/{path.relative_to(export)}")
     from_folder, from_zip = tmp_path / "a" / "cracks", tmp_path / "b" / "cracks"
-    land_export("cracks", {"source": "local", "local": {"path": str(export)}}, SYNTH, from_folder)
-    land_export("cracks", {"source": "local", "local": {"path": str(archive)}}, SYNTH, from_zip)
+    land_export("cracks", source("local", str(export)), SYNTH, from_folder)
+    land_export("cracks", source("local", str(archive)), SYNTH, from_zip)
     assert tree(from_folder) == tree(from_zip) == tree(export)
 
 
 @pytest.mark.parametrize("path, expected", [("", "local.path is empty"), ("/no/such/export.zip", "does not exist")])
 def test_local_bad_path_is_a_clear_error(tmp_path, path, expected):
     with pytest.raises(SourceError, match=expected):
-        land_export("cracks", {"source": "local", "local": {"path": path}}, SYNTH, tmp_path / "out")
+        land_export("cracks", source("local", path), SYNTH, tmp_path / "out")
 
 
 def test_local_non_zip_file_is_a_clear_error(tmp_path):
     bogus = tmp_path / "export.tar"
     bogus.write_text("not a zip")
     with pytest.raises(SourceError, match="not a zip archive"):
-        land_export("cracks", {"source": "local", "local": {"path": str(bogus)}}, SYNTH, tmp_path / "out")
+        land_export("cracks", source("local", str(bogus)), SYNTH, tmp_path / "out")
 
 
 def test_unknown_source_names_the_choices(tmp_path):
     with pytest.raises(SourceError, match="choose one of synthetic, local, roboflow"):
-        land_export("cracks", {"source": "kaggle"}, SYNTH, tmp_path / "out")
+        land_export("cracks", source("kaggle"), SYNTH, tmp_path / "out")
 
 
 def test_failed_download_keeps_the_previous_export(tmp_path, monkeypatch):
     out = tmp_path / "raw" / "cracks"
-    land_export("cracks", {"source": "synthetic"}, SYNTH, out)
+    land_export("cracks", source("synthetic"), SYNTH, out)
     before = tree(out)
     monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
     with pytest.raises(SourceError):
-        land_export("cracks", {"source": "roboflow", "roboflow": ROBOFLOW}, SYNTH, out)
+        land_export("cracks", source("roboflow"), SYNTH, out)
     assert tree(out) == before

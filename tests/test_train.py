@@ -6,20 +6,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import PROMPTS, TINY_MODEL
+from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_UNET, tiny_train_settings
 from promptseg.train import TrainSetup, cosine_lr_factor, train_variant
 
-COMMON = {"seed": 42, "image_size": 64, "epochs": 3, "batch_size": 4, "lr": 3e-3, "weight_decay": 0.01,
-          "warmup_steps": 0, "hflip_prob": 0.5, "negative_prompt_prob": 0.0, "num_workers": 0}
-FULL = {"method": "full", "datasets": ["cracks", "drywall"]}
-LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "v_proj"],
+COMMON = TINY_COMMON
+FULL = {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]}
+LORA = {"method": "lora", "architecture": "clipseg", "r": 4, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "v_proj"],
         "train_decoder": True, "datasets": ["cracks", "drywall"]}
 
 
-def make_setup(root, processed_root, variant="full", cfg=FULL, mlflow=None, **overrides):
-    return TrainSetup(variant=variant, variant_cfg=cfg, common={**COMMON, **overrides}, model_cfg=TINY_MODEL,
-                      prompts=PROMPTS, processed_root=processed_root, model_dir=root / "models" / variant,
-                      metrics_dir=root / "metrics", checkpoint_dir=root / "checkpoints" / variant, mlflow_cfg=mlflow)
+def make_setup(root, processed_root, variant="full", cfg=FULL, mlflow=None, model=None, **overrides):
+    return TrainSetup(settings=tiny_train_settings(variant, cfg, overrides, model=model, mlflow=mlflow),
+                      processed_root=processed_root, model_dir=root / "models" / variant,
+                      metrics_dir=root / "metrics", checkpoint_dir=root / "checkpoints" / variant)
 
 
 def weights(setup):
@@ -46,6 +45,11 @@ def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
     train_variant(second)
     a, b = weights(first), weights(second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the model folder holds no timings: the same seed gives byte-identical files (one DVC hash)
+    files = {p.relative_to(first.model_dir): p.read_bytes() for p in sorted(first.model_dir.rglob("*")) if p.is_file()}
+    assert files == {p.relative_to(second.model_dir): p.read_bytes()
+                     for p in sorted(second.model_dir.rglob("*")) if p.is_file()}
+    assert "seconds_per_epoch" in json.loads((first.metrics_dir / "full.json").read_text())  # timings: metrics only
     for name in ("config.json", "processor_config.json", "tokenizer.json", "promptseg.json"):
         assert (first.model_dir / name).exists(), name
     assert not first.checkpoint_dir.exists()  # removed after a finished run
@@ -94,18 +98,18 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, processed_root, m
     assert "val_dice" in run.data.metrics and run.data.metrics["trainable_params"] == summary["trainable_params"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics", "model"} <= artifacts
-    assert "mlflow_run_id" in (setup.model_dir / "promptseg.json").read_text()
+    assert json.loads((setup.metrics_dir / "full.json").read_text())["mlflow_run_id"] == run.info.run_id
+    assert "mlflow_run_id" not in (setup.model_dir / "promptseg.json").read_text()  # the folder stays deterministic
 
 
-UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
-                                     "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                              "intermediate_size": 64}}}
+UNET_MODEL = {**TINY_MODEL, "unet": TINY_UNET}
 
 
 def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_path, processed_root, capsys):
     from promptseg.evaluate import skipped_reason, write_skipped_outputs
 
-    setup = make_setup(tmp_path, processed_root, variant="zeroshot", cfg={"method": "zeroshot"})
+    setup = make_setup(tmp_path, processed_root, variant="zeroshot", cfg={"method": "zeroshot", "architecture": "clipseg",
+                                                                               "datasets": ["cracks", "drywall"]})
     summary = train_variant(setup)
     assert "pretrained" in summary["skipped"] and "skipped" in capsys.readouterr().out
     written = json.loads((setup.metrics_dir / "zeroshot.json").read_text())
@@ -134,10 +138,9 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
 
     monkeypatch.setattr(promptseg.train, "presence_loss", recording_presence_loss)
 
-    cfg = {"method": "full", "architecture": "unet", "image_size": 64, "lr": 3e-3, "datasets": ["cracks", "drywall"]}
-    setup = TrainSetup(variant="unet", variant_cfg=cfg, common={**COMMON, "epochs": 2}, model_cfg=UNET_MODEL,
-                       prompts=PROMPTS, processed_root=processed_root, model_dir=tmp_path / "models" / "unet",
-                       metrics_dir=tmp_path / "metrics", checkpoint_dir=tmp_path / "ckpt")
+    cfg = {"method": "full", "architecture": "unet", "image_size": 64, "lr": 3e-3, "presence_weight": 0.3,
+           "datasets": ["cracks", "drywall"]}
+    setup = make_setup(tmp_path, processed_root, "unet", cfg, model=UNET_MODEL, epochs=2)
     summary = train_variant(setup)
     losses = [float(r.split(",")[1]) for r in (setup.metrics_dir / "unet.csv").read_text().splitlines()[1:]]
     assert losses[-1] < losses[0], losses
@@ -152,7 +155,10 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
 
 
 def test_box_projection_target_applies_only_to_its_dataset():
+    from dataclasses import replace
+
     from promptseg.losses import bce_dice_loss, box_components, box_projection_loss
+    from promptseg.settings import TrainCommonSettings, build
     from promptseg.train import training_loss
 
     torch.manual_seed(0)
@@ -160,9 +166,9 @@ def test_box_projection_target_applies_only_to_its_dataset():
     targets = torch.zeros(4, 16, 16)
     targets[:, 4:8, 2:14] = 1.0
     names = ["cracks", "drywall", "cracks", "drywall"]
-    plain = {"bce_weight": 1.0, "dice_weight": 1.0}
+    plain = build(TrainCommonSettings, TINY_COMMON, "train.common")
     assert torch.allclose(training_loss(logits, targets, names, pixels, plain), bce_dice_loss(logits, targets))
-    boxed = {**plain, "targets": {"cracks": "mask", "drywall": "box_projection"}}
+    boxed = replace(plain, targets={"cracks": "mask", "drywall": "box_projection"})
     expected = (2 * bce_dice_loss(logits[[0, 2]], targets[[0, 2]]) + 2 * box_projection_loss(
         logits[[1, 3]], targets[[1, 3]], images=pixels[[1, 3]], components=box_components(targets[[1, 3]]))) / 4
     assert torch.allclose(training_loss(logits, targets, names, pixels, boxed), expected, atol=1e-6)

@@ -76,7 +76,7 @@ def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, e
         truths.append(mask > 0)
     if not truths:
         return {}
-    cfg = EvalConfig(thresholds=[], empty_score=float(empty_score), boundary_tolerance_px=int(boundary_tolerance_px))
+    cfg = EvalConfig.for_scoring(empty_score=empty_score, boundary_tolerance_px=boundary_tolerance_px)
     thin = dataset in THIN_STRUCTURE_DATASETS
     zeros = [np.zeros(t.shape, dtype=np.uint8) for t in truths]
     ones = [np.full(t.shape, 255, dtype=np.uint8) for t in truths]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -29,9 +29,10 @@ import numpy as np
 
 from promptseg.data import list_split, read_rgb
 from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
+from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
 from promptseg.tiling import predict_probabilities_tiled
-from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice, lit_fraction,
-                               micro_iou_dice, threshold_sweep_counts)
+from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice_from_counts,
+                               lit_fraction, threshold_sweep_counts)
 
 from promptseg.params import THIN_STRUCTURE_DATASETS  # get boundary F1 and clDice
 
@@ -40,23 +41,42 @@ def prompt_slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
+    """What evaluation reads, from ``params.yaml: infer`` and ``eval`` (:meth:`from_settings`); no defaults here."""
     thresholds: list[float]
-    morphology: bool = True
-    kernel_size: int = 3
-    batch_size: int = 16
-    boundary_tolerance_px: int = 2
-    empty_score: float = 1.0
-    figure_images: int = 3
-    unrelated_prompts: list[str] = field(default_factory=list)
-    paraphrases: dict[str, list[str]] = field(default_factory=dict)
-    hflip_tta: bool = False          # average the logits of the image and its mirror (every prediction)
-    prompt_ensemble: bool = False    # also score the logit average over the dataset's prompts ("ensemble")
-    tiled: dict[str, bool] = field(default_factory=dict)   # dataset -> sliding-window inference (promptseg.tiling)
-    tile_upscale: float = 1.0
-    tile_overlap: float = 0.25
-    measure_inference_options: bool = True  # options_val (extra val passes)
+    morphology: bool
+    kernel_size: int
+    batch_size: int
+    boundary_tolerance_px: int
+    empty_score: float
+    figure_images: int
+    unrelated_prompts: list[str]
+    paraphrases: dict[str, list[str]]
+    hflip_tta: bool          # average the logits of the image and its mirror (every prediction)
+    prompt_ensemble: bool    # also score the logit average over the dataset's prompts ("ensemble")
+    tiled: dict[str, bool]   # dataset -> sliding-window inference (promptseg.tiling)
+    tile_upscale: float
+    tile_overlap: float
+    measure_inference_options: bool  # options_val (extra val passes)
+
+    @classmethod
+    def from_settings(cls, infer: InferSettings, ev: EvalSettings) -> "EvalConfig":
+        return cls(thresholds=list(infer.threshold_grid), morphology=infer.morphology.enabled,
+                   kernel_size=infer.morphology.kernel, batch_size=infer.batch_size,
+                   boundary_tolerance_px=ev.boundary_tolerance_px, empty_score=ev.empty_score,
+                   figure_images=ev.figure_images, unrelated_prompts=list(ev.unrelated_prompts),
+                   paraphrases={d: list(p) for d, p in ev.paraphrases.items()}, hflip_tta=infer.hflip_tta,
+                   prompt_ensemble=infer.prompt_ensemble, tiled=dict(infer.tiled), tile_upscale=infer.tiling.upscale,
+                   tile_overlap=infer.tiling.overlap, measure_inference_options=ev.measure_inference_options)
+
+    @classmethod
+    def for_scoring(cls, *, empty_score: float, boundary_tolerance_px: int) -> "EvalConfig":
+        """Only what :func:`score_masks` reads (the report's no-learning baselines); nothing is predicted."""
+        return cls(thresholds=[], morphology=False, kernel_size=0, batch_size=0,
+                   boundary_tolerance_px=boundary_tolerance_px, empty_score=empty_score, figure_images=0,
+                   unrelated_prompts=[], paraphrases={}, hflip_tta=False, prompt_ensemble=False, tiled={},
+                   tile_upscale=0.0, tile_overlap=0.0, measure_inference_options=False)
 
 
 @dataclass
@@ -84,35 +104,29 @@ def load_split(processed_root: Path, dataset: str, split: str) -> SplitData:
 
 def per_image_dice_from_counts(counts: np.ndarray, empty_score: float) -> np.ndarray:
     """counts (..., 3) tp, fp, fn -> Dice per row, ``empty_score`` where all are zero."""
-    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), empty_score)
+    return iou_dice_from_counts(counts, empty_score)[1]
 
 
 def sweep_thresholds(probs_by_prompt: dict[str, list[np.ndarray]], truths, cfg: EvalConfig):
     """Mean per-image IoU and Dice at every threshold over images x prompts; one pass per map."""
     counts = np.stack([threshold_sweep_counts(p, t, cfg.thresholds)
                        for probs in probs_by_prompt.values() for p, t in zip(probs, truths)])  # (N, T, 3)
-    dice = per_image_dice_from_counts(counts, cfg.empty_score).mean(axis=0)
-    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-    union = tp + fp + fn
-    iou = np.where(union > 0, tp / np.maximum(union, 1), cfg.empty_score).mean(axis=0)
+    iou, dice = (scores.mean(axis=0) for scores in iou_dice_from_counts(counts, cfg.empty_score))
     return {t: (float(i), float(d)) for t, i, d in zip(cfg.thresholds, iou, dice)}
 
 
 def score_masks(masks, truths, cfg: EvalConfig, thin: bool) -> dict:
     """Per-image mean IoU/Dice (+ boundary F1, clDice for thin structures) and micro IoU/Dice."""
-    ious, dices, bf1, cld, tps, fps, fns = [], [], [], [], [], [], []
+    bf1, cld, counts = [], [], []
     for mask, truth in zip(masks, truths):
         pred = mask > 0
-        iou, dice = iou_dice(pred, truth, empty_score=cfg.empty_score)
-        ious.append(iou), dices.append(dice)
-        tp, fp, fn = confusion_counts(pred, truth)
-        tps.append(tp), fps.append(fp), fns.append(fn)
+        counts.append(confusion_counts(pred, truth))
         if thin:
             bf1.append(boundary_f1(pred, truth, tolerance_px=cfg.boundary_tolerance_px))
             cld.append(cl_dice(pred, truth))
-    micro_iou, micro_dice = micro_iou_dice(tps, fps, fns, empty_score=cfg.empty_score)
+    counts = np.array(counts, dtype=np.int64).reshape(-1, 3)  # (images, 3): tp, fp, fn, counted once
+    ious, dices = iou_dice_from_counts(counts, cfg.empty_score)
+    micro_iou, micro_dice = iou_dice_from_counts(counts.sum(axis=0), cfg.empty_score)
     scores = {"miou": float(np.mean(ious)), "dice": float(np.mean(dices)),
               "micro_iou": float(micro_iou), "micro_dice": float(micro_dice), "images": len(masks)}
     if thin:
@@ -133,17 +147,9 @@ def _write_masks(folder: Path, stems, prompt: str, masks) -> None:
 
 
 def eval_config_from_params(params: dict) -> EvalConfig:
-    """The evaluation settings from ``params.yaml``'s ``infer`` and ``eval`` sections."""
-    infer, ev = params["infer"], params["eval"]
-    return EvalConfig(thresholds=[float(t) for t in infer["threshold_grid"]],
-                      morphology=bool(infer["morphology"]["enabled"]), kernel_size=int(infer["morphology"]["kernel"]),
-                      batch_size=int(infer["batch_size"]), boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
-                      empty_score=float(ev["empty_score"]), figure_images=int(ev["figure_images"]),
-                      unrelated_prompts=list(ev.get("unrelated_prompts", [])), paraphrases=dict(ev.get("paraphrases", {})),
-                      hflip_tta=bool(infer["hflip_tta"]), prompt_ensemble=bool(infer["prompt_ensemble"]),
-                      tiled={d: bool(v) for d, v in infer["tiled"].items()},
-                      tile_upscale=float(infer["tiling"]["upscale"]), tile_overlap=float(infer["tiling"]["overlap"]),
-                      measure_inference_options=bool(ev["measure_inference_options"]))
+    """The evaluation settings from ``params.yaml``'s ``infer`` and ``eval`` sections (validated)."""
+    settings = evaluate_settings(params)
+    return EvalConfig.from_settings(settings.infer, settings.eval)
 
 
 def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, prompts: list[str],

@@ -138,14 +138,15 @@ class EpochLogger:
     def _open_mlflow(self, mlflow_cfg: dict, params: dict | None, run_id: str | None) -> None:
         from mlflow.tracking import MlflowClient
 
-        from promptseg.tracking import connect
+        from promptseg.tracking import as_mlflow_settings, connect
 
+        mlflow_cfg = as_mlflow_settings(mlflow_cfg)
         mlflow = connect(mlflow_cfg)
         client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
         else:
-            experiment = mlflow.get_experiment_by_name(mlflow_cfg.get("experiment", "promptseg"))
+            experiment = mlflow.get_experiment_by_name(mlflow_cfg.experiment)
             run = client.create_run(experiment.experiment_id, run_name=self.variant, tags={"variant": self.variant})
             run_id = run.info.run_id
             if params:

@@ -10,9 +10,10 @@ when it is ``True`` / non-zero (so ``{0, 1}`` and ``{0, 255}`` both work).
 
 Empty-mask rules
 ----------------
-* :func:`iou_dice`: prediction and ground truth both empty ->
-  ``(empty_score, empty_score)``, ``1.0`` by default (a correct "nothing
-  here", e.g. a negative prompt). One empty, the other not -> ``(0.0, 0.0)``.
+* :func:`iou_dice_from_counts` (and everything built on it: :func:`iou_dice`, the evaluation's sweep
+  and mask scorer, training validation): prediction and ground truth both empty ->
+  ``(empty_score, empty_score)`` (``eval.empty_score``: a correct "nothing here", e.g. a negative
+  prompt). One empty, the other not -> ``(0.0, 0.0)``.
 * :func:`micro_iou_dice`: all summed counts zero -> ``(empty_score, empty_score)``.
 * :func:`boundary_f1`, :func:`cl_dice`: both empty -> ``1.0``; exactly one
   empty -> ``0.0``.
@@ -37,6 +38,8 @@ import numpy as np
 from skimage.morphology import skeletonize
 
 __all__ = [
+    "pixel_counts",
+    "iou_dice_from_counts",
     "iou_dice",
     "confusion_counts",
     "micro_iou_dice",
@@ -63,30 +66,60 @@ def _as_bool_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndar
     return p, g
 
 
+def pixel_counts(pred, gt):
+    """Per-image ``(tp, fp, fn)`` of boolean masks ``(..., H, W)`` -> ``(..., 3)`` integer counts, counted ONCE
+    over the last two axes (numpy arrays or torch tensors; the result is of the same kind).
+
+    This is the scoring primitive (segmentation_models.pytorch style): every IoU/Dice in the project is
+    :func:`iou_dice_from_counts` over these counts, so the empty-mask rule is written once.
+    """
+    tp = (pred & gt).sum((-2, -1))
+    fp = pred.sum((-2, -1)) - tp
+    fn = gt.sum((-2, -1)) - tp
+    if type(tp).__module__.startswith("torch"):
+        import torch
+
+        return torch.stack([tp, fp, fn], dim=-1)
+    return np.stack([tp, fp, fn], axis=-1).astype(np.int64)
+
+
+def iou_dice_from_counts(counts, empty_score: float):
+    """``counts (..., 3)`` tp, fp, fn -> ``(iou, dice)`` arrays of shape ``(...)`` (numpy or torch, like
+    ``counts``). THE empty rule: where ``tp + fp + fn == 0`` (prediction and ground truth both empty)
+    both scores are ``empty_score`` (``eval.empty_score``); one empty, the other not, scores 0."""
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    union, denom = tp + fp + fn, 2 * tp + fp + fn
+    if type(counts).__module__.startswith("torch"):
+        import torch
+
+        tp, union, denom = tp.double(), union.double(), denom.double()
+        empty = torch.full_like(union, float(empty_score))
+        return (torch.where(union > 0, tp / union.clamp(min=1), empty),
+                torch.where(denom > 0, 2 * tp / denom.clamp(min=1), empty))
+    return (np.where(union > 0, tp / np.maximum(union, 1), float(empty_score)),
+            np.where(denom > 0, 2 * tp / np.maximum(denom, 1), float(empty_score)))
+
+
 def confusion_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     """Pixel counts ``(tp, fp, fn)`` of one ``(H, W)`` prediction against its ground truth.
 
-    Returns Python ``int`` s: ``tp = |P & G|``, ``fp = |P & ~G|``, ``fn = |~P & G|``.
+    Returns Python ``int`` s: ``tp = |P & G|``, ``fp = |P & ~G|``, ``fn = |~P & G|`` (:func:`pixel_counts`).
     """
-    p, g = _as_bool_pair(pred, gt)
-    tp = int(np.count_nonzero(p & g))
-    fp = int(np.count_nonzero(p)) - tp
-    fn = int(np.count_nonzero(g)) - tp
+    tp, fp, fn = pixel_counts(*_as_bool_pair(pred, gt)).tolist()
     return tp, fp, fn
 
 
 def _iou_dice_from_counts(tp: int, fp: int, fn: int, empty_score: float) -> tuple[float, float]:
-    if tp + fp + fn == 0:
-        return float(empty_score), float(empty_score)
-    return tp / (tp + fp + fn), 2.0 * tp / (2 * tp + fp + fn)
+    iou, dice = iou_dice_from_counts(np.array([tp, fp, fn], dtype=np.int64), empty_score)
+    return float(iou), float(dice)
 
 
 def iou_dice(pred: np.ndarray, gt: np.ndarray, *, empty_score: float = 1.0) -> tuple[float, float]:
     """IoU and Dice of one ``(H, W)`` prediction over all its pixels.
 
     ``IoU = |P & G| / |P | G|`` and ``Dice = 2 |P & G| / (|P| + |G|)``.
-    Both masks empty -> ``(empty_score, empty_score)`` (``1.0`` by default);
-    one empty -> ``(0.0, 0.0)``.
+    Both masks empty -> ``(empty_score, empty_score)`` (the pipeline passes ``eval.empty_score``; 1.0 is
+    this library function's own default); one empty -> ``(0.0, 0.0)``.
     """
     return _iou_dice_from_counts(*confusion_counts(pred, gt), empty_score)
 

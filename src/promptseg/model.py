@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import os
 import socket
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from transformers import (
     CLIPTokenizer,
     ViTImageProcessor,
 )
+
+from promptseg.settings import ClipSegSettings, LoraSettings, ModelSettings, model_settings, to_plain
 
 CLIP_BPE_PATH = Path(os.environ.get("PROMPTSEG_CLIP_BPE", "vendor/clip/bpe_simple_vocab_16e6.txt.gz"))
 # The decoder modules that transformers 5.24 initialises with std 1.0 when built from a config.
@@ -79,21 +82,20 @@ def build_clip_tokenizer(bpe_path: str | Path = CLIP_BPE_PATH) -> CLIPTokenizer:
 
 
 # ----------------------------------------------------------------------------------------- configs
-def small_config(small: dict) -> CLIPSegConfig:
-    """A small CLIPSeg with the rd64-refined layout sized by params.
+def small_config(small: ClipSegSettings) -> CLIPSegConfig:
+    """A small CLIPSeg with the rd64-refined layout sized by ``model.clipseg``.
 
     The complex transposed convolution (two x(patch/4) up-convolutions) restores the input size only
     for patch 16; any other patch size gets the plain single up-convolution of stride ``patch_size``.
     """
-    vision, text = small["vision"], small["text"]
     return CLIPSegConfig(
-        text_config={**text, "max_position_embeddings": 77},
-        vision_config={**vision, "image_size": 224},
-        projection_dim=int(small["projection_dim"]),
-        reduce_dim=int(small["reduce_dim"]),
-        extract_layers=list(small["extract_layers"]),
-        decoder_num_attention_heads=int(small["decoder_num_attention_heads"]),
-        use_complex_transposed_convolution=int(vision.get("patch_size", 16)) == 16,
+        text_config={**to_plain(small.text), "max_position_embeddings": 77},
+        vision_config={**to_plain(small.vision), "image_size": 224},
+        projection_dim=small.projection_dim,
+        reduce_dim=small.reduce_dim,
+        extract_layers=list(small.extract_layers),
+        decoder_num_attention_heads=small.decoder_num_attention_heads,
+        use_complex_transposed_convolution=small.vision.patch_size == 16,
     )
 
 
@@ -127,25 +129,33 @@ def make_processor(tokenizer: CLIPTokenizer, image_size: int, mean, std) -> CLIP
     return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def build_small_model(model_cfg: dict, image_size: int, seed: int) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
+def as_model_settings(model: ModelSettings | Mapping, architecture: str | None = None) -> ModelSettings:
+    """``model`` as settings: a plain ``params.yaml: model`` mapping (tests, benchmarks) is validated here."""
+    return model if isinstance(model, ModelSettings) else model_settings({"model": model}, architecture)
+
+
+def build_small_model(model: ModelSettings | Mapping, image_size: int,
+                      seed: int) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
+    model = as_model_settings(model, "clipseg")
     torch.manual_seed(seed)
-    model = CLIPSegForImageSegmentation(small_config(model_cfg["clipseg"]))
-    reset_decoder_plain_layers(model)
-    processor = make_processor(build_clip_tokenizer(), image_size, model_cfg["image_mean"], model_cfg["image_std"])
-    return model, processor
+    clipseg = CLIPSegForImageSegmentation(small_config(model.clipseg))
+    reset_decoder_plain_layers(clipseg)
+    processor = make_processor(build_clip_tokenizer(), image_size, model.image_mean, model.image_std)
+    return clipseg, processor
 
 
-def build_unet_model(model_cfg: dict, image_size: int, seed: int):
+def build_unet_model(model: ModelSettings | Mapping, image_size: int, seed: int):
     """The text-conditioned U-Net (random init) sized by ``model.unet``, with the same CLIP tokenizer."""
     from promptseg.unet import TextConditionedUNet, UNetConfig
 
+    model = as_model_settings(model, "unet")
     torch.manual_seed(seed)
-    model = TextConditionedUNet(UNetConfig.from_params({**model_cfg["unet"], "image_size": image_size}))
-    processor = make_processor(build_clip_tokenizer(), image_size, model_cfg["image_mean"], model_cfg["image_std"])
-    return model, processor
+    unet = TextConditionedUNet(UNetConfig.from_params({**to_plain(model.unet), "image_size": image_size}))
+    processor = make_processor(build_clip_tokenizer(), image_size, model.image_mean, model.image_std)
+    return unet, processor
 
 
-def uses_per_image_standardization(model_cfg: dict, architecture: str = "clipseg") -> bool:
+def uses_per_image_standardization(model: ModelSettings | Mapping, architecture: str) -> bool:
     """Whether inputs are standardised per image after the mean/std normalisation.
 
     Only for the randomly initialised ``small`` model (``model.clipseg.per_image_standardization``).
@@ -156,7 +166,10 @@ def uses_per_image_standardization(model_cfg: dict, architecture: str = "clipseg
     Pretrained weights were trained with the plain mean/std and keep it; so does the U-Net, whose
     zero-padded convolutions and batch norm see absolute brightness.
     """
-    return architecture == "clipseg" and model_cfg.get("source") == "small" and bool(model_cfg.get("clipseg", {}).get("per_image_standardization", False))
+    if architecture != "clipseg":
+        return False
+    model = as_model_settings(model, architecture)
+    return model.source == "small" and model.clipseg.per_image_standardization
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -203,15 +216,16 @@ def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
         raise ModelSourceError(f"cannot load model {source!r} from the Hugging Face hub ({exc}). {fix}") from None
 
 
-def load_base_model(model_cfg: dict, image_size: int, seed: int, architecture: str = "clipseg"):
+def load_base_model(model: ModelSettings | Mapping, image_size: int, seed: int, architecture: str):
     """The model and processor of ``architecture`` (CLIPSeg from ``model.source``, or the U-Net)."""
     if architecture == "unet":
-        return build_unet_model(model_cfg, image_size, seed)
+        return build_unet_model(model, image_size, seed)
     if architecture != "clipseg":
         raise ValueError(f"unknown architecture {architecture!r} in train.variants: use clipseg or unet.")
-    if model_cfg["source"] == "small":
-        return build_small_model(model_cfg, image_size, seed)
-    return load_pretrained(model_cfg["source"])
+    model = as_model_settings(model, architecture)
+    if model.source == "small":
+        return build_small_model(model, image_size, seed)
+    return load_pretrained(model.source)
 
 
 # ----------------------------------------------------------------------------------------- variants
@@ -222,24 +236,23 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def apply_variant(model: CLIPSegForImageSegmentation, variant: dict) -> nn.Module:
+def apply_variant(model: CLIPSegForImageSegmentation, method: str, lora: LoraSettings | None = None) -> nn.Module:
     """Make the parameters of one training variant trainable; returns the module to train.
 
     - ``zeroshot``: nothing (the pretrained model as it is).
     - ``full``: every parameter (for the U-Net: all but a frozen text encoder when ``freeze_text``).
     - ``decoder``: the decoder only (encoders frozen): what the library forward trains.
     - ``lora``: peft LoRA on ``targets`` in vision, text and decoder attention; plus the whole decoder
-      when ``train_decoder`` is true. Returns the ``PeftModel``.
+      when ``train_decoder`` is true. Returns the ``PeftModel``. ``lora``: the rung's LoRA settings
+      (:class:`promptseg.settings.LoraSettings`), required for ``lora``.
     """
-    method = variant["method"]
     if method == "full":
         model.requires_grad_(True)
         if getattr(getattr(model, "config", None), "freeze_text", False):  # the U-Net with pretrained text weights
             model.text_encoder.requires_grad_(False)
         return model
-    if variant.get("architecture", "clipseg") != "clipseg":
-        raise ValueError(f"method {method!r} applies to CLIPSeg only; the {variant['architecture']} "
-                         "architecture trains with method: full.")
+    if not hasattr(model, "clip"):
+        raise ValueError(f"method {method!r} applies to CLIPSeg only; the U-Net trains with method: full.")
     if method == "zeroshot":
         model.requires_grad_(False)
         return model
@@ -250,11 +263,12 @@ def apply_variant(model: CLIPSegForImageSegmentation, variant: dict) -> nn.Modul
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=int(variant["r"]), lora_alpha=int(variant["alpha"]),
-                            lora_dropout=float(variant.get("dropout", 0.0)),
-                            target_modules=list(variant["targets"]), bias="none")
+        if lora is None:
+            raise ValueError("method 'lora' needs the rung's LoRA settings (r, alpha, dropout, targets, train_decoder).")
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.targets), bias="none")
         peft_model = get_peft_model(model, config)
-        if variant.get("train_decoder", False):
+        if lora.train_decoder:
             peft_model.base_model.model.decoder.requires_grad_(True)
         return peft_model
     raise ValueError(f"unknown training method {method!r} in train.variants: use full, decoder or lora.")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from promptseg.params import ParamsError, load_params
+from promptseg.settings import validate_params
 
 PROFILES_DIR = Path("profiles")
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         overrides = load_profile(argv[0])
-        apply_profile(load_params(), overrides)  # every key must exist in params.yaml
+        validate_params(apply_profile(load_params(), overrides))  # every key must exist in params.yaml, and validate
     except ParamsError as exc:
         print(f"promptseg.profiles: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
+from promptseg.settings import zeroshot_skip_reason
 
 __all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
 
@@ -470,13 +471,14 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
     if variants is None:
         variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
     variants = list(variants)
-    if model_source != "small" and ZEROSHOT in eval_metrics and ZEROSHOT not in variants:
+    zeroshot_skipped = zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is not None  # the one rule
+    if not zeroshot_skipped and ZEROSHOT in eval_metrics and ZEROSHOT not in variants:
         variants.append(ZEROSHOT)
-    if model_source == "small":
+    if zeroshot_skipped:
         variants = [v for v in variants if v != ZEROSHOT]
 
     lines = _header(variants, model_source, datasets)
-    if model_source == "small":
+    if zeroshot_skipped:
         lines += ["Zero-shot: a zero-shot row is meaningless for a randomly initialised model and is omitted.", ""]
     elif ZEROSHOT not in eval_metrics:
         lines += [f"Zero-shot: no metrics/eval/{ZEROSHOT}.json yet, so no zero-shot row.", ""]
@@ -580,7 +582,8 @@ def write_report(metrics_dir: Path, out_path: Path, *, variants: list[str], mode
     (:func:`build_summary`) as JSON. Returns the report's text."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     variants = list(variants)
-    if model_source != "small" and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
+    if zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None \
+            and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
         variants.append(ZEROSHOT)
     data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
     train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}

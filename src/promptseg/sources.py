@@ -11,6 +11,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from promptseg.settings import RoboflowSettings, SourceSettings, SyntheticSettings, to_plain
 from promptseg.synthetic import write_synthetic_export
 
 SOURCES = ("synthetic", "local", "roboflow")
@@ -33,7 +34,7 @@ def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def download_from_roboflow(dataset: str, roboflow_cfg: dict, out_dir: Path) -> None:
+def download_from_roboflow(dataset: str, roboflow_cfg: RoboflowSettings, out_dir: Path) -> None:
     """Download workspace/project/version in the configured format with the roboflow SDK.
 
     The key comes from the environment only (``ROBOFLOW_API_KEY``); it never appears in messages.
@@ -50,13 +51,13 @@ def download_from_roboflow(dataset: str, roboflow_cfg: dict, out_dir: Path) -> N
     except ImportError as exc:  # pragma: no cover - roboflow is a pinned dependency
         raise SourceError(f"the roboflow package is not installed ({exc}); run `make install`.") from None
 
-    where = f"{roboflow_cfg['workspace']}/{roboflow_cfg['project']} version {roboflow_cfg['version']}"
+    where = f"{roboflow_cfg.workspace}/{roboflow_cfg.project} version {roboflow_cfg.version}"
     try:
         client = Roboflow(api_key=api_key)
-        version = client.workspace(roboflow_cfg["workspace"]).project(roboflow_cfg["project"]).version(
-            int(roboflow_cfg["version"])
+        version = client.workspace(roboflow_cfg.workspace).project(roboflow_cfg.project).version(
+            roboflow_cfg.version
         )
-        version.download(model_format=roboflow_cfg["format"], location=str(out_dir), overwrite=True)
+        version.download(model_format=roboflow_cfg.format, location=str(out_dir), overwrite=True)
     except requests.exceptions.RequestException as exc:
         raise SourceError(
             f"could not reach Roboflow to download {where} ({type(exc).__name__}: no network access?). "
@@ -64,7 +65,7 @@ def download_from_roboflow(dataset: str, roboflow_cfg: dict, out_dir: Path) -> N
         ) from None
     except Exception as exc:  # the SDK raises bare RuntimeError/KeyError for a wrong workspace or version
         raise SourceError(
-            f"Roboflow refused the download of {where} in format {roboflow_cfg['format']!r}: "
+            f"Roboflow refused the download of {where} in format {roboflow_cfg.format!r}: "
             f"{_scrub(str(exc), api_key)}. Check data.{dataset}.roboflow in params.yaml and that your key "
             f"can read this project. {_alternatives(dataset)}"
         ) from None
@@ -131,9 +132,9 @@ def check_landed_export(dataset: str, folder: Path, came_from: str) -> None:
                           f"{_alternatives(dataset)}")
 
 
-def land_export(dataset: str, data_cfg: dict, synthetic_cfg: dict, out_dir: Path) -> str:
+def land_export(dataset: str, data_cfg: SourceSettings, synthetic_cfg: SyntheticSettings, out_dir: Path) -> str:
     """Put the export of ``dataset`` in ``out_dir`` (replaced atomically). Returns the source used."""
-    source = data_cfg.get("source")
+    source = data_cfg.source
     if source not in SOURCES:
         raise SourceError(f"data.{dataset}.source is {source!r}; choose one of {', '.join(SOURCES)} in params.yaml.")
     out_dir = Path(out_dir)
@@ -145,21 +146,21 @@ def land_export(dataset: str, data_cfg: dict, synthetic_cfg: dict, out_dir: Path
             write_synthetic_export(
                 dataset,
                 partial,
-                seed=int(synthetic_cfg["seed"]),
-                image_size=int(synthetic_cfg["image_size"]),
-                counts={k: int(v) for k, v in synthetic_cfg["counts"].items()},
-                negative_share=float(synthetic_cfg["negative_share"]),
-                augment_copies_share=float(synthetic_cfg.get("augment_copies_share", 0.0)),
+                seed=synthetic_cfg.seed,
+                image_size=synthetic_cfg.image_size,
+                counts=to_plain(synthetic_cfg.counts),
+                negative_share=synthetic_cfg.negative_share,
+                augment_copies_share=synthetic_cfg.augment_copies_share,
             )
         elif source == "local":
-            path = data_cfg.get("local", {}).get("path", "")
+            path = data_cfg.local.path
             copy_local_export(dataset, path, partial)
             check_landed_export(dataset, partial, f"data.{dataset}.local.path {str(path)!r}")
         else:
-            download_from_roboflow(dataset, data_cfg["roboflow"], partial)
-            rf = data_cfg["roboflow"]
-            check_landed_export(dataset, partial, f"the Roboflow download of {rf['workspace']}/{rf['project']} "
-                                                  f"version {rf['version']}")
+            download_from_roboflow(dataset, data_cfg.roboflow, partial)
+            rf = data_cfg.roboflow
+            check_landed_export(dataset, partial, f"the Roboflow download of {rf.workspace}/{rf.project} "
+                                                  f"version {rf.version}")
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -5,6 +5,8 @@ import os
 import re
 from pathlib import Path
 
+from promptseg.settings import MlflowSettings
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -30,26 +32,37 @@ def flatten_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def connect(mlflow_cfg: dict):
+def as_mlflow_settings(mlflow_cfg: MlflowSettings | dict) -> MlflowSettings:
+    """The ``mlflow`` settings, validated when given as a plain mapping (tests, library callers)."""
+    from promptseg.settings import build
+
+    return mlflow_cfg if isinstance(mlflow_cfg, MlflowSettings) else build(MlflowSettings, dict(mlflow_cfg), "mlflow")
+
+
+def connect(mlflow_cfg: MlflowSettings | dict):
     """Point MLflow at the configured store (``MLFLOW_TRACKING_URI`` wins) and experiment."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_cfg.get("tracking_uri", "sqlite:///mlflow.db")
-    mlflow.set_tracking_uri(uri)
-    name = mlflow_cfg.get("experiment", "promptseg")
+    mlflow_cfg = as_mlflow_settings(mlflow_cfg)
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or mlflow_cfg.tracking_uri)
+    name = mlflow_cfg.experiment
     if mlflow.get_experiment_by_name(name) is None:
-        artifacts = Path(mlflow_cfg.get("artifact_root", "mlartifacts")).resolve()
+        # artifact_root: optional (tests point it at a temporary folder); absent: ./mlartifacts
+        artifacts = Path(mlflow_cfg.artifact_root or "mlartifacts").resolve()
         mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
     mlflow.set_experiment(name)
     return mlflow
 
 
 def log_training_run(setup, summary: dict, rows: list[dict], csv_path: Path) -> str:
-    """Create the variant's run: all params, per-epoch metrics, the weights dir and the CSV."""
-    mlflow = connect(setup.mlflow_cfg)
+    """Create the variant's run (tagged ``variant``): all params, per-epoch metrics, the weights dir and the CSV."""
+    from promptseg.settings import to_plain
+
+    mlflow = connect(setup.settings.mlflow)
     with mlflow.start_run(run_name=setup.variant) as run:
-        params = _flatten("", {"variant": setup.variant_cfg, "train": setup.common, "model": setup.model_cfg,
-                               "prompts": setup.prompts}, {})
+        params = _flatten("", {"variant": setup.rung.own_params(), "train": to_plain(setup.rung.train),
+                               "model": to_plain(setup.settings.model), "prompts": to_plain(setup.prompts)}, {})
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.set_tag("variant", setup.variant)
         for row in rows:
@@ -61,7 +74,15 @@ def log_training_run(setup, summary: dict, rows: list[dict], csv_path: Path) -> 
         return run.info.run_id
 
 
-def log_to_run(mlflow_cfg: dict, run_id: str | None, metrics: dict[str, float], artifacts: list[Path] = ()) -> None:
+def training_run_id(mlflow_cfg: MlflowSettings, variant: str) -> str | None:
+    """The latest run tagged ``variant`` (the model folder holds no run id: it stays deterministic)."""
+    mlflow = connect(mlflow_cfg)
+    runs = mlflow.search_runs(experiment_names=[mlflow_cfg.experiment], filter_string=f"tags.variant = '{variant}'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
+def log_to_run(mlflow_cfg: MlflowSettings, run_id: str | None, metrics: dict[str, float], artifacts: list[Path] = ()) -> None:
     """Add evaluation figures and files to an existing run (or a new one when ``run_id`` is None)."""
     mlflow = connect(mlflow_cfg)
     with mlflow.start_run(run_id=run_id):

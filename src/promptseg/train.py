@@ -25,31 +25,32 @@ from tqdm import tqdm
 
 from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split
 from promptseg.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
+from promptseg.metrics import iou_dice_from_counts, pixel_counts
 from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
                              merged_model, segmentation_logits, uses_per_image_standardization)
+from promptseg.settings import (RungSettings, TrainCommonSettings, TrainSettings, to_plain,
+                                zeroshot_skip_reason)
 
 CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
 
 def training_loss(logits: torch.Tensor, targets: torch.Tensor, datasets: list[str], pixel_values: torch.Tensor,
-                  common: dict) -> torch.Tensor:
+                  train: TrainCommonSettings) -> torch.Tensor:
     """The batch loss: BCE + (1 - soft Dice) against the rendered masks, except for samples of a dataset
     whose ``train.common.targets.<dataset>`` is ``box_projection``: their masks are filled boxes, and
     they get :func:`promptseg.losses.box_projection_loss` (per box, weights from
     ``train.common.box_projection``). The two parts are averaged by their number of samples."""
-    loss_kwargs = {"bce_weight": float(common.get("bce_weight", 1.0)), "dice_weight": float(common.get("dice_weight", 1.0))}
-    targets_by_dataset = common.get("targets") or {}
-    boxed = torch.tensor([targets_by_dataset.get(d, "mask") == "box_projection" for d in datasets])
+    weights_kw = {"bce_weight": train.bce_weight, "dice_weight": train.dice_weight}
+    boxed = torch.tensor([train.targets[d] == "box_projection" for d in datasets])
     if not bool(boxed.any()):
-        return bce_dice_loss(logits, targets, **loss_kwargs)
-    cfg = common.get("box_projection") or {}
+        return bce_dice_loss(logits, targets, **weights_kw)
     box_targets = targets[boxed]
-    parts = [box_projection_loss(logits[boxed], box_targets, outside_weight=float(cfg.get("outside_weight", 1.0)),
-                                 pairwise_weight=float(cfg.get("pairwise_weight", 0.0)), images=pixel_values[boxed],
+    parts = [box_projection_loss(logits[boxed], box_targets, outside_weight=train.box_projection.outside_weight,
+                                 pairwise_weight=train.box_projection.pairwise_weight, images=pixel_values[boxed],
                                  components=box_components(box_targets.detach().cpu()).to(box_targets.device))]
     weights = [int(boxed.sum())]
     if not bool(boxed.all()):
-        parts.append(bce_dice_loss(logits[~boxed], targets[~boxed], **loss_kwargs))
+        parts.append(bce_dice_loss(logits[~boxed], targets[~boxed], **weights_kw))
         weights.append(int((~boxed).sum()))
     return sum(w * part for w, part in zip(weights, parts)) / sum(weights)
 
@@ -85,32 +86,40 @@ def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> floa
 
 @dataclass
 class TrainSetup:
-    """What ``train_variant`` needs, resolved from params by the stage."""
-    variant: str
-    variant_cfg: dict
-    common: dict
-    model_cfg: dict
-    prompts: dict[str, list[str]]          # dataset -> prompts
+    """What ``train_variant`` needs: the rung's typed settings (built once by the stage from params.yaml,
+    :func:`promptseg.settings.train_settings`) and the paths it reads and writes."""
+    settings: TrainSettings
     processed_root: Path
     model_dir: Path
     metrics_dir: Path
     checkpoint_dir: Path
-    mlflow_cfg: dict | None = None
     stop_after_epochs: int | None = None    # for tests: simulate an interruption after N epochs
+
+    @property
+    def rung(self) -> RungSettings:
+        return self.settings.rung
+
+    @property
+    def variant(self) -> str:
+        return self.settings.rung.name
+
+    @property
+    def prompts(self) -> dict[str, tuple[str, ...]]:
+        return self.settings.prompts
 
     @property
     def architecture(self) -> str:
         """``clipseg`` or ``unet`` (``train.variants.<v>.architecture``)."""
-        return self.variant_cfg.get("architecture", "clipseg")
+        return self.settings.rung.architecture
 
     @property
     def image_size(self) -> int:
-        """The variant's input side: ``train.variants.<v>.image_size`` or ``train.common.image_size``."""
-        return int(self.variant_cfg.get("image_size", self.common["image_size"]))
+        """The rung's input side (``train.common.image_size`` or the rung's override)."""
+        return self.settings.rung.train.image_size
 
     @property
     def per_image_standardization(self) -> bool:
-        return uses_per_image_standardization(self.model_cfg, self.architecture)
+        return uses_per_image_standardization(self.settings.model, self.architecture)
 
 
 def device_and_autocast(device: torch.device | None = None):
@@ -153,22 +162,22 @@ def check_replicas_agree(accelerator, module: nn.Module) -> None:
 
 
 def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
-    common = setup.common
+    train = setup.rung.train
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
-    datasets = setup.variant_cfg.get("datasets", list(setup.prompts)) if training else list(setup.prompts)
+    datasets = setup.rung.datasets if training else tuple(setup.prompts)
     parts = []
     for name in datasets:
         # negatives: the other datasets' prompts, and prompts naming things absent from both datasets
         others = [p for other, ps in setup.prompts.items() if other != name for p in ps]
-        unrelated = [p for p in common.get("unrelated_negative_prompts", []) if p not in others]
+        unrelated = [p for p in train.unrelated_negative_prompts if p not in others]
         parts.append(PromptedSegmentation(
             list_split(setup.processed_root, name, split), name, setup.prompts[name],
-            image_size=setup.image_size, mean=mean, std=std, seed=int(common["seed"]),
-            hflip_prob=float(common.get("hflip_prob", 0.0)) if training else 0.0,
+            image_size=setup.image_size, mean=mean, std=std, seed=train.seed,
+            hflip_prob=train.hflip_prob if training else 0.0,
             negative_prompts=others if training else (),
             unrelated_prompts=unrelated if training else (),
-            unrelated_share=float(common.get("unrelated_negative_share", 0.5)),
-            negative_prompt_prob=float(common.get("negative_prompt_prob", 0.0)) if training else 0.0,
+            unrelated_share=train.unrelated_negative_share,
+            negative_prompt_prob=train.negative_prompt_prob if training else 0.0,
             per_image=setup.per_image_standardization,
         ))
     return JointSegmentation(parts)
@@ -179,8 +188,10 @@ def _tokenize(processor, prompts, device):
     return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
 
 
-def run_epoch_validation(module, processor, loader, device, loss_kwargs) -> tuple[float, float]:
-    """(mean val loss, mean per-image Dice at threshold 0.5) with each image's first prompt."""
+def run_epoch_validation(module, processor, loader, device, train: TrainCommonSettings,
+                         empty_score: float) -> tuple[float, float]:
+    """(mean val loss, mean per-image Dice at threshold 0.5) with each image's first prompt; an image whose
+    prediction and target are both empty scores ``empty_score`` (``eval.empty_score``, the evaluation's rule)."""
     module.eval()
     losses, dices = [], []
     with torch.no_grad():
@@ -188,45 +199,62 @@ def run_epoch_validation(module, processor, loader, device, loss_kwargs) -> tupl
             ids, mask = _tokenize(processor, prompts, device)
             logits = segmentation_logits(module, pixel_values.to(device), ids, mask).float()
             targets = targets.to(device)
-            losses.append(bce_dice_loss(logits, targets, **loss_kwargs).item() * len(targets))
-            pred, gt = logits > 0, targets > 0.5
-            inter = (pred & gt).sum((1, 2)).float()
-            denom = (pred.sum((1, 2)) + gt.sum((1, 2))).float()
-            dices += torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom)).tolist()
+            losses.append(bce_dice_loss(logits, targets, bce_weight=train.bce_weight,
+                                        dice_weight=train.dice_weight).item() * len(targets))
+            dices += iou_dice_from_counts(pixel_counts(logits > 0, targets > 0.5), empty_score)[1].tolist()
     module.train()
     return sum(losses) / max(1, len(dices)), float(np.mean(dices)) if dices else float("nan")
 
 
+# --------------------------------------------------------------------------------------- checkpoints
 def _config_fingerprint(setup: TrainSetup) -> str:
-    blob = json.dumps([setup.variant_cfg, setup.common, setup.model_cfg, setup.prompts], sort_keys=True)
+    blob = json.dumps([to_plain(setup.rung), to_plain(setup.settings.model), setup.prompts,
+                       setup.settings.empty_score], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path: Path, module, optimizer, scheduler, epoch: int, rows: list, fingerprint: str) -> None:
-    trainable = {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
-    state = {"epoch": epoch, "trainable": trainable, "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rows": rows, "fingerprint": fingerprint,
-             "torch_rng": torch.get_rng_state()}
+def _rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _save_checkpoint(path: Path, run: "Run", epoch: int, rows: list, fingerprint: str) -> None:
+    """Everything the next epoch depends on, at an epoch boundary: the WHOLE state_dict (buffers too:
+    BatchNorm running stats and num_batches_tracked), optimiser, scheduler, every RNG state and the
+    sampler's epoch. The data order and augmentation are pure functions of (seed, epoch, index)
+    (:mod:`promptseg.data`), so the sampler's position is its epoch: a run killed mid-epoch restarts that
+    epoch from its boundary and ends with bit-identical weights."""
+    state = {"epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()},
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rows": rows,
+             "fingerprint": fingerprint, "rng": _rng_states(), "sampler_epoch": epoch}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path: Path, module, optimizer, scheduler, fingerprint: str):
+def _load_checkpoint(path: Path, run: "Run", fingerprint: str) -> tuple[int, list]:
     if not path.exists():
         return 0, []
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("fingerprint") != fingerprint:
+    if state.get("fingerprint") != fingerprint or "model" not in state:
         print(f"[train] ignoring checkpoint {path}: it was written with other params")
         return 0, []
-    params = dict(module.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
+    run.module.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _set_rng_states(state["rng"])
+    run.sampler.set_epoch(state["sampler_epoch"])
     print(f"[train] resumed from {path} after epoch {state['epoch']}")
     return state["epoch"], state["rows"]
 
@@ -239,147 +267,192 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-ZEROSHOT_NEEDS_PRETRAINED = ("zero-shot needs pretrained weights, and model.source is `small` (random init): "
-                             "there is nothing to evaluate, so no numbers are written")
-
-
-def skip_zeroshot(setup: TrainSetup) -> dict:
-    """The ``zeroshot`` rung on the random ``small`` model: write a card and a summary that say why, no numbers."""
-    summary = {"variant": setup.variant, "method": "zeroshot", "skipped": ZEROSHOT_NEEDS_PRETRAINED}
+def skip_zeroshot(setup: TrainSetup, reason: str) -> dict:
+    """A rung with nothing to train or score (:func:`promptseg.settings.zeroshot_skip_reason`): write a card
+    and a summary that say why, no numbers."""
+    summary = {"variant": setup.variant, "method": "zeroshot", "skipped": reason}
     shutil.rmtree(setup.model_dir, ignore_errors=True)
     setup.model_dir.mkdir(parents=True)
     _write_model_card(setup, summary)
     _write_csv(setup.metrics_dir / f"{setup.variant}.csv", [])
     (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[train] {setup.variant}: skipped: {ZEROSHOT_NEEDS_PRETRAINED}")
+    print(f"[train] {setup.variant}: skipped: {reason}")
     return summary
 
 
+# --------------------------------------------------------------------------------------- build
+@dataclass
+class Run:
+    """A built training run: model, data, optimiser and schedule, on this process's device."""
+    module: nn.Module
+    processor: object
+    forward: nn.Module           # TrainingForward, DDP-wrapped under `accelerate launch`
+    optimizer: torch.optim.Optimizer
+    step_optimizer: object       # the optimizer, or accelerate's wrapper of it
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_set: JointSegmentation
+    sampler: EpochShuffleSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    device: torch.device
+    autocast: object
+    accelerator: object | None
+    steps_per_epoch: int         # this process's batches: ceil(images / batch_size / processes)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+
+def _accelerator():
+    """One process: None (plain PyTorch). Several (`accelerate launch`): an Accelerator that shards the
+    batches (train.common.batch_size is per process) while DDP all-reduces the gradients."""
+    if launched_world_size() <= 1:
+        return None
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    # find_unused_parameters: CLIP's logit_scale and projections the decoder never reads get no gradient
+    return Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available(),  # bf16 autocast is ours
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def build_run(setup: TrainSetup) -> Run:
+    """Model, loaders, optimiser and cosine schedule of one rung."""
+    rung, train = setup.rung, setup.rung.train
+    seed_everything(train.seed)
+    accelerator = _accelerator()
+    device, autocast = device_and_autocast(accelerator.device if accelerator else None)
+    base, processor = load_base_model(setup.settings.model, setup.image_size, train.seed, setup.architecture)
+    module = apply_variant(base, rung.method, rung.lora).to(device)
+    module.train()
+    train_set = build_datasets(setup, processor, "train", training=True)
+    val_set = build_datasets(setup, processor, "val", training=False)
+    sampler = EpochShuffleSampler(len(train_set), train.seed)
+    train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, collate_fn=collate,
+                              num_workers=train.num_workers)
+    val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, collate_fn=collate)
+    optimizer = torch.optim.AdamW(optimizer_param_groups(module, train.lr, rung.text_lr),
+                                  weight_decay=train.weight_decay)
+    forward, step_optimizer = TrainingForward(module), optimizer
+    if accelerator is not None and rung.epochs:
+        forward, step_optimizer, train_loader = accelerator.prepare(forward, optimizer, train_loader)
+    total_steps = rung.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_lr_factor(step, total_steps, train.warmup_steps))
+    return Run(module, processor, forward, optimizer, step_optimizer, scheduler, train_set, sampler, train_loader,
+               val_loader, device, autocast, accelerator, len(train_loader))
+
+
+# --------------------------------------------------------------------------------------- one epoch
+def train_one_epoch(setup: TrainSetup, run: Run, epoch: int) -> float:
+    """One pass over this process's training batches; returns the mean loss over every process's batches."""
+    losses = []
+    batches = tqdm(run.train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{setup.rung.epochs}", leave=False,
+                   disable=None)
+    for pixel_values, targets, prompts, datasets in batches:
+        pixel_values, targets = pixel_values.to(run.device), targets.to(run.device)
+        ids, mask = _tokenize(run.processor, prompts, run.device)
+        with run.autocast:
+            logits, presence = run.forward(pixel_values, ids, mask)
+        loss = training_loss(logits.float(), targets, datasets, pixel_values, setup.rung.train)
+        if presence is not None:  # the gate's own image-level supervision (promptseg.unet)
+            loss = loss + setup.rung.presence_weight * presence_loss(presence.float(), targets)
+        run.step_optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP the gradients are all-reduced here
+        run.step_optimizer.step()
+        run.scheduler.step()
+        losses.append(loss.item())
+    train_loss = float(np.mean(losses))
+    if run.accelerator is not None:  # the mean over every process's batches
+        train_loss = float(run.accelerator.gather(torch.tensor([train_loss], device=run.device)).mean())
+    return train_loss
+
+
+# --------------------------------------------------------------------------------------- the loop
 def train_variant(setup: TrainSetup) -> dict:
-    """Train one variant; returns the summary written to ``metrics/train/<variant>.json``.
+    """Train one rung; returns the summary written to ``metrics/train/<variant>.json``.
 
     ``method: zeroshot`` trains nothing: with a pretrained source the model is saved as it is (0 epochs);
     with the random ``small`` model the rung is skipped and says why (:func:`skip_zeroshot`).
     """
-    common = setup.common
-    zeroshot = setup.variant_cfg["method"] == "zeroshot"
-    if zeroshot and setup.model_cfg["source"] == "small" and setup.architecture == "clipseg":
-        return skip_zeroshot(setup)
-    seed = int(common["seed"])
-    seed_everything(seed)
-    # One process: plain PyTorch. Several (`accelerate launch`): an Accelerator shards the batches
-    # (train.common.batch_size is per process) and DDP all-reduces the gradients.
-    accelerator = None
-    if launched_world_size() > 1:
-        from accelerate import Accelerator, DistributedDataParallelKwargs
-        # find_unused_parameters: CLIP's logit_scale and projections the decoder never reads get no gradient
-        accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available(),  # bf16 autocast is ours
-                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    device, autocast = device_and_autocast(accelerator.device if accelerator else None)
-    is_main = accelerator is None or accelerator.is_main_process
-    base, processor = load_base_model(setup.model_cfg, setup.image_size, seed, setup.architecture)
-    module = apply_variant(base, setup.variant_cfg).to(device)
-    module.train()
-    trainable, total = count_parameters(module)
-    lora_count = lora_parameter_count(module)
-
-    train_set = build_datasets(setup, processor, "train", training=True)
-    val_set = build_datasets(setup, processor, "val", training=False)
-    sampler = EpochShuffleSampler(len(train_set), seed)
-    batch_size = int(common["batch_size"])
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                              num_workers=int(common.get("num_workers", 0)))
-    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
-
-    epochs = 0 if zeroshot else int(setup.variant_cfg.get("epochs", common["epochs"]))
-    text_lr = setup.variant_cfg.get("text_lr")
-    optimizer = torch.optim.AdamW(optimizer_param_groups(module, float(setup.variant_cfg.get("lr", common["lr"])),
-                                                         None if text_lr is None else float(text_lr)),
-                                  weight_decay=float(common["weight_decay"]))
-    forward, step_optimizer = TrainingForward(module), optimizer
-    if accelerator is not None and not zeroshot:
-        forward, step_optimizer, train_loader = accelerator.prepare(forward, optimizer, train_loader)
-    steps_per_epoch = len(train_loader)  # this process's batches: ceil(images / batch_size / processes)
-    total_steps = epochs * steps_per_epoch
-    warmup = int(common.get("warmup_steps", 0))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, total_steps, warmup))
-    loss_kwargs = {"bce_weight": float(common.get("bce_weight", 1.0)), "dice_weight": float(common.get("dice_weight", 1.0))}
-    presence_weight = float(setup.variant_cfg.get("presence_weight", 0.3))  # a gated rung's train.variants.<v>
-
-    fingerprint = _config_fingerprint(setup)
-    checkpoint = setup.checkpoint_dir / "last.pt"
-    start_epoch, rows = _load_checkpoint(checkpoint, module, optimizer, scheduler, fingerprint)
+    skipped = zeroshot_skip_reason(setup.rung.method, setup.architecture, setup.settings.model.source)
+    if skipped:
+        return skip_zeroshot(setup, skipped)
+    run = build_run(setup)
+    fingerprint, checkpoint = _config_fingerprint(setup), setup.checkpoint_dir / "last.pt"
+    start_epoch, rows = _load_checkpoint(checkpoint, run, fingerprint)
     csv_path = setup.metrics_dir / f"{setup.variant}.csv"
-
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, setup.rung.epochs):
         if setup.stop_after_epochs is not None and epoch >= setup.stop_after_epochs:
             raise KeyboardInterrupt(f"stopped after {epoch} epochs (test hook)")
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        started, losses = time.perf_counter(), []
-        lr = scheduler.get_last_lr()[0]
-        for pixel_values, targets, prompts, datasets in tqdm(train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{epochs}",
-                                                      leave=False, disable=None):
-            ids, mask = _tokenize(processor, prompts, device)
-            with autocast:
-                logits, presence = forward(pixel_values.to(device), ids, mask)
-            loss = training_loss(logits.float(), targets.to(device), datasets, pixel_values.to(device), common)
-            if presence is not None:  # the gate's own image-level supervision (promptseg.unet)
-                loss = loss + presence_weight * presence_loss(presence.float(), targets.to(device))
-            step_optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # under DDP the gradients are all-reduced here
-            step_optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+        # this epoch's data order and augmentation: pure functions of (seed, epoch, index)
+        run.train_set.set_epoch(epoch)
+        run.sampler.set_epoch(epoch)
+        lr, started = run.scheduler.get_last_lr()[0], time.perf_counter()
+        # train: one pass over this process's batches
+        train_loss = train_one_epoch(setup, run, epoch)
         seconds = time.perf_counter() - started
-        train_loss = float(np.mean(losses))
-        if accelerator is not None:  # the mean over every process's batches
-            train_loss = float(accelerator.gather(torch.tensor([train_loss], device=device)).mean())
-        # every process validates the same (whole) val set with the same weights: no collective needed
-        val_loss, val_dice = run_epoch_validation(module, processor, val_loader, device, loss_kwargs)
+        # validate: every process scores the same whole val set with the same weights (no collective)
+        val_loss, val_dice = run_epoch_validation(run.module, run.processor, run.val_loader, run.device,
+                                                  setup.rung.train, setup.settings.empty_score)
         rows.append({"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
                      "val_dice": round(val_dice, 6), "lr": lr, "seconds": round(seconds, 3)})
-        if is_main:
-            print(f"[train] {setup.variant} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items()))
+        # report and checkpoint (main process only)
+        if run.is_main:
+            print(f"[train] {setup.variant} epoch {epoch + 1}/{setup.rung.epochs}: "
+                  + ", ".join(f"{k} {v}" for k, v in rows[-1].items()))
             _write_csv(csv_path, rows)
-            _save_checkpoint(checkpoint, module, optimizer, scheduler, epoch + 1, rows, fingerprint)
+            _save_checkpoint(checkpoint, run, epoch + 1, rows, fingerprint)
+    return finish(setup, run, rows)
 
+
+# --------------------------------------------------------------------------------------- finish
+TIMING_KEYS = ("seconds_per_epoch",)   # in metrics/train/<rung>.json only: the model folder stays deterministic
+
+
+def finish(setup: TrainSetup, run: Run, rows: list[dict]) -> dict:
+    """Summary, replica check, save the model folder and the metrics, track in MLflow, drop the checkpoint."""
     if not rows:  # zeroshot on a pretrained model: score the untouched model once
-        val_loss, val_dice = run_epoch_validation(module, processor, val_loader, device, loss_kwargs)
-        rows = [{"epoch": 0, "train_loss": float("nan"), "val_loss": round(val_loss, 6), "val_dice": round(val_dice, 6),
-                 "lr": 0.0, "seconds": 0.0}]
-        if is_main:
-            _write_csv(csv_path, rows)
+        val_loss, val_dice = run_epoch_validation(run.module, run.processor, run.val_loader, run.device,
+                                                  setup.rung.train, setup.settings.empty_score)
+        rows = [{"epoch": 0, "train_loss": float("nan"), "val_loss": round(val_loss, 6),
+                 "val_dice": round(val_dice, 6), "lr": 0.0, "seconds": 0.0}]
+        if run.is_main:
+            _write_csv(setup.metrics_dir / f"{setup.variant}.csv", rows)
+    trainable, total = count_parameters(run.module)
     summary = {
-        "variant": setup.variant, "method": setup.variant_cfg["method"], "architecture": setup.architecture,
-        "trainable_params": trainable, "total_params": total, "lora_params": lora_count,
-        "epochs": epochs, "image_size": setup.image_size,
+        "variant": setup.variant, "method": setup.rung.method, "architecture": setup.architecture,
+        "trainable_params": trainable, "total_params": total, "lora_params": lora_parameter_count(run.module),
+        "epochs": setup.rung.epochs, "image_size": setup.image_size,
         "final_train_loss": rows[-1]["train_loss"], "final_val_loss": rows[-1]["val_loss"],
         "final_val_dice": rows[-1]["val_dice"],
         "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in rows])), 3),
-        "device": str(device),
-        "processes": accelerator.num_processes if accelerator else 1,
-        "steps_per_epoch_per_process": steps_per_epoch,
+        "device": str(run.device),
+        "processes": run.accelerator.num_processes if run.accelerator else 1,
+        "steps_per_epoch_per_process": run.steps_per_epoch,
     }
-    if accelerator is not None:
-        check_replicas_agree(accelerator, module)
-        accelerator.wait_for_everyone()
-        if not is_main:
+    if run.accelerator is not None:
+        check_replicas_agree(run.accelerator, run.module)
+        run.accelerator.wait_for_everyone()
+        if not run.is_main:
             return summary
-    save_trained_model(module, processor, setup, summary)
-    (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if setup.mlflow_cfg:
+    save_trained_model(run.module, run.processor, setup, summary)
+    if setup.settings.mlflow is not None:
         from promptseg.tracking import log_training_run
-        summary["mlflow_run_id"] = log_training_run(setup, summary, rows, csv_path)
-        _write_model_card(setup, summary)
+        summary["mlflow_run_id"] = log_training_run(setup, summary, rows, setup.metrics_dir / f"{setup.variant}.csv")
+    (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
     return summary
 
 
 def _write_model_card(setup: TrainSetup, summary: dict) -> None:
+    """``promptseg.json``: what inference needs and what the model was trained with; no timings and no run
+    ids, so two trainings to the same weights give byte-identical folders (and one DVC hash)."""
     card = {"variant": setup.variant, "architecture": setup.architecture,
-            "per_image_standardization": setup.per_image_standardization, "variant_params": setup.variant_cfg, "train_params": setup.common,
-            "model_params": setup.model_cfg, "prompts": setup.prompts, "summary": summary}
+            "per_image_standardization": setup.per_image_standardization,
+            "variant_params": setup.rung.own_params(), "train_params": to_plain(setup.rung.train),
+            "model_params": to_plain(setup.settings.model), "prompts": {d: list(p) for d, p in setup.prompts.items()},
+            "summary": {k: v for k, v in summary.items() if k not in TIMING_KEYS and k != "mlflow_run_id"}}
     (setup.model_dir / "promptseg.json").write_text(json.dumps(card, indent=2) + "\n")
 
 
@@ -390,6 +463,12 @@ def save_trained_model(module, processor, setup: TrainSetup, summary: dict) -> N
     out.mkdir(parents=True)
     if hasattr(module, "peft_config"):
         module.save_pretrained(out / "adapter")  # the adapter alone, for users of peft
+        # peft keeps target_modules as a set: its JSON order follows the process's hash seed; sort it
+        config_path = out / "adapter" / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
     model = merged_model(module).cpu()
     model.save_pretrained(out)
     processor.save_pretrained(out)

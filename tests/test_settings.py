@@ -1,0 +1,127 @@
+"""Typed settings: params.yaml validated once per stage; every rung resolves; stages exit with one message."""
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptseg.params import ParamsError, load_params
+from promptseg.profiles import apply_profile, load_profile
+from promptseg.settings import (download_settings, evaluate_settings, resolve_rung, train_settings, validate_params,
+                                zeroshot_skip_reason)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def test_params_yaml_and_every_profile_validate():
+    validate_params(params())
+    for profile in sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")):
+        validate_params(apply_profile(params(), load_profile(profile, ROOT / "profiles")))
+
+
+def test_a_typo_names_the_nearest_key():
+    p = params()
+    p["data"]["cracks"]["sorce"] = "local"
+    with pytest.raises(ParamsError, match=r"^data\.cracks\.sorce: unknown key; did you mean 'source'\?$"):
+        download_settings(p, "cracks")
+    p = params()
+    p["train"]["variants"]["unet"]["presence_weigth"] = 0.3
+    with pytest.raises(ParamsError, match=r"train\.variants\.unet\.presence_weigth: unknown key; did you mean 'presence_weight'"):
+        train_settings(p, "unet")
+    p = params()
+    p["infer"]["morphology"]["kernal"] = 3
+    with pytest.raises(ParamsError, match=r"infer\.morphology\.kernal: unknown key; did you mean 'kernel'"):
+        evaluate_settings(p)
+    with pytest.raises(ParamsError, match=r"params\.evall: unknown key; did you mean 'eval'"):
+        validate_params({**params(), "evall": {}})
+
+
+def test_a_missing_key_and_a_wrong_type_are_named():
+    p = params()
+    del p["data"]["cracks"]["source"]
+    with pytest.raises(ParamsError, match=r"^data\.cracks\.source: missing key"):
+        download_settings(p, "cracks")
+    p = params()
+    del p["train"]["common"]["warmup_steps"]
+    with pytest.raises(ParamsError, match=r"^train\.common\.warmup_steps: missing key"):
+        train_settings(p, "full")
+    p = params()
+    p["train"]["common"]["batch_size"] = "eight"
+    with pytest.raises(ParamsError, match=r"^train\.common\.batch_size: expected an integer, got 'eight'"):
+        train_settings(p, "full")
+    p = params()
+    p["data"]["cracks"]["source"] = "kaggle"
+    with pytest.raises(ParamsError, match=r"^data\.cracks\.source: 'kaggle' is not one of 'synthetic', 'local', 'roboflow'"):
+        download_settings(p, "cracks")
+    p = params()
+    del p["train"]["variants"]["lora"]["alpha"]
+    with pytest.raises(ParamsError, match=r"^train\.variants\.lora\.alpha: missing key"):
+        train_settings(p, "lora")
+
+
+def test_every_rung_resolves_with_its_overrides_of_train_common():
+    p = params()
+    common = p["train"]["common"]
+    for name, raw in p["train"]["variants"].items():
+        rung = train_settings(p, name).rung
+        for key in ("epochs", "lr", "image_size", "batch_size", "seed"):
+            assert getattr(rung.train, key) == raw.get(key, common[key]), (name, key)
+        assert rung.datasets == tuple(raw["datasets"]) and rung.method == raw["method"]
+        assert (rung.lora is not None) == (raw["method"] == "lora")
+        assert rung.text_lr == raw.get("text_lr") and rung.presence_weight == raw.get("presence_weight")
+    unet = train_settings(p, "unet")
+    assert (unet.rung.train.lr, unet.rung.text_lr, unet.rung.train.image_size) == (0.002, 0.0003, 224)
+    assert unet.model.clipseg is None and unet.model.unet is not None  # reads only its own architecture's block
+    assert train_settings(p, "zeroshot").rung.epochs == 0
+    assert zeroshot_skip_reason("zeroshot", "clipseg", "small") and not zeroshot_skip_reason("zeroshot", "clipseg", "x")
+
+
+def test_a_gated_unet_needs_presence_weight_and_only_lora_takes_lora_keys():
+    p = params()
+    p["model"]["unet"]["presence_gate"] = True
+    del p["train"]["variants"]["unet"]["presence_weight"]
+    with pytest.raises(ParamsError, match=r"train\.variants\.unet\.presence_weight: missing key"):
+        train_settings(p, "unet")
+    with pytest.raises(ParamsError, match=r"train\.variants\.full\.r: only a method: lora rung"):
+        resolve_rung("full", {**params()["train"]["variants"]["full"], "r": 4}, params()["train"]["common"])
+
+
+def _stage(tmp_path, script, *args, mutate):
+    p = copy.deepcopy(params())
+    mutate(p)
+    (tmp_path / "stages").mkdir(exist_ok=True)
+    (tmp_path / "stages" / script).write_text((ROOT / "stages" / script).read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, f"stages/{script}", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script,args,mutate,message", [
+    ("download.py", ["cracks"], lambda p: p["data"]["cracks"].update(sorce="local"),
+     "download@cracks: params.yaml: data.cracks.sorce: unknown key; did you mean 'source'?"),
+    ("masks.py", ["drywall"], lambda p: p["masks"].pop("min_box_side_px"),
+     "masks@drywall: params.yaml: masks.min_box_side_px: missing key; add it"),
+    ("train.py", ["unet"], lambda p: p["train"]["common"].update(lr="fast"),
+     "train@unet: params.yaml: train.common.lr: expected a number, got 'fast'"),
+    ("evaluate.py", ["full"], lambda p: p["eval"].update(empty_scor=1.0),
+     "evaluate@full: params.yaml: eval.empty_scor: unknown key; did you mean 'empty_score'?"),
+    ("baselines.py", [], lambda p: p["report"].update(darkest_share=None),
+     "baselines: params.yaml: report.darkest_share: is null; give it a value"),
+    ("report.py", [], lambda p: p["eval"].update(boundary_tolerance_px=None),
+     "report: params.yaml: eval.boundary_tolerance_px: is null; give it a value"),
+    ("runtime.py", ["unet"], lambda p: p["runtime"].update(round=2),
+     "runtime@unet: params.yaml: runtime.round: unknown key; did you mean 'rounds'?"),
+])
+def test_stages_exit_with_one_message_and_no_traceback(tmp_path, script, args, mutate, message):
+    done = _stage(tmp_path, script, *args, mutate=mutate)
+    assert done.returncode == 2, done.stderr
+    # the last line (transformers may warn on import before it), and nothing else of ours
+    assert done.stderr.strip().splitlines()[-1] == message and "Traceback" not in done.stderr + done.stdout
