@@ -7,6 +7,7 @@ from promptseg.evaluate import (eval_config_from_params, evaluate_variant, quali
                                 write_skipped_outputs, write_sweep_csv)
 from promptseg.inference import load_trained_model
 from promptseg.params import DATASETS, load_params, section
+from promptseg.precision import check_precision, resolve_precision
 from promptseg.tracking import flatten_metrics, log_to_run
 
 
@@ -21,8 +22,10 @@ def main(variant: str) -> None:
         print(f"[evaluate] {variant}: skipped: {skipped}")
         return
     trained = load_trained_model(Path("models") / variant)
+    trained.precision = check_precision(section(params, "infer.precision"), "params.yaml infer.precision")
     results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
     out.mkdir(parents=True, exist_ok=True)
+    results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
     (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
     write_sweep_csv(out / "sweep" / f"{variant}.csv", sweeps)
     figures = []

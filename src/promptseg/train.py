@@ -27,6 +27,7 @@ from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegme
 from promptseg.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
                              merged_model, segmentation_logits, uses_per_image_standardization)
+from promptseg.precision import device_and_autocast
 
 CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
@@ -111,14 +112,6 @@ class TrainSetup:
     @property
     def per_image_standardization(self) -> bool:
         return uses_per_image_standardization(self.model_cfg, self.architecture)
-
-
-def device_and_autocast(device: torch.device | None = None):
-    """(device, autocast context): CUDA with bf16 autocast when present, else CPU in fp32."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        return device, torch.autocast("cuda", dtype=torch.bfloat16)
-    return device, torch.autocast("cpu", enabled=False)
 
 
 def launched_world_size() -> int:
@@ -275,7 +268,8 @@ def train_variant(setup: TrainSetup) -> dict:
         # find_unused_parameters: CLIP's logit_scale and projections the decoder never reads get no gradient
         accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available(),  # bf16 autocast is ours
                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    device, autocast = device_and_autocast(accelerator.device if accelerator else None)
+    # train.common.precision: auto | fp32 | bf16 (promptseg.precision); a config without the key trains in fp32
+    device, autocast, precision = device_and_autocast(str(common.get("precision", "fp32")), accelerator.device if accelerator else None)
     is_main = accelerator is None or accelerator.is_main_process
     base, processor = load_base_model(setup.model_cfg, setup.image_size, seed, setup.architecture)
     module = apply_variant(base, setup.variant_cfg).to(device)
@@ -357,7 +351,7 @@ def train_variant(setup: TrainSetup) -> dict:
         "final_train_loss": rows[-1]["train_loss"], "final_val_loss": rows[-1]["val_loss"],
         "final_val_dice": rows[-1]["val_dice"],
         "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in rows])), 3),
-        "device": str(device),
+        "device": str(device), "precision": precision,
         "processes": accelerator.num_processes if accelerator else 1,
         "steps_per_epoch_per_process": steps_per_epoch,
     }
