@@ -29,6 +29,7 @@ import numpy as np
 
 from promptseg.data import list_split, read_rgb
 from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
+from promptseg.native import predict_probabilities_native, supports_native_resolution
 from promptseg.tiling import predict_probabilities_tiled
 from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice, lit_fraction,
                                micro_iou_dice, threshold_sweep_counts)
@@ -56,6 +57,7 @@ class EvalConfig:
     tiled: dict[str, bool] = field(default_factory=dict)   # dataset -> sliding-window inference (promptseg.tiling)
     tile_upscale: float = 1.0
     tile_overlap: float = 0.25
+    native_resolution: dict[str, bool] = field(default_factory=dict)  # dataset -> U-Net on the whole photo at its own size (promptseg.native)
     measure_inference_options: bool = True  # options_val (extra val passes)
 
 
@@ -143,7 +145,8 @@ def eval_config_from_params(params: dict) -> EvalConfig:
                       hflip_tta=bool(infer["hflip_tta"]), prompt_ensemble=bool(infer["prompt_ensemble"]),
                       tiled={d: bool(v) for d, v in infer["tiled"].items()},
                       tile_upscale=float(infer["tiling"]["upscale"]), tile_overlap=float(infer["tiling"]["overlap"]),
-                      measure_inference_options=bool(ev["measure_inference_options"]))
+                      measure_inference_options=bool(ev["measure_inference_options"]),
+                      native_resolution={d: bool(v) for d, v in infer.get("native_resolution", {}).items()})
 
 
 def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, prompts: list[str],
@@ -153,6 +156,9 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
 
     def predict(data, prompt, hflip=cfg.hflip_tta, tiled=cfg.tiled.get(dataset, False)):
         """Probabilities for every image of ``data`` with ``prompt`` (a string, or a list: the ensemble)."""
+        if cfg.native_resolution.get(dataset, False) and supports_native_resolution(trained):  # before tiling
+            return predict_probabilities_native(trained, data.images, [prompt] * len(data.images),
+                                                batch_size=cfg.batch_size, hflip_tta=hflip)
         if tiled:
             return predict_probabilities_tiled(trained, data.images, [prompt] * len(data.images),
                                                upscale=cfg.tile_upscale, overlap=cfg.tile_overlap,

@@ -149,6 +149,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
     common = setup.common
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
     datasets = setup.variant_cfg.get("datasets", list(setup.prompts)) if training else list(setup.prompts)
+    crop = (setup.variant_cfg.get("crop") or {}) if training else {}  # train.variants.<v>.crop: native-resolution crops
     parts = []
     for name in datasets:
         # negatives: the other datasets' prompts, and prompts naming things absent from both datasets
@@ -163,6 +164,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
             unrelated_share=float(common.get("unrelated_negative_share", 0.5)),
             negative_prompt_prob=float(common.get("negative_prompt_prob", 0.0)) if training else 0.0,
             per_image=setup.per_image_standardization,
+            crop_size=int(crop.get("size", 0)), crop_share=float(crop.get("share", 0.0)),
         ))
     return JointSegmentation(parts)
 
