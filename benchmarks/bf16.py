@@ -10,7 +10,8 @@
 3. The U-Net (params.yaml's ``model.unet``, random weights: speed does not depend on them) predicting
    640 x 640 photos at their own size (``promptseg.native``) in torch fp32 and bf16, and the same forward
    exported to ONNX at 640 px in onnxruntime (fp32); batch 1, images/s including pre- and post-processing.
-The machine is shared: the load average is printed with every figure.
+``--agreement models/unet``: instead, per-image IoU of bf16 vs fp32 masks of that trained rung on the test
+images. The machine is shared: the load average is printed with every figure.
 """
 from __future__ import annotations
 
@@ -114,17 +115,51 @@ def predict_640(params: dict, rounds: int) -> list[tuple[str, float, str]]:
     return results
 
 
+def agreement(model_dir: str, params: dict) -> None:
+    """Per-image IoU of bf16 vs fp32 masks of a trained rung on data/processed test images, every prompt of
+    each dataset, at the threshold its evaluation chose (metrics/eval/<rung>.json), with infer.morphology."""
+    import json
+
+    from promptseg.evaluate import load_split
+    from promptseg.inference import load_trained_model, postprocess_probabilities, predict_probabilities
+    from promptseg.params import DATASETS
+
+    trained = load_trained_model(model_dir)
+    scores = json.loads((Path("metrics/eval") / f"{Path(model_dir).name}.json").read_text())
+    morph = params["infer"]["morphology"]
+    print(f"\n| {model_dir}: dataset | threshold | pairs | min IoU | share >= 0.99 | mean IoU | load |\n|---|---:|---:|---:|---:|---:|---|")
+    for dataset in DATASETS:
+        data, threshold = load_split(Path("data/processed"), dataset, "test"), scores[dataset]["threshold"]
+        ious = []
+        for prompt in params["data"][dataset]["prompts"]:
+            masks = {}
+            for precision in ("fp32", "bf16"):
+                trained.precision = precision
+                probs = predict_probabilities(trained, data.images, [prompt] * len(data.images))
+                masks[precision] = [postprocess_probabilities(p, threshold, morphology=morph["enabled"],
+                                                              kernel_size=morph["kernel"]) > 0 for p in probs]
+            for a, b in zip(masks["fp32"], masks["bf16"]):
+                union = (a | b).sum()
+                ious.append(1.0 if union == 0 else float((a & b).sum() / union))
+        ious = np.array(ious)
+        print(f"| {dataset} | {threshold} | {len(ious)} | {ious.min():.4f} | {(ious >= 0.99).mean():.0%} | {ious.mean():.4f} | {load()} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rungs", default="decoder,lora,full,unet")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--images", type=int, default=6, help="640 px photos per engine")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--agreement", metavar="MODEL_DIR", help="only: bf16 vs fp32 masks of a trained rung")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from promptseg.params import load_params
 
     params = load_params()
+    if args.agreement:
+        agreement(args.agreement, params)
+        return
     fp32_peak, peak = matmul_gflops(), matmul_gflops(dtype=torch.bfloat16)
     print(f"matmul 2048, {args.threads} threads: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {peak:.0f} GFLOP/s (load {load()})\n")
     if args.rungs:
