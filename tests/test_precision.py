@@ -40,6 +40,8 @@ def test_auto_follows_the_cpu_check(monkeypatch):
     assert (device.type, resolved) == ("cpu", "fp32") and not context._enabled
     with pytest.raises(ValueError, match="infer.precision.*'fp16'.*auto, fp32, bf16"):
         check_precision("fp16", "infer.precision")
+    with pytest.raises(ValueError, match="train.common.precision: 'fp16'"):
+        device_and_autocast("fp16", torch.device("cpu"))
 
 
 def test_auto_is_bf16_on_a_cpu_with_native_bf16():

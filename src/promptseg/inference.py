@@ -167,7 +167,6 @@ def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, rows: list[
     The image half of the whole batch comes from ``trained.encodings`` under ``cache_key`` (computed on
     first use); ``cache_key=None`` computes it for ``rows`` afresh."""
     from promptseg.model import decode_prompts, encode_images
-
     from promptseg.precision import model_autocast
 
     model, device = trained.model, trained.device

@@ -38,9 +38,10 @@ def check_precision(precision: str, where: str = "precision") -> str:
     return precision
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``fp32`` or ``bf16``: what ``precision`` (``auto | fp32 | bf16``) means on ``device``."""
-    check_precision(precision)
+def resolve_precision(precision: str, device: torch.device | str, where: str = "precision") -> str:
+    """``fp32`` or ``bf16``: what ``precision`` (``auto | fp32 | bf16``) means on ``device``; ``where`` names
+    the setting in the error for any other value."""
+    check_precision(precision, where)
     if precision != "auto":
         return precision
     device_type = torch.device(device).type
@@ -59,11 +60,12 @@ def autocast(resolved: str, device: torch.device | str):
     raise ValueError(f"autocast takes a resolved precision (fp32 or bf16), got {resolved!r}; call resolve_precision first.")
 
 
-def device_and_autocast(precision: str = "auto", device: torch.device | None = None):
+def device_and_autocast(precision: str = "auto", device: torch.device | None = None,
+                        where: str = "params.yaml train.common.precision"):
     """(device, autocast context, resolved precision): CUDA when present, else the CPU; the context runs
     the forward in ``precision`` resolved for that device (:func:`resolve_precision`)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = resolve_precision(precision, device)
+    resolved = resolve_precision(precision, device, where)
     return device, autocast(resolved, device), resolved
 
 
@@ -71,4 +73,4 @@ def model_autocast(trained):
     """The forward's context for a loaded model (``promptseg.inference.TrainedModel``): its ``precision``
     attribute (``auto | fp32 | bf16``; fp32 when absent) resolved on the model's device."""
     device = trained.device
-    return autocast(resolve_precision(getattr(trained, "precision", "fp32"), device), device)
+    return autocast(resolve_precision(getattr(trained, "precision", "fp32"), device, "the model's precision"), device)
