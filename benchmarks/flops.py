@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/flops.py [--models small,rd64] [--threads 2]
 
 1. The machine's fp32 matmul rate: torch, 2048 x 2048 @ 2048 x 2048, ``--threads`` threads (GFLOP/s,
-   2 n^3 FLOPs per product, best of 3 timed runs of 10 products).
+   2 n^3 FLOPs per product, best of 3 timed runs of 10 products); the same in bf16, and a 3x3 convolution
+   (8 x 64 x 112 x 112, channels_last) in fp32 and under bf16 autocast (``promptseg.precision``).
 2. The forward FLOPs per image of each model (``torch.utils.flop_counter.FlopCounterMode`` on
    ``promptseg.model.segmentation_logits``: it counts matmuls, convolutions and attention, which is
    nearly all the work; elementwise ops are not counted).
@@ -34,8 +35,8 @@ warnings.filterwarnings("ignore")
 PLAN = {"small": {1: 10, 16: 4}, "rd64": {1: 3, 16: 2}}
 
 
-def matmul_gflops(n: int = 2048, products: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, products: int = 10, dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(3):
@@ -44,6 +45,26 @@ def matmul_gflops(n: int = 2048, products: int = 10) -> float:
             torch.mm(a, b)
         best = min(best, time.perf_counter() - started)
     return 2 * n ** 3 * products / best / 1e9
+
+
+def conv_gflops(precision: str = "fp32", shape=(8, 64, 112, 112), calls: int = 3) -> float:
+    """A 3x3 convolution (same width in and out, channels_last) in ``precision`` (bf16: under autocast, as
+    training runs): GFLOP/s, 2 x N x C_out x H x W x C_in x 9 FLOPs per call, best of 3 timed runs."""
+    from promptseg.precision import autocast
+
+    n, c, h, w = shape
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    conv = conv.to(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(precision, "cpu"):
+        conv(x)
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(calls):
+                conv(x)
+            best = min(best, time.perf_counter() - started)
+    return 2 * n * c * h * w * c * 9 * calls / best / 1e9
 
 
 def best_seconds(calls: dict, rounds: int) -> dict:
@@ -83,7 +104,10 @@ def main() -> None:
     params = load_params()
     print(f"load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {args.threads} threads", flush=True)
     rate = matmul_gflops()
-    print(f"fp32 matmul rate (2048 x 2048, torch, {args.threads} threads): {rate:.0f} GFLOP/s\n", flush=True)
+    print(f"fp32 matmul rate (2048 x 2048, torch, {args.threads} threads): {rate:.0f} GFLOP/s", flush=True)
+    print(f"bf16 matmul rate (same, bf16 tensors): {matmul_gflops(dtype=torch.bfloat16):.0f} GFLOP/s", flush=True)
+    print(f"3x3 conv 8x64x112x112 channels_last: fp32 {conv_gflops('fp32'):.0f} GFLOP/s, "
+          f"bf16 autocast {conv_gflops('bf16'):.0f} GFLOP/s (load average {os.getloadavg()[0]:.2f})\n", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):

@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/train_step.py                 # the default rungs on data/processed
     .venv/bin/python benchmarks/train_step.py --rd64          # also the rd64-refined shape (352 px, batch 4; slow)
+    .venv/bin/python benchmarks/train_step.py --rungs unet --precisions fp32,bf16 --layouts contiguous,channels_last
 
 For each rung (each in its own process, so peak memory is its own): the median time of a full optimiser
 step (forward with gradients reaching the encoders, BCE + Dice, backward, AdamW, scheduler) on
   - one fixed batch already in memory ("model only"), and
   - batches from the real training DataLoader over data/processed (resize cache warm: the first pass
     over the data is not timed),
-and the peak resident memory of the process. Prints a markdown table.
+and the peak resident memory of the process, per precision (``promptseg.precision``: fp32, or bf16 autocast
+with the loss on float logits, as in training) and, for the U-Net, per activation layout (``channels_last``,
+the default, or ``contiguous``; ``channels_last+weights`` also converts the conv weights). Prints a markdown
+table and the load average before and after (the machine is shared).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from pathlib import Path
 RUNGS = ["decoder", "lora", "full", "unet"]
 
 
-def measure(variant: str, rd64: bool, steps: int) -> dict:
+def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layout: str = "channels_last") -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -35,6 +39,7 @@ def measure(variant: str, rd64: bool, steps: int) -> dict:
     from promptseg.settings import train_settings
     from promptseg.train import TrainSetup, build_datasets, load_base_model
     from promptseg.model import segmentation_logits
+    from promptseg.precision import autocast
 
     params = load_params()
     if rd64:
@@ -52,6 +57,10 @@ def measure(variant: str, rd64: bool, steps: int) -> dict:
     else:
         base, processor = load_base_model(model_cfg, setup.image_size, 0, setup.architecture)
     module = apply_variant(base, settings.rung.method, settings.rung.lora).train()
+    if hasattr(base, "channels_last"):  # the U-Net
+        base.channels_last = layout != "contiguous"
+        if layout == "channels_last+weights":
+            module = module.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     train_set = build_datasets(setup, processor, "train", training=True)
@@ -63,8 +72,9 @@ def measure(variant: str, rd64: bool, steps: int) -> dict:
 
     def step(pixel_values, targets, prompts):
         tokens = processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
-        logits = segmentation_logits(module, pixel_values, tokens["input_ids"], tokens["attention_mask"])
-        loss = bce_dice_loss(logits, targets)
+        with autocast(precision, "cpu"):
+            logits = segmentation_logits(module, pixel_values, tokens["input_ids"], tokens["attention_mask"])
+        loss = bce_dice_loss(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,35 +98,126 @@ def measure(variant: str, rd64: bool, steps: int) -> dict:
         step(*batch[:3])
         with_loader.append(time.perf_counter() - started)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"rung": variant + (" (rd64-refined shape)" if rd64 else ""), "image_size": 352 if rd64 else setup.image_size,
+    return {"rung": variant + (" (rd64-refined shape)" if rd64 else ""), "precision": precision,
+            "layout": layout if hasattr(base, "channels_last") else "-", "image_size": 352 if rd64 else setup.image_size,
             "batch": batch_size, "trainable": trainable, "model_only_s": statistics.median(model_only),
             "with_loader_s": statistics.median(with_loader),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
 
 
+def interleaved(variant: str, steps: int) -> dict:
+    """fp32, bf16 and bf16 + channels_last steps of ONE model, in interleaved rounds (a shared machine's load
+    drifts: each round times every setting once), model only and with the DataLoader; medians per setting."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from promptseg.data import EpochShuffleSampler, collate
+    from promptseg.losses import bce_dice_loss
+    from promptseg.model import apply_variant, segmentation_logits
+    from promptseg.params import DATASETS, load_params, section
+    from promptseg.precision import autocast
+    from promptseg.train import TrainSetup, build_datasets, load_base_model
+
+    params = load_params()
+    common = dict(section(params, "train.common"))
+    setup = TrainSetup(variant=variant, variant_cfg=dict(section(params, f"train.variants.{variant}")), common=common,
+                       model_cfg=section(params, "model"), prompts={d: section(params, f"data.{d}.prompts") for d in DATASETS},
+                       processed_root=Path("data/processed"), model_dir=Path("/tmp/unused"), metrics_dir=Path("/tmp/unused"),
+                       checkpoint_dir=Path("/tmp/unused"))
+    torch.manual_seed(0)
+    base, processor = load_base_model(setup.model_cfg, setup.image_size, 0, setup.architecture)
+    module = apply_variant(base, setup.variant_cfg).train()
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    train_set = build_datasets(setup, processor, "train", training=True)
+    loader = DataLoader(train_set, batch_size=int(common["batch_size"]), sampler=EpochShuffleSampler(len(train_set), 0),
+                        collate_fn=collate, num_workers=int(common.get("num_workers", 0)))
+    for _ in loader:  # warm the resize cache, as every epoch after the first
+        pass
+    settings = {"fp32": ("fp32", True), "bf16 contiguous": ("bf16", False), "bf16 channels_last": ("bf16", True)}
+    if not hasattr(base, "channels_last"):
+        settings = {"fp32": ("fp32", True), "bf16": ("bf16", True)}
+
+    def step(batch, precision, channels_last):
+        if hasattr(base, "channels_last"):
+            base.channels_last = channels_last
+        pixel_values, targets, prompts = batch[:3]
+        tokens = processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
+        with autocast(precision, "cpu"):
+            logits = segmentation_logits(module, pixel_values, tokens["input_ids"], tokens["attention_mask"])
+        loss = bce_dice_loss(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    fixed, it = next(iter(loader)), iter(loader)
+    times = {f"{name} {kind}": [] for name in settings for kind in ("model only", "with loader")}
+    for name, (precision, cl) in settings.items():
+        step(fixed, precision, cl)  # warm-up
+    for _ in range(steps):
+        for name, (precision, cl) in settings.items():
+            started = time.perf_counter()
+            step(fixed, precision, cl)
+            times[f"{name} model only"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+                batch = next(it)
+            step(batch, precision, cl)
+            times[f"{name} with loader"].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
+    import os
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rd64", action="store_true", help="also the rd64-refined shape (lora, full) at 352 px")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "RD64"), help=argparse.SUPPRESS)
+    parser.add_argument("--rungs", default=",".join(RUNGS), help="comma-separated rungs (default: all)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--layouts", default="channels_last",
+                        help="U-Net activation layouts: contiguous, channels_last, channels_last+weights")
+    parser.add_argument("--child", nargs=4, metavar=("VARIANT", "RD64", "PRECISION", "LAYOUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved", metavar="VARIANT",
+                        help="one process: fp32 / bf16 / bf16+channels_last steps of VARIANT in interleaved rounds")
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(args.child[0], args.child[1] == "1", args.steps)))
+    if args.interleaved:
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        medians = interleaved(args.interleaved, args.steps)
+        reference = medians["fp32 model only"]
+        print(f"| {args.interleaved}: setting | median step (s) | speed-up vs fp32 model only |\n|---|---:|---:|")
+        for name, seconds in medians.items():
+            print(f"| {name} | {seconds:.3f} | {reference / seconds:.2f}x |")
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return
-    jobs = [(v, "0") for v in RUNGS] + ([("lora", "1"), ("full", "1")] if args.rd64 else [])
-    print("| rung | input px | batch | trainable params | step, model only (s) | step with DataLoader (s) | loader overhead | peak RSS (GB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    if args.child:
+        print(json.dumps(measure(args.child[0], args.child[1] == "1", args.steps, args.child[2], args.child[3])))
+        return
+    rungs = args.rungs.split(",")
+    jobs = [(v, "0") for v in rungs] + ([("lora", "1"), ("full", "1")] if args.rd64 else [])
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| rung | precision | layout | input px | batch | trainable params | step, model only (s) | step with DataLoader (s) "
+          "| loader overhead | peak RSS (GB) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rd64 in jobs:
-        steps = min(args.steps, 3) if rd64 == "1" else args.steps
-        out = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--child", variant, rd64],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"| {variant} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode} |")
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        overhead = r["with_loader_s"] / r["model_only_s"] - 1
-        print(f"| {r['rung']} | {r['image_size']} | {r['batch']} | {r['trainable']:,} | {r['model_only_s']:.3f} | "
-              f"{r['with_loader_s']:.3f} | {overhead:+.0%} | {r['peak_rss_gb']:.2f} |")
+        layouts = args.layouts.split(",") if variant == "unet" else ["channels_last"]
+        for precision in args.precisions.split(","):
+            for layout in layouts:
+                steps = min(args.steps, 3) if rd64 == "1" else args.steps
+                out = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--child", variant, rd64, precision,
+                                      layout], capture_output=True, text=True)
+                if out.returncode != 0:
+                    last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+                    print(f"| {variant} | {precision} | {layout} | failed: {last} |")
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                overhead = r["with_loader_s"] / r["model_only_s"] - 1
+                print(f"| {r['rung']} | {r['precision']} | {r['layout']} | {r['image_size']} | {r['batch']} | {r['trainable']:,} "
+                      f"| {r['model_only_s']:.3f} | {r['with_loader_s']:.3f} | {overhead:+.0%} | {r['peak_rss_gb']:.2f} |",
+                      flush=True)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

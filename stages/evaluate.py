@@ -9,6 +9,7 @@ from promptseg.mlflow_model import log_pyfunc_model  # the rung as a pyfunc mode
 from promptseg.params import DATASETS
 from promptseg.settings import evaluate_settings, load_stage_settings
 from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
+from promptseg.precision import resolve_precision
 
 
 def main(variant: str) -> None:
@@ -22,8 +23,12 @@ def main(variant: str) -> None:
         print(f"[evaluate] {variant}: skipped: {skipped}")
         return
     trained = load_trained_model(Path("models") / variant)
+    trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
+    trained.precision = check_precision(section(params, "infer.precision"), "params.yaml infer.precision")
     results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
     out.mkdir(parents=True, exist_ok=True)
+    results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
+    results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
     (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
     write_sweep_csv(out / "sweep" / f"{variant}.csv", sweeps)
     figures = []

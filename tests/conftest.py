@@ -27,7 +27,8 @@ TINY_COMMON = {"seed": 42, "image_size": 64, "epochs": 3, "batch_size": 4, "lr":
                "warmup_steps": 0, "negative_prompt_prob": 0.0, "unrelated_negative_prompts": [],
                "unrelated_negative_share": 0.5, "dice_weight": 1.0, "bce_weight": 1.0,
                "targets": {"cracks": "mask", "drywall": "box_fill"},
-               "box_projection": {"outside_weight": 1.0, "pairwise_weight": 0.0}, "hflip_prob": 0.5, "num_workers": 0}
+               "box_projection": {"outside_weight": 1.0, "pairwise_weight": 0.0}, "hflip_prob": 0.5, "num_workers": 0,
+               "precision": "fp32"}
 PROMPTS = {"cracks": ["segment crack", "segment wall crack"],
            "drywall": ["segment joint tape", "segment drywall seam", "segment taping area"]}
 

@@ -198,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _quiet_transformers()  # before promptseg.model imports the processor classes
     try:
-        engine = _load_engine(args.engine, model_dir, args.threads)
+        engine = _load_engine(args.engine, model_dir, args.threads, getattr(args, "precision", "fp32"))
     except _EngineLoadError as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -231,7 +231,7 @@ class _TorchEngine:
         return predict_masks(self.trained, images, prompts, **kwargs)
 
 
-def _load_engine(name: str, model_dir: Path, threads: int | None):
+def _load_engine(name: str, model_dir: Path, threads: int | None, precision: str = "fp32"):
     """An object with ``.card`` and ``.predict_masks(images, prompts, threshold=, morphology=, kernel_size=,
     batch_size=)`` for ``--engine torch`` (``load_trained_model``) or ``--engine onnx`` (``OnnxSegmenter``)."""
     if name == "onnx":
@@ -261,7 +261,9 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
     from safetensors import SafetensorError
 
     try:
-        return _TorchEngine(load_trained_model(model_dir))
+        trained = load_trained_model(model_dir)
+        trained.precision = precision  # --precision (promptseg.precision); the onnx engine runs its graph in fp32
+        return _TorchEngine(trained)
     except (ModelSourceError, OSError, ValueError) as exc:
         raise _EngineLoadError(f"cannot load the model from {model_dir}: {exc}") from None
     except (SafetensorError, RuntimeError) as exc:  # a truncated or corrupt weights file
@@ -369,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
                         "default: all cores of this machine")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="torch engine: fp32 (default, as evaluation: infer.precision) or bf16 autocast (faster on "
+                        "CPUs with AVX512-BF16/AMX; masks may differ slightly); auto: bf16 on CUDA and on such CPUs")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("export", help="write a trained model as ONNX for `predict --engine onnx`",

@@ -30,6 +30,7 @@ import numpy as np
 from promptseg.data import list_split, read_rgb
 from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
 from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
+from promptseg.native import predict_probabilities_native, supports_native_resolution
 from promptseg.tiling import predict_probabilities_tiled
 from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice_from_counts,
                                lit_fraction, threshold_sweep_counts)
@@ -59,6 +60,7 @@ class EvalConfig:
     tile_upscale: float
     tile_overlap: float
     measure_inference_options: bool  # options_val (extra val passes)
+    native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size (promptseg.native)
 
     @classmethod
     def from_settings(cls, infer: InferSettings, ev: EvalSettings) -> "EvalConfig":
@@ -68,7 +70,8 @@ class EvalConfig:
                    figure_images=ev.figure_images, unrelated_prompts=list(ev.unrelated_prompts),
                    paraphrases={d: list(p) for d, p in ev.paraphrases.items()}, hflip_tta=infer.hflip_tta,
                    prompt_ensemble=infer.prompt_ensemble, tiled=dict(infer.tiled), tile_upscale=infer.tiling.upscale,
-                   tile_overlap=infer.tiling.overlap, measure_inference_options=ev.measure_inference_options)
+                   tile_overlap=infer.tiling.overlap, measure_inference_options=ev.measure_inference_options,
+                   native_resolution=dict(infer.native_resolution))
 
     @classmethod
     def for_scoring(cls, *, empty_score: float, boundary_tolerance_px: int) -> "EvalConfig":
@@ -76,7 +79,8 @@ class EvalConfig:
         return cls(thresholds=[], morphology=False, kernel_size=0, batch_size=0,
                    boundary_tolerance_px=boundary_tolerance_px, empty_score=empty_score, figure_images=0,
                    unrelated_prompts=[], paraphrases={}, hflip_tta=False, prompt_ensemble=False, tiled={},
-                   tile_upscale=0.0, tile_overlap=0.0, measure_inference_options=False)
+                   tile_upscale=0.0, tile_overlap=0.0, measure_inference_options=False,
+                   native_resolution={})
 
 
 @dataclass
@@ -159,6 +163,9 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
 
     def predict(data, prompt, hflip=cfg.hflip_tta, tiled=cfg.tiled.get(dataset, False)):
         """Probabilities for every image of ``data`` with ``prompt`` (a string, or a list: the ensemble)."""
+        if cfg.native_resolution.get(dataset, False) and supports_native_resolution(trained):  # before tiling
+            return predict_probabilities_native(trained, data.images, [prompt] * len(data.images),
+                                                batch_size=cfg.batch_size, hflip_tta=hflip)
         if tiled:
             return predict_probabilities_tiled(trained, data.images, [prompt] * len(data.images),
                                                upscale=cfg.tile_upscale, overlap=cfg.tile_overlap,

@@ -135,6 +135,7 @@ class TrainedModel:
         # inputs standardised per image after mean/std (the small model; promptseg.model explains why)
         self.per_image = bool(self.card.get("per_image_standardization", False))
         self.encodings = EncodingCache(max_bytes=0)  # off; evaluation turns it on (many prompts, same images)
+        self.precision = "fp32"  # auto | fp32 | bf16 (promptseg.precision): infer.precision, predict --precision
 
     @property
     def device(self) -> torch.device:
@@ -166,18 +167,20 @@ def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, rows: list[
     The image half of the whole batch comes from ``trained.encodings`` under ``cache_key`` (computed on
     first use); ``cache_key=None`` computes it for ``rows`` afresh."""
     from promptseg.model import decode_prompts, encode_images
+    from promptseg.precision import model_autocast
 
     model, device = trained.model, trained.device
     tokens = trained.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
     ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-    if cache_key is None:
-        features = encode_images(model, pixel_values[rows].to(device))
-    else:
-        features = trained.encodings.get_or_compute(("encoded", cache_key),
-                                                    lambda: encode_images(model, pixel_values.to(device)))
-        if len(rows) != len(pixel_values):
-            features = [f[rows] for f in features]
-    return decode_prompts(model, features, ids, mask, tuple(pixel_values.shape[-2:])).float().cpu()
+    with model_autocast(trained):
+        if cache_key is None:
+            features = encode_images(model, pixel_values[rows].to(device))
+        else:
+            features = trained.encodings.get_or_compute(("encoded", cache_key),
+                                                        lambda: encode_images(model, pixel_values.to(device)))
+            if len(rows) != len(pixel_values):
+                features = [f[rows] for f in features]
+        return decode_prompts(model, features, ids, mask, tuple(pixel_values.shape[-2:])).float().cpu()
 
 
 @torch.no_grad()

@@ -193,6 +193,7 @@ class TrainCommonSettings:
     box_projection: BoxProjectionSettings
     hflip_prob: float
     num_workers: int
+    precision: Literal["auto", "fp32", "bf16"]   # promptseg.precision: auto = bf16 where the device runs it natively
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,12 @@ class LoraSettings:
     dropout: float
     targets: tuple[str, ...]
     train_decoder: bool
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    size: int                      # px side of a crop cut from the photo at its own resolution
+    share: float                   # share of training samples that are crops (the rest: whole resized views)
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ class RungOwnSettings:
     dropout: float | None
     targets: tuple[str, ...] | None
     train_decoder: bool | None
+    crop: CropSettings | None      # absent: whole resized views only (promptseg.data)
 
 
 LORA_KEYS = tuple(f.name for f in fields(LoraSettings))
@@ -235,6 +243,7 @@ class RungSettings:
     text_lr: float | None
     presence_weight: float | None
     lora: LoraSettings | None       # set for method: lora only
+    crop: CropSettings | None       # native-resolution crops (train.variants.<v>.crop); None: none
 
     @property
     def epochs(self) -> int:
@@ -248,6 +257,8 @@ class RungSettings:
                     if v is not None})
         if self.lora is not None:
             out.update(to_plain(self.lora))
+        if self.crop is not None:
+            out["crop"] = to_plain(self.crop)
         return out
 
 
@@ -273,6 +284,8 @@ class InferSettings:
     prompt_ensemble: bool
     tiled: dict[str, bool]
     tiling: TilingSettings
+    precision: Literal["auto", "fp32", "bf16"]   # evaluation's forward (promptseg.precision)
+    native_resolution: dict[str, bool]           # dataset -> U-Net on the whole photo at its own size
 
 
 @dataclass(frozen=True)
@@ -545,7 +558,7 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
         raise ParamsError(f"{where}.method: the unet architecture trains with method: full, not {own.method!r}")
     return RungSettings(name=name, method=own.method, architecture=own.architecture, datasets=own.datasets,
                         train=dataclasses.replace(common, **overrides), text_lr=own.text_lr,
-                        presence_weight=own.presence_weight, lora=lora)
+                        presence_weight=own.presence_weight, lora=lora, crop=own.crop)
 
 
 def rung_names(params) -> tuple[str, ...]:

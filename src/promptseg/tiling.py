@@ -186,6 +186,7 @@ def predict_probabilities_tiled(trained, images: list[np.ndarray], prompts: list
     from promptseg.data import normalize
     from promptseg.inference import upsample_logits
     from promptseg.model import segmentation_logits
+    from promptseg.precision import model_autocast
 
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
@@ -221,7 +222,8 @@ def predict_probabilities_tiled(trained, images: list[np.ndarray], prompts: list
             total = None
             for ids, mask in token_set:
                 for view, flipped in views:
-                    logits = segmentation_logits(trained.model, view, ids.expand(n, -1), mask.expand(n, -1)).float()
+                    with model_autocast(trained):  # infer.precision (promptseg.precision)
+                        logits = segmentation_logits(trained.model, view, ids.expand(n, -1), mask.expand(n, -1)).float()
                     logits = torch.flip(logits, dims=[-1]) if flipped else logits
                     total = logits if total is None else total + logits
             return total / (len(token_set) * len(views))

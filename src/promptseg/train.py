@@ -30,6 +30,7 @@ from promptseg.model import (apply_variant, count_parameters, load_base_model, l
                              merged_model, segmentation_logits, uses_per_image_standardization)
 from promptseg.settings import (RungSettings, TrainCommonSettings, TrainSettings, to_plain,
                                 zeroshot_skip_reason)
+from promptseg.precision import device_and_autocast
 
 CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
@@ -122,14 +123,6 @@ class TrainSetup:
         return uses_per_image_standardization(self.settings.model, self.architecture)
 
 
-def device_and_autocast(device: torch.device | None = None):
-    """(device, autocast context): CUDA with bf16 autocast when present, else CPU in fp32."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        return device, torch.autocast("cuda", dtype=torch.bfloat16)
-    return device, torch.autocast("cpu", enabled=False)
-
-
 def launched_world_size() -> int:
     """How many processes ``accelerate launch`` (or ``torchrun``) started: ``WORLD_SIZE``, else 1."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -165,6 +158,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
     train = setup.rung.train
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
     datasets = setup.rung.datasets if training else tuple(setup.prompts)
+    crop = setup.rung.crop if training else None  # train.variants.<v>.crop: native-resolution crops
     parts = []
     for name in datasets:
         # negatives: the other datasets' prompts, and prompts naming things absent from both datasets
@@ -179,6 +173,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
             unrelated_share=train.unrelated_negative_share,
             negative_prompt_prob=train.negative_prompt_prob if training else 0.0,
             per_image=setup.per_image_standardization,
+            crop_size=crop.size if crop else 0, crop_share=crop.share if crop else 0.0,
         ))
     return JointSegmentation(parts)
 
@@ -296,6 +291,7 @@ class Run:
     val_loader: DataLoader
     device: torch.device
     autocast: object
+    precision: str               # the resolved train.common.precision: fp32 or bf16
     accelerator: object | None
     steps_per_epoch: int         # this process's batches: ceil(images / batch_size / processes)
 
@@ -321,7 +317,8 @@ def build_run(setup: TrainSetup) -> Run:
     rung, train = setup.rung, setup.rung.train
     seed_everything(train.seed)
     accelerator = _accelerator()
-    device, autocast = device_and_autocast(accelerator.device if accelerator else None)
+    # train.common.precision: auto | fp32 | bf16 (promptseg.precision); BN stats, loss and optimiser stay fp32
+    device, autocast, precision = device_and_autocast(train.precision, accelerator.device if accelerator else None)
     base, processor = load_base_model(setup.settings.model, setup.image_size, train.seed, setup.architecture)
     module = apply_variant(base, rung.method, rung.lora).to(device)
     module.train()
@@ -340,7 +337,7 @@ def build_run(setup: TrainSetup) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_lr_factor(step, total_steps, train.warmup_steps))
     return Run(module, processor, forward, optimizer, step_optimizer, scheduler, train_set, sampler, train_loader,
-               val_loader, device, autocast, accelerator, len(train_loader))
+               val_loader, device, autocast, precision, accelerator, len(train_loader))
 
 
 # --------------------------------------------------------------------------------------- one epoch
@@ -427,7 +424,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict]) -> dict:
         "final_train_loss": rows[-1]["train_loss"], "final_val_loss": rows[-1]["val_loss"],
         "final_val_dice": rows[-1]["val_dice"],
         "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in rows])), 3),
-        "device": str(run.device),
+        "device": str(run.device), "precision": run.precision,
         "processes": run.accelerator.num_processes if run.accelerator else 1,
         "steps_per_epoch_per_process": run.steps_per_epoch,
     }
