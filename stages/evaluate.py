@@ -24,10 +24,8 @@ def main(variant: str) -> None:
         return
     trained = load_trained_model(Path("models") / variant)
     trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
-    trained.precision = check_precision(section(params, "infer.precision"), "params.yaml infer.precision")
     results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
     out.mkdir(parents=True, exist_ok=True)
-    results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
     results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
     (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
     write_sweep_csv(out / "sweep" / f"{variant}.csv", sweeps)
