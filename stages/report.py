@@ -1,7 +1,7 @@
 """DVC stage `report`: metrics/report.md from the data, train and eval metrics (no model is loaded).
 
 Params read (each must be declared by the `report` stage in dvc.yaml): model.source, train.variants,
-eval.empty_score, eval.boundary_tolerance_px, report.darkest_share, infer.morphology, infer.hflip_tta,
+eval.empty_score, eval.boundary_tolerance_px, eval.missing_test_split, report.darkest_share, infer.morphology, infer.hflip_tta,
 infer.prompt_ensemble.
 """
 from pathlib import Path
@@ -21,7 +21,8 @@ def main() -> None:
                  empty_score=float(ev["empty_score"]), boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
                  darkest_share=float(section(params, "report.darkest_share")),
                  morphology=bool(morphology["enabled"]), kernel_size=int(morphology["kernel"]),
-                 infer_defaults={"hflip_tta": bool(infer["hflip_tta"]), "prompt_ensemble": bool(infer["prompt_ensemble"])})
+                 infer_defaults={"hflip_tta": bool(infer["hflip_tta"]), "prompt_ensemble": bool(infer["prompt_ensemble"])},
+                 missing_test_split=str(ev.get("missing_test_split", "report_val")))
     print(f"[report] wrote {out}")
 
 

@@ -1,0 +1,90 @@
+"""A dataset whose export has no test split (the official drywall exports: train + valid) is evaluated and
+reported on val, labelled as optimistic (``eval.missing_test_split: report_val``), or stops with a message
+(``error``); every declared figure is written either way."""
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import PROMPTS, TINY_MODEL
+from promptseg.evaluate import (NO_TEST_SPLIT_NOTE, EvalConfig, eval_config_from_params, evaluate_variant,
+                                qualitative_figure)
+from promptseg.report import write_report
+
+
+@pytest.fixture(scope="module")
+def no_drywall_test(processed_root, tmp_path_factory):
+    """The shared processed tree with drywall's test split removed (as `split: as_exported` leaves it)."""
+    root = tmp_path_factory.mktemp("no_test") / "processed"
+    shutil.copytree(processed_root, root)
+    shutil.rmtree(root / "drywall" / "test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from promptseg.inference import TrainedModel
+    from promptseg.model import build_small_model
+
+    model, processor = build_small_model(TINY_MODEL, 64, seed=0)
+    return TrainedModel(model, processor)
+
+
+def _cfg(policy="report_val"):
+    return EvalConfig(thresholds=[0.3, 0.5, 0.7], figure_images=2, measure_inference_options=False,
+                      missing_test_split=policy)
+
+
+def test_report_val_scores_val_and_labels_it(trained, no_drywall_test):
+    results, sweeps = evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
+    drywall, cracks = results["drywall"], results["cracks"]
+    assert drywall["reported_split"] == "val" and drywall["reported_split_note"] == NO_TEST_SPLIT_NOTE
+    assert "test" not in drywall and drywall["val"]["images"] == 4
+    assert set(drywall["val"]["prompts"]) == set(PROMPTS["drywall"])
+    assert cracks["reported_split"] == "test" and "reported_split_note" not in cracks and cracks["test"]["images"] == 4
+    # the test averages are cracks' alone, and say that drywall is left out
+    assert results["overall"]["test_dice"] == pytest.approx(cracks["test"]["all_prompts"]["dice"])
+    assert "drywall" in results["overall"]["test_averages_exclude"]
+
+
+def test_error_policy_names_the_dataset_and_the_fix(trained, no_drywall_test):
+    with pytest.raises(ValueError, match=r"drywall: no test images.*split: grouped.*missing_test_split: report_val"):
+        evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg("error"), encoding_cache_bytes=0)
+
+
+def test_unknown_policy_is_refused():
+    params = yaml.safe_load(open("params.yaml"))
+    assert eval_config_from_params(params).missing_test_split == "report_val"
+    params["eval"]["missing_test_split"] = "pretend"
+    with pytest.raises(ValueError, match="eval.missing_test_split"):
+        eval_config_from_params(params)
+
+
+def test_figures_exist_for_the_scored_split_and_for_an_empty_one(trained, no_drywall_test, tmp_path):
+    val_png, empty_png = tmp_path / "val.png", tmp_path / "empty.png"
+    qualitative_figure(trained, no_drywall_test, "drywall", "segment joint tape", 0.5, _cfg(), val_png,
+                       split="val", note=NO_TEST_SPLIT_NOTE)
+    qualitative_figure(trained, no_drywall_test, "drywall", "segment joint tape", 0.5, _cfg(), empty_png, split="test")
+    assert val_png.stat().st_size > 1000 and empty_png.stat().st_size > 100
+
+
+def test_report_states_the_split_situation_and_scores_baselines_on_val(trained, no_drywall_test, tmp_path):
+    results, _ = evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
+    metrics = tmp_path / "metrics"
+    (metrics / "eval").mkdir(parents=True)
+    (metrics / "eval" / "lora.json").write_text(json.dumps(results))
+    out = metrics / "report.md"
+    write_report(metrics, no_drywall_test, out, variants=["lora"], model_source="small")
+    text = out.read_text()
+    assert f"**drywall: reported on val, {NO_TEST_SPLIT_NOTE}.**" in text
+    assert f"## Table 3: drywall ladder (val split; {NO_TEST_SPLIT_NOTE}, mean over prompts)" in text
+    assert f"drywall, val split; {NO_TEST_SPLIT_NOTE}, per prompt" in text
+    assert "## Table 2: cracks ladder (test split, mean over prompts)" in text
+    ladder = text.split("drywall ladder")[1].split("## Table")[0]
+    lora = next(line for line in ladder.splitlines() if line.startswith("| lora"))
+    assert lora.split("|")[6].strip() == f"{results['drywall']['val']['all_prompts']['dice']:.3f}"
+    # the no-learning baselines were scored on drywall's 4 val images (the per-prompt table's images column)
+    per_prompt = text.split("drywall, val split")[1].split("## Table")[0]
+    all_ones = next(line for line in per_prompt.splitlines() if line.startswith("| no learning: all ones"))
+    assert all_ones.rstrip(" |").endswith(" 4")
