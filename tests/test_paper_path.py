@@ -44,7 +44,8 @@ EXTRACT_LAYERS, REDUCE_DIM = [3, 6, 9], 16
 
 def run(args, cwd, **env):
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-                "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **env}
+                "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                "OMP_NUM_THREADS": "1", **env}  # the tiny model's ops are too small to share; no spinning threads
     full_env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
