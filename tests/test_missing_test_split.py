@@ -88,3 +88,32 @@ def test_report_states_the_split_situation_and_scores_baselines_on_val(trained, 
     per_prompt = text.split("drywall, val split")[1].split("## Table")[0]
     all_ones = next(line for line in per_prompt.splitlines() if line.startswith("| no learning: all ones"))
     assert all_ones.rstrip(" |").endswith(" 4")
+
+
+def test_progress_bars_count_every_image_of_every_prompt_pass(trained, no_drywall_test, monkeypatch):
+    import promptseg.evaluate as evaluate
+
+    closed = []
+
+    class Recording:  # what evaluate_dataset asks of tqdm (a real bar is disabled when not on a terminal)
+        def __init__(self, total, desc, **_):
+            self.total, self.desc, self.n = total, desc, 0
+
+        def set_postfix_str(self, text):
+            pass
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            closed.append((self.desc, self.n, self.total))
+
+    monkeypatch.setattr(evaluate, "tqdm", Recording)
+    cfg = EvalConfig(thresholds=[0.5], measure_inference_options=True, prompt_ensemble=True,
+                     unrelated_prompts=["segment door"], paraphrases={"cracks": ["find the crack"]})
+    evaluate_variant(trained, no_drywall_test, PROMPTS, cfg, encoding_cache_bytes=0)
+    # cracks val: 2 prompts + 3 other + 1 unrelated + 1 paraphrase + options 2 * (2 + 1) + 2 + ensemble 2 = 17 passes
+    assert ("evaluate cracks val", 17 * 4, 17 * 4) in closed
+    assert ("evaluate cracks test", 8 * 4, 8 * 4) in closed  # 2 + 3 + 1 + 1 + ensemble 1
+    assert ("evaluate drywall val", 19 * 4, 19 * 4) in closed  # 3 + 2 + 1 + options 2 * 4 + 3 + ensemble 2
+    assert all(n == total for _, n, total in closed) and len(closed) == 3
