@@ -76,9 +76,9 @@ def main() -> None:
     parser.add_argument("--rd64-time", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    import test_paper_path as tiny_spec
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
-    import test_paper_path as tiny_spec
     from promptseg.model import rd64_refined_config, reset_decoder_plain_layers
 
     torch.manual_seed(0)

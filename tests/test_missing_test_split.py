@@ -3,13 +3,19 @@ reported on val, labelled as optimistic (``eval.missing_test_split: report_val``
 (``error``); every declared figure is written either way."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import PROMPTS, TINY_MODEL
-from promptseg.evaluate import (NO_TEST_SPLIT_NOTE, EvalConfig, eval_config_from_params, evaluate_variant,
-                                qualitative_figure)
+
+from promptseg.evaluate import (
+    NO_TEST_SPLIT_NOTE,
+    EvalConfig,
+    eval_config_from_params,
+    evaluate_variant,
+    qualitative_figure,
+)
 from promptseg.report import write_report
 
 
@@ -37,7 +43,7 @@ def _cfg(policy="report_val"):
 
 
 def test_report_val_scores_val_and_labels_it(trained, no_drywall_test):
-    results, sweeps = evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
+    results, _ = evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
     drywall, cracks = results["drywall"], results["cracks"]
     assert drywall["reported_split"] == "val" and drywall["reported_split_note"] == NO_TEST_SPLIT_NOTE
     assert "test" not in drywall and drywall["val"]["images"] == 4
@@ -54,7 +60,7 @@ def test_error_policy_names_the_dataset_and_the_fix(trained, no_drywall_test):
 
 
 def test_unknown_policy_is_refused():
-    params = yaml.safe_load(open("params.yaml"))
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     assert eval_config_from_params(params).missing_test_split == "report_val"
     params["eval"]["missing_test_split"] = "pretend"
     with pytest.raises(ValueError, match="eval.missing_test_split"):
@@ -91,7 +97,7 @@ def test_report_states_the_split_situation_and_scores_baselines_on_val(trained, 
 
 
 def test_progress_bars_count_every_image_of_every_prompt_pass(trained, no_drywall_test, monkeypatch):
-    import promptseg.evaluate as evaluate
+    from promptseg import evaluate
 
     closed = []
 

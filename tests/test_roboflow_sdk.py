@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-
 from fixtures_exports import rf_name, write_coco_export, write_yolo_export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +108,7 @@ class _Version:
         if self.workspace == "no-such-workspace":  # the SDK's errors may carry the request URL, key and all
             raise RuntimeError(f"404 for https://api.roboflow.com/{self.workspace}?api_key={self._key}")
         if os.path.exists(location) and not overwrite:
-            return None
+            return
         os.makedirs(location, exist_ok=True)
         payload = export_zip(self.workspace, self.project, self.number, model_format,
                              Path(location).parent / f".{Path(location).name}.fake-sdk-staging")

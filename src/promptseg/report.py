@@ -214,7 +214,7 @@ def _scored_split(dataset: str, eval_metrics: dict[str, dict], scored_splits: di
 
 
 def _split_label(split: str) -> str:
-    """``"test split"``, or ``"val split: no test split: ..., optimistic"`` for a dataset reported on val."""
+    """``"test split"``, or ``"val split; no test split: ..., optimistic"`` for a dataset reported on val."""
     return "test split" if split == "test" else f"{split} split; {NO_TEST_SPLIT_NOTE}"
 
 
