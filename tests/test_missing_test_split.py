@@ -67,12 +67,17 @@ def test_unknown_policy_is_refused():
         eval_config_from_params(params)
 
 
-def test_figures_exist_for_the_scored_split_and_for_an_empty_one(trained, no_drywall_test, tmp_path):
+def test_figures_exist_for_the_scored_split_and_for_an_empty_one(trained, no_drywall_test, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    titles = []
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kw: titles.append(text))
     val_png, empty_png = tmp_path / "val.png", tmp_path / "empty.png"
     qualitative_figure(trained, no_drywall_test, "drywall", "segment joint tape", 0.5, _cfg(), val_png,
                        split="val", note=NO_TEST_SPLIT_NOTE)
     qualitative_figure(trained, no_drywall_test, "drywall", "segment joint tape", 0.5, _cfg(), empty_png, split="test")
     assert val_png.stat().st_size > 1000 and empty_png.stat().st_size > 100
+    assert titles == [f"drywall, val split ({NO_TEST_SPLIT_NOTE})"]
 
 
 def test_report_states_the_split_situation_and_scores_baselines_on_val(trained, no_drywall_test, tmp_path):

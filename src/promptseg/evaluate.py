@@ -322,10 +322,10 @@ def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str
 
     data = load_split(processed_root, dataset, split)
     n = min(cfg.figure_images, len(data.images))
-    title = f"{dataset}, {split} split" + (f" ({note})" if note else "")
+    heading = f"{dataset}, {split} split" + (f" ({note})" if note else "")
     if n == 0:
         fig = plt.figure(figsize=(6, 1.2))
-        fig.text(0.02, 0.5, f"{title}: no images to show ({len(data.images)} in the split, "
+        fig.text(0.02, 0.5, f"{heading}: no images to show ({len(data.images)} in the split, "
                  f"eval.figure_images: {cfg.figure_images})", fontsize=7, va="center", wrap=True)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_path, dpi=80)
@@ -342,7 +342,7 @@ def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str
             axes[row, col].set_title(title if row == 0 else "", fontsize=9)
             axes[row, col].axis("off")
         axes[row, 0].set_ylabel(stem[:24], fontsize=7)
-    fig.suptitle(title, fontsize=10, color="darkred" if note else "black")
+    fig.suptitle(heading, fontsize=10, color="darkred" if note else "black")
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=80)
