@@ -14,10 +14,12 @@ def main() -> None:
     s = load_stage_settings("baselines", baselines_settings)
     out = Path("metrics/eval/baselines.json")
     scores = write_baselines(Path("data/processed"), out, datasets=DATASETS, empty_score=s.empty_score,
+                             missing_test_split=s.missing_test_split,
                              boundary_tolerance_px=s.boundary_tolerance_px, darkest_share=s.darkest_share,
                              morphology=s.morphology.enabled, kernel_size=s.morphology.kernel)
-    for dataset, named in scores.items():
-        print(f"[baselines] {dataset}: " + ", ".join(f"{name} Dice {s['dice']:.3f}" for name, s in named.items()))
+    for dataset in DATASETS:
+        named = scores.get(dataset, {})
+        print(f"[baselines] {dataset} ({scores['scored_splits'][dataset]}): " + ", ".join(f"{name} Dice {s['dice']:.3f}" for name, s in named.items()))
     print(f"[baselines] wrote {out}")
 
 

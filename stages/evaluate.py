@@ -24,7 +24,10 @@ def main(variant: str) -> None:
         return
     trained = load_trained_model(Path("models") / variant)
     trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
-    results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
+    try:
+        results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
+    except ValueError as exc:  # a split missing (eval.missing_test_split: error, or no val): one message, no traceback
+        sys.exit(f"evaluate@{variant}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
     (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -32,7 +35,9 @@ def main(variant: str) -> None:
     figures = []
     for dataset in DATASETS:
         figure = out / "figures" / f"{variant}_{dataset}.png"
-        qualitative_figure(trained, processed, dataset, prompts[dataset][0], results[dataset]["threshold"], cfg, figure)
+        block = results[dataset]  # the figure shows the split that was scored (val where the export has no test)
+        qualitative_figure(trained, processed, dataset, prompts[dataset][0], block["threshold"], cfg, figure,
+                           split=block.get("reported_split", "test"), note=block.get("reported_split_note"))
         figures.append(figure)
     run_id = training_run_id(settings.mlflow, variant)
     log_to_run(settings.mlflow, run_id, flatten_metrics(results, "eval"),
@@ -42,6 +47,9 @@ def main(variant: str) -> None:
                            morphology={"enabled": cfg.morphology, "kernel": cfg.kernel_size}, batch_size=cfg.batch_size)
     print(f"[evaluate] {variant}: registered {uri}")
     o = results["overall"]
+    for dataset in DATASETS:
+        if results[dataset].get("reported_split") == "val":
+            print(f"[evaluate] {variant}: {dataset} scored on val: {results[dataset]['reported_split_note']}")
     print(f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "
           f"cross-prompt lit {o.get('test_cross_prompt_lit', float('nan')):.3f}")
 

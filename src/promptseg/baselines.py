@@ -95,18 +95,30 @@ def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, e
     return out
 
 
-def baseline_scores(processed_root: Path, *, datasets: Sequence[str] = DATASETS, split: str = "test",
+def scored_split(processed_root: Path, dataset: str, missing_test_split: str) -> str:
+    """The split a dataset is reported on: ``test``, or ``val`` when it has no test images and
+    ``eval.missing_test_split`` is ``report_val`` (the rule evaluation follows: promptseg.evaluate)."""
+    if missing_test_split == "report_val" and not list_split(processed_root, dataset, "test") \
+            and list_split(processed_root, dataset, "val"):
+        return "val"
+    return "test"
+
+
+def baseline_scores(processed_root: Path, *, datasets: Sequence[str] = DATASETS, missing_test_split: str = "report_val",
                     empty_score: float = 1.0, boundary_tolerance_px: int = 2,
                     darkest_share: float | None = DEFAULT_DARKEST_SHARE, morphology: bool = True,
                     kernel_size: int = 3) -> dict:
-    """``{dataset: trivial_baseline_scores(...)}`` for every dataset whose ``split`` has images."""
-    out = {}
+    """``{dataset: trivial_baseline_scores(...)}`` on each dataset's reported split (:func:`scored_split`), and
+    ``scored_splits: {dataset: split}``."""
+    out, splits = {}, {}
     for dataset in datasets:
-        scores = trivial_baseline_scores(processed_root, dataset, split, empty_score=empty_score,
+        splits[dataset] = scored_split(processed_root, dataset, missing_test_split)
+        scores = trivial_baseline_scores(processed_root, dataset, splits[dataset], empty_score=empty_score,
                                          boundary_tolerance_px=boundary_tolerance_px, darkest_share=darkest_share,
                                          morphology=morphology, kernel_size=kernel_size)
         if scores:
             out[dataset] = scores
+    out["scored_splits"] = splits
     return out
 
 

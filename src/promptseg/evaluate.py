@@ -14,7 +14,12 @@ Per dataset:
    the prompt ensemble (logits averaged over the dataset's prompts) and horizontal-flip TTA, alone and
    together, and sliding-window (tiled) inference, so the defaults in ``params.yaml: infer`` can follow
    the numbers.
-5. Where the export has TRUE object masks (the synthetic drywall export's tape bands, beside the box
+5. A dataset whose export has no test split (the official drywall exports: train and valid only, kept by
+   ``data.<dataset>.split: as_exported``) follows ``eval.missing_test_split``: ``report_val`` scores val with
+   the val threshold and labels it (``reported_split: val`` and :data:`NO_TEST_SPLIT_NOTE` in the JSON, the
+   figure and the report); ``error`` stops with a message naming the fix. With a test split,
+   ``reported_split`` is ``test``.
+6. Where the export has TRUE object masks (the synthetic drywall export's tape bands, beside the box
    labels), the same masks are also scored against them (``vs_true_masks``).
 """
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from promptseg.data import list_split, read_rgb
 from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
@@ -35,7 +41,7 @@ from promptseg.tiling import predict_probabilities_tiled
 from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice_from_counts,
                                lit_fraction, threshold_sweep_counts)
 
-from promptseg.params import THIN_STRUCTURE_DATASETS  # get boundary F1 and clDice
+from promptseg.params import MISSING_TEST_POLICIES, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS  # noqa: F401 (re-exported)
 
 
 def prompt_slug(prompt: str) -> str:
@@ -61,6 +67,7 @@ class EvalConfig:
     tile_overlap: float
     measure_inference_options: bool  # options_val (extra val passes)
     native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size (promptseg.native)
+    missing_test_split: str  # a dataset without test: report_val | error (module docstring, 5.)
 
     @classmethod
     def from_settings(cls, infer: InferSettings, ev: EvalSettings) -> "EvalConfig":
@@ -71,7 +78,7 @@ class EvalConfig:
                    paraphrases={d: list(p) for d, p in ev.paraphrases.items()}, hflip_tta=infer.hflip_tta,
                    prompt_ensemble=infer.prompt_ensemble, tiled=dict(infer.tiled), tile_upscale=infer.tiling.upscale,
                    tile_overlap=infer.tiling.overlap, measure_inference_options=ev.measure_inference_options,
-                   native_resolution=dict(infer.native_resolution))
+                   native_resolution=dict(infer.native_resolution), missing_test_split=ev.missing_test_split)
 
     @classmethod
     def for_scoring(cls, *, empty_score: float, boundary_tolerance_px: int) -> "EvalConfig":
@@ -80,7 +87,7 @@ class EvalConfig:
                    boundary_tolerance_px=boundary_tolerance_px, empty_score=empty_score, figure_images=0,
                    unrelated_prompts=[], paraphrases={}, hflip_tta=False, prompt_ensemble=False, tiled={},
                    tile_upscale=0.0, tile_overlap=0.0, measure_inference_options=False,
-                   native_resolution={})
+                   native_resolution={}, missing_test_split="report_val")
 
 
 @dataclass
@@ -160,18 +167,30 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
                      other_prompts: list[str], cfg: EvalConfig, predictions_dir: Path | None) -> tuple[dict, dict]:
     """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}."""
     thin = dataset in THIN_STRUCTURE_DATASETS
+    bars: dict[int, tqdm] = {}  # id(split data) -> its progress bar (images done over every prompt pass)
 
     def predict(data, prompt, hflip=cfg.hflip_tta, tiled=cfg.tiled.get(dataset, False)):
         """Probabilities for every image of ``data`` with ``prompt`` (a string, or a list: the ensemble)."""
+        bar = bars.get(id(data))
+        if bar is not None:
+            bar.set_postfix_str(("ensemble" if isinstance(prompt, list) else repr(prompt))
+                                + (" +hflip" if hflip else "") + (" tiled" if tiled else ""))
         if cfg.native_resolution.get(dataset, False) and supports_native_resolution(trained):  # before tiling
-            return predict_probabilities_native(trained, data.images, [prompt] * len(data.images),
+            probs = predict_probabilities_native(trained, data.images, [prompt] * len(data.images),
                                                 batch_size=cfg.batch_size, hflip_tta=hflip)
+            if bar is not None:
+                bar.update(len(data.images))
+            return probs
         if tiled:
-            return predict_probabilities_tiled(trained, data.images, [prompt] * len(data.images),
-                                               upscale=cfg.tile_upscale, overlap=cfg.tile_overlap,
-                                               batch_size=cfg.batch_size, hflip_tta=hflip)
-        return predict_probabilities(trained, data.images, [prompt] * len(data.images),
-                                     batch_size=cfg.batch_size, hflip_tta=hflip)
+            probs = predict_probabilities_tiled(trained, data.images, [prompt] * len(data.images),
+                                                upscale=cfg.tile_upscale, overlap=cfg.tile_overlap,
+                                                batch_size=cfg.batch_size, hflip_tta=hflip)
+        else:
+            probs = predict_probabilities(trained, data.images, [prompt] * len(data.images),
+                                          batch_size=cfg.batch_size, hflip_tta=hflip)
+        if bar is not None:
+            bar.update(len(data.images))
+        return probs
 
     def post(probs, t):
         return [postprocess_probabilities(p, t, morphology=cfg.morphology, kernel_size=cfg.kernel_size) for p in probs]
@@ -181,11 +200,22 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
     if "val" not in splits:
         raise ValueError(f"{dataset}: no validation images under {processed_root}/{dataset}/val; "
                          "the threshold must be chosen on validation.")
+    if "test" not in splits and cfg.missing_test_split == "error":
+        raise ValueError(f"{dataset}: no test images under {processed_root}/{dataset}/test (the export has no test "
+                         f"split). Fix: set data.{dataset}.split: grouped to set a test split aside, or "
+                         "eval.missing_test_split: report_val to report val, labelled as optimistic.")
+    for split, data in splits.items():
+        bars[id(data)] = tqdm(total=len(data.images) * _passes(split, prompts, other_prompts, dataset, cfg),
+                              desc=f"evaluate {dataset} {split}", unit="img", disable=None)
     val_probs = {prompt: predict(splits["val"], prompt) for prompt in prompts}
     sweep = sweep_thresholds(val_probs, splits["val"].truths, cfg)
     threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
 
     result: dict = {"threshold": threshold, "threshold_chosen_on": "val"}
+    if "test" in splits:
+        result["reported_split"] = "test"
+    else:  # eval.missing_test_split: report_val
+        result.update(reported_split="val", reported_split_note=NO_TEST_SPLIT_NOTE)
     if cfg.measure_inference_options:
         result["options_val"] = inference_options_on_val(predict, splits["val"], prompts, cfg)
     if cfg.prompt_ensemble:
@@ -219,7 +249,19 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
             entry["paraphrases"] = {p: score_masks(post(predict(data, p), threshold), data.truths, cfg, thin)
                                     for p in paraphrases}
         result[split] = entry
+    for bar in bars.values():
+        bar.close()
     return result, sweep
+
+
+def _passes(split: str, prompts, other_prompts, dataset: str, cfg: EvalConfig) -> int:
+    """How many times :func:`evaluate_dataset` predicts every image of ``split`` (for its progress bar)."""
+    n = len(prompts) + len(other_prompts) + len(cfg.unrelated_prompts) + len(cfg.paraphrases.get(dataset, []))
+    if split == "test":
+        return n + (1 if cfg.prompt_ensemble else 0)
+    if cfg.measure_inference_options:
+        n += 2 * (len(prompts) + 1) + len(prompts)
+    return n + (2 if cfg.prompt_ensemble else 0)
 
 
 def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: EvalConfig) -> dict:
@@ -255,6 +297,9 @@ def evaluate_variant(trained: TrainedModel, processed_root: Path, prompts: dict[
             overall[f"{split}_miou"] = float(np.mean([r["all_prompts"]["miou"] for r in present]))
             overall[f"{split}_dice"] = float(np.mean([r["all_prompts"]["dice"] for r in present]))
             overall[f"{split}_cross_prompt_lit"] = float(np.mean([r["cross_prompt_lit"] for r in present]))
+    without_test = [d for d, r in results.items() if r.get("reported_split") == "val"]
+    if without_test:  # the test averages cover the other datasets only
+        overall["test_averages_exclude"] = ", ".join(without_test) + f" ({NO_TEST_SPLIT_NOTE}; see its val block)"
     results["overall"] = overall
     return results, sweeps
 
@@ -271,8 +316,11 @@ def write_sweep_csv(path: Path, sweeps: dict) -> None:
 
 
 def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str, prompt: str, threshold: float,
-                       cfg: EvalConfig, out_path: Path, split: str = "test") -> None:
-    """image | ground truth | heatmap | binary mask for the first ``cfg.figure_images`` images of a split."""
+                       cfg: EvalConfig, out_path: Path, split: str = "test", note: str | None = None) -> None:
+    """image | ground truth | heatmap | binary mask for the first ``cfg.figure_images`` images of a split.
+
+    The title names the split and ``note`` (e.g. :data:`NO_TEST_SPLIT_NOTE` when val stands in for test). A split
+    with no images (or ``figure_images: 0``) still gets a figure, one that says so: the file is a declared output."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,7 +328,14 @@ def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str
 
     data = load_split(processed_root, dataset, split)
     n = min(cfg.figure_images, len(data.images))
+    heading = f"{dataset}, {split} split" + (f" ({note})" if note else "")
     if n == 0:
+        fig = plt.figure(figsize=(6, 1.2))
+        fig.text(0.02, 0.5, f"{heading}: no images to show ({len(data.images)} in the split, "
+                 f"eval.figure_images: {cfg.figure_images})", fontsize=7, va="center", wrap=True)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_path, dpi=80)
+        plt.close(fig)
         return
     probs = predict_probabilities(trained, data.images[:n], [prompt] * n, batch_size=cfg.batch_size)
     fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
@@ -293,6 +348,7 @@ def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str
             axes[row, col].set_title(title if row == 0 else "", fontsize=9)
             axes[row, col].axis("off")
         axes[row, 0].set_ylabel(stem[:24], fontsize=7)
+    fig.suptitle(heading, fontsize=10, color="darkred" if note else "black")
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=80)

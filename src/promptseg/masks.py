@@ -41,6 +41,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from promptseg import SPLITS
 from promptseg.exports import (
@@ -415,7 +416,8 @@ def build_processed_dataset(
         _, rec, split, stem, dup, true_mask = job
         return _process_one(rec, split, stem, dup, out_dir, min_box_side_px, true_mask)
 
-    results = map_in_threads(work, jobs, workers)
+    with tqdm(total=len(jobs), desc=f"masks {out_dir.name}", unit="img", disable=None) as bar:  # render progress
+        results = map_in_threads(lambda job: (work(job), bar.update())[0], jobs, workers)
 
     render_counts: dict[str, collections.Counter] = {
         s: collections.Counter({k: 0 for k in RENDER_COUNT_KEYS}) for s in split_names

@@ -7,6 +7,8 @@ from typing import Any
 import yaml
 
 DATASETS = ("cracks", "drywall")
+MISSING_TEST_POLICIES = ("report_val", "error")   # params.yaml eval.missing_test_split
+NO_TEST_SPLIT_NOTE = "no test split: threshold chosen on the same images, optimistic"
 THIN_STRUCTURE_DATASETS = ("cracks",)  # get boundary F1 and clDice (evaluation, baselines, report)
 
 

@@ -21,6 +21,10 @@ The report's core is one "ladder" table per dataset: the baselines first, then e
 
 Everything is GitHub-flavoured markdown (tables padded so they read in a terminal too), numbers to 3 decimals.
 A file that is missing (a variant not yet evaluated) gives one line saying so, never an exception.
+
+A dataset whose export has no test split (``eval.missing_test_split: report_val``; the official drywall exports)
+is reported on val in every table, and the header, the table titles and the notes say so:
+"no test split: threshold chosen on the same images, optimistic".
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
+from promptseg.params import DATASETS, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS
 from promptseg.settings import zeroshot_skip_reason
 
 __all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
@@ -125,6 +129,35 @@ def _source_description(model_source: str) -> str:
 
 
 # --------------------------------------------------------------------------- sections
+def _scored_split(dataset: str, eval_metrics: dict[str, dict], scored_splits: dict[str, str] | None) -> str:
+    """The split a dataset's tables report: ``scored_splits`` where given, else ``val`` when an evaluation says
+    it reported val (``reported_split``: the export has no test split), else ``test``."""
+    if scored_splits and dataset in scored_splits:
+        return scored_splits[dataset]
+    if any(_get(ev, dataset, "reported_split") == "val" for ev in eval_metrics.values()):
+        return "val"
+    return "test"
+
+
+def _split_label(split: str) -> str:
+    """``"test split"``, or ``"val split; no test split: ..., optimistic"`` for a dataset reported on val."""
+    return "test split" if split == "test" else f"{split} split; {NO_TEST_SPLIT_NOTE}"
+
+
+def _missing_test_lines(splits: dict[str, str]) -> list[str]:
+    out = []
+    for dataset, split in splits.items():
+        if split != "test":
+            out += [f"**{dataset}: reported on {split}, {NO_TEST_SPLIT_NOTE}.** Its export has no test split (the "
+                    "official drywall exports have train and valid only, and "
+                    f"`data.{dataset}.split: as_exported` keeps them), so with `eval.missing_test_split: report_val` "
+                    f"every {dataset} table below scores the {split} images with the threshold chosen on those same "
+                    f"images, and its no-learning baselines are scored on {split} too. These figures overstate what "
+                    f"the model would reach on unseen images; `data.{dataset}.split: grouped` sets a test split "
+                    "aside (whole source photos).", ""]
+    return out
+
+
 def _header(variants: list[str], model_source: str, datasets: Sequence[str]) -> list[str]:
     return [
         "# promptseg report",
@@ -195,9 +228,9 @@ def _baseline_rows(base: dict) -> list[tuple[str, dict]]:
 
 
 def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_metrics: dict[str, dict],
-                        baselines: dict, boundary_tolerance_px: int | None) -> list[str]:
+                        baselines: dict, boundary_tolerance_px: int | None, split: str = "test") -> list[str]:
     cols = _score_columns(dataset)
-    out = [f"## Table {number}: {dataset}, test split, per prompt", ""]
+    out = [f"## Table {number}: {dataset}, {_split_label(split)}, per prompt", ""]
     rows, notes = [], []
     for variant in variants:
         ev = eval_metrics.get(variant)
@@ -209,9 +242,9 @@ def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_met
             notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
             continue
         block = ev.get(dataset)
-        test = _get(block, "test")
+        test = _get(block, split)
         if not isinstance(test, dict):
-            notes.append(f"Variant `{variant}`: no test scores for {dataset} in metrics/eval/{variant}.json.")
+            notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
             continue
         threshold = _num(block.get("threshold"))
         for prompt, scores in (test.get("prompts") or {}).items():
@@ -231,11 +264,13 @@ def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_met
     if rows:
         out += [_table(["prompt", "variant", "threshold (val)", *(c for c, _ in cols), "images"], rows,
                        "llr" + "r" * len(cols) + "r"), ""]
-    if any(isinstance(_get(eval_metrics.get(v), dataset, "test", "ensemble"), dict) for v in variants):
+    if any(isinstance(_get(eval_metrics.get(v), dataset, split, "ensemble"), dict) for v in variants):
         notes.append("Prompt ensemble: the logits of every prompt of the dataset averaged, thresholded at its own "
                      "val threshold (`ensemble_threshold`).")
     if not base:
-        notes.append(f"No no-learning baselines for {dataset} (no processed test split found).")
+        notes.append(f"No no-learning baselines for {dataset} (no processed {split} split found).")
+    if split != "test":
+        notes.insert(0, f"Scored on {split}: {NO_TEST_SPLIT_NOTE}.")
     if dataset in THIN_STRUCTURE_DATASETS:
         tolerance = f"{boundary_tolerance_px} px" if boundary_tolerance_px is not None else "the evaluation tolerance"
         notes.append(f"Boundary F1: precision and recall of mask pixels lying within {tolerance} of the other mask; "
@@ -251,15 +286,16 @@ def _best_baseline(base: dict) -> tuple[str, float] | None:
     return max(named, key=lambda t: t[1]) if named else None
 
 
-def _beaten_notes(dataset: str, variants: list[str], eval_metrics: dict[str, dict], base: dict) -> list[str]:
-    """One line per variant whose mean test Dice does not beat the best no-learning mask (at 3 decimals)."""
+def _beaten_notes(dataset: str, variants: list[str], eval_metrics: dict[str, dict], base: dict,
+                  split: str = "test") -> list[str]:
+    """One line per variant whose mean Dice on ``split`` does not beat the best no-learning mask (at 3 decimals)."""
     best = _best_baseline(base)
     if best is None:
         return []
     best_name, best_dice = best
     notes = []
     for variant in variants:
-        dice = _get(eval_metrics.get(variant), dataset, "test", "all_prompts", "dice")
+        dice = _get(eval_metrics.get(variant), dataset, split, "all_prompts", "dice")
         if isinstance(dice, (int, float)) and not math.isnan(dice) and round(dice, 3) <= round(best_dice, 3):
             notes.append(f"Note: `{variant}` on {dataset} (mean Dice {_num(dice)}) does not beat the no-learning "
                          f"'{best_name}' mask (Dice {_num(best_dice)}).")
@@ -280,10 +316,10 @@ def _schedule_cell(tr: dict) -> str:
 
 
 def _ladder_section(number: int, dataset: str, variants: list[str], train_metrics: dict[str, dict],
-                    eval_metrics: dict[str, dict], baselines: dict) -> list[str]:
+                    eval_metrics: dict[str, dict], baselines: dict, split: str = "test") -> list[str]:
     """One dataset's ladder: the no-learning baselines, then every rung in ``variants`` (params) order."""
     cols = _score_columns(dataset)
-    out = [f"## Table {number}: {dataset} ladder (test split, mean over prompts)", ""]
+    out = [f"## Table {number}: {dataset} ladder ({_split_label(split)}, mean over prompts)", ""]
     header = ["rung", "method / architecture", "trainable params", "total params", *(c for c, _ in cols),
               "cross-prompt lit", "unrelated-prompt lit", "epochs @ px", "s/epoch"]
     rows, notes, skipped_notes = [], [], []
@@ -306,13 +342,13 @@ def _ladder_section(number: int, dataset: str, variants: list[str], train_metric
             notes.append(f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`).")
         if ev is None:
             notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
-        elif not isinstance(_get(ev, dataset, "test"), dict):
-            notes.append(f"Variant `{variant}`: no test scores for {dataset} in metrics/eval/{variant}.json.")
+        elif not isinstance(_get(ev, dataset, split), dict):
+            notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
         tr = tr or {}
         trainable = tr.get("trainable_params")
         if variant == ZEROSHOT and trainable is None:
             trainable = 0
-        test = _get(ev, dataset, "test") or {}
+        test = _get(ev, dataset, split) or {}
         mean = test.get("all_prompts") or {}
         rows.append([variant, _method_cell(variant, tr), _int(trainable), _int(tr.get("total_params")),
                      *(_num(mean.get(k)) for _, k in cols), _num(test.get("cross_prompt_lit")),
@@ -322,9 +358,11 @@ def _ladder_section(number: int, dataset: str, variants: list[str], train_metric
     best = _best_baseline(base)
     if best is not None:
         out += [f"Read every rung against the best no-learning baseline ({best[0]}, Dice {_num(best[1])}).", ""]
-        notes = _beaten_notes(dataset, variants, eval_metrics, base) + notes
+        notes = _beaten_notes(dataset, variants, eval_metrics, base, split) + notes
     else:
-        notes.insert(0, f"No no-learning baselines for {dataset} (no processed test split found).")
+        notes.insert(0, f"No no-learning baselines for {dataset} (no processed {split} split found).")
+    if split != "test":
+        notes.insert(0, f"Scored on {split}: {NO_TEST_SPLIT_NOTE} (see the note at the top).")
     if base:
         notes.append("The no-learning masks ignore the prompt, so their cross- and unrelated-prompt lit is simply "
                      "the share of pixels they light with any prompt.")
@@ -375,8 +413,12 @@ def _options_section(number: int, variants: list[str], eval_metrics: dict[str, d
 
 
 def _switching_section(number: int, variants: list[str], eval_metrics: dict[str, dict],
-                       data_metrics: dict[str, dict], datasets: Sequence[str]) -> list[str]:
-    out = [f"## Table {number}: prompt switching (test split)", "",
+                       data_metrics: dict[str, dict], datasets: Sequence[str],
+                       splits: dict[str, str] | None = None) -> list[str]:
+    splits = splits or {}
+    on_val = [d for d in datasets if splits.get(d, "test") != "test"]
+    title = "test split" + (f"; {', '.join(on_val)}: val, {NO_TEST_SPLIT_NOTE}" if on_val else "")
+    out = [f"## Table {number}: prompt switching ({title})", "",
            "Fraction of pixels lit: with the dataset's own prompts (in-prompt; compare with the ground-truth "
            "foreground share), with every prompt of the OTHER dataset (cross-prompt: a model that does not "
            "switch on the prompt lights the same pixels; lower is better) and with unrelated prompts "
@@ -392,13 +434,14 @@ def _switching_section(number: int, variants: list[str], eval_metrics: dict[str,
             notes.append(f"Variant `{variant}`: skipped (see the ladder tables).")
             continue
         for dataset in datasets:
-            test = _get(ev, dataset, "test")
+            split = splits.get(dataset, "test")
+            test = _get(ev, dataset, split)
             if not isinstance(test, dict):
                 continue
             paraphrases = test.get("paraphrases") or {}
             para = "; ".join(f'"{p}" {_num(s.get("dice"))}' for p, s in paraphrases.items()) or MISSING
-            gt = _get(data_metrics, dataset, "test", "mean_foreground_fraction")
-            rows.append([variant, dataset, _num(gt), _num(test.get("in_prompt_lit")),
+            gt = _get(data_metrics, dataset, split, "mean_foreground_fraction")
+            rows.append([variant, dataset if split == "test" else f"{dataset} ({split})", _num(gt), _num(test.get("in_prompt_lit")),
                          _num(test.get("cross_prompt_lit")), _num(test.get("unrelated_prompt_lit")), para])
     if rows:
         out += [_table(["variant", "dataset", "ground-truth foreground", "in-prompt lit", "cross-prompt lit",
@@ -434,11 +477,13 @@ def _runtime_section(number: int, variants: list[str], runtime: dict[str, dict])
     return out
 
 
-def _figures_section(figures: dict[str, list[str]] | None) -> list[str]:
+def _figures_section(figures: dict[str, list[str]] | None, splits: dict[str, str] | None = None) -> list[str]:
     if not figures:
         return []
+    on_val = [d for d, s in (splits or {}).items() if s != "test"]
+    where = "first test images" + (f"; {', '.join(on_val)}: first val images, {NO_TEST_SPLIT_NOTE}" if on_val else "")
     out = ["## Qualitative figures", "",
-           "Each row: image, ground truth, heatmap, binary mask (first test images, first prompt of the dataset).", ""]
+           f"Each row: image, ground truth, heatmap, binary mask ({where}; first prompt of the dataset).", ""]
     for variant, links in figures.items():
         for link in links:
             out.append(f"- {variant}, {Path(link).stem.removeprefix(variant + '_')}: ![{Path(link).stem}]({link})")
@@ -450,7 +495,7 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
                  baselines: dict, *, model_source: str, variants: list[str] | None = None,
                  datasets: Sequence[str] = DATASETS, figures: dict[str, list[str]] | None = None,
                  boundary_tolerance_px: int | None = None, infer_defaults: dict | None = None,
-                 runtime: dict[str, dict] | None = None) -> str:
+                 runtime: dict[str, dict] | None = None, scored_splits: dict[str, str] | None = None) -> str:
     """The markdown report.
 
     Args:
@@ -467,6 +512,9 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
         infer_defaults: ``{"hflip_tta": bool, "prompt_ensemble": bool}`` from ``params.yaml: infer``, named next to
             the inference-options table when given.
         runtime: ``{variant: metrics/runtime/<variant>.json}``; a runtime table when given (None: no table).
+        scored_splits: ``{dataset: "test" | "val"}``, the split each dataset's tables report (``val`` for a dataset
+            without test split, labelled as optimistic); default: ``val`` where an evaluation says
+            ``reported_split: val``, else ``test``.
     """
     if variants is None:
         variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
@@ -477,7 +525,8 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
     if zeroshot_skipped:
         variants = [v for v in variants if v != ZEROSHOT]
 
-    lines = _header(variants, model_source, datasets)
+    splits = {d: _scored_split(d, eval_metrics, scored_splits) for d in datasets}
+    lines = _header(variants, model_source, datasets) + _missing_test_lines(splits)
     if zeroshot_skipped:
         lines += ["Zero-shot: a zero-shot row is meaningless for a randomly initialised model and is omitted.", ""]
     elif ZEROSHOT not in eval_metrics:
@@ -485,17 +534,18 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
     lines += _data_section(data_metrics, datasets)
     number = 2
     for dataset in datasets:
-        lines += _ladder_section(number, dataset, variants, train_metrics, eval_metrics, baselines)
+        lines += _ladder_section(number, dataset, variants, train_metrics, eval_metrics, baselines, splits[dataset])
         number += 1
     lines += _options_section(number, variants, eval_metrics, datasets, infer_defaults)
     number += 1
     for dataset in datasets:
-        lines += _per_prompt_section(number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px)
+        lines += _per_prompt_section(number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px,
+                                     splits[dataset])
         number += 1
-    lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets)
+    lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets, splits)
     if runtime is not None:
         lines += _runtime_section(number + 1, variants, runtime)
-    lines += _figures_section(figures)
+    lines += _figures_section(figures, splits)
     text = "\n".join(lines)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")

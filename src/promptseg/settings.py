@@ -296,6 +296,7 @@ class EvalSettings:
     unrelated_prompts: tuple[str, ...]
     measure_inference_options: bool
     paraphrases: dict[str, tuple[str, ...]]
+    missing_test_split: Literal["report_val", "error"]   # a dataset without test split (promptseg.evaluate)
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,7 @@ class ReportSettings:
 @dataclass(frozen=True)
 class BaselinesSettings:
     empty_score: float
+    missing_test_split: str        # eval.missing_test_split: report_val scores val where a dataset has no test
     boundary_tolerance_px: int
     darkest_share: float
     morphology: MorphologySettings
@@ -635,6 +637,7 @@ def report_settings(params) -> ReportSettings:
 def baselines_settings(params) -> BaselinesSettings:
     return BaselinesSettings(
         empty_score=_convert(float, _node(params, "eval.empty_score"), "eval.empty_score"),
+        missing_test_split=_build(EvalSettings, _node(params, "eval"), "eval").missing_test_split,
         boundary_tolerance_px=_convert(int, _node(params, "eval.boundary_tolerance_px"), "eval.boundary_tolerance_px"),
         darkest_share=_build(ReportParams, _node(params, "report"), "report").darkest_share,
         morphology=_build(MorphologySettings, _node(params, "infer.morphology"), "infer.morphology"))
