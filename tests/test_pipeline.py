@@ -99,7 +99,7 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     plots = json.loads(plots_json.read_text())
     assert not [e for e in plots.get("errors", []) if "metrics/train" in e["source"]], plots["errors"]
     rows = plots["data"]["val_dice_per_epoch"][0]["content"]["data"]["values"]
-    assert sorted((r["filename"].split("/")[0], r["step"]) for r in rows) == \
+    assert sorted((r["filename"].split("/plots/")[0].split("/")[-1], r["step"]) for r in rows) == \
         [("decoder", "0"), ("full", "0"), ("lora", "0"), ("unet", "0")]
     assert "metrics/train/unet/plots/images/val_overlay/0.png" in plots["data"]
     from mlflow.tracking import MlflowClient
