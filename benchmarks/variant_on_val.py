@@ -92,7 +92,7 @@ def main() -> None:
         for dataset in prompts:
             result[dataset] = val_scores(trained, args.processed, dataset, prompts, params["eval"]["unrelated_prompts"])
         print("RESULT", json.dumps(result))
-        print((root / "metrics" / f"{args.variant}.csv").read_text())
+        print((root / "metrics" / args.variant / "plots" / "metrics" / "val_dice.tsv").read_text())
 
 
 if __name__ == "__main__":

@@ -92,6 +92,16 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     timing = json.loads((repo_copy / "metrics" / "runtime" / "unet.json").read_text())
     assert timing["torch_ms_per_image"] > 0 and timing["onnx_ms_per_image"] > 0 and timing["model_mb"] > 0
     assert "runtime and footprint" in report
+    # DVCLive's per-epoch series: the combined chart has each trained rung's 1 epoch at step 0, the per-rung
+    # folders render (the skipped zeroshot's header-only series too: no error), with the val overlay
+    plots_json = repo_copy.parent / "plots.json"
+    run(["sh", "-c", f"dvc plots show --json > {plots_json}"], repo_copy)
+    plots = json.loads(plots_json.read_text())
+    assert not [e for e in plots.get("errors", []) if "metrics/train" in e["source"]], plots["errors"]
+    rows = plots["data"]["val_dice_per_epoch"][0]["content"]["data"]["values"]
+    assert sorted((r["filename"].split("/plots/")[0].split("/")[-1], r["step"]) for r in rows) == \
+        [("decoder", "0"), ("full", "0"), ("lora", "0"), ("unet", "0")]
+    assert "metrics/train/unet/plots/images/val_overlay/0.png" in plots["data"]
     from mlflow.tracking import MlflowClient
 
     registry = MlflowClient(f"sqlite:///{repo_copy / 'mlflow.db'}")

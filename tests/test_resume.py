@@ -1,6 +1,7 @@
 """Exact resume: SIGKILL a real `stages/train.py <rung>` after its first checkpoint, rerun it, and get the same
 bytes in every file of models/<rung>/ as an uninterrupted run (so every tensor's sha256 is equal too)."""
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from conftest import TINY_COMMON, TINY_MODEL, TINY_UNET
@@ -95,5 +97,19 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_bytes_for_unet_full_and_lora
         assert a.keys() == b.keys() and a == b, rung
         # no timings or run ids in the model folder: the same weights give the same bytes (and one DVC hash)
         assert folder_bytes(straight / "models" / rung) == folder_bytes(killed / "models" / rung), rung
+        # the live log continues the same step series: one row per epoch, the uninterrupted run's values
+        live_a, live_b = straight / "metrics" / "train" / rung, killed / "metrics" / "train" / rung
+        val_dice = (live_b / "plots" / "metrics" / "val_dice.tsv").read_text()
+        assert [row.split("\t")[0] for row in val_dice.splitlines()] == ["step", "0", "1"], val_dice
+        assert val_dice == (live_a / "plots" / "metrics" / "val_dice.tsv").read_text(), rung
+        assert folder_bytes(live_a / "plots" / "images") == folder_bytes(live_b / "plots" / "images"), rung
+        # ... and the same MLflow run (its id was in the checkpoint), not a second one
+        run_id = json.loads((killed / "metrics" / "train" / f"{rung}.json").read_text())["mlflow_run_id"]
+        history = MlflowClient(mlflow_uri).get_metric_history(run_id, "val_dice")
+        assert sorted((m.step, m.value) for m in history) == \
+            [(int(step), float(value)) for step, value in (row.split("\t") for row in val_dice.splitlines()[1:])]
+    client, experiment = MlflowClient(mlflow_uri), yaml.safe_load((ROOT / "params.yaml").read_text())["mlflow"]["experiment"]
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 2 * len(rungs) and {r.info.status for r in runs} == {"FINISHED"}  # straight + resumed
     unet = tensor_hashes(straight / "models" / "unet")
     assert any(k.endswith("running_var") for k in unet) and any(k.endswith("num_batches_tracked") for k in unet)

@@ -21,6 +21,14 @@ def make_setup(root, processed_root, variant="full", cfg=FULL, mlflow=None, mode
                       metrics_dir=root / "metrics", checkpoint_dir=root / "checkpoints" / variant)
 
 
+def series(setup, variant, name):
+    """(steps, values) of one DVCLive series of a trained rung: metrics/train/<rung>/plots/metrics/<name>.tsv."""
+    lines = (setup.metrics_dir / variant / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
+    assert lines[0] == f"step\t{name}", lines[0]
+    rows = [line.split("\t") for line in lines[1:]]
+    return [int(s) for s, _ in rows], [float(v) for _, v in rows]
+
+
 def weights(setup):
     return load_file(str(setup.model_dir / "model.safetensors"))
 
@@ -36,10 +44,14 @@ def test_cosine_schedule_starts_at_lr_and_ends_near_zero():
 def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
     first = make_setup(tmp_path / "a", processed_root)
     summary = train_variant(first)
-    rows = (first.metrics_dir / "full.csv").read_text().splitlines()
-    assert rows[0] == "epoch,train_loss,val_loss,val_dice,lr,seconds" and len(rows) == 4
-    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    steps, losses = series(first, "full", "train_loss")
+    assert steps == [0, 1, 2] and series(first, "full", "val_dice")[0] == [0, 1, 2]  # DVCLive: one step per epoch
     assert losses[-1] < losses[0], losses
+    live = first.metrics_dir / "full"
+    assert set(json.loads((live / "metrics.json").read_text())) == {"train_loss", "val_loss", "val_dice", "lr",
+                                                                     "seconds", "step"}
+    assert sorted(p.name for p in (live / "plots" / "images" / "val_overlay").iterdir()) == ["0.png", "1.png", "2.png"]
+    assert not (first.metrics_dir / "full.csv").exists()  # the hand-written CSV is gone
     assert summary["trainable_params"] == summary["total_params"]
     second = make_setup(tmp_path / "b", processed_root)
     train_variant(second)
@@ -97,7 +109,11 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, processed_root, m
     assert run.data.params["variant.method"] == "full"
     assert "val_dice" in run.data.metrics and run.data.metrics["trainable_params"] == summary["trainable_params"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics", "model"} <= artifacts
+    assert {"metrics", "model", "val_overlay"} <= artifacts and run.info.status == "FINISHED"
+    # the same per-epoch values as DVCLive, logged while training ran, in the one run of the rung
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_dice")]
+    assert history == list(zip(*series(setup, "full", "val_dice")))
+    assert len(client.search_runs([run.info.experiment_id])) == 1
     assert json.loads((setup.metrics_dir / "full.json").read_text())["mlflow_run_id"] == run.info.run_id
     assert "mlflow_run_id" not in (setup.model_dir / "promptseg.json").read_text()  # the folder stays deterministic
 
@@ -115,6 +131,10 @@ def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_p
     written = json.loads((setup.metrics_dir / "zeroshot.json").read_text())
     assert set(written) == {"variant", "method", "skipped"}  # no numbers
     assert not (setup.model_dir / "model.safetensors").exists()
+    # a DVCLive folder with no steps: every file the train stage declares exists, with no numbers
+    assert json.loads((setup.metrics_dir / "zeroshot" / "metrics.json").read_text()) == {}
+    assert (setup.metrics_dir / "zeroshot" / "params.yaml").exists()
+    assert series(setup, "zeroshot", "val_dice") == ([], [])
     reason = skipped_reason(setup.model_dir)
     assert reason == summary["skipped"]
     write_skipped_outputs("zeroshot", reason, tmp_path / "eval", tmp_path / "pred", ["cracks", "drywall"])
@@ -142,7 +162,7 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
            "datasets": ["cracks", "drywall"]}
     setup = make_setup(tmp_path, processed_root, "unet", cfg, model=UNET_MODEL, epochs=2)
     summary = train_variant(setup)
-    losses = [float(r.split(",")[1]) for r in (setup.metrics_dir / "unet.csv").read_text().splitlines()[1:]]
+    losses = series(setup, "unet", "train_loss")[1]
     assert losses[-1] < losses[0], losses
     assert gate_batches and all(p == t[:1] and len(t) == 3 for p, t in gate_batches), gate_batches
     assert summary["architecture"] == "unet" and summary["trainable_params"] == summary["total_params"]
@@ -231,3 +251,22 @@ def test_text_lr_puts_the_unet_text_encoder_in_its_own_optimizer_group():
     assert len(rest["params"]) + len(text["params"]) == len(list(model.parameters()))
     model.text_encoder.requires_grad_(False)  # frozen text: nothing for text_lr to act on
     assert len(optimizer_param_groups(model, 2e-3, text_lr=3e-4)) == 1
+
+
+def test_zeroshot_on_a_pretrained_folder_logs_its_one_validation_row_at_step_0(tmp_path, processed_root):
+    from promptseg.model import build_small_model
+
+    source = tmp_path / "pretrained"  # a pretrained-format folder, as a hub download would be
+    model, processor = build_small_model(TINY_MODEL, 64, 0)
+    model.save_pretrained(source)
+    processor.save_pretrained(source)
+    setup = make_setup(tmp_path, processed_root, variant="zeroshot", model={**UNET_MODEL, "source": str(source)},
+                       cfg={"method": "zeroshot", "architecture": "clipseg", "datasets": ["cracks", "drywall"]})
+    summary = train_variant(setup)
+    assert summary["epochs"] == 0 and math.isnan(summary["final_train_loss"])
+    assert series(setup, "zeroshot", "val_dice") == ([0], [summary["final_val_dice"]])
+    assert series(setup, "zeroshot", "val_loss") == ([0], [summary["final_val_loss"]])
+    assert series(setup, "zeroshot", "train_loss") == ([], [])  # nothing trained: no train loss, the file exists
+    live = setup.metrics_dir / "zeroshot"
+    assert json.loads((live / "metrics.json").read_text())["step"] == 0
+    assert [p.name for p in (live / "plots" / "images" / "val_overlay").iterdir()] == ["0.png"]

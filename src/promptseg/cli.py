@@ -32,8 +32,6 @@ __all__ = ["main", "build_parser", "default_threshold", "expand_inputs"]
 
 EXIT_OK, EXIT_NOTHING_WRITTEN, EXIT_USAGE = 0, 1, 2
 FALLBACK_THRESHOLD = 0.5
-OVERLAY_COLOR_RGB = (255, 0, 0)
-OVERLAY_ALPHA = 0.5
 ENGINES = ("torch", "onnx")
 
 
@@ -107,14 +105,6 @@ def default_threshold(card: dict, prompt: str, variant: str, eval_path: Path) ->
 
 
 # --------------------------------------------------------------------------- outputs
-def overlay_image(rgb: np.ndarray, mask: np.ndarray, *, color=OVERLAY_COLOR_RGB, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """(H, W, 3) uint8 RGB with the mask's pixels blended towards ``color`` with ``alpha``."""
-    out = rgb.astype(np.float32)
-    lit = mask > 0
-    out[lit] = (1.0 - alpha) * out[lit] + alpha * np.asarray(color, dtype=np.float32)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def _write_png(path: Path, image: np.ndarray, *, rgb: bool = False) -> None:
     """Encode in memory and write with Python, so that a failure says why (OSError with its reason)."""
     import cv2
@@ -278,7 +268,7 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
     from tqdm import tqdm
 
     from promptseg.data import read_rgb
-    from promptseg.images import ImageReadError
+    from promptseg.images import ImageReadError, overlay_image
 
     written, skipped = 0, 0
     write_error: list[str] = []

@@ -110,4 +110,16 @@ def read_image(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return image
 
 
-__all__ = ["CORRUPT", "TRUNCATED", "ImageReadError", "check_image_bytes", "read_image"]
+__all__ = ["CORRUPT", "TRUNCATED", "ImageReadError", "check_image_bytes", "overlay_image", "read_image"]
+
+
+OVERLAY_COLOR_RGB = (255, 0, 0)
+OVERLAY_ALPHA = 0.5
+
+
+def overlay_image(rgb: np.ndarray, mask: np.ndarray, *, color=OVERLAY_COLOR_RGB, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """(H, W, 3) uint8 RGB with the mask's pixels blended towards ``color`` with ``alpha``."""
+    out = rgb.astype(np.float32)
+    lit = mask > 0
+    out[lit] = (1.0 - alpha) * out[lit] + alpha * np.asarray(color, dtype=np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -110,7 +110,8 @@ class EpochLogger:
                     self.live.log_metric(name, value)
         if resume:
             _truncate_series(Path(self.live.plots_dir), self.resume_epoch)
-        self.live.step = self.resume_epoch  # the next epoch's step (epoch e is step e - 1)
+        if resume:  # the next epoch's step (epoch e is step e - 1); a fresh run's first log_metric starts at 0
+            self.live.step = self.resume_epoch
         if params and (not resume or not Path(self.live.params_file).exists()):
             self.live.log_params(params)
         self._client, self.mlflow_run_id = None, None
@@ -165,8 +166,9 @@ class EpochLogger:
                   overlay_image: np.ndarray | None = None, **extra: float) -> dict[str, float]:
         """Log epoch ``epoch`` (1-based; must be the next one) at step ``epoch - 1`` to DVCLive and MLflow.
 
-        ``extra``: more per-epoch numbers (e.g. ``seconds``), logged the same way. ``overlay_image``: an
-        (H, W, 3) uint8 RGB image saved as ``val_overlay/<step>.png``. Returns the values logged.
+        ``extra``: more per-epoch numbers (e.g. ``seconds``), logged the same way. A value of None is not
+        logged (a zero-shot rung has no train loss). ``overlay_image``: an (H, W, 3) uint8 RGB image saved as
+        ``val_overlay/<step>.png``. Returns the values logged.
         """
         if self._closed:
             raise RuntimeError(f"the {self.variant} logger is closed: make a new EpochLogger to log more epochs")
@@ -176,7 +178,7 @@ class EpochLogger:
                              f"expects epoch {self.step + 1} next (pass resume_epoch={step} to continue from a "
                              "checkpoint)")
         values = {"train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr, **extra}
-        values = {k: float(v) for k, v in values.items()}
+        values = {k: float(v) for k, v in values.items() if v is not None}
         for name, value in values.items():
             self.live.log_metric(name, value)
         if overlay_image is not None:
@@ -190,10 +192,18 @@ class EpochLogger:
         return values
 
     def close(self, status: str = "FINISHED") -> None:
-        """Write DVCLive's summary and end the MLflow run (``status``: FINISHED, FAILED or KILLED)."""
+        """Write DVCLive's summary and end the MLflow run (``status``: FINISHED, FAILED or KILLED).
+
+        Every series of :data:`SERIES` that was never logged (a skipped rung, a zero-shot rung's train loss)
+        gets a header-only ``<name>.tsv``, so the files a pipeline declares and plots always exist."""
         if self._closed:
             return
         self._closed = True
+        metrics_dir = Path(self.live.plots_dir) / "metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        for name in SERIES:
+            if not (metrics_dir / f"{name}.tsv").exists():
+                (metrics_dir / f"{name}.tsv").write_text(f"step\t{name}{os.linesep}", encoding="utf-8")
         self.live.end()
         if self._client is not None:
             self._client.set_terminated(self.mlflow_run_id, status=status)

@@ -55,23 +55,24 @@ def connect(mlflow_cfg: MlflowSettings | dict):
     return mlflow
 
 
-def log_training_run(setup, summary: dict, rows: list[dict], csv_path: Path) -> str:
-    """Create the variant's run (tagged ``variant``): all params, per-epoch metrics, the weights dir and the CSV."""
-    from promptseg.settings import to_plain
+def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
+    """Finish the rung's run that :class:`promptseg.live.EpochLogger` opened and filled each epoch (params,
+    per-epoch metrics, overlays): add the parameter counts, the DVCLive series (``metrics/``) and the model
+    folder (``model/``). Returns ``run_id``; the logger ends the run."""
+    import time
 
-    mlflow = connect(setup.settings.mlflow)
-    with mlflow.start_run(run_name=setup.variant) as run:
-        params = _flatten("", {"variant": setup.rung.own_params(), "train": to_plain(setup.rung.train),
-                               "model": to_plain(setup.settings.model), "prompts": to_plain(setup.prompts)}, {})
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.set_tag("variant", setup.variant)
-        for row in rows:
-            step = int(row["epoch"])
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
-        mlflow.log_metrics({k: float(summary[k]) for k in ("trainable_params", "total_params", "lora_params")})
-        mlflow.log_artifact(str(csv_path), artifact_path="metrics")
-        mlflow.log_artifacts(str(setup.model_dir), artifact_path="model")
-        return run.info.run_id
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=connect(setup.settings.mlflow).get_tracking_uri())
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(summary[k]), now, 0)
+                                      for k in ("trainable_params", "total_params", "lora_params")])
+    series = Path(live_dir) / "plots" / "metrics"
+    if series.is_dir():
+        client.log_artifacts(run_id, str(series), artifact_path="metrics")
+    client.log_artifacts(run_id, str(setup.model_dir), artifact_path="model")
+    return run_id
 
 
 def training_run_id(mlflow_cfg: MlflowSettings, variant: str) -> str | None:

@@ -1,12 +1,13 @@
-"""The training loop shared by every variant: optimiser, cosine schedule, checkpoint/resume, CSV + MLflow.
+"""The training loop shared by every variant: optimiser, cosine schedule, checkpoint/resume, live metrics.
 
 One call of ``train_variant`` trains one variant from ``params.yaml`` and writes
-``models/<variant>/`` (merged weights + processor + ``promptseg.json``), ``metrics/train/<variant>.csv``
-(one row per epoch) and ``metrics/train/<variant>.json`` (parameter counts, final figures).
+``models/<variant>/`` (merged weights + processor + ``promptseg.json``), ``metrics/train/<variant>/``
+(DVCLive, one step per epoch: :mod:`promptseg.live`, with the same values in the rung's MLflow run while it
+trains) and ``metrics/train/<variant>.json`` (parameter counts, final figures).
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import hashlib
 import json
 import math
@@ -23,7 +24,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split
+from promptseg.data import (EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split,
+                            normalize)
+from promptseg.images import overlay_image
+from promptseg.live import EpochLogger
 from promptseg.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 from promptseg.metrics import iou_dice_from_counts, pixel_counts
 from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
@@ -31,8 +35,6 @@ from promptseg.model import (apply_variant, count_parameters, load_base_model, l
 from promptseg.settings import (RungSettings, TrainCommonSettings, TrainSettings, to_plain,
                                 zeroshot_skip_reason)
 from promptseg.precision import device_and_autocast
-
-CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
 
 def training_loss(logits: torch.Tensor, targets: torch.Tensor, datasets: list[str], pixel_values: torch.Tensor,
@@ -223,53 +225,90 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _save_checkpoint(path: Path, run: "Run", epoch: int, rows: list, fingerprint: str) -> None:
+def _save_checkpoint(path: Path, run: "Run", epoch: int, rows: list, fingerprint: str,
+                     mlflow_run_id: str | None = None) -> None:
     """Everything the next epoch depends on, at an epoch boundary: the WHOLE state_dict (buffers too:
     BatchNorm running stats and num_batches_tracked), optimiser, scheduler, every RNG state and the
-    sampler's epoch. The data order and augmentation are pure functions of (seed, epoch, index)
+    sampler's epoch (and the MLflow run id, so a resumed run continues the same run). The data order and augmentation are pure functions of (seed, epoch, index)
     (:mod:`promptseg.data`), so the sampler's position is its epoch: a run killed mid-epoch restarts that
     epoch from its boundary and ends with bit-identical weights."""
     state = {"epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()},
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rows": rows,
-             "fingerprint": fingerprint, "rng": _rng_states(), "sampler_epoch": epoch}
+             "fingerprint": fingerprint, "rng": _rng_states(), "sampler_epoch": epoch, "mlflow_run_id": mlflow_run_id}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path: Path, run: "Run", fingerprint: str) -> tuple[int, list]:
+def _load_checkpoint(path: Path, run: "Run", fingerprint: str) -> tuple[int, list, str | None]:
+    """(epochs done, their rows, the MLflow run id) of the checkpoint, restored into ``run``; (0, [], None)
+    without a usable one."""
     if not path.exists():
-        return 0, []
+        return 0, [], None
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("fingerprint") != fingerprint or "model" not in state:
         print(f"[train] ignoring checkpoint {path}: it was written with other params")
-        return 0, []
+        return 0, [], None
     run.module.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     _set_rng_states(state["rng"])
     run.sampler.set_epoch(state["sampler_epoch"])
     print(f"[train] resumed from {path} after epoch {state['epoch']}")
-    return state["epoch"], state["rows"]
+    return state["epoch"], state["rows"], state.get("mlflow_run_id")
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+# --------------------------------------------------------------------------------------- live metrics
+@contextlib.contextmanager
+def _rng_kept():
+    """Run logging code without touching the training's RNG streams (resume stays exact whatever a
+    library does inside)."""
+    states = _rng_states()
+    try:
+        yield
+    finally:
+        _set_rng_states(states)
+
+
+def _logged_params(setup: TrainSetup) -> dict:
+    """The rung's settings as DVCLive's ``params.yaml`` and the MLflow run's params hold them."""
+    return {"variant": setup.rung.own_params(), "train": to_plain(setup.rung.train),
+            "model": to_plain(setup.settings.model), "prompts": to_plain(setup.prompts)}
+
+
+def open_epoch_logger(setup: TrainSetup, resume_epoch: int = 0, history: list[dict] | None = None,
+                      mlflow_run_id: str | None = None, *, mlflow: bool = True) -> EpochLogger:
+    """The rung's :class:`promptseg.live.EpochLogger` (``metrics/train/<rung>/`` and, with ``mlflow``
+    settings, the rung's MLflow run), continuing a checkpoint's step series and run on resume."""
+    with _rng_kept():
+        return EpochLogger(setup.variant, setup.metrics_dir / setup.variant,
+                           mlflow_cfg=setup.settings.mlflow if mlflow else None, params=_logged_params(setup),
+                           resume_epoch=resume_epoch, history=history, mlflow_run_id=mlflow_run_id)
+
+
+def val_overlay(run: Run) -> np.ndarray:
+    """The fixed image logged each epoch: the first val image (first dataset) at the training size, with its
+    dataset's first prompt, the predicted mask (logit > 0) drawn in red (:func:`promptseg.images.overlay_image`)."""
+    part = run.val_loader.dataset.datasets[0]
+    rgb, _ = part.load_resized(0)
+    pixel_values = normalize(np.ascontiguousarray(rgb), part.mean, part.std, part.per_image)[None].to(run.device)
+    ids, mask = _tokenize(run.processor, part.prompts[:1], run.device)
+    run.module.eval()
+    with torch.no_grad():
+        logits = segmentation_logits(run.module, pixel_values, ids, mask).float()
+    run.module.train()
+    return overlay_image(rgb, (logits[0] > 0).cpu().numpy())
 
 
 def skip_zeroshot(setup: TrainSetup, reason: str) -> dict:
     """A rung with nothing to train or score (:func:`promptseg.settings.zeroshot_skip_reason`): write a card
-    and a summary that say why, no numbers."""
+    and a summary that say why, no numbers, and a DVCLive folder with no steps (header-only series)."""
     summary = {"variant": setup.variant, "method": "zeroshot", "skipped": reason}
     shutil.rmtree(setup.model_dir, ignore_errors=True)
     setup.model_dir.mkdir(parents=True)
     _write_model_card(setup, summary)
-    _write_csv(setup.metrics_dir / f"{setup.variant}.csv", [])
+    open_epoch_logger(setup, mlflow=False).close()
     (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[train] {setup.variant}: skipped: {reason}")
     return summary
@@ -377,8 +416,19 @@ def train_variant(setup: TrainSetup) -> dict:
         return skip_zeroshot(setup, skipped)
     run = build_run(setup)
     fingerprint, checkpoint = _config_fingerprint(setup), setup.checkpoint_dir / "last.pt"
-    start_epoch, rows = _load_checkpoint(checkpoint, run, fingerprint)
-    csv_path = setup.metrics_dir / f"{setup.variant}.csv"
+    start_epoch, rows, mlflow_run_id = _load_checkpoint(checkpoint, run, fingerprint)
+    # live metrics (main process): continue the checkpoint's step series and MLflow run; closed FAILED or
+    # KILLED if the loop raises
+    logger = open_epoch_logger(setup, start_epoch, rows, mlflow_run_id) if run.is_main else None
+    with logger or contextlib.nullcontext():
+        train_epochs(setup, run, start_epoch, rows, logger, checkpoint, fingerprint)
+        return finish(setup, run, rows, logger)
+
+
+def train_epochs(setup: TrainSetup, run: Run, start_epoch: int, rows: list[dict], logger: EpochLogger | None,
+                 checkpoint: Path, fingerprint: str) -> None:
+    """The epochs after the checkpoint's: train, validate, then (main process) log and checkpoint each;
+    appends each epoch's row to ``rows``."""
     for epoch in range(start_epoch, setup.rung.epochs):
         if setup.stop_after_epochs is not None and epoch >= setup.stop_after_epochs:
             raise KeyboardInterrupt(f"stopped after {epoch} epochs (test hook)")
@@ -392,30 +442,35 @@ def train_variant(setup: TrainSetup) -> dict:
         # validate: every process scores the same whole val set with the same weights (no collective)
         val_loss, val_dice = run_epoch_validation(run.module, run.processor, run.val_loader, run.device,
                                                   setup.rung.train, setup.settings.empty_score)
-        rows.append({"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-                     "val_dice": round(val_dice, 6), "lr": lr, "seconds": round(seconds, 3)})
-        # report and checkpoint (main process only)
+        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+               "val_dice": round(val_dice, 6), "lr": lr, "seconds": round(seconds, 3)}
+        rows.append(row)
+        # report, log (DVCLive + MLflow) and checkpoint (main process only)
         if run.is_main:
             print(f"[train] {setup.variant} epoch {epoch + 1}/{setup.rung.epochs}: "
-                  + ", ".join(f"{k} {v}" for k, v in rows[-1].items()))
-            _write_csv(csv_path, rows)
-            _save_checkpoint(checkpoint, run, epoch + 1, rows, fingerprint)
-    return finish(setup, run, rows)
+                  + ", ".join(f"{k} {v}" for k, v in row.items()))
+            with _rng_kept():
+                logger.log_epoch(row["epoch"], row["train_loss"], row["val_loss"], row["val_dice"], row["lr"],
+                                 val_overlay(run), seconds=row["seconds"])
+            _save_checkpoint(checkpoint, run, epoch + 1, rows, fingerprint, logger.mlflow_run_id)
 
 
 # --------------------------------------------------------------------------------------- finish
 TIMING_KEYS = ("seconds_per_epoch",)   # in metrics/train/<rung>.json only: the model folder stays deterministic
 
 
-def finish(setup: TrainSetup, run: Run, rows: list[dict]) -> dict:
-    """Summary, replica check, save the model folder and the metrics, track in MLflow, drop the checkpoint."""
-    if not rows:  # zeroshot on a pretrained model: score the untouched model once
+def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | None = None) -> dict:
+    """Summary, replica check, save the model folder and the metrics, finish the MLflow run (counts and the
+    model folder), drop the checkpoint. ``logger``: the main process's live log (None on the others)."""
+    if not rows:  # zeroshot on a pretrained model: score the untouched model once (logged at step 0)
         val_loss, val_dice = run_epoch_validation(run.module, run.processor, run.val_loader, run.device,
                                                   setup.rung.train, setup.settings.empty_score)
         rows = [{"epoch": 0, "train_loss": float("nan"), "val_loss": round(val_loss, 6),
                  "val_dice": round(val_dice, 6), "lr": 0.0, "seconds": 0.0}]
-        if run.is_main:
-            _write_csv(setup.metrics_dir / f"{setup.variant}.csv", rows)
+        if logger is not None:
+            with _rng_kept():
+                logger.log_epoch(1, None, rows[0]["val_loss"], rows[0]["val_dice"], 0.0, val_overlay(run),
+                                 seconds=0.0)
     trainable, total = count_parameters(run.module)
     summary = {
         "variant": setup.variant, "method": setup.rung.method, "architecture": setup.architecture,
@@ -434,9 +489,9 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict]) -> dict:
         if not run.is_main:
             return summary
     save_trained_model(run.module, run.processor, setup, summary)
-    if setup.settings.mlflow is not None:
+    if logger is not None and logger.mlflow_run_id is not None:
         from promptseg.tracking import log_training_run
-        summary["mlflow_run_id"] = log_training_run(setup, summary, rows, setup.metrics_dir / f"{setup.variant}.csv")
+        summary["mlflow_run_id"] = log_training_run(setup, summary, logger.mlflow_run_id, logger.live_dir)
     (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
     return summary
