@@ -120,7 +120,8 @@ def test_bf16_training_records_its_precision_and_saves_fp32_weights(tmp_path, pr
     setup = setup_for(tmp_path, processed_root, "unet", "bf16", 2)
     summary = train_variant(setup)
     assert summary["precision"] == "bf16"
-    losses = [float(r.split(",")[1]) for r in (setup.metrics_dir / "unet.csv").read_text().splitlines()[1:]]
+    series = setup.metrics_dir / "unet" / "plots" / "metrics" / "train_loss.tsv"  # DVCLive: step, train_loss
+    losses = [float(r.split("\t")[-1]) for r in series.read_text().splitlines()[1:]]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     weights = load_file(str(setup.model_dir / "model.safetensors"))
     floats = {k: v for k, v in weights.items() if v.is_floating_point()}
