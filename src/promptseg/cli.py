@@ -265,6 +265,7 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
 
     used_names: dict[str, Path] = {}
     batch: list[tuple[Path, str, np.ndarray]] = []
+    measured: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> None:
         nonlocal written
@@ -276,6 +277,8 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
         for (path, stem, image), mask in zip(batch, masks):
             try:
                 _write_png(out_dir / f"{stem}__{slug}.png", mask)
+                if getattr(args, "measure", False):
+                    measured.append((out_dir / f"{stem}__{slug}.png", image))
                 if args.overlay:
                     _write_png(out_dir / f"{stem}__{slug}_overlay.png", overlay_image(image, mask), rgb=True)
             except OSError as exc:
@@ -304,7 +307,18 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
     flush()
     progress.close()
     print(f"{written} masks written, {skipped} skipped -> {out_dir}")
+    if measured:
+        kind = measure_kind(engine.card, prompt)
+        _run_measure([p for p, _ in measured], kind, args, {p.stem: im for p, im in measured})
     return EXIT_OK if written else EXIT_NOTHING_WRITTEN
+
+
+def measure_kind(card: dict, prompt: str) -> str:
+    """joint for a prompt of the model's drywall dataset, else crack."""
+    prompts = card.get("prompts") if isinstance(card, dict) else None
+    if isinstance(prompts, dict) and prompt in (prompts.get("drywall") or []):
+        return "joint"
+    return "crack"
 
 
 # --------------------------------------------------------------------------- parser
@@ -336,7 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
                         "default: all cores of this machine")
+    p.add_argument("--measure", action="store_true",
+                   help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png")
+    _add_scale_args(p)
     p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("measure", help="measure cracks / drywall joints in masks (length, width, BRE 251 category)",
+                       description="Per connected component: length along the pruned skeleton, mean and max width, "
+                                   "orientation, area (promptseg.measure). Writes measurements.json, measurements.csv "
+                                   "and <stem>_measured.png next to the masks.")
+    m.add_argument("inputs", nargs="+", metavar="MASK_OR_DIR", help="mask PNGs ({0,255}) and/or folders of them")
+    m.add_argument("--kind", choices=("crack", "joint"), default="crack", help="what the masks show (default crack)")
+    _add_scale_args(m)
+    m.add_argument("--images", default=None,
+                   help="folder of the photos, to draw the overlays on them (matched by the mask's stem before '__')")
+    m.add_argument("--params", default="params.yaml", help="params.yaml with a measure: section (default: ./params.yaml "
+                                                           "if present, else the built-in defaults)")
+    m.set_defaults(func=cmd_measure)
 
     e = sub.add_parser("export", help="write a trained model as ONNX for `predict --engine onnx`",
                        description="Write <out>/model.onnx (logits for pixel_values, input_ids, attention_mask; "
@@ -348,6 +378,105 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip running the export once in onnxruntime against the PyTorch forward")
     e.set_defaults(func=cmd_export)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _add_scale_args(parser: argparse.ArgumentParser) -> None:
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--mm-per-px", type=_positive_float, default=None,
+                       help="scale of the photos: lengths and widths also in mm, and the BRE Digest 251 category")
+    scale.add_argument("--image-width-mm", type=_positive_float, default=None,
+                       help="the width of the wall each photo shows, in mm (scale = this / image width in px)")
+
+
+def _measure_settings(params_path: str | None):
+    """MeasureSettings from params.yaml's measure: section (or the defaults when there is no params.yaml)."""
+    from promptseg.measure import MeasureSettings
+
+    path = Path(params_path or "params.yaml")
+    if not path.exists():
+        return MeasureSettings()
+    import yaml
+
+    return MeasureSettings.from_params(yaml.safe_load(path.read_text()))
+
+
+def _run_measure(paths: list[Path], kind: str, args: argparse.Namespace, images: dict | None = None) -> int:
+    from promptseg.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, measure_files
+
+    try:
+        settings = _measure_settings(getattr(args, "params", None))
+    except (ValueError, TypeError, OSError) as exc:
+        _err(f"cannot read the measure: settings: {exc}")
+        return EXIT_USAGE
+    run = measure_files(paths, kind=kind, mm_per_px=args.mm_per_px, image_width_mm=args.image_width_mm,
+                        settings=settings, images=images)
+    for path, why in run.skipped:
+        _err(f"skipped {path}: {why}")
+    for name, result in run.results.items():
+        im = result["image"]
+        line = f"{name}: {im['count']} {kind}(s), total length {im['total_length_px']:.1f} px"
+        if kind == "crack":
+            line += f", max width {im['max_width_px']:.1f} px"
+        if "total_length_mm" in im:
+            line += f" ({im['total_length_mm']:.1f} mm, max width {im['max_width_mm']:.2f} mm"
+            line += f", BRE 251 category {im['bre_251_category']})" if im.get("bre_251_category") is not None else ")"
+        if kind == "joint":
+            line += f", taped share {im['taped_share']:.3f}, {im['orientations']}"
+        print(line)
+    if args.mm_per_px is None and args.image_width_mm is None:
+        print(f"note: {NO_SCALE_NOTE}")
+    if kind == "joint":
+        print(f"note: {JOINT_LABEL_NOTE}")
+    folders = sorted({str(Path(p).parent) for p in run.results})
+    print(f"{len(run.results)} masks measured, {len(run.skipped)} skipped -> measurements.json/.csv in {', '.join(folders) or '-'}")
+    return EXIT_OK if run.results else EXIT_NOTHING_WRITTEN
+
+
+MEASURE_OWN_SUFFIXES = ("_overlay.png", "_measured.png")
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    paths: list[Path] = []
+    for raw in args.inputs:
+        path = Path(raw)
+        if not path.exists():
+            _err(f"no such file or folder: {path}")
+            return EXIT_USAGE
+        if path.is_dir():
+            paths.extend(p for p in sorted(path.glob("*.png")) if not p.name.endswith(MEASURE_OWN_SUFFIXES))
+        else:
+            paths.append(path)
+    if not paths:
+        _err(f"no mask PNGs in {', '.join(args.inputs)}: pass the masks `promptseg predict` writes")
+        return EXIT_NOTHING_WRITTEN
+    images = None
+    if args.images:
+        from promptseg.data import IMAGE_SUFFIXES, read_rgb
+
+        folder = Path(args.images)
+        if not folder.is_dir():
+            _err(f"--images {folder} is not a folder")
+            return EXIT_USAGE
+        photos = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        images = {}
+        for mask in paths:
+            photo = photos.get(mask.stem.split("__")[0])
+            if photo is not None:
+                try:
+                    images[mask.stem] = read_rgb(photo)
+                except (ValueError, OSError):
+                    _err(f"warning: {photo} is not a readable image; its overlay is drawn on gray")
+    return _run_measure(paths, args.kind, args, images)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
