@@ -172,3 +172,34 @@ def test_measure_speed_640px():
     started = time.perf_counter()
     measure_mask(mask)
     assert time.perf_counter() - started < 0.5   # generous on a loaded CI box; the benchmark reports the figure
+
+
+def test_synthetic_sidecar_truth_matches_measure_on_the_true_masks(tmp_path):
+    from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export
+
+    root = tmp_path / "cracks"
+    write_synthetic_export("cracks", root, seed=3, image_size=160, counts={"train": 0, "valid": 0, "test": 10},
+                           negative_share=0.0)
+    truth = json.loads((root / TRUE_MEASURES_FILE).read_text())["splits"]["test"]
+    coco = json.loads((root / "test" / "_annotations.coco.json").read_text())
+    by_id = {a["id"]: a for a in coco["annotations"]}
+    assert sum(len(v) for v in truth.values()) == len(coco["annotations"])   # one truth per annotation
+    errors = []
+    for items in truth.values():
+        for t in items:
+            if t["occluded"]:
+                continue
+            mask = np.zeros((160, 160), np.uint8)
+            cv2.fillPoly(mask, [np.rint(np.asarray(p).reshape(-1, 2)).astype(np.int32)
+                                for p in by_id[t["annotation_id"]]["segmentation"]], 255)
+            comps = measure_mask(mask)["components"]
+            length = sum(c["length_px"] for c in comps)
+            errors.append((abs(length - t["length_px"]) / t["length_px"],
+                           abs(max(c["max_width_px"] for c in comps) - t["max_width_px"])))
+    assert len(errors) >= 5
+    assert np.median([e[0] for e in errors]) < 0.12 and np.median([e[1] for e in errors]) < 1.5
+
+
+def test_full_mask_has_finite_width():
+    result = measure_mask(np.full((50, 80), 255, np.uint8))
+    assert result["image"]["count"] == 1 and result["components"][0]["max_width_px"] <= 50.0

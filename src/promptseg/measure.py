@@ -251,7 +251,8 @@ def measure_mask(mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | No
     binary = (mask > 0).astype(np.uint8)
     h, w = binary.shape
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    edt = cv2.distanceTransform(binary, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # the image's border counts as the shape's edge (a mask with no background pixel would have no edge)
+    edt = cv2.distanceTransform(np.pad(binary, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     components = []
     for label in range(1, n):
         area = int(stats[label, cv2.CC_STAT_AREA])
