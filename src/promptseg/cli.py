@@ -184,15 +184,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
 
+    from promptseg.recipe import load_recipe, override, recipe_prompts
+
     variant = str(engine.card.get("variant") or model_dir.name)
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    recipe, dataset, recipe_why = load_recipe(engine.card, prompt, variant, eval_path)
     if args.threshold is not None:
         threshold, why = args.threshold, "given with --threshold"
     else:
-        eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
         threshold, why = default_threshold(engine.card, prompt, variant, eval_path)
+    recipe, changed = override(recipe, threshold=args.threshold, morphology=False if args.no_morphology else None,
+                               kernel=args.kernel_size, hflip_tta=args.hflip_tta, prompt_ensemble=args.prompt_ensemble,
+                               tiled=args.tiled, batch_size=args.batch_size)
+    run_prompt, threshold = recipe_prompts(recipe, engine.card, prompt, dataset)
     print(f"threshold {threshold:g}: {why}")
+    print(f"recipe: {recipe.describe()}; from {recipe_why}")
+    if changed:
+        print(f"overridden by flags: {', '.join(changed)}")
+    if isinstance(run_prompt, list):
+        print(f"prompt ensemble: logits averaged over {', '.join(repr(p) for p in run_prompt)}")
+    args.recipe, args.run_prompt = recipe, run_prompt
 
     return _predict_all(engine, prompt, prompt_slug(prompt), inputs, out_dir, threshold, args)
+
+
+class _PredictAbort(Exception):
+    """The recipe cannot run on this engine; the message was printed."""
 
 
 class _EngineLoadError(Exception):
@@ -250,6 +267,7 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
     from tqdm import tqdm
 
     from promptseg.data import read_rgb
+    from promptseg.recipe import predict_masks_with_recipe
 
     written, skipped = 0, 0
     progress = tqdm(total=len(inputs.images), unit="image", disable=not inputs.any_folder or args.quiet,
@@ -271,9 +289,12 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
         nonlocal written
         if not batch:
             return
-        masks = engine.predict_masks([im for _, _, im in batch], [prompt] * len(batch), threshold=threshold,
-                                     morphology=not args.no_morphology, kernel_size=args.kernel_size,
-                                     batch_size=args.batch_size)
+        try:
+            masks = predict_masks_with_recipe(engine, [im for _, _, im in batch], args.run_prompt, args.recipe,
+                                              threshold=threshold)
+        except ValueError as exc:  # e.g. a tiled recipe on the ONNX engine
+            _err(str(exc))
+            raise _PredictAbort() from None
         for (path, stem, image), mask in zip(batch, masks):
             try:
                 _write_png(out_dir / f"{stem}__{slug}.png", mask)
@@ -302,9 +323,15 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
             continue
         used_names[stem] = path
         batch.append((path, stem, image))
-        if len(batch) >= args.batch_size:
-            flush()
-    flush()
+        if len(batch) >= args.recipe.batch_size:
+            try:
+                flush()
+            except _PredictAbort:
+                return EXIT_USAGE
+    try:
+        flush()
+    except _PredictAbort:
+        return EXIT_USAGE
     progress.close()
     print(f"{written} masks written, {skipped} skipped -> {out_dir}")
     if measured:
@@ -340,10 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-metrics", default=None,
                    help="the eval JSON to read the default threshold from (default: metrics/eval/<variant>.json)")
     p.add_argument("--overlay", action="store_true", help="also write <stem>__<slug>_overlay.png (mask in red)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--no-morphology", action="store_true",
-                   help="skip the 3x3 opening/closing (keeps 1-px structures)")
-    p.add_argument("--kernel-size", type=_positive_int, default=3, help="opening/closing kernel side (default 3)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per forward pass (default: the recipe's, 16)")
+    p.add_argument("--no-morphology", action="store_true", default=None,
+                   help="skip the opening/closing (keeps 1-px structures); default: the recipe's")
+    p.add_argument("--kernel-size", type=_positive_int, default=None,
+                   help="opening/closing kernel side (default: the recipe's, 3)")
+    p.add_argument("--hflip-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: the recipe's)")
+    p.add_argument("--prompt-ensemble", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the logits over the prompt's dataset's prompts (default: the recipe's)")
+    p.add_argument("--tiled", action=argparse.BooleanOptionalAction, default=None,
+                   help="sliding-window inference at the image's resolution (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--engine", choices=ENGINES, default="torch",
                    help="torch (default): PyTorch; onnx: the model's ONNX export (`promptseg export`) in onnxruntime")
