@@ -403,6 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "if present, else the built-in defaults)")
     m.set_defaults(func=cmd_measure)
 
+    a = sub.add_parser("app", help="a web page (Gradio) to segment and measure photos with a trained model",
+                       description="Upload a photo or pick a test image, prompt, threshold slider (starts at the "
+                                   "recipe's), overlay, mask, measurements; download the mask and the measurements.")
+    a.add_argument("--model", required=True, help="a trained model folder, e.g. models/unet")
+    a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    a.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    a.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
+                   help="auto (default): the ONNX export where one exists, else PyTorch")
+    a.add_argument("--eval-metrics", default=None, help="the recipe file (default: metrics/eval/<variant>.json)")
+    a.add_argument("--images", default=None,
+                   help="folder of images offered as test images (default: data/processed/<dataset>/test/images)")
+    a.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
+    a.set_defaults(func=cmd_app)
+
     e = sub.add_parser("export", help="write a trained model as ONNX for `predict --engine onnx`",
                        description="Write <out>/model.onnx (logits for pixel_values, input_ids, attention_mask; "
                                    "dynamic batch and token length), its metadata and the tokenizer files.")
@@ -512,6 +526,29 @@ def cmd_measure(args: argparse.Namespace) -> int:
                 except (ValueError, OSError):
                     _err(f"warning: {photo} is not a readable image; its overlay is drawn on gray")
     return _run_measure(paths, args.kind, args, images)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _err("the app needs gradio: pip install -r requirements.txt (gradio==6.31.0)")
+        return EXIT_USAGE
+    _quiet_transformers()
+    from promptseg.app import launch, load_app_model
+    from promptseg.model import ModelSourceError
+    from promptseg.onnx_engine import OnnxEngineError
+
+    try:
+        app = load_app_model(args.model, engine=args.engine, eval_path=args.eval_metrics, images=args.images,
+                             threads=args.threads)
+    except (FileNotFoundError, ModelSourceError, OnnxEngineError, OSError, ValueError) as exc:
+        _err(f"cannot load the model from {args.model}: {exc}")
+        return EXIT_USAGE
+    print(f"promptseg app: {app.variant} ({app.engine_name} engine), recipes from {app.eval_path}; "
+          f"http://{args.host}:{args.port}/  (Ctrl+C stops it)")
+    launch(app, host=args.host, port=args.port, block=True)
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
