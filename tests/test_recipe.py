@@ -106,3 +106,19 @@ def test_tiled_recipe_on_onnx_engine_is_a_clear_usage_error(model_dir, processed
     rc = main(["predict", "--model", str(model_dir), "--prompt", PROMPT, str(processed_root / "cracks" / "test" / "images"),
                "--out", str(tmp_path / "o"), "--eval-metrics", str(eval_json), "--engine", "onnx", "--quiet"])
     assert rc == 2 and "tiled inference, which runs on the torch engine" in capsys.readouterr().err
+
+
+def test_export_carries_the_recipe_for_the_onnx_engine(model_dir, processed_root, tmp_path, capsys):
+    import shutil
+
+    eval_json = tmp_path / "tiny.json"
+    eval_json.write_text(json.dumps({"cracks": {"threshold": 0.45, "recipe": Recipe(threshold=0.45, kernel=5).to_dict()}}))
+    copy = tmp_path / "tiny"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("onnx"))
+    assert main(["export", "--model", str(copy), "--eval-metrics", str(eval_json), "--no-check"]) == 0
+    assert "recipe: copied from" in capsys.readouterr().out
+    rc = main(["predict", "--model", str(copy), "--prompt", PROMPT, str(processed_root / "cracks" / "test" / "images"),
+               "--out", str(tmp_path / "o"), "--eval-metrics", str(tmp_path / "absent.json"), "--engine", "onnx",
+               "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "threshold 0.45" in printed and "k=5" in printed and "onnx/recipe.json" in printed

@@ -69,7 +69,9 @@ def load_app_model(model_dir: str | Path, *, engine: str = "auto", eval_path: st
         chosen, name = load_trained_model(model_dir), "torch"
     card = dict(chosen.card)
     variant = str(card.get("variant") or model_dir.name)
-    eval_path = Path(eval_path) if eval_path else Path("metrics") / "eval" / f"{variant}.json"
+    from promptseg.recipe import recipe_file
+
+    eval_path = recipe_file(Path(eval_path) if eval_path else Path("metrics") / "eval" / f"{variant}.json", chosen)
     folders = [Path(images)] if images else [Path("data") / "processed" / d / "test" / "images"
                                               for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -184,10 +184,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
 
-    from promptseg.recipe import load_recipe, override, recipe_prompts
+    from promptseg.recipe import load_recipe, override, recipe_file, recipe_prompts
 
     variant = str(engine.card.get("variant") or model_dir.name)
     eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    eval_path = recipe_file(eval_path, engine)
     recipe, dataset, recipe_why = load_recipe(engine.card, prompt, variant, eval_path)
     if args.threshold is not None:
         threshold, why = args.threshold, "given with --threshold"
@@ -423,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="a trained model folder, e.g. models/lora")
     e.add_argument("--out", default=None, help="output folder (default: <model>/onnx)")
     e.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    e.add_argument("--eval-metrics", default=None,
+                   help="the recipe file to copy beside the export (default: metrics/eval/<variant>.json)")
     e.add_argument("--no-check", action="store_true",
                    help="skip running the export once in onnxruntime against the PyTorch forward")
     e.set_defaults(func=cmd_export)
@@ -576,6 +579,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         _err(f"the ONNX export of {model_dir} failed: {type(exc).__name__}: {exc}")
         return EXIT_NOTHING_WRITTEN
     size_mb = (out_dir / ONNX_FILENAME).stat().st_size / 1e6
+    from promptseg.recipe import copy_recipes
+
+    try:
+        variant = json.loads((model_dir / "promptseg.json").read_text()).get("variant") or model_dir.name
+    except (OSError, ValueError):
+        variant = model_dir.name
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    copied = copy_recipes(eval_path, out_dir)
+    print(f"recipe: copied from {eval_path} to {copied}" if copied else
+          f"recipe: none copied ({eval_path} not found or without thresholds): predict --engine onnx uses "
+          "metrics/eval/<variant>.json when present, else the defaults")
     print(f"wrote {out_dir / ONNX_FILENAME} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f} s; "
           f"run it with `promptseg predict --engine onnx --model {model_dir} ...`")
     return EXIT_OK

@@ -23,6 +23,30 @@ __all__ = ["Recipe", "recipe_from_eval_config", "load_recipe", "override", "pred
            "FALLBACK_THRESHOLD"]
 
 FALLBACK_THRESHOLD = 0.5
+RECIPE_FILENAME = "recipe.json"  # written by `promptseg export` beside model.onnx: the recipes travel with it
+
+
+def copy_recipes(eval_path: Path, out_dir: Path) -> Path | None:
+    """``out_dir/recipe.json``: each dataset's threshold and recipe from ``eval_path`` (None if it has none)."""
+    try:
+        data = json.loads(Path(eval_path).read_text())
+    except (OSError, ValueError):
+        return None
+    keep = {d: {"threshold": e["threshold"], **({"recipe": e["recipe"]} if "recipe" in e else {})}
+            for d, e in data.items() if isinstance(e, dict) and "threshold" in e}
+    if not keep:
+        return None
+    target = Path(out_dir) / RECIPE_FILENAME
+    target.write_text(json.dumps({**keep, "copied_from": str(eval_path)}, indent=2) + "\n")
+    return target
+
+
+def recipe_file(eval_path: Path, engine) -> Path:
+    """``eval_path`` if it exists, else the ``recipe.json`` an ONNX export carries (``engine.export_dir``)."""
+    export_dir = getattr(engine, "export_dir", None)
+    if not Path(eval_path).exists() and export_dir is not None and (Path(export_dir) / RECIPE_FILENAME).exists():
+        return Path(export_dir) / RECIPE_FILENAME
+    return Path(eval_path)
 
 
 @dataclass(frozen=True)
