@@ -145,6 +145,9 @@ def test_upload_prompt_measure_download_equals_predict(served, browser, tmp_path
     prompt.send_keys(Keys.CONTROL, "a")
     prompt.send_keys(PROMPT)
     prompt.send_keys(Keys.TAB)
+    # the slider follows the typed prompt: wait for it before segmenting (a click would send the old value)
+    _wait(lambda: f"threshold {served['threshold']:g}: evaluation's recipe for dataset 'cracks'"
+          in browser.find_element(By.ID, "threshold_note").text, what="the threshold note")
     scale = browser.find_element(By.CSS_SELECTOR, "#scale input")
     scale.send_keys(Keys.CONTROL, "a")
     scale.send_keys("0.1")
@@ -185,3 +188,17 @@ def test_upload_prompt_measure_download_equals_predict(served, browser, tmp_path
     docs = REPO / "docs"
     if docs.is_dir():
         shutil.copyfile(shot, docs / "app.png")
+
+
+def test_an_unseen_prompt_says_its_threshold_is_the_fallback(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(served["url"])
+    prompt = _wait(lambda: browser.find_element(By.CSS_SELECTOR, "#prompt textarea"), what="the prompt box")
+    prompt.send_keys(Keys.CONTROL, "a")
+    prompt.send_keys("segment a cat")
+    prompt.send_keys(Keys.TAB)
+    note = _wait(lambda: (t := browser.find_element(By.ID, "threshold_note").text) and "fallback" in t and t,
+                 what="the fallback note")
+    assert "threshold 0.5" in note and "'segment a cat' is not one of the model's training prompts" in note

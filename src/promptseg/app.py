@@ -207,8 +207,10 @@ def build_app(app: AppModel):
         with gr.Row():
             mask_file = gr.File(label="Mask PNG", elem_id="mask_file")
             json_file = gr.File(label="Measurements JSON", elem_id="json_file")
-        preset.change(lambda p: p, preset, prompt)
-        prompt.change(on_prompt, prompt, [threshold, threshold_note])
+        # the threshold follows the prompt once it is typed (not at every key stroke)
+        preset.change(lambda p: p, preset, prompt).then(on_prompt, prompt, [threshold, threshold_note])
+        prompt.blur(on_prompt, prompt, [threshold, threshold_note])
+        prompt.submit(on_prompt, prompt, [threshold, threshold_note])
         button.click(run, [upload, picked, prompt, threshold, opacity, scale],
                      [overlay, mask, table, summary, mask_file, json_file])
     return demo
