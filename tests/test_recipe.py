@@ -122,3 +122,23 @@ def test_export_carries_the_recipe_for_the_onnx_engine(model_dir, processed_root
                "--quiet"])
     printed = capsys.readouterr().out
     assert rc == 0 and "threshold 0.45" in printed and "k=5" in printed and "onnx/recipe.json" in printed
+
+
+def test_predict_measure_writes_the_measurements_of_the_masks_it_wrote(model_dir, processed_root, tmp_path, capsys):
+    from promptseg.measure import measure_mask
+
+    images = processed_root / "drywall" / "test" / "images"
+    out = tmp_path / "o"
+    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment joint tape", str(images), "--out", str(out),
+               "--eval-metrics", str(tmp_path / "absent.json"), "--threshold", "0.5", "--measure", "--mm-per-px", "0.5",
+               "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "training labels were boxes" in printed  # a drywall prompt: joints
+    data = json.loads((out / "measurements.json").read_text())
+    masks = sorted(out.glob("*__segment-joint-tape.png"))
+    assert sorted(data) == [p.name for p in masks] and len(masks) >= 3
+    for path in masks:
+        expected = measure_mask(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), kind="joint", mm_per_px=0.5)
+        assert data[path.name]["image"] == expected["image"] and data[path.name]["kind"] == "joint"
+        assert (out / f"{path.stem}_measured.png").exists()
+    assert (out / "measurements.csv").read_text().startswith("mask,id,length_px")
