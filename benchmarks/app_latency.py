@@ -54,10 +54,10 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
+    import numpy as np
+
     from promptseg.app import load_app_model, segment
     from promptseg.synthetic import render_wall_sample
-
-    import numpy as np
 
     params = yaml.safe_load(Path(args.params).read_text())
     tmp = Path(tempfile.mkdtemp(prefix="app-latency-"))
@@ -75,7 +75,7 @@ def main() -> int:
     for engine, lit in [(e, s) for e in ("torch", "onnx") for s in ("recipe", "3%")]:
         try:
             app = load_app_model(model, engine=engine, eval_path=tmp / "none.json", threads=args.threads)
-        except Exception as exc:  # no export for onnx
+        except Exception as exc:  # noqa: BLE001 -- no export for onnx, or it cannot load
             report[engine] = f"skipped: {exc}"
             continue
         threshold = 0.5  # no recipe file here: the fallback

@@ -33,8 +33,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from promptseg.measure import MeasureSettings, measure_mask  # noqa: E402
-from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export  # noqa: E402
+from promptseg.measure import MeasureSettings, measure_mask
+from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export
 
 
 def _rasterise(ann: dict, size: int) -> np.ndarray:

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import PROMPTS, TINY_MODEL
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -92,7 +91,7 @@ def _wait(predicate, timeout=60.0, what="the page"):
             value = predicate()
             if value:
                 return value
-        except Exception:  # elements re-render while Gradio updates
+        except Exception:  # noqa: BLE001, S110 -- elements re-render while Gradio updates
             pass
         time.sleep(0.25)
     raise AssertionError(f"timed out waiting for {what}")

@@ -4,8 +4,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from conftest import PROMPTS, TINY_MODEL
+
 from promptseg.cli import main
 from promptseg.evaluate import EvalConfig, evaluate_variant, prompt_slug
 from promptseg.recipe import Recipe, load_recipe, override

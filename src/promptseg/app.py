@@ -17,9 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-__all__ = ["AppModel", "segment", "build_app", "launch"]
+__all__ = ["AppModel", "build_app", "launch", "segment"]
 
 TABLE_COLUMNS = ["#", "length", "mean width", "max width", "orientation (deg)", "area (px)", "BRE 251 / class"]
 
@@ -52,7 +50,11 @@ def load_app_model(model_dir: str | Path, *, engine: str = "auto", eval_path: st
                                 "--model with a trained model folder (e.g. models/unet)")
     chosen = None
     if engine in ("auto", "onnx"):
-        from promptseg.onnx_engine import OnnxEngineError, OnnxSegmenter, find_export_dir
+        from promptseg.onnx_engine import (
+            OnnxEngineError,
+            OnnxSegmenter,
+            find_export_dir,
+        )
 
         try:
             chosen, name = OnnxSegmenter(find_export_dir(model_dir), threads=threads), "onnx"
@@ -91,7 +93,7 @@ def segment(app: AppModel, image_path: str | None, prompt: str, threshold: float
     """Everything the page shows for one request; ``{"error": message}`` for a bad request."""
     from promptseg.cli import measure_kind
     from promptseg.data import read_rgb
-    from promptseg.measure import measure_mask, draw_measurements
+    from promptseg.measure import draw_measurements, measure_mask
     from promptseg.recipe import override, predict_masks_with_recipe, recipe_prompts
 
     prompt = (prompt or "").strip()
@@ -133,14 +135,14 @@ def segment(app: AppModel, image_path: str | None, prompt: str, threshold: float
     rows = []
     unit = "mm" if scale else "px"
     for c in result["components"]:
-        key = (lambda k: c[f"{k}_mm"]) if scale else (lambda k: c[f"{k}_px"])
+        length, mean_w, max_w = (c[f"{k}_{unit}"] for k in ("length", "mean_width", "max_width"))
         extra = c.get("bre_251_category", c.get("orientation", ""))
-        rows.append([c["id"], round(key("length"), 2), round(key("mean_width"), 2), round(key("max_width"), 2),
-                     c["orientation_deg"], c["area_px"], extra])
+        rows.append([c["id"], round(length, 2), round(mean_w, 2), round(max_w, 2), c["orientation_deg"],
+                     c["area_px"], extra])
     im = result["image"]
     what = "crack" if kind == "crack" else "joint"
-    lines = [f"**{im['count']} {what}{'s' if im['count'] != 1 else ''}**, total length "
-             f"{im.get('total_length_mm', im['total_length_px']):.1f} {unit}"]
+    lines = [(f"**{im['count']} {what}{'s' if im['count'] != 1 else ''}**, total length "
+              f"{im.get('total_length_mm', im['total_length_px']):.1f} {unit}")]
     if kind == "crack" and im["count"]:
         lines[0] += f", max width {im.get('max_width_mm', im['max_width_px']):.2f} {unit}"
         if im.get("bre_251_category") is not None:
@@ -176,7 +178,7 @@ def build_app(app: AppModel):
         try:
             res = segment(app, image_path, prompt, threshold, opacity, mm_per_px or None,
                           out_root / f"{time.time_ns()}")
-        except Exception as exc:  # keep serving whatever happens; say it on the page
+        except Exception as exc:  # noqa: BLE001 -- keep serving whatever happens; say it on the page
             res = {"error": f"Segmentation failed: {type(exc).__name__}: {exc}"}
         if "error" in res:
             return None, None, [], f"**Error:** {res['error']}", None, None

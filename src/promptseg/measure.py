@@ -43,8 +43,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["MeasureSettings", "measure_mask", "bre_category", "measure_files", "draw_measurements",
-           "BRE_251_LIMITS_MM", "KINDS"]
+__all__ = [
+    "BRE_251_LIMITS_MM",
+    "KINDS",
+    "MeasureSettings",
+    "bre_category",
+    "draw_measurements",
+    "measure_files",
+    "measure_mask",
+]
 
 KINDS = ("crack", "joint")
 # Upper limits (mm) of BRE Digest 251 categories 0..4; category 5 is above the last.
@@ -66,7 +73,7 @@ class MeasureSettings:
     orientation_tolerance_deg: float = 20.0  # joints within this of 0/90 degrees are horizontal/vertical
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "MeasureSettings":
+    def from_params(cls, params: dict | None) -> MeasureSettings:
         section = (params or {}).get("measure") or {}
         unknown = set(section) - set(cls.__dataclass_fields__)
         if unknown:
@@ -104,7 +111,7 @@ def _prune(skel: np.ndarray, edt: np.ndarray, settings: MeasureSettings) -> np.n
             break
         removed = False
         for y0, x0 in ends:
-            path, (y, x), prev = [(y0, x0)], (y0, x0), None
+            path, (y, x) = [(y0, x0)], (y0, x0)
             limit = max(settings.min_spur_px, settings.prune_factor * 2.0 * float(edt[y0, x0]) + 2)
             junction = False
             while len(path) <= limit:
@@ -183,7 +190,7 @@ def _skeleton_length(skel: np.ndarray, window: int = 5) -> float:
         groups: dict[int, set] = {}
         for y, x in zip(ys.tolist(), xs.tolist()):
             groups.setdefault(int(lab[y, x]), set()).add((y, x))
-        for label, coords in groups.items():
+        for coords in groups.values():
             ends = [p for p in coords if pcount[p] <= 1]
             closed = not ends
             path = _order_path(coords, ends[0] if ends else min(coords))
@@ -281,7 +288,7 @@ def measure_mask(mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | No
         local = _local_width(skel, edt_p)
         interior = skel.copy()
         for y, x in ends:
-            r = int(math.ceil(edt_p[y, x]))
+            r = math.ceil(edt_p[y, x])
             interior[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1] = False
         inner = local[interior] if interior.any() else local[skel]
         ys, xs = np.nonzero(skel)
@@ -403,8 +410,8 @@ def measure_files(paths: list[Path], *, kind: str = "crack", mm_per_px: float | 
             mask = mask[..., :3].max(axis=2)
         values = np.unique(mask)
         if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-            run.skipped.append((path, f"not a binary mask (values {values[:5].tolist()}...): pass the masks "
-                                      "that `promptseg predict` writes, not photos or overlays"))
+            run.skipped.append((path, (f"not a binary mask (values {values[:5].tolist()}...): pass the masks "
+                                       "that `promptseg predict` writes, not photos or overlays")))
             continue
         scale = mm_per_px if mm_per_px is not None else (image_width_mm / mask.shape[1] if image_width_mm else None)
         result = measure_mask(mask, kind=kind, mm_per_px=scale, settings=settings)

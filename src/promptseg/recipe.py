@@ -19,8 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Recipe", "recipe_from_eval_config", "load_recipe", "override", "predict_masks_with_recipe",
-           "FALLBACK_THRESHOLD"]
+__all__ = [
+    "FALLBACK_THRESHOLD",
+    "Recipe",
+    "load_recipe",
+    "override",
+    "predict_masks_with_recipe",
+    "recipe_from_eval_config",
+]
 
 FALLBACK_THRESHOLD = 0.5
 RECIPE_FILENAME = "recipe.json"  # written by `promptseg export` beside model.onnx: the recipes travel with it
@@ -66,7 +72,7 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
+    def from_dict(cls, data: dict) -> Recipe:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -75,7 +81,7 @@ class Recipe:
                  f"morphology {'open/close k=' + str(self.kernel) if self.morphology else 'off'}",
                  f"flip TTA {'on' if self.hflip_tta else 'off'}",
                  f"prompt ensemble {'on' if self.prompt_ensemble else 'off'}",
-                 f"tiled {'on (upscale %g, overlap %g)' % (self.tile_upscale, self.tile_overlap) if self.tiled else 'off'}"]
+                 (f"tiled on (upscale {self.tile_upscale:g}, overlap {self.tile_overlap:g})" if self.tiled else "tiled off")]
         return ", ".join(parts)
 
 
