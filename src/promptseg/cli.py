@@ -8,6 +8,14 @@ writes ``<out>/<stem>__<prompt-slug>.png`` ({0, 255} masks at each image's own s
 ``models/lora/onnx/``) in onnxruntime on the CPU with ``--threads`` intra-op threads; the default engine is
 PyTorch. Both engines share the preprocessing and ``postprocess_probabilities``.
 
+The threshold, open/close, flip TTA, prompt ensemble and tiling come from the recipe evaluation scored
+with (``metrics/eval/<variant>.json``, ``<dataset>.recipe``: promptseg.recipe); a flag overrides one field
+and the output says so. ``--measure`` also measures the masks (promptseg.measure).
+
+``promptseg measure MASK_OR_DIR... [--kind crack|joint] [--mm-per-px X]`` writes measurements.json/.csv and
+``<stem>_measured.png`` next to the masks. ``promptseg app --model models/<rung>`` serves a Gradio page
+(promptseg.app) on 127.0.0.1.
+
 Exit codes: 0 at least one mask written; 1 none written (every image skipped); 2 usage errors
 (unknown path, empty prompt, missing or unreadable model directory, no ONNX export for ``--engine onnx``,
 bad option values).
