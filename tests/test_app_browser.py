@@ -109,14 +109,25 @@ def _upload(driver, path: Path):
     _wait(lambda: path.stem in driver.find_element(By.ID, "upload").text, what=f"{path.name} to upload")
 
 
+_SUMMARY_JS = """
+const el = document.getElementById('summary');
+const tracker = el.querySelector('[data-testid=status-tracker]');
+const copy = el.cloneNode(true);
+copy.querySelectorAll('[data-testid=status-tracker]').forEach(e => e.remove());
+return [tracker === null || tracker.classList.contains('hide'), copy.innerText];
+"""
+
+
 def _segment(driver):
+    """Click Segment; the summary's text once the request is done (its status tracker hidden, new text)."""
     from selenium.webdriver.common.by import By
 
-    before = driver.find_element(By.ID, "summary").text
+    _, before = driver.execute_script(_SUMMARY_JS)
     driver.find_element(By.ID, "segment").click()
+
     def done():
-        text = driver.find_element(By.ID, "summary").text
-        return text.strip() and text != before and "processing" not in text and text
+        idle, text = driver.execute_script(_SUMMARY_JS)
+        return idle and text.strip() and text != before and text
 
     return _wait(done, what="the summary")
 
