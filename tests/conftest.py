@@ -61,3 +61,17 @@ def tiny_train_settings(rung: str, rung_params: dict, common: dict | None = None
 
     return TrainSettings(resolved, model_cfg, {d: tuple(p) for d, p in PROMPTS.items()}, empty_score,
                          None if mlflow is None else build(MlflowSettings, mlflow, "mlflow"))
+
+
+def tiny_eval_config(**changes):
+    """promptseg.evaluate.EvalConfig with params.yaml's evaluation values (EvalConfig has no defaults of its
+    own), ``changes`` replacing fields."""
+    import dataclasses
+
+    from promptseg.evaluate import EvalConfig
+
+    base = EvalConfig(thresholds=[0.5], morphology=True, kernel_size=3, batch_size=16, boundary_tolerance_px=2,
+                      empty_score=1.0, figure_images=3, unrelated_prompts=[], paraphrases={}, hflip_tta=False,
+                      prompt_ensemble=False, tiled={}, tile_upscale=1.0, tile_overlap=0.25,
+                      measure_inference_options=False, native_resolution={}, missing_test_split="report_val")
+    return dataclasses.replace(base, **changes)

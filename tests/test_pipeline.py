@@ -88,7 +88,7 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     summary = json.loads((repo_copy / "metrics" / "summary.json").read_text())  # the headline
     assert set(summary) == {"cracks", "drywall", "train_minutes"}
     assert {"decoder", "lora", "full", "unet", "no_learning"} <= set(summary["cracks"])
-    assert set(json.loads((repo_copy / "metrics" / "eval" / "baselines.json").read_text())) == {"cracks", "drywall"}
+    assert set(json.loads((repo_copy / "metrics" / "eval" / "baselines.json").read_text())) == {"cracks", "drywall", "scored_splits"}
     timing = json.loads((repo_copy / "metrics" / "runtime" / "unet.json").read_text())
     assert timing["torch_ms_per_image"] > 0 and timing["onnx_ms_per_image"] > 0 and timing["model_mb"] > 0
     assert "runtime and footprint" in report

@@ -8,6 +8,14 @@ writes ``<out>/<stem>__<prompt-slug>.png`` ({0, 255} masks at each image's own s
 ``models/lora/onnx/``) in onnxruntime on the CPU with ``--threads`` intra-op threads; the default engine is
 PyTorch. Both engines share the preprocessing and ``postprocess_probabilities``.
 
+The threshold, open/close, flip TTA, prompt ensemble and tiling come from the recipe evaluation scored
+with (``metrics/eval/<variant>.json``, ``<dataset>.recipe``: promptseg.recipe); a flag overrides one field
+and the output says so. ``--measure`` also measures the masks (promptseg.measure).
+
+``promptseg measure MASK_OR_DIR... [--kind crack|joint] [--mm-per-px X]`` writes measurements.json/.csv and
+``<stem>_measured.png`` next to the masks. ``promptseg app --model models/<rung>`` serves a Gradio page
+(promptseg.app) on 127.0.0.1.
+
 Exit codes: 0 at least one mask written; 1 none written (every image skipped) or writing stopped on an
 error; 2 usage errors (unknown path, empty prompt, missing or unreadable model directory, a corrupt weights
 file, no ONNX export for ``--engine onnx``, an ``--out`` folder that cannot be written, bad option values).
@@ -188,20 +196,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _quiet_transformers()  # before promptseg.model imports the processor classes
     try:
-        engine = _load_engine(args.engine, model_dir, args.threads, getattr(args, "precision", "fp32"))
+        engine = _load_engine(args.engine, model_dir, args.threads)
     except _EngineLoadError as exc:
         _err(str(exc))
         return EXIT_USAGE
 
+    from promptseg.recipe import load_recipe, override, recipe_file, recipe_prompts
+
     variant = str(engine.card.get("variant") or model_dir.name)
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    eval_path = recipe_file(eval_path, engine)
+    recipe, dataset, recipe_why = load_recipe(engine.card, prompt, variant, eval_path)
     if args.threshold is not None:
         threshold, why = args.threshold, "given with --threshold"
     else:
-        eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
         threshold, why = default_threshold(engine.card, prompt, variant, eval_path)
+    recipe, changed = override(recipe, threshold=args.threshold, morphology=False if args.no_morphology else None,
+                               kernel=args.kernel_size, hflip_tta=args.hflip_tta, prompt_ensemble=args.prompt_ensemble,
+                               tiled=args.tiled, batch_size=args.batch_size, precision=getattr(args, "precision", None))
+    run_prompt, threshold = recipe_prompts(recipe, engine.card, prompt, dataset)
     print(f"threshold {threshold:g}: {why}")
+    print(f"recipe: {recipe.describe()}; from {recipe_why}")
+    if changed:
+        print(f"overridden by flags: {', '.join(changed)}")
+    if isinstance(run_prompt, list):
+        print(f"prompt ensemble: logits averaged over {', '.join(repr(p) for p in run_prompt)}")
+    args.recipe, args.run_prompt = recipe, run_prompt
 
     return _predict_all(engine, prompt, prompt_slug(prompt), inputs, out_dir, threshold, args)
+
+
+class _PredictAbort(Exception):
+    """The recipe cannot run on this engine; the message was printed."""
 
 
 class _EngineLoadError(Exception):
@@ -221,7 +247,7 @@ class _TorchEngine:
         return predict_masks(self.trained, images, prompts, **kwargs)
 
 
-def _load_engine(name: str, model_dir: Path, threads: int | None, precision: str = "fp32"):
+def _load_engine(name: str, model_dir: Path, threads: int | None):
     """An object with ``.card`` and ``.predict_masks(images, prompts, threshold=, morphology=, kernel_size=,
     batch_size=)`` for ``--engine torch`` (``load_trained_model``) or ``--engine onnx`` (``OnnxSegmenter``)."""
     if name == "onnx":
@@ -252,7 +278,6 @@ def _load_engine(name: str, model_dir: Path, threads: int | None, precision: str
 
     try:
         trained = load_trained_model(model_dir)
-        trained.precision = precision  # --precision (promptseg.precision); the onnx engine runs its graph in fp32
         return _TorchEngine(trained)
     except (ModelSourceError, OSError, ValueError) as exc:
         raise _EngineLoadError(f"cannot load the model from {model_dir}: {exc}") from None
@@ -269,6 +294,7 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
 
     from promptseg.data import read_rgb
     from promptseg.images import ImageReadError, overlay_image
+    from promptseg.recipe import predict_masks_with_recipe
 
     written, skipped = 0, 0
     write_error: list[str] = []
@@ -285,17 +311,23 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
 
     used_names: dict[str, Path] = {}
     batch: list[tuple[Path, str, np.ndarray]] = []
+    measured: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> None:
         nonlocal written
         if not batch or write_error:
             return
-        masks = engine.predict_masks([im for _, _, im in batch], [prompt] * len(batch), threshold=threshold,
-                                     morphology=not args.no_morphology, kernel_size=args.kernel_size,
-                                     batch_size=args.batch_size)
+        try:
+            masks = predict_masks_with_recipe(engine, [im for _, _, im in batch], args.run_prompt, args.recipe,
+                                              threshold=threshold)
+        except ValueError as exc:  # e.g. a tiled recipe on the ONNX engine
+            _err(str(exc))
+            raise _PredictAbort() from None
         for (path, stem, image), mask in zip(batch, masks):
             try:
                 _write_png(out_dir / f"{stem}__{slug}.png", mask)
+                if getattr(args, "measure", False):
+                    measured.append((out_dir / f"{stem}__{slug}.png", image))
                 if args.overlay:
                     _write_png(out_dir / f"{stem}__{slug}_overlay.png", overlay_image(image, mask), rgb=True)
             except OSError as exc:  # the folder was checked: a full disk or a folder gone; stop here
@@ -321,15 +353,32 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
             continue
         used_names[stem] = path
         batch.append((path, stem, image))
-        if len(batch) >= args.batch_size:
-            flush()
-    flush()
+        if len(batch) >= args.recipe.batch_size:
+            try:
+                flush()
+            except _PredictAbort:
+                return EXIT_USAGE
+    try:
+        flush()
+    except _PredictAbort:
+        return EXIT_USAGE
     progress.close()
     if write_error:
         _err(write_error[0])
         return EXIT_NOTHING_WRITTEN
     print(f"{written} masks written, {skipped} skipped -> {out_dir}")
+    if measured:
+        kind = measure_kind(engine.card, prompt)
+        _run_measure([p for p, _ in measured], kind, args, {p.stem: im for p, im in measured})
     return EXIT_OK if written else EXIT_NOTHING_WRITTEN
+
+
+def measure_kind(card: dict, prompt: str) -> str:
+    """joint for a prompt of the model's drywall dataset, else crack."""
+    prompts = card.get("prompts") if isinstance(card, dict) else None
+    if isinstance(prompts, dict) and prompt in (prompts.get("drywall") or []):
+        return "joint"
+    return "crack"
 
 
 # --------------------------------------------------------------------------- parser
@@ -351,20 +400,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-metrics", default=None,
                    help="the eval JSON to read the default threshold from (default: metrics/eval/<variant>.json)")
     p.add_argument("--overlay", action="store_true", help="also write <stem>__<slug>_overlay.png (mask in red)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--no-morphology", action="store_true",
-                   help="skip the 3x3 opening/closing (keeps 1-px structures)")
-    p.add_argument("--kernel-size", type=_positive_int, default=3, help="opening/closing kernel side (default 3)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per forward pass (default: the recipe's, 16)")
+    p.add_argument("--no-morphology", action="store_true", default=None,
+                   help="skip the opening/closing (keeps 1-px structures); default: the recipe's")
+    p.add_argument("--kernel-size", type=_positive_int, default=None,
+                   help="opening/closing kernel side (default: the recipe's, 3)")
+    p.add_argument("--hflip-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: the recipe's)")
+    p.add_argument("--prompt-ensemble", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the logits over the prompt's dataset's prompts (default: the recipe's)")
+    p.add_argument("--tiled", action=argparse.BooleanOptionalAction, default=None,
+                   help="sliding-window inference at the image's resolution (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--engine", choices=ENGINES, default="torch",
                    help="torch (default): PyTorch; onnx: the model's ONNX export (`promptseg export`) in onnxruntime")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
                         "default: all cores of this machine")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
-                   help="torch engine: fp32 (default, as evaluation: infer.precision) or bf16 autocast (faster on "
-                        "CPUs with AVX512-BF16/AMX; masks may differ slightly); auto: bf16 on CUDA and on such CPUs")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="torch engine: default the recipe's (infer.precision as evaluated); bf16 autocast is faster on "
+                        "CPUs with AVX512-BF16/AMX (masks may differ slightly); auto: bf16 on CUDA and on such CPUs")
+    p.add_argument("--measure", action="store_true",
+                   help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png")
+    _add_scale_args(p)
     p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("measure", help="measure cracks / drywall joints in masks (length, width, BRE 251 category)",
+                       description="Per connected component: length along the pruned skeleton, mean and max width, "
+                                   "orientation, area (promptseg.measure). Writes measurements.json, measurements.csv "
+                                   "and <stem>_measured.png next to the masks.")
+    m.add_argument("inputs", nargs="+", metavar="MASK_OR_DIR", help="mask PNGs ({0,255}) and/or folders of them")
+    m.add_argument("--kind", choices=("crack", "joint"), default="crack", help="what the masks show (default crack)")
+    _add_scale_args(m)
+    m.add_argument("--images", default=None,
+                   help="folder of the photos, to draw the overlays on them (matched by the mask's stem before '__')")
+    m.add_argument("--params", default="params.yaml", help="params.yaml with a measure: section (default: ./params.yaml "
+                                                           "if present, else the built-in defaults)")
+    m.set_defaults(func=cmd_measure)
+
+    a = sub.add_parser("app", help="a web page (Gradio) to segment and measure photos with a trained model",
+                       description="Upload a photo or pick a test image, prompt, threshold slider (starts at the "
+                                   "recipe's), overlay, mask, measurements; download the mask and the measurements.")
+    a.add_argument("--model", required=True, help="a trained model folder, e.g. models/unet")
+    a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    a.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    a.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
+                   help="auto (default): the ONNX export where one exists, else PyTorch")
+    a.add_argument("--eval-metrics", default=None, help="the recipe file (default: metrics/eval/<variant>.json)")
+    a.add_argument("--images", default=None,
+                   help="folder of images offered as test images (default: data/processed/<dataset>/test/images)")
+    a.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
+    a.set_defaults(func=cmd_app)
 
     e = sub.add_parser("export", help="write a trained model as ONNX for `predict --engine onnx`",
                        description="Write <out>/model.onnx (logits for pixel_values, input_ids, attention_mask; "
@@ -372,10 +459,134 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="a trained model folder, e.g. models/lora")
     e.add_argument("--out", default=None, help="output folder (default: <model>/onnx)")
     e.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    e.add_argument("--eval-metrics", default=None,
+                   help="the recipe file to copy beside the export (default: metrics/eval/<variant>.json)")
     e.add_argument("--no-check", action="store_true",
                    help="skip running the export once in onnxruntime against the PyTorch forward")
     e.set_defaults(func=cmd_export)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _add_scale_args(parser: argparse.ArgumentParser) -> None:
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--mm-per-px", type=_positive_float, default=None,
+                       help="scale of the photos: lengths and widths also in mm, and the BRE Digest 251 category")
+    scale.add_argument("--image-width-mm", type=_positive_float, default=None,
+                       help="the width of the wall each photo shows, in mm (scale = this / image width in px)")
+
+
+def _measure_settings(params_path: str | None):
+    """MeasureSettings from params.yaml's measure: section (or the defaults when there is no params.yaml)."""
+    from promptseg.measure import MeasureSettings
+
+    path = Path(params_path or "params.yaml")
+    if not path.exists():
+        return MeasureSettings()
+    import yaml
+
+    return MeasureSettings.from_params(yaml.safe_load(path.read_text()))
+
+
+def _run_measure(paths: list[Path], kind: str, args: argparse.Namespace, images: dict | None = None) -> int:
+    from promptseg.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, measure_files
+
+    try:
+        settings = _measure_settings(getattr(args, "params", None))
+    except (ValueError, TypeError, OSError) as exc:
+        _err(f"cannot read the measure: settings: {exc}")
+        return EXIT_USAGE
+    run = measure_files(paths, kind=kind, mm_per_px=args.mm_per_px, image_width_mm=args.image_width_mm,
+                        settings=settings, images=images)
+    for path, why in run.skipped:
+        _err(f"skipped {path}: {why}")
+    for name, result in run.results.items():
+        im = result["image"]
+        line = f"{name}: {im['count']} {kind}(s), total length {im['total_length_px']:.1f} px"
+        if kind == "crack":
+            line += f", max width {im['max_width_px']:.1f} px"
+        if "total_length_mm" in im:
+            line += f" ({im['total_length_mm']:.1f} mm, max width {im['max_width_mm']:.2f} mm"
+            line += f", BRE 251 category {im['bre_251_category']})" if im.get("bre_251_category") is not None else ")"
+        if kind == "joint":
+            line += f", taped share {im['taped_share']:.3f}, {im['orientations']}"
+        print(line)
+    if args.mm_per_px is None and args.image_width_mm is None:
+        print(f"note: {NO_SCALE_NOTE}")
+    if kind == "joint":
+        print(f"note: {JOINT_LABEL_NOTE}")
+    folders = sorted({str(Path(p).parent) for p in run.results})
+    print(f"{len(run.results)} masks measured, {len(run.skipped)} skipped -> measurements.json/.csv in {', '.join(folders) or '-'}")
+    return EXIT_OK if run.results else EXIT_NOTHING_WRITTEN
+
+
+MEASURE_OWN_SUFFIXES = ("_overlay.png", "_measured.png")
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    paths: list[Path] = []
+    for raw in args.inputs:
+        path = Path(raw)
+        if not path.exists():
+            _err(f"no such file or folder: {path}")
+            return EXIT_USAGE
+        if path.is_dir():
+            paths.extend(p for p in sorted(path.glob("*.png")) if not p.name.endswith(MEASURE_OWN_SUFFIXES))
+        else:
+            paths.append(path)
+    if not paths:
+        _err(f"no mask PNGs in {', '.join(args.inputs)}: pass the masks `promptseg predict` writes")
+        return EXIT_NOTHING_WRITTEN
+    images = None
+    if args.images:
+        from promptseg.data import IMAGE_SUFFIXES, read_rgb
+
+        folder = Path(args.images)
+        if not folder.is_dir():
+            _err(f"--images {folder} is not a folder")
+            return EXIT_USAGE
+        photos = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        images = {}
+        for mask in paths:
+            photo = photos.get(mask.stem.split("__")[0])
+            if photo is not None:
+                try:
+                    images[mask.stem] = read_rgb(photo)
+                except (ValueError, OSError):
+                    _err(f"warning: {photo} is not a readable image; its overlay is drawn on gray")
+    return _run_measure(paths, args.kind, args, images)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _err("the app needs gradio: pip install -r requirements.txt (gradio==6.31.0)")
+        return EXIT_USAGE
+    _quiet_transformers()
+    from promptseg.app import launch, load_app_model
+    from promptseg.model import ModelSourceError
+    from promptseg.onnx_engine import OnnxEngineError
+
+    try:
+        app = load_app_model(args.model, engine=args.engine, eval_path=args.eval_metrics, images=args.images,
+                             threads=args.threads)
+    except (FileNotFoundError, ModelSourceError, OnnxEngineError, OSError, ValueError) as exc:
+        _err(f"cannot load the model from {args.model}: {exc}")
+        return EXIT_USAGE
+    print(f"promptseg app: {app.variant} ({app.engine_name} engine), recipes from {app.eval_path}; "
+          f"http://{args.host}:{args.port}/  (Ctrl+C stops it)")
+    launch(app, host=args.host, port=args.port, block=True)
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -403,6 +614,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         _err(f"the ONNX export of {model_dir} failed: {type(exc).__name__}: {exc}")
         return EXIT_NOTHING_WRITTEN
     size_mb = (out_dir / ONNX_FILENAME).stat().st_size / 1e6
+    from promptseg.recipe import copy_recipes
+
+    try:
+        variant = json.loads((model_dir / "promptseg.json").read_text()).get("variant") or model_dir.name
+    except (OSError, ValueError):
+        variant = model_dir.name
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    copied = copy_recipes(eval_path, out_dir)
+    print(f"recipe: copied from {eval_path} to {copied}" if copied else
+          f"recipe: none copied ({eval_path} not found or without thresholds): predict --engine onnx uses "
+          "metrics/eval/<variant>.json when present, else the defaults")
     print(f"wrote {out_dir / ONNX_FILENAME} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f} s; "
           f"run it with `promptseg predict --engine onnx --model {model_dir} ...`")
     return EXIT_OK

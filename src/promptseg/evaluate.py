@@ -37,6 +37,7 @@ from promptseg.data import list_split, read_rgb
 from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
 from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
 from promptseg.native import predict_probabilities_native, supports_native_resolution
+from promptseg.recipe import recipe_from_eval_config
 from promptseg.tiling import predict_probabilities_tiled
 from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice_from_counts,
                                lit_fraction, threshold_sweep_counts)
@@ -221,6 +222,8 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
     if cfg.prompt_ensemble:
         ensemble_sweep = sweep_thresholds({"ensemble": predict(splits["val"], list(prompts))}, splits["val"].truths, cfg)
         result["ensemble_threshold"] = choose_threshold({t: dice for t, (_, dice) in ensemble_sweep.items()})
+    result["recipe"] = recipe_from_eval_config(cfg, dataset, threshold, result.get("ensemble_threshold"),
+                                               precision=getattr(trained, "precision", "fp32"))
     for split, data in splits.items():
         per_prompt, in_lit, vs_true = {}, [], {}
         for prompt in prompts:

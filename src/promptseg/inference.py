@@ -183,6 +183,28 @@ def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, rows: list[
         return decode_prompts(model, features, ids, mask, tuple(pixel_values.shape[-2:])).float().cpu()
 
 
+def average_prompts_and_flips(logits_of, pixel_values, prompt_sets: list[list[str]], hflip_tta: bool, flip, zeros):
+    """THE prompt-ensemble and flip-TTA average, shared by the single-pass (:func:`predict_probabilities`),
+    tiled (``promptseg.tiling``) and ONNX (``promptseg.onnx_engine``) paths, torch or NumPy alike.
+
+    ``pixel_values``: a batch (B, C, h, w); ``prompt_sets[i]``: the prompts of row i (one, or an ensemble).
+    ``logits_of(view, rows, prompts, flipped)`` -> logits (len(rows), h', w') for ``view[rows]`` with one
+    prompt per row; ``flip(x)`` mirrors the last axis; ``zeros(shape)`` makes the accumulator. Per row: the
+    mean of the logits over its prompts and, with ``hflip_tta``, over the image and its mirror (whose
+    logits are flipped back), summed in that order (prompt-major) and divided once."""
+    views = [(pixel_values, False)] + ([(flip(pixel_values), True)] if hflip_tta else [])
+    total = count = None
+    for k in range(max(len(ps) for ps in prompt_sets)):
+        rows = [i for i, ps in enumerate(prompt_sets) if k < len(ps)]
+        for view, flipped in views:
+            logits = logits_of(view, rows, [prompt_sets[i][k] for i in rows], flipped)
+            if total is None:
+                total, count = zeros((len(prompt_sets), *logits.shape[1:])), zeros((len(prompt_sets), 1, 1))
+            total[rows] += flip(logits) if flipped else logits
+            count[rows] += 1
+    return total / count
+
+
 @torch.no_grad()
 def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], prompts: list,
                           *, batch_size: int = 16, hflip_tta: bool = False) -> list[np.ndarray]:
@@ -207,16 +229,10 @@ def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], promp
         key = EncodingCache.digest(chunk)
         pixel_values = trained.encodings.get_or_compute(("pixels", key), lambda: torch.stack(
             [preprocess_image(im, trained.image_size, trained.mean, trained.std, trained.per_image) for im in chunk]))
-        views = [(pixel_values, False)] + ([(torch.flip(pixel_values, dims=[-1]), True)] if hflip_tta else [])
-        n_prompts = max(len(ps) for ps in chunk_sets)
-        total, count = torch.zeros(len(chunk), *pixel_values.shape[-2:]), torch.zeros(len(chunk), 1, 1)
-        for k in range(n_prompts):
-            rows = [i for i, ps in enumerate(chunk_sets) if k < len(ps)]
-            for view, flipped in views:
-                logits = _model_logits(trained, view, rows, [chunk_sets[i][k] for i in rows], cache_key=(key, flipped))
-                total[rows] += torch.flip(logits, dims=[-1]) if flipped else logits
-                count[rows] += 1
-        for image, logit in zip(chunk, total / count):
+        averaged = average_prompts_and_flips(
+            lambda view, rows, ps, flipped: _model_logits(trained, view, rows, ps, cache_key=(key, flipped)),
+            pixel_values, chunk_sets, hflip_tta, lambda x: torch.flip(x, dims=[-1]), torch.zeros)
+        for image, logit in zip(chunk, averaged):
             out.append(torch.sigmoid(upsample_logits(logit, image.shape[:2])).numpy())
     return out
 

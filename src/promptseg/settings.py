@@ -371,6 +371,14 @@ class RuntimeParams:
 
 
 @dataclass(frozen=True)
+class MeasureParams:               # promptseg measure / predict --measure / the app (promptseg.measure)
+    min_area_px: int
+    prune_factor: float
+    min_spur_px: int
+    orientation_tolerance_deg: float
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     runtime: RuntimeParams
     batch_size: int                # infer.batch_size
@@ -648,7 +656,8 @@ def runtime_settings(params) -> RuntimeSettings:
                            _convert(int, _node(params, "infer.batch_size"), "infer.batch_size"), prompts_of(params))
 
 
-SECTIONS = ("data", "synthetic", "masks", "model", "train", "infer", "eval", "report", "runtime", "mlflow")
+SECTIONS = ("data", "synthetic", "masks", "model", "train", "infer", "eval", "report", "runtime", "measure",
+            "mlflow")
 
 
 def validate_params(params) -> dict[str, Any]:
@@ -675,6 +684,7 @@ def validate_params(params) -> dict[str, Any]:
         "report": report_settings(params),
         "baselines": baselines_settings(params),
         "runtime": runtime_settings(params),
+        "measure": _build(MeasureParams, _node(params, "measure"), "measure"),
     }
 
 

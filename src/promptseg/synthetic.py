@@ -9,6 +9,7 @@ Roboflow counterpart:
     out_dir/README.roboflow.txt
     out_dir/{train,valid,test}/_annotations.coco.json
     out_dir/{train,valid,test}/<stem>_jpg.rf.<32 hex>.jpg
+    out_dir/true_measures.json   # sidecar: each annotation's true length and width (crack_truth)
 
 ``drywall`` -- YOLOv8 detection export (boxes only), plus sidecar truth masks::
 
@@ -70,6 +71,7 @@ quality, so the same arguments give byte-identical output.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -103,6 +105,8 @@ ROBOFLOW_SPLITS = ("train", "valid", "test")
 #: Fixed JPEG quality (part of what makes the output byte-identical).
 JPEG_QUALITY = 92
 
+#: Sidecar of the cracks export: each annotation's true length and width (crack_truth).
+TRUE_MEASURES_FILE = "true_measures.json"
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
 _REFERENCE_SIZE = 320.0  # pixel sizes in the brief are given for 320 px images
 _FIXED_DATE = "2024-01-01T00:00:00+00:00"
@@ -154,6 +158,7 @@ class WallSample:
 
     image: np.ndarray
     instances: list[np.ndarray] = field(default_factory=list)
+    truth: list[dict] = field(default_factory=list)  # cracks: one per instance (see crack_truth)
 
     @property
     def mask(self) -> np.ndarray:
@@ -258,7 +263,66 @@ def _taper(n: int, rng: np.random.Generator) -> np.ndarray:
     return prof * np.clip(wobble, 0.5, 1.5)
 
 
-def _crack_mask(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=None)
+def _drawn_width(thickness: int, angle_deg: int) -> float:
+    """The width ``cv2.line(..., thickness, LINE_8)`` really draws at this angle (px, across the
+    line): the area added by lengthening a line from 100 to 300 px, divided by 200 (the round
+    caps cancel). OpenCV's thickness is not the width: thickness 3 draws 5 px across a horizontal
+    line and about 3.5 px across a diagonal one."""
+    a = math.radians(angle_deg)
+    areas = []
+    for length in (100.0, 300.0):
+        canvas = np.zeros((400, 400), np.uint8)
+        c = np.array([200.0, 200.0])
+        d = np.array([math.cos(a), math.sin(a)]) * length / 2
+        p0, p1 = np.rint(c - d).astype(int), np.rint(c + d).astype(int)
+        cv2.line(canvas, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), 255, int(thickness), cv2.LINE_8)
+        areas.append(float(np.count_nonzero(canvas)))
+    return (areas[1] - areas[0]) / 200.0
+
+
+def crack_truth(strokes: list[tuple[np.ndarray, np.ndarray]], margin: int, size: int,
+                hidden: np.ndarray | None = None) -> dict:
+    """A crack's true length and width (px) from the polylines it was drawn with, for the
+    measurement benchmark (``promptseg.measure``; nothing here draws or draws random numbers).
+
+    ``strokes``: (points (n+1, 2) as x, y; cv2 thickness per segment (n,)) for the main walk and
+    each branch. A segment's width is what OpenCV drew across it (:func:`_drawn_width`) plus the
+    annotator's margin on both sides. Only visible parts count (inside the image and not
+    ``hidden``, sampled every 0.5 px). Length: the visible centre lines plus, at each visible free
+    end (the main walk's two ends, each branch's tip), half the width there (the round cap)."""
+    total_len, wsum, wmax, caps = 0.0, 0.0, 0.0, 0.0
+    for k, (pts, thick) in enumerate(strokes):
+        for i in range(len(pts) - 1):
+            p0, p1 = pts[i], pts[i + 1]
+            seg = float(np.hypot(*(p1 - p0)))
+            if seg <= 0:
+                continue
+            n = max(2, int(math.ceil(seg / 0.5)) + 1)
+            t = np.linspace(0.0, 1.0, n)
+            q = np.rint(p0[None, :] + t[:, None] * (p1 - p0)[None, :]).astype(np.int64)
+            vis = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
+            if hidden is not None:
+                vis[vis] &= ~hidden[q[vis, 1], q[vis, 0]]
+            share = float(vis.mean())
+            if share == 0.0:
+                continue
+            angle = int(round(math.degrees(math.atan2(p1[1] - p0[1], p1[0] - p0[0])) % 180.0))
+            width = _drawn_width(int(thick[i]), angle) + 2 * margin
+            total_len += seg * share
+            wsum += width * seg * share
+            wmax = max(wmax, width)
+        # free ends: both ends of the main walk (k == 0), the tip of a branch
+        for end, j in ([(pts[0], 0), (pts[-1], len(thick) - 1)] if k == 0 else [(pts[-1], len(thick) - 1)]):
+            e = np.rint(end).astype(np.int64)
+            if 0 <= e[0] < size and 0 <= e[1] < size and (hidden is None or not hidden[e[1], e[0]]):
+                caps += (_drawn_width(int(thick[j]), 0) + 2 * margin) / 2
+    return {"length_px": round(total_len + caps, 2),
+            "mean_width_px": round(wsum / total_len, 2) if total_len else 0.0,
+            "max_width_px": round(wmax, 2), "margin_px": int(margin)}
+
+
+def _crack_mask(rng: np.random.Generator, size: int, strokes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Render one crack (main walk plus thinner branches): ``(core, label)`` {0,255} masks.
 
     ``core`` is the open, dark fissure (1.2-5 px wide at 320 px before the taper);
@@ -279,7 +343,10 @@ def _crack_mask(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     behind = _crack_walk(rng, start, angle + np.pi, length - fwd, step)
     main = np.vstack([behind[::-1], ahead[1:]])
     n = len(main) - 1
-    _draw_polyline(core, main, width * _taper(n, rng))
+    main_widths = width * _taper(n, rng)
+    _draw_polyline(core, main, main_widths)
+    if strokes is not None:  # for crack_truth: the polylines and the thicknesses they were drawn with
+        strokes.append((main, np.maximum(1, np.rint(main_widths)).astype(np.int32)))
     margin = int(round(float(rng.choice([0.0, 1.0, 1.0, 2.0])) * scale))
     n_branches = int(rng.choice([0, 1, 1, 2, 3]))
     for _ in range(n_branches):
@@ -295,6 +362,10 @@ def _crack_mask(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
             continue
         # branches start as wide as the parent and thin out towards the tip
         _draw_polyline(core, branch, np.linspace(1.0, 0.3, nb) * b_width)
+        if strokes is not None:
+            strokes.append((branch, np.maximum(1, np.rint(np.linspace(1.0, 0.3, nb) * b_width)).astype(np.int32)))
+    if strokes is not None:
+        strokes.append(margin)
     label = core
     if margin >= 1:
         label = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1)))
@@ -645,6 +716,7 @@ def render_wall_sample(dataset: str, rng: np.random.Generator, image_size: int, 
     plan = _context_plan(rng, size, dataset)
     occ = _occluded(plan)
     instances: list[np.ndarray] = []
+    truth: list[dict] = []
     if dataset == "drywall":
         if not negative:
             bands = _band_masks(rng, size)
@@ -659,16 +731,25 @@ def render_wall_sample(dataset: str, rng: np.random.Generator, image_size: int, 
         _apply_distractors(rng, img, dataset)
         if not negative:
             n = int(rng.choice([1, 1, 1, 2, 2, 3]))
-            drawn = [_crack_mask(rng, size) for _ in range(n)]
+            geometry = [[] for _ in range(n)]
+            drawn = [_crack_mask(rng, size, geometry[i]) for i in range(n)]
             cores = [c for c, _ in drawn]
             labels = _clip_objects([lab for _, lab in drawn], occ, 0.0)
+            hidden = occ
             if not labels:
                 plan = [c for c in plan if c.kind == "plane"]
                 labels = _clip_objects([lab for _, lab in drawn], None, 0.0)
+                hidden = None
             _apply_cracks(rng, img, cores, [lab for _, lab in drawn])
             instances = labels
+            # the truth of the cracks _clip_objects kept (it drops wholly hidden ones, keeping order)
+            kept = [i for i, (_, lab) in enumerate(drawn)
+                    if np.count_nonzero(lab if hidden is None else np.where(hidden, 0, lab))]
+            truth = [crack_truth(geometry[i][:-1], geometry[i][-1], size, hidden) for i in kept]
+            truth = [dict(t, occluded=bool(hidden is not None and np.any(hidden & (drawn[i][1] > 0))))
+                     for t, i in zip(truth, kept)]
     _apply_context(rng, img, base, plan)
-    return WallSample(image=_apply_camera(rng, img), instances=instances)
+    return WallSample(image=_apply_camera(rng, img), instances=instances, truth=truth)
 
 
 # --------------------------------------------------------------------------- annotations
@@ -829,9 +910,10 @@ def _augment(sample: WallSample, item: _Item) -> WallSample:
         return WallSample(
             image=np.ascontiguousarray(sample.image[:, ::-1]),
             instances=[np.ascontiguousarray(m[:, ::-1]) for m in sample.instances],
+            truth=[dict(t) for t in sample.truth],
         )
     img = np.clip(np.rint(sample.image.astype(np.float32) * np.float32(item.brightness)), 0, 255).astype(np.uint8)
-    return WallSample(image=img, instances=[m.copy() for m in sample.instances])
+    return WallSample(image=img, instances=[m.copy() for m in sample.instances], truth=[dict(t) for t in sample.truth])
 
 
 def _write_jpeg(path: pathlib.Path, image: np.ndarray) -> None:
@@ -908,7 +990,7 @@ def write_synthetic_export(
     for name in (*ROBOFLOW_SPLITS, "true_masks"):
         if (out_dir / name).exists():
             shutil.rmtree(out_dir / name)
-    for name in ("data.yaml", "README.roboflow.txt"):
+    for name in ("data.yaml", "README.roboflow.txt", TRUE_MEASURES_FILE):
         (out_dir / name).unlink(missing_ok=True)
 
     rng = np.random.default_rng(int(seed) + DATASET_OFFSETS[dataset])
@@ -926,6 +1008,7 @@ def write_synthetic_export(
         "copies": 0,
     }
     fg_sum, fg_n = 0.0, 0
+    true_measures: dict[str, dict[str, list[dict]]] = {}
     for split, items in plan.items():
         if fmt == "coco":
             split_dir = out_dir / split
@@ -962,6 +1045,10 @@ def write_synthetic_export(
                 )
                 anns = _coco_annotations(sample.instances, image_id, len(coco["annotations"]))
                 coco["annotations"].extend(anns)
+                # the truth of the instances that became annotations (_coco_annotations skips polygon-less ones)
+                kept = [t for inst, t in zip(sample.instances, sample.truth) if crack_polygons(inst)]
+                true_measures.setdefault(split, {})[fname] = [
+                    dict(t, annotation_id=a["id"]) for t, a in zip(kept, anns)]
                 count = len(anns)
             else:
                 _write_jpeg(img_dir / fname, sample.image)
@@ -993,5 +1080,10 @@ def write_synthetic_export(
         f"(seed {int(seed)}, {size} px) in the Roboflow {'COCO segmentation' if fmt == 'coco' else 'YOLOv8'} "
         "export format; not real photos.\n"
     )
+    if fmt == "coco":
+        (out_dir / TRUE_MEASURES_FILE).write_text(json.dumps(
+            {"about": "true length and width (px) of each crack annotation, from the polylines it was drawn "
+                      "with (promptseg.synthetic.crack_truth); for benchmarks/measure_accuracy.py",
+             "splits": true_measures}, indent=None, separators=(",", ":")))
     summary["foreground_fraction"] = fg_sum / fg_n if fg_n else 0.0
     return summary

@@ -184,7 +184,7 @@ def predict_probabilities_tiled(trained, images: list[np.ndarray], prompts: list
     from PIL import Image
 
     from promptseg.data import normalize
-    from promptseg.inference import upsample_logits
+    from promptseg.inference import average_prompts_and_flips, upsample_logits
     from promptseg.model import segmentation_logits
     from promptseg.precision import model_autocast
 
@@ -214,19 +214,15 @@ def predict_probabilities_tiled(trained, images: list[np.ndarray], prompts: list
         resized = image if size == (height, width) else \
             np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
         x = normalize(np.ascontiguousarray(resized), trained.mean, trained.std, trained.per_image).to(device)
-        token_set = [tokens_of(p) for p in prompt_set]
+        def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
+            ids, mask = tokens_of(prompts[0])  # every tile of this image has the same prompt
+            n = len(rows)
+            with model_autocast(trained):  # infer.precision (promptseg.precision)
+                return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
 
-        def logits_fn(batch: torch.Tensor, token_set=token_set) -> torch.Tensor:
-            n = batch.shape[0]
-            views = [(batch, False)] + ([(torch.flip(batch, dims=[-1]), True)] if hflip_tta else [])
-            total = None
-            for ids, mask in token_set:
-                for view, flipped in views:
-                    with model_autocast(trained):  # infer.precision (promptseg.precision)
-                        logits = segmentation_logits(trained.model, view, ids.expand(n, -1), mask.expand(n, -1)).float()
-                    logits = torch.flip(logits, dims=[-1]) if flipped else logits
-                    total = logits if total is None else total + logits
-            return total / (len(token_set) * len(views))
+        def logits_fn(batch: torch.Tensor, prompt_set=prompt_set) -> torch.Tensor:
+            return average_prompts_and_flips(tile_logits, batch, [prompt_set] * batch.shape[0], hflip_tta,
+                                             lambda x: torch.flip(x, dims=[-1]), torch.zeros)
 
         blended = tiled_logits(logits_fn, x, tile=trained.image_size, overlap=overlap, batch_size=batch_size,
                                window=window)

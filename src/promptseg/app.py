@@ -1,0 +1,225 @@
+"""`promptseg app --model models/<rung>`: a Gradio page to segment, measure and download on your own photos.
+
+Upload a photo (or pick a test image), choose a preset prompt or type one, move the threshold (it starts at
+the recipe's val threshold for the prompt's dataset; an unseen prompt says its threshold is the fallback),
+set the overlay opacity and, for measurements in mm and the BRE Digest 251 category, the scale. Outputs:
+the overlay, the mask, the measurements table and a summary; the mask PNG and the measurements JSON to
+download. Masks come from the same recipe code as ``promptseg predict`` (promptseg.recipe), so the app's
+mask equals predict's for the same engine and threshold (tests/test_app_browser.py checks it in Chromium).
+Bound to 127.0.0.1 unless ``--host`` says otherwise. A bad upload gives a message on the page; the app
+keeps serving.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["AppModel", "build_app", "launch", "segment"]
+
+TABLE_COLUMNS = ["#", "length", "mean width", "max width", "orientation (deg)", "area (px)", "BRE 251 / class"]
+
+
+@dataclass
+class AppModel:
+    engine: object            # a TrainedModel or an OnnxSegmenter
+    engine_name: str
+    card: dict
+    variant: str
+    eval_path: Path
+    model_dir: Path
+    test_images: list[Path]
+
+    @property
+    def presets(self) -> list[str]:
+        prompts = self.card.get("prompts") or {}
+        return [p for ps in prompts.values() if isinstance(ps, list) for p in ps]
+
+
+def load_app_model(model_dir: str | Path, *, engine: str = "auto", eval_path: str | Path | None = None,
+                   images: str | Path | None = None, threads: int | None = None) -> AppModel:
+    """The model (ONNX export where one exists and ``engine`` is auto or onnx, else PyTorch), its recipe file
+    and the test images offered in the page (``images``, else data/processed/<dataset>/test/images)."""
+    from promptseg.data import IMAGE_SUFFIXES
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass "
+                                "--model with a trained model folder (e.g. models/unet)")
+    chosen = None
+    if engine in ("auto", "onnx"):
+        from promptseg.onnx_engine import (
+            OnnxEngineError,
+            OnnxSegmenter,
+            find_export_dir,
+        )
+
+        try:
+            chosen, name = OnnxSegmenter(find_export_dir(model_dir), threads=threads), "onnx"
+        except OnnxEngineError:
+            if engine == "onnx":
+                raise
+    if chosen is None:
+        from promptseg.inference import load_trained_model
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        chosen, name = load_trained_model(model_dir), "torch"
+    card = dict(chosen.card)
+    variant = str(card.get("variant") or model_dir.name)
+    from promptseg.recipe import recipe_file
+
+    eval_path = recipe_file(Path(eval_path) if eval_path else Path("metrics") / "eval" / f"{variant}.json", chosen)
+    folders = [Path(images)] if images else [Path("data") / "processed" / d / "test" / "images"
+                                              for d in (card.get("prompts") or {})]
+    test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return AppModel(chosen, name, card, variant, eval_path, model_dir, test_images)
+
+
+def recipe_for(app: AppModel, prompt: str):
+    """(recipe, dataset, message) for a prompt; the message says where the threshold comes from."""
+    from promptseg.recipe import load_recipe
+
+    recipe, dataset, why = load_recipe(app.card, prompt, app.variant, app.eval_path)
+    return recipe, dataset, f"threshold {recipe.threshold:g}: {why}"
+
+
+def segment(app: AppModel, image_path: str | None, prompt: str, threshold: float, opacity: float,
+            mm_per_px: float | None, out_dir: Path) -> dict:
+    """Everything the page shows for one request; ``{"error": message}`` for a bad request."""
+    from promptseg.cli import measure_kind
+    from promptseg.data import read_rgb
+    from promptseg.measure import draw_measurements, measure_mask
+    from promptseg.recipe import override, predict_masks_with_recipe, recipe_prompts
+
+    prompt = (prompt or "").strip()
+    if not image_path:
+        return {"error": "Upload a photo or pick a test image first."}
+    if not prompt:
+        return {"error": "Type a prompt, e.g. \"segment crack\"."}
+    try:
+        rgb = read_rgb(Path(image_path))
+    except (ValueError, OSError):
+        return {"error": f"Could not read {Path(image_path).name} as an image (corrupt, or not an image file). "
+                         "Upload a JPEG or PNG photo."}
+    started = time.perf_counter()
+    recipe, dataset, why = recipe_for(app, prompt)
+    recipe, changed = override(recipe, threshold=float(threshold))
+    run_prompt, t = recipe_prompts(recipe, app.card, prompt, dataset)
+    try:
+        mask = predict_masks_with_recipe(app.engine, [rgb], run_prompt, recipe, threshold=t)[0]
+    except ValueError as exc:
+        return {"error": str(exc)}
+    predicted = time.perf_counter()
+    kind = measure_kind(app.card, prompt)
+    scale = float(mm_per_px) if mm_per_px else None
+    result = measure_mask(mask, kind=kind, mm_per_px=scale)
+    measured = time.perf_counter()
+    seconds = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(image_path).stem
+    import cv2
+
+    from promptseg.evaluate import prompt_slug
+
+    mask_path = out_dir / f"{stem}__{prompt_slug(prompt)}.png"
+    cv2.imwrite(str(mask_path), mask)
+    json_path = out_dir / f"{stem}__{prompt_slug(prompt)}_measurements.json"
+    json_path.write_text(json.dumps({"image": Path(image_path).name, "prompt": prompt, "recipe": recipe.to_dict(),
+                                     "engine": app.engine_name, "measurements": result}, indent=1) + "\n")
+    overlay = draw_measurements(rgb, mask, result, alpha=float(opacity))
+    rows = []
+    unit = "mm" if scale else "px"
+    for c in result["components"]:
+        length, mean_w, max_w = (c[f"{k}_{unit}"] for k in ("length", "mean_width", "max_width"))
+        extra = c.get("bre_251_category", c.get("orientation", ""))
+        rows.append([c["id"], round(length, 2), round(mean_w, 2), round(max_w, 2), c["orientation_deg"],
+                     c["area_px"], extra])
+    im = result["image"]
+    what = "crack" if kind == "crack" else "joint"
+    lines = [(f"**{im['count']} {what}{'s' if im['count'] != 1 else ''}**, total length "
+              f"{im.get('total_length_mm', im['total_length_px']):.1f} {unit}")]
+    if kind == "crack" and im["count"]:
+        lines[0] += f", max width {im.get('max_width_mm', im['max_width_px']):.2f} {unit}"
+        if im.get("bre_251_category") is not None:
+            lines.append(f"BRE Digest 251 category **{im['bre_251_text']}**")
+    if kind == "joint":
+        lines.append(f"taped share of the image {im['taped_share']:.3f}; orientations {im['orientations']}")
+    lines.append(why + (f" (slider: threshold {float(threshold):g})" if changed else ""))
+    lines.extend(f"note: {n}" for n in result["notes"])
+    lines.append(f"engine {app.engine_name}, {seconds * 1000:.0f} ms")
+    return {"overlay": overlay, "mask": mask, "rows": rows, "summary": "\n\n".join(lines),
+            "mask_path": str(mask_path), "json_path": str(json_path), "seconds": seconds,
+            "seconds_predict": predicted - started, "seconds_measure": measured - predicted,
+            "lit_share": float((mask > 0).mean()), "measurements": result}
+
+
+def build_app(app: AppModel):
+    import gradio as gr
+
+    out_root = Path(tempfile.mkdtemp(prefix="promptseg-app-"))
+    presets = app.presets or ["segment crack"]
+    first_recipe, _, first_why = recipe_for(app, presets[0])
+
+    def on_prompt(prompt):
+        recipe, _, why = recipe_for(app, (prompt or "").strip())
+        return gr.update(value=recipe.threshold), why
+
+    def on_pick(name):
+        path = next((str(p) for p in app.test_images if p.name == name), None)
+        return path
+
+    def run(upload, picked, prompt, threshold, opacity, mm_per_px):
+        image_path = upload if upload else next((str(p) for p in app.test_images if p.name == picked), None)
+        try:
+            res = segment(app, image_path, prompt, threshold, opacity, mm_per_px or None,
+                          out_root / f"{time.time_ns()}")
+        except Exception as exc:  # noqa: BLE001 -- keep serving whatever happens; say it on the page
+            res = {"error": f"Segmentation failed: {type(exc).__name__}: {exc}"}
+        if "error" in res:
+            return None, None, [], f"**Error:** {res['error']}", None, None
+        return res["overlay"], res["mask"], res["rows"], res["summary"], res["mask_path"], res["json_path"]
+
+    with gr.Blocks(title=f"promptseg: {app.variant}", analytics_enabled=False) as demo:
+        gr.Markdown(f"## promptseg: text-prompted crack and drywall-joint segmentation ({app.variant}, "
+                    f"{app.engine_name} engine)\nUpload a photo or pick a test image, choose or type a prompt, "
+                    "then Segment. Give the scale (mm per pixel) for widths in mm and the BRE Digest 251 category.")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Photo (JPEG/PNG)", type="filepath", elem_id="upload")
+                picked = gr.Dropdown(choices=[p.name for p in app.test_images], value=None,
+                                     label="... or a test image", elem_id="picked")
+                preset = gr.Dropdown(choices=presets, value=presets[0], label="Prompt presets", elem_id="preset")
+                prompt = gr.Textbox(value=presets[0], label="Prompt (free text)", elem_id="prompt")
+                threshold = gr.Slider(0.0, 1.0, value=first_recipe.threshold, step=0.01, label="Threshold",
+                                      elem_id="threshold")
+                threshold_note = gr.Markdown(first_why, elem_id="threshold_note")
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
+                scale = gr.Number(value=0, label="Scale, mm per pixel (0: pixels only)", elem_id="scale")
+                button = gr.Button("Segment", variant="primary", elem_id="segment")
+            with gr.Column():
+                overlay = gr.Image(label="Overlay", type="numpy", elem_id="overlay")
+                mask = gr.Image(label="Mask", type="numpy", image_mode="L", elem_id="mask")
+        summary = gr.Markdown(elem_id="summary")
+        table = gr.Dataframe(headers=TABLE_COLUMNS, label="Measurements", elem_id="table", interactive=False)
+        with gr.Row():
+            mask_file = gr.File(label="Mask PNG", elem_id="mask_file")
+            json_file = gr.File(label="Measurements JSON", elem_id="json_file")
+        # the threshold follows the prompt once it is typed (not at every key stroke)
+        preset.change(lambda p: p, preset, prompt).then(on_prompt, prompt, [threshold, threshold_note])
+        prompt.blur(on_prompt, prompt, [threshold, threshold_note])
+        prompt.submit(on_prompt, prompt, [threshold, threshold_note])
+        button.click(run, [upload, picked, prompt, threshold, opacity, scale],
+                     [overlay, mask, table, summary, mask_file, json_file])
+    return demo
+
+
+def launch(app: AppModel, *, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
+    demo = build_app(app)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True, quiet=not block)
+    return demo
