@@ -49,7 +49,10 @@ repro-real: install
 	    -S data.cracks.local.path=$(abspath $(REAL))/cracks-3ii36-yg05p \
 	    -S data.drywall.local.path=$(abspath $(REAL))/drywall-join-detect-v1 $(TARGET)
 
+# ruff (lint + format check, configured in pyproject.toml), then the tests
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 clean-venv:

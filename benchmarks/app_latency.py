@@ -11,6 +11,7 @@ exist) it builds an UNTRAINED U-Net sized by params.yaml's ``model.unet`` and ``
 (the same layers, so the same cost as a trained one) and exports it to ONNX in a temporary folder.
 Target: under 0.5 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,11 @@ def main() -> int:
     photo = tmp / "wall.jpg"
     rgb = cv2.cvtColor(render_wall_sample("cracks", np.random.default_rng(0), 640).image, cv2.COLOR_BGR2RGB)
     cv2.imwrite(str(photo), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    report = {"model": str(model) if trained else "untrained U-Net (params.yaml model.unet), same cost as a trained one",
-              "photo": "640x640", "threads": args.threads}
+    report = {
+        "model": str(model) if trained else "untrained U-Net (params.yaml model.unet), same cost as a trained one",
+        "photo": "640x640",
+        "threads": args.threads,
+    }
     from promptseg.recipe import Recipe, predict_probabilities_with_recipe
 
     for engine, lit in [(e, s) for e in ("torch", "onnx") for s in ("recipe", "3%")]:
@@ -90,10 +94,13 @@ def main() -> int:
                 times.append(time.perf_counter() - started)
                 parts.append((result["seconds_predict"], result["seconds_measure"]))
             assert "error" not in result, result
-        report[f"{engine}, threshold {'0.5' if lit == 'recipe' else 'lighting 3%'}"] = {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
-                          "median_predict_s": round(statistics.median(p for p, _ in parts), 3),
-                          "median_measure_s": round(statistics.median(m for _, m in parts), 3),
-                          "mask_lit_share": round(result["lit_share"], 3)}
+        report[f"{engine}, threshold {'0.5' if lit == 'recipe' else 'lighting 3%'}"] = {
+            "median_s": round(statistics.median(times), 3),
+            "max_s": round(max(times), 3),
+            "median_predict_s": round(statistics.median(p for p, _ in parts), 3),
+            "median_measure_s": round(statistics.median(m for _, m in parts), 3),
+            "mask_lit_share": round(result["lit_share"], 3),
+        }
     print(json.dumps(report, indent=1))
     return 0
 

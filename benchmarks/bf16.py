@@ -13,6 +13,7 @@
 ``--agreement models/unet``: instead, per-image IoU of bf16 vs fp32 masks of that trained rung on the test
 images. The machine is shared: the load average is printed with every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
     module = apply_variant(base, variant).train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     pixels, targets = torch.randn(batch, 3, size, size), (torch.rand(batch, size, size) > 0.9).float()
-    tokens = processor.tokenizer(["segment crack", "segment joint tape"] * (batch // 2), padding=True, return_tensors="pt")
+    tokens = processor.tokenizer(
+        ["segment crack", "segment joint tape"] * (batch // 2), padding=True, return_tensors="pt"
+    )
 
     def step(precision: str):
         with autocast(precision, "cpu"):
@@ -73,8 +76,16 @@ def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
             step(precision)
             times[precision].append(time.perf_counter() - started)
     fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
-    return {"rung": rung, "size": size, "batch": batch, "gflop": flops / 1e9, "fp32_s": fp32, "bf16_s": bf16,
-            "share": flops / bf16 / 1e9 / peak, "load": load()}
+    return {
+        "rung": rung,
+        "size": size,
+        "batch": batch,
+        "gflop": flops / 1e9,
+        "fp32_s": fp32,
+        "bf16_s": bf16,
+        "share": flops / bf16 / 1e9 / peak,
+        "load": load(),
+    }
 
 
 def predict_640(params: dict, rounds: int) -> list[tuple[str, float, str]]:
@@ -95,16 +106,19 @@ def predict_640(params: dict, rounds: int) -> list[tuple[str, float, str]]:
             predict_probabilities_native(trained, [photo], ["segment crack"], batch_size=1)
         results.append((f"torch {precision}", len(photos) / (time.perf_counter() - started), load()))
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(logits_module(model), Path(tmp) / "unet640.onnx", image_size=640,
-                           tokenizer=processor.tokenizer)
+        path = export_onnx(
+            logits_module(model), Path(tmp) / "unet640.onnx", image_size=640, tokenizer=processor.tokenizer
+        )
         session = _make_session(path, threads=torch.get_num_threads(), optimization="all")
         tokens = processor.tokenizer(["segment crack"], return_tensors="np")
         mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
 
         def run(photo):
-            feeds = {"pixel_values": preprocess(photo, 640, mean, std)[None],
-                     "input_ids": tokens["input_ids"].astype(np.int64),
-                     "attention_mask": tokens["attention_mask"].astype(np.int64)}
+            feeds = {
+                "pixel_values": preprocess(photo, 640, mean, std)[None],
+                "input_ids": tokens["input_ids"].astype(np.int64),
+                "attention_mask": tokens["attention_mask"].astype(np.int64),
+            }
             return sigmoid(session.run(["logits"], feeds)[0][0])
 
         run(photos[0])
@@ -127,7 +141,9 @@ def agreement(model_dir: str, params: dict) -> None:
     trained = load_trained_model(model_dir)
     scores = json.loads((Path("metrics/eval") / f"{Path(model_dir).name}.json").read_text())
     morph = params["infer"]["morphology"]
-    print(f"\n| {model_dir}: dataset | threshold | pairs | min IoU | share >= 0.99 | mean IoU | load |\n|---|---:|---:|---:|---:|---:|---|")
+    print(
+        f"\n| {model_dir}: dataset | threshold | pairs | min IoU | share >= 0.99 | mean IoU | load |\n|---|---:|---:|---:|---:|---:|---|"
+    )
     for dataset in DATASETS:
         data, threshold = load_split(Path("data/processed"), dataset, "test"), scores[dataset]["threshold"]
         ious = []
@@ -136,13 +152,18 @@ def agreement(model_dir: str, params: dict) -> None:
             for precision in ("fp32", "bf16"):
                 trained.precision = precision
                 probs = predict_probabilities(trained, data.images, [prompt] * len(data.images))
-                masks[precision] = [postprocess_probabilities(p, threshold, morphology=morph["enabled"],
-                                                              kernel_size=morph["kernel"]) > 0 for p in probs]
+                masks[precision] = [
+                    postprocess_probabilities(p, threshold, morphology=morph["enabled"], kernel_size=morph["kernel"])
+                    > 0
+                    for p in probs
+                ]
             for a, b in zip(masks["fp32"], masks["bf16"]):
                 union = (a | b).sum()
                 ious.append(1.0 if union == 0 else float((a & b).sum() / union))
         ious = np.array(ious)
-        print(f"| {dataset} | {threshold} | {len(ious)} | {ious.min():.4f} | {(ious >= 0.99).mean():.0%} | {ious.mean():.4f} | {load()} |")
+        print(
+            f"| {dataset} | {threshold} | {len(ious)} | {ious.min():.4f} | {(ious >= 0.99).mean():.0%} | {ious.mean():.4f} | {load()} |"
+        )
 
 
 def main() -> None:
@@ -161,14 +182,21 @@ def main() -> None:
         agreement(args.agreement, params)
         return
     fp32_peak, peak = matmul_gflops(), matmul_gflops(dtype=torch.bfloat16)
-    print(f"matmul 2048, {args.threads} threads: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {peak:.0f} GFLOP/s (load {load()})\n")
+    print(
+        f"matmul 2048, {args.threads} threads: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {peak:.0f} GFLOP/s (load {load()})\n"
+    )
     if args.rungs:
-        print("| rung | px | batch | GFLOP / step | fp32 step (s) | bf16 step (s) | speed-up | share of bf16 peak | load |")
+        print(
+            "| rung | px | batch | GFLOP / step | fp32 step (s) | bf16 step (s) | speed-up | share of bf16 peak | load |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for rung in args.rungs.split(","):
             r = train_step_share(rung, params, args.steps, peak)
-            print(f"| {r['rung']} | {r['size']} | {r['batch']} | {r['gflop']:.1f} | {r['fp32_s']:.3f} | {r['bf16_s']:.3f} "
-                  f"| {r['fp32_s'] / r['bf16_s']:.2f}x | {r['share']:.0%} | {r['load']} |", flush=True)
+            print(
+                f"| {r['rung']} | {r['size']} | {r['batch']} | {r['gflop']:.1f} | {r['fp32_s']:.3f} | {r['bf16_s']:.3f} "
+                f"| {r['fp32_s'] / r['bf16_s']:.2f}x | {r['share']:.0%} | {r['load']} |",
+                flush=True,
+            )
     if args.images:
         print("\n| U-Net predict, 640 x 640 at its own size, batch 1 | images/s | load |\n|---|---:|---|")
         for name, per_s, at in predict_640(params, args.images):

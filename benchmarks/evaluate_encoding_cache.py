@@ -7,6 +7,7 @@ Reads ``params.yaml``, ``models/<rung>`` and ``data/processed`` of the current w
 first); writes nothing. Each rung is evaluated twice in one process, cache off then on; the model is
 loaded once, so the figures are evaluation only (no imports, no model loading, no figures or MLflow).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,15 @@ def main(rungs: list[str]) -> None:
         timings, scores = {}, {}
         for label, cache_bytes in (("cache off", 0), ("cache on", 512 * 2**20)):
             started = time.perf_counter()
-            scores[label], _ = evaluation.evaluate_variant(trained, Path("data/processed"), prompts, cfg,
-                                                           encoding_cache_bytes=cache_bytes)
+            scores[label], _ = evaluation.evaluate_variant(
+                trained, Path("data/processed"), prompts, cfg, encoding_cache_bytes=cache_bytes
+            )
             timings[label] = time.perf_counter() - started
         same = json.dumps(scores["cache off"], sort_keys=True) == json.dumps(scores["cache on"], sort_keys=True)
-        print(f"{rung}: evaluate_variant {timings['cache off']:.1f} s without the cache, "
-              f"{timings['cache on']:.1f} s with it; scores identical: {same}")
+        print(
+            f"{rung}: evaluate_variant {timings['cache off']:.1f} s without the cache, "
+            f"{timings['cache on']:.1f} s with it; scores identical: {same}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@
    images/s and the achieved share = FLOPs per image x images/s / matmul rate. The machine is shared:
    matmul, eager and ONNX are timed in interleaved rounds and each one's best round counts.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +44,7 @@ def matmul_gflops(n: int = 2048, products: int = 10, dtype=torch.float32) -> flo
         for _ in range(products):
             torch.mm(a, b)
         best = min(best, time.perf_counter() - started)
-    return 2 * n ** 3 * products / best / 1e9
+    return 2 * n**3 * products / best / 1e9
 
 
 def conv_gflops(precision: str = "fp32", shape=(8, 64, 112, 112), calls: int = 3) -> float:
@@ -85,8 +85,11 @@ def inputs(processor, image_size: int, batch: int):
     pixel_values = rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
     prompts = [("segment crack", "segment drywall seam")[i % 2] for i in range(batch)]
     tokens = processor.tokenizer(prompts, padding=True, return_tensors="np")
-    return {"pixel_values": pixel_values, "input_ids": tokens["input_ids"].astype(np.int64),
-            "attention_mask": tokens["attention_mask"].astype(np.int64)}
+    return {
+        "pixel_values": pixel_values,
+        "input_ids": tokens["input_ids"].astype(np.int64),
+        "attention_mask": tokens["attention_mask"].astype(np.int64),
+    }
 
 
 def main() -> None:
@@ -102,12 +105,17 @@ def main() -> None:
     from promptseg.onnx_engine import OnnxSegmenter
 
     params = load_params()
-    print(f"load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {args.threads} threads", flush=True)
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {args.threads} threads", flush=True
+    )
     rate = matmul_gflops()
     print(f"fp32 matmul rate (2048 x 2048, torch, {args.threads} threads): {rate:.0f} GFLOP/s", flush=True)
     print(f"bf16 matmul rate (same, bf16 tensors): {matmul_gflops(dtype=torch.bfloat16):.0f} GFLOP/s", flush=True)
-    print(f"3x3 conv 8x64x112x112 channels_last: fp32 {conv_gflops('fp32'):.0f} GFLOP/s, "
-          f"bf16 autocast {conv_gflops('bf16'):.0f} GFLOP/s (load average {os.getloadavg()[0]:.2f})\n", flush=True)
+    print(
+        f"3x3 conv 8x64x112x112 channels_last: fp32 {conv_gflops('fp32'):.0f} GFLOP/s, "
+        f"bf16 autocast {conv_gflops('bf16'):.0f} GFLOP/s (load average {os.getloadavg()[0]:.2f})\n",
+        flush=True,
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -116,10 +124,15 @@ def main() -> None:
             session = OnnxSegmenter(model_dir, threads=args.threads).session
             one = inputs(processor, image_size, 1)
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                segmentation_logits(model, *(torch.from_numpy(one[k]) for k in ("pixel_values", "input_ids", "attention_mask")))
+                segmentation_logits(
+                    model, *(torch.from_numpy(one[k]) for k in ("pixel_values", "input_ids", "attention_mask"))
+                )
             flops = counter.get_total_flops()
-            print(f"{name} ({image_size} px, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters): "
-                  f"{flops / 1e9:.2f} GFLOP per image", flush=True)
+            print(
+                f"{name} ({image_size} px, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters): "
+                f"{flops / 1e9:.2f} GFLOP per image",
+                flush=True,
+            )
             for batch in (1, 16):
                 feeds = inputs(processor, image_size, batch)
                 tensors = [torch.from_numpy(feeds[k]) for k in ("pixel_values", "input_ids", "attention_mask")]
@@ -129,22 +142,35 @@ def main() -> None:
                         segmentation_logits(model, *tensors)
 
                 rates: list[float] = []
-                best = best_seconds({"matmul": lambda: rates.append(matmul_gflops(products=3)), "eager": eager,
-                                     "onnx": lambda feeds=feeds: session.run(["logits"], feeds)}, PLAN[name][batch])
+                best = best_seconds(
+                    {
+                        "matmul": lambda: rates.append(matmul_gflops(products=3)),
+                        "eager": eager,
+                        "onnx": lambda feeds=feeds: session.run(["logits"], feeds),
+                    },
+                    PLAN[name][batch],
+                )
                 rate = max(rates)  # the matmul rate measured in the same rounds: the least disturbed one
                 for engine in ("eager", "onnx"):
                     per_s = batch / best[engine]
                     rows.append((name, image_size, flops, engine, batch, best[engine], per_s, rate))
-                    print(f"  {engine} batch {batch}: {best[engine]:.3f} s per call, {per_s:.1f} images/s "
-                          f"(matmul {rate:.0f} GFLOP/s)", flush=True)
+                    print(
+                        f"  {engine} batch {batch}: {best[engine]:.3f} s per call, {per_s:.1f} images/s "
+                        f"(matmul {rate:.0f} GFLOP/s)",
+                        flush=True,
+                    )
     print(f"\nload average after: {os.getloadavg()[0]:.2f}; matmul rate at the end: {matmul_gflops():.0f} GFLOP/s\n")
-    print("| model | GFLOP / image | engine | batch | s / call | images/s | achieved GFLOP/s | matmul GFLOP/s (same rounds) "
-          "| share of matmul rate |")
+    print(
+        "| model | GFLOP / image | engine | batch | s / call | images/s | achieved GFLOP/s | matmul GFLOP/s (same rounds) "
+        "| share of matmul rate |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, size, flops, engine, batch, seconds, per_s, rate in rows:
         achieved = flops * per_s / 1e9
-        print(f"| {name} ({size} px) | {flops / 1e9:.2f} | {engine} | {batch} | {seconds:.3f} | {per_s:.1f} | "
-              f"{achieved:.0f} | {rate:.0f} | {achieved / rate:.0%} |")
+        print(
+            f"| {name} ({size} px) | {flops / 1e9:.2f} | {engine} | {batch} | {seconds:.3f} | {per_s:.1f} | "
+            f"{achieved:.0f} | {rate:.0f} | {achieved / rate:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ Extras (small model): graph optimisation levels, thread counts and dynamic int8 
 IoU of its masks against the fp32 engine's). Figures vary by up to 40% on this shared 2-core machine:
 the load average is printed before and after.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -58,8 +58,14 @@ def load_params() -> dict:
 
 def build_model(name: str, params: dict):
     """(model, processor, per_image, image_size) for ``small`` (params.yaml) or ``rd64`` (random weights, 352 px)."""
-    from promptseg.model import (build_clip_tokenizer, build_small_model, make_processor, rd64_refined_config,
-                                 reset_decoder_plain_layers, uses_per_image_standardization)
+    from promptseg.model import (
+        build_clip_tokenizer,
+        build_small_model,
+        make_processor,
+        rd64_refined_config,
+        reset_decoder_plain_layers,
+        uses_per_image_standardization,
+    )
 
     model_cfg = params["model"]
     if name == "small":
@@ -97,8 +103,10 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     from promptseg.synthetic import render_wall_sample
 
     rng = np.random.default_rng(seed)
-    return [cv2.cvtColor(render_wall_sample(("cracks", "drywall")[i % 2], rng, size).image, cv2.COLOR_BGR2RGB)
-            for i in range(n)]
+    return [
+        cv2.cvtColor(render_wall_sample(("cracks", "drywall")[i % 2], rng, size).image, cv2.COLOR_BGR2RGB)
+        for i in range(n)
+    ]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -122,13 +130,14 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
         with torch.no_grad():
             for image, prompt in zip(batch, prompts):
                 inputs = processor(images=image, text=prompt, return_tensors="pt")
-                model(**inputs).logits
+                _ = model(**inputs).logits
 
     trained = load_trained_model(model_dir)
 
     def torch_b16(warmup: bool):
-        predict_probabilities(trained, images[:warm] if warmup else images, prompts[:warm] if warmup else prompts,
-                              batch_size=16)
+        predict_probabilities(
+            trained, images[:warm] if warmup else images, prompts[:warm] if warmup else prompts, batch_size=16
+        )
 
     onnx = OnnxSegmenter(model_dir, threads=threads)
 
@@ -136,17 +145,23 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
         def run(warmup: bool):
             n = min(batch_size, len(images)) if warmup else len(images)
             engine.predict_probabilities(images[:n], prompts[:n], batch_size=batch_size)
+
         return run
 
-    paths = {"naive loop (processor + library forward, per image)": naive,
-             "torch predict_probabilities, batch 16": torch_b16,
-             "onnx OnnxSegmenter, batch 1": onnx_at(1),
-             "onnx OnnxSegmenter, batch 16": onnx_at(16)}
+    paths = {
+        "naive loop (processor + library forward, per image)": naive,
+        "torch predict_probabilities, batch 16": torch_b16,
+        "onnx OnnxSegmenter, batch 1": onnx_at(1),
+        "onnx OnnxSegmenter, batch 16": onnx_at(16),
+    }
     p_torch = predict_probabilities(trained, images[:8], prompts[:8])
     p_onnx = onnx.predict_probabilities(images[:8], prompts[:8])
     diff = max(float(np.abs(a - b).max()) for a, b in zip(p_torch, p_onnx))
-    print(f"{name}: export {export_s:.1f} s, {(model_dir / 'onnx' / 'model.onnx').stat().st_size / 1e6:.0f} MB; "
-          f"max |p_onnx - p_torch| on 8 images: {diff:.2e}", flush=True)
+    print(
+        f"{name}: export {export_s:.1f} s, {(model_dir / 'onnx' / 'model.onnx').stat().st_size / 1e6:.0f} MB; "
+        f"max |p_onnx - p_torch| on 8 images: {diff:.2e}",
+        flush=True,
+    )
 
     if extras:
         for level in ("basic", "extended"):
@@ -157,19 +172,25 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
         quantize_int8(model_dir)
         int8 = OnnxSegmenter(model_dir, threads=threads, onnx_file="model.int8.onnx")
         p_int8 = int8.predict_probabilities(images[:8], prompts[:8])
-        ious = [iou(postprocess_probabilities(a, float(np.median(a))), postprocess_probabilities(b, float(np.median(a))))
-                for a, b in zip(p_onnx, p_int8)]
+        ious = [
+            iou(postprocess_probabilities(a, float(np.median(a))), postprocess_probabilities(b, float(np.median(a))))
+            for a, b in zip(p_onnx, p_int8)
+        ]
         dp = max(float(np.abs(a - b).max()) for a, b in zip(p_onnx, p_int8))
-        paths[f"onnx batch 1, int8 dynamic quantisation (min IoU vs fp32 {min(ious):.2f}, max |dp| {dp:.1e})"] = \
+        paths[f"onnx batch 1, int8 dynamic quantisation (min IoU vs fp32 {min(ious):.2f}, max |dp| {dp:.1e})"] = (
             onnx_at(1, int8)
+        )
     rates = best_rates(paths, len(images), plan["rounds"])
     naive_rate = rates["naive loop (processor + library forward, per image)"]
     rows = [{"model": name, "path": path, "rate": r} for path, r in rates.items()]
     for row in rows:
         row["speedup"] = row["rate"] / naive_rate
     onnx_best = max(r["rate"] for r in rows if r["path"].startswith("onnx OnnxSegmenter"))
-    print(f"{name}: ONNX engine (best batch) {onnx_best / naive_rate:.2f}x the naive loop "
-          f"(target {plan['target']}x: {'met' if onnx_best / naive_rate >= plan['target'] else 'NOT met'})", flush=True)
+    print(
+        f"{name}: ONNX engine (best batch) {onnx_best / naive_rate:.2f}x the naive loop "
+        f"(target {plan['target']}x: {'met' if onnx_best / naive_rate >= plan['target'] else 'NOT met'})",
+        flush=True,
+    )
     return rows
 
 
@@ -183,15 +204,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     params = load_params()
     started = time.perf_counter()
-    print(f"load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
-          f"{args.threads} threads, {os.cpu_count()} cores", flush=True)
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
+        f"{args.threads} threads, {os.cpu_count()} cores",
+        flush=True,
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            rows += bench_model(name.strip(), params, Path(tmp), args.threads, extras=not args.no_extras and name == "small")
+            rows += bench_model(
+                name.strip(), params, Path(tmp), args.threads, extras=not args.no_extras and name == "small"
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f} s\n")
     sizes = {"small": f"small, {params['train']['common']['image_size']} px", "rd64": "rd64-refined shape, 352 px"}
-    print(f"| model | path | images/s | x naive |\n|---|---|---|---|")
+    print("| model | path | images/s | x naive |\n|---|---|---|---|")
     for row in rows:
         print(f"| {sizes[row['model']]} | {row['path']} | {row['rate']:.1f} | {row['speedup']:.2f} |")
 

@@ -16,6 +16,7 @@
 3. Cost: median ms per 640 x 640 mask (the union of a 640 px test image's cracks), cv2 on
    ``--threads`` threads (default 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from promptseg.measure import MeasureSettings, measure_mask
-from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export
+from promptseg.measure import MeasureSettings, measure_mask  # noqa: E402 (after the sys.path line)
+from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export  # noqa: E402
 
 
 def _rasterise(ann: dict, size: int) -> np.ndarray:
@@ -54,8 +55,15 @@ def _combined(result: dict) -> tuple[float, float, float]:
 
 def _export(params: dict, size: int, out: Path) -> Path:
     syn = params["synthetic"]
-    write_synthetic_export("cracks", out, seed=int(syn["seed"]), image_size=size, counts=syn["counts"],
-                           negative_share=float(syn["negative_share"]), augment_copies_share=0.0)
+    write_synthetic_export(
+        "cracks",
+        out,
+        seed=int(syn["seed"]),
+        image_size=size,
+        counts=syn["counts"],
+        negative_share=float(syn["negative_share"]),
+        augment_copies_share=0.0,
+    )
     return out
 
 
@@ -70,20 +78,27 @@ def true_mask_errors(root: Path, size: int, settings: MeasureSettings) -> dict:
                 if t["occluded"]:
                     skipped += 1
                     continue
-                length, wmax, wmean = _combined(measure_mask(_rasterise(anns[t["annotation_id"]], size),
-                                                             settings=settings))
+                length, wmax, wmean = _combined(
+                    measure_mask(_rasterise(anns[t["annotation_id"]], size), settings=settings)
+                )
                 max_err.append(wmax - t["max_width_px"])
                 mean_err.append(wmean - t["mean_width_px"])
                 len_err.append((length - t["length_px"]) / t["length_px"])
-    return {"cracks": len(max_err), "occluded_skipped": skipped,
-            "median_abs_max_width_error_px": round(statistics.median(map(abs, max_err)), 2),
-            "median_max_width_error_px (signed)": round(statistics.median(max_err), 2),
-            "median_abs_mean_width_error_px": round(statistics.median(map(abs, mean_err)), 2),
-            "median_abs_rel_length_error": round(statistics.median(map(abs, len_err)), 3),
-            "median_rel_length_error (signed)": round(statistics.median(len_err), 3),
-            "p90_abs_rel_length_error": round(float(np.percentile(np.abs(len_err), 90)), 3),
-            "median_true_max_width_px": round(statistics.median(
-                t["max_width_px"] for items in truth["test"].values() for t in items), 2) if truth.get("test") else None}
+    return {
+        "cracks": len(max_err),
+        "occluded_skipped": skipped,
+        "median_abs_max_width_error_px": round(statistics.median(map(abs, max_err)), 2),
+        "median_max_width_error_px (signed)": round(statistics.median(max_err), 2),
+        "median_abs_mean_width_error_px": round(statistics.median(map(abs, mean_err)), 2),
+        "median_abs_rel_length_error": round(statistics.median(map(abs, len_err)), 3),
+        "median_rel_length_error (signed)": round(statistics.median(len_err), 3),
+        "p90_abs_rel_length_error": round(float(np.percentile(np.abs(len_err), 90)), 3),
+        "median_true_max_width_px": round(
+            statistics.median(t["max_width_px"] for items in truth["test"].values() for t in items), 2
+        )
+        if truth.get("test")
+        else None,
+    }
 
 
 def predicted_errors(root: Path, model_dir: Path, params: dict, settings: MeasureSettings) -> dict:
@@ -105,8 +120,14 @@ def predicted_errors(root: Path, model_dir: Path, params: dict, settings: Measur
         if not items or any(t["occluded"] for t in items):
             continue
         image = read_rgb(root / "test" / name)
-        mask = predict_masks(trained, [image], [prompt], threshold=threshold, morphology=bool(morph["enabled"]),
-                             kernel_size=int(morph["kernel"]))[0]
+        mask = predict_masks(
+            trained,
+            [image],
+            [prompt],
+            threshold=threshold,
+            morphology=bool(morph["enabled"]),
+            kernel_size=int(morph["kernel"]),
+        )[0]
         length, wmax, _ = _combined(measure_mask(mask, settings=settings))
         if length == 0:
             missed += 1
@@ -114,15 +135,23 @@ def predicted_errors(root: Path, model_dir: Path, params: dict, settings: Measur
         true_len = sum(t["length_px"] for t in items)
         width_err.append(abs(wmax - max(t["max_width_px"] for t in items)))
         len_err.append(abs(length - true_len) / true_len)
-    return {"model": str(model_dir), "threshold": threshold, "prompt": prompt, "images": len(width_err),
-            "images_with_empty_prediction": missed,
-            "median_abs_max_width_error_px": round(statistics.median(width_err), 2) if width_err else None,
-            "median_rel_length_error": round(statistics.median(len_err), 3) if len_err else None}
+    return {
+        "model": str(model_dir),
+        "threshold": threshold,
+        "prompt": prompt,
+        "images": len(width_err),
+        "images_with_empty_prediction": missed,
+        "median_abs_max_width_error_px": round(statistics.median(width_err), 2) if width_err else None,
+        "median_rel_length_error": round(statistics.median(len_err), 3) if len_err else None,
+    }
 
 
 def timing_640(params: dict, settings: MeasureSettings, tmp: Path) -> dict:
-    root = _export({**params, "synthetic": {**params["synthetic"], "counts": {"train": 0, "valid": 0, "test": 12}}},
-                   640, tmp / "t640")
+    root = _export(
+        {**params, "synthetic": {**params["synthetic"], "counts": {"train": 0, "valid": 0, "test": 12}}},
+        640,
+        tmp / "t640",
+    )
     coco = json.loads((root / "test" / "_annotations.coco.json").read_text())
     masks = {}
     for a in coco["annotations"]:

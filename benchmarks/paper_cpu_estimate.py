@@ -11,6 +11,7 @@
    matmuls are small, so it reaches a lower share of the machine's rate than the rd64 shape does: the scaled
    figure is an upper bound. ``--rd64-time`` also times the rd64 shape directly (slow: a minute or two).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,17 @@ def measure(model, size: int, time_it: bool) -> dict:
         return out
     with torch.no_grad():
         out["forward_s"] = best(lambda: segmentation_logits(model, one, ids))
-    lora = apply_variant(model, {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.05,
-                                 "targets": ["q_proj", "v_proj"], "train_decoder": False})
+    lora = apply_variant(
+        model,
+        {
+            "method": "lora",
+            "r": 16,
+            "alpha": 32,
+            "dropout": 0.05,
+            "targets": ["q_proj", "v_proj"],
+            "train_decoder": False,
+        },
+    )
     lora.train()
     four, ids4 = torch.randn(4, 3, size, size), ids.repeat(4, 1)
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-4)
@@ -82,21 +92,35 @@ def main() -> None:
     from promptseg.model import rd64_refined_config, reset_decoder_plain_layers
 
     torch.manual_seed(0)
-    tiny = CLIPSegForImageSegmentation(CLIPSegConfig(
-        text_config=tiny_spec.TEXT, vision_config=tiny_spec.VISION, projection_dim=32, reduce_dim=tiny_spec.REDUCE_DIM,
-        extract_layers=tiny_spec.EXTRACT_LAYERS, decoder_num_attention_heads=2, use_complex_transposed_convolution=True))
+    tiny = CLIPSegForImageSegmentation(
+        CLIPSegConfig(
+            text_config=tiny_spec.TEXT,
+            vision_config=tiny_spec.VISION,
+            projection_dim=32,
+            reduce_dim=tiny_spec.REDUCE_DIM,
+            extract_layers=tiny_spec.EXTRACT_LAYERS,
+            decoder_num_attention_heads=2,
+            use_complex_transposed_convolution=True,
+        )
+    )
     reset_decoder_plain_layers(tiny)
     t = measure(tiny, args.size, True)
     r = measure(CLIPSegForImageSegmentation(rd64_refined_config()), args.size, args.rd64_time)
     ratio = r["gflop"] / t["gflop"]
     print(f"{args.size} px, {args.threads} threads")
-    print(f"tiny: {t['gflop']:.3f} GFLOP/image forward; forward {t['forward_s'] * 1e3:.1f} ms/image, "
-          f"LoRA step {t['lora_step_s_per_image'] * 1e3:.1f} ms/image (batch 4), CPU time")
+    print(
+        f"tiny: {t['gflop']:.3f} GFLOP/image forward; forward {t['forward_s'] * 1e3:.1f} ms/image, "
+        f"LoRA step {t['lora_step_s_per_image'] * 1e3:.1f} ms/image (batch 4), CPU time"
+    )
     print(f"rd64: {r['gflop']:.1f} GFLOP/image forward; FLOP ratio rd64/tiny {ratio:.0f}")
-    print(f"scaled to rd64 by FLOPs: forward {t['forward_s'] * ratio:.2f} s/image, "
-          f"LoRA step {t['lora_step_s_per_image'] * ratio:.2f} s/image")
+    print(
+        f"scaled to rd64 by FLOPs: forward {t['forward_s'] * ratio:.2f} s/image, "
+        f"LoRA step {t['lora_step_s_per_image'] * ratio:.2f} s/image"
+    )
     if args.rd64_time:
-        print(f"rd64 timed (CPU time): forward {r['forward_s']:.2f} s/image, LoRA step {r['lora_step_s_per_image']:.2f} s/image")
+        print(
+            f"rd64 timed (CPU time): forward {r['forward_s']:.2f} s/image, LoRA step {r['lora_step_s_per_image']:.2f} s/image"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ test) of the current workspace (``dvc repro`` first); writes nothing. A gate tha
 for its own dataset's prompts and closed (near 0) for the other dataset's; one that stays open for both
 leaves the prompt switching to FiLM alone.
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,8 +49,10 @@ def main(model_dir: str = "models/unet", split: str = "test") -> None:
             gates = np.concatenate([gate_probabilities(trained, images, p) for p in prompts[owner]])
             q10, q50, q90 = np.quantile(gates, [0.1, 0.5, 0.9])
             label = "own" if owner == dataset else "other dataset's"
-            print(f"  {dataset} photos ({len(images)}), {label} prompts ({owner}): {q10:.3f} / {q50:.3f} / {q90:.3f}, "
-                  f"closed {float((gates < 0.5).mean()):.3f}")
+            print(
+                f"  {dataset} photos ({len(images)}), {label} prompts ({owner}): {q10:.3f} / {q50:.3f} / {q90:.3f}, "
+                f"closed {float((gates < 0.5).mean()):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Mask rendering speed: parse + render + write 1,000 synthetic images (500 per dataset), images/s.
 
-    .venv/bin/python benchmarks/render_masks.py [--images 1000] [--size 320]
+.venv/bin/python benchmarks/render_masks.py [--images 1000] [--size 320]
 """
+
 import argparse
 import tempfile
 import time
@@ -24,13 +25,14 @@ def main() -> None:
         tmp = Path(tmp)
         started = time.perf_counter()
         for dataset in ("cracks", "drywall"):
-            write_synthetic_export(dataset, tmp / "raw" / dataset, seed=0, image_size=args.size, counts=counts,
-                                   negative_share=0.1)
+            write_synthetic_export(
+                dataset, tmp / "raw" / dataset, seed=0, image_size=args.size, counts=counts, negative_share=0.1
+            )
         generate = time.perf_counter() - started
         reads = {d: read_export(tmp / "raw" / d) for d in ("cracks", "drywall")}
         started = time.perf_counter()
         import collections
-        import cv2
+
         n = 0
         for read in reads.values():  # rendering alone: masks in memory, no image decode or PNG write
             for record in read.records:
@@ -45,8 +47,10 @@ def main() -> None:
     print(f"images: {total} ({args.size}x{args.size})")
     print(f"synthetic generation: {total / generate:8.1f} images/s ({generate:.1f} s)")
     print(f"render only (in memory): {n / render_only:8.1f} images/s")
-    print(f"parse + decode + render + write PNG + copy image (masks stage): {total / end_to_end:8.1f} images/s "
-          f"({end_to_end:.1f} s)")
+    print(
+        f"parse + decode + render + write PNG + copy image (masks stage): {total / end_to_end:8.1f} images/s "
+        f"({end_to_end:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -160,8 +160,12 @@ def _judge(syn: list[float], reals: list[list[float]], key: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--real-cracks", type=Path, default=REAL / "cracks-3ii36-yg05p")
-    parser.add_argument("--real-drywall", type=Path, nargs="*",
-                        default=[REAL / "drywall-join-detect-7nstl", REAL / "drywall-join-detect-v1"])
+    parser.add_argument(
+        "--real-drywall",
+        type=Path,
+        nargs="*",
+        default=[REAL / "drywall-join-detect-7nstl", REAL / "drywall-join-detect-v1"],
+    )
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     args = parser.parse_args()
     syn_cfg = yaml.safe_load(args.params.read_text())["synthetic"]
@@ -170,11 +174,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in ("cracks", "drywall"):
             out = Path(tmp) / dataset
-            write_synthetic_export(dataset, out, seed=int(syn_cfg["seed"]), image_size=int(syn_cfg["image_size"]),
-                                   counts=dict(syn_cfg["counts"]), negative_share=float(syn_cfg["negative_share"]),
-                                   augment_copies_share=0.0)
-            columns.append((dataset, f"synthetic {dataset} ({syn_cfg['image_size']} px)",
-                            measure(out, cracks=dataset == "cracks")))
+            write_synthetic_export(
+                dataset,
+                out,
+                seed=int(syn_cfg["seed"]),
+                image_size=int(syn_cfg["image_size"]),
+                counts=dict(syn_cfg["counts"]),
+                negative_share=float(syn_cfg["negative_share"]),
+                augment_copies_share=0.0,
+            )
+            columns.append(
+                (dataset, f"synthetic {dataset} ({syn_cfg['image_size']} px)", measure(out, cracks=dataset == "cracks"))
+            )
             reals = [args.real_cracks] if dataset == "cracks" else list(args.real_drywall)
             for root in reals:
                 if root.is_dir():

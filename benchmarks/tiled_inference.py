@@ -7,6 +7,7 @@ Both paths use the threshold chosen on val for the dataset (metrics/eval/<varian
 overrides) and the same open/close; every image is scored with every prompt of the dataset (params.yaml).
 Prints a markdown table: mIoU, Dice, boundary F1, clDice, images/s (prediction only, one prompt pass).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,21 @@ def main() -> None:
         eval_path = Path("metrics/eval") / f"{Path(args.model).name}.json"
         threshold = json.loads(eval_path.read_text())[args.dataset]["threshold"] if eval_path.exists() else 0.5
     ev = section(params, "eval")
-    cfg = EvalConfig.for_scoring(boundary_tolerance_px=int(ev["boundary_tolerance_px"]),
-                                 empty_score=float(ev["empty_score"]))
+    cfg = EvalConfig.for_scoring(
+        boundary_tolerance_px=int(ev["boundary_tolerance_px"]), empty_score=float(ev["empty_score"])
+    )
     data = load_split(Path(args.processed), args.dataset, args.split)
     n = len(data.images)
 
     paths = {"single pass": lambda images, ps: predict_probabilities(trained, images, ps)}
     for upscale in (float(u) for u in args.upscales.split(",")):
-        paths[f"tiled x{upscale:g} (overlap {args.overlap:g})"] = (
-            lambda images, ps, u=upscale: predict_probabilities_tiled(trained, images, ps, upscale=u, overlap=args.overlap))
-    print(f"{args.model} on {args.dataset}/{args.split}: {n} images, {len(prompts)} prompts, threshold {threshold:g}, "
-          f"model input {trained.image_size} px, {torch.get_num_threads()} threads\n")
+        paths[f"tiled x{upscale:g} (overlap {args.overlap:g})"] = lambda images, ps, u=upscale: (
+            predict_probabilities_tiled(trained, images, ps, upscale=u, overlap=args.overlap)
+        )
+    print(
+        f"{args.model} on {args.dataset}/{args.split}: {n} images, {len(prompts)} prompts, threshold {threshold:g}, "
+        f"model input {trained.image_size} px, {torch.get_num_threads()} threads\n"
+    )
     print("| inference | mIoU | Dice | boundary F1 | clDice | images/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, predict in paths.items():
@@ -64,8 +69,10 @@ def main() -> None:
             masks = [postprocess_probabilities(p, threshold) for p in probs]
             scores.append(score_masks(masks, data.truths, cfg, thin=True))
         mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("miou", "dice", "boundary_f1", "cl_dice")}
-        print(f"| {name} | {mean['miou']:.3f} | {mean['dice']:.3f} | {mean['boundary_f1']:.3f} | "
-              f"{mean['cl_dice']:.3f} | {n * len(prompts) / seconds:.1f} |")
+        print(
+            f"| {name} | {mean['miou']:.3f} | {mean['dice']:.3f} | {mean['boundary_f1']:.3f} | "
+            f"{mean['cl_dice']:.3f} | {n * len(prompts) / seconds:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ with the loss on float logits, as in training) and, for the U-Net, per activatio
 the default, or ``contiguous``; ``channels_last+weights`` also converts the conv weights). Prints a markdown
 table and the load average before and after (the machine is shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,20 +35,30 @@ def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layou
 
     from promptseg.data import EpochShuffleSampler, collate
     from promptseg.losses import bce_dice_loss
-    from promptseg.model import apply_variant, build_clip_tokenizer, make_processor, rd64_refined_config
+    from promptseg.model import (
+        apply_variant,
+        build_clip_tokenizer,
+        make_processor,
+        rd64_refined_config,
+        segmentation_logits,
+    )
     from promptseg.params import load_params
+    from promptseg.precision import autocast
     from promptseg.settings import train_settings
     from promptseg.train import TrainSetup, build_datasets, load_base_model
-    from promptseg.model import segmentation_logits
-    from promptseg.precision import autocast
 
     params = load_params()
     if rd64:
         params["train"]["common"].update(image_size=352, batch_size=4)
     settings = train_settings(params, variant)
     model_cfg = settings.model
-    setup = TrainSetup(settings=settings, processed_root=Path("data/processed"), model_dir=Path("/tmp/unused"),
-                       metrics_dir=Path("/tmp/unused"), checkpoint_dir=Path("/tmp/unused"))
+    setup = TrainSetup(
+        settings=settings,
+        processed_root=Path("data/processed"),
+        model_dir=Path("/tmp/unused"),
+        metrics_dir=Path("/tmp/unused"),
+        checkpoint_dir=Path("/tmp/unused"),
+    )
     torch.manual_seed(0)
     if rd64:
         from transformers import CLIPSegForImageSegmentation
@@ -65,8 +76,13 @@ def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layou
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     train_set = build_datasets(setup, processor, "train", training=True)
     batch_size = settings.rung.train.batch_size
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=EpochShuffleSampler(len(train_set), 0),
-                        collate_fn=collate, num_workers=settings.rung.train.num_workers)
+    loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(train_set), 0),
+        collate_fn=collate,
+        num_workers=settings.rung.train.num_workers,
+    )
     for _ in loader:  # warm the resize cache, as every epoch after the first
         pass
 
@@ -98,11 +114,17 @@ def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layou
         step(*batch[:3])
         with_loader.append(time.perf_counter() - started)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"rung": variant + (" (rd64-refined shape)" if rd64 else ""), "precision": precision,
-            "layout": layout if hasattr(base, "channels_last") else "-", "image_size": 352 if rd64 else setup.image_size,
-            "batch": batch_size, "trainable": trainable, "model_only_s": statistics.median(model_only),
-            "with_loader_s": statistics.median(with_loader),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+    return {
+        "rung": variant + (" (rd64-refined shape)" if rd64 else ""),
+        "precision": precision,
+        "layout": layout if hasattr(base, "channels_last") else "-",
+        "image_size": 352 if rd64 else setup.image_size,
+        "batch": batch_size,
+        "trainable": trainable,
+        "model_only_s": statistics.median(model_only),
+        "with_loader_s": statistics.median(with_loader),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
 
 
 def interleaved(variant: str, steps: int) -> dict:
@@ -120,17 +142,29 @@ def interleaved(variant: str, steps: int) -> dict:
 
     params = load_params()
     common = dict(section(params, "train.common"))
-    setup = TrainSetup(variant=variant, variant_cfg=dict(section(params, f"train.variants.{variant}")), common=common,
-                       model_cfg=section(params, "model"), prompts={d: section(params, f"data.{d}.prompts") for d in DATASETS},
-                       processed_root=Path("data/processed"), model_dir=Path("/tmp/unused"), metrics_dir=Path("/tmp/unused"),
-                       checkpoint_dir=Path("/tmp/unused"))
+    setup = TrainSetup(
+        variant=variant,
+        variant_cfg=dict(section(params, f"train.variants.{variant}")),
+        common=common,
+        model_cfg=section(params, "model"),
+        prompts={d: section(params, f"data.{d}.prompts") for d in DATASETS},
+        processed_root=Path("data/processed"),
+        model_dir=Path("/tmp/unused"),
+        metrics_dir=Path("/tmp/unused"),
+        checkpoint_dir=Path("/tmp/unused"),
+    )
     torch.manual_seed(0)
     base, processor = load_base_model(setup.model_cfg, setup.image_size, 0, setup.architecture)
     module = apply_variant(base, setup.variant_cfg).train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     train_set = build_datasets(setup, processor, "train", training=True)
-    loader = DataLoader(train_set, batch_size=int(common["batch_size"]), sampler=EpochShuffleSampler(len(train_set), 0),
-                        collate_fn=collate, num_workers=int(common.get("num_workers", 0)))
+    loader = DataLoader(
+        train_set,
+        batch_size=int(common["batch_size"]),
+        sampler=EpochShuffleSampler(len(train_set), 0),
+        collate_fn=collate,
+        num_workers=int(common.get("num_workers", 0)),
+    )
     for _ in loader:  # warm the resize cache, as every epoch after the first
         pass
     settings = {"fp32": ("fp32", True), "bf16 contiguous": ("bf16", False), "bf16 channels_last": ("bf16", True)}
@@ -151,7 +185,7 @@ def interleaved(variant: str, steps: int) -> dict:
 
     fixed, it = next(iter(loader)), iter(loader)
     times = {f"{name} {kind}": [] for name in settings for kind in ("model only", "with loader")}
-    for name, (precision, cl) in settings.items():
+    for _name, (precision, cl) in settings.items():
         step(fixed, precision, cl)  # warm-up
     for _ in range(steps):
         for name, (precision, cl) in settings.items():
@@ -177,11 +211,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rungs", default=",".join(RUNGS), help="comma-separated rungs (default: all)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    parser.add_argument("--layouts", default="channels_last",
-                        help="U-Net activation layouts: contiguous, channels_last, channels_last+weights")
+    parser.add_argument(
+        "--layouts",
+        default="channels_last",
+        help="U-Net activation layouts: contiguous, channels_last, channels_last+weights",
+    )
     parser.add_argument("--child", nargs=4, metavar=("VARIANT", "RD64", "PRECISION", "LAYOUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--interleaved", metavar="VARIANT",
-                        help="one process: fp32 / bf16 / bf16+channels_last steps of VARIANT in interleaved rounds")
+    parser.add_argument(
+        "--interleaved",
+        metavar="VARIANT",
+        help="one process: fp32 / bf16 / bf16+channels_last steps of VARIANT in interleaved rounds",
+    )
     args = parser.parse_args()
     if args.interleaved:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -198,25 +238,32 @@ def main() -> None:
     rungs = args.rungs.split(",")
     jobs = [(v, "0") for v in rungs] + ([("lora", "1"), ("full", "1")] if args.rd64 else [])
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("| rung | precision | layout | input px | batch | trainable params | step, model only (s) | step with DataLoader (s) "
-          "| loader overhead | peak RSS (GB) |")
+    print(
+        "| rung | precision | layout | input px | batch | trainable params | step, model only (s) | step with DataLoader (s) "
+        "| loader overhead | peak RSS (GB) |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rd64 in jobs:
         layouts = args.layouts.split(",") if variant == "unet" else ["channels_last"]
         for precision in args.precisions.split(","):
             for layout in layouts:
                 steps = min(args.steps, 3) if rd64 == "1" else args.steps
-                out = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--child", variant, rd64, precision,
-                                      layout], capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--steps", str(steps), "--child", variant, rd64, precision, layout],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
                     last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
                     print(f"| {variant} | {precision} | {layout} | failed: {last} |")
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 overhead = r["with_loader_s"] / r["model_only_s"] - 1
-                print(f"| {r['rung']} | {r['precision']} | {r['layout']} | {r['image_size']} | {r['batch']} | {r['trainable']:,} "
-                      f"| {r['model_only_s']:.3f} | {r['with_loader_s']:.3f} | {overhead:+.0%} | {r['peak_rss_gb']:.2f} |",
-                      flush=True)
+                print(
+                    f"| {r['rung']} | {r['precision']} | {r['layout']} | {r['image_size']} | {r['batch']} | {r['trainable']:,} "
+                    f"| {r['model_only_s']:.3f} | {r['with_loader_s']:.3f} | {overhead:+.0%} | {r['peak_rss_gb']:.2f} |",
+                    flush=True,
+                )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -14,6 +14,7 @@ changes) and prints one ``RESULT`` JSON line. Per dataset, on the val split, at 
 
 No morphology here: this compares training settings; the pipeline's evaluate stage gives the reported figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,16 +57,23 @@ def val_scores(trained, processed: Path, dataset: str, prompts: dict, unrelated:
     other = next(ps[0] for d, ps in prompts.items() if d != dataset)
     cross = predict_probabilities(trained, images, [other] * len(images))
     unrel = [p for prompt in unrelated for p in predict_probabilities(trained, images, [prompt] * len(images))]
-    dice, threshold = max((float(np.mean([image_dice(p > t, g) for p, g in zip(own, truths)])), round(float(t), 2))
-                          for t in np.arange(0.1, 0.95, 0.1))
+    dice, threshold = max(
+        (float(np.mean([image_dice(p > t, g) for p, g in zip(own, truths)])), round(float(t), 2))
+        for t in np.arange(0.1, 0.95, 0.1)
+    )
 
     def lit(probs):
         return round(float(np.mean([lit_fraction(p > threshold) for p in probs])), 3)
 
-    return {"dice": round(dice, 3), "thr": threshold,
-            "zeros": round(float(np.mean([image_dice(np.zeros_like(g), g) for g in truths])), 3),
-            "ones": round(float(np.mean([image_dice(np.ones_like(g), g) for g in truths])), 3),
-            "lit": lit(own), "cross_lit": lit(cross), "unrel_lit": lit(unrel) if unrel else None}
+    return {
+        "dice": round(dice, 3),
+        "thr": threshold,
+        "zeros": round(float(np.mean([image_dice(np.zeros_like(g), g) for g in truths])), 3),
+        "ones": round(float(np.mean([image_dice(np.ones_like(g), g) for g in truths])), 3),
+        "lit": lit(own),
+        "cross_lit": lit(cross),
+        "unrel_lit": lit(unrel) if unrel else None,
+    }
 
 
 def main() -> None:
@@ -81,13 +89,16 @@ def main() -> None:
     prompts = {d: params["data"][d]["prompts"] for d in ("cracks", "drywall")}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        setup = TrainSetup(settings=train_settings(params, args.variant),
-                           processed_root=args.processed, model_dir=root / "model", metrics_dir=root / "metrics",
-                           checkpoint_dir=root / "checkpoints")
+        setup = TrainSetup(
+            settings=train_settings(params, args.variant),
+            processed_root=args.processed,
+            model_dir=root / "model",
+            metrics_dir=root / "metrics",
+            checkpoint_dir=root / "checkpoints",
+        )
         start = time.perf_counter()
         train_variant(setup)
-        result = {"variant": args.variant, "overrides": args.overrides,
-                  "train_s": round(time.perf_counter() - start)}
+        result = {"variant": args.variant, "overrides": args.overrides, "train_s": round(time.perf_counter() - start)}
         trained = load_trained_model(setup.model_dir)
         for dataset in prompts:
             result[dataset] = val_scores(trained, args.processed, dataset, prompts, params["eval"]["unrelated_prompts"])

@@ -1,4 +1,5 @@
 """DVC stage `download@<dataset>`: land the dataset's export in data/raw/<dataset>/ (synthetic, local or roboflow)."""
+
 import sys
 from pathlib import Path
 

@@ -1,15 +1,23 @@
 """DVC stage `evaluate@<variant>`: metrics/eval/<variant>.json, the val threshold sweep CSV, masks, figures."""
+
 import json
 import sys
 from pathlib import Path
 
-from promptseg.evaluate import EvalConfig, evaluate_variant, qualitative_figure, skipped_reason, write_skipped_outputs, write_sweep_csv
+from promptseg.evaluate import (
+    EvalConfig,
+    evaluate_variant,
+    qualitative_figure,
+    skipped_reason,
+    write_skipped_outputs,
+    write_sweep_csv,
+)
 from promptseg.inference import load_trained_model
 from promptseg.mlflow_model import log_pyfunc_model  # the rung as a pyfunc model, registered as promptseg-<rung>
 from promptseg.params import DATASETS
+from promptseg.precision import resolve_precision
 from promptseg.settings import evaluate_settings, load_stage_settings
 from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
-from promptseg.precision import resolve_precision
 
 
 def main(variant: str) -> None:
@@ -36,22 +44,43 @@ def main(variant: str) -> None:
     for dataset in DATASETS:
         figure = out / "figures" / f"{variant}_{dataset}.png"
         block = results[dataset]  # the figure shows the split that was scored (val where the export has no test)
-        qualitative_figure(trained, processed, dataset, prompts[dataset][0], block["threshold"], cfg, figure,
-                           split=block.get("reported_split", "test"), note=block.get("reported_split_note"))
+        qualitative_figure(
+            trained,
+            processed,
+            dataset,
+            prompts[dataset][0],
+            block["threshold"],
+            cfg,
+            figure,
+            split=block.get("reported_split", "test"),
+            note=block.get("reported_split_note"),
+        )
         figures.append(figure)
     run_id = training_run_id(settings.mlflow, variant)
-    log_to_run(settings.mlflow, run_id, flatten_metrics(results, "eval"),
-               [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures])
-    uri = log_pyfunc_model(Path("models") / variant, settings.mlflow, run_id=run_id, variant=variant,
-                           thresholds={d: results[d]["threshold"] for d in DATASETS if "threshold" in results.get(d, {})},
-                           morphology={"enabled": cfg.morphology, "kernel": cfg.kernel_size}, batch_size=cfg.batch_size)
+    log_to_run(
+        settings.mlflow,
+        run_id,
+        flatten_metrics(results, "eval"),
+        [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures],
+    )
+    uri = log_pyfunc_model(
+        Path("models") / variant,
+        settings.mlflow,
+        run_id=run_id,
+        variant=variant,
+        thresholds={d: results[d]["threshold"] for d in DATASETS if "threshold" in results.get(d, {})},
+        morphology={"enabled": cfg.morphology, "kernel": cfg.kernel_size},
+        batch_size=cfg.batch_size,
+    )
     print(f"[evaluate] {variant}: registered {uri}")
     o = results["overall"]
     for dataset in DATASETS:
         if results[dataset].get("reported_split") == "val":
             print(f"[evaluate] {variant}: {dataset} scored on val: {results[dataset]['reported_split_note']}")
-    print(f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "
-          f"cross-prompt lit {o.get('test_cross_prompt_lit', float('nan')):.3f}")
+    print(
+        f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "
+        f"cross-prompt lit {o.get('test_cross_prompt_lit', float('nan')):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 render {0,255} masks, write metrics/data/<dataset>.json, contact sheets, the suspicious-items CSV and the
 problems table (every problem with its file). data/processed/<dataset> is written to a .partial sibling
 and renamed into place when complete."""
+
 import json
 import sys
 from pathlib import Path
@@ -41,25 +42,34 @@ def main(dataset: str) -> None:
     metrics_dir = Path("metrics/data")
     metrics_dir.mkdir(parents=True, exist_ok=True)
     kinds = write_problems_csv(read.problems, problems_csv)  # after rendering: its problems are included
-    print(f"[masks] {dataset}: {len(read.problems)} problems ("
-          + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) + f") in {problems_csv}")
+    print(
+        f"[masks] {dataset}: {len(read.problems)} problems ("
+        + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+        + f") in {problems_csv}"
+    )
     for problem in read.problems[:SHOW_PROBLEMS]:
         print(f"[masks] {dataset}: {problem}")
     if len(read.problems) > SHOW_PROBLEMS:
         print(f"[masks] {dataset}: ... and {len(read.problems) - SHOW_PROBLEMS} more in {problems_csv}")
-    write_contact_sheets(out, dataset, metrics_dir / "contact_sheets", grid=cfg.contact_sheet.grid,
-                         tile_px=cfg.contact_sheet.tile_px)
+    write_contact_sheets(
+        out, dataset, metrics_dir / "contact_sheets", grid=cfg.contact_sheet.grid, tile_px=cfg.contact_sheet.tile_px
+    )
     suspicious = metrics_dir / "suspicious" / f"{dataset}.csv"
     summary["suspicious"] = write_suspicious_csv(
-        read_index(out / "index.csv"), suspicious, max_foreground_share=cfg.suspicious_max_foreground_share,
+        read_index(out / "index.csv"),
+        suspicious,
+        max_foreground_share=cfg.suspicious_max_foreground_share,
     )
     metrics = metrics_dir / f"{dataset}.json"
     metrics.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     split = summary["split"]
     for which in ("as_exported", "written"):
-        figures = ", ".join(f"{s} {v['images']} images / {v['groups']} photos, leak {v['leak_by_name']} by name "
-                            f"{v['leak_by_hash']} by hash" for s, v in split[which].items())
+        figures = ", ".join(
+            f"{s} {v['images']} images / {v['groups']} photos, leak {v['leak_by_name']} by name "
+            f"{v['leak_by_hash']} by hash"
+            for s, v in split[which].items()
+        )
         print(f"[masks] {dataset}: {which.replace('_', ' ')}: {figures}")
     print(f"[masks] {dataset}: wrote {out}, {metrics}, {suspicious}, {problems_csv} and contact sheets")
 

@@ -4,6 +4,7 @@
 Params read (each declared by the `report` stage in dvc.yaml; promptseg.settings.report_settings):
 model.source, train.variants, eval.boundary_tolerance_px, infer.hflip_tta, infer.prompt_ensemble.
 """
+
 from pathlib import Path
 
 from promptseg.params import DATASETS
@@ -14,10 +15,16 @@ from promptseg.settings import load_stage_settings, report_settings
 def main() -> None:
     s = load_stage_settings("report", report_settings)
     out, summary = Path("metrics/report.md"), Path("metrics/summary.json")
-    write_report(Path("metrics"), out, variants=list(s.rungs), model_source=s.model_source, datasets=DATASETS,
-                 boundary_tolerance_px=s.boundary_tolerance_px,
-                 infer_defaults={"hflip_tta": s.hflip_tta, "prompt_ensemble": s.prompt_ensemble},
-                 summary_path=summary)
+    write_report(
+        Path("metrics"),
+        out,
+        variants=list(s.rungs),
+        model_source=s.model_source,
+        datasets=DATASETS,
+        boundary_tolerance_px=s.boundary_tolerance_px,
+        infer_defaults={"hflip_tta": s.hflip_tta, "prompt_ensemble": s.prompt_ensemble},
+        summary_path=summary,
+    )
     print(f"[report] wrote {out} and {summary}")
 
 

@@ -4,12 +4,13 @@
 Params read (declared by the stage in dvc.yaml): runtime, infer.batch_size, data.cracks.prompts,
 data.drywall.prompts.
 """
+
 import sys
 from pathlib import Path
 
 from promptseg.evaluate import skipped_reason
-from promptseg.settings import load_stage_settings, runtime_settings
 from promptseg.runtime import measure_runtime, runtime_images, write_runtime
+from promptseg.settings import load_stage_settings, runtime_settings
 
 
 def main(variant: str) -> None:
@@ -24,12 +25,21 @@ def main(variant: str) -> None:
         return
     prompts = {name: list(p) for name, p in s.prompts.items()}
     images, image_prompts = runtime_images(Path("data/processed"), prompts, cfg.images)
-    figures = measure_runtime(model_dir, images, image_prompts, rounds=cfg.rounds, batch_size=s.batch_size,
-                              threads=cfg.threads or None, onnx=cfg.onnx)
+    figures = measure_runtime(
+        model_dir,
+        images,
+        image_prompts,
+        rounds=cfg.rounds,
+        batch_size=s.batch_size,
+        threads=cfg.threads or None,
+        onnx=cfg.onnx,
+    )
     write_runtime(out, figures)
-    print(f"[runtime] {variant}: torch {figures['torch_ms_per_image']} ms/image, "
-          f"onnx {figures.get('onnx_ms_per_image', 'n/a')} ms/image, {figures['model_mb']} MB, "
-          f"peak RSS {figures['peak_rss_mb']} MB")
+    print(
+        f"[runtime] {variant}: torch {figures['torch_ms_per_image']} ms/image, "
+        f"onnx {figures.get('onnx_ms_per_image', 'n/a')} ms/image, {figures['model_mb']} MB, "
+        f"peak RSS {figures['peak_rss_mb']} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """DVC stage `train@<variant>`: train one rung of params.yaml's train.variants (settings checked once, here)."""
+
 import sys
 from pathlib import Path
 
@@ -17,8 +18,10 @@ def main(variant: str) -> None:
     summary = train_variant(setup)
     if "skipped" in summary:
         return
-    print(f"[train] {variant}: trainable {summary['trainable_params']:,} of {summary['total_params']:,}; "
-          f"final val Dice {summary['final_val_dice']:.3f}")
+    print(
+        f"[train] {variant}: trainable {summary['trainable_params']:,} of {summary['total_params']:,}; "
+        f"final val Dice {summary['final_val_dice']:.3f}"
+    )
 
 
 if __name__ == "__main__":

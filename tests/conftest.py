@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny processed tree made by the real pipeline (synthetic export -> parser -> masks)."""
+
 import os
 import warnings
 
@@ -12,25 +13,53 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 TINY_MODEL = {
     "source": "small",
     "clipseg": {
-        "vision": {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 128, "patch_size": 16},
+        "vision": {
+            "hidden_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "patch_size": 16,
+        },
         "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-        "projection_dim": 32, "reduce_dim": 16, "extract_layers": [0, 1, 2], "decoder_num_attention_heads": 2,
+        "projection_dim": 32,
+        "reduce_dim": 16,
+        "extract_layers": [0, 1, 2],
+        "decoder_num_attention_heads": 2,
         "per_image_standardization": False,
     },
     "image_mean": [0.485, 0.456, 0.406],
     "image_std": [0.229, 0.224, 0.225],
 }
-TINY_UNET = {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
-             "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
+TINY_UNET = {
+    "widths": [8, 16, 32, 64],
+    "freeze_text": False,
+    "presence_gate": True,
+    "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+}
 # a whole train.common block (params.yaml's keys, tiny values): settings have no defaults
-TINY_COMMON = {"seed": 42, "image_size": 64, "epochs": 3, "batch_size": 4, "lr": 3e-3, "weight_decay": 0.01,
-               "warmup_steps": 0, "negative_prompt_prob": 0.0, "unrelated_negative_prompts": [],
-               "unrelated_negative_share": 0.5, "dice_weight": 1.0, "bce_weight": 1.0,
-               "targets": {"cracks": "mask", "drywall": "box_fill"},
-               "box_projection": {"outside_weight": 1.0, "pairwise_weight": 0.0}, "hflip_prob": 0.5, "num_workers": 0,
-               "precision": "fp32"}
-PROMPTS = {"cracks": ["segment crack", "segment wall crack"],
-           "drywall": ["segment joint tape", "segment drywall seam", "segment taping area"]}
+TINY_COMMON = {
+    "seed": 42,
+    "image_size": 64,
+    "epochs": 3,
+    "batch_size": 4,
+    "lr": 3e-3,
+    "weight_decay": 0.01,
+    "warmup_steps": 0,
+    "negative_prompt_prob": 0.0,
+    "unrelated_negative_prompts": [],
+    "unrelated_negative_share": 0.5,
+    "dice_weight": 1.0,
+    "bce_weight": 1.0,
+    "targets": {"cracks": "mask", "drywall": "box_fill"},
+    "box_projection": {"outside_weight": 1.0, "pairwise_weight": 0.0},
+    "hflip_prob": 0.5,
+    "num_workers": 0,
+    "precision": "fp32",
+}
+PROMPTS = {
+    "cracks": ["segment crack", "segment wall crack"],
+    "drywall": ["segment joint tape", "segment drywall seam", "segment taping area"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +72,21 @@ def processed_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     for dataset in ("cracks", "drywall"):
         raw = root / "raw" / dataset
-        write_synthetic_export(dataset, raw, seed=3, image_size=128,
-                               counts={"train": 8, "valid": 4, "test": 4}, negative_share=0.1)
+        write_synthetic_export(
+            dataset, raw, seed=3, image_size=128, counts={"train": 8, "valid": 4, "test": 4}, negative_share=0.1
+        )
         build_processed_dataset(read_export(raw), root / "processed" / dataset)
     return root / "processed"
 
 
-def tiny_train_settings(rung: str, rung_params: dict, common: dict | None = None, model: dict | None = None,
-                        mlflow: dict | None = None, empty_score: float = 1.0):
+def tiny_train_settings(
+    rung: str,
+    rung_params: dict,
+    common: dict | None = None,
+    model: dict | None = None,
+    mlflow: dict | None = None,
+    empty_score: float = 1.0,
+):
     """TrainSettings as the train stage builds them, from small dicts (validated like params.yaml)."""
     from promptseg.settings import MlflowSettings, build, check_rung_against_model, model_settings, resolve_rung
 
@@ -59,8 +95,13 @@ def tiny_train_settings(rung: str, rung_params: dict, common: dict | None = None
     check_rung_against_model(resolved, model_cfg)
     from promptseg.settings import TrainSettings
 
-    return TrainSettings(resolved, model_cfg, {d: tuple(p) for d, p in PROMPTS.items()}, empty_score,
-                         None if mlflow is None else build(MlflowSettings, mlflow, "mlflow"))
+    return TrainSettings(
+        resolved,
+        model_cfg,
+        {d: tuple(p) for d, p in PROMPTS.items()},
+        empty_score,
+        None if mlflow is None else build(MlflowSettings, mlflow, "mlflow"),
+    )
 
 
 def tiny_eval_config(**changes):
@@ -70,8 +111,23 @@ def tiny_eval_config(**changes):
 
     from promptseg.evaluate import EvalConfig
 
-    base = EvalConfig(thresholds=[0.5], morphology=True, kernel_size=3, batch_size=16, boundary_tolerance_px=2,
-                      empty_score=1.0, figure_images=3, unrelated_prompts=[], paraphrases={}, hflip_tta=False,
-                      prompt_ensemble=False, tiled={}, tile_upscale=1.0, tile_overlap=0.25,
-                      measure_inference_options=False, native_resolution={}, missing_test_split="report_val")
+    base = EvalConfig(
+        thresholds=[0.5],
+        morphology=True,
+        kernel_size=3,
+        batch_size=16,
+        boundary_tolerance_px=2,
+        empty_score=1.0,
+        figure_images=3,
+        unrelated_prompts=[],
+        paraphrases={},
+        hflip_tta=False,
+        prompt_ensemble=False,
+        tiled={},
+        tile_upscale=1.0,
+        tile_overlap=0.25,
+        measure_inference_options=False,
+        native_resolution={},
+        missing_test_split="report_val",
+    )
     return dataclasses.replace(base, **changes)

@@ -2,23 +2,41 @@
 
 Usage: distributed_training.py <processed_root> <out_root> <variant> [<variant> ...]   (full, lora, unet)
 """
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TINY_MODEL, TINY_UNET, tiny_train_settings  # noqa: E402
 from promptseg.train import TrainSetup, train_variant  # noqa: E402
 
-COMMON = {"epochs": 2, "batch_size": 2, "negative_prompt_prob": 0.25}   # over conftest.TINY_COMMON
-VARIANTS = {"full": {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
-            "lora": {"method": "lora", "architecture": "clipseg", "r": 4, "alpha": 8, "dropout": 0.0,
-                     "targets": ["q_proj", "v_proj"], "train_decoder": True, "datasets": ["cracks", "drywall"]},
-            "unet": {"method": "full", "architecture": "unet", "presence_weight": 0.3, "datasets": ["cracks", "drywall"]}}
+from conftest import TINY_MODEL, TINY_UNET, tiny_train_settings  # noqa: E402
+
+COMMON = {"epochs": 2, "batch_size": 2, "negative_prompt_prob": 0.25}  # over conftest.TINY_COMMON
+VARIANTS = {
+    "full": {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
+    "lora": {
+        "method": "lora",
+        "architecture": "clipseg",
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.0,
+        "targets": ["q_proj", "v_proj"],
+        "train_decoder": True,
+        "datasets": ["cracks", "drywall"],
+    },
+    "unet": {"method": "full", "architecture": "unet", "presence_weight": 0.3, "datasets": ["cracks", "drywall"]},
+}
 MODEL = {**TINY_MODEL, "unet": TINY_UNET}
 
 if __name__ == "__main__":
     processed_root, out = Path(sys.argv[1]), Path(sys.argv[2])
     for variant in sys.argv[3:]:
-        train_variant(TrainSetup(settings=tiny_train_settings(variant, VARIANTS[variant], COMMON, model=MODEL),
-                                 processed_root=processed_root, model_dir=out / "models" / variant,
-                                 metrics_dir=out / "metrics", checkpoint_dir=out / "checkpoints" / variant))
+        train_variant(
+            TrainSetup(
+                settings=tiny_train_settings(variant, VARIANTS[variant], COMMON, model=MODEL),
+                processed_root=processed_root,
+                model_dir=out / "models" / variant,
+                metrics_dir=out / "metrics",
+                checkpoint_dir=out / "checkpoints" / variant,
+            )
+        )

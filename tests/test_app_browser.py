@@ -5,6 +5,7 @@ so and keeps serving), then a test image, types a prompt and a scale, runs it, r
 measurements table, the downloaded mask and measurements JSON, and checks the mask equals `promptseg
 predict`'s for the same image and threshold. Saves a screenshot to docs/app.png.
 """
+
 import json
 import os
 import shutil
@@ -16,15 +17,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from conftest import PROMPTS, TINY_MODEL
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "segment wall crack"
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                                reason="no headless browser: apt-get install -y chromium chromium-driver "
-                                       "(.ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="no headless browser: apt-get install -y chromium chromium-driver (.ci/run installs them)",
+)
 
 
 def _free_port() -> int:
@@ -58,13 +61,21 @@ def served(tmp_path_factory, processed_root):
     probs = predict_probabilities(load_trained_model(model_dir), [data.images[0]], [PROMPT])[0]
     threshold = float(np.round(np.quantile(probs, 0.7), 2))
     eval_json = root / "tiny.json"
-    eval_json.write_text(json.dumps({"cracks": {"threshold": threshold, "recipe": Recipe(threshold=threshold).to_dict()}}))
+    eval_json.write_text(
+        json.dumps({"cracks": {"threshold": threshold, "recipe": Recipe(threshold=threshold).to_dict()}})
+    )
 
     app = load_app_model(model_dir, engine="torch", eval_path=eval_json, images=images, threads=2)
     port = _free_port()
     demo = launch(app, host="127.0.0.1", port=port, block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "model": model_dir, "image": image_path, "eval": eval_json,
-           "threshold": threshold, "root": root}
+    yield {
+        "url": f"http://127.0.0.1:{port}/",
+        "model": model_dir,
+        "image": image_path,
+        "eval": eval_json,
+        "threshold": threshold,
+        "root": root,
+    }
     demo.close()
 
 
@@ -75,9 +86,17 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1500",
-                 "--disable-dev-shm-usage"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1500",
+        "--disable-dev-shm-usage",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
@@ -157,8 +176,13 @@ def test_upload_prompt_measure_download_equals_predict(served, browser, tmp_path
     prompt.send_keys(PROMPT)
     prompt.send_keys(Keys.TAB)
     # the slider follows the typed prompt: wait for it before segmenting (a click would send the old value)
-    _wait(lambda: f"threshold {served['threshold']:g}: evaluation's recipe for dataset 'cracks'"
-          in browser.find_element(By.ID, "threshold_note").text, what="the threshold note")
+    _wait(
+        lambda: (
+            f"threshold {served['threshold']:g}: evaluation's recipe for dataset 'cracks'"
+            in browser.find_element(By.ID, "threshold_note").text
+        ),
+        what="the threshold note",
+    )
     scale = browser.find_element(By.CSS_SELECTOR, "#scale input")
     scale.send_keys(Keys.CONTROL, "a")
     scale.send_keys("0.1")
@@ -176,13 +200,30 @@ def test_upload_prompt_measure_download_equals_predict(served, browser, tmp_path
 
     mask_url = _wait(lambda: link("mask_file"), what="the mask download link")
     json_url = _wait(lambda: link("json_file"), what="the JSON download link")
-    mask = cv2.imdecode(np.frombuffer(urllib.request.urlopen(mask_url, timeout=30).read(), np.uint8),
-                        cv2.IMREAD_UNCHANGED)
+    mask = cv2.imdecode(
+        np.frombuffer(urllib.request.urlopen(mask_url, timeout=30).read(), np.uint8), cv2.IMREAD_UNCHANGED
+    )
     measurements = json.loads(urllib.request.urlopen(json_url, timeout=30).read())
 
     out = tmp_path / "predict"
-    assert main(["predict", "--model", str(served["model"]), "--prompt", PROMPT, str(served["image"]),
-                 "--out", str(out), "--eval-metrics", str(served["eval"]), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(served["model"]),
+                "--prompt",
+                PROMPT,
+                str(served["image"]),
+                "--out",
+                str(out),
+                "--eval-metrics",
+                str(served["eval"]),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     predicted = cv2.imread(str(out / "wall_test__segment-wall-crack.png"), cv2.IMREAD_UNCHANGED)
     assert 0 < (predicted > 0).mean() < 1
     assert np.array_equal(mask, predicted)
@@ -212,6 +253,8 @@ def test_an_unseen_prompt_says_its_threshold_is_the_fallback(served, browser):
     prompt.send_keys(Keys.CONTROL, "a")
     prompt.send_keys("segment a cat")
     prompt.send_keys(Keys.TAB)
-    note = _wait(lambda: (t := browser.find_element(By.ID, "threshold_note").text) and "fallback" in t and t,
-                 what="the fallback note")
+    note = _wait(
+        lambda: (t := browser.find_element(By.ID, "threshold_note").text) and "fallback" in t and t,
+        what="the fallback note",
+    )
     assert "threshold 0.5" in note and "'segment a cat' is not one of the model's training prompts" in note

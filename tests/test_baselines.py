@@ -1,46 +1,69 @@
 """The `baselines` stage (metrics/eval/baselines.json) and the report's headline, metrics/summary.json."""
+
 import json
 
 import pytest
+from test_report import BASELINES, DATA, EVAL, TRAIN, row, section
 
 from promptseg.baselines import trivial_baseline_scores, write_baselines
 from promptseg.report import build_report, build_summary, write_report
-from test_report import BASELINES, DATA, EVAL, TRAIN, row, section
 
 # Scores of the tiny processed tree (conftest.processed_root) computed by the report's own baseline code before
 # it moved to promptseg.baselines (promptseg/report.py at bf9a65a): the move must not change a number.
-BEFORE = {"cracks": {"all ones": (0.0247650146484375, 0.048095006490248386, 0.15058436745711679, 0.2),
-                     "darkest 5%": (0.07661726379738137, 0.12058079840009223, 0.14734395667755396, 0.1031449145391734)},
-          "drywall": {"all ones": (0.1583251953125, 0.2715580156694078)}}
+BEFORE = {
+    "cracks": {
+        "all ones": (0.0247650146484375, 0.048095006490248386, 0.15058436745711679, 0.2),
+        "darkest 5%": (0.07661726379738137, 0.12058079840009223, 0.14734395667755396, 0.1031449145391734),
+    },
+    "drywall": {"all ones": (0.1583251953125, 0.2715580156694078)},
+}
 
 
 def test_baselines_file_has_the_scores_the_report_computed_before(processed_root, tmp_path):
     out = tmp_path / "metrics" / "eval" / "baselines.json"
     written = write_baselines(processed_root, out)
     assert json.loads(out.read_text()) == written
-    assert list(written) == ["cracks", "drywall", "scored_splits"] and written["scored_splits"] == {"cracks": "test", "drywall": "test"}
+    assert list(written) == ["cracks", "drywall", "scored_splits"] and written["scored_splits"] == {
+        "cracks": "test",
+        "drywall": "test",
+    }
     assert list(written["cracks"]) == ["all zeros", "all ones", "darkest 5%"]
     for dataset, named in BEFORE.items():
         for name, values in named.items():
-            keys = ("miou", "dice", "boundary_f1", "cl_dice")[:len(values)]
+            keys = ("miou", "dice", "boundary_f1", "cl_dice")[: len(values)]
             assert tuple(written[dataset][name][k] for k in keys) == values
             assert written[dataset][name]["images"] == 4
     assert written["drywall"]["all zeros"]["dice"] == 0.0 and written["cracks"]["all ones"]["lit"] == 1.0
-    assert {d: written[d] for d in ("cracks", "drywall")} == {d: trivial_baseline_scores(processed_root, d, "test") for d in ("cracks", "drywall")}
+    assert {d: written[d] for d in ("cracks", "drywall")} == {
+        d: trivial_baseline_scores(processed_root, d, "test") for d in ("cracks", "drywall")
+    }
 
 
 def test_report_from_the_files_equals_the_report_from_scores_in_memory(processed_root, tmp_path):
     metrics = tmp_path / "metrics"
-    for sub, name, payload in (("data", "cracks", DATA["cracks"]), ("data", "drywall", DATA["drywall"]),
-                               ("train", "lora", TRAIN["lora"]), ("eval", "lora", EVAL["lora"])):
+    for sub, name, payload in (
+        ("data", "cracks", DATA["cracks"]),
+        ("data", "drywall", DATA["drywall"]),
+        ("train", "lora", TRAIN["lora"]),
+        ("eval", "lora", EVAL["lora"]),
+    ):
         (metrics / sub).mkdir(parents=True, exist_ok=True)
         (metrics / sub / f"{name}.json").write_text(json.dumps(payload))
     write_baselines(processed_root, metrics / "eval" / "baselines.json")
-    text = write_report(metrics, metrics / "report.md", variants=["lora"], model_source="small",
-                        summary_path=metrics / "summary.json")
+    text = write_report(
+        metrics, metrics / "report.md", variants=["lora"], model_source="small", summary_path=metrics / "summary.json"
+    )
     in_memory = {d: trivial_baseline_scores(processed_root, d, "test") for d in ("cracks", "drywall")}
-    assert text == build_report(DATA, {"lora": TRAIN["lora"]}, {"lora": EVAL["lora"]}, in_memory,
-                                model_source="small", variants=["lora"], figures={}, boundary_tolerance_px=2)
+    assert text == build_report(
+        DATA,
+        {"lora": TRAIN["lora"]},
+        {"lora": EVAL["lora"]},
+        in_memory,
+        model_source="small",
+        variants=["lora"],
+        figures={},
+        boundary_tolerance_px=2,
+    )
     assert row(section(text, "cracks ladder"), "darkest 5%")[4:8] == ["0.077", "0.121", "0.147", "0.103"]
     assert row(section(text, "drywall, test split"), "no learning: all ones")[3:5] == ["0.158", "0.272"]
     summary = json.loads((metrics / "summary.json").read_text())
@@ -73,8 +96,12 @@ def test_summary_holds_the_headline_numbers_only():
     assert summary["cracks"]["cross_prompt_lit"] == {"lora": 0.0123}
     assert summary["train_minutes"] == round((50.0 + 70.0) / 60.0, 2)
     assert leaves(summary) == 2 * (2 * 2 + 2 + 1) + 1
-    full_ladder = build_summary(TRAIN, {v: EVAL["lora"] for v in ["decoder", "lora", "full", "unet"]}, BASELINES,
-                                variants=["decoder", "lora", "full", "unet"])
+    full_ladder = build_summary(
+        TRAIN,
+        {v: EVAL["lora"] for v in ["decoder", "lora", "full", "unet"]},
+        BASELINES,
+        variants=["decoder", "lora", "full", "unet"],
+    )
     assert leaves(full_ladder) <= 24  # about 20: the default ladder's whole headline
     assert build_summary({}, {}, {}, variants=ladder) == {}
 

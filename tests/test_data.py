@@ -1,16 +1,26 @@
 """The training Dataset: prompt sampling, negative prompts, flips, and reproducibility per epoch."""
+
 import numpy as np
 import torch
 
-from conftest import PROMPTS
 from promptseg.data import EpochShuffleSampler, PromptedSegmentation, list_split, normalize
+
+from conftest import PROMPTS
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def make(processed_root, **kwargs):
-    return PromptedSegmentation(list_split(processed_root, "cracks", "train"), "cracks", PROMPTS["cracks"],
-                                image_size=64, mean=MEAN, std=STD, seed=42, **kwargs)
+    return PromptedSegmentation(
+        list_split(processed_root, "cracks", "train"),
+        "cracks",
+        PROMPTS["cracks"],
+        image_size=64,
+        mean=MEAN,
+        std=STD,
+        seed=42,
+        **kwargs,
+    )
 
 
 def test_negative_prompts_come_at_the_configured_rate_with_zero_targets(processed_root):
@@ -77,10 +87,22 @@ def test_training_loader_never_opens_the_true_masks(processed_root, monkeypatch)
     opened = []
     for module, name in ((cv2, "imread"), (Image, "open"), (builtins, "open")):
         original = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda path, *a, _o=original, **k: (opened.append(str(path)), _o(path, *a, **k))[1])
-    parts = [PromptedSegmentation(list_split(processed_root, d, "train"), d, PROMPTS[d], image_size=32,
-                                  mean=[0.5] * 3, std=[0.5] * 3, negative_prompts=["x"], negative_prompt_prob=0.5)
-             for d in ("cracks", "drywall")]
+        monkeypatch.setattr(
+            module, name, lambda path, *a, _o=original, **k: (opened.append(str(path)), _o(path, *a, **k))[1]
+        )
+    parts = [
+        PromptedSegmentation(
+            list_split(processed_root, d, "train"),
+            d,
+            PROMPTS[d],
+            image_size=32,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            negative_prompts=["x"],
+            negative_prompt_prob=0.5,
+        )
+        for d in ("cracks", "drywall")
+    ]
     joint = JointSegmentation(parts)
     for index in range(len(joint)):
         joint[index]

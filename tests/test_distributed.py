@@ -1,4 +1,5 @@
 """Multi-process training through `accelerate launch` (DDP), run here with 2 CPU processes (gloo)."""
+
 import json
 import os
 import subprocess
@@ -18,10 +19,29 @@ def test_two_processes_shard_the_batches_and_end_with_the_same_weights(tmp_path,
     process). The loop itself compares the replicas' weights at the end and exits non-zero if they differ,
     which is what happens when the forward does not go through the DDP wrapper (gradients not all-reduced)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    result = subprocess.run(launch + [str(DRIVER), str(processed_root), str(tmp_path), "full", "lora", "unet"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    result = subprocess.run(
+        launch + [str(DRIVER), str(processed_root), str(tmp_path), "full", "lora", "unet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for variant in ("full", "lora", "unet"):
         summary = json.loads((tmp_path / "metrics" / f"{variant}.json").read_text())

@@ -1,15 +1,23 @@
 """Evaluation reuses the prompt-independent half of the model: same probabilities as without the cache."""
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL
 from promptseg.inference import EncodingCache, TrainedModel, predict_probabilities
 from promptseg.model import load_base_model
 
-UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
-                                     "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                              "intermediate_size": 64}}}
+from conftest import TINY_MODEL
+
+UNET_MODEL = {
+    **TINY_MODEL,
+    "unet": {
+        "widths": [8, 16, 32, 64],
+        "freeze_text": False,
+        "presence_gate": True,
+        "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    },
+}
 
 
 def trained_model(architecture):
@@ -26,8 +34,11 @@ def test_cached_encodings_give_the_same_probabilities_for_every_prompt(architect
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((64, 64, 3), (50, 80, 3), (64, 48, 3))]
     trained = trained_model(architecture)
-    prompt_lists = [["segment crack"] * 3, ["segment taping area"] * 3,
-                    ["segment crack", ["segment crack", "segment joint tape"], "segment sky"]]  # ensemble: row subsets
+    prompt_lists = [
+        ["segment crack"] * 3,
+        ["segment taping area"] * 3,
+        ["segment crack", ["segment crack", "segment joint tape"], "segment sky"],
+    ]  # ensemble: row subsets
     fresh = [predict_probabilities(trained, images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists]
     trained.encodings = EncodingCache()
     cached = [predict_probabilities(trained, images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists]

@@ -6,6 +6,9 @@ import json
 
 import numpy as np
 import pytest
+
+from promptseg.exports import COUNT_KEYS, detect_export_format, read_export, source_group_of
+
 from fixtures_exports import (
     coco_ann,
     coco_image,
@@ -15,8 +18,6 @@ from fixtures_exports import (
     write_image,
     write_yolo_export,
 )
-
-from promptseg.exports import COUNT_KEYS, detect_export_format, read_export, source_group_of
 
 TRI = [2, 2, 10, 2, 2, 10]
 
@@ -338,9 +339,7 @@ def test_yolo_quirks(tmp_path):
 
 
 def test_yolo_png_images_and_no_yaml(tmp_path):
-    root = write_yolo_export(
-        tmp_path, {"test": {"a": (16, 16, ["7 0.5 0.5 0.5 0.5"])}}, names=None, image_ext=".png"
-    )
+    root = write_yolo_export(tmp_path, {"test": {"a": (16, 16, ["7 0.5 0.5 0.5 0.5"])}}, names=None, image_ext=".png")
     res = read_export(root)
     # Without data.yaml class ids cannot be checked: every class is foreground.
     assert res.counts["test"]["unknown_category"] == 0

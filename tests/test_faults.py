@@ -6,6 +6,7 @@ empty export, an export without a train split, an unwritable --out, an interrupt
 corruption fuzz test over small synthetic exports: 200 seeded corruptions, parsed and rendered in-process,
 a few through the real stage script.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,13 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fixtures_exports import (
-    coco_ann,
-    coco_image,
-    write_coco_split,
-    write_image,
-    write_yolo_export,
-)
 
 from promptseg.exports import (
     IMAGE_SKIP_KINDS,
@@ -46,6 +40,14 @@ from promptseg.images import (
 from promptseg.masks import build_processed_dataset, write_processed_dataset
 from promptseg.splits import image_signature, plan_splits
 
+from fixtures_exports import (
+    coco_ann,
+    coco_image,
+    write_coco_split,
+    write_image,
+    write_yolo_export,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 TRI = [[2, 2, 20, 2, 2, 20]]  # a valid polygon inside a 32x24 image
 
@@ -62,8 +64,11 @@ def rows_of(path: Path) -> list[dict]:
 
 
 def stage_env() -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
@@ -71,8 +76,15 @@ def run_masks_stage(project: Path, dataset: str) -> subprocess.CompletedProcess:
     """``python stages/masks.py <dataset>`` in ``project`` (params.yaml copied from the repository)."""
     if not (project / "params.yaml").exists():
         shutil.copy(REPO / "params.yaml", project / "params.yaml")
-    return subprocess.run([sys.executable, str(REPO / "stages" / "masks.py"), dataset], check=False, cwd=project,
-                          env=stage_env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "masks.py"), dataset],
+        check=False,
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ------------------------------------------------------------------------------------ images
@@ -97,7 +109,11 @@ def test_empty_and_garbage_files_are_corrupt(tmp_path):
     empty.write_bytes(b"")
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"not an image at all" * 5)
-    for path, words in ((empty, "empty (0 bytes)"), (garbage, "cannot be decoded"), (tmp_path / "gone.jpg", "cannot be read")):
+    for path, words in (
+        (empty, "empty (0 bytes)"),
+        (garbage, "cannot be decoded"),
+        (tmp_path / "gone.jpg", "cannot be read"),
+    ):
         with pytest.raises(ImageReadError) as info:
             read_image(path)
         assert info.value.kind == CORRUPT and words in str(info.value) and str(path) in str(info.value)
@@ -149,14 +165,21 @@ def test_a_split_the_export_lacks_is_explained_honestly(processed_root, tmp_path
     shutil.copytree(processed_root / "cracks", root / "cracks")
     shutil.rmtree(root / "cracks" / "train")  # as_exported on an export with valid/test only
     with pytest.raises(ValueError) as info:
-        PromptedSegmentation(list_split(root, "cracks", "train"), "cracks", ["x"], image_size=32, mean=[0.5] * 3,
-                             std=[0.5] * 3)
+        PromptedSegmentation(
+            list_split(root, "cracks", "train"), "cracks", ["x"], image_size=32, mean=[0.5] * 3, std=[0.5] * 3
+        )
     message = str(info.value)
     assert "the masks stage ran" in message and "has no train split (it has: test, val)" in message
     assert "data.cracks.split: grouped" in message and "run `dvc repro masks" not in message
     with pytest.raises(ValueError, match=r"has not been written; run `dvc repro masks@cracks` first"):
-        PromptedSegmentation(list_split(tmp_path / "nothing", "cracks", "train"), "cracks", ["x"], image_size=32,
-                             mean=[0.5] * 3, std=[0.5] * 3)
+        PromptedSegmentation(
+            list_split(tmp_path / "nothing", "cracks", "train"),
+            "cracks",
+            ["x"],
+            image_size=32,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+        )
 
 
 # ------------------------------------------------------------------------------- annotations
@@ -179,9 +202,13 @@ def test_coco_image_losing_all_annotations_is_skipped_not_a_negative(tmp_path):
     assert sorted(r.image_path.name for r in read.records) == ["mixed.jpg", "neg.jpg", "ok.jpg"]
     rows = [(p.kind, Path(p.file).name, p.annotation) for p in read.problems]
     assert rows == [
-        ("degenerate_polygons", "nan.jpg", "10"), ("degenerate_polygons", "two.jpg", "11"),
-        ("degenerate_polygons", "mixed.jpg", "12"), ("unknown_category", "cat.jpg", "14"),
-        ("all_labels_invalid", "nan.jpg", ""), ("all_labels_invalid", "two.jpg", ""), ("all_labels_invalid", "cat.jpg", ""),
+        ("degenerate_polygons", "nan.jpg", "10"),
+        ("degenerate_polygons", "two.jpg", "11"),
+        ("degenerate_polygons", "mixed.jpg", "12"),
+        ("unknown_category", "cat.jpg", "14"),
+        ("all_labels_invalid", "nan.jpg", ""),
+        ("all_labels_invalid", "two.jpg", ""),
+        ("all_labels_invalid", "cat.jpg", ""),
     ]
     assert "non-finite or non-numeric coordinate (nan)" in read.problems[0]
     assert "has 2 points (fewer than 3)" in read.problems[1]
@@ -191,13 +218,18 @@ def test_coco_image_losing_all_annotations_is_skipped_not_a_negative(tmp_path):
 
 
 def test_yolo_image_losing_all_lines_is_skipped_and_lines_are_named(tmp_path):
-    export = write_yolo_export(tmp_path / "exp", {"train": {
-        "bad": (20, 10, ["0 0.5 0.5", "0 0.5 0.5 0.2 nan"]),
-        "cls": (20, 10, ["3 0.5 0.5 0.2 0.2"]),
-        "half": (20, 10, ["0 0.5 0.5 0.4 0.4", "x y z"]),
-        "neg": (20, 10, []),
-        "none": (20, 10, None),
-    }})
+    export = write_yolo_export(
+        tmp_path / "exp",
+        {
+            "train": {
+                "bad": (20, 10, ["0 0.5 0.5", "0 0.5 0.5 0.2 nan"]),
+                "cls": (20, 10, ["3 0.5 0.5 0.2 0.2"]),
+                "half": (20, 10, ["0 0.5 0.5 0.4 0.4", "x y z"]),
+                "neg": (20, 10, []),
+                "none": (20, 10, None),
+            }
+        },
+    )
     read = read_export(export)
     c = read.counts["train"]
     assert (c["images_listed"], c["images"], c["all_labels_invalid"], c["images_without_labels"]) == (5, 3, 2, 2)
@@ -205,27 +237,37 @@ def test_yolo_image_losing_all_lines_is_skipped_and_lines_are_named(tmp_path):
     assert sorted(r.image_path.stem for r in read.records) == ["half", "neg", "none"]
     named = [(p.kind, Path(p.file).name, p.annotation) for p in read.problems]
     assert named == [
-        ("malformed_label_lines", "bad.txt", "line 1"), ("malformed_label_lines", "bad.txt", "line 2"),
+        ("malformed_label_lines", "bad.txt", "line 1"),
+        ("malformed_label_lines", "bad.txt", "line 2"),
         ("malformed_label_lines", "half.txt", "line 2"),
-        ("all_labels_invalid", "bad.jpg", ""), ("unknown_category", "cls.txt", "line 1"), ("all_labels_invalid", "cls.jpg", ""),
+        ("all_labels_invalid", "bad.jpg", ""),
+        ("unknown_category", "cls.txt", "line 1"),
+        ("all_labels_invalid", "cls.jpg", ""),
     ]
     assert f"{export / 'train' / 'labels' / 'cls.txt'}:1: class id 3" in read.problems[4]
 
 
 def test_shapes_dropped_while_rendering_are_named_and_an_image_left_with_none_is_skipped(tmp_path):
     images = [coco_image(0, "thin.jpg"), coco_image(1, "rle.jpg"), coco_image(2, "ok.jpg")]
-    anns = [coco_ann(1, 0, segmentation=[], bbox=(3, 3, 0.4, 5)),
-            coco_ann(2, 1, segmentation={"size": [24, 32], "counts": [5, 5]}),  # counts do not sum to 24*32
-            coco_ann(3, 2, segmentation=[], bbox=(1, 1, 4, 4)), coco_ann(4, 2, segmentation=[], bbox=(40, 40, 3, 3))]
+    anns = [
+        coco_ann(1, 0, segmentation=[], bbox=(3, 3, 0.4, 5)),
+        coco_ann(2, 1, segmentation={"size": [24, 32], "counts": [5, 5]}),  # counts do not sum to 24*32
+        coco_ann(3, 2, segmentation=[], bbox=(1, 1, 4, 4)),
+        coco_ann(4, 2, segmentation=[], bbox=(40, 40, 3, 3)),
+    ]
     write_coco_split(tmp_path / "exp", "train", images, anns)
     read = read_export(tmp_path / "exp")
     summary = build_processed_dataset(read, tmp_path / "out", workers=1)
     t = summary["train"]
     assert (t["images"], t["all_labels_invalid"], t["degenerate_boxes"], t["malformed_rle"]) == (1, 2, 2, 1)
     named = [(p.kind, Path(p.file).name, p.annotation) for p in read.problems]
-    assert named == [("degenerate_boxes", "thin.jpg", "1"), ("all_labels_invalid", "thin.jpg", ""),
-                     ("malformed_rle", "rle.jpg", "2"), ("all_labels_invalid", "rle.jpg", ""),
-                     ("degenerate_boxes", "ok.jpg", "4")]
+    assert named == [
+        ("degenerate_boxes", "thin.jpg", "1"),
+        ("all_labels_invalid", "thin.jpg", ""),
+        ("malformed_rle", "rle.jpg", "2"),
+        ("all_labels_invalid", "rle.jpg", ""),
+        ("degenerate_boxes", "ok.jpg", "4"),
+    ]
     assert "covers 0.40 x 5.00 px" in read.problems[0]
 
 
@@ -249,9 +291,11 @@ def test_coco_file_without_annotations_is_an_error_naming_it(tmp_path, key):
         read_export(d.parent)
     result = run_masks_stage(tmp_path / "project", "cracks")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (f"masks@cracks: {Path('data/raw/cracks/train/_annotations.coco.json')}: has no "
-                                     f"'{key}' list, so its images cannot be matched to their labels; re-download the "
-                                     "export (or re-export it from Roboflow in COCO format)")
+    assert result.stderr.strip() == (
+        f"masks@cracks: {Path('data/raw/cracks/train/_annotations.coco.json')}: has no "
+        f"'{key}' list, so its images cannot be matched to their labels; re-download the "
+        "export (or re-export it from Roboflow in COCO format)"
+    )
 
 
 # --------------------------------------------------------------------- problems table, stage
@@ -270,16 +314,21 @@ def test_masks_stage_writes_the_problems_table_and_prints_render_problems(tmp_pa
     result = run_masks_stage(project, "cracks")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "[masks] cracks: 4 problems (all_labels_invalid 1, corrupt_image 1, degenerate_polygons 1, size_mismatch 1) " \
-           "in metrics/data/problems/cracks.csv" in out
+    assert (
+        "[masks] cracks: 4 problems (all_labels_invalid 1, corrupt_image 1, degenerate_polygons 1, size_mismatch 1) "
+        "in metrics/data/problems/cracks.csv" in out
+    )
     # printed AFTER rendering: the render-time problems (the empty file, the size mismatch) are shown, with the file
     assert f"{Path('data/raw/cracks/train/empty.jpg')}: the file is empty (0 bytes)" in out
     assert "b.jpg: the annotation says 32x24 but the file is 40x30" in out
     rows = rows_of(project / "metrics" / "data" / "problems" / "cracks.csv")
     assert tuple(rows[0]) == PROBLEM_COLUMNS
     assert sorted((r["kind"], Path(r["file"]).name, r["annotation"]) for r in rows) == [
-        ("all_labels_invalid", "f.jpg", ""), ("corrupt_image", "empty.jpg", ""), ("degenerate_polygons", "f.jpg", "9"),
-        ("size_mismatch", "b.jpg", "")]
+        ("all_labels_invalid", "f.jpg", ""),
+        ("corrupt_image", "empty.jpg", ""),
+        ("degenerate_polygons", "f.jpg", "9"),
+        ("size_mismatch", "b.jpg", ""),
+    ]
     processed = project / "data" / "processed"
     assert sorted(p.name for p in processed.iterdir()) == ["cracks"]  # no .partial left, old tree replaced
     assert not (processed / "cracks" / "old").exists() and (processed / "cracks" / "index.csv").is_file()
@@ -289,7 +338,9 @@ def test_masks_stage_writes_the_problems_table_and_prints_render_problems(tmp_pa
 def test_report_table_1_links_the_problems_table():
     from promptseg.report import _data_section
 
-    text = "\n".join(_data_section({"cracks": {"problems": 4, "train": {"images": 3}}, "drywall": {}}, ["cracks", "drywall"]))
+    text = "\n".join(
+        _data_section({"cracks": {"problems": 4, "train": {"images": 3}}, "drywall": {}}, ["cracks", "drywall"])
+    )
     assert "Every problem met, with its file: [`cracks`](data/problems/cracks.csv) (4).\n" in text
 
 
@@ -313,7 +364,9 @@ def test_interrupted_masks_write_keeps_the_previous_tree(tmp_path, monkeypatch):
     monkeypatch.setattr(masks, "_process_one", dies_on_the_second_image)
     with pytest.raises(KeyboardInterrupt):
         write_processed_dataset(read_export(tmp_path / "exp"), out, workers=1)
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and (out / "index.csv").read_text() == index
+    assert (
+        sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and (out / "index.csv").read_text() == index
+    )
     assert sorted(p.name for p in out.parent.iterdir()) == ["cracks"]
 
 
@@ -339,12 +392,16 @@ def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
     out = tmp_path / "raw" / "cracks"
     with pytest.raises(SourceError) as failed:
         land_export("cracks", local(str(archive)), None, out)
-    assert str(failed.value).startswith(f"{archive} cannot be unzipped (") and "corrupt or truncated" in str(failed.value)
+    assert str(failed.value).startswith(f"{archive} cannot be unzipped (") and "corrupt or truncated" in str(
+        failed.value
+    )
     empty = tmp_path / "empty-export"
     empty.mkdir()
     with pytest.raises(SourceError) as failed:
         land_export("cracks", local(str(empty)), None, out)
-    assert str(failed.value).startswith(f"data.cracks.local.path {str(empty)!r} is not a Roboflow export: it holds nothing")
+    assert str(failed.value).startswith(
+        f"data.cracks.local.path {str(empty)!r} is not a Roboflow export: it holds nothing"
+    )
     assert not out.exists() and not (tmp_path / "raw" / "cracks.partial").exists()
     (empty / "train").mkdir()
     (empty / "train" / "_annotations.coco.json").write_text('{"images": [], "annotations": []}')
@@ -357,9 +414,9 @@ def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from conftest import PROMPTS, TINY_MODEL
-
     from promptseg.model import build_small_model
+
+    from conftest import PROMPTS, TINY_MODEL
 
     d = tmp_path_factory.mktemp("model") / "tiny"
     model, processor = build_small_model(TINY_MODEL, 64, 0)
@@ -375,11 +432,27 @@ def test_predict_skips_truncated_images_with_the_reason(model_dir, tmp_path, cap
     folder = tmp_path / "in"
     write_image(folder / "good.jpg", 40, 30)
     truncate(Path(shutil.copy(folder / "good.jpg", folder / "cut.jpg")))
-    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder), "--out",
-               str(tmp_path / "out"), "--threshold", "0.5", "--quiet"])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "segment crack",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--threshold",
+            "0.5",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good__segment-crack.png"]
-    assert f"skipped {folder / 'cut.jpg'}: not a readable image (JPEG data ends without its end-of-image marker" in captured.err
+    assert (
+        f"skipped {folder / 'cut.jpg'}: not a readable image (JPEG data ends without its end-of-image marker"
+        in captured.err
+    )
     assert "1 masks written, 1 skipped" in captured.out
 
 
@@ -390,12 +463,26 @@ def test_predict_with_corrupt_weights_is_rc2_with_a_message(model_dir, tmp_path,
     shutil.copytree(model_dir, broken)
     truncate(broken / "model.safetensors")
     write_image(tmp_path / "a.jpg")
-    rc = main(["predict", "--model", str(broken), "--prompt", "segment crack", str(tmp_path / "a.jpg"), "--out",
-               str(tmp_path / "out"), "--threshold", "0.5"])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(broken),
+            "--prompt",
+            "segment crack",
+            str(tmp_path / "a.jpg"),
+            "--out",
+            str(tmp_path / "out"),
+            "--threshold",
+            "0.5",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
-    assert err.startswith(f"promptseg: cannot load the model from {broken}: {broken / 'model.safetensors'} is corrupt "
-                          "or truncated (SafetensorError: ")
+    assert err.startswith(
+        f"promptseg: cannot load the model from {broken}: {broken / 'model.safetensors'} is corrupt "
+        "or truncated (SafetensorError: "
+    )
     assert "Copy the model folder again, or retrain it" in err
 
 
@@ -414,11 +501,13 @@ def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, mo
         ro.chmod(0o500)
         targets.append((ro, "Permission denied"))
     for out, reason in targets:
-        rc = cli.main(["predict", "--model", str(model), "--prompt", "segment crack", str(tmp_path / "a.jpg"),
-                       "--out", str(out)])
+        rc = cli.main(
+            ["predict", "--model", str(model), "--prompt", "segment crack", str(tmp_path / "a.jpg"), "--out", str(out)]
+        )
         err = capsys.readouterr().err
-        assert rc == 2 and err == (f"promptseg: cannot write to the output folder {out}: {reason}; pass --out with a "
-                                   "folder you can write to\n")
+        assert rc == 2 and err == (
+            f"promptseg: cannot write to the output folder {out}: {reason}; pass --out with a folder you can write to\n"
+        )
 
 
 # ------------------------------------------------------------------------------- fuzz test
@@ -441,8 +530,9 @@ def fuzz_bases(tmp_path_factory):
     data = json.loads(ann.read_text())
     write_image(ann.parent / "extra.png", 48, 48, seed=7)
     data["images"].append(coco_image(99, "extra.png", 48, 48))
-    data["annotations"].append(coco_ann(999, 99, segmentation=[[4, 4, 30, 4, 4, 30]],
-                                        category_id=data["annotations"][0]["category_id"]))
+    data["annotations"].append(
+        coco_ann(999, 99, segmentation=[[4, 4, 30, 4, 4, 30]], category_id=data["annotations"][0]["category_id"])
+    )
     ann.write_text(json.dumps(data))
     return root
 
@@ -454,8 +544,13 @@ def _delete_json_key(path: Path, rng: np.random.Generator) -> str | None:
         return None
     if not isinstance(data, dict):
         return None
-    holders = [data] + [x for key in ("images", "annotations", "categories") if isinstance(data.get(key), list)
-                        for x in data[key] if isinstance(x, dict)]
+    holders = [data] + [
+        x
+        for key in ("images", "annotations", "categories")
+        if isinstance(data.get(key), list)
+        for x in data[key]
+        if isinstance(x, dict)
+    ]
     holders = [h for h in holders if h]
     if not holders:
         return None
@@ -469,8 +564,13 @@ def _delete_json_key(path: Path, rng: np.random.Generator) -> str | None:
 def corrupt_export(root: Path, rng: np.random.Generator) -> list[str]:
     """1-3 random corruptions: bytes flipped or the file truncated (images, label files, JSON, data.yaml),
     or a key deleted from the COCO JSON."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and "true_masks" not in p.parts
-                   and p.suffix.lower() in (*IMAGE_SUFFIXES, ".txt", ".json", ".yaml"))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and "true_masks" not in p.parts
+        and p.suffix.lower() in (*IMAGE_SUFFIXES, ".txt", ".json", ".yaml")
+    )
     done = []
     for _ in range(int(rng.integers(1, 4))):
         f = files[int(rng.integers(len(files)))]
@@ -500,7 +600,9 @@ def listed_images(root: Path, fmt: str) -> tuple[int, bool]:
     for split in ("train", "valid", "test"):
         if fmt == "yolo":
             d = root / split / "images"
-            listed += sum(1 for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else 0
+            listed += (
+                sum(1 for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else 0
+            )
             continue
         path = root / split / "_annotations.coco.json"
         if not path.is_file():
@@ -514,7 +616,9 @@ def listed_images(root: Path, fmt: str) -> tuple[int, bool]:
         if not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
             refused = True
             continue
-        listed += sum(1 for im in data["images"] if isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str))
+        listed += sum(
+            1 for im in data["images"] if isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str)
+        )
     return listed, refused
 
 
@@ -526,8 +630,17 @@ def fuzz_once(base: Path, work: Path, fmt: str, seed: int) -> dict:
     shutil.copytree(base, export)
     what = corrupt_export(export, rng)
     listed, must_refuse = listed_images(export, fmt)
-    result = {"seed": seed, "what": what, "listed": listed, "written": 0, "skipped": 0, "traceback": None,
-              "error": None, "unnamed": [], "skip_kinds": {}}
+    result = {
+        "seed": seed,
+        "what": what,
+        "listed": listed,
+        "written": 0,
+        "skipped": 0,
+        "traceback": None,
+        "error": None,
+        "unnamed": [],
+        "skip_kinds": {},
+    }
     read = None
     try:
         read = read_export(export)
@@ -566,8 +679,11 @@ def test_corruption_fuzz_never_a_traceback_and_every_image_accounted_for(fuzz_ba
     refused = [r for r in runs if not r["traceback"] and r["accounted"] is None]
     # stage runs through the real script: one refused export, one with skipped images, one clean-ish
     picks = []
-    for wanted in (lambda r: r in refused, lambda r: r["skipped"] and not r["error"],
-                   lambda r: not r["error"] and not r["skipped"]):
+    for wanted in (
+        lambda r: r in refused,
+        lambda r: r["skipped"] and not r["error"],
+        lambda r: not r["error"] and not r["skipped"],
+    ):
         pick = next((r for r in runs if wanted(r) and r not in picks), None)
         if pick is not None:
             picks.append(pick)
@@ -582,21 +698,27 @@ def test_corruption_fuzz_never_a_traceback_and_every_image_accounted_for(fuzz_ba
         done = run_masks_stage(project, fmt_dataset)
         stage_results.append((r["seed"], done.returncode, done.stderr))
     figures = {
-        "runs": len(runs), "tracebacks": len(tracebacks), "images unaccounted for": len(unaccounted),
+        "runs": len(runs),
+        "tracebacks": len(tracebacks),
+        "images unaccounted for": len(unaccounted),
         "refused with a message": len(refused),
         "no usable images (accounted, then a message)": sum(bool(r["error"]) for r in runs) - len(refused),
         "images listed (runs not refused)": sum(r["listed"] for r in runs if r["accounted"] is not None),
         "written": sum(r["written"] for r in runs),
         "skipped and named": sum(r["skipped"] for r in runs),
         "skips by kind": {k: sum(r["skip_kinds"].get(k, 0) for r in runs) for k in IMAGE_SKIP_KINDS},
-        "stage script runs": len(stage_results), "stage tracebacks": sum("Traceback" in e for _, _, e in stage_results),
-        "seconds in-process": round(in_process_s, 1), "seconds total": round(time.perf_counter() - started, 1),
+        "stage script runs": len(stage_results),
+        "stage tracebacks": sum("Traceback" in e for _, _, e in stage_results),
+        "seconds in-process": round(in_process_s, 1),
+        "seconds total": round(time.perf_counter() - started, 1),
     }
     print("\nfuzz figures:", json.dumps(figures))
     assert not tracebacks, (tracebacks[0]["what"], tracebacks[0]["traceback"])
     assert not unaccounted, [(r["seed"], r["what"], r["listed"], r["written"], r["skipped"]) for r in unaccounted[:3]]
     assert not [r for r in runs if r["unnamed"]], [r["unnamed"] for r in runs if r["unnamed"]][:3]
-    assert all(r["refused_ok"] for r in runs), [(r["seed"], r["what"], r["error"]) for r in runs if not r["refused_ok"]][:3]
+    assert all(r["refused_ok"] for r in runs), [
+        (r["seed"], r["what"], r["error"]) for r in runs if not r["refused_ok"]
+    ][:3]
     assert figures["skipped and named"] > 0 and figures["refused with a message"] > 0 and figures["written"] > 0
     assert len(stage_results) == FUZZ_STAGE_RUNS
     for seed, rc, stderr in stage_results:

@@ -83,9 +83,10 @@ def test_upsample_align_corners_false():
 
 
 def test_prompt_ensemble_and_flip_tta_give_masks_of_each_images_shape():
-    from conftest import TINY_MODEL
     from promptseg.inference import TrainedModel, predict_masks, predict_probabilities
     from promptseg.model import build_small_model
+
+    from conftest import TINY_MODEL
 
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     trained = TrainedModel(model, processor, {"per_image_standardization": True})

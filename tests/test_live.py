@@ -1,4 +1,5 @@
 """promptseg.live: per-epoch DVCLive series and the same values in MLflow, fresh and resumed."""
+
 import json
 
 import numpy as np
@@ -38,8 +39,10 @@ def mlflow_cfg(tmp_path, monkeypatch):
 def mlflow_history(cfg, run_id, name):
     from mlflow.tracking import MlflowClient
 
-    return [(m.step, m.value) for m in sorted(MlflowClient(cfg["tracking_uri"]).get_metric_history(run_id, name),
-                                              key=lambda m: m.step)]
+    return [
+        (m.step, m.value)
+        for m in sorted(MlflowClient(cfg["tracking_uri"]).get_metric_history(run_id, name), key=lambda m: m.step)
+    ]
 
 
 def test_three_epochs_write_the_series_summary_params_images_and_mlflow(tmp_path, mlflow_cfg, monkeypatch):
@@ -68,8 +71,11 @@ def test_three_epochs_write_the_series_summary_params_images_and_mlflow(tmp_path
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "unet" and run.data.tags["variant"] == "unet"
     assert run.data.params == {"epochs": "3", "lr.base": "0.0003"}
-    assert sorted(a.path for a in client.list_artifacts(run_id, "val_overlay")) == \
-        ["val_overlay/0000.png", "val_overlay/0001.png", "val_overlay/0002.png"]
+    assert sorted(a.path for a in client.list_artifacts(run_id, "val_overlay")) == [
+        "val_overlay/0000.png",
+        "val_overlay/0001.png",
+        "val_overlay/0002.png",
+    ]
     assert not (tmp_path / "dvc.yaml").exists() and not (live_dir / "dvc.yaml").exists()
 
 
@@ -82,10 +88,12 @@ def test_resume_after_epoch_two_continues_at_step_two_without_duplicates(tmp_pat
     run_id = first.mlflow_run_id
     first.close("KILLED")
     (live_dir / "plots" / "metrics" / "val_dice.tsv").write_text(  # make the lost epoch's row recognisable
-        (live_dir / "plots" / "metrics" / "val_dice.tsv").read_text().replace("0.75", "0.123"))
+        (live_dir / "plots" / "metrics" / "val_dice.tsv").read_text().replace("0.75", "0.123")
+    )
 
-    resumed = EpochLogger("unet", live_dir, mlflow_cfg=mlflow_cfg, params={"epochs": 3}, resume_epoch=2,
-                          mlflow_run_id=run_id)
+    resumed = EpochLogger(
+        "unet", live_dir, mlflow_cfg=mlflow_cfg, params={"epochs": 3}, resume_epoch=2, mlflow_run_id=run_id
+    )
     assert resumed.step == 2 and resumed.mlflow_run_id == run_id
     with pytest.raises(ValueError, match="expects epoch 3 next"):
         resumed.log_epoch(2, 0.1, 0.1, 0.1, 0.1)
@@ -115,8 +123,9 @@ def test_a_fresh_run_clears_the_previous_series(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "live" / "plots" / "images" / "val_overlay").iterdir()) == ["0.png"]
 
 
-def test_resume_after_dvc_deleted_the_outputs_rebuilds_the_series_from_the_checkpoint_rows(tmp_path, mlflow_cfg,
-                                                                                          monkeypatch):
+def test_resume_after_dvc_deleted_the_outputs_rebuilds_the_series_from_the_checkpoint_rows(
+    tmp_path, mlflow_cfg, monkeypatch
+):
     import shutil
 
     monkeypatch.chdir(tmp_path)
@@ -128,8 +137,9 @@ def test_resume_after_dvc_deleted_the_outputs_rebuilds_the_series_from_the_check
         log(first, epoch)
     first.close("KILLED")
     shutil.rmtree(live_dir)  # `dvc repro` removes a stage's outputs before running it
-    resumed = EpochLogger("unet", live_dir, mlflow_cfg=mlflow_cfg, params={"epochs": 3}, resume_epoch=2,
-                          history=rows)  # no run id saved: a new MLflow run gets the history first
+    resumed = EpochLogger(
+        "unet", live_dir, mlflow_cfg=mlflow_cfg, params={"epochs": 3}, resume_epoch=2, history=rows
+    )  # no run id saved: a new MLflow run gets the history first
     log(resumed, 3)
     resumed.close()
     for i, name in enumerate(NAMES):

@@ -130,9 +130,9 @@ def slanted_band(h=64, w=64):
     cv2.line(band, (8, 20), (56, 31), 1, thickness=3)
     ys, xs = np.nonzero(band)
     box = np.zeros_like(band)
-    box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 1
+    box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = 1
     # the band touches every row and column of its box but fills only a fraction of it
-    assert band[ys.min():ys.max() + 1].any(axis=1).all() and band[:, xs.min():xs.max() + 1].any(axis=0).all()
+    assert band[ys.min() : ys.max() + 1].any(axis=1).all() and band[:, xs.min() : xs.max() + 1].any(axis=0).all()
     assert band.sum() < 0.5 * box.sum()
     return torch.from_numpy(band).double()[None], torch.from_numpy(box).double()[None]
 
@@ -205,8 +205,10 @@ def test_box_projection_per_component_is_stricter_than_union():
     per_box = box_projection_loss(pred, box, outside_weight=0.0, components=comps).item()
     assert per_box == pytest.approx((0.0 + (2 / 5 + 1 / 4)) / 2, abs=1e-9)
     # no components at all: projection term is 0
-    assert box_projection_loss(pred, torch.zeros_like(box), outside_weight=0.0,
-                               components=torch.zeros_like(comps)).item() == 0.0
+    assert (
+        box_projection_loss(pred, torch.zeros_like(box), outside_weight=0.0, components=torch.zeros_like(comps)).item()
+        == 0.0
+    )
 
 
 def test_box_projection_pairwise_prefers_band_over_box_fill():
@@ -226,8 +228,15 @@ def test_box_projection_pairwise_prefers_band_over_box_fill():
     # checkerboard noise inside a uniform box: -log(p_i p_j + (1 - p_i)(1 - p_j)) on each disagreeing pair
     checker = 20.0 * (2 * ((torch.arange(8)[:, None] + torch.arange(8)[None]) % 2) - 1).double()[None]
     flat = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
-    got = box_projection_loss(checker, torch.ones(1, 8, 8, dtype=torch.float64), projection_weight=0,
-                              outside_weight=0, pairwise_weight=1.0, images=flat, dilation=1).item()
+    got = box_projection_loss(
+        checker,
+        torch.ones(1, 8, 8, dtype=torch.float64),
+        projection_weight=0,
+        outside_weight=0,
+        pairwise_weight=1.0,
+        images=flat,
+        dilation=1,
+    ).item()
     # dilation 1: right/down pairs differ, -log(2 sigmoid(20) sigmoid(-20)) = 20 - log 2 (to 1e-8);
     # diagonal pairs agree (cost ~0): 56 + 56 of 56 + 56 + 49 + 49 = 210 pairs
     assert got == pytest.approx((20.0 - math.log(2)) * 112 / 210, rel=1e-7)
@@ -251,12 +260,19 @@ def test_box_projection_gradients_finite():
 
 def test_presence_loss_is_bce_against_whether_the_target_has_any_pixel():
     from promptseg.losses import presence_loss
+
     target = torch.zeros(3, 4, 4)
-    target[0, 1, 2] = 1.0   # present: one pixel
-    target[2] = 0.4         # soft values at or below 0.5 do not count as present
+    target[0, 1, 2] = 1.0  # present: one pixel
+    target[2] = 0.4  # soft values at or below 0.5 do not count as present
     logits = torch.tensor([2.0, -1.0, 0.5])
-    expected = -(math.log(torch.sigmoid(torch.tensor(2.0)).item()) + math.log(1 - torch.sigmoid(torch.tensor(-1.0)).item())
-                 + math.log(1 - torch.sigmoid(torch.tensor(0.5)).item())) / 3
+    expected = (
+        -(
+            math.log(torch.sigmoid(torch.tensor(2.0)).item())
+            + math.log(1 - torch.sigmoid(torch.tensor(-1.0)).item())
+            + math.log(1 - torch.sigmoid(torch.tensor(0.5)).item())
+        )
+        / 3
+    )
     assert presence_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="must be"):
         presence_loss(torch.zeros(2), target)

@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fixtures_exports import coco_ann, coco_image, rf_name, write_coco_export, write_coco_split, write_yolo_export
 
 from promptseg.exports import ImageRecord, Shape, read_export
 from promptseg.masks import (
@@ -21,6 +20,8 @@ from promptseg.masks import (
     render_polygon_mask,
     render_record_mask,
 )
+
+from fixtures_exports import coco_ann, coco_image, rf_name, write_coco_export, write_coco_split, write_yolo_export
 
 H, W = 24, 32
 
@@ -69,8 +70,7 @@ def test_polygon_vertices_rounded_half_up():
 def test_multipart_polygon_renders_both_parts():
     m, counts = _render(_poly([1, 1, 4, 1, 4, 4, 1, 4]), _poly([20, 10, 25, 10, 25, 15, 20, 15]))
     exp = _expected(
-        lambda x, y: ((x >= 1) & (x <= 4) & (y >= 1) & (y <= 4))
-        | ((x >= 20) & (x <= 25) & (y >= 10) & (y <= 15))
+        lambda x, y: ((x >= 1) & (x <= 4) & (y >= 1) & (y <= 4)) | ((x >= 20) & (x <= 25) & (y >= 10) & (y <= 15))
     )
     np.testing.assert_array_equal(m, exp)
     assert counts["clipped_polygons"] == 0
@@ -282,7 +282,12 @@ def test_build_processed_dataset_coco(tmp_path):
     assert summary["train"]["images"] == 1
     # missing, corrupt, size mismatch, and the degenerate box (every dropped shape is named)
     assert summary["problems"] == len(read.problems) == 4
-    assert [p.kind for p in read.problems] == ["missing_image_file", "degenerate_boxes", "corrupt_image", "size_mismatch"]
+    assert [p.kind for p in read.problems] == [
+        "missing_image_file",
+        "degenerate_boxes",
+        "corrupt_image",
+        "size_mismatch",
+    ]
     assert read.problems[1].annotation == "3" and read.problems[1].file.endswith(rf_name("IMG_1", 1))
     assert any("corrupt.jpg" in p and ("re-download" in p or "remove" in p) for p in read.problems)
     json.dumps(summary)

@@ -1,4 +1,5 @@
 """promptseg.measure on drawn shapes whose length and width are known, and `promptseg measure`."""
+
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,7 @@ def test_straight_5px_band_200px_long():
     mask = np.zeros((300, 300), np.uint8)
     mask[100:105, 50:250] = 255
     c = only(measure_mask(mask))
-    assert c["max_width_px"] == 5.0                       # exact: EDT(p) + far-side neighbour's EDT
+    assert c["max_width_px"] == 5.0  # exact: EDT(p) + far-side neighbour's EDT
     assert abs(c["mean_width_px"] - 5.0) <= 0.05
     assert abs(c["length_px"] - 200.0) <= 1.0
     assert c["area_px"] == 1000
@@ -46,7 +47,7 @@ def test_even_width_band_is_not_one_px_short():
     mask = np.zeros((300, 300), np.uint8)
     mask[100:104, 50:250] = 255
     c = only(measure_mask(mask))
-    assert c["max_width_px"] == 4.0                       # 2 x EDT - 1 would say 3
+    assert c["max_width_px"] == 4.0  # 2 x EDT - 1 would say 3
     assert abs(c["length_px"] - 200.0) <= 1.5
 
 
@@ -61,13 +62,13 @@ def test_one_px_line():
 
 def test_l_shape_length_is_the_centreline():
     mask = np.zeros((300, 300), np.uint8)
-    mask[50:250, 100:105] = 255   # vertical arm, 5 px wide
+    mask[50:250, 100:105] = 255  # vertical arm, 5 px wide
     mask[245:250, 100:250] = 255  # horizontal arm along the bottom
     c = only(measure_mask(mask))
     centreline = (247 - 49.5) + (249.5 - 102)  # 345: along both arms' centre lines, edge to edge
     assert abs(c["length_px"] - centreline) / centreline <= 0.01
     assert abs(c["mean_width_px"] - 5.0) <= 0.1
-    assert 5.0 <= c["max_width_px"] <= 6.0                # the corner's diagonal reads up to 1 px wider
+    assert 5.0 <= c["max_width_px"] <= 6.0  # the corner's diagonal reads up to 1 px wider
 
 
 def test_ring_is_measured_around_its_loop():
@@ -78,7 +79,7 @@ def test_ring_is_measured_around_its_loop():
     true_length = 2 * math.pi * 80
     assert abs(c["length_px"] - true_length) / true_length <= 0.01
     assert abs(c["mean_width_px"] - 7.0) <= 0.1
-    assert 7.0 <= c["max_width_px"] <= 8.0                # digitised circle: up to 1 px wider at some angles
+    assert 7.0 <= c["max_width_px"] <= 8.0  # digitised circle: up to 1 px wider at some angles
 
 
 @pytest.mark.parametrize("angle_deg,width", [(45.0, 5), (30.0, 5), (22.5, 9)])
@@ -97,9 +98,9 @@ def test_diagonal_band(angle_deg, width):
 
 def test_components_specks_and_per_image_totals():
     mask = np.zeros((200, 200), np.uint8)
-    mask[20:23, 10:110] = 255        # 3 x 100
-    mask[60:160, 150:157] = 255      # 7 x 100
-    mask[180:182, 180:182] = 255     # a 4-px speck: below min_area_px
+    mask[20:23, 10:110] = 255  # 3 x 100
+    mask[60:160, 150:157] = 255  # 7 x 100
+    mask[180:182, 180:182] = 255  # a 4-px speck: below min_area_px
     result = measure_mask(mask, settings=MeasureSettings(min_area_px=10))
     assert result["image"]["count"] == 2
     assert [c["id"] for c in result["components"]] == [1, 2]
@@ -111,23 +112,24 @@ def test_components_specks_and_per_image_totals():
 def test_scale_gives_mm_and_bre_category():
     mask = np.zeros((300, 300), np.uint8)
     mask[100:105, 50:250] = 255
-    result = measure_mask(mask, mm_per_px=0.5)       # 5 px -> 2.5 mm: category 2
+    result = measure_mask(mask, mm_per_px=0.5)  # 5 px -> 2.5 mm: category 2
     c = only(result)
     assert c["max_width_mm"] == 2.5 and c["bre_251_category"] == 2
     assert abs(c["length_mm"] - 100.0) <= 0.5
     assert result["image"]["bre_251_category"] == 2 and result["notes"] == []
 
 
-@pytest.mark.parametrize("mm,category", [(0.05, 0), (0.1, 1), (1.0, 1), (1.01, 2), (5.0, 2), (14.9, 3),
-                                         (15.0, 3), (25.0, 4), (25.1, 5)])
+@pytest.mark.parametrize(
+    "mm,category", [(0.05, 0), (0.1, 1), (1.0, 1), (1.01, 2), (5.0, 2), (14.9, 3), (15.0, 3), (25.0, 4), (25.1, 5)]
+)
 def test_bre_251_categories(mm, category):
     assert bre_category(mm) == category
 
 
 def test_joints_orientation_share_and_box_note():
     mask = np.zeros((200, 400), np.uint8)
-    mask[:, 100:140] = 255            # vertical joint band, 40 px wide
-    mask[150:170, 200:400] = 255      # horizontal band
+    mask[:, 100:140] = 255  # vertical joint band, 40 px wide
+    mask[150:170, 200:400] = 255  # horizontal band
     result = measure_mask(mask, kind="joint")
     kinds = sorted(c["orientation"] for c in result["components"])
     assert kinds == ["horizontal", "vertical"]
@@ -171,31 +173,42 @@ def test_measure_speed_640px():
     measure_mask(mask)
     started = time.perf_counter()
     measure_mask(mask)
-    assert time.perf_counter() - started < 0.5   # generous on a loaded CI box; the benchmark reports the figure
+    assert time.perf_counter() - started < 0.5  # generous on a loaded CI box; the benchmark reports the figure
 
 
 def test_synthetic_sidecar_truth_matches_measure_on_the_true_masks(tmp_path):
     from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export
 
     root = tmp_path / "cracks"
-    write_synthetic_export("cracks", root, seed=3, image_size=160, counts={"train": 0, "valid": 0, "test": 10},
-                           negative_share=0.0)
+    write_synthetic_export(
+        "cracks", root, seed=3, image_size=160, counts={"train": 0, "valid": 0, "test": 10}, negative_share=0.0
+    )
     truth = json.loads((root / TRUE_MEASURES_FILE).read_text())["splits"]["test"]
     coco = json.loads((root / "test" / "_annotations.coco.json").read_text())
     by_id = {a["id"]: a for a in coco["annotations"]}
-    assert sum(len(v) for v in truth.values()) == len(coco["annotations"])   # one truth per annotation
+    assert sum(len(v) for v in truth.values()) == len(coco["annotations"])  # one truth per annotation
     errors = []
     for items in truth.values():
         for t in items:
             if t["occluded"]:
                 continue
             mask = np.zeros((160, 160), np.uint8)
-            cv2.fillPoly(mask, [np.rint(np.asarray(p).reshape(-1, 2)).astype(np.int32)
-                                for p in by_id[t["annotation_id"]]["segmentation"]], 255)
+            cv2.fillPoly(
+                mask,
+                [
+                    np.rint(np.asarray(p).reshape(-1, 2)).astype(np.int32)
+                    for p in by_id[t["annotation_id"]]["segmentation"]
+                ],
+                255,
+            )
             comps = measure_mask(mask)["components"]
             length = sum(c["length_px"] for c in comps)
-            errors.append((abs(length - t["length_px"]) / t["length_px"],
-                           abs(max(c["max_width_px"] for c in comps) - t["max_width_px"])))
+            errors.append(
+                (
+                    abs(length - t["length_px"]) / t["length_px"],
+                    abs(max(c["max_width_px"] for c in comps) - t["max_width_px"]),
+                )
+            )
     assert len(errors) >= 5
     assert np.median([e[0] for e in errors]) < 0.12 and np.median([e[1] for e in errors]) < 1.5
 

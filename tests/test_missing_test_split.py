@@ -1,6 +1,7 @@
 """A dataset whose export has no test split (the official drywall exports: train + valid) is evaluated and
 reported on val, labelled as optimistic (``eval.missing_test_split: report_val``), or stops with a message
 (``error``); every declared figure is written either way."""
+
 import dataclasses
 import json
 import shutil
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROMPTS, TINY_MODEL
 
+from promptseg.baselines import write_baselines
 from promptseg.evaluate import (
     NO_TEST_SPLIT_NOTE,
     EvalConfig,
@@ -17,14 +18,30 @@ from promptseg.evaluate import (
     evaluate_variant,
     qualitative_figure,
 )
-from promptseg.baselines import write_baselines
 from promptseg.report import write_report
 
+from conftest import PROMPTS, TINY_MODEL
+
 # params.yaml's evaluation defaults (EvalConfig has none of its own), small where a test changes them
-BASE = EvalConfig(thresholds=[0.5], morphology=True, kernel_size=3, batch_size=16, boundary_tolerance_px=2,
-                  empty_score=1.0, figure_images=3, unrelated_prompts=[], paraphrases={}, hflip_tta=False,
-                  prompt_ensemble=False, tiled={}, tile_upscale=1.0, tile_overlap=0.25,
-                  measure_inference_options=False, native_resolution={}, missing_test_split="report_val")
+BASE = EvalConfig(
+    thresholds=[0.5],
+    morphology=True,
+    kernel_size=3,
+    batch_size=16,
+    boundary_tolerance_px=2,
+    empty_score=1.0,
+    figure_images=3,
+    unrelated_prompts=[],
+    paraphrases={},
+    hflip_tta=False,
+    prompt_ensemble=False,
+    tiled={},
+    tile_upscale=1.0,
+    tile_overlap=0.25,
+    measure_inference_options=False,
+    native_resolution={},
+    missing_test_split="report_val",
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +97,17 @@ def test_figures_exist_for_the_scored_split_and_for_an_empty_one(trained, no_dry
     titles = []
     monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kw: titles.append(text))
     val_png, empty_png = tmp_path / "val.png", tmp_path / "empty.png"
-    qualitative_figure(trained, no_drywall_test, "drywall", "segment joint tape", 0.5, _cfg(), val_png,
-                       split="val", note=NO_TEST_SPLIT_NOTE)
+    qualitative_figure(
+        trained,
+        no_drywall_test,
+        "drywall",
+        "segment joint tape",
+        0.5,
+        _cfg(),
+        val_png,
+        split="val",
+        note=NO_TEST_SPLIT_NOTE,
+    )
     qualitative_figure(trained, no_drywall_test, "drywall", "segment joint tape", 0.5, _cfg(), empty_png, split="test")
     assert val_png.stat().st_size > 1000 and empty_png.stat().st_size > 100
     assert titles == [f"drywall, val split ({NO_TEST_SPLIT_NOTE})"]
@@ -128,8 +154,13 @@ def test_progress_bars_count_every_image_of_every_prompt_pass(trained, no_drywal
             closed.append((self.desc, self.n, self.total))
 
     monkeypatch.setattr(evaluate, "tqdm", Recording)
-    cfg = dataclasses.replace(BASE, measure_inference_options=True, prompt_ensemble=True,
-                              unrelated_prompts=["segment door"], paraphrases={"cracks": ["find the crack"]})
+    cfg = dataclasses.replace(
+        BASE,
+        measure_inference_options=True,
+        prompt_ensemble=True,
+        unrelated_prompts=["segment door"],
+        paraphrases={"cracks": ["find the crack"]},
+    )
     evaluate_variant(trained, no_drywall_test, PROMPTS, cfg, encoding_cache_bytes=0)
     # cracks val: 2 prompts + 3 other + 1 unrelated + 1 paraphrase + options 2 * (2 + 1) + 2 + ensemble 2 = 17 passes
     assert ("evaluate cracks val", 17 * 4, 17 * 4) in closed

@@ -1,5 +1,6 @@
 """promptseg.mlflow_model: a tiny trained U-Net logged, registered and loaded back from the registry predicts
 exactly the masks `promptseg predict` writes."""
+
 import json
 
 import cv2
@@ -9,11 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PROMPTS, TINY_MODEL
 from promptseg.cli import main
 
-UNET = {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": False,
-        "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
+from conftest import PROMPTS, TINY_MODEL
+
+UNET = {
+    "widths": [8, 16, 32, 64],
+    "freeze_text": False,
+    "presence_gate": False,
+    "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +32,7 @@ def unet_dir(tmp_path_factory):
     images = 0.8 + 0.1 * torch.randn(4, 3, 64, 64, generator=generator)
     targets = torch.zeros(4, 64, 64)
     for i in range(4):
-        targets[i, 10 + 12 * i:13 + 12 * i, :] = 1
+        targets[i, 10 + 12 * i : 13 + 12 * i, :] = 1
     images = images * (1 - 0.6 * targets[:, None])
     tokens = processor.tokenizer(["segment crack", "segment joint tape"] * 2, padding=True, return_tensors="pt")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -49,7 +55,7 @@ def wall_images(folder):
     names = []
     for i, (h, w) in enumerate([(48, 64), (70, 52), (64, 64)]):
         image = np.clip(rng.normal(200, 15, (h, w, 3)), 0, 255).astype(np.uint8)
-        image[h // 3:h // 3 + 3 + i] = 60  # a dark band
+        image[h // 3 : h // 3 + 3 + i] = 60  # a dark band
         names.append(f"w{i}.png")
         cv2.imwrite(str(folder / names[-1]), image)
     return names
@@ -86,8 +92,23 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
 
     for prompt, dataset in (("segment crack", "cracks"), ("segment joint tape", "drywall"), ("segment a cat", None)):
         out_dir = tmp_path / f"cli-{prompt.replace(' ', '-')}"
-        assert main(["predict", "--model", str(unet_dir), "--prompt", prompt, str(folder), "--out", str(out_dir),
-                     "--eval-metrics", str(eval_json)]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(unet_dir),
+                    "--prompt",
+                    prompt,
+                    str(folder),
+                    "--out",
+                    str(out_dir),
+                    "--eval-metrics",
+                    str(eval_json),
+                ]
+            )
+            == 0
+        )
         frame = pd.DataFrame({"image": [(folder / n).read_bytes() for n in names], "prompt": [prompt] * len(names)})
         got = loaded.predict(frame)
         assert list(got["threshold"]) == [thresholds[dataset] if dataset else 0.5] * len(names)
@@ -101,11 +122,16 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
         if dataset:
             assert 0.0 < lit / len(names) < 1.0  # the comparison is not between two empty (or full) masks
 
-    ones = loaded.predict(pd.DataFrame({"image": [(folder / names[0]).read_bytes()], "prompt": ["segment crack"]}),
-                          params={"threshold": 0.0})
+    ones = loaded.predict(
+        pd.DataFrame({"image": [(folder / names[0]).read_bytes()], "prompt": ["segment crack"]}),
+        params={"threshold": 0.0},
+    )
     assert ones["threshold"][0] == 0.0
     with pytest.raises(Exception, match="row 1: `image` is not a readable image"):
-        loaded.predict(pd.DataFrame({"image": [(folder / names[0]).read_bytes(), b"not an image"],
-                                     "prompt": ["segment crack"] * 2}))
+        loaded.predict(
+            pd.DataFrame(
+                {"image": [(folder / names[0]).read_bytes(), b"not an image"], "prompt": ["segment crack"] * 2}
+            )
+        )
     # a second log of the same rung is version 2 of the same registered model
     assert log_pyfunc_model(unet_dir, cfg, thresholds=thresholds) == "models:/promptseg-unet/2"

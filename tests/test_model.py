@@ -1,15 +1,25 @@
 """Model building, LoRA counts, and the gradient-reaching forward."""
+
 import time
 
 import pytest
 import torch
 from transformers import CLIPSegForImageSegmentation
 
-from conftest import TINY_MODEL
-from promptseg.model import (ModelSourceError, apply_variant, build_clip_tokenizer, build_small_model,
-                             count_parameters, load_pretrained, lora_parameter_count, rd64_refined_config,
-                             segmentation_logits)
+from promptseg.model import (
+    ModelSourceError,
+    apply_variant,
+    build_clip_tokenizer,
+    build_small_model,
+    count_parameters,
+    load_pretrained,
+    lora_parameter_count,
+    rd64_refined_config,
+    segmentation_logits,
+)
 from promptseg.settings import LoraSettings
+
+from conftest import TINY_MODEL
 
 
 def lora_settings(train_decoder: bool) -> LoraSettings:
@@ -141,6 +151,7 @@ def test_local_save_pretrained_directory_round_trips(tmp_path):
     loaded, loaded_processor = load_pretrained(str(tmp_path))
     x, ids, mask = _batch(processor)
     with torch.no_grad():
-        assert torch.equal(segmentation_logits(model.eval(), x, ids, mask),
-                           segmentation_logits(loaded.eval(), x, ids, mask))
+        assert torch.equal(
+            segmentation_logits(model.eval(), x, ids, mask), segmentation_logits(loaded.eval(), x, ids, mask)
+        )
     assert loaded_processor.tokenizer("segment crack")["input_ids"] == processor.tokenizer("segment crack")["input_ids"]

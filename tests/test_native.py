@@ -1,5 +1,6 @@
 """Thin cracks at their own scale: the crop sampler, the native-resolution cache, and U-Net inference on the
 whole photo at its own size (promptseg.data crops, promptseg.native)."""
+
 import cv2
 import numpy as np
 import pytest
@@ -12,8 +13,11 @@ from promptseg.native import predict_probabilities_native
 from promptseg.unet import TextConditionedUNet, UNetConfig
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-TINY_UNET = {"widths": [16, 32, 64, 128], "presence_gate": True,  # [8, ...] at 224 px: a torch 2.13 CPU crash in backward (channels_last)
-             "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
+TINY_UNET = {
+    "widths": [16, 32, 64, 128],
+    "presence_gate": True,  # [8, ...] at 224 px: a torch 2.13 CPU crash in backward (channels_last)
+    "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+}
 
 
 def test_crop_window_is_a_pure_function_of_seed_epoch_index_and_stays_inside():
@@ -50,8 +54,7 @@ def raw_rgb(pixel_values: torch.Tensor) -> np.ndarray:
 
 
 def dataset(pairs, **kwargs):
-    return PromptedSegmentation(pairs, "cracks", ["segment crack"], image_size=48, mean=MEAN, std=STD, seed=5,
-                                **kwargs)
+    return PromptedSegmentation(pairs, "cracks", ["segment crack"], image_size=48, mean=MEAN, std=STD, seed=5, **kwargs)
 
 
 def test_crops_cut_image_and_mask_identically_at_native_resolution(tmp_path):

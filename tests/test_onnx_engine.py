@@ -1,4 +1,5 @@
 """The ONNX engine: `promptseg export`, then masks from onnxruntime that agree with the PyTorch engine's."""
+
 import json
 import shutil
 
@@ -6,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import PROMPTS, TINY_MODEL
 from promptseg.cli import main
+
+from conftest import PROMPTS, TINY_MODEL
 
 IMAGE_SIZE = 64
 ALL_PROMPTS = [p for ps in PROMPTS.values() for p in ps] + ["segment the long thin dark crack running across the wall"]
@@ -28,8 +30,9 @@ def model_dir(tmp_path_factory):
     model, processor = build_small_model(TINY_MODEL, IMAGE_SIZE, 0)
     model.save_pretrained(d)
     processor.save_pretrained(d)
-    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS,
-                                                  "per_image_standardization": True}))
+    (d / "promptseg.json").write_text(
+        json.dumps({"variant": "tiny", "prompts": PROMPTS, "per_image_standardization": True})
+    )
     assert main(["export", "--model", str(d)]) == 0
     return d
 
@@ -62,10 +65,16 @@ def test_export_writes_the_graph_its_metadata_and_the_tokenizer(model_dir):
     assert meta["image_mean"] == TINY_MODEL["image_mean"] and meta["image_std"] == TINY_MODEL["image_std"]
     assert meta["card"]["variant"] == "tiny" and meta["opset"] >= 17
     graph = onnx.load(str(export / "model.onnx"), load_external_data=False).graph
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in list(graph.input) + list(graph.output)}
-    assert dims == {"pixel_values": ["batch", 3, IMAGE_SIZE, IMAGE_SIZE], "input_ids": ["batch", "tokens"],
-                    "attention_mask": ["batch", "tokens"], "logits": ["batch", IMAGE_SIZE, IMAGE_SIZE]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(graph.input) + list(graph.output)
+    }
+    assert dims == {
+        "pixel_values": ["batch", 3, IMAGE_SIZE, IMAGE_SIZE],
+        "input_ids": ["batch", "tokens"],
+        "attention_mask": ["batch", "tokens"],
+        "logits": ["batch", IMAGE_SIZE, IMAGE_SIZE],
+    }
 
 
 @pytest.mark.parametrize("per_image", [False, True])
@@ -82,8 +91,13 @@ def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_ima
         expected = preprocess_image(image, 96, mean, std, per_image).numpy()
         got = preprocess(image, 96, mean, std, per_image)
         assert got.dtype == np.float32 and got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
-    for (h, w), (H, W) in (((64, 64), (137, 90)), ((64, 64), (40, 33)), ((5, 7), (5, 7)), ((16, 16), (1, 300)),
-                          ((224, 224), (640, 480))):
+    for (h, w), (H, W) in (
+        ((64, 64), (137, 90)),
+        ((64, 64), (40, 33)),
+        ((5, 7), (5, 7)),
+        ((16, 16), (1, 300)),
+        ((224, 224), (640, 480)),
+    ):
         logits = (rng.standard_normal((h, w)) * 20).astype(np.float32)
         expected = upsample_logits(torch.from_numpy(logits), (H, W))
         got = upsample_bilinear(logits, (H, W))
@@ -141,8 +155,20 @@ def test_engine_onnx_without_an_export_names_the_export_command(model_dir, tmp_p
     shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("onnx"))
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((20, 20, 3), np.uint8))
-    rc = main(["predict", "--engine", "onnx", "--model", str(bare), "--prompt", "segment crack", str(image),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "predict",
+            "--engine",
+            "onnx",
+            "--model",
+            str(bare),
+            "--prompt",
+            "segment crack",
+            str(image),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert f"promptseg export --model {bare}" in err and err.count("\n") == 1
@@ -202,8 +228,9 @@ def test_export_onnx_takes_any_module_with_the_same_forward(tmp_path):
     ids = torch.randint(0, 100, (3, 7))
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[0, 4:] = 0
-    got = session.run(None, {"pixel_values": pixel_values.numpy(), "input_ids": ids.numpy(),
-                             "attention_mask": mask.numpy()})[0]
+    got = session.run(
+        None, {"pixel_values": pixel_values.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    )[0]
     with torch.no_grad():
         expected = toy(pixel_values, ids, mask).numpy()
     assert got.shape == (3, 16, 16) and np.abs(got - expected).max() < 1e-4

@@ -1,4 +1,5 @@
 """`dvc repro` end to end in a temporary copy of the repository, on tiny params."""
+
 import json
 import os
 import shutil
@@ -17,8 +18,14 @@ SECRET = "rf_" + "TEST_SECRET_never_logged_" + str(6 * 7)  # assembled, so this 
 
 
 def run(args, cwd, **env):
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-                "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **env}
+    full_env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        **env,
+    }
     full_env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -29,8 +36,13 @@ def run(args, cwd, **env):
 def repo_copy(tmp_path_factory):
     """The tracked files of this repository (as committed or staged) plus the vendored BPE, with tiny params."""
     dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, files):
         source = REPO / name
         if source.is_file():
@@ -48,9 +60,12 @@ def repo_copy(tmp_path_factory):
     for rung in params["train"]["variants"].values():  # the tiny profile: every rung 1 epoch at 64 px
         for key in ("epochs", "image_size"):
             rung.pop(key, None)
-    params["model"]["unet"] = {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
-                               "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                        "intermediate_size": 64}}
+    params["model"]["unet"] = {
+        "widths": [8, 16, 32, 64],
+        "freeze_text": False,
+        "presence_gate": True,
+        "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    }
     params["data"]["drywall"]["source"] = "synthetic"
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
@@ -64,7 +79,9 @@ def test_data_stages_run_then_do_nothing_the_second_time(repo_copy):
     for dataset in ("cracks", "drywall"):
         summary = json.loads((repo_copy / "metrics" / "data" / f"{dataset}.json").read_text())
         split = summary["split"]
-        assert split["as_exported"]["train"]["images"] == 8 and split["as_exported"]["val"]["images"] == 3  # 6 + 2 copies
+        assert (
+            split["as_exported"]["train"]["images"] == 8 and split["as_exported"]["val"]["images"] == 3
+        )  # 6 + 2 copies
         assert sum(summary[s]["images"] for s in ("train", "val", "test")) == 14
         assert all(v["leak_by_group"] == 0 for v in split["written"].values())  # grouped: no photo in two splits
         assert any((repo_copy / "data" / "processed" / dataset / "train" / "masks").glob("*.png"))
@@ -80,15 +97,22 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     for variant in ("decoder", "lora", "full", "unet"):
         scores = json.loads((repo_copy / "metrics" / "eval" / f"{variant}.json").read_text())
         assert set(scores["cracks"]["test"]["prompts"]) == {"segment crack", "segment wall crack"}
-        assert set(scores["drywall"]["test"]["prompts"]) == {"segment joint tape", "segment drywall seam",
-                                                            "segment taping area"}
+        assert set(scores["drywall"]["test"]["prompts"]) == {
+            "segment joint tape",
+            "segment drywall seam",
+            "segment taping area",
+        }
         for dataset in ("cracks", "drywall"):
             for prompt_scores in scores[dataset]["test"]["prompts"].values():
                 assert all(0.0 <= v <= 1.0 for k, v in prompt_scores.items() if k != "images")
     summary = json.loads((repo_copy / "metrics" / "summary.json").read_text())  # the headline
     assert set(summary) == {"cracks", "drywall", "train_minutes"}
     assert {"decoder", "lora", "full", "unet", "no_learning"} <= set(summary["cracks"])
-    assert set(json.loads((repo_copy / "metrics" / "eval" / "baselines.json").read_text())) == {"cracks", "drywall", "scored_splits"}
+    assert set(json.loads((repo_copy / "metrics" / "eval" / "baselines.json").read_text())) == {
+        "cracks",
+        "drywall",
+        "scored_splits",
+    }
     timing = json.loads((repo_copy / "metrics" / "runtime" / "unet.json").read_text())
     assert timing["torch_ms_per_image"] > 0 and timing["onnx_ms_per_image"] > 0 and timing["model_mb"] > 0
     assert "runtime and footprint" in report
@@ -99,14 +123,19 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     plots = json.loads(plots_json.read_text())
     assert not [e for e in plots.get("errors", []) if "metrics/train" in e["source"]], plots["errors"]
     rows = plots["data"]["val_dice_per_epoch"][0]["content"]["data"]["values"]
-    assert sorted((r["filename"].split("/plots/")[0].split("/")[-1], r["step"]) for r in rows) == \
-        [("decoder", "0"), ("full", "0"), ("lora", "0"), ("unet", "0")]
+    assert sorted((r["filename"].split("/plots/")[0].split("/")[-1], r["step"]) for r in rows) == [
+        ("decoder", "0"),
+        ("full", "0"),
+        ("lora", "0"),
+        ("unet", "0"),
+    ]
     assert "metrics/train/unet/plots/images/val_overlay/0.png" in plots["data"]
     from mlflow.tracking import MlflowClient
 
     registry = MlflowClient(f"sqlite:///{repo_copy / 'mlflow.db'}")
-    assert {m.name for m in registry.search_registered_models()} == {f"promptseg-{v}" for v in
-                                                                     ("decoder", "lora", "full", "unet")}
+    assert {m.name for m in registry.search_registered_models()} == {
+        f"promptseg-{v}" for v in ("decoder", "lora", "full", "unet")
+    }
     run(["git", "add", "-A"], repo_copy)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo_copy)
     # the secret that was in the environment during `dvc repro` is nowhere in what it wrote

@@ -1,5 +1,6 @@
 """bf16 autocast (promptseg.precision): what `auto` resolves to, what training records, fp32 state under
 bf16, and masks in bf16 agreeing with fp32 on trained tiny models."""
+
 import json
 
 import numpy as np
@@ -7,24 +8,47 @@ import pytest
 import torch
 
 import promptseg.precision
-from conftest import PROMPTS, TINY_MODEL, tiny_train_settings
 from promptseg.precision import autocast, check_precision, device_and_autocast, resolve_precision
 from promptseg.train import TrainSetup, train_variant
 
-UNET_MODEL = {**TINY_MODEL, "unet": {"widths": [8, 16, 32, 64], "freeze_text": False, "presence_gate": True,
-                                     "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                              "intermediate_size": 64}}}
-RUNGS = {"unet": ({"method": "full", "architecture": "unet", "image_size": 64, "lr": 3e-3, "epochs": 4,
-                   "presence_weight": 0.3, "datasets": ["cracks", "drywall"]}, UNET_MODEL),
-         "full": ({"method": "full", "architecture": "clipseg", "epochs": 4, "datasets": ["cracks", "drywall"]},
-                  TINY_MODEL)}
+from conftest import PROMPTS, TINY_MODEL, tiny_train_settings
+
+UNET_MODEL = {
+    **TINY_MODEL,
+    "unet": {
+        "widths": [8, 16, 32, 64],
+        "freeze_text": False,
+        "presence_gate": True,
+        "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    },
+}
+RUNGS = {
+    "unet": (
+        {
+            "method": "full",
+            "architecture": "unet",
+            "image_size": 64,
+            "lr": 3e-3,
+            "epochs": 4,
+            "presence_weight": 0.3,
+            "datasets": ["cracks", "drywall"],
+        },
+        UNET_MODEL,
+    ),
+    "full": ({"method": "full", "architecture": "clipseg", "epochs": 4, "datasets": ["cracks", "drywall"]}, TINY_MODEL),
+}
 
 
 def setup_for(root, processed_root, rung, precision, epochs):
     cfg, model_cfg = RUNGS[rung]
     settings = tiny_train_settings(rung, {**cfg, "epochs": epochs}, common={"precision": precision}, model=model_cfg)
-    return TrainSetup(settings=settings, processed_root=processed_root, model_dir=root / "models" / rung,
-                      metrics_dir=root / "metrics", checkpoint_dir=root / "ckpt" / rung)
+    return TrainSetup(
+        settings=settings,
+        processed_root=processed_root,
+        model_dir=root / "models" / rung,
+        metrics_dir=root / "metrics",
+        checkpoint_dir=root / "ckpt" / rung,
+    )
 
 
 def test_auto_follows_the_cpu_check(monkeypatch):
@@ -73,8 +97,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 # its masks have many pixels that close to the threshold; measured per-image IoU 0.94-0.99. What holds for it
 # is that every pixel bf16 flips lies within the error band of the threshold; the figure on the pipeline's
 # own U-Net is in benchmarks/README.md ("bf16").
-AGREEMENT = {"unet": (10, 0.9), "full": (4, 0.99)}   # rung: (epochs, per-image IoU floor)
-LOGIT_BAND = 0.25   # |fp32 logit - threshold logit| below which bf16 may flip a pixel
+AGREEMENT = {"unet": (10, 0.9), "full": (4, 0.99)}  # rung: (epochs, per-image IoU floor)
+LOGIT_BAND = 0.25  # |fp32 logit - threshold logit| below which bf16 may flip a pixel
 
 
 @pytest.mark.parametrize("rung", ["unet", "full"])

@@ -1,12 +1,14 @@
 """`promptseg predict`: folders with bad files, exit codes, overlays, the threshold actually used."""
+
 import json
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import PROMPTS, TINY_MODEL
 from promptseg.cli import main
+
+from conftest import PROMPTS, TINY_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,22 @@ def folder(tmp_path):
 
 def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(model_dir, folder, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder), "--out", str(out),
-               "--batch-size", "2", "--eval-metrics", str(tmp_path / "none.json")])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "segment crack",
+            str(folder),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--eval-metrics",
+            str(tmp_path / "none.json"),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["a__segment-crack.png", "b__segment-crack.png"]
@@ -54,20 +70,63 @@ def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(model_dir,
 def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(model_dir, folder, tmp_path, capsys):
     eval_path = tmp_path / "tiny.json"
     eval_path.write_text(json.dumps({"cracks": {"threshold": 0.3}, "drywall": {"threshold": 0.7}}))
-    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment joint tape", str(folder / "a.png"),
-               "--out", str(tmp_path / "o"), "--eval-metrics", str(eval_path)])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "segment joint tape",
+            str(folder / "a.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--eval-metrics",
+            str(eval_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "threshold 0.7: chosen on val for dataset 'drywall'" in out
-    main(["predict", "--model", str(model_dir), "--prompt", "segment a cat", str(folder / "a.png"),
-          "--out", str(tmp_path / "o"), "--eval-metrics", str(eval_path)])
-    assert "threshold 0.5: the default, because 'segment a cat' is not one of the model's training prompts" \
+    main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "segment a cat",
+            str(folder / "a.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--eval-metrics",
+            str(eval_path),
+        ]
+    )
+    assert (
+        "threshold 0.5: the default, because 'segment a cat' is not one of the model's training prompts"
         in capsys.readouterr().out
+    )
 
 
 def test_threshold_one_gives_empty_masks_and_overlay_is_written(model_dir, folder, tmp_path):
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder / "a.png"),
-                 str(folder / "b.jpg"), "--out", str(out), "--threshold", "1.0", "--overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                "--prompt",
+                "segment crack",
+                str(folder / "a.png"),
+                str(folder / "b.jpg"),
+                "--out",
+                str(out),
+                "--threshold",
+                "1.0",
+                "--overlay",
+            ]
+        )
+        == 0
+    )
     for name in ("a", "b"):
         assert not cv2.imread(str(out / f"{name}__segment-crack.png"), cv2.IMREAD_GRAYSCALE).any()
         overlay = cv2.imread(str(out / f"{name}__segment-crack_overlay.png"), cv2.IMREAD_COLOR)
@@ -75,8 +134,25 @@ def test_threshold_one_gives_empty_masks_and_overlay_is_written(model_dir, folde
         assert overlay.shape == original.shape
         assert np.array_equal(overlay, original)  # nothing lit: the overlay is the image itself
     zero = tmp_path / "zero"
-    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder / "a.png"),
-                 "--out", str(zero), "--threshold", "0", "--overlay", "--no-morphology"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                "--prompt",
+                "segment crack",
+                str(folder / "a.png"),
+                "--out",
+                str(zero),
+                "--threshold",
+                "0",
+                "--overlay",
+                "--no-morphology",
+            ]
+        )
+        == 0
+    )
     mask = cv2.imread(str(zero / "a__segment-crack.png"), cv2.IMREAD_GRAYSCALE)
     overlay = cv2.cvtColor(cv2.imread(str(zero / "a__segment-crack_overlay.png")), cv2.COLOR_BGR2RGB)
     image = cv2.cvtColor(cv2.imread(str(folder / "a.png")), cv2.COLOR_BGR2RGB).astype(float)
@@ -88,33 +164,86 @@ def test_threshold_one_gives_empty_masks_and_overlay_is_written(model_dir, folde
 
 def test_usage_errors_exit_2(model_dir, folder, tmp_path, capsys):
     missing = tmp_path / "nope.png"
-    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(missing),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                "--prompt",
+                "segment crack",
+                str(missing),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert str(missing) in capsys.readouterr().err
     for prompt in ("", "   "):
-        assert main(["predict", "--model", str(model_dir), "--prompt", prompt, str(folder),
-                     "--out", str(tmp_path / "o")]) == 2
+        assert (
+            main(["predict", "--model", str(model_dir), "--prompt", prompt, str(folder), "--out", str(tmp_path / "o")])
+            == 2
+        )
         assert "give a non-empty --prompt" in capsys.readouterr().err
-    assert main(["predict", "--model", str(tmp_path / "no-model"), "--prompt", "segment crack", str(folder),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "no-model"),
+                "--prompt",
+                "segment crack",
+                str(folder),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "no-model" in capsys.readouterr().err
-    assert main(["predict", "--model", str(model_dir), "--prompt", "x", str(folder), "--out", str(tmp_path / "o"),
-                 "--threshold", "1.5"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                "--prompt",
+                "x",
+                str(folder),
+                "--out",
+                str(tmp_path / "o"),
+                "--threshold",
+                "1.5",
+            ]
+        )
+        == 2
+    )
 
 
 def test_nothing_readable_exits_1(model_dir, tmp_path, capsys):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "broken.png").write_bytes(b"not a png")
-    assert main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(d),
-                 "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(d), "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "0 masks written, 1 skipped" in capsys.readouterr().out
 
 
 def test_engine_and_threads_options(model_dir, folder, tmp_path, capsys):
     """--engine onnx on a folder without an export: one line naming `promptseg export`; bad values exit 2."""
-    args = ["predict", "--model", str(model_dir), "--prompt", "segment crack", str(folder / "a.png"),
-            "--out", str(tmp_path / "o")]
+    args = [
+        "predict",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "segment crack",
+        str(folder / "a.png"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main([*args, "--engine", "onnx"]) == 2
     err = capsys.readouterr().err
     assert f"run `promptseg export --model {model_dir}` first" in err and err.count("\n") == 1

@@ -1,4 +1,5 @@
 """The paper profile: overrides of params.yaml, the dvc -S flags, and a fast clear failure offline."""
+
 import os
 import shutil
 import subprocess
@@ -23,24 +24,43 @@ def test_paper_profile_sets_the_reports_configuration():
     p = paper_params()
     assert p["model"]["source"] == "CIDAS/clipseg-rd64-refined"
     common = p["train"]["common"]
-    assert (common["image_size"], common["epochs"], common["batch_size"], common["lr"], common["weight_decay"],
-            common["seed"]) == (352, 40, 4, 1e-4, 0.01, 42)
+    assert (
+        common["image_size"],
+        common["epochs"],
+        common["batch_size"],
+        common["lr"],
+        common["weight_decay"],
+        common["seed"],
+    ) == (352, 40, 4, 1e-4, 0.01, 42)
     lora = p["train"]["variants"]["lora"]
-    assert (lora["r"], lora["alpha"], lora["dropout"], lora["targets"], lora["train_decoder"]) == \
-        (16, 32, 0.05, ["q_proj", "v_proj"], False)
+    assert (lora["r"], lora["alpha"], lora["dropout"], lora["targets"], lora["train_decoder"]) == (
+        16,
+        32,
+        0.05,
+        ["q_proj", "v_proj"],
+        False,
+    )
     full = p["train"]["variants"]["full"]
     assert full["datasets"] == ["cracks"]
     # a rung's own schedule overrides train.common, so the profile must set it for the rung too
     assert (full.get("epochs", common["epochs"]), full.get("lr", common["lr"])) == (40, 1e-4)
     clipseg = {n: v for n, v in p["train"]["variants"].items() if v["architecture"] == "clipseg"}
     assert all(v.get("epochs", 40) == 40 and v.get("lr", 1e-4) == 1e-4 for v in clipseg.values()), clipseg
-    assert all(v.get("image_size", 352) == 352 for n, v in p["train"]["variants"].items() if v["architecture"] == "clipseg")
+    assert all(
+        v.get("image_size", 352) == 352 for n, v in p["train"]["variants"].items() if v["architecture"] == "clipseg"
+    )
     assert p["infer"]["threshold_grid"] == [0.3, 0.4, 0.5, 0.6, 0.7]
-    for dataset, (workspace, project, version) in {"cracks": ("fyp-ny1jt", "cracks-3ii36", 1),
-                                                   "drywall": ("objectdetect-pu6rn", "drywall-join-detect", 2)}.items():
+    for dataset, (workspace, project, version) in {
+        "cracks": ("fyp-ny1jt", "cracks-3ii36", 1),
+        "drywall": ("objectdetect-pu6rn", "drywall-join-detect", 2),
+    }.items():
         d = p["data"][dataset]
         assert d["source"] == "roboflow" and d["split"] == "as_exported"
-        assert (d["roboflow"]["workspace"], d["roboflow"]["project"], d["roboflow"]["version"]) == (workspace, project, version)
+        assert (d["roboflow"]["workspace"], d["roboflow"]["project"], d["roboflow"]["version"]) == (
+            workspace,
+            project,
+            version,
+        )
 
 
 def test_only_the_profiles_keys_differ_from_the_default():
@@ -71,8 +91,14 @@ def test_paper_profile_offline_fails_fast_at_download_with_the_roboflow_message(
     env = {k: v for k, v in os.environ.items() if k != "ROBOFLOW_API_KEY"}
     env["PYTHONPATH"] = str(ROOT / "src")
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "stages/download.py", "drywall"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "stages/download.py", "drywall"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert time.perf_counter() - started < 30
     assert done.returncode != 0
     assert "ROBOFLOW_API_KEY" in done.stderr and "download@drywall" in done.stderr
@@ -85,8 +111,17 @@ def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_
     assert real["data"]["cracks"]["source"] == real["data"]["drywall"]["source"] == "local"
     assert real["data"]["cracks"]["local"]["path"] == ""  # the folders come from `make repro-real REAL=...`
     assert {k.split(".")[0] for k in flatten_overrides(overrides)} == {"data", "model", "train"}
-    assert all(k.startswith(("data.cracks.source", "data.drywall.source", "model.unet.presence_gate",
-                             "train.variants.unet.", "train.common."))
-               for k in flatten_overrides(overrides)), overrides
+    assert all(
+        k.startswith(
+            (
+                "data.cracks.source",
+                "data.drywall.source",
+                "model.unet.presence_gate",
+                "train.variants.unet.",
+                "train.common.",
+            )
+        )
+        for k in flatten_overrides(overrides)
+    ), overrides
     assert real["model"]["unet"]["presence_gate"] is True and real["model"]["unet"]["widths"]  # merged, not replaced
     assert real["train"]["variants"]["unet"]["epochs"] >= 12

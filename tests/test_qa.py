@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from fixtures_exports import coco_ann, coco_image, rf_name, write_coco_split, write_image
 
 from promptseg.exports import read_export
 from promptseg.masks import build_processed_dataset
@@ -20,6 +19,8 @@ from promptseg.qa import (
     write_suspicious_csv,
 )
 
+from fixtures_exports import coco_ann, coco_image, rf_name, write_coco_split, write_image
+
 W = H = 48
 
 
@@ -29,15 +30,24 @@ def _export(root: Path) -> Path:
     train = [
         (rf_name("ok", 1), [coco_ann(1, 0, segmentation=[[4, 4, 20, 4, 4, 20]], bbox=(4, 4, 16, 16))]),
         # a zero-width box (dropped) beside an empty RLE (valid, draws nothing): kept, an empty render
-        (rf_name("empty", 2), [coco_ann(2, 1, segmentation=[], bbox=(10, 10, 0, 5)),
-                               coco_ann(5, 1, segmentation={"size": [H, W], "counts": [H * W]}, bbox=(0, 0, 1, 1))]),
+        (
+            rf_name("empty", 2),
+            [
+                coco_ann(2, 1, segmentation=[], bbox=(10, 10, 0, 5)),
+                coco_ann(5, 1, segmentation={"size": [H, W], "counts": [H * W]}, bbox=(0, 0, 1, 1)),
+            ],
+        ),
         (rf_name("huge", 3), [coco_ann(3, 2, segmentation=[], bbox=(0, 0, W, 0.75 * H))]),
         (rf_name("P", 4), [coco_ann(4, 3, segmentation=[[1, 1, 9, 1, 1, 9]], bbox=(1, 1, 8, 8))]),
     ]
     images = [coco_image(i, name, W, H) for i, (name, _) in enumerate(train)]
     write_coco_split(root, "train", images, [a for _, anns in train for a in anns])
-    d = write_coco_split(root, "valid", [coco_image(0, rf_name("P", 5), W, H)],
-                         [coco_ann(1, 0, segmentation=[[1, 1, 9, 1, 1, 9]], bbox=(1, 1, 8, 8))])
+    d = write_coco_split(
+        root,
+        "valid",
+        [coco_image(0, rf_name("P", 5), W, H)],
+        [coco_ann(1, 0, segmentation=[[1, 1, 9, 1, 1, 9]], bbox=(1, 1, 8, 8))],
+    )
     # the fixture seeds its noise images by position: give this one its own pixels, or it
     # would be (rightly) a near-duplicate of train's first image
     write_image(d / rf_name("P", 5), W, H, seed=99)

@@ -1,14 +1,16 @@
 """One inference recipe: `promptseg predict` writes the masks evaluation wrote, for several recipes and both engines."""
+
 import json
 
 import cv2
 import numpy as np
 import pytest
-from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
 from promptseg.cli import main
 from promptseg.evaluate import evaluate_variant, prompt_slug
 from promptseg.recipe import Recipe, load_recipe, override
+
+from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
 PROMPT = PROMPTS["cracks"][1]
 
@@ -40,8 +42,12 @@ def mid_threshold(model_dir, processed_root):
     return float(np.round(np.median(np.concatenate([p.ravel() for p in probs])), 4))
 
 
-RECIPES = {"default": {}, "kernel5": {"kernel_size": 5}, "no_morphology": {"morphology": False},
-           "hflip_tta": {"hflip_tta": True}}
+RECIPES = {
+    "default": {},
+    "kernel5": {"kernel_size": 5},
+    "no_morphology": {"morphology": False},
+    "hflip_tta": {"hflip_tta": True},
+}
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -49,8 +55,9 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
     from promptseg.inference import load_trained_model
 
     cfg = tiny_eval_config(thresholds=[mid_threshold], **RECIPES[name])
-    results, _ = evaluate_variant(load_trained_model(model_dir), processed_root, {"cracks": PROMPTS["cracks"]}, cfg,
-                                  tmp_path / "predictions")
+    results, _ = evaluate_variant(
+        load_trained_model(model_dir), processed_root, {"cracks": PROMPTS["cracks"]}, cfg, tmp_path / "predictions"
+    )
     eval_json = tmp_path / "tiny.json"
     eval_json.write_text(json.dumps(results, indent=2) + "\n")  # as stages/evaluate.py writes it
     recipe = results["cracks"]["recipe"]
@@ -64,11 +71,28 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
 
     for engine in ("torch", "onnx"):
         out = tmp_path / f"out_{engine}"
-        rc = main(["predict", "--model", str(model_dir), "--prompt", PROMPT, str(processed_root / "cracks" / "test" / "images"),
-                   "--out", str(out), "--eval-metrics", str(eval_json), "--engine", engine, "--quiet"])
+        rc = main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                "--prompt",
+                PROMPT,
+                str(processed_root / "cracks" / "test" / "images"),
+                "--out",
+                str(out),
+                "--eval-metrics",
+                str(eval_json),
+                "--engine",
+                engine,
+                "--quiet",
+            ]
+        )
         printed = capsys.readouterr().out
         assert rc == 0
-        assert f"recipe: threshold {mid_threshold:g}" in printed and "evaluation's recipe for dataset 'cracks'" in printed
+        assert (
+            f"recipe: threshold {mid_threshold:g}" in printed and "evaluation's recipe for dataset 'cracks'" in printed
+        )
         assert "overridden" not in printed
         for path in evaluated:
             mine = cv2.imread(str(out / path.name), cv2.IMREAD_UNCHANGED)
@@ -78,10 +102,28 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
 
 def test_a_flag_overrides_one_field_and_says_so(model_dir, processed_root, tmp_path, capsys):
     eval_json = tmp_path / "tiny.json"
-    eval_json.write_text(json.dumps({"cracks": {"threshold": 0.4, "recipe": {**Recipe(threshold=0.4, kernel=5).to_dict()}}}))
+    eval_json.write_text(
+        json.dumps({"cracks": {"threshold": 0.4, "recipe": {**Recipe(threshold=0.4, kernel=5).to_dict()}}})
+    )
     image = processed_root / "cracks" / "test" / "images"
-    rc = main(["predict", "--model", str(model_dir), "--prompt", PROMPT, str(image), "--out", str(tmp_path / "o"),
-               "--eval-metrics", str(eval_json), "--kernel-size", "3", "--hflip-tta", "--quiet"])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            PROMPT,
+            str(image),
+            "--out",
+            str(tmp_path / "o"),
+            "--eval-metrics",
+            str(eval_json),
+            "--kernel-size",
+            "3",
+            "--hflip-tta",
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert "overridden by flags: kernel 3, hflip_tta True" in printed
@@ -102,9 +144,26 @@ def test_recipe_fallbacks_say_why(tmp_path):
 
 def test_tiled_recipe_on_onnx_engine_is_a_clear_usage_error(model_dir, processed_root, tmp_path, capsys):
     eval_json = tmp_path / "tiny.json"
-    eval_json.write_text(json.dumps({"cracks": {"threshold": 0.4, "recipe": Recipe(threshold=0.4, tiled=True).to_dict()}}))
-    rc = main(["predict", "--model", str(model_dir), "--prompt", PROMPT, str(processed_root / "cracks" / "test" / "images"),
-               "--out", str(tmp_path / "o"), "--eval-metrics", str(eval_json), "--engine", "onnx", "--quiet"])
+    eval_json.write_text(
+        json.dumps({"cracks": {"threshold": 0.4, "recipe": Recipe(threshold=0.4, tiled=True).to_dict()}})
+    )
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            PROMPT,
+            str(processed_root / "cracks" / "test" / "images"),
+            "--out",
+            str(tmp_path / "o"),
+            "--eval-metrics",
+            str(eval_json),
+            "--engine",
+            "onnx",
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "tiled inference, which runs on the torch engine" in capsys.readouterr().err
 
 
@@ -112,14 +171,30 @@ def test_export_carries_the_recipe_for_the_onnx_engine(model_dir, processed_root
     import shutil
 
     eval_json = tmp_path / "tiny.json"
-    eval_json.write_text(json.dumps({"cracks": {"threshold": 0.45, "recipe": Recipe(threshold=0.45, kernel=5).to_dict()}}))
+    eval_json.write_text(
+        json.dumps({"cracks": {"threshold": 0.45, "recipe": Recipe(threshold=0.45, kernel=5).to_dict()}})
+    )
     copy = tmp_path / "tiny"
     shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("onnx"))
     assert main(["export", "--model", str(copy), "--eval-metrics", str(eval_json), "--no-check"]) == 0
     assert "recipe: copied from" in capsys.readouterr().out
-    rc = main(["predict", "--model", str(copy), "--prompt", PROMPT, str(processed_root / "cracks" / "test" / "images"),
-               "--out", str(tmp_path / "o"), "--eval-metrics", str(tmp_path / "absent.json"), "--engine", "onnx",
-               "--quiet"])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(copy),
+            "--prompt",
+            PROMPT,
+            str(processed_root / "cracks" / "test" / "images"),
+            "--out",
+            str(tmp_path / "o"),
+            "--eval-metrics",
+            str(tmp_path / "absent.json"),
+            "--engine",
+            "onnx",
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0 and "threshold 0.45" in printed and "k=5" in printed and "onnx/recipe.json" in printed
 
@@ -129,9 +204,26 @@ def test_predict_measure_writes_the_measurements_of_the_masks_it_wrote(model_dir
 
     images = processed_root / "drywall" / "test" / "images"
     out = tmp_path / "o"
-    rc = main(["predict", "--model", str(model_dir), "--prompt", "segment joint tape", str(images), "--out", str(out),
-               "--eval-metrics", str(tmp_path / "absent.json"), "--threshold", "0.5", "--measure", "--mm-per-px", "0.5",
-               "--quiet"])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "segment joint tape",
+            str(images),
+            "--out",
+            str(out),
+            "--eval-metrics",
+            str(tmp_path / "absent.json"),
+            "--threshold",
+            "0.5",
+            "--measure",
+            "--mm-per-px",
+            "0.5",
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0 and "training labels were boxes" in printed  # a drywall prompt: joints
     data = json.loads((out / "measurements.json").read_text())

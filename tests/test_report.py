@@ -1,4 +1,5 @@
 """metrics/report.md from hand-written metrics dicts, and the no-learning baselines on hand-made masks and images."""
+
 import json
 
 import cv2
@@ -19,34 +20,81 @@ def scores(miou, dice, thin=False, images=4):
 def split_block(prompt_scores, thin, paraphrase):
     keys = [k for k in next(iter(prompt_scores.values())) if k != "images"]
     mean = {k: float(np.mean([s[k] for s in prompt_scores.values()])) for k in keys}
-    return {"prompts": prompt_scores, "all_prompts": mean, "images": 4, "in_prompt_lit": 0.04,
-            "cross_prompt_lit": 0.0123, "unrelated_prompt_lit": 0.2, "paraphrases": {paraphrase: scores(0.3, 0.456, thin)}}
+    return {
+        "prompts": prompt_scores,
+        "all_prompts": mean,
+        "images": 4,
+        "in_prompt_lit": 0.04,
+        "cross_prompt_lit": 0.0123,
+        "unrelated_prompt_lit": 0.2,
+        "paraphrases": {paraphrase: scores(0.3, 0.456, thin)},
+    }
 
 
 def eval_file(crack_miou, wall_miou):
     cracks = {"segment crack": scores(crack_miou, 0.6, True), "segment wall crack": scores(0.2, 0.3, True)}
     drywall = {"segment joint tape": scores(wall_miou, 0.7), "segment drywall seam": scores(0.4, 0.5)}
-    return {"cracks": {"threshold": 0.4, "threshold_chosen_on": "val", "val": split_block(cracks, True, "p1"),
-                       "test": split_block(cracks, True, "segment the crack in the wall")},
-            "drywall": {"threshold": 0.6, "threshold_chosen_on": "val", "val": split_block(drywall, False, "p2"),
-                        "test": split_block(drywall, False, "find the drywall tape")},
-            "overall": {"test_miou": 0.3}}
+    return {
+        "cracks": {
+            "threshold": 0.4,
+            "threshold_chosen_on": "val",
+            "val": split_block(cracks, True, "p1"),
+            "test": split_block(cracks, True, "segment the crack in the wall"),
+        },
+        "drywall": {
+            "threshold": 0.6,
+            "threshold_chosen_on": "val",
+            "val": split_block(drywall, False, "p2"),
+            "test": split_block(drywall, False, "find the drywall tape"),
+        },
+        "overall": {"test_miou": 0.3},
+    }
 
 
-DATA = {name: {"problems": 0, **{split: {"images": 4, "with_foreground": 3, "without_foreground": 1,
-                                           "mean_foreground_fraction": 0.0525, "annotations": 9,
-                                           "clipped_boxes": 2 if name == "drywall" else 0, "corrupt_image": 1,
-                                           "unknown_category": 0}
-                                   for split in ("train", "val", "test")}} for name in ("cracks", "drywall")}
-TRAIN = {"lora": {"method": "lora", "architecture": "clipseg", "trainable_params": 995328, "total_params": 150747746,
-                  "seconds_per_epoch": 12.5},
-         "full": {"method": "full", "architecture": "clipseg", "trainable_params": 150747746,
-                  "total_params": 150747746, "seconds_per_epoch": 20.0}}
+DATA = {
+    name: {
+        "problems": 0,
+        **{
+            split: {
+                "images": 4,
+                "with_foreground": 3,
+                "without_foreground": 1,
+                "mean_foreground_fraction": 0.0525,
+                "annotations": 9,
+                "clipped_boxes": 2 if name == "drywall" else 0,
+                "corrupt_image": 1,
+                "unknown_category": 0,
+            }
+            for split in ("train", "val", "test")
+        },
+    }
+    for name in ("cracks", "drywall")
+}
+TRAIN = {
+    "lora": {
+        "method": "lora",
+        "architecture": "clipseg",
+        "trainable_params": 995328,
+        "total_params": 150747746,
+        "seconds_per_epoch": 12.5,
+    },
+    "full": {
+        "method": "full",
+        "architecture": "clipseg",
+        "trainable_params": 150747746,
+        "total_params": 150747746,
+        "seconds_per_epoch": 20.0,
+    },
+}
 EVAL = {"lora": eval_file(0.512, 0.61), "full": eval_file(0.333, 0.444)}
-BASELINES = {"cracks": {"all zeros": {**scores(0.25, 0.25, True), "lit": 0.0},
-                        "all ones": {**scores(0.011, 0.021, True), "lit": 1.0},
-                        "darkest 5%": {**scores(0.05, 0.09, True), "lit": 0.05}},
-             "drywall": {"all zeros": scores(0.25, 0.25), "all ones": scores(0.2, 0.3)}}
+BASELINES = {
+    "cracks": {
+        "all zeros": {**scores(0.25, 0.25, True), "lit": 0.0},
+        "all ones": {**scores(0.011, 0.021, True), "lit": 1.0},
+        "darkest 5%": {**scores(0.05, 0.09, True), "lit": 0.05},
+    },
+    "drywall": {"all zeros": scores(0.25, 0.25), "all ones": scores(0.2, 0.3)},
+}
 SKIP_REASON = "zero-shot needs pretrained weights, and model.source is `small`"
 OPTIONS = {"single_prompt": 0.41, "ensemble": 0.43, "single_prompt+hflip": 0.42, "ensemble+hflip": 0.4}
 LADDER = ["zeroshot", "decoder", "lora", "full", "unet"]
@@ -64,7 +112,7 @@ def row(text, *cells):
 def section(text, title):
     start = text.index(title)
     end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def test_report_tables_hold_the_numbers_in_the_right_rows():
@@ -81,19 +129,46 @@ def test_report_tables_hold_the_numbers_in_the_right_rows():
     assert row(drywall, "no learning: all zeros")[3:5] == ["0.250", "0.250"]
     assert "darkest" not in drywall
     ladder = section(text, "cracks ladder")
-    assert row(ladder, "lora")[1:] == ["lora / clipseg", "995,328", "150,747,746", "0.356", "0.450", "0.250", "0.125",
-                                       "0.012", "0.200", "n/a", "12.500"]
+    assert row(ladder, "lora")[1:] == [
+        "lora / clipseg",
+        "995,328",
+        "150,747,746",
+        "0.356",
+        "0.450",
+        "0.250",
+        "0.125",
+        "0.012",
+        "0.200",
+        "n/a",
+        "12.500",
+    ]
     assert row(ladder, "full")[-1] == "20.000"
-    assert row(ladder, "darkest 5%")[1:] == ["no learning", "\u2014", "\u2014", "0.050", "0.090", "0.250", "0.125",
-                                             "0.050", "0.050", "\u2014", "\u2014"]
+    assert row(ladder, "darkest 5%")[1:] == [
+        "no learning",
+        "\u2014",
+        "\u2014",
+        "0.050",
+        "0.090",
+        "0.250",
+        "0.125",
+        "0.050",
+        "0.050",
+        "\u2014",
+        "\u2014",
+    ]
     assert "Read every rung against the best no-learning baseline (all zeros, Dice 0.250)." in ladder
     wall = section(text, "drywall ladder")
     assert row(wall, "lora")[4:] == ["0.505", "0.600", "0.012", "0.200", "n/a", "12.500"]
     assert "boundary F1" not in wall and "darkest" not in wall
     assert "best no-learning baseline (all ones, Dice 0.300)" in wall
     switching = section(text, "prompt switching")
-    assert row(switching, "lora", "cracks")[2:] == ["0.052", "0.040", "0.012", "0.200",
-                                                   '"segment the crack in the wall" 0.456']
+    assert row(switching, "lora", "cracks")[2:] == [
+        "0.052",
+        "0.040",
+        "0.012",
+        "0.200",
+        '"segment the crack in the wall" 0.456',
+    ]
     data = section(text, "Table 1")
     assert row(data, "drywall", "test")[2:] == ["4", "3", "1", "5.250", "3 (clipped_boxes 2, corrupt_image 1)"]
     assert row(data, "cracks", "val")[-1] == "1 (corrupt_image 1)"
@@ -103,12 +178,24 @@ def test_report_tables_hold_the_numbers_in_the_right_rows():
 
 
 def test_missing_variant_and_zeroshot_for_pretrained_source():
-    text = build_report(DATA, {"lora": TRAIN["lora"]}, {"lora": EVAL["lora"]}, BASELINES,
-                        model_source="CIDAS/clipseg-rd64-refined", variants=["lora", "full"])
+    text = build_report(
+        DATA,
+        {"lora": TRAIN["lora"]},
+        {"lora": EVAL["lora"]},
+        BASELINES,
+        model_source="CIDAS/clipseg-rd64-refined",
+        variants=["lora", "full"],
+    )
     assert "`full`: not evaluated yet" in text
     assert "meaningless" not in text and "no metrics/eval/zeroshot.json" in text
-    with_zs = build_report(DATA, TRAIN, {**EVAL, "zeroshot": eval_file(0.05, 0.06)}, BASELINES,
-                           model_source="CIDAS/clipseg-rd64-refined", variants=["lora", "full"])
+    with_zs = build_report(
+        DATA,
+        TRAIN,
+        {**EVAL, "zeroshot": eval_file(0.05, 0.06)},
+        BASELINES,
+        model_source="CIDAS/clipseg-rd64-refined",
+        variants=["lora", "full"],
+    )
     assert row(section(with_zs, "cracks, test split"), '"segment crack"', "zeroshot")[3] == "0.050"
     assert row(section(with_zs, "cracks ladder"), "zeroshot")[1:3] == ["zero-shot (no training)", "0"]
     small = build_report(DATA, TRAIN, {**EVAL, "zeroshot": eval_file(0.05, 0.06)}, BASELINES, model_source="small")
@@ -159,8 +246,11 @@ def test_trivial_baselines_on_hand_made_masks(tmp_path):
 
 def test_write_report_reads_files_and_links_figures(tmp_path):
     metrics = tmp_path / "metrics"
-    for sub, name, payload in (("data", "cracks", DATA["cracks"]), ("train", "lora", TRAIN["lora"]),
-                               ("eval", "lora", EVAL["lora"])):
+    for sub, name, payload in (
+        ("data", "cracks", DATA["cracks"]),
+        ("train", "lora", TRAIN["lora"]),
+        ("eval", "lora", EVAL["lora"]),
+    ):
         (metrics / sub).mkdir(parents=True, exist_ok=True)
         (metrics / sub / f"{name}.json").write_text(json.dumps(payload))
     (metrics / "eval" / "figures").mkdir()
@@ -175,7 +265,9 @@ def test_write_report_reads_files_and_links_figures(tmp_path):
     assert "(eval/figures/lora_cracks.png)" in text and "lora_drywall" not in text
     assert row(section(text, "cracks, test split"), "no learning: all ones")[3] == "0.500"
     # black images: every pixel ties at the quantile, so the darkest baseline lights everything (= all ones)
-    assert row(section(text, "cracks ladder"), "darkest 5%")[4:6] == row(section(text, "cracks ladder"), "all ones")[4:6]
+    assert (
+        row(section(text, "cracks ladder"), "darkest 5%")[4:6] == row(section(text, "cracks ladder"), "all ones")[4:6]
+    )
     assert "`full`: neither trained nor evaluated yet" in text
     assert "`full`: not evaluated yet" in text and "metrics/data/drywall.json is missing" in text
     assert "No no-learning baselines for drywall" in text
@@ -237,8 +329,9 @@ def test_darkest_baseline_on_a_hand_made_split_with_a_dark_line(tmp_path):
 def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
     train = {**TRAIN, "zeroshot": {"variant": "zeroshot", "method": "zeroshot", "skipped": SKIP_REASON}}
     evals = {**EVAL, "zeroshot": {"skipped": SKIP_REASON}}
-    text = build_report(DATA, train, evals, BASELINES, model_source="CIDAS/clipseg-rd64-refined",
-                        variants=["zeroshot", "lora", "full"])
+    text = build_report(
+        DATA, train, evals, BASELINES, model_source="CIDAS/clipseg-rd64-refined", variants=["zeroshot", "lora", "full"]
+    )
     for dataset in ("cracks", "drywall"):
         ladder = section(text, f"{dataset} ladder")
         r = row(ladder, "zeroshot")
@@ -246,12 +339,22 @@ def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
         assert not any(ch.isdigit() for ch in "".join(r))
         assert f"`zeroshot` was skipped: {SKIP_REASON}." in ladder
         assert "Variant `zeroshot`: skipped" in section(text, f"{dataset}, test split")
-        assert "zeroshot" not in [p.strip() for ln in section(text, f"{dataset}, test split").splitlines()
-                                  if ln.startswith("|") for p in ln.split("|")]
+        assert "zeroshot" not in [
+            p.strip()
+            for ln in section(text, f"{dataset}, test split").splitlines()
+            if ln.startswith("|")
+            for p in ln.split("|")
+        ]
     assert "Zero-shot: no metrics/eval" not in text and "zeroshot" not in section(text, "Inference options")
     # an eval file that says skipped is enough (no train file)
-    only_eval = build_report(DATA, TRAIN, {**EVAL, "unet": {"skipped": "no GPU"}}, BASELINES, model_source="small",
-                             variants=["lora", "full", "unet"])
+    only_eval = build_report(
+        DATA,
+        TRAIN,
+        {**EVAL, "unet": {"skipped": "no GPU"}},
+        BASELINES,
+        model_source="small",
+        variants=["lora", "full", "unet"],
+    )
     assert set(row(section(only_eval, "cracks ladder"), "unet")[2:]) == {"skipped"}
     assert "`unet` was skipped: no GPU." in only_eval
     # on `small` the skipped zero-shot rung keeps its one-line explanation and gets no row at all
@@ -260,14 +363,28 @@ def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
 
 
 def test_ladder_lists_baselines_first_then_rungs_in_params_order():
-    train = {v: {"method": "full" if v == "unet" else v, "architecture": "unet" if v == "unet" else "clipseg",
-                 "trainable_params": 10 * i, "total_params": 100, "seconds_per_epoch": 1.0 + i,
-                 "epochs": 24 if v == "full" else 8, "image_size": 224 if v == "unet" else 160}
-             for i, v in enumerate(LADDER)}
+    train = {
+        v: {
+            "method": "full" if v == "unet" else v,
+            "architecture": "unet" if v == "unet" else "clipseg",
+            "trainable_params": 10 * i,
+            "total_params": 100,
+            "seconds_per_epoch": 1.0 + i,
+            "epochs": 24 if v == "full" else 8,
+            "image_size": 224 if v == "unet" else 160,
+        }
+        for i, v in enumerate(LADDER)
+    }
     evals = {v: eval_file(0.1 * i, 0.1 * i) for i, v in enumerate(LADDER)}
     order = ["unet", "full", "decoder", "lora", "zeroshot"]  # dicts in another order than params
-    text = build_report(DATA, {v: train[v] for v in order}, {v: evals[v] for v in order}, BASELINES,
-                        model_source="CIDAS/clipseg-rd64-refined", variants=LADDER)
+    text = build_report(
+        DATA,
+        {v: train[v] for v in order},
+        {v: evals[v] for v in order},
+        BASELINES,
+        model_source="CIDAS/clipseg-rd64-refined",
+        variants=LADDER,
+    )
     assert ladder_rungs(text, "cracks") == ["all zeros", "all ones", "darkest 5%", *LADDER]
     assert ladder_rungs(text, "drywall") == ["all zeros", "all ones", *LADDER]
     assert row(section(text, "cracks ladder"), "unet")[1] == "full / unet"
@@ -285,15 +402,24 @@ def test_inference_options_on_val_and_prompt_ensemble_row():
     lora["drywall"]["options_val"] = {**OPTIONS, "single_prompt+hflip": 0.5}
     lora["cracks"]["ensemble_threshold"] = 0.7
     lora["cracks"]["test"]["ensemble"] = scores(0.61, 0.66, True)
-    text = build_report(DATA, TRAIN, {"lora": lora, "full": EVAL["full"]}, BASELINES, model_source="small",
-                        variants=["lora", "full"], infer_defaults={"hflip_tta": False, "prompt_ensemble": True})
+    text = build_report(
+        DATA,
+        TRAIN,
+        {"lora": lora, "full": EVAL["full"]},
+        BASELINES,
+        model_source="small",
+        variants=["lora", "full"],
+        infer_defaults={"hflip_tta": False, "prompt_ensemble": True},
+    )
     options = section(text, "Inference options on validation")
     assert row(options, "lora", "cracks")[2:] == ["0.410", "0.430", "0.420", "0.400", "n/a", "prompt ensemble"]
     assert row(options, "lora", "drywall")[2:] == ["0.410", "0.430", "0.500", "0.400", "n/a", "single prompt + hflip"]
     assert "val only" in options and "`infer.hflip_tta` / `infer.prompt_ensemble`" in options
     assert "`hflip_tta: false`, `prompt_ensemble: true`" in options
     assert "Variant `full`: no `options_val` for cracks" in options
-    none_measured = build_report(DATA, TRAIN, {"full": EVAL["full"]}, BASELINES, model_source="small", variants=["full"])
+    none_measured = build_report(
+        DATA, TRAIN, {"full": EVAL["full"]}, BASELINES, model_source="small", variants=["full"]
+    )
     options_off = section(none_measured, "Inference options on validation")
     assert "`eval.measure_inference_options` is off" in options_off and "Variant `full`" not in options_off
     cracks = section(text, "cracks, test split")
@@ -303,8 +429,14 @@ def test_inference_options_on_val_and_prompt_ensemble_row():
 
 
 def test_export_quirks_are_shown_when_the_splits_were_regrouped():
-    data = {"cracks": {**DATA["cracks"], "export": {"test": {"images": 804, "empty_segmentation_as_box": 2,
-                                                             "unused_categories": 1}}}}
+    data = {
+        "cracks": {
+            **DATA["cracks"],
+            "export": {"test": {"images": 804, "empty_segmentation_as_box": 2, "unused_categories": 1}},
+        }
+    }
     text = build_report(data, TRAIN, EVAL, BASELINES, model_source="small", datasets=["cracks"])
-    assert "`cracks` export as parsed, per exported split, skipped/repaired: `test` 2 " \
-           "(empty_segmentation_as_box 2)." in text
+    assert (
+        "`cracks` export as parsed, per exported split, skipped/repaired: `test` 2 "
+        "(empty_segmentation_as_box 2)." in text
+    )

@@ -1,5 +1,6 @@
 """Exact resume: SIGKILL a real `stages/train.py <rung>` after its first checkpoint, rerun it, and get the same
 bytes in every file of models/<rung>/ as an uninterrupted run (so every tensor's sha256 is equal too)."""
+
 import hashlib
 import json
 import os
@@ -20,8 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNGS = {
     "unet": {"method": "full", "architecture": "unet", "presence_weight": 0.3, "datasets": ["cracks", "drywall"]},
     "full": {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
-    "lora": {"method": "lora", "architecture": "clipseg", "r": 4, "alpha": 8, "dropout": 0.1,
-             "targets": ["q_proj", "v_proj"], "train_decoder": True, "datasets": ["cracks", "drywall"]},
+    "lora": {
+        "method": "lora",
+        "architecture": "clipseg",
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.1,
+        "targets": ["q_proj", "v_proj"],
+        "train_decoder": True,
+        "datasets": ["cracks", "drywall"],
+    },
 }
 
 
@@ -29,9 +38,15 @@ def make_repo(root: Path, processed_root: Path) -> Path:
     """A repository copy with params.yaml's every section and tiny model/train values; data/processed linked."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update({k: v for k, v in TINY_MODEL.items()}, unet=TINY_UNET)
-    params["train"] = {"common": {**TINY_COMMON, "epochs": 2, "negative_prompt_prob": 0.25,
-                                  "unrelated_negative_prompts": ["segment sky"]},
-                       "variants": RUNGS}
+    params["train"] = {
+        "common": {
+            **TINY_COMMON,
+            "epochs": 2,
+            "negative_prompt_prob": 0.25,
+            "unrelated_negative_prompts": ["segment sky"],
+        },
+        "variants": RUNGS,
+    }
     root.mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "stages").mkdir()
@@ -48,22 +63,38 @@ def mlflow_uri(tmp_path_factory):
 
 
 def _env(mlflow_uri: str) -> dict:
-    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
-            "PROMPTSEG_CLIP_BPE": str(ROOT / "vendor" / "clip" / "bpe_simple_vocab_16e6.txt.gz")}
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "PROMPTSEG_CLIP_BPE": str(ROOT / "vendor" / "clip" / "bpe_simple_vocab_16e6.txt.gz"),
+    }
 
 
 def train(repo: Path, rungs: list[str], mlflow_uri: str) -> subprocess.CompletedProcess:
     """`stages/train.py <rung>` for each rung, in ONE process (the interpreter starts once)."""
     driver = "import runpy, sys; main = runpy.run_path('stages/train.py')['main']; [main(r) for r in sys.argv[1:]]"
-    return subprocess.run([sys.executable, "-c", driver, *rungs], cwd=repo, env=_env(mlflow_uri),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", driver, *rungs],
+        cwd=repo,
+        env=_env(mlflow_uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def kill_after_first_checkpoint(repo: Path, rung: str, mlflow_uri: str) -> None:
     """Start `stages/train.py <rung>`, SIGKILL it as soon as its first epoch's checkpoint file appears."""
     checkpoint = repo / "checkpoints" / rung / "last.pt"
-    process = subprocess.Popen([sys.executable, "stages/train.py", rung], cwd=repo, env=_env(mlflow_uri),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "stages/train.py", rung],
+        cwd=repo,
+        env=_env(mlflow_uri),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -77,8 +108,10 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def tensor_hashes(folder: Path) -> dict[str, str]:
-    return {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
-            for k, v in load_file(str(folder / "model.safetensors")).items()}
+    return {
+        k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
+        for k, v in load_file(str(folder / "model.safetensors")).items()
+    }
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_bytes_for_unet_full_and_lora(tmp_path, processed_root, mlflow_uri):
@@ -106,9 +139,13 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_bytes_for_unet_full_and_lora
         # ... and the same MLflow run (its id was in the checkpoint), not a second one
         run_id = json.loads((killed / "metrics" / "train" / f"{rung}.json").read_text())["mlflow_run_id"]
         history = MlflowClient(mlflow_uri).get_metric_history(run_id, "val_dice")
-        assert sorted((m.step, m.value) for m in history) == \
-            [(int(step), float(value)) for step, value in (row.split("\t") for row in val_dice.splitlines()[1:])]
-    client, experiment = MlflowClient(mlflow_uri), yaml.safe_load((ROOT / "params.yaml").read_text())["mlflow"]["experiment"]
+        assert sorted((m.step, m.value) for m in history) == [
+            (int(step), float(value)) for step, value in (row.split("\t") for row in val_dice.splitlines()[1:])
+        ]
+    client, experiment = (
+        MlflowClient(mlflow_uri),
+        yaml.safe_load((ROOT / "params.yaml").read_text())["mlflow"]["experiment"],
+    )
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 2 * len(rungs) and {r.info.status for r in runs} == {"FINISHED"}  # straight + resumed
     unet = tensor_hashes(straight / "models" / "unet")

@@ -11,6 +11,7 @@ for ``coco`` / ``coco-segmentation`` one ``<split>/_annotations.coco.json`` besi
 
 The key is set in ``ROBOFLOW_API_KEY``; it must appear in no file, message or log.
 """
+
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+
 from fixtures_exports import rf_name, write_coco_export, write_yolo_export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,27 +50,52 @@ def export_zip(workspace: str, project: str, version: int, model_format: str, st
     if project.startswith("cracks"):  # a segmentation project: train/valid/test
         if model_format != "coco-segmentation":
             raise RuntimeError(f"fixture: no {model_format} export of {project}")
-        write_coco_export(staging, {
-            "train": [(rf_name("c0", 1), 32, 24, crack), (rf_name("c0", 2), 32, 24, crack),  # two augmented copies
-                      (rf_name("c1", 3), 32, 24, [("empty", [2, 2, 5, 5])]), (rf_name("c2", 4), 32, 24, [])],
-            "valid": [(rf_name("c3", 5), 32, 24, crack)],
-            "test": [(rf_name("c4", 6), 32, 24, crack), (rf_name("c5", 7), 32, 24, [])]})
+        write_coco_export(
+            staging,
+            {
+                "train": [
+                    (rf_name("c0", 1), 32, 24, crack),
+                    (rf_name("c0", 2), 32, 24, crack),  # two augmented copies
+                    (rf_name("c1", 3), 32, 24, [("empty", [2, 2, 5, 5])]),
+                    (rf_name("c2", 4), 32, 24, []),
+                ],
+                "valid": [(rf_name("c3", 5), 32, 24, crack)],
+                "test": [(rf_name("c4", 6), 32, 24, crack), (rf_name("c5", 7), 32, 24, [])],
+            },
+        )
     elif model_format == "coco":  # drywall, boxes only, train + valid (the official exports)
-        categories = [{"id": 0, "name": "drywall-join", "supercategory": "none"},
-                      {"id": 1, "name": "drywall-join", "supercategory": "drywall-join"}]
-        write_coco_export(staging, {"train": [(rf_name("d0", 1), 32, 24, [("box", [4, 0, 6, 24])]),
-                                              (rf_name("d1", 2), 32, 24, [("box", [24, 3, 9, 10])])],  # overruns by 1 px
-                                    "valid": [(rf_name("d2", 3), 32, 24, [("box", [10, 2, 4, 20])])]},
-                          categories=categories)
+        categories = [
+            {"id": 0, "name": "drywall-join", "supercategory": "none"},
+            {"id": 1, "name": "drywall-join", "supercategory": "drywall-join"},
+        ]
+        write_coco_export(
+            staging,
+            {
+                "train": [
+                    (rf_name("d0", 1), 32, 24, [("box", [4, 0, 6, 24])]),
+                    (rf_name("d1", 2), 32, 24, [("box", [24, 3, 9, 10])]),
+                ],  # overruns by 1 px
+                "valid": [(rf_name("d2", 3), 32, 24, [("box", [10, 2, 4, 20])])],
+            },
+            categories=categories,
+        )
     elif model_format == "yolov8":
-        write_yolo_export(staging, {"train": {Path(rf_name("d0", 1)).stem: (32, 24, ["0 0.21875 0.5 0.1875 1.0"]),
-                                              Path(rf_name("d1", 2)).stem: (32, 24, [])},
-                                    "valid": {Path(rf_name("d2", 3)).stem: (32, 24, ["0 0.375 0.5 0.125 0.8333333"])}},
-                          names=None)
+        write_yolo_export(
+            staging,
+            {
+                "train": {
+                    Path(rf_name("d0", 1)).stem: (32, 24, ["0 0.21875 0.5 0.1875 1.0"]),
+                    Path(rf_name("d1", 2)).stem: (32, 24, []),
+                },
+                "valid": {Path(rf_name("d2", 3)).stem: (32, 24, ["0 0.375 0.5 0.125 0.8333333"])},
+            },
+            names=None,
+        )
         (staging / "data.yaml").write_text(
             "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\nnc: 1\nnames: ['drywall-join']\n\n"
             f"roboflow:\n  workspace: {workspace}\n  project: {project}\n  version: {version}\n  license: CC BY 4.0\n"
-            f"  url: https://universe.roboflow.com/{workspace}/{project}/dataset/{version}\n")
+            f"  url: https://universe.roboflow.com/{workspace}/{project}/dataset/{version}\n"
+        )
     else:
         raise RuntimeError(f"fixture: no {model_format} export of {project}")
     (staging / "README.roboflow.txt").write_text(f"{project} - v{version}\nexported via roboflow.com\n")
@@ -110,13 +137,20 @@ class _Version:
         if os.path.exists(location) and not overwrite:
             return
         os.makedirs(location, exist_ok=True)
-        payload = export_zip(self.workspace, self.project, self.number, model_format,
-                             Path(location).parent / f".{Path(location).name}.fake-sdk-staging")
+        payload = export_zip(
+            self.workspace,
+            self.project,
+            self.number,
+            model_format,
+            Path(location).parent / f".{Path(location).name}.fake-sdk-staging",
+        )
         shutil.rmtree(Path(location).parent / f".{Path(location).name}.fake-sdk-staging")
         with open(os.path.join(location, "roboflow.zip"), "wb") as handle:
             handle.write(payload)
-        sys.stdout.write(f"\rDownloading Dataset Version Zip in {location} to {model_format}: 100% "
-                         f"[{len(payload)} / {len(payload)}] bytes\n")
+        sys.stdout.write(
+            f"\rDownloading Dataset Version Zip in {location} to {model_format}: 100% "
+            f"[{len(payload)} / {len(payload)}] bytes\n"
+        )
         with zipfile.ZipFile(os.path.join(location, "roboflow.zip")) as archive:
             archive.extractall(location)
         os.remove(os.path.join(location, "roboflow.zip"))
@@ -166,8 +200,9 @@ def assert_secret_nowhere(root: Path, *texts: str) -> None:
 
 
 def mask(root: Path, dataset: str, split: str, name: str) -> np.ndarray:
-    return cv2.imread(str(root / "data" / "processed" / dataset / split / "masks" / f"{Path(name).stem}.png"),
-                      cv2.IMREAD_GRAYSCALE)
+    return cv2.imread(
+        str(root / "data" / "processed" / dataset / split / "masks" / f"{Path(name).stem}.png"), cv2.IMREAD_GRAYSCALE
+    )
 
 
 @pytest.mark.parametrize("drywall_format", ["coco", "yolov8"])
@@ -177,13 +212,20 @@ def test_download_and_masks_on_the_sdk_layout(project, monkeypatch, capsys, capl
     for dataset in ("cracks", "drywall"):
         run_stage("stages/download.py", dataset, monkeypatch)
         run_stage("stages/masks.py", dataset, monkeypatch)
-    assert CALLS == [("fyp-ny1jt", "cracks-3ii36", 1, "coco-segmentation"),
-                     ("objectdetect-pu6rn", "drywall-join-detect", 2, drywall_format)]
+    assert CALLS == [
+        ("fyp-ny1jt", "cracks-3ii36", 1, "coco-segmentation"),
+        ("objectdetect-pu6rn", "drywall-join-detect", 2, drywall_format),
+    ]
     raw = project / "data" / "raw"
     # landed as the SDK leaves it: no zip, no partial folder, the READMEs at the top
     assert sorted(p.name for p in raw.iterdir()) == ["cracks", "drywall"]
-    assert {p.name for p in (raw / "cracks").iterdir()} == {"README.dataset.txt", "README.roboflow.txt", "train",
-                                                           "valid", "test"}
+    assert {p.name for p in (raw / "cracks").iterdir()} == {
+        "README.dataset.txt",
+        "README.roboflow.txt",
+        "train",
+        "valid",
+        "test",
+    }
     if drywall_format == "yolov8":
         assert yaml.safe_load((raw / "drywall" / "data.yaml").read_text())["test"] == "../test/images"
         assert not (raw / "drywall" / "test").exists()
@@ -200,7 +242,7 @@ def test_download_and_masks_on_the_sdk_layout(project, monkeypatch, capsys, capl
     assert crack.shape == (24, 32) and crack[6, 12] == 255 and crack[0, 0] == 0 and crack[20, 28] == 0
     box = mask(project, "drywall", "val", rf_name("d2", 3))
     expected = np.zeros((24, 32), np.uint8)
-    expected[2:22, 10:14] = 255   # coco [10, 2, 4, 20]; yolo 0.375 0.5 0.125 0.8333333 of 32 x 24: the same box
+    expected[2:22, 10:14] = 255  # coco [10, 2, 4, 20]; yolo 0.375 0.5 0.125 0.8333333 of 32 x 24: the same box
     assert np.array_equal(box, expected)
     out = capsys.readouterr()
     assert "Downloading Dataset Version Zip" in out.out  # the fake SDK's own output went through the stage

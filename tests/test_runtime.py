@@ -1,12 +1,13 @@
 """promptseg.runtime (stage runtime@<rung>) and the report's runtime table."""
+
 import json
 
 import numpy as np
 import pytest
+from test_report import BASELINES, DATA, EVAL, TRAIN, row, section
 
 from promptseg import runtime
 from promptseg.report import build_report
-from test_report import BASELINES, DATA, EVAL, TRAIN, row, section
 
 
 def test_best_rates_warms_up_once_then_keeps_each_paths_fastest_round(monkeypatch):
@@ -17,6 +18,7 @@ def test_best_rates_warms_up_once_then_keeps_each_paths_fastest_round(monkeypatc
         def run(warmup):
             calls.append((name, warmup))
             clock[0] += next(durations[name])
+
         return run
 
     monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock[0])
@@ -37,8 +39,9 @@ def test_folder_mb_and_peak_rss(tmp_path):
 
 
 def test_measure_runtime_on_a_tiny_saved_model(tmp_path, processed_root):
-    from conftest import PROMPTS, TINY_MODEL
     from promptseg.model import build_small_model
+
+    from conftest import PROMPTS, TINY_MODEL
 
     model_dir = tmp_path / "tiny"
     model, processor = build_small_model(TINY_MODEL, 64, 0)
@@ -58,13 +61,25 @@ def test_measure_runtime_on_a_tiny_saved_model(tmp_path, processed_root):
 
 
 def test_report_runtime_table():
-    timings = {"lora": {"images": 6, "threads": 2, "batch_size": 16, "device": "cpu", "torch_ms_per_image": 41.26,
-                        "onnx_ms_per_image": 20.04, "model_mb": 36.71, "onnx_mb": 35.2, "peak_rss_mb": 712.4,
-                        "peak_rss_onnx_mb": 801.6},
-               "zeroshot": {"skipped": "no pretrained weights"}}
+    timings = {
+        "lora": {
+            "images": 6,
+            "threads": 2,
+            "batch_size": 16,
+            "device": "cpu",
+            "torch_ms_per_image": 41.26,
+            "onnx_ms_per_image": 20.04,
+            "model_mb": 36.71,
+            "onnx_mb": 35.2,
+            "peak_rss_mb": 712.4,
+            "peak_rss_onnx_mb": 801.6,
+        },
+        "zeroshot": {"skipped": "no pretrained weights"},
+    }
     text = build_report(DATA, TRAIN, EVAL, BASELINES, model_source="small", variants=["lora", "full"], runtime=timings)
     table = section(text, "runtime and footprint")
     assert row(table, "lora")[1:] == ["41.3", "20.0", "36.7", "35.2", "712", "802", "6", "cpu, 2 threads, batch 16"]
     assert "no metrics/runtime/full.json yet" in table
-    assert "runtime and footprint" not in build_report(DATA, TRAIN, EVAL, BASELINES, model_source="small",
-                                                        variants=["lora"])
+    assert "runtime and footprint" not in build_report(
+        DATA, TRAIN, EVAL, BASELINES, model_source="small", variants=["lora"]
+    )

@@ -1,4 +1,5 @@
 """The one scoring primitive (counts once -> IoU/Dice with one empty rule) equals the functions it replaced."""
+
 import numpy as np
 import pytest
 import torch
@@ -36,7 +37,7 @@ def old_validation_dice(logits, targets):
 def random_masks(rng, n=40, shape=(17, 23)):
     """Random pairs with every empty case: both empty, one empty, sparse, dense."""
     preds, gts = [], []
-    for i in range(n):
+    for _ in range(n):
         density_p, density_g = rng.choice([0.0, 0.01, 0.3, 0.9]), rng.choice([0.0, 0.02, 0.5])
         preds.append(rng.random(shape) < density_p)
         gts.append(rng.random(shape) < density_g)
@@ -53,8 +54,9 @@ def test_primitive_equals_the_old_per_image_and_micro_scores(empty_score):
         assert (ious[k], dices[k]) == old_iou_dice(p, g, empty_score)  # bit-equal, not approximately
         assert iou_dice(p, g, empty_score=empty_score) == old_iou_dice(p, g, empty_score)
     tp, fp, fn = counts.sum(axis=0)
-    assert micro_iou_dice(counts[:, 0], counts[:, 1], counts[:, 2], empty_score=empty_score) == \
-        old_iou_dice(np.concatenate(preds), np.concatenate(gts), empty_score)
+    assert micro_iou_dice(counts[:, 0], counts[:, 1], counts[:, 2], empty_score=empty_score) == old_iou_dice(
+        np.concatenate(preds), np.concatenate(gts), empty_score
+    )
     assert iou_dice_from_counts(np.zeros((0, 3), np.int64), empty_score)[0].shape == (0,)
 
 
@@ -93,5 +95,7 @@ def test_the_mask_scorer_gives_the_old_means():
     cfg = EvalConfig.for_scoring(empty_score=1.0, boundary_tolerance_px=2)
     scores = score_masks([p.astype(np.uint8) * 255 for p in preds], list(gts), cfg, thin=False)
     old = [old_iou_dice(p, g, 1.0) for p, g in zip(preds, gts)]
-    assert scores["miou"] == float(np.mean([i for i, _ in old])) and scores["dice"] == float(np.mean([d for _, d in old]))
+    assert scores["miou"] == float(np.mean([i for i, _ in old])) and scores["dice"] == float(
+        np.mean([d for _, d in old])
+    )
     assert (scores["micro_iou"], scores["micro_dice"]) == old_iou_dice(np.concatenate(preds), np.concatenate(gts), 1.0)

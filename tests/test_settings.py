@@ -1,4 +1,5 @@
 """Typed settings: params.yaml validated once per stage; every rung resolves; stages exit with one message."""
+
 import copy
 import os
 import subprocess
@@ -10,8 +11,14 @@ import yaml
 
 from promptseg.params import ParamsError, load_params
 from promptseg.profiles import apply_profile, load_profile
-from promptseg.settings import (download_settings, evaluate_settings, resolve_rung, train_settings, validate_params,
-                                zeroshot_skip_reason)
+from promptseg.settings import (
+    download_settings,
+    evaluate_settings,
+    resolve_rung,
+    train_settings,
+    validate_params,
+    zeroshot_skip_reason,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +40,9 @@ def test_a_typo_names_the_nearest_key():
         download_settings(p, "cracks")
     p = params()
     p["train"]["variants"]["unet"]["presence_weigth"] = 0.3
-    with pytest.raises(ParamsError, match=r"train\.variants\.unet\.presence_weigth: unknown key; did you mean 'presence_weight'"):
+    with pytest.raises(
+        ParamsError, match=r"train\.variants\.unet\.presence_weigth: unknown key; did you mean 'presence_weight'"
+    ):
         train_settings(p, "unet")
     p = params()
     p["infer"]["morphology"]["kernal"] = 3
@@ -58,7 +67,9 @@ def test_a_missing_key_and_a_wrong_type_are_named():
         train_settings(p, "full")
     p = params()
     p["data"]["cracks"]["source"] = "kaggle"
-    with pytest.raises(ParamsError, match=r"^data\.cracks\.source: 'kaggle' is not one of 'synthetic', 'local', 'roboflow'"):
+    with pytest.raises(
+        ParamsError, match=r"^data\.cracks\.source: 'kaggle' is not one of 'synthetic', 'local', 'roboflow'"
+    ):
         download_settings(p, "cracks")
     p = params()
     del p["train"]["variants"]["lora"]["alpha"]
@@ -100,26 +111,58 @@ def _stage(tmp_path, script, *args, mutate):
     (tmp_path / "stages" / script).write_text((ROOT / "stages" / script).read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, f"stages/{script}", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, f"stages/{script}", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("script,args,mutate,message", [
-    ("download.py", ["cracks"], lambda p: p["data"]["cracks"].update(sorce="local"),
-     "download@cracks: params.yaml: data.cracks.sorce: unknown key; did you mean 'source'?"),
-    ("masks.py", ["drywall"], lambda p: p["masks"].pop("min_box_side_px"),
-     "masks@drywall: params.yaml: masks.min_box_side_px: missing key; add it"),
-    ("train.py", ["unet"], lambda p: p["train"]["common"].update(lr="fast"),
-     "train@unet: params.yaml: train.common.lr: expected a number, got 'fast'"),
-    ("evaluate.py", ["full"], lambda p: p["eval"].update(empty_scor=1.0),
-     "evaluate@full: params.yaml: eval.empty_scor: unknown key; did you mean 'empty_score'?"),
-    ("baselines.py", [], lambda p: p["report"].update(darkest_share=None),
-     "baselines: params.yaml: report.darkest_share: is null; give it a value"),
-    ("report.py", [], lambda p: p["eval"].update(boundary_tolerance_px=None),
-     "report: params.yaml: eval.boundary_tolerance_px: is null; give it a value"),
-    ("runtime.py", ["unet"], lambda p: p["runtime"].update(round=2),
-     "runtime@unet: params.yaml: runtime.round: unknown key; did you mean 'rounds'?"),
-])
+@pytest.mark.parametrize(
+    "script,args,mutate,message",
+    [
+        (
+            "download.py",
+            ["cracks"],
+            lambda p: p["data"]["cracks"].update(sorce="local"),
+            "download@cracks: params.yaml: data.cracks.sorce: unknown key; did you mean 'source'?",
+        ),
+        (
+            "masks.py",
+            ["drywall"],
+            lambda p: p["masks"].pop("min_box_side_px"),
+            "masks@drywall: params.yaml: masks.min_box_side_px: missing key; add it",
+        ),
+        (
+            "train.py",
+            ["unet"],
+            lambda p: p["train"]["common"].update(lr="fast"),
+            "train@unet: params.yaml: train.common.lr: expected a number, got 'fast'",
+        ),
+        (
+            "evaluate.py",
+            ["full"],
+            lambda p: p["eval"].update(empty_scor=1.0),
+            "evaluate@full: params.yaml: eval.empty_scor: unknown key; did you mean 'empty_score'?",
+        ),
+        (
+            "baselines.py",
+            [],
+            lambda p: p["report"].update(darkest_share=None),
+            "baselines: params.yaml: report.darkest_share: is null; give it a value",
+        ),
+        (
+            "report.py",
+            [],
+            lambda p: p["eval"].update(boundary_tolerance_px=None),
+            "report: params.yaml: eval.boundary_tolerance_px: is null; give it a value",
+        ),
+        (
+            "runtime.py",
+            ["unet"],
+            lambda p: p["runtime"].update(round=2),
+            "runtime@unet: params.yaml: runtime.round: unknown key; did you mean 'rounds'?",
+        ),
+    ],
+)
 def test_stages_exit_with_one_message_and_no_traceback(tmp_path, script, args, mutate, message):
     done = _stage(tmp_path, script, *args, mutate=mutate)
     assert done.returncode == 2, done.stderr

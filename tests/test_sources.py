@@ -1,5 +1,5 @@
 """The download stage's sources: synthetic, local (zip or folder), roboflow (key from the environment only)."""
-import shutil
+
 import zipfile
 
 import pytest
@@ -7,8 +7,17 @@ import pytest
 from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings, SyntheticSettings, build
 from promptseg.sources import SourceError, land_export
 
-SYNTH = build(SyntheticSettings, {"seed": 1, "image_size": 96, "counts": {"train": 3, "valid": 2, "test": 2},
-                                  "negative_share": 0.0, "augment_copies_share": 0.0}, "synthetic")
+SYNTH = build(
+    SyntheticSettings,
+    {
+        "seed": 1,
+        "image_size": 96,
+        "counts": {"train": 3, "valid": 2, "test": 2},
+        "negative_share": 0.0,
+        "augment_copies_share": 0.0,
+    },
+    "synthetic",
+)
 ROBOFLOW = RoboflowSettings(workspace="objectdetect-pu6rn", project="drywall-join-detect", version=2, format="coco")
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fixtures_exports import coco_ann, coco_image, rf_name, write_coco_split
 
 from promptseg.exports import read_export
 from promptseg.masks import build_processed_dataset
@@ -27,6 +26,8 @@ from promptseg.splits import (
     union_groups,
 )
 from promptseg.synthetic import write_synthetic_export
+
+from fixtures_exports import coco_ann, coco_image, rf_name, write_coco_split
 
 SIDE = 64
 
@@ -87,7 +88,9 @@ def test_thumbnail_confirms_only_real_copies():
     thumbs = [detail_thumbnail(x) for x in (a, b, c)]
     assert thumbnail_correlation(thumbs[0], thumbs[2]) > 0.95
     assert thumbnail_correlation(thumbs[0], thumbs[1]) < 0.5
-    assert near_duplicate_pairs(hashes, 6, thumbnails=thumbs, min_correlation=0.8) == [(0, 2, hamming(hashes[0], hashes[2]))]
+    assert near_duplicate_pairs(hashes, 6, thumbnails=thumbs, min_correlation=0.8) == [
+        (0, 2, hamming(hashes[0], hashes[2]))
+    ]
     # dhash alone pairs them all
     assert {(i, j) for i, j, _ in near_duplicate_pairs(hashes, 6)} == {(0, 1), (0, 2), (1, 2)}
 
@@ -117,11 +120,25 @@ def test_union_groups_and_split_stats():
     splits = ["train", "val", "train", "test", "test"]
     st = split_stats(splits, names, groups, [(2, 3, 1)])
     assert list(st) == ["train", "val", "test"]
-    assert st["train"] == {"images": 2, "groups": 2, "name_groups": 2, "copies": 0,
-                           "leak_by_name": 1, "leak_by_hash": 1, "leak_by_group": 2}
+    assert st["train"] == {
+        "images": 2,
+        "groups": 2,
+        "name_groups": 2,
+        "copies": 0,
+        "leak_by_name": 1,
+        "leak_by_hash": 1,
+        "leak_by_group": 2,
+    }
     assert st["val"]["leak_by_name"] == 1 and st["val"]["leak_by_hash"] == 0
-    assert st["test"] == {"images": 2, "groups": 2, "name_groups": 2, "copies": 0,
-                          "leak_by_name": 0, "leak_by_hash": 1, "leak_by_group": 1}
+    assert st["test"] == {
+        "images": 2,
+        "groups": 2,
+        "name_groups": 2,
+        "copies": 0,
+        "leak_by_name": 0,
+        "leak_by_hash": 1,
+        "leak_by_group": 1,
+    }
 
 
 def test_assign_grouped_ratios_determinism_and_no_split_groups():
@@ -168,10 +185,17 @@ def _planted_export(root: Path, splits=("train", "valid", "test"), n_unrelated: 
     seed = 100
     plan: dict[str, list[tuple[str, np.ndarray]]] = {s: [] for s in splits}
     a, b, c = wall(1), wall(2), wall(3)
-    plan["train"] += [(rf_name("IMG_A", 1), a), (rf_name("IMG_B", 3), b), (rf_name("IMG_C", 5), c),
-                      (rf_name("IMG_C", 6), jitter(c, 1.1))]
+    plan["train"] += [
+        (rf_name("IMG_A", 1), a),
+        (rf_name("IMG_B", 3), b),
+        (rf_name("IMG_C", 5), c),
+        (rf_name("IMG_C", 6), jitter(c, 1.1)),
+    ]
     if "valid" in plan:
-        plan["valid"] += [(rf_name("IMG_A", 2), np.ascontiguousarray(a[:, ::-1])), (rf_name("OTHER", 4), jitter(b, 0.85))]
+        plan["valid"] += [
+            (rf_name("IMG_A", 2), np.ascontiguousarray(a[:, ::-1])),
+            (rf_name("OTHER", 4), jitter(b, 0.85)),
+        ]
     for split in splits:
         for k in range(n_unrelated):
             seed += 1
@@ -196,12 +220,33 @@ def test_as_exported_keeps_splits_and_counts_leakage_exactly(tmp_path):
     assert plan.written == plan.exported
     summary = build_processed_dataset(read, tmp_path / "out", plan=plan)
     st = summary["split"]["as_exported"]
-    assert st["train"] == {"images": 8, "groups": 7, "name_groups": 7, "copies": 1,
-                           "leak_by_name": 1, "leak_by_hash": 1, "leak_by_group": 2}
-    assert st["val"] == {"images": 6, "groups": 6, "name_groups": 6, "copies": 0,
-                         "leak_by_name": 1, "leak_by_hash": 1, "leak_by_group": 2}
-    assert st["test"] == {"images": 4, "groups": 4, "name_groups": 4, "copies": 0,
-                          "leak_by_name": 0, "leak_by_hash": 0, "leak_by_group": 0}
+    assert st["train"] == {
+        "images": 8,
+        "groups": 7,
+        "name_groups": 7,
+        "copies": 1,
+        "leak_by_name": 1,
+        "leak_by_hash": 1,
+        "leak_by_group": 2,
+    }
+    assert st["val"] == {
+        "images": 6,
+        "groups": 6,
+        "name_groups": 6,
+        "copies": 0,
+        "leak_by_name": 1,
+        "leak_by_hash": 1,
+        "leak_by_group": 2,
+    }
+    assert st["test"] == {
+        "images": 4,
+        "groups": 4,
+        "name_groups": 4,
+        "copies": 0,
+        "leak_by_name": 0,
+        "leak_by_hash": 0,
+        "leak_by_group": 0,
+    }
     assert summary["split"]["written"] == st
     assert summary["split"]["grouped"] == 0
     # the files stay in their own split; the per-split counts keep the export's counters
@@ -283,8 +328,15 @@ def test_synthetic_copies_are_grouped_and_true_masks_follow(tmp_path):
     """The generator's augmentation copies group by name; brightness copies that do not clip
     also match by hash; flipped ones do not. True masks follow their image to its split."""
     raw = tmp_path / "raw"
-    write_synthetic_export("drywall", raw, seed=4, image_size=96, counts={"train": 16, "valid": 4, "test": 0},
-                           negative_share=0.0, augment_copies_share=1.0)
+    write_synthetic_export(
+        "drywall",
+        raw,
+        seed=4,
+        image_size=96,
+        counts={"train": 16, "valid": 4, "test": 0},
+        negative_share=0.0,
+        augment_copies_share=1.0,
+    )
     read = read_export(raw)
     plan = plan_splits(read.records, strategy="grouped")
     paired = {(i, j) for i, j, _ in plan.pairs}

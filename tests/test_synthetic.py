@@ -265,7 +265,9 @@ def test_negative_share_respected(tmp_path):
     coco = _load_coco(tmp_path, "train")
     with_ann = {a["image_id"] for a in coco["annotations"]}
     assert len(coco["images"]) - len(with_ann) == summary["negatives"]["train"]
-    none = write_synthetic_export("drywall", tmp_path / "d", seed=5, image_size=64, counts={"train": 10}, negative_share=0.0)
+    none = write_synthetic_export(
+        "drywall", tmp_path / "d", seed=5, image_size=64, counts={"train": 10}, negative_share=0.0
+    )
     assert none["negatives"]["train"] == 0
 
 
@@ -281,9 +283,7 @@ def test_augmentation_copies(tmp_path):
     assert len({p.stem for p in (tmp_path / "valid" / "images").glob("*.jpg")}) == 2
     for a, b in pairs:
         assert a != b  # same stem, different .rf hash
-        ma, mb = (
-            cv2.imread(str(tmp_path / "true_masks" / "train" / f"{s}.png"), cv2.IMREAD_UNCHANGED) for s in (a, b)
-        )
+        ma, mb = (cv2.imread(str(tmp_path / "true_masks" / "train" / f"{s}.png"), cv2.IMREAD_UNCHANGED) for s in (a, b))
         la, lb = (_read_labels(tmp_path / "train" / "labels" / f"{s}.txt") for s in (a, b))
         if np.array_equal(ma, mb):  # brightness jitter: same annotations
             assert la == lb

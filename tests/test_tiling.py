@@ -1,16 +1,20 @@
 """Sliding-window inference: tile offsets, blend window, seam-free blending, the tiled predictor."""
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL
 from promptseg.tiling import blend_window, predict_probabilities_tiled, tile_origins, tiled_logits
+
+from conftest import TINY_MODEL
 
 SIZES = [(64, 64), (100, 130), (129, 65), (37, 200), (20, 30), (5, 3), (1, 1)]
 
 
-@pytest.mark.parametrize("length,tile,stride", [(64, 64, 48), (100, 64, 48), (65, 64, 48), (640, 352, 264),
-                                                (1000, 224, 168), (10, 64, 48), (7, 4, 1), (12, 4, 4)])
+@pytest.mark.parametrize(
+    "length,tile,stride",
+    [(64, 64, 48), (100, 64, 48), (65, 64, 48), (640, 352, 264), (1000, 224, 168), (10, 64, 48), (7, 4, 1), (12, 4, 4)],
+)
 def test_tile_origins_cover_exactly(length, tile, stride):
     origins = tile_origins(length, tile, stride)
     assert origins[0] == 0
@@ -22,7 +26,7 @@ def test_tile_origins_cover_exactly(length, tile, stride):
     assert all(b - a <= stride for a, b in zip(origins, origins[1:]))  # no gaps
     covered = np.zeros(length, dtype=int)
     for o in origins:
-        covered[o:o + tile] += 1
+        covered[o : o + tile] += 1
     assert covered.min() >= 1
 
 
@@ -75,8 +79,9 @@ def test_constant_logits_reconstructed_without_seams(height, width, window):
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.9])
 def test_position_dependent_logits_reconstructed(height, width, overlap):
     """Tiles of a known image passed through identity on channel 0: the blend gives back the image."""
-    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     ramp = torch.sin(0.3 * yy) * 5 + 0.01 * xx * yy - 0.2 * xx  # varies along both axes, not linear
     image = torch.stack([ramp, torch.zeros_like(ramp), torch.ones_like(ramp)])
     out = tiled_logits(lambda b: b[:, 0], image, tile=16, overlap=overlap, batch_size=4)
@@ -124,8 +129,9 @@ def test_predict_probabilities_tiled_shapes_and_range(trained):
     prompts = ["segment crack", "segment joint tape"]
     # at 1.0, 40 x 56 is padded up to the 64-px tile and 90 x 75 is 2 x 2 tiles; at 1.5, 60 x 84 is 1 x 2 tiles
     for upscale, n in ((1.0, 2), (1.5, 1)):
-        probs = predict_probabilities_tiled(trained, images[:n], prompts[:n], upscale=upscale, overlap=0.25,
-                                            batch_size=3)
+        probs = predict_probabilities_tiled(
+            trained, images[:n], prompts[:n], upscale=upscale, overlap=0.25, batch_size=3
+        )
         assert len(probs) == n
         for image, p in zip(images, probs):
             assert p.shape == image.shape[:2] and p.dtype == np.float32

@@ -1,4 +1,5 @@
 """The training loop: schedule, a falling loss, determinism, resume, MLflow."""
+
 import json
 import math
 
@@ -6,19 +7,32 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_UNET, tiny_train_settings
 from promptseg.train import TrainSetup, cosine_lr_factor, train_variant
+
+from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_UNET, tiny_train_settings
 
 COMMON = TINY_COMMON
 FULL = {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]}
-LORA = {"method": "lora", "architecture": "clipseg", "r": 4, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "v_proj"],
-        "train_decoder": True, "datasets": ["cracks", "drywall"]}
+LORA = {
+    "method": "lora",
+    "architecture": "clipseg",
+    "r": 4,
+    "alpha": 8,
+    "dropout": 0.1,
+    "targets": ["q_proj", "v_proj"],
+    "train_decoder": True,
+    "datasets": ["cracks", "drywall"],
+}
 
 
 def make_setup(root, processed_root, variant="full", cfg=FULL, mlflow=None, model=None, **overrides):
-    return TrainSetup(settings=tiny_train_settings(variant, cfg, overrides, model=model, mlflow=mlflow),
-                      processed_root=processed_root, model_dir=root / "models" / variant,
-                      metrics_dir=root / "metrics", checkpoint_dir=root / "checkpoints" / variant)
+    return TrainSetup(
+        settings=tiny_train_settings(variant, cfg, overrides, model=model, mlflow=mlflow),
+        processed_root=processed_root,
+        model_dir=root / "models" / variant,
+        metrics_dir=root / "metrics",
+        checkpoint_dir=root / "checkpoints" / variant,
+    )
 
 
 def series(setup, variant, name):
@@ -48,8 +62,14 @@ def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
     assert steps == [0, 1, 2] and series(first, "full", "val_dice")[0] == [0, 1, 2]  # DVCLive: one step per epoch
     assert losses[-1] < losses[0], losses
     live = first.metrics_dir / "full"
-    assert set(json.loads((live / "metrics.json").read_text())) == {"train_loss", "val_loss", "val_dice", "lr",
-                                                                     "seconds", "step"}
+    assert set(json.loads((live / "metrics.json").read_text())) == {
+        "train_loss",
+        "val_loss",
+        "val_dice",
+        "lr",
+        "seconds",
+        "step",
+    }
     assert sorted(p.name for p in (live / "plots" / "images" / "val_overlay").iterdir()) == ["0.png", "1.png", "2.png"]
     assert not (first.metrics_dir / "full.csv").exists()  # the hand-written CSV is gone
     assert summary["trainable_params"] == summary["total_params"]
@@ -59,8 +79,9 @@ def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the model folder holds no timings: the same seed gives byte-identical files (one DVC hash)
     files = {p.relative_to(first.model_dir): p.read_bytes() for p in sorted(first.model_dir.rglob("*")) if p.is_file()}
-    assert files == {p.relative_to(second.model_dir): p.read_bytes()
-                     for p in sorted(second.model_dir.rglob("*")) if p.is_file()}
+    assert files == {
+        p.relative_to(second.model_dir): p.read_bytes() for p in sorted(second.model_dir.rglob("*")) if p.is_file()
+    }
     assert "seconds_per_epoch" in json.loads((first.metrics_dir / "full.json").read_text())  # timings: metrics only
     for name in ("config.json", "processor_config.json", "tokenizer.json", "promptseg.json"):
         assert (first.model_dir / name).exists(), name
@@ -124,8 +145,12 @@ UNET_MODEL = {**TINY_MODEL, "unet": TINY_UNET}
 def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_path, processed_root, capsys):
     from promptseg.evaluate import skipped_reason, write_skipped_outputs
 
-    setup = make_setup(tmp_path, processed_root, variant="zeroshot", cfg={"method": "zeroshot", "architecture": "clipseg",
-                                                                               "datasets": ["cracks", "drywall"]})
+    setup = make_setup(
+        tmp_path,
+        processed_root,
+        variant="zeroshot",
+        cfg={"method": "zeroshot", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
+    )
     summary = train_variant(setup)
     assert "pretrained" in summary["skipped"] and "skipped" in capsys.readouterr().out
     written = json.loads((setup.metrics_dir / "zeroshot.json").read_text())
@@ -158,8 +183,14 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
 
     monkeypatch.setattr(promptseg.train, "presence_loss", recording_presence_loss)
 
-    cfg = {"method": "full", "architecture": "unet", "image_size": 64, "lr": 3e-3, "presence_weight": 0.3,
-           "datasets": ["cracks", "drywall"]}
+    cfg = {
+        "method": "full",
+        "architecture": "unet",
+        "image_size": 64,
+        "lr": 3e-3,
+        "presence_weight": 0.3,
+        "datasets": ["cracks", "drywall"],
+    }
     setup = make_setup(tmp_path, processed_root, "unet", cfg, model=UNET_MODEL, epochs=2)
     summary = train_variant(setup)
     losses = series(setup, "unet", "train_loss")[1]
@@ -189,8 +220,13 @@ def test_box_projection_target_applies_only_to_its_dataset():
     plain = build(TrainCommonSettings, TINY_COMMON, "train.common")
     assert torch.allclose(training_loss(logits, targets, names, pixels, plain), bce_dice_loss(logits, targets))
     boxed = replace(plain, targets={"cracks": "mask", "drywall": "box_projection"})
-    expected = (2 * bce_dice_loss(logits[[0, 2]], targets[[0, 2]]) + 2 * box_projection_loss(
-        logits[[1, 3]], targets[[1, 3]], images=pixels[[1, 3]], components=box_components(targets[[1, 3]]))) / 4
+    expected = (
+        2 * bce_dice_loss(logits[[0, 2]], targets[[0, 2]])
+        + 2
+        * box_projection_loss(
+            logits[[1, 3]], targets[[1, 3]], images=pixels[[1, 3]], components=box_components(targets[[1, 3]])
+        )
+    ) / 4
     assert torch.allclose(training_loss(logits, targets, names, pixels, boxed), expected, atol=1e-6)
 
 
@@ -202,8 +238,13 @@ def test_unrelated_negative_prompts_are_a_second_pool_drawn_at_their_share(tmp_p
     processor = SimpleNamespace(image_processor=SimpleNamespace(image_mean=[0.5] * 3, image_std=[0.5] * 3))
 
     def negatives_drawn(share):
-        setup = make_setup(tmp_path, processed_root, negative_prompt_prob=1.0, unrelated_negative_share=share,
-                           unrelated_negative_prompts=["segment sky", "segment joint tape"])
+        setup = make_setup(
+            tmp_path,
+            processed_root,
+            negative_prompt_prob=1.0,
+            unrelated_negative_share=share,
+            unrelated_negative_prompts=["segment sky", "segment joint tape"],
+        )
         cracks, drywall = build_datasets(setup, processor, "train", training=True).datasets
         assert cracks.negative_prompts == PROMPTS["drywall"] and cracks.unrelated_prompts == ["segment sky"]
         assert drywall.negative_prompts == PROMPTS["cracks"]
@@ -223,8 +264,10 @@ def test_unrelated_negative_prompts_are_a_second_pool_drawn_at_their_share(tmp_p
     assert negatives_drawn(1.0) == 1.0
     setup = make_setup(tmp_path, processed_root, unrelated_negative_prompts=["segment sky"])
     val_parts = build_datasets(setup, processor, "val", training=False).datasets
-    assert all(not part.negative_prompts and not part.unrelated_prompts and part.negative_prompt_prob == 0.0
-               for part in val_parts)
+    assert all(
+        not part.negative_prompts and not part.unrelated_prompts and part.negative_prompt_prob == 0.0
+        for part in val_parts
+    )
 
 
 def test_params_keep_training_negatives_apart_from_the_held_out_unrelated_prompts():
@@ -260,8 +303,13 @@ def test_zeroshot_on_a_pretrained_folder_logs_its_one_validation_row_at_step_0(t
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     model.save_pretrained(source)
     processor.save_pretrained(source)
-    setup = make_setup(tmp_path, processed_root, variant="zeroshot", model={**UNET_MODEL, "source": str(source)},
-                       cfg={"method": "zeroshot", "architecture": "clipseg", "datasets": ["cracks", "drywall"]})
+    setup = make_setup(
+        tmp_path,
+        processed_root,
+        variant="zeroshot",
+        model={**UNET_MODEL, "source": str(source)},
+        cfg={"method": "zeroshot", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
+    )
     summary = train_variant(setup)
     assert summary["epochs"] == 0 and math.isnan(summary["final_train_loss"])
     assert series(setup, "zeroshot", "val_dice") == ([0], [summary["final_val_dice"]])

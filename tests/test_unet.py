@@ -1,4 +1,5 @@
 """The text-conditioned U-Net: shapes, prompt conditioning, learning, save/load, frozen text encoder."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,12 +7,14 @@ from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
 from promptseg.losses import presence_loss
 from promptseg.model import build_clip_tokenizer
-from promptseg.unet import (TextConditionedUNet, UNetConfig, gate_logits, is_unet_directory,
-                            load_text_encoder_weights)
+from promptseg.unet import TextConditionedUNet, UNetConfig, gate_logits, is_unet_directory, load_text_encoder_weights
 
-TINY_PARAMS = {"widths": [8, 16, 32, 64],
-               "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-               "freeze_text": False, "image_size": 64}
+TINY_PARAMS = {
+    "widths": [8, 16, 32, 64],
+    "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    "freeze_text": False,
+    "image_size": 64,
+}
 
 
 def tiny_unet(seed: int = 0, **overrides) -> TextConditionedUNet:
@@ -41,9 +44,9 @@ def line_batch(n: int = 4, size: int = 64, seed: int = 0):
     for i in range(n):
         at = int(torch.randint(8, size - 8, (1,), generator=generator))
         if i % 2:
-            targets[i, :, at:at + 3] = 1
+            targets[i, :, at : at + 3] = 1
         else:
-            targets[i, at:at + 3, :] = 1
+            targets[i, at : at + 3, :] = 1
     images = images * (1 - 0.6 * targets[:, None])
     return (images - images.mean()) / images.std(), targets
 
@@ -132,9 +135,20 @@ def test_save_pretrained_then_from_pretrained_gives_identical_logits(tmp_path, p
 
 def test_frozen_pretrained_text_encoder_stays_bit_identical_after_a_step():
     torch.manual_seed(0)  # a CLIPSeg whose text encoder has the U-Net's text sizes
-    clipseg = CLIPSegForImageSegmentation(CLIPSegConfig(
-        text_config=TINY_PARAMS["text"], projection_dim=32, reduce_dim=16, extract_layers=[0],
-        vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}))
+    clipseg = CLIPSegForImageSegmentation(
+        CLIPSegConfig(
+            text_config=TINY_PARAMS["text"],
+            projection_dim=32,
+            reduce_dim=16,
+            extract_layers=[0],
+            vision_config={
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+            },
+        )
+    )
     source = {k: v.clone() for k, v in clipseg.clip.text_model.state_dict().items()}
     model = load_text_encoder_weights(tiny_unet(freeze_text=True), source)
     assert all(not p.requires_grad for p in model.text_encoder.parameters())
@@ -180,8 +194,9 @@ def test_presence_gate_learns_to_close_for_a_prompt_whose_target_is_absent():
     model.presence.register_forward_hook(lambda module, args, output: gate_outputs.append(output[:, 0].detach()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
     for _ in range(40):
-        logits, presence = model.decode_features(model.encode_image(images), model.text_features(input_ids, attention_mask),
-                                                 (64, 64), with_presence=True)
+        logits, presence = model.decode_features(
+            model.encode_image(images), model.text_features(input_ids, attention_mask), (64, 64), with_presence=True
+        )
         loss = F.binary_cross_entropy_with_logits(logits, targets) + presence_loss(presence, targets)
         optimizer.zero_grad()
         loss.backward()
@@ -208,8 +223,9 @@ def test_gated_unet_exports_to_onnx_and_onnxruntime_gives_the_same_logits(tmp_pa
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     image = torch.randn(3, 3, 64, 64)
     input_ids, attention_mask = tokens(["segment crack", "segment taping area", "segment sky"])
-    got = session.run(None, {"pixel_values": image.numpy(), "input_ids": input_ids.numpy(),
-                             "attention_mask": attention_mask.numpy()})[0]
+    got = session.run(
+        None, {"pixel_values": image.numpy(), "input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+    )[0]
     with torch.no_grad():
         expected = model(image, input_ids, attention_mask).numpy()
     assert got.shape == (3, 64, 64)

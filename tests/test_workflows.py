@@ -1,4 +1,5 @@
 """The GitHub Actions workflows: valid against the workflow schema, and the jobs run what the README promises."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,17 @@ def _runs(job: dict) -> str:
 
 def _validate(paths) -> subprocess.CompletedProcess:
     """check-jsonschema against the GitHub workflow schema it vendors (SchemaStore's; no network)."""
-    return subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema",
-                           "vendor.github-workflows", *map(str, paths)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_there_are_the_two_workflows():
@@ -71,8 +81,13 @@ def test_gpu_job_runs_the_paper_profile_on_the_self_hosted_gpu_runner_with_a_dvc
     order = [runs.index(s) for s in ("dvc pull || true", "make repro-paper", "dvc push", "dvc metrics diff")]
     assert order == sorted(order), "pull, reproduce, push, then compare"
     assert "$GITHUB_STEP_SUMMARY" in runs and "dvc plots diff" in runs and "gh pr comment" in runs
-    for secret in ("DVC_REMOTE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                   "ROBOFLOW_API_KEY"):
+    for secret in (
+        "DVC_REMOTE_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "ROBOFLOW_API_KEY",
+    ):
         assert f"secrets.{secret}" in text
 
 

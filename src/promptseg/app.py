@@ -9,6 +9,7 @@ mask equals predict's for the same engine and threshold (tests/test_app_browser.
 Bound to 127.0.0.1 unless ``--host`` says otherwise. A bad upload gives a message on the page; the app
 keeps serving.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ TABLE_COLUMNS = ["#", "length", "mean width", "max width", "orientation (deg)", 
 
 @dataclass
 class AppModel:
-    engine: object            # a TrainedModel or an OnnxSegmenter
+    engine: object  # a TrainedModel or an OnnxSegmenter
     engine_name: str
     card: dict
     variant: str
@@ -38,16 +39,24 @@ class AppModel:
         return [p for ps in prompts.values() if isinstance(ps, list) for p in ps]
 
 
-def load_app_model(model_dir: str | Path, *, engine: str = "auto", eval_path: str | Path | None = None,
-                   images: str | Path | None = None, threads: int | None = None) -> AppModel:
+def load_app_model(
+    model_dir: str | Path,
+    *,
+    engine: str = "auto",
+    eval_path: str | Path | None = None,
+    images: str | Path | None = None,
+    threads: int | None = None,
+) -> AppModel:
     """The model (ONNX export where one exists and ``engine`` is auto or onnx, else PyTorch), its recipe file
     and the test images offered in the page (``images``, else data/processed/<dataset>/test/images)."""
     from promptseg.data import IMAGE_SUFFIXES
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass "
-                                "--model with a trained model folder (e.g. models/unet)")
+        raise FileNotFoundError(
+            f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass "
+            "--model with a trained model folder (e.g. models/unet)"
+        )
     chosen = None
     if engine in ("auto", "onnx"):
         from promptseg.onnx_engine import (
@@ -74,8 +83,11 @@ def load_app_model(model_dir: str | Path, *, engine: str = "auto", eval_path: st
     from promptseg.recipe import recipe_file
 
     eval_path = recipe_file(Path(eval_path) if eval_path else Path("metrics") / "eval" / f"{variant}.json", chosen)
-    folders = [Path(images)] if images else [Path("data") / "processed" / d / "test" / "images"
-                                              for d in (card.get("prompts") or {})]
+    folders = (
+        [Path(images)]
+        if images
+        else [Path("data") / "processed" / d / "test" / "images" for d in (card.get("prompts") or {})]
+    )
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return AppModel(chosen, name, card, variant, eval_path, model_dir, test_images)
 
@@ -88,8 +100,15 @@ def recipe_for(app: AppModel, prompt: str):
     return recipe, dataset, f"threshold {recipe.threshold:g}: {why}"
 
 
-def segment(app: AppModel, image_path: str | None, prompt: str, threshold: float, opacity: float,
-            mm_per_px: float | None, out_dir: Path) -> dict:
+def segment(
+    app: AppModel,
+    image_path: str | None,
+    prompt: str,
+    threshold: float,
+    opacity: float,
+    mm_per_px: float | None,
+    out_dir: Path,
+) -> dict:
     """Everything the page shows for one request; ``{"error": message}`` for a bad request."""
     from promptseg.cli import measure_kind
     from promptseg.data import read_rgb
@@ -100,12 +119,14 @@ def segment(app: AppModel, image_path: str | None, prompt: str, threshold: float
     if not image_path:
         return {"error": "Upload a photo or pick a test image first."}
     if not prompt:
-        return {"error": "Type a prompt, e.g. \"segment crack\"."}
+        return {"error": 'Type a prompt, e.g. "segment crack".'}
     try:
         rgb = read_rgb(Path(image_path))
     except (ValueError, OSError):
-        return {"error": f"Could not read {Path(image_path).name} as an image (corrupt, or not an image file). "
-                         "Upload a JPEG or PNG photo."}
+        return {
+            "error": f"Could not read {Path(image_path).name} as an image (corrupt, or not an image file). "
+            "Upload a JPEG or PNG photo."
+        }
     started = time.perf_counter()
     recipe, dataset, why = recipe_for(app, prompt)
     recipe, changed = override(recipe, threshold=float(threshold))
@@ -129,20 +150,36 @@ def segment(app: AppModel, image_path: str | None, prompt: str, threshold: float
     mask_path = out_dir / f"{stem}__{prompt_slug(prompt)}.png"
     cv2.imwrite(str(mask_path), mask)
     json_path = out_dir / f"{stem}__{prompt_slug(prompt)}_measurements.json"
-    json_path.write_text(json.dumps({"image": Path(image_path).name, "prompt": prompt, "recipe": recipe.to_dict(),
-                                     "engine": app.engine_name, "measurements": result}, indent=1) + "\n")
+    json_path.write_text(
+        json.dumps(
+            {
+                "image": Path(image_path).name,
+                "prompt": prompt,
+                "recipe": recipe.to_dict(),
+                "engine": app.engine_name,
+                "measurements": result,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     overlay = draw_measurements(rgb, mask, result, alpha=float(opacity))
     rows = []
     unit = "mm" if scale else "px"
     for c in result["components"]:
         length, mean_w, max_w = (c[f"{k}_{unit}"] for k in ("length", "mean_width", "max_width"))
         extra = c.get("bre_251_category", c.get("orientation", ""))
-        rows.append([c["id"], round(length, 2), round(mean_w, 2), round(max_w, 2), c["orientation_deg"],
-                     c["area_px"], extra])
+        rows.append(
+            [c["id"], round(length, 2), round(mean_w, 2), round(max_w, 2), c["orientation_deg"], c["area_px"], extra]
+        )
     im = result["image"]
     what = "crack" if kind == "crack" else "joint"
-    lines = [(f"**{im['count']} {what}{'s' if im['count'] != 1 else ''}**, total length "
-              f"{im.get('total_length_mm', im['total_length_px']):.1f} {unit}")]
+    lines = [
+        (
+            f"**{im['count']} {what}{'s' if im['count'] != 1 else ''}**, total length "
+            f"{im.get('total_length_mm', im['total_length_px']):.1f} {unit}"
+        )
+    ]
     if kind == "crack" and im["count"]:
         lines[0] += f", max width {im.get('max_width_mm', im['max_width_px']):.2f} {unit}"
         if im.get("bre_251_category") is not None:
@@ -152,10 +189,19 @@ def segment(app: AppModel, image_path: str | None, prompt: str, threshold: float
     lines.append(why + (f" (slider: threshold {float(threshold):g})" if changed else ""))
     lines.extend(f"note: {n}" for n in result["notes"])
     lines.append(f"engine {app.engine_name}, {seconds * 1000:.0f} ms")
-    return {"overlay": overlay, "mask": mask, "rows": rows, "summary": "\n\n".join(lines),
-            "mask_path": str(mask_path), "json_path": str(json_path), "seconds": seconds,
-            "seconds_predict": predicted - started, "seconds_measure": measured - predicted,
-            "lit_share": float((mask > 0).mean()), "measurements": result}
+    return {
+        "overlay": overlay,
+        "mask": mask,
+        "rows": rows,
+        "summary": "\n\n".join(lines),
+        "mask_path": str(mask_path),
+        "json_path": str(json_path),
+        "seconds": seconds,
+        "seconds_predict": predicted - started,
+        "seconds_measure": measured - predicted,
+        "lit_share": float((mask > 0).mean()),
+        "measurements": result,
+    }
 
 
 def build_app(app: AppModel):
@@ -176,8 +222,9 @@ def build_app(app: AppModel):
     def run(upload, picked, prompt, threshold, opacity, mm_per_px):
         image_path = upload if upload else next((str(p) for p in app.test_images if p.name == picked), None)
         try:
-            res = segment(app, image_path, prompt, threshold, opacity, mm_per_px or None,
-                          out_root / f"{time.time_ns()}")
+            res = segment(
+                app, image_path, prompt, threshold, opacity, mm_per_px or None, out_root / f"{time.time_ns()}"
+            )
         except Exception as exc:  # noqa: BLE001 -- keep serving whatever happens; say it on the page
             res = {"error": f"Segmentation failed: {type(exc).__name__}: {exc}"}
         if "error" in res:
@@ -185,18 +232,22 @@ def build_app(app: AppModel):
         return res["overlay"], res["mask"], res["rows"], res["summary"], res["mask_path"], res["json_path"]
 
     with gr.Blocks(title=f"promptseg: {app.variant}", analytics_enabled=False) as demo:
-        gr.Markdown(f"## promptseg: text-prompted crack and drywall-joint segmentation ({app.variant}, "
-                    f"{app.engine_name} engine)\nUpload a photo or pick a test image, choose or type a prompt, "
-                    "then Segment. Give the scale (mm per pixel) for widths in mm and the BRE Digest 251 category.")
+        gr.Markdown(
+            f"## promptseg: text-prompted crack and drywall-joint segmentation ({app.variant}, "
+            f"{app.engine_name} engine)\nUpload a photo or pick a test image, choose or type a prompt, "
+            "then Segment. Give the scale (mm per pixel) for widths in mm and the BRE Digest 251 category."
+        )
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="Photo (JPEG/PNG)", type="filepath", elem_id="upload")
-                picked = gr.Dropdown(choices=[p.name for p in app.test_images], value=None,
-                                     label="... or a test image", elem_id="picked")
+                picked = gr.Dropdown(
+                    choices=[p.name for p in app.test_images], value=None, label="... or a test image", elem_id="picked"
+                )
                 preset = gr.Dropdown(choices=presets, value=presets[0], label="Prompt presets", elem_id="preset")
                 prompt = gr.Textbox(value=presets[0], label="Prompt (free text)", elem_id="prompt")
-                threshold = gr.Slider(0.0, 1.0, value=first_recipe.threshold, step=0.01, label="Threshold",
-                                      elem_id="threshold")
+                threshold = gr.Slider(
+                    0.0, 1.0, value=first_recipe.threshold, step=0.01, label="Threshold", elem_id="threshold"
+                )
                 threshold_note = gr.Markdown(first_why, elem_id="threshold_note")
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
                 scale = gr.Number(value=0, label="Scale, mm per pixel (0: pixels only)", elem_id="scale")
@@ -213,8 +264,11 @@ def build_app(app: AppModel):
         preset.change(lambda p: p, preset, prompt).then(on_prompt, prompt, [threshold, threshold_note])
         prompt.blur(on_prompt, prompt, [threshold, threshold_note])
         prompt.submit(on_prompt, prompt, [threshold, threshold_note])
-        button.click(run, [upload, picked, prompt, threshold, opacity, scale],
-                     [overlay, mask, table, summary, mask_file, json_file])
+        button.click(
+            run,
+            [upload, picked, prompt, threshold, opacity, scale],
+            [overlay, mask, table, summary, mask_file, json_file],
+        )
     return demo
 
 

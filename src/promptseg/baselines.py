@@ -6,11 +6,12 @@ pixels, then the models' open/close; the share is ``report.darkest_share``). ``s
 :func:`promptseg.evaluate.score_masks` gives on the processed test split, plus ``lit`` (the mean share of pixels
 lit: with any prompt, since the masks ignore it). The report reads this file; it computes nothing itself.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -21,8 +22,14 @@ from promptseg.inference import postprocess_probabilities
 from promptseg.metrics import lit_fraction
 from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
 
-__all__ = ["trivial_baseline_scores", "darkest_pixels_mask", "darkest_name", "baseline_scores", "write_baselines",
-           "DEFAULT_DARKEST_SHARE"]
+__all__ = [
+    "trivial_baseline_scores",
+    "darkest_pixels_mask",
+    "darkest_name",
+    "baseline_scores",
+    "write_baselines",
+    "DEFAULT_DARKEST_SHARE",
+]
 
 DEFAULT_DARKEST_SHARE = 0.05
 
@@ -32,8 +39,9 @@ def darkest_name(share: float) -> str:
     return f"darkest {float(share) * 100:g}%"
 
 
-def darkest_pixels_mask(rgb: np.ndarray, share: float = DEFAULT_DARKEST_SHARE, *, morphology: bool = True,
-                        kernel_size: int = 3) -> np.ndarray:
+def darkest_pixels_mask(
+    rgb: np.ndarray, share: float = DEFAULT_DARKEST_SHARE, *, morphology: bool = True, kernel_size: int = 3
+) -> np.ndarray:
     """The "darkest pixels" guess at a crack: a {0, 255} uint8 mask of one (H, W, 3) RGB image.
 
     The pixels whose grayscale value (``cv2.COLOR_RGB2GRAY``) is at or below the image's ``share`` quantile
@@ -54,9 +62,17 @@ def _with_lit(scores: dict, masks: list[np.ndarray]) -> dict:
     return {**scores, "lit": float(np.mean([lit_fraction(m > 0) for m in masks]))}
 
 
-def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, empty_score: float = 1.0,
-                            boundary_tolerance_px: int = 2, darkest_share: float | None = DEFAULT_DARKEST_SHARE,
-                            morphology: bool = True, kernel_size: int = 3) -> dict:
+def trivial_baseline_scores(
+    processed_root: Path,
+    dataset: str,
+    split: str,
+    *,
+    empty_score: float = 1.0,
+    boundary_tolerance_px: int = 2,
+    darkest_share: float | None = DEFAULT_DARKEST_SHARE,
+    morphology: bool = True,
+    kernel_size: int = 3,
+) -> dict:
     """Scores of masks that need no learning on every image of one processed split.
 
     Returns ``{"all zeros": scores, "all ones": scores}`` and, for thin-structure datasets (cracks) when
@@ -80,16 +96,21 @@ def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, e
     thin = dataset in THIN_STRUCTURE_DATASETS
     zeros = [np.zeros(t.shape, dtype=np.uint8) for t in truths]
     ones = [np.full(t.shape, 255, dtype=np.uint8) for t in truths]
-    out = {"all zeros": _with_lit(score_masks(zeros, truths, cfg, thin), zeros),
-           "all ones": _with_lit(score_masks(ones, truths, cfg, thin), ones)}
+    out = {
+        "all zeros": _with_lit(score_masks(zeros, truths, cfg, thin), zeros),
+        "all ones": _with_lit(score_masks(ones, truths, cfg, thin), ones),
+    }
     if thin and darkest_share is not None:
         dark = []
         for (image_path, mask_path), truth in zip(pairs, truths):
-            mask = darkest_pixels_mask(read_rgb(image_path), darkest_share, morphology=morphology,
-                                       kernel_size=kernel_size)
+            mask = darkest_pixels_mask(
+                read_rgb(image_path), darkest_share, morphology=morphology, kernel_size=kernel_size
+            )
             if mask.shape != truth.shape:
-                raise ValueError(f"{image_path}: image is {mask.shape[1]}x{mask.shape[0]} px but its mask "
-                                 f"{mask_path.name} is {truth.shape[1]}x{truth.shape[0]}; rerun `dvc repro masks@{dataset}`.")
+                raise ValueError(
+                    f"{image_path}: image is {mask.shape[1]}x{mask.shape[0]} px but its mask "
+                    f"{mask_path.name} is {truth.shape[1]}x{truth.shape[0]}; rerun `dvc repro masks@{dataset}`."
+                )
             dark.append(mask)
         out[darkest_name(darkest_share)] = _with_lit(score_masks(dark, truths, cfg, thin), dark)
     return out
@@ -98,24 +119,41 @@ def trivial_baseline_scores(processed_root: Path, dataset: str, split: str, *, e
 def scored_split(processed_root: Path, dataset: str, missing_test_split: str) -> str:
     """The split a dataset is reported on: ``test``, or ``val`` when it has no test images and
     ``eval.missing_test_split`` is ``report_val`` (the rule evaluation follows: promptseg.evaluate)."""
-    if missing_test_split == "report_val" and not list_split(processed_root, dataset, "test") \
-            and list_split(processed_root, dataset, "val"):
+    if (
+        missing_test_split == "report_val"
+        and not list_split(processed_root, dataset, "test")
+        and list_split(processed_root, dataset, "val")
+    ):
         return "val"
     return "test"
 
 
-def baseline_scores(processed_root: Path, *, datasets: Sequence[str] = DATASETS, missing_test_split: str = "report_val",
-                    empty_score: float = 1.0, boundary_tolerance_px: int = 2,
-                    darkest_share: float | None = DEFAULT_DARKEST_SHARE, morphology: bool = True,
-                    kernel_size: int = 3) -> dict:
+def baseline_scores(
+    processed_root: Path,
+    *,
+    datasets: Sequence[str] = DATASETS,
+    missing_test_split: str = "report_val",
+    empty_score: float = 1.0,
+    boundary_tolerance_px: int = 2,
+    darkest_share: float | None = DEFAULT_DARKEST_SHARE,
+    morphology: bool = True,
+    kernel_size: int = 3,
+) -> dict:
     """``{dataset: trivial_baseline_scores(...)}`` on each dataset's reported split (:func:`scored_split`), and
     ``scored_splits: {dataset: split}``."""
     out, splits = {}, {}
     for dataset in datasets:
         splits[dataset] = scored_split(processed_root, dataset, missing_test_split)
-        scores = trivial_baseline_scores(processed_root, dataset, splits[dataset], empty_score=empty_score,
-                                         boundary_tolerance_px=boundary_tolerance_px, darkest_share=darkest_share,
-                                         morphology=morphology, kernel_size=kernel_size)
+        scores = trivial_baseline_scores(
+            processed_root,
+            dataset,
+            splits[dataset],
+            empty_score=empty_score,
+            boundary_tolerance_px=boundary_tolerance_px,
+            darkest_share=darkest_share,
+            morphology=morphology,
+            kernel_size=kernel_size,
+        )
         if scores:
             out[dataset] = scores
     out["scored_splits"] = splits

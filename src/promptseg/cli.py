@@ -26,6 +26,7 @@ file is skipped and named with the reason. ``--out`` is checked for writing befo
 (image size, mean/std, per-image standardisation, the model card) and the tokenizer files. Exit codes:
 0 written; 2 missing or unreadable model folder; 1 the export failed or does not reproduce the PyTorch logits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ def _err(message: str) -> None:
 # --------------------------------------------------------------------------- inputs
 @dataclass
 class Inputs:
-    images: list[Path]          # candidate image files, in order, no duplicates
+    images: list[Path]  # candidate image files, in order, no duplicates
     skipped: list[tuple[Path, str]]  # files inside folders that are not images (by suffix)
     any_folder: bool
 
@@ -97,18 +98,30 @@ def default_threshold(card: dict, prompt: str, variant: str, eval_path: Path) ->
     """
     prompts = card.get("prompts") if isinstance(card, dict) else None
     if not isinstance(prompts, dict) or not prompts:
-        return FALLBACK_THRESHOLD, "the default, because the model folder has no promptseg.json listing its training prompts"
+        return (
+            FALLBACK_THRESHOLD,
+            "the default, because the model folder has no promptseg.json listing its training prompts",
+        )
     dataset = next((name for name, ps in prompts.items() if isinstance(ps, list) and prompt in ps), None)
     if dataset is None:
         known = "; ".join(f"{name}: {', '.join(repr(p) for p in ps)}" for name, ps in prompts.items())
-        return FALLBACK_THRESHOLD, f"the default, because {prompt!r} is not one of the model's training prompts ({known})"
+        return (
+            FALLBACK_THRESHOLD,
+            f"the default, because {prompt!r} is not one of the model's training prompts ({known})",
+        )
     if not eval_path.exists():
-        return FALLBACK_THRESHOLD, f"the default, because {eval_path} was not found (evaluate the variant {variant!r} to get a tuned threshold)"
+        return (
+            FALLBACK_THRESHOLD,
+            f"the default, because {eval_path} was not found (evaluate the variant {variant!r} to get a tuned threshold)",
+        )
     try:
         threshold = json.loads(eval_path.read_text())[dataset]["threshold"]
         threshold = float(threshold)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return FALLBACK_THRESHOLD, f"the default, because {eval_path} has no usable threshold for {dataset} ({type(exc).__name__}: {exc})"
+        return (
+            FALLBACK_THRESHOLD,
+            f"the default, because {eval_path} has no usable threshold for {dataset} ({type(exc).__name__}: {exc})",
+        )
     return threshold, f"chosen on val for dataset {dataset!r} ({eval_path})"
 
 
@@ -176,7 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     prompt = (args.prompt or "").strip()
     if not prompt:
-        _err("give a non-empty --prompt (e.g. --prompt \"segment wall crack\")")
+        _err('give a non-empty --prompt (e.g. --prompt "segment wall crack")')
         return EXIT_USAGE
     try:
         inputs = expand_inputs([Path(p) for p in args.inputs])
@@ -185,8 +198,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     model_dir = Path(args.model)
     if not model_dir.is_dir():
-        _err(f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass --model with a "
-             "folder written by save_pretrained (e.g. models/lora)")
+        _err(
+            f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass --model with a "
+            "folder written by save_pretrained (e.g. models/lora)"
+        )
         return EXIT_USAGE
     out_dir = Path(args.out)
     why = _unwritable_reason(out_dir)  # before the model is loaded
@@ -211,9 +226,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threshold, why = args.threshold, "given with --threshold"
     else:
         threshold, why = default_threshold(engine.card, prompt, variant, eval_path)
-    recipe, changed = override(recipe, threshold=args.threshold, morphology=False if args.no_morphology else None,
-                               kernel=args.kernel_size, hflip_tta=args.hflip_tta, prompt_ensemble=args.prompt_ensemble,
-                               tiled=args.tiled, batch_size=args.batch_size, precision=getattr(args, "precision", None))
+    recipe, changed = override(
+        recipe,
+        threshold=args.threshold,
+        morphology=False if args.no_morphology else None,
+        kernel=args.kernel_size,
+        hflip_tta=args.hflip_tta,
+        prompt_ensemble=args.prompt_ensemble,
+        tiled=args.tiled,
+        batch_size=args.batch_size,
+        precision=getattr(args, "precision", None),
+    )
     run_prompt, threshold = recipe_prompts(recipe, engine.card, prompt, dataset)
     print(f"threshold {threshold:g}: {why}")
     print(f"recipe: {recipe.describe()}; from {recipe_why}")
@@ -259,8 +282,10 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
         except OnnxEngineError as exc:  # MissingExportError included: it names `promptseg export`
             raise _EngineLoadError(str(exc)) from None
         except Exception as exc:  # onnxruntime raises its own classes for a corrupt graph
-            raise _EngineLoadError(f"cannot load the ONNX export in {export_dir}: {type(exc).__name__}: {exc}. "
-                                   f"Export it again: `promptseg export --model {model_dir}`") from None
+            raise _EngineLoadError(
+                f"cannot load the ONNX export in {export_dir}: {type(exc).__name__}: {exc}. "
+                f"Export it again: `promptseg export --model {model_dir}`"
+            ) from None
         stale = stale_export_reason(export_dir, model_dir if export_dir != model_dir else None)
         if stale:
             _err(f"warning: {stale}")
@@ -283,13 +308,16 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
         raise _EngineLoadError(f"cannot load the model from {model_dir}: {exc}") from None
     except (SafetensorError, RuntimeError) as exc:  # a truncated or corrupt weights file
         weights = ", ".join(str(p) for p in sorted(model_dir.glob("*.safetensors"))) or f"the weights in {model_dir}"
-        raise _EngineLoadError(f"cannot load the model from {model_dir}: {weights} is corrupt or truncated "
-                               f"({type(exc).__name__}: {exc}). Copy the model folder again, or retrain it "
-                               "(`dvc repro train`)") from None
+        raise _EngineLoadError(
+            f"cannot load the model from {model_dir}: {weights} is corrupt or truncated "
+            f"({type(exc).__name__}: {exc}). Copy the model folder again, or retrain it "
+            "(`dvc repro train`)"
+        ) from None
 
 
-def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, threshold: float,
-                 args: argparse.Namespace) -> int:
+def _predict_all(
+    engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace
+) -> int:
     from tqdm import tqdm
 
     from promptseg.data import read_rgb
@@ -298,8 +326,13 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
 
     written, skipped = 0, 0
     write_error: list[str] = []
-    progress = tqdm(total=len(inputs.images), unit="image", disable=not inputs.any_folder or args.quiet,
-                    file=sys.stderr, desc="predict")
+    progress = tqdm(
+        total=len(inputs.images),
+        unit="image",
+        disable=not inputs.any_folder or args.quiet,
+        file=sys.stderr,
+        desc="predict",
+    )
 
     def report_skip(path: Path, why: str) -> None:
         nonlocal skipped
@@ -318,8 +351,9 @@ def _predict_all(engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, 
         if not batch or write_error:
             return
         try:
-            masks = predict_masks_with_recipe(engine, [im for _, _, im in batch], args.run_prompt, args.recipe,
-                                              threshold=threshold)
+            masks = predict_masks_with_recipe(
+                engine, [im for _, _, im in batch], args.run_prompt, args.recipe, threshold=threshold
+            )
         except ValueError as exc:  # e.g. a tiled recipe on the ONNX engine
             _err(str(exc))
             raise _PredictAbort() from None
@@ -383,86 +417,159 @@ def measure_kind(card: dict, prompt: str) -> str:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptseg", description="Text-prompted segmentation of wall cracks "
-                                     "and drywall joints with a trained CLIPSeg variant.")
+    parser = argparse.ArgumentParser(
+        prog="promptseg",
+        description="Text-prompted segmentation of wall cracks and drywall joints with a trained CLIPSeg variant.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("predict", help="write masks for images given a text prompt",
-                       description="Write <out>/<stem>__<prompt-slug>.png masks ({0,255}, the image's own size).")
+    p = sub.add_parser(
+        "predict",
+        help="write masks for images given a text prompt",
+        description="Write <out>/<stem>__<prompt-slug>.png masks ({0,255}, the image's own size).",
+    )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     p.add_argument("--model", required=True, help="a trained model folder, e.g. models/lora")
     p.add_argument("--prompt", required=True, help='the text prompt, e.g. "segment wall crack"')
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--threshold", type=_probability, default=None,
-                   help="probability threshold in [0, 1]; default: the one chosen on val for the prompt's dataset "
-                        "(metrics/eval/<variant>.json), else 0.5")
-    p.add_argument("--eval-metrics", default=None,
-                   help="the eval JSON to read the default threshold from (default: metrics/eval/<variant>.json)")
+    p.add_argument(
+        "--threshold",
+        type=_probability,
+        default=None,
+        help="probability threshold in [0, 1]; default: the one chosen on val for the prompt's dataset "
+        "(metrics/eval/<variant>.json), else 0.5",
+    )
+    p.add_argument(
+        "--eval-metrics",
+        default=None,
+        help="the eval JSON to read the default threshold from (default: metrics/eval/<variant>.json)",
+    )
     p.add_argument("--overlay", action="store_true", help="also write <stem>__<slug>_overlay.png (mask in red)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="images per forward pass (default: the recipe's, 16)")
-    p.add_argument("--no-morphology", action="store_true", default=None,
-                   help="skip the opening/closing (keeps 1-px structures); default: the recipe's")
-    p.add_argument("--kernel-size", type=_positive_int, default=None,
-                   help="opening/closing kernel side (default: the recipe's, 3)")
-    p.add_argument("--hflip-tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with the mirrored image (default: the recipe's)")
-    p.add_argument("--prompt-ensemble", action=argparse.BooleanOptionalAction, default=None,
-                   help="average the logits over the prompt's dataset's prompts (default: the recipe's)")
-    p.add_argument("--tiled", action=argparse.BooleanOptionalAction, default=None,
-                   help="sliding-window inference at the image's resolution (default: the recipe's)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="images per forward pass (default: the recipe's, 16)"
+    )
+    p.add_argument(
+        "--no-morphology",
+        action="store_true",
+        default=None,
+        help="skip the opening/closing (keeps 1-px structures); default: the recipe's",
+    )
+    p.add_argument(
+        "--kernel-size", type=_positive_int, default=None, help="opening/closing kernel side (default: the recipe's, 3)"
+    )
+    p.add_argument(
+        "--hflip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average with the mirrored image (default: the recipe's)",
+    )
+    p.add_argument(
+        "--prompt-ensemble",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the logits over the prompt's dataset's prompts (default: the recipe's)",
+    )
+    p.add_argument(
+        "--tiled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sliding-window inference at the image's resolution (default: the recipe's)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--engine", choices=ENGINES, default="torch",
-                   help="torch (default): PyTorch; onnx: the model's ONNX export (`promptseg export`) in onnxruntime")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
-                        "default: all cores of this machine")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
-                   help="torch engine: default the recipe's (infer.precision as evaluated); bf16 autocast is faster on "
-                        "CPUs with AVX512-BF16/AMX (masks may differ slightly); auto: bf16 on CUDA and on such CPUs")
-    p.add_argument("--measure", action="store_true",
-                   help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="torch",
+        help="torch (default): PyTorch; onnx: the model's ONNX export (`promptseg export`) in onnxruntime",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
+        "default: all cores of this machine",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="torch engine: default the recipe's (infer.precision as evaluated); bf16 autocast is faster on "
+        "CPUs with AVX512-BF16/AMX (masks may differ slightly); auto: bf16 on CUDA and on such CPUs",
+    )
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png",
+    )
     _add_scale_args(p)
     p.set_defaults(func=cmd_predict)
 
-    m = sub.add_parser("measure", help="measure cracks / drywall joints in masks (length, width, BRE 251 category)",
-                       description="Per connected component: length along the pruned skeleton, mean and max width, "
-                                   "orientation, area (promptseg.measure). Writes measurements.json, measurements.csv "
-                                   "and <stem>_measured.png next to the masks.")
+    m = sub.add_parser(
+        "measure",
+        help="measure cracks / drywall joints in masks (length, width, BRE 251 category)",
+        description="Per connected component: length along the pruned skeleton, mean and max width, "
+        "orientation, area (promptseg.measure). Writes measurements.json, measurements.csv "
+        "and <stem>_measured.png next to the masks.",
+    )
     m.add_argument("inputs", nargs="+", metavar="MASK_OR_DIR", help="mask PNGs ({0,255}) and/or folders of them")
     m.add_argument("--kind", choices=("crack", "joint"), default="crack", help="what the masks show (default crack)")
     _add_scale_args(m)
-    m.add_argument("--images", default=None,
-                   help="folder of the photos, to draw the overlays on them (matched by the mask's stem before '__')")
-    m.add_argument("--params", default="params.yaml", help="params.yaml with a measure: section (default: ./params.yaml "
-                                                           "if present, else the built-in defaults)")
+    m.add_argument(
+        "--images",
+        default=None,
+        help="folder of the photos, to draw the overlays on them (matched by the mask's stem before '__')",
+    )
+    m.add_argument(
+        "--params",
+        default="params.yaml",
+        help="params.yaml with a measure: section (default: ./params.yaml if present, else the built-in defaults)",
+    )
     m.set_defaults(func=cmd_measure)
 
-    a = sub.add_parser("app", help="a web page (Gradio) to segment and measure photos with a trained model",
-                       description="Upload a photo or pick a test image, prompt, threshold slider (starts at the "
-                                   "recipe's), overlay, mask, measurements; download the mask and the measurements.")
+    a = sub.add_parser(
+        "app",
+        help="a web page (Gradio) to segment and measure photos with a trained model",
+        description="Upload a photo or pick a test image, prompt, threshold slider (starts at the "
+        "recipe's), overlay, mask, measurements; download the mask and the measurements.",
+    )
     a.add_argument("--model", required=True, help="a trained model folder, e.g. models/unet")
     a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     a.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
-    a.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
-                   help="auto (default): the ONNX export where one exists, else PyTorch")
+    a.add_argument(
+        "--engine",
+        choices=("auto", *ENGINES),
+        default="auto",
+        help="auto (default): the ONNX export where one exists, else PyTorch",
+    )
     a.add_argument("--eval-metrics", default=None, help="the recipe file (default: metrics/eval/<variant>.json)")
-    a.add_argument("--images", default=None,
-                   help="folder of images offered as test images (default: data/processed/<dataset>/test/images)")
+    a.add_argument(
+        "--images",
+        default=None,
+        help="folder of images offered as test images (default: data/processed/<dataset>/test/images)",
+    )
     a.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
     a.set_defaults(func=cmd_app)
 
-    e = sub.add_parser("export", help="write a trained model as ONNX for `predict --engine onnx`",
-                       description="Write <out>/model.onnx (logits for pixel_values, input_ids, attention_mask; "
-                                   "dynamic batch and token length), its metadata and the tokenizer files.")
+    e = sub.add_parser(
+        "export",
+        help="write a trained model as ONNX for `predict --engine onnx`",
+        description="Write <out>/model.onnx (logits for pixel_values, input_ids, attention_mask; "
+        "dynamic batch and token length), its metadata and the tokenizer files.",
+    )
     e.add_argument("--model", required=True, help="a trained model folder, e.g. models/lora")
     e.add_argument("--out", default=None, help="output folder (default: <model>/onnx)")
     e.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
-    e.add_argument("--eval-metrics", default=None,
-                   help="the recipe file to copy beside the export (default: metrics/eval/<variant>.json)")
-    e.add_argument("--no-check", action="store_true",
-                   help="skip running the export once in onnxruntime against the PyTorch forward")
+    e.add_argument(
+        "--eval-metrics",
+        default=None,
+        help="the recipe file to copy beside the export (default: metrics/eval/<variant>.json)",
+    )
+    e.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip running the export once in onnxruntime against the PyTorch forward",
+    )
     e.set_defaults(func=cmd_export)
     return parser
 
@@ -479,10 +586,18 @@ def _positive_float(text: str) -> float:
 
 def _add_scale_args(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--mm-per-px", type=_positive_float, default=None,
-                       help="scale of the photos: lengths and widths also in mm, and the BRE Digest 251 category")
-    scale.add_argument("--image-width-mm", type=_positive_float, default=None,
-                       help="the width of the wall each photo shows, in mm (scale = this / image width in px)")
+    scale.add_argument(
+        "--mm-per-px",
+        type=_positive_float,
+        default=None,
+        help="scale of the photos: lengths and widths also in mm, and the BRE Digest 251 category",
+    )
+    scale.add_argument(
+        "--image-width-mm",
+        type=_positive_float,
+        default=None,
+        help="the width of the wall each photo shows, in mm (scale = this / image width in px)",
+    )
 
 
 def _measure_settings(params_path: str | None):
@@ -505,8 +620,9 @@ def _run_measure(paths: list[Path], kind: str, args: argparse.Namespace, images:
     except (ValueError, TypeError, OSError) as exc:
         _err(f"cannot read the measure: settings: {exc}")
         return EXIT_USAGE
-    run = measure_files(paths, kind=kind, mm_per_px=args.mm_per_px, image_width_mm=args.image_width_mm,
-                        settings=settings, images=images)
+    run = measure_files(
+        paths, kind=kind, mm_per_px=args.mm_per_px, image_width_mm=args.image_width_mm, settings=settings, images=images
+    )
     for path, why in run.skipped:
         _err(f"skipped {path}: {why}")
     for name, result in run.results.items():
@@ -525,7 +641,9 @@ def _run_measure(paths: list[Path], kind: str, args: argparse.Namespace, images:
     if kind == "joint":
         print(f"note: {JOINT_LABEL_NOTE}")
     folders = sorted({str(Path(p).parent) for p in run.results})
-    print(f"{len(run.results)} masks measured, {len(run.skipped)} skipped -> measurements.json/.csv in {', '.join(folders) or '-'}")
+    print(
+        f"{len(run.results)} masks measured, {len(run.skipped)} skipped -> measurements.json/.csv in {', '.join(folders) or '-'}"
+    )
     return EXIT_OK if run.results else EXIT_NOTHING_WRITTEN
 
 
@@ -578,13 +696,16 @@ def cmd_app(args: argparse.Namespace) -> int:
     from promptseg.onnx_engine import OnnxEngineError
 
     try:
-        app = load_app_model(args.model, engine=args.engine, eval_path=args.eval_metrics, images=args.images,
-                             threads=args.threads)
+        app = load_app_model(
+            args.model, engine=args.engine, eval_path=args.eval_metrics, images=args.images, threads=args.threads
+        )
     except (FileNotFoundError, ModelSourceError, OnnxEngineError, OSError, ValueError) as exc:
         _err(f"cannot load the model from {args.model}: {exc}")
         return EXIT_USAGE
-    print(f"promptseg app: {app.variant} ({app.engine_name} engine), recipes from {app.eval_path}; "
-          f"http://{args.host}:{args.port}/  (Ctrl+C stops it)")
+    print(
+        f"promptseg app: {app.variant} ({app.engine_name} engine), recipes from {app.eval_path}; "
+        f"http://{args.host}:{args.port}/  (Ctrl+C stops it)"
+    )
     launch(app, host=args.host, port=args.port, block=True)
     return EXIT_OK
 
@@ -592,8 +713,10 @@ def cmd_app(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     if not model_dir.is_dir():
-        _err(f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass --model with a "
-             "folder written by save_pretrained (e.g. models/lora)")
+        _err(
+            f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass --model with a "
+            "folder written by save_pretrained (e.g. models/lora)"
+        )
         return EXIT_USAGE
     _quiet_transformers()
     import time
@@ -622,11 +745,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         variant = model_dir.name
     eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
     copied = copy_recipes(eval_path, out_dir)
-    print(f"recipe: copied from {eval_path} to {copied}" if copied else
-          f"recipe: none copied ({eval_path} not found or without thresholds): predict --engine onnx uses "
-          "metrics/eval/<variant>.json when present, else the defaults")
-    print(f"wrote {out_dir / ONNX_FILENAME} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f} s; "
-          f"run it with `promptseg predict --engine onnx --model {model_dir} ...`")
+    print(
+        f"recipe: copied from {eval_path} to {copied}"
+        if copied
+        else f"recipe: none copied ({eval_path} not found or without thresholds): predict --engine onnx uses "
+        "metrics/eval/<variant>.json when present, else the defaults"
+    )
+    print(
+        f"wrote {out_dir / ONNX_FILENAME} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f} s; "
+        f"run it with `promptseg predict --engine onnx --model {model_dir} ...`"
+    )
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ Every image is decoded once, when the dataset is built (:func:`promptseg.images.
 or undecodable file is refused); such an image, or one whose mask is unreadable, is skipped, counted in
 ``skipped`` and named on stderr, and the rest is cached.
 """
+
 from __future__ import annotations
 
 import collections
@@ -80,10 +81,12 @@ def explain_empty_split(folder: Path, dataset: str) -> str:
     if not (root / "index.csv").is_file():
         return f"no images for dataset {dataset!r}: {root} has not been written; run `dvc repro masks@{dataset}` first."
     present = sorted(p.name for p in root.iterdir() if (p / "images").is_dir() and any((p / "images").iterdir()))
-    return (f"no images for dataset {dataset!r} in {folder}: the masks stage ran, but the processed dataset has no "
-            f"{split} split (it has: {', '.join(present) or 'none'}). With data.{dataset}.split: as_exported the "
-            f"splits are the export's own, and this export has no {split} split: set data.{dataset}.split: grouped "
-            f"in params.yaml to re-split it (ratios in masks.grouped_split), or export a {split} split from Roboflow.")
+    return (
+        f"no images for dataset {dataset!r} in {folder}: the masks stage ran, but the processed dataset has no "
+        f"{split} split (it has: {', '.join(present) or 'none'}). With data.{dataset}.split: as_exported the "
+        f"splits are the export's own, and this export has no {split} split: set data.{dataset}.split: grouped "
+        f"in params.yaml to re-split it (ratios in masks.grouped_split), or export a {split} split from Roboflow."
+    )
 
 
 def _rng(seed: int, epoch: int, index: int, salt: int) -> np.random.Generator:
@@ -106,8 +109,10 @@ def upscale_to_fit(rgb: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.nda
         return rgb, mask
     scale = size / min(height, width)
     new = (max(size, round(width * scale)), max(size, round(height * scale)))  # PIL: (width, height)
-    return (np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR)),
-            np.asarray(Image.fromarray(mask).resize(new, Image.BILINEAR)))
+    return (
+        np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR)),
+        np.asarray(Image.fromarray(mask).resize(new, Image.BILINEAR)),
+    )
 
 
 class ByteBudgetCache:
@@ -157,14 +162,33 @@ class PromptedSegmentation(Dataset):
     a sample (tested).
     """
 
-    def __init__(self, pairs, dataset: str, prompts, *, image_size: int, mean, std, seed: int = 42,
-                 hflip_prob: float = 0.0, negative_prompts=(), negative_prompt_prob: float = 0.0,
-                 unrelated_prompts=(), unrelated_share: float = 0.5, per_image: bool = False,
-                 crop_size: int = 0, crop_share: float = 0.0, native_cache_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        pairs,
+        dataset: str,
+        prompts,
+        *,
+        image_size: int,
+        mean,
+        std,
+        seed: int = 42,
+        hflip_prob: float = 0.0,
+        negative_prompts=(),
+        negative_prompt_prob: float = 0.0,
+        unrelated_prompts=(),
+        unrelated_share: float = 0.5,
+        per_image: bool = False,
+        crop_size: int = 0,
+        crop_share: float = 0.0,
+        native_cache_bytes: int = 1 << 30,
+    ):
         if not pairs:
             folder = getattr(pairs, "folder", None)
-            raise ValueError(explain_empty_split(folder, dataset) if folder is not None
-                             else f"no images for dataset {dataset!r}: run `dvc repro masks` first.")
+            raise ValueError(
+                explain_empty_split(folder, dataset)
+                if folder is not None
+                else f"no images for dataset {dataset!r}: run `dvc repro masks` first."
+            )
         if not prompts:
             raise ValueError(f"dataset {dataset!r} has no prompts in params.yaml (data.{dataset}.prompts).")
         self.pairs, self.dataset, self.prompts = list(pairs), dataset, list(prompts)
@@ -200,11 +224,17 @@ class PromptedSegmentation(Dataset):
             kinds = collections.Counter(kind for _, kind, _ in self.skipped)
             for _, _, message in self.skipped:
                 print(f"[data] {self.dataset}: skipped {message}", file=sys.stderr)
-            print(f"[data] {self.dataset}: {len(self.skipped)} of {len(self.pairs)} images skipped ("
-                  + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")", file=sys.stderr)
+            print(
+                f"[data] {self.dataset}: {len(self.skipped)} of {len(self.pairs)} images skipped ("
+                + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+                + ")",
+                file=sys.stderr,
+            )
             if not kept:
-                raise ValueError(f"no usable images for dataset {self.dataset!r}: all {len(self.pairs)} were skipped "
-                                 f"(first: {self.skipped[0][2]}); rerun `dvc repro masks@{self.dataset}`.")
+                raise ValueError(
+                    f"no usable images for dataset {self.dataset!r}: all {len(self.pairs)} were skipped "
+                    f"(first: {self.skipped[0][2]}); rerun `dvc repro masks@{self.dataset}`."
+                )
         self.pairs, self._cache = kept, cache
 
     def _read_pair(self, image_path, mask_path) -> tuple[np.ndarray, np.ndarray]:
@@ -228,6 +258,7 @@ class PromptedSegmentation(Dataset):
 
     def load_native(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(RGB, mask) at the photo's own size, scaled up only where it is smaller than ``crop_size``."""
+
         def read():
             image_path, mask_path = self.pairs[index]
             rgb = read_rgb(image_path)
@@ -237,6 +268,7 @@ class PromptedSegmentation(Dataset):
             if mask.shape != rgb.shape[:2]:
                 mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.BILINEAR))
             return upscale_to_fit(rgb, mask, self.crop_size)
+
         return self._native.get(index, read)
 
     def uses_crop(self, index: int) -> bool:
@@ -247,10 +279,15 @@ class PromptedSegmentation(Dataset):
         """(RGB, mask) of this epoch's crop of item ``index``, resized to ``image_size``."""
         rgb, mask = self.load_native(index)
         y, x = crop_window(self.seed, self.epoch, index, rgb.shape[0], rgb.shape[1], self.crop_size)
-        rgb, mask = rgb[y:y + self.crop_size, x:x + self.crop_size], mask[y:y + self.crop_size, x:x + self.crop_size]
+        rgb, mask = (
+            rgb[y : y + self.crop_size, x : x + self.crop_size],
+            mask[y : y + self.crop_size, x : x + self.crop_size],
+        )
         if self.crop_size != self.image_size:
             rgb = resize_rgb(np.ascontiguousarray(rgb), self.image_size)
-            mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize((self.image_size,) * 2, Image.BILINEAR))
+            mask = np.asarray(
+                Image.fromarray(np.ascontiguousarray(mask)).resize((self.image_size,) * 2, Image.BILINEAR)
+            )
         return rgb, mask
 
     def sample_prompt(self, index: int) -> tuple[str, bool]:
@@ -272,8 +309,11 @@ class PromptedSegmentation(Dataset):
         if self.hflip_prob and flip_rng.random() < self.hflip_prob:
             rgb, mask = rgb[:, ::-1], mask[:, ::-1]
         pixel_values = normalize(np.ascontiguousarray(rgb), self.mean, self.std, self.per_image)
-        target = torch.zeros(mask.shape, dtype=torch.float32) if negative else \
-            torch.from_numpy(np.array(mask, dtype=np.float32)).div_(255.0)
+        target = (
+            torch.zeros(mask.shape, dtype=torch.float32)
+            if negative
+            else torch.from_numpy(np.array(mask, dtype=np.float32)).div_(255.0)
+        )
         return pixel_values, target, prompt, self.dataset
 
 

@@ -22,6 +22,7 @@ Per dataset:
 6. Where the export has TRUE object masks (the synthetic drywall export's tape bands, beside the box
    labels), the same masks are also scored against them (``vs_true_masks``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,14 +36,20 @@ from tqdm import tqdm
 
 from promptseg.data import list_split, read_rgb
 from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
-from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
+from promptseg.metrics import (
+    boundary_f1,
+    choose_threshold,
+    cl_dice,
+    confusion_counts,
+    iou_dice_from_counts,
+    lit_fraction,
+    threshold_sweep_counts,
+)
 from promptseg.native import predict_probabilities_native, supports_native_resolution
-from promptseg.recipe import recipe_from_eval_config
-from promptseg.tiling import predict_probabilities_tiled
-from promptseg.metrics import (boundary_f1, choose_threshold, cl_dice, confusion_counts, iou_dice_from_counts,
-                               lit_fraction, threshold_sweep_counts)
-
 from promptseg.params import MISSING_TEST_POLICIES, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS  # noqa: F401 (re-exported)
+from promptseg.recipe import recipe_from_eval_config
+from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
+from promptseg.tiling import predict_probabilities_tiled
 
 
 def prompt_slug(prompt: str) -> str:
@@ -52,6 +59,7 @@ def prompt_slug(prompt: str) -> str:
 @dataclass(frozen=True)
 class EvalConfig:
     """What evaluation reads, from ``params.yaml: infer`` and ``eval`` (:meth:`from_settings`); no defaults here."""
+
     thresholds: list[float]
     morphology: bool
     kernel_size: int
@@ -61,9 +69,9 @@ class EvalConfig:
     figure_images: int
     unrelated_prompts: list[str]
     paraphrases: dict[str, list[str]]
-    hflip_tta: bool          # average the logits of the image and its mirror (every prediction)
-    prompt_ensemble: bool    # also score the logit average over the dataset's prompts ("ensemble")
-    tiled: dict[str, bool]   # dataset -> sliding-window inference (promptseg.tiling)
+    hflip_tta: bool  # average the logits of the image and its mirror (every prediction)
+    prompt_ensemble: bool  # also score the logit average over the dataset's prompts ("ensemble")
+    tiled: dict[str, bool]  # dataset -> sliding-window inference (promptseg.tiling)
     tile_upscale: float
     tile_overlap: float
     measure_inference_options: bool  # options_val (extra val passes)
@@ -71,31 +79,56 @@ class EvalConfig:
     missing_test_split: str  # a dataset without test: report_val | error (module docstring, 5.)
 
     @classmethod
-    def from_settings(cls, infer: InferSettings, ev: EvalSettings) -> "EvalConfig":
-        return cls(thresholds=list(infer.threshold_grid), morphology=infer.morphology.enabled,
-                   kernel_size=infer.morphology.kernel, batch_size=infer.batch_size,
-                   boundary_tolerance_px=ev.boundary_tolerance_px, empty_score=ev.empty_score,
-                   figure_images=ev.figure_images, unrelated_prompts=list(ev.unrelated_prompts),
-                   paraphrases={d: list(p) for d, p in ev.paraphrases.items()}, hflip_tta=infer.hflip_tta,
-                   prompt_ensemble=infer.prompt_ensemble, tiled=dict(infer.tiled), tile_upscale=infer.tiling.upscale,
-                   tile_overlap=infer.tiling.overlap, measure_inference_options=ev.measure_inference_options,
-                   native_resolution=dict(infer.native_resolution), missing_test_split=ev.missing_test_split)
+    def from_settings(cls, infer: InferSettings, ev: EvalSettings) -> EvalConfig:
+        return cls(
+            thresholds=list(infer.threshold_grid),
+            morphology=infer.morphology.enabled,
+            kernel_size=infer.morphology.kernel,
+            batch_size=infer.batch_size,
+            boundary_tolerance_px=ev.boundary_tolerance_px,
+            empty_score=ev.empty_score,
+            figure_images=ev.figure_images,
+            unrelated_prompts=list(ev.unrelated_prompts),
+            paraphrases={d: list(p) for d, p in ev.paraphrases.items()},
+            hflip_tta=infer.hflip_tta,
+            prompt_ensemble=infer.prompt_ensemble,
+            tiled=dict(infer.tiled),
+            tile_upscale=infer.tiling.upscale,
+            tile_overlap=infer.tiling.overlap,
+            measure_inference_options=ev.measure_inference_options,
+            native_resolution=dict(infer.native_resolution),
+            missing_test_split=ev.missing_test_split,
+        )
 
     @classmethod
-    def for_scoring(cls, *, empty_score: float, boundary_tolerance_px: int) -> "EvalConfig":
+    def for_scoring(cls, *, empty_score: float, boundary_tolerance_px: int) -> EvalConfig:
         """Only what :func:`score_masks` reads (the report's no-learning baselines); nothing is predicted."""
-        return cls(thresholds=[], morphology=False, kernel_size=0, batch_size=0,
-                   boundary_tolerance_px=boundary_tolerance_px, empty_score=empty_score, figure_images=0,
-                   unrelated_prompts=[], paraphrases={}, hflip_tta=False, prompt_ensemble=False, tiled={},
-                   tile_upscale=0.0, tile_overlap=0.0, measure_inference_options=False,
-                   native_resolution={}, missing_test_split="report_val")
+        return cls(
+            thresholds=[],
+            morphology=False,
+            kernel_size=0,
+            batch_size=0,
+            boundary_tolerance_px=boundary_tolerance_px,
+            empty_score=empty_score,
+            figure_images=0,
+            unrelated_prompts=[],
+            paraphrases={},
+            hflip_tta=False,
+            prompt_ensemble=False,
+            tiled={},
+            tile_upscale=0.0,
+            tile_overlap=0.0,
+            measure_inference_options=False,
+            native_resolution={},
+            missing_test_split="report_val",
+        )
 
 
 @dataclass
 class SplitData:
     stems: list[str]
-    images: list[np.ndarray]      # RGB uint8, own size
-    truths: list[np.ndarray]      # bool, own size: the rendered labels (filled boxes for box-labelled data)
+    images: list[np.ndarray]  # RGB uint8, own size
+    truths: list[np.ndarray]  # bool, own size: the rendered labels (filled boxes for box-labelled data)
     true_masks: list[np.ndarray] | None = None  # bool: the TRUE object pixels where the export has them (synthetic)
 
 
@@ -107,7 +140,9 @@ def load_split(processed_root: Path, dataset: str, split: str) -> SplitData:
     for image_path, mask_path in pairs:
         images.append(read_rgb(image_path))
         truths.append(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 0)
-    true_paths = [Path(processed_root) / dataset / split / "true_masks" / f"{mask_path.stem}.png" for _, mask_path in pairs]
+    true_paths = [
+        Path(processed_root) / dataset / split / "true_masks" / f"{mask_path.stem}.png" for _, mask_path in pairs
+    ]
     true_masks = None
     if pairs and all(path.exists() for path in true_paths):
         true_masks = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0 for path in true_paths]
@@ -121,8 +156,13 @@ def per_image_dice_from_counts(counts: np.ndarray, empty_score: float) -> np.nda
 
 def sweep_thresholds(probs_by_prompt: dict[str, list[np.ndarray]], truths, cfg: EvalConfig):
     """Mean per-image IoU and Dice at every threshold over images x prompts; one pass per map."""
-    counts = np.stack([threshold_sweep_counts(p, t, cfg.thresholds)
-                       for probs in probs_by_prompt.values() for p, t in zip(probs, truths)])  # (N, T, 3)
+    counts = np.stack(
+        [
+            threshold_sweep_counts(p, t, cfg.thresholds)
+            for probs in probs_by_prompt.values()
+            for p, t in zip(probs, truths)
+        ]
+    )  # (N, T, 3)
     iou, dice = (scores.mean(axis=0) for scores in iou_dice_from_counts(counts, cfg.empty_score))
     return {t: (float(i), float(d)) for t, i, d in zip(cfg.thresholds, iou, dice)}
 
@@ -139,8 +179,13 @@ def score_masks(masks, truths, cfg: EvalConfig, thin: bool) -> dict:
     counts = np.array(counts, dtype=np.int64).reshape(-1, 3)  # (images, 3): tp, fp, fn, counted once
     ious, dices = iou_dice_from_counts(counts, cfg.empty_score)
     micro_iou, micro_dice = iou_dice_from_counts(counts.sum(axis=0), cfg.empty_score)
-    scores = {"miou": float(np.mean(ious)), "dice": float(np.mean(dices)),
-              "micro_iou": float(micro_iou), "micro_dice": float(micro_dice), "images": len(masks)}
+    scores = {
+        "miou": float(np.mean(ious)),
+        "dice": float(np.mean(dices)),
+        "micro_iou": float(micro_iou),
+        "micro_dice": float(micro_dice),
+        "images": len(masks),
+    }
     if thin:
         scores["boundary_f1"] = float(np.mean(bf1))
         scores["cl_dice"] = float(np.mean(cld))
@@ -164,31 +209,49 @@ def eval_config_from_params(params: dict) -> EvalConfig:
     return EvalConfig.from_settings(settings.infer, settings.eval)
 
 
-def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, prompts: list[str],
-                     other_prompts: list[str], cfg: EvalConfig, predictions_dir: Path | None) -> tuple[dict, dict]:
+def evaluate_dataset(
+    trained: TrainedModel,
+    processed_root: Path,
+    dataset: str,
+    prompts: list[str],
+    other_prompts: list[str],
+    cfg: EvalConfig,
+    predictions_dir: Path | None,
+) -> tuple[dict, dict]:
     """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}."""
     thin = dataset in THIN_STRUCTURE_DATASETS
     bars: dict[int, tqdm] = {}  # id(split data) -> its progress bar (images done over every prompt pass)
 
-    def predict(data, prompt, hflip=cfg.hflip_tta, tiled=cfg.tiled.get(dataset, False)):
+    def predict(data, prompt, hflip=cfg.hflip_tta, tiled=cfg.tiled.get(dataset, False)):  # noqa: B008 (read once)
         """Probabilities for every image of ``data`` with ``prompt`` (a string, or a list: the ensemble)."""
         bar = bars.get(id(data))
         if bar is not None:
-            bar.set_postfix_str(("ensemble" if isinstance(prompt, list) else repr(prompt))
-                                + (" +hflip" if hflip else "") + (" tiled" if tiled else ""))
+            bar.set_postfix_str(
+                ("ensemble" if isinstance(prompt, list) else repr(prompt))
+                + (" +hflip" if hflip else "")
+                + (" tiled" if tiled else "")
+            )
         if cfg.native_resolution.get(dataset, False) and supports_native_resolution(trained):  # before tiling
-            probs = predict_probabilities_native(trained, data.images, [prompt] * len(data.images),
-                                                batch_size=cfg.batch_size, hflip_tta=hflip)
+            probs = predict_probabilities_native(
+                trained, data.images, [prompt] * len(data.images), batch_size=cfg.batch_size, hflip_tta=hflip
+            )
             if bar is not None:
                 bar.update(len(data.images))
             return probs
         if tiled:
-            probs = predict_probabilities_tiled(trained, data.images, [prompt] * len(data.images),
-                                                upscale=cfg.tile_upscale, overlap=cfg.tile_overlap,
-                                                batch_size=cfg.batch_size, hflip_tta=hflip)
+            probs = predict_probabilities_tiled(
+                trained,
+                data.images,
+                [prompt] * len(data.images),
+                upscale=cfg.tile_upscale,
+                overlap=cfg.tile_overlap,
+                batch_size=cfg.batch_size,
+                hflip_tta=hflip,
+            )
         else:
-            probs = predict_probabilities(trained, data.images, [prompt] * len(data.images),
-                                          batch_size=cfg.batch_size, hflip_tta=hflip)
+            probs = predict_probabilities(
+                trained, data.images, [prompt] * len(data.images), batch_size=cfg.batch_size, hflip_tta=hflip
+            )
         if bar is not None:
             bar.update(len(data.images))
         return probs
@@ -199,15 +262,23 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
     splits = {split: load_split(processed_root, dataset, split) for split in ("val", "test")}
     splits = {s: d for s, d in splits.items() if d.images}
     if "val" not in splits:
-        raise ValueError(f"{dataset}: no validation images under {processed_root}/{dataset}/val; "
-                         "the threshold must be chosen on validation.")
+        raise ValueError(
+            f"{dataset}: no validation images under {processed_root}/{dataset}/val; "
+            "the threshold must be chosen on validation."
+        )
     if "test" not in splits and cfg.missing_test_split == "error":
-        raise ValueError(f"{dataset}: no test images under {processed_root}/{dataset}/test (the export has no test "
-                         f"split). Fix: set data.{dataset}.split: grouped to set a test split aside, or "
-                         "eval.missing_test_split: report_val to report val, labelled as optimistic.")
+        raise ValueError(
+            f"{dataset}: no test images under {processed_root}/{dataset}/test (the export has no test "
+            f"split). Fix: set data.{dataset}.split: grouped to set a test split aside, or "
+            "eval.missing_test_split: report_val to report val, labelled as optimistic."
+        )
     for split, data in splits.items():
-        bars[id(data)] = tqdm(total=len(data.images) * _passes(split, prompts, other_prompts, dataset, cfg),
-                              desc=f"evaluate {dataset} {split}", unit="img", disable=None)
+        bars[id(data)] = tqdm(
+            total=len(data.images) * _passes(split, prompts, other_prompts, dataset, cfg),
+            desc=f"evaluate {dataset} {split}",
+            unit="img",
+            disable=None,
+        )
     val_probs = {prompt: predict(splits["val"], prompt) for prompt in prompts}
     sweep = sweep_thresholds(val_probs, splits["val"].truths, cfg)
     threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
@@ -220,10 +291,13 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
     if cfg.measure_inference_options:
         result["options_val"] = inference_options_on_val(predict, splits["val"], prompts, cfg)
     if cfg.prompt_ensemble:
-        ensemble_sweep = sweep_thresholds({"ensemble": predict(splits["val"], list(prompts))}, splits["val"].truths, cfg)
+        ensemble_sweep = sweep_thresholds(
+            {"ensemble": predict(splits["val"], list(prompts))}, splits["val"].truths, cfg
+        )
         result["ensemble_threshold"] = choose_threshold({t: dice for t, (_, dice) in ensemble_sweep.items()})
-    result["recipe"] = recipe_from_eval_config(cfg, dataset, threshold, result.get("ensemble_threshold"),
-                                               precision=getattr(trained, "precision", "fp32"))
+    result["recipe"] = recipe_from_eval_config(
+        cfg, dataset, threshold, result.get("ensemble_threshold"), precision=getattr(trained, "precision", "fp32")
+    )
     for split, data in splits.items():
         per_prompt, in_lit, vs_true = {}, [], {}
         for prompt in prompts:
@@ -236,21 +310,34 @@ def evaluate_dataset(trained: TrainedModel, processed_root: Path, dataset: str, 
             if predictions_dir is not None:
                 _write_masks(predictions_dir / dataset / split, data.stems, prompt, masks)
         cross = [lit_fraction(m > 0) for prompt in other_prompts for m in post(predict(data, prompt), threshold)]
-        entry = {"prompts": per_prompt, "all_prompts": _mean_of(list(per_prompt.values())),
-                 "images": len(data.images), "in_prompt_lit": float(np.mean(in_lit)),
-                 "cross_prompt_lit": float(np.mean(cross)) if cross else float("nan")}
+        entry = {
+            "prompts": per_prompt,
+            "all_prompts": _mean_of(list(per_prompt.values())),
+            "images": len(data.images),
+            "in_prompt_lit": float(np.mean(in_lit)),
+            "cross_prompt_lit": float(np.mean(cross)) if cross else float("nan"),
+        }
         if vs_true:  # the same masks against the true object pixels (e.g. the tape band inside each box)
             entry["vs_true_masks"] = {"prompts": vs_true, "all_prompts": _mean_of(list(vs_true.values()))}
         if cfg.prompt_ensemble:
-            entry["ensemble"] = score_masks(post(predict(data, list(prompts)), result["ensemble_threshold"]),
-                                            data.truths, cfg, thin)
+            entry["ensemble"] = score_masks(
+                post(predict(data, list(prompts)), result["ensemble_threshold"]), data.truths, cfg, thin
+            )
         if cfg.unrelated_prompts:
-            entry["unrelated_prompt_lit"] = float(np.mean(
-                [lit_fraction(m > 0) for prompt in cfg.unrelated_prompts for m in post(predict(data, prompt), threshold)]))
+            entry["unrelated_prompt_lit"] = float(
+                np.mean(
+                    [
+                        lit_fraction(m > 0)
+                        for prompt in cfg.unrelated_prompts
+                        for m in post(predict(data, prompt), threshold)
+                    ]
+                )
+            )
         paraphrases = cfg.paraphrases.get(dataset, [])
         if paraphrases:
-            entry["paraphrases"] = {p: score_masks(post(predict(data, p), threshold), data.truths, cfg, thin)
-                                    for p in paraphrases}
+            entry["paraphrases"] = {
+                p: score_masks(post(predict(data, p), threshold), data.truths, cfg, thin) for p in paraphrases
+            }
         result[split] = entry
     for bar in bars.values():
         bar.close()
@@ -269,6 +356,7 @@ def _passes(split: str, prompts, other_prompts, dataset: str, cfg: EvalConfig) -
 
 def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: EvalConfig) -> dict:
     """Best-threshold val Dice (mean over images, and over prompts where several) per inference option."""
+
     def best_dice(probs_by_key):
         return max(d for _, d in sweep_thresholds(probs_by_key, val.truths, cfg).values())
 
@@ -281,8 +369,14 @@ def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: E
     return {k: round(float(v), 6) for k, v in options.items()}
 
 
-def evaluate_variant(trained: TrainedModel, processed_root: Path, prompts: dict[str, list[str]], cfg: EvalConfig,
-                     predictions_dir: Path | None = None, encoding_cache_bytes: int = 512 * 2**20) -> tuple[dict, dict]:
+def evaluate_variant(
+    trained: TrainedModel,
+    processed_root: Path,
+    prompts: dict[str, list[str]],
+    cfg: EvalConfig,
+    predictions_dir: Path | None = None,
+    encoding_cache_bytes: int = 512 * 2**20,
+) -> tuple[dict, dict]:
     """Scores for every dataset plus an "overall" block, and the sweeps {dataset: {t: (miou, dice)}}.
 
     Each split is scored with ten or so prompts, so the images' encodings are cached
@@ -291,8 +385,9 @@ def evaluate_variant(trained: TrainedModel, processed_root: Path, prompts: dict[
     results, sweeps = {}, {}
     for dataset, dataset_prompts in prompts.items():
         others = [p for name, ps in prompts.items() if name != dataset for p in ps]
-        results[dataset], sweeps[dataset] = evaluate_dataset(trained, processed_root, dataset, dataset_prompts,
-                                                             others, cfg, predictions_dir)
+        results[dataset], sweeps[dataset] = evaluate_dataset(
+            trained, processed_root, dataset, dataset_prompts, others, cfg, predictions_dir
+        )
     overall = {}
     for split in ("val", "test"):
         present = [r[split] for r in results.values() if split in r]
@@ -318,8 +413,17 @@ def write_sweep_csv(path: Path, sweeps: dict) -> None:
             writer.writerow([t] + [round(sweeps[d][t][k], 6) for d in sweeps for k in (0, 1)])
 
 
-def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str, prompt: str, threshold: float,
-                       cfg: EvalConfig, out_path: Path, split: str = "test", note: str | None = None) -> None:
+def qualitative_figure(
+    trained: TrainedModel,
+    processed_root: Path,
+    dataset: str,
+    prompt: str,
+    threshold: float,
+    cfg: EvalConfig,
+    out_path: Path,
+    split: str = "test",
+    note: str | None = None,
+) -> None:
     """image | ground truth | heatmap | binary mask for the first ``cfg.figure_images`` images of a split.
 
     The title names the split and ``note`` (e.g. :data:`NO_TEST_SPLIT_NOTE` when val stands in for test). A split
@@ -334,8 +438,14 @@ def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str
     heading = f"{dataset}, {split} split" + (f" ({note})" if note else "")
     if n == 0:
         fig = plt.figure(figsize=(6, 1.2))
-        fig.text(0.02, 0.5, f"{heading}: no images to show ({len(data.images)} in the split, "
-                 f"eval.figure_images: {cfg.figure_images})", fontsize=7, va="center", wrap=True)
+        fig.text(
+            0.02,
+            0.5,
+            f"{heading}: no images to show ({len(data.images)} in the split, eval.figure_images: {cfg.figure_images})",
+            fontsize=7,
+            va="center",
+            wrap=True,
+        )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_path, dpi=80)
         plt.close(fig)
@@ -344,8 +454,12 @@ def qualitative_figure(trained: TrainedModel, processed_root: Path, dataset: str
     fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
     for row, (image, truth, prob, stem) in enumerate(zip(data.images, data.truths, probs, data.stems)):
         mask = postprocess_probabilities(prob, threshold, morphology=cfg.morphology, kernel_size=cfg.kernel_size)
-        panels = [(image, "image", None), (truth, "ground truth", "gray"), (prob, f"heatmap: {prompt!r}", "magma"),
-                  (mask, f"mask (t={threshold:g})", "gray")]
+        panels = [
+            (image, "image", None),
+            (truth, "ground truth", "gray"),
+            (prob, f"heatmap: {prompt!r}", "magma"),
+            (mask, f"mask (t={threshold:g})", "gray"),
+        ]
         for col, (panel, title, cmap) in enumerate(panels):
             axes[row, col].imshow(panel, cmap=cmap, vmin=0 if cmap else None, vmax=(1 if cmap == "magma" else None))
             axes[row, col].set_title(title if row == 0 else "", fontsize=9)

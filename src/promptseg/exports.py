@@ -96,7 +96,13 @@ COUNT_KEYS = (
 
 #: Counters that mean "this listed image was not kept" (read time and, in :mod:`promptseg.masks`,
 #: render time); each comes with exactly one :class:`Problem` of that kind naming the image file.
-IMAGE_SKIP_KINDS = ("missing_image_file", "duplicate_image_ids", "corrupt_image", "truncated_image", "all_labels_invalid")
+IMAGE_SKIP_KINDS = (
+    "missing_image_file",
+    "duplicate_image_ids",
+    "corrupt_image",
+    "truncated_image",
+    "all_labels_invalid",
+)
 
 #: Columns of the problems table (``metrics/data/problems/<dataset>.csv``).
 PROBLEM_COLUMNS = ("split", "file", "annotation", "kind", "detail")
@@ -119,8 +125,13 @@ class Problem(str):
         return self
 
     def row(self) -> dict[str, str]:
-        return {"split": self.split, "file": self.file, "annotation": self.annotation,
-                "kind": self.kind, "detail": str(self)}
+        return {
+            "split": self.split,
+            "file": self.file,
+            "annotation": self.annotation,
+            "kind": self.kind,
+            "detail": str(self),
+        }
 
 
 @dataclass(frozen=True)
@@ -196,8 +207,7 @@ def detect_export_format(root: Path) -> str:
         raise ExportError(f"export folder {root} does not exist; check the path")
     if not root.is_dir():
         raise ExportError(
-            f"{root} is not a folder; unzip the Roboflow export and pass the folder "
-            "that holds train/ valid/ test/"
+            f"{root} is not a folder; unzip the Roboflow export and pass the folder that holds train/ valid/ test/"
         )
     splits = _split_dirs(root)
     if any((d / COCO_ANNOTATION_FILE).is_file() for _, _, d in splits):
@@ -206,8 +216,7 @@ def detect_export_format(root: Path) -> str:
         return "yolo"
     hint = ""
     nested = sorted(
-        p.parent.parent
-        for p in list(root.glob(f"*/*/{COCO_ANNOTATION_FILE}")) + list(root.glob("*/data.yaml"))
+        p.parent.parent for p in list(root.glob(f"*/*/{COCO_ANNOTATION_FILE}")) + list(root.glob("*/data.yaml"))
     )
     if nested:
         hint = f"; an export seems to be one level down, in {nested[0]}: pass that folder"
@@ -226,9 +235,7 @@ def read_export(root: Path, *, empty_segmentation: str = "box") -> ExportReadRes
     A bad sample never raises: it is skipped, counted and reported in ``problems``.
     """
     if empty_segmentation not in EMPTY_SEGMENTATION_MODES:
-        raise ValueError(
-            f"empty_segmentation must be one of {EMPTY_SEGMENTATION_MODES}, got {empty_segmentation!r}"
-        )
+        raise ValueError(f"empty_segmentation must be one of {EMPTY_SEGMENTATION_MODES}, got {empty_segmentation!r}")
     root = Path(root)
     fmt = detect_export_format(root)
     if fmt == "coco":
@@ -326,11 +333,15 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
             raise
         except (OSError, ValueError) as e:
             c["unreadable_annotation_file"] += 1
-            problems.append(Problem(
-                f"{ann_path}: cannot be read as COCO JSON ({e}); re-download the export "
-                f"or remove the {rf_name}/ folder",
-                kind="unreadable_annotation_file", file=ann_path, split=split,
-            ))
+            problems.append(
+                Problem(
+                    f"{ann_path}: cannot be read as COCO JSON ({e}); re-download the export "
+                    f"or remove the {rf_name}/ folder",
+                    kind="unreadable_annotation_file",
+                    file=ann_path,
+                    split=split,
+                )
+            )
             continue
         loaded.append((split, ann_path, data))
 
@@ -350,9 +361,7 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
         def problem(message: str, kind: str, file=ann_path, annotation="", split=split) -> None:
             problems.append(Problem(message, kind=kind, file=file, split=split, annotation=annotation))
 
-        categories = {
-            cat.get("id") for cat in (data.get("categories") or []) if isinstance(cat, dict)
-        }
+        categories = {cat.get("id") for cat in (data.get("categories") or []) if isinstance(cat, dict)}
         # image id -> record; the file names the JSON lists (for unlisted files)
         by_id: dict = {}
         order: list = []
@@ -378,7 +387,8 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                 problem(
                     f"{ann_path}: image id {im['id']} is listed twice; the second entry "
                     f"({im['file_name']}) is ignored; re-export the dataset",
-                    "duplicate_image_ids", file=image_path,
+                    "duplicate_image_ids",
+                    file=image_path,
                 )
                 continue
             extra = im.get("extra") if isinstance(im.get("extra"), dict) else {}
@@ -400,8 +410,7 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
         for ann in data["annotations"]:
             if not isinstance(ann, dict):
                 c["malformed_annotations"] += 1
-                problem(f"{ann_path}: annotation is not an object ({str(ann)[:80]}); ignored",
-                        "malformed_annotations")
+                problem(f"{ann_path}: annotation is not an object ({str(ann)[:80]}); ignored", "malformed_annotations")
                 continue
             c["annotations"] += 1
             img_id = ann.get("image_id")
@@ -416,7 +425,8 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                 problem(
                     f"{ann_path}: annotation {ann.get('id')} refers to image id {img_id}, which "
                     "is not in 'images'; it is ignored; re-export the dataset",
-                    "labels_without_image", annotation=ref,
+                    "labels_without_image",
+                    annotation=ref,
                 )
                 continue
             annotated_ids.add(img_id)
@@ -432,7 +442,9 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                     f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has category_id "
                     f"{cat_id!r}, which is not in 'categories' (ids {sorted(categories, key=str)}); it is "
                     "ignored; fix the category in Roboflow and re-export",
-                    "unknown_category", file=rec.image_path, annotation=ref,
+                    "unknown_category",
+                    file=rec.image_path,
+                    annotation=ref,
                 )
                 continue
             used_categories.add(cat_id)
@@ -447,7 +459,9 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                     problem(
                         f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has an RLE "
                         "segmentation without 'size'/'counts'; it is ignored; re-export the dataset",
-                        "malformed_annotations", file=rec.image_path, annotation=ref,
+                        "malformed_annotations",
+                        file=rec.image_path,
+                        annotation=ref,
                     )
                 continue
             if isinstance(seg, list) and seg:
@@ -456,7 +470,9 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                     problem(
                         f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}): {why}; "
                         "the polygon is ignored; fix it in Roboflow and re-export",
-                        "degenerate_polygons", file=rec.image_path, annotation=ref,
+                        "degenerate_polygons",
+                        file=rec.image_path,
+                        annotation=ref,
                     )
                 if parts:
                     rec.shapes.extend(parts)
@@ -477,7 +493,9 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                 problem(
                     f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has neither a "
                     f"segmentation nor a valid bbox ({ann.get('bbox')!r}); it is ignored; re-export the dataset",
-                    "malformed_annotations", file=rec.image_path, annotation=ref,
+                    "malformed_annotations",
+                    file=rec.image_path,
+                    annotation=ref,
                 )
                 continue
             rec.shapes.append(Shape(kind="box", box=box, ref=ref))
@@ -492,7 +510,8 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                 problem(
                     f"{rec.image_path}: listed in {ann_path} but missing on disk; the image is "
                     "dropped; re-download the export (or unzip it completely)",
-                    "missing_image_file", file=rec.image_path,
+                    "missing_image_file",
+                    file=rec.image_path,
                 )
                 continue
             if invalid[img_id] and not rec.shapes:
@@ -501,7 +520,8 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                     f"{rec.image_path}: all {invalid[img_id]} of its annotations in {ann_path} are invalid "
                     "(see the problems naming them); the image is skipped, not kept as a negative; fix "
                     "the labels in Roboflow and re-export",
-                    "all_labels_invalid", file=rec.image_path,
+                    "all_labels_invalid",
+                    file=rec.image_path,
                 )
                 continue
             if img_id not in annotated_ids:
@@ -516,7 +536,8 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
                 problem(
                     f"{f}: an image file in {split_dir} that {ann_path.name} does not list; it is not "
                     "used; re-download the export or remove the file",
-                    "unlisted_image", file=f,
+                    "unlisted_image",
+                    file=f,
                 )
 
     return ExportReadResult("coco", records, _finalise_counts(counts), problems)
@@ -538,8 +559,13 @@ def _read_yolo_names(root: Path, problems: list[Problem]) -> int | None:
         if not isinstance(data, dict):
             raise ValueError("top level is not a mapping")
     except Exception as e:  # noqa: BLE001 - any parse error is a problem, not a crash
-        problems.append(Problem(f"{path}: cannot be read ({e}); class ids are not checked; fix or delete it",
-                                kind="unreadable_data_yaml", file=path))
+        problems.append(
+            Problem(
+                f"{path}: cannot be read ({e}); class ids are not checked; fix or delete it",
+                kind="unreadable_data_yaml",
+                file=path,
+            )
+        )
         return None
     nc = data.get("nc")
     names = data.get("names")
@@ -552,8 +578,11 @@ def _read_yolo_names(root: Path, problems: list[Problem]) -> int | None:
             return max(int(k) for k in names) + 1
         except (TypeError, ValueError):
             pass
-    problems.append(Problem(f"{path}: has no usable 'nc' or 'names'; class ids are not checked",
-                            kind="unreadable_data_yaml", file=path))
+    problems.append(
+        Problem(
+            f"{path}: has no usable 'nc' or 'names'; class ids are not checked", kind="unreadable_data_yaml", file=path
+        )
+    )
     return None
 
 
@@ -595,7 +624,7 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
 
     # First pass: parse every label file (so that we know whether the export has polygons).
     splits = []
-    for rf_name, split, d in _split_dirs(root):
+    for _rf_name, split, d in _split_dirs(root):
         img_dir, lbl_dir = d / "images", d / "labels"
         if not img_dir.is_dir() and not lbl_dir.is_dir():
             continue
@@ -616,9 +645,9 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
             if p.stem not in image_stems:
                 c["labels_without_image"] += 1
                 problem(
-                    f"{p}: label file without a matching image in {img_dir}; it is ignored; "
-                    "re-download the export",
-                    "labels_without_image", p,
+                    f"{p}: label file without a matching image in {img_dir}; it is ignored; re-download the export",
+                    "labels_without_image",
+                    p,
                 )
         # image -> (label file, valid lines (line number, class, values), lines dropped)
         parsed: dict[Path, tuple[Path | None, list, int]] = {}
@@ -631,8 +660,11 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
                 except OSError as e:
                     c["malformed_label_lines"] += 1
                     dropped += 1
-                    problem(f"{lbl}: cannot be read ({e}); its labels are lost; re-download the export",
-                            "malformed_label_lines", lbl)
+                    problem(
+                        f"{lbl}: cannot be read ({e}); its labels are lost; re-download the export",
+                        "malformed_label_lines",
+                        lbl,
+                    )
                     text = ""
                 for lineno, line in enumerate(text.splitlines(), 1):
                     if not line.strip():
@@ -644,16 +676,16 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
                         problem(
                             f"{lbl}:{lineno}: malformed line {line.strip()[:60]!r} (want "
                             "'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', normalised); ignored",
-                            "malformed_label_lines", lbl, f"line {lineno}",
+                            "malformed_label_lines",
+                            lbl,
+                            f"line {lineno}",
                         )
                         continue
                     lines.append((lineno, *p))
             parsed[img] = (lbl, lines, dropped)
         splits.append((split, c, parsed, problem))
 
-    has_polygons = any(
-        len(v) > 4 for _, _, parsed, _ in splits for _, ls, _ in parsed.values() for _, _, v in ls
-    )
+    has_polygons = any(len(v) > 4 for _, _, parsed, _ in splits for _, ls, _ in parsed.values() for _, _, v in ls)
 
     records: list[ImageRecord] = []
     for split, c, parsed, problem in splits:
@@ -666,7 +698,8 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
                 problem(
                     f"{img}: cannot be read as an image (corrupt or not an image); it is "
                     "skipped; re-download the export or delete the file",
-                    "corrupt_image", img,
+                    "corrupt_image",
+                    img,
                 )
                 continue
             W, H = size
@@ -682,7 +715,9 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
                         f"{lbl}:{lineno}: class id {cls} is "
                         f"not below nc={nc} from data.yaml; the line is ignored; fix data.yaml "
                         "or the labels",
-                        "unknown_category", lbl, f"line {lineno}",
+                        "unknown_category",
+                        lbl,
+                        f"line {lineno}",
                     )
                     continue
                 used.add(cls)
@@ -703,7 +738,8 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
                 problem(
                     f"{img}: all {dropped} label lines of {lbl} are invalid (see the problems naming "
                     "them); the image is skipped, not kept as a negative; fix the labels and re-export",
-                    "all_labels_invalid", img,
+                    "all_labels_invalid",
+                    img,
                 )
                 continue
             records.append(ImageRecord(split, img, None, None, shapes))

@@ -13,6 +13,7 @@ pixels as ``cv2.imread``, EXIF orientation included):
 Callers (the masks stage, the split hashing, the training reader, ``promptseg predict``) skip the
 image, count ``error.kind`` and name ``error.path``.
 """
+
 from __future__ import annotations
 
 import io
@@ -69,7 +70,10 @@ def check_image_bytes(data: bytes) -> tuple[str, str] | None:
         # Inside the entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker,
         # so FF D9 after the first scan header is the end-of-image marker.
         if data.find(b"\xff\xd9", start) < 0:
-            return TRUNCATED, f"JPEG data ends without its end-of-image marker ({len(data)} bytes): the file is truncated"
+            return (
+                TRUNCATED,
+                f"JPEG data ends without its end-of-image marker ({len(data)} bytes): the file is truncated",
+            )
         return None
     if data[:8] == _PNG_SIGNATURE:
         end = data.rfind(_PNG_IEND)
@@ -117,7 +121,9 @@ OVERLAY_COLOR_RGB = (255, 0, 0)
 OVERLAY_ALPHA = 0.5
 
 
-def overlay_image(rgb: np.ndarray, mask: np.ndarray, *, color=OVERLAY_COLOR_RGB, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def overlay_image(
+    rgb: np.ndarray, mask: np.ndarray, *, color=OVERLAY_COLOR_RGB, alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
     """(H, W, 3) uint8 RGB with the mask's pixels blended towards ``color`` with ``alpha``."""
     out = rgb.astype(np.float32)
     lit = mask > 0

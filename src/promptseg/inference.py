@@ -10,7 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["postprocess_probabilities", "upsample_logits", "TrainedModel", "load_trained_model", "predict_probabilities", "predict_masks"]
+__all__ = [
+    "postprocess_probabilities",
+    "upsample_logits",
+    "TrainedModel",
+    "load_trained_model",
+    "predict_probabilities",
+    "predict_masks",
+]
 
 
 def postprocess_probabilities(
@@ -151,16 +158,19 @@ def load_trained_model(model_dir) -> TrainedModel:
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory {model_dir} not found: train it first (`dvc repro train`) "
-                                "or pass --model with a folder written by save_pretrained.")
+        raise FileNotFoundError(
+            f"model directory {model_dir} not found: train it first (`dvc repro train`) "
+            "or pass --model with a folder written by save_pretrained."
+        )
     model, processor = load_pretrained(str(model_dir))
     card_path = model_dir / "promptseg.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     return TrainedModel(model, processor, card)
 
 
-def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, rows: list[int], prompts: list[str],
-                  cache_key=None) -> torch.Tensor:
+def _model_logits(
+    trained: TrainedModel, pixel_values: torch.Tensor, rows: list[int], prompts: list[str], cache_key=None
+) -> torch.Tensor:
     """Logits (len(rows), h, w) at the model's input size for images ``pixel_values[rows]``, one prompt
     each. The model runs in two halves: the image half (CLIPSeg's vision activations, the U-Net's
     encoder), which does not depend on the prompt, then the prompt half (text encoder, FiLM decoder).
@@ -176,8 +186,9 @@ def _model_logits(trained: TrainedModel, pixel_values: torch.Tensor, rows: list[
         if cache_key is None:
             features = encode_images(model, pixel_values[rows].to(device))
         else:
-            features = trained.encodings.get_or_compute(("encoded", cache_key),
-                                                        lambda: encode_images(model, pixel_values.to(device)))
+            features = trained.encodings.get_or_compute(
+                ("encoded", cache_key), lambda: encode_images(model, pixel_values.to(device))
+            )
             if len(rows) != len(pixel_values):
                 features = [f[rows] for f in features]
         return decode_prompts(model, features, ids, mask, tuple(pixel_values.shape[-2:])).float().cpu()
@@ -206,8 +217,9 @@ def average_prompts_and_flips(logits_of, pixel_values, prompt_sets: list[list[st
 
 
 @torch.no_grad()
-def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], prompts: list,
-                          *, batch_size: int = 16, hflip_tta: bool = False) -> list[np.ndarray]:
+def predict_probabilities(
+    trained: TrainedModel, images: list[np.ndarray], prompts: list, *, batch_size: int = 16, hflip_tta: bool = False
+) -> list[np.ndarray]:
     """Probability maps at each image's OWN size, one per (image, prompt) pair.
 
     ``images[i]`` is an (H, W, 3) uint8 RGB array paired with ``prompts[i]``: a string, or a list of
@@ -225,21 +237,38 @@ def predict_probabilities(trained: TrainedModel, images: list[np.ndarray], promp
         raise ValueError("an empty prompt list was given for an image: pass at least one prompt.")
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
-        chunk, chunk_sets = images[start:start + batch_size], prompt_sets[start:start + batch_size]
+        chunk, chunk_sets = images[start : start + batch_size], prompt_sets[start : start + batch_size]
         key = EncodingCache.digest(chunk)
-        pixel_values = trained.encodings.get_or_compute(("pixels", key), lambda: torch.stack(
-            [preprocess_image(im, trained.image_size, trained.mean, trained.std, trained.per_image) for im in chunk]))
+        pixel_values = trained.encodings.get_or_compute(
+            ("pixels", key),
+            lambda: torch.stack(
+                [preprocess_image(im, trained.image_size, trained.mean, trained.std, trained.per_image) for im in chunk]
+            ),
+        )
         averaged = average_prompts_and_flips(
             lambda view, rows, ps, flipped: _model_logits(trained, view, rows, ps, cache_key=(key, flipped)),
-            pixel_values, chunk_sets, hflip_tta, lambda x: torch.flip(x, dims=[-1]), torch.zeros)
+            pixel_values,
+            chunk_sets,
+            hflip_tta,
+            lambda x: torch.flip(x, dims=[-1]),
+            torch.zeros,
+        )
         for image, logit in zip(chunk, averaged):
             out.append(torch.sigmoid(upsample_logits(logit, image.shape[:2])).numpy())
     return out
 
 
-def predict_masks(trained: TrainedModel, images: list[np.ndarray], prompts: list, *, threshold: float,
-                  morphology: bool = True, kernel_size: int = 3, batch_size: int = 16,
-                  hflip_tta: bool = False) -> list[np.ndarray]:
+def predict_masks(
+    trained: TrainedModel,
+    images: list[np.ndarray],
+    prompts: list,
+    *,
+    threshold: float,
+    morphology: bool = True,
+    kernel_size: int = 3,
+    batch_size: int = 16,
+    hflip_tta: bool = False,
+) -> list[np.ndarray]:
     """{0,255} uint8 masks at each image's own size: probabilities -> threshold -> open/close."""
     probs = predict_probabilities(trained, images, prompts, batch_size=batch_size, hflip_tta=hflip_tta)
     return [postprocess_probabilities(p, threshold, morphology=morphology, kernel_size=kernel_size) for p in probs]

@@ -33,6 +33,7 @@ resumed run continues the same step series with no duplicate; the MLflow run is 
 as ``history`` too: the series are then rewritten from them (the images of earlier epochs cannot be), and an
 MLflow run that cannot be reopened (no id) is replaced by a new one that gets the history first.
 """
+
 from __future__ import annotations
 
 import csv
@@ -88,9 +89,17 @@ class EpochLogger:
             the DVCLive series are rebuilt from them rather than read back from ``live_dir``.
     """
 
-    def __init__(self, variant: str, live_dir: str | Path, *, mlflow_cfg: dict | None = None,
-                 params: dict | None = None, resume_epoch: int = 0, mlflow_run_id: str | None = None,
-                 history: list[dict] | None = None):
+    def __init__(
+        self,
+        variant: str,
+        live_dir: str | Path,
+        *,
+        mlflow_cfg: dict | None = None,
+        params: dict | None = None,
+        resume_epoch: int = 0,
+        mlflow_run_id: str | None = None,
+        history: list[dict] | None = None,
+    ):
         from dvclive import Live
 
         self.variant, self.live_dir = variant, Path(live_dir)
@@ -125,8 +134,11 @@ class EpochLogger:
     @staticmethod
     def _values(row: dict) -> dict[str, float]:
         """The numeric per-epoch values of a row (everything but ``epoch``), as floats."""
-        return {k: float(v) for k, v in row.items()
-                if k != "epoch" and isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+        return {
+            k: float(v)
+            for k, v in row.items()
+            if k != "epoch" and isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+        }
 
     def _log_mlflow_metrics(self, rows: list[dict]) -> None:
         from mlflow.entities import Metric
@@ -162,8 +174,16 @@ class EpochLogger:
         """The step the next :meth:`log_epoch` writes (= epochs logged so far)."""
         return int(self.live.step)
 
-    def log_epoch(self, epoch: int, train_loss: float, val_loss: float, val_dice: float, lr: float,
-                  overlay_image: np.ndarray | None = None, **extra: float) -> dict[str, float]:
+    def log_epoch(
+        self,
+        epoch: int,
+        train_loss: float,
+        val_loss: float,
+        val_dice: float,
+        lr: float,
+        overlay_image: np.ndarray | None = None,
+        **extra: float,
+    ) -> dict[str, float]:
         """Log epoch ``epoch`` (1-based; must be the next one) at step ``epoch - 1`` to DVCLive and MLflow.
 
         ``extra``: more per-epoch numbers (e.g. ``seconds``), logged the same way. A value of None is not
@@ -174,9 +194,11 @@ class EpochLogger:
             raise RuntimeError(f"the {self.variant} logger is closed: make a new EpochLogger to log more epochs")
         step = int(epoch) - 1
         if step != self.step:
-            raise ValueError(f"epoch {epoch} logged out of order: the {self.variant} series in {self.live_dir} "
-                             f"expects epoch {self.step + 1} next (pass resume_epoch={step} to continue from a "
-                             "checkpoint)")
+            raise ValueError(
+                f"epoch {epoch} logged out of order: the {self.variant} series in {self.live_dir} "
+                f"expects epoch {self.step + 1} next (pass resume_epoch={step} to continue from a "
+                "checkpoint)"
+            )
         values = {"train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr, **extra}
         values = {k: float(v) for k, v in values.items() if v is not None}
         for name, value in values.items():
@@ -186,8 +208,11 @@ class EpochLogger:
         if self._client is not None:
             self._log_mlflow_metrics([{"epoch": epoch, **values}])
             if overlay_image is not None:
-                self._client.log_image(self.mlflow_run_id, np.ascontiguousarray(overlay_image),
-                                       artifact_file=f"{OVERLAY_NAME}/{step:04d}.png")
+                self._client.log_image(
+                    self.mlflow_run_id,
+                    np.ascontiguousarray(overlay_image),
+                    artifact_file=f"{OVERLAY_NAME}/{step:04d}.png",
+                )
         self.live.next_step()
         return values
 
@@ -208,7 +233,7 @@ class EpochLogger:
         if self._client is not None:
             self._client.set_terminated(self.mlflow_run_id, status=status)
 
-    def __enter__(self) -> "EpochLogger":
+    def __enter__(self) -> EpochLogger:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -38,9 +38,7 @@ def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.ndim != 3:
         raise ValueError(f"logits must have shape (B, H, W), got {tuple(logits.shape)}")
     if target.shape != logits.shape:
-        raise ValueError(
-            f"target shape {tuple(target.shape)} != logits shape {tuple(logits.shape)}"
-        )
+        raise ValueError(f"target shape {tuple(target.shape)} != logits shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
 
@@ -116,7 +114,9 @@ def presence_loss(presence_logits: torch.Tensor, target: torch.Tensor) -> torch.
     in [0, 1] -> scalar, the mean over the batch of BCE(presence logit, 1 if the target has a pixel above
     0.5 else 0). Negative prompts (all-zero targets) and images without the prompt's target teach "absent"."""
     if presence_logits.shape != target.shape[:1]:
-        raise ValueError(f"presence_logits {tuple(presence_logits.shape)} must be (B,) for target {tuple(target.shape)}")
+        raise ValueError(
+            f"presence_logits {tuple(presence_logits.shape)} must be (B,) for target {tuple(target.shape)}"
+        )
     present = (target.flatten(1) > 0.5).any(dim=1).to(presence_logits.dtype)
     return F.binary_cross_entropy_with_logits(presence_logits, present)
 

@@ -191,9 +191,11 @@ def render_record_mask(
                 counts["clipped_boxes"] += 1
             if cw < min_box_side_px or ch < min_box_side_px or c1 <= c0 or r1 <= r0:
                 counts["degenerate_boxes"] += 1
-                why = (f"box {tuple(round(float(v), 2) for v in shape.box)} (x0, y0, x1, y1) covers "
-                       f"{max(cw, 0):.2f} x {max(ch, 0):.2f} px of the {width}x{height} image "
-                       f"(below min_box_side_px={min_box_side_px:g})")
+                why = (
+                    f"box {tuple(round(float(v), 2) for v in shape.box)} (x0, y0, x1, y1) covers "
+                    f"{max(cw, 0):.2f} x {max(ch, 0):.2f} px of the {width}x{height} image "
+                    f"(below min_box_side_px={min_box_side_px:g})"
+                )
                 dropped.append((shape, "degenerate_boxes", why))
                 continue
             _fill_box(mask, c0, r0, c1, r1)
@@ -202,7 +204,9 @@ def render_record_mask(
                 m = _decode_rle(shape.rle)
             except Exception as exc:  # noqa: BLE001 - a bad RLE is counted, not fatal
                 counts["malformed_rle"] += 1
-                dropped.append((shape, "malformed_rle", f"RLE cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})"))
+                dropped.append(
+                    (shape, "malformed_rle", f"RLE cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})")
+                )
                 continue
             if m.shape != (height, width):
                 counts["rle_size_mismatch"] += 1
@@ -248,7 +252,12 @@ def _true_mask_source(rec: ImageRecord, export_root: Path | None) -> Path | None
 
 
 def _process_one(
-    rec: ImageRecord, split: str, stem: str, dup: bool, out_dir: Path, min_box_side_px: float,
+    rec: ImageRecord,
+    split: str,
+    stem: str,
+    dup: bool,
+    out_dir: Path,
+    min_box_side_px: float,
     true_mask: Path | None = None,
 ) -> tuple[dict | None, collections.Counter, list[Problem]]:
     """Decode, render and write one image into ``out_dir/<split>``: (index row or None,
@@ -260,10 +269,14 @@ def _process_one(
         img = read_image(path, cv2.IMREAD_COLOR)
     except ImageReadError as exc:
         per_image[exc.kind] += 1
-        problems.append(Problem(
-            f"{path}: {exc.reason}; it is skipped; re-download the export or remove the file",
-            kind=exc.kind, file=path, split=split,
-        ))
+        problems.append(
+            Problem(
+                f"{path}: {exc.reason}; it is skipped; re-download the export or remove the file",
+                kind=exc.kind,
+                file=path,
+                split=split,
+            )
+        )
         return None, per_image, problems
     h, w = img.shape[:2]
     del img
@@ -271,25 +284,38 @@ def _process_one(
         per_image["duplicate_stems"] += 1
     if (rec.width is not None and rec.width != w) or (rec.height is not None and rec.height != h):
         per_image["size_mismatch"] += 1
-        problems.append(Problem(
-            f"{path}: the annotation says {rec.width}x{rec.height} but the file is {w}x{h}; "
-            "the shapes are rendered unscaled and clipped to the file; re-download the export",
-            kind="size_mismatch", file=path, split=split,
-        ))
+        problems.append(
+            Problem(
+                f"{path}: the annotation says {rec.width}x{rec.height} but the file is {w}x{h}; "
+                "the shapes are rendered unscaled and clipped to the file; re-download the export",
+                kind="size_mismatch",
+                file=path,
+                split=split,
+            )
+        )
     dropped: list = []
     mask = render_record_mask(rec, h, w, per_image, min_box_side_px=min_box_side_px, dropped=dropped)
     for shape, kind, why in dropped:
-        problems.append(Problem(
-            f"{path}: annotation {shape.ref or '?'}: {why}; it draws nothing; fix it in Roboflow and re-export",
-            kind=kind, file=path, split=split, annotation=shape.ref,
-        ))
+        problems.append(
+            Problem(
+                f"{path}: annotation {shape.ref or '?'}: {why}; it draws nothing; fix it in Roboflow and re-export",
+                kind=kind,
+                file=path,
+                split=split,
+                annotation=shape.ref,
+            )
+        )
     if rec.shapes and len(dropped) == len(rec.shapes):
         per_image["all_labels_invalid"] += 1
-        problems.append(Problem(
-            f"{path}: all {len(dropped)} of its shapes draw nothing (see the problems naming them); the "
-            "image is skipped, not kept as a negative; fix the labels and re-export",
-            kind="all_labels_invalid", file=path, split=split,
-        ))
+        problems.append(
+            Problem(
+                f"{path}: all {len(dropped)} of its shapes draw nothing (see the problems naming them); the "
+                "image is skipped, not kept as a negative; fix the labels and re-export",
+                kind="all_labels_invalid",
+                file=path,
+                split=split,
+            )
+        )
         return None, per_image, problems
     shutil.copy2(path, out_dir / split / "images" / f"{stem}{path.suffix}")
     mask_path = out_dir / split / "masks" / f"{stem}.png"
@@ -439,8 +465,11 @@ def build_processed_dataset(
     if not rows:
         listed = sum(c.get("images_listed", 0) for c in read.counts.values())
         missing = sum(c.get("missing_image_file", 0) for c in read.counts.values())
-        corrupt = sum(c.get(k, 0) for c in [*read.counts.values(), *render_counts.values()]
-                      for k in ("corrupt_image", "truncated_image"))
+        corrupt = sum(
+            c.get(k, 0)
+            for c in [*read.counts.values(), *render_counts.values()]
+            for k in ("corrupt_image", "truncated_image")
+        )
         invalid = sum(c.get("all_labels_invalid", 0) for c in [*read.counts.values(), *render_counts.values()])
         where = read.root if read.root is not None else "the export"
         hint = "check the export path" if missing or not listed else "re-download the export"

@@ -32,6 +32,7 @@ other, within ``orientation_tolerance_deg``), its length and the taped share of 
 models were trained on joint BOXES (the drywall labels are YOLO boxes), so their masks are
 box-shaped bands; the output says so.
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,10 +57,18 @@ __all__ = [
 KINDS = ("crack", "joint")
 # Upper limits (mm) of BRE Digest 251 categories 0..4; category 5 is above the last.
 BRE_251_LIMITS_MM = (0.1, 1.0, 5.0, 15.0, 25.0)
-BRE_251_TEXT = ("0: hairline, < 0.1 mm", "1: fine, up to 1 mm", "2: up to 5 mm", "3: 5-15 mm",
-                "4: 15-25 mm", "5: over 25 mm")
-JOINT_LABEL_NOTE = ("the drywall training labels were boxes (YOLO), so joint masks are box-shaped bands: "
-                    "their length and orientation are meaningful, their width is the box's")
+BRE_251_TEXT = (
+    "0: hairline, < 0.1 mm",
+    "1: fine, up to 1 mm",
+    "2: up to 5 mm",
+    "3: 5-15 mm",
+    "4: 15-25 mm",
+    "5: over 25 mm",
+)
+JOINT_LABEL_NOTE = (
+    "the drywall training labels were boxes (YOLO), so joint masks are box-shaped bands: "
+    "their length and orientation are meaningful, their width is the box's"
+)
 NO_SCALE_NOTE = "no scale given (--mm-per-px or --image-width-mm): lengths and widths are in pixels only"
 
 
@@ -67,9 +76,9 @@ NO_SCALE_NOTE = "no scale given (--mm-per-px or --image-width-mm): lengths and w
 class MeasureSettings:
     """The numbers that change a measurement (``params.yaml`` ``measure:``)."""
 
-    min_area_px: int = 10                 # components smaller than this are ignored (specks)
-    prune_factor: float = 1.0             # spurs shorter than this x the local width are pruned ...
-    min_spur_px: int = 3                  # ... and never shorter than this
+    min_area_px: int = 10  # components smaller than this are ignored (specks)
+    prune_factor: float = 1.0  # spurs shorter than this x the local width are pruned ...
+    min_spur_px: int = 3  # ... and never shorter than this
     orientation_tolerance_deg: float = 20.0  # joints within this of 0/90 degrees are horizontal/vertical
 
     @classmethod
@@ -100,7 +109,10 @@ _NEIGHBOURS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1,
 def _neighbour_count(skel: np.ndarray) -> np.ndarray:
     kernel = np.ones((3, 3), np.float32)
     kernel[1, 1] = 0
-    return np.rint(cv2.filter2D(skel.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)).astype(np.int32) * skel
+    return (
+        np.rint(cv2.filter2D(skel.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)).astype(np.int32)
+        * skel
+    )
 
 
 def _prune(skel: np.ndarray, edt: np.ndarray, settings: MeasureSettings) -> np.ndarray:
@@ -118,8 +130,11 @@ def _prune(skel: np.ndarray, edt: np.ndarray, settings: MeasureSettings) -> np.n
             limit = max(settings.min_spur_px, settings.prune_factor * 2.0 * float(edt[y0, x0]) + 2)
             junction = False
             while len(path) <= limit:
-                nxt = [(y + dy, x + dx) for dy, dx in _NEIGHBOURS
-                       if 0 <= y + dy < h and 0 <= x + dx < w and skel[y + dy, x + dx] and (y + dy, x + dx) not in path]
+                nxt = [
+                    (y + dy, x + dx)
+                    for dy, dx in _NEIGHBOURS
+                    if 0 <= y + dy < h and 0 <= x + dx < w and skel[y + dy, x + dx] and (y + dy, x + dx) not in path
+                ]
                 if len(nxt) != 1:
                     junction = len(nxt) > 1
                     break
@@ -169,7 +184,7 @@ def _smooth_length(path: list, closed: bool, window: int) -> float:
     if len(pts) > window:
         k = np.ones(window) / window
         if closed:
-            ext = np.vstack([pts[-(window // 2):], pts, pts[:window // 2]])
+            ext = np.vstack([pts[-(window // 2) :], pts, pts[: window // 2]])
             pts = np.stack([np.convolve(ext[:, i], k, mode="valid") for i in range(2)], axis=1)
         else:
             inner = np.stack([np.convolve(pts[:, i], k, mode="valid") for i in range(2)], axis=1)
@@ -241,8 +256,9 @@ def _orientation_class(angle: float, tolerance: float) -> str:
 
 
 # --------------------------------------------------------------------------- measuring
-def measure_mask(mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | None = None,
-                 settings: MeasureSettings | None = None) -> dict:
+def measure_mask(
+    mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | None = None, settings: MeasureSettings | None = None
+) -> dict:
     """Measure every component of a 2-D mask (non-zero = object). Returns a JSON-able dict:
     ``{"kind", "units", "mm_per_px", "image": {...}, "components": [{...}, ...], "notes": [...]}``.
     Components are numbered from 1 in order of decreasing length."""
@@ -292,7 +308,7 @@ def measure_mask(mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | No
         interior = skel.copy()
         for y, x in ends:
             r = math.ceil(edt_p[y, x])
-            interior[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1] = False
+            interior[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = False
         inner = local[interior] if interior.any() else local[skel]
         ys, xs = np.nonzero(skel)
         angle = _orientation_deg(ys.astype(np.float64), xs.astype(np.float64))
@@ -318,7 +334,8 @@ def measure_mask(mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | No
             if kind == "crack":
                 c["bre_251_category"] = bre_category(c["max_width_mm"])
     image = {
-        "height_px": h, "width_px": w,
+        "height_px": h,
+        "width_px": w,
         "count": len(components),
         "total_length_px": round(sum(c["length_px"] for c in components), 2),
         "max_width_px": max((c["max_width_px"] for c in components), default=0.0),
@@ -326,8 +343,9 @@ def measure_mask(mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | No
     }
     if kind == "joint":
         image["taped_share"] = round(float(binary.sum()) / float(h * w), 4)
-        image["orientations"] = {k: sum(c["orientation"] == k for c in components)
-                                 for k in ("vertical", "horizontal", "other")}
+        image["orientations"] = {
+            k: sum(c["orientation"] == k for c in components) for k in ("vertical", "horizontal", "other")
+        }
     notes = []
     if mm_per_px is not None:
         image["total_length_mm"] = round(image["total_length_px"] * mm_per_px, 3)
@@ -340,9 +358,15 @@ def measure_mask(mask: np.ndarray, *, kind: str = "crack", mm_per_px: float | No
         notes.append(NO_SCALE_NOTE)
     if kind == "joint":
         notes.append(JOINT_LABEL_NOTE)
-    return {"kind": kind, "units": "mm and px" if mm_per_px is not None else "px",
-            "mm_per_px": mm_per_px, "image": image, "components": components, "notes": notes,
-            "settings": asdict(settings)}
+    return {
+        "kind": kind,
+        "units": "mm and px" if mm_per_px is not None else "px",
+        "mm_per_px": mm_per_px,
+        "image": image,
+        "components": components,
+        "notes": notes,
+        "settings": asdict(settings),
+    }
 
 
 # --------------------------------------------------------------------------- drawing and files
@@ -371,8 +395,21 @@ def draw_measurements(rgb: np.ndarray, mask: np.ndarray, result: dict, *, alpha:
     return out
 
 
-CSV_FIELDS = ["mask", "id", "length_px", "mean_width_px", "max_width_px", "orientation_deg", "area_px",
-              "orientation", "image_share", "length_mm", "mean_width_mm", "max_width_mm", "bre_251_category"]
+CSV_FIELDS = [
+    "mask",
+    "id",
+    "length_px",
+    "mean_width_px",
+    "max_width_px",
+    "orientation_deg",
+    "area_px",
+    "orientation",
+    "image_share",
+    "length_mm",
+    "mean_width_mm",
+    "max_width_mm",
+    "bre_251_category",
+]
 
 
 def write_outputs(results: dict[str, dict], out_dir: Path, name: str = "measurements") -> tuple[Path, Path]:
@@ -396,9 +433,16 @@ class MeasureRun:
     written: list[Path] = field(default_factory=list)
 
 
-def measure_files(paths: list[Path], *, kind: str = "crack", mm_per_px: float | None = None,
-                  image_width_mm: float | None = None, settings: MeasureSettings | None = None,
-                  images: dict[str, np.ndarray] | None = None, overlay: bool = True) -> MeasureRun:
+def measure_files(
+    paths: list[Path],
+    *,
+    kind: str = "crack",
+    mm_per_px: float | None = None,
+    image_width_mm: float | None = None,
+    settings: MeasureSettings | None = None,
+    images: dict[str, np.ndarray] | None = None,
+    overlay: bool = True,
+) -> MeasureRun:
     """Measure mask PNGs; write ``measurements.json``/``.csv`` and ``<stem>_measured.png`` next to them
     (per folder). ``image_width_mm`` gives each mask its own scale (its width in px). ``images``: optional
     RGB photos by mask stem for the overlays (else the overlay is drawn on a gray canvas)."""
@@ -413,8 +457,15 @@ def measure_files(paths: list[Path], *, kind: str = "crack", mm_per_px: float | 
             mask = mask[..., :3].max(axis=2)
         values = np.unique(mask)
         if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-            run.skipped.append((path, (f"not a binary mask (values {values[:5].tolist()}...): pass the masks "
-                                       "that `promptseg predict` writes, not photos or overlays")))
+            run.skipped.append(
+                (
+                    path,
+                    (
+                        f"not a binary mask (values {values[:5].tolist()}...): pass the masks "
+                        "that `promptseg predict` writes, not photos or overlays"
+                    ),
+                )
+            )
             continue
         scale = mm_per_px if mm_per_px is not None else (image_width_mm / mask.shape[1] if image_width_mm else None)
         result = measure_mask(mask, kind=kind, mm_per_px=scale, settings=settings)

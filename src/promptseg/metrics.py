@@ -94,10 +94,14 @@ def iou_dice_from_counts(counts, empty_score: float):
 
         tp, union, denom = tp.double(), union.double(), denom.double()
         empty = torch.full_like(union, float(empty_score))
-        return (torch.where(union > 0, tp / union.clamp(min=1), empty),
-                torch.where(denom > 0, 2 * tp / denom.clamp(min=1), empty))
-    return (np.where(union > 0, tp / np.maximum(union, 1), float(empty_score)),
-            np.where(denom > 0, 2 * tp / np.maximum(denom, 1), float(empty_score)))
+        return (
+            torch.where(union > 0, tp / union.clamp(min=1), empty),
+            torch.where(denom > 0, 2 * tp / denom.clamp(min=1), empty),
+        )
+    return (
+        np.where(union > 0, tp / np.maximum(union, 1), float(empty_score)),
+        np.where(denom > 0, 2 * tp / np.maximum(denom, 1), float(empty_score)),
+    )
 
 
 def confusion_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
@@ -215,9 +219,7 @@ def lit_fraction(pred: np.ndarray) -> float:
     return float(np.count_nonzero(p) / p.size) if p.size else 0.0
 
 
-def threshold_sweep_counts(
-    probs: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]
-) -> np.ndarray:
+def threshold_sweep_counts(probs: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     """``(tp, fp, fn)`` of ``probs > t`` against ``gt`` for every threshold, in one pass.
 
     Args:

@@ -17,6 +17,7 @@ overrides the threshold like ``--threshold``; the default, -1, keeps the val thr
 :func:`log_pyfunc_model` logs the model folder with this wrapper, a signature and an input example, and
 registers it; the evaluation stage calls it once the thresholds are chosen on val.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,17 @@ __all__ = ["PromptSegPyfunc", "log_pyfunc_model", "registered_name", "decode_ima
 MODEL_ARTIFACT, SERVING_ARTIFACT = "model_dir", "serving"
 # What the pyfunc environment needs (the project's pins); given explicitly so MLflow does not infer them by
 # loading the model in a subprocess.
-PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "opencv-python-headless==5.0.0.93",
-                    "numpy==2.4.6", "pillow==13.0.0", "mlflow==3.17.2", "pandas", "promptseg"]
+PIP_REQUIREMENTS = [
+    "torch==2.13.0",
+    "transformers==5.24.0",
+    "peft==0.21.2",
+    "opencv-python-headless==5.0.0.93",
+    "numpy==2.4.6",
+    "pillow==13.0.0",
+    "mlflow==3.17.2",
+    "pandas",
+    "promptseg",
+]
 
 
 def registered_name(variant: str) -> str:
@@ -107,10 +117,18 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         masks: list = [None] * len(images)
         for threshold in sorted(set(thresholds)):  # one batch per threshold, rows kept in order
             rows = [i for i, t in enumerate(thresholds) if t == threshold]
-            for i, mask in zip(rows, predict_masks(self.trained, [images[i] for i in rows], [prompts[i] for i in rows],
-                                                   threshold=threshold, morphology=bool(morphology["enabled"]),
-                                                   kernel_size=int(morphology["kernel"]),
-                                                   batch_size=int(self.serving.get("batch_size", 16)))):
+            for i, mask in zip(
+                rows,
+                predict_masks(
+                    self.trained,
+                    [images[i] for i in rows],
+                    [prompts[i] for i in rows],
+                    threshold=threshold,
+                    morphology=bool(morphology["enabled"]),
+                    kernel_size=int(morphology["kernel"]),
+                    batch_size=int(self.serving.get("batch_size", 16)),
+                ),
+            ):
                 masks[i] = mask
         return pd.DataFrame({"mask": [encode_mask(m) for m in masks], "threshold": thresholds})
 
@@ -123,9 +141,16 @@ def _example_image(size: int = 32) -> bytes:
     return encode_mask(image)
 
 
-def log_pyfunc_model(model_dir: str | Path, mlflow_cfg: dict, *, thresholds: dict[str, float],
-                     morphology: dict | None = None, batch_size: int = 16, run_id: str | None = None,
-                     variant: str | None = None) -> str:
+def log_pyfunc_model(
+    model_dir: str | Path,
+    mlflow_cfg: dict,
+    *,
+    thresholds: dict[str, float],
+    morphology: dict | None = None,
+    batch_size: int = 16,
+    run_id: str | None = None,
+    variant: str | None = None,
+) -> str:
     """Log ``models/<variant>`` as a pyfunc model and register it as ``promptseg-<variant>``.
 
     Args:
@@ -146,25 +171,43 @@ def log_pyfunc_model(model_dir: str | Path, mlflow_cfg: dict, *, thresholds: dic
 
     model_dir = Path(model_dir)
     if not (model_dir / "promptseg.json").is_file():
-        raise FileNotFoundError(f"{model_dir} has no promptseg.json: not a trained model folder "
-                                "(train it first: `dvc repro train@<variant>`)")
+        raise FileNotFoundError(
+            f"{model_dir} has no promptseg.json: not a trained model folder "
+            "(train it first: `dvc repro train@<variant>`)"
+        )
     card = json.loads((model_dir / "promptseg.json").read_text())
     variant = variant or str(card.get("variant") or model_dir.name)
     morphology = morphology or {"enabled": True, "kernel": 3}
     mlflow = connect(mlflow_cfg)
-    example = pd.DataFrame({"image": [_example_image()], "prompt": [next(iter(
-        (card.get("prompts") or {"cracks": ["segment crack"]}).values()))[0]]})
+    example = pd.DataFrame(
+        {
+            "image": [_example_image()],
+            "prompt": [next(iter((card.get("prompts") or {"cracks": ["segment crack"]}).values()))[0]],
+        }
+    )
     # params: MLflow fills a missing param with its default, so the default -1.0 means "the val threshold"
-    signature = infer_signature(example, pd.DataFrame({"mask": [b""], "threshold": [0.5]}),
-                                params={"threshold": -1.0})
+    signature = infer_signature(example, pd.DataFrame({"mask": [b""], "threshold": [0.5]}), params={"threshold": -1.0})
     with tempfile.TemporaryDirectory() as tmp:
         serving = Path(tmp) / "serving.json"
-        serving.write_text(json.dumps({"variant": variant, "morphology": morphology, "batch_size": int(batch_size),
-                                       **{d: {"threshold": float(t)} for d, t in thresholds.items()}}, indent=2))
+        serving.write_text(
+            json.dumps(
+                {
+                    "variant": variant,
+                    "morphology": morphology,
+                    "batch_size": int(batch_size),
+                    **{d: {"threshold": float(t)} for d, t in thresholds.items()},
+                },
+                indent=2,
+            )
+        )
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else variant):
-            info = mlflow.pyfunc.log_model(name="pyfunc_model", python_model=PromptSegPyfunc(),
-                                           artifacts={MODEL_ARTIFACT: str(model_dir), SERVING_ARTIFACT: str(serving)},
-                                           signature=signature, input_example=example,
-                                           pip_requirements=PIP_REQUIREMENTS,
-                                           registered_model_name=registered_name(variant))
+            info = mlflow.pyfunc.log_model(
+                name="pyfunc_model",
+                python_model=PromptSegPyfunc(),
+                artifacts={MODEL_ARTIFACT: str(model_dir), SERVING_ARTIFACT: str(serving)},
+                signature=signature,
+                input_example=example,
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=registered_name(variant),
+            )
     return f"models:/{registered_name(variant)}/{info.registered_model_version}"

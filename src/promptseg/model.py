@@ -15,6 +15,7 @@ and text embeddings under ``torch.no_grad()``, so LoRA adapters in the encoders 
 of the encoders) never receive a gradient through it. ``segmentation_logits`` runs the same computation
 with gradients; in eval mode it returns exactly the library forward's logits (tested).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -123,8 +124,14 @@ def reset_decoder_plain_layers(model: CLIPSegForImageSegmentation) -> None:
 
 def make_processor(tokenizer: CLIPTokenizer, image_size: int, mean, std) -> CLIPSegProcessor:
     image_processor = ViTImageProcessor(
-        do_resize=True, size={"height": image_size, "width": image_size}, resample=2,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=2,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
     )
     return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -134,8 +141,9 @@ def as_model_settings(model: ModelSettings | Mapping, architecture: str | None =
     return model if isinstance(model, ModelSettings) else model_settings({"model": model}, architecture)
 
 
-def build_small_model(model: ModelSettings | Mapping, image_size: int,
-                      seed: int) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
+def build_small_model(
+    model: ModelSettings | Mapping, image_size: int, seed: int
+) -> tuple[CLIPSegForImageSegmentation, CLIPSegProcessor]:
     model = as_model_settings(model, "clipseg")
     torch.manual_seed(seed)
     clipseg = CLIPSegForImageSegmentation(small_config(model.clipseg))
@@ -195,21 +203,26 @@ def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
         if is_unet_directory(local):
             return TextConditionedUNet.from_pretrained(local), CLIPSegProcessor.from_pretrained(local)
         try:
-            return (CLIPSegForImageSegmentation.from_pretrained(local),
-                    CLIPSegProcessor.from_pretrained(local))
+            return (CLIPSegForImageSegmentation.from_pretrained(local), CLIPSegProcessor.from_pretrained(local))
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"{local} is not a CLIPSeg save_pretrained directory ({exc}).") from None
-    fix = (f"Fix: on a machine with network, run CLIPSegForImageSegmentation.from_pretrained({source!r}) and "
-           f"CLIPSegProcessor.from_pretrained({source!r}), save_pretrained both into one folder, and set "
-           "model.source to that folder; or allow network access (unset HF_HUB_OFFLINE); or use model.source: small.")
+    fix = (
+        f"Fix: on a machine with network, run CLIPSegForImageSegmentation.from_pretrained({source!r}) and "
+        f"CLIPSegProcessor.from_pretrained({source!r}), save_pretrained both into one folder, and set "
+        "model.source to that folder; or allow network access (unset HF_HUB_OFFLINE); or use model.source: small."
+    )
     try:  # a warm cache works offline
-        return (CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=True),
-                CLIPSegProcessor.from_pretrained(source, local_files_only=True))
+        return (
+            CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=True),
+            CLIPSegProcessor.from_pretrained(source, local_files_only=True),
+        )
     except (OSError, ValueError):
         pass
     if not _hub_reachable():
-        raise ModelSourceError(f"cannot load model {source!r}: the Hugging Face hub is unreachable (offline) "
-                               f"and it is not in the local cache. {fix}")
+        raise ModelSourceError(
+            f"cannot load model {source!r}: the Hugging Face hub is unreachable (offline) "
+            f"and it is not in the local cache. {fix}"
+        )
     try:
         return CLIPSegForImageSegmentation.from_pretrained(source), CLIPSegProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -264,9 +277,12 @@ def apply_variant(model: CLIPSegForImageSegmentation, method: str, lora: LoraSet
         from peft import LoraConfig, get_peft_model
 
         if lora is None:
-            raise ValueError("method 'lora' needs the rung's LoRA settings (r, alpha, dropout, targets, train_decoder).")
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.targets), bias="none")
+            raise ValueError(
+                "method 'lora' needs the rung's LoRA settings (r, alpha, dropout, targets, train_decoder)."
+            )
+        config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets), bias="none"
+        )
         peft_model = get_peft_model(model, config)
         if lora.train_decoder:
             peft_model.base_model.model.decoder.requires_grad_(True)
@@ -294,13 +310,19 @@ def merged_model(module: nn.Module) -> CLIPSegForImageSegmentation:
 def clipseg_vision_activations(model: CLIPSegForImageSegmentation, pixel_values: torch.Tensor) -> list[torch.Tensor]:
     """The vision hidden states the decoder reads: ``[i + 1 for i in extract_layers]`` (index 0 is the
     embeddings). They do not depend on the prompt, so inference over many prompts can reuse them."""
-    vision = model.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
-                                     interpolate_pos_encoding=True)
+    vision = model.clip.vision_model(
+        pixel_values=pixel_values, output_hidden_states=True, interpolate_pos_encoding=True
+    )
     return [vision.hidden_states[i + 1] for i in model.extract_layers]
 
 
-def clipseg_decode(model: CLIPSegForImageSegmentation, activations: list[torch.Tensor], input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+def clipseg_decode(
+    model: CLIPSegForImageSegmentation,
+    activations: list[torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    size: tuple[int, int],
+) -> torch.Tensor:
     """Logits (B, H, W) from vision activations and prompts: pooled text features projected to
     ``projection_dim``, then the FiLM-conditioned decoder; ``size`` is the input image's (H, W)."""
     text = model.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
@@ -315,23 +337,43 @@ def encode_images(model: nn.Module, pixel_values: torch.Tensor) -> list[torch.Te
     return model.encode_image(pixel_values)
 
 
-def decode_prompts(model: nn.Module, features: list[torch.Tensor], input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None, size: tuple[int, int], *, with_presence: bool = False):
+def decode_prompts(
+    model: nn.Module,
+    features: list[torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    size: tuple[int, int],
+    *,
+    with_presence: bool = False,
+):
     """The prompt half: logits (B, H, W) from :func:`encode_images`' features and one prompt per image.
     ``with_presence``: ``(logits, presence logits (B,))`` where the model has a presence gate (the U-Net
     with ``presence_gate``), else ``(logits, None)``."""
     if hasattr(model, "clip"):
         logits = clipseg_decode(model, features, input_ids, attention_mask, size)
         return (logits, None) if with_presence else logits
-    return model.decode_features(features, model.text_features(input_ids, attention_mask), size,
-                                 with_presence=with_presence)
+    return model.decode_features(
+        features, model.text_features(input_ids, attention_mask), size, with_presence=with_presence
+    )
 
 
-def segmentation_logits(module: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor | None = None, *, with_presence: bool = False):
+def segmentation_logits(
+    module: nn.Module,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    with_presence: bool = False,
+):
     """Logits (B, H, W) with gradients reaching every encoder: :func:`encode_images`, then
     :func:`decode_prompts`. For CLIPSeg these are the steps of ``CLIPSegForImageSegmentation.forward``
     without its ``no_grad``; for the U-Net, its own forward. ``with_presence``: see :func:`decode_prompts`."""
     model = unwrap(module)
-    return decode_prompts(model, encode_images(model, pixel_values), input_ids, attention_mask,
-                          tuple(pixel_values.shape[-2:]), with_presence=with_presence)
+    return decode_prompts(
+        model,
+        encode_images(model, pixel_values),
+        input_ids,
+        attention_mask,
+        tuple(pixel_values.shape[-2:]),
+        with_presence=with_presence,
+    )

@@ -8,6 +8,7 @@ thins it below a pixel. Trained on native-resolution crops (``train.variants.une
 seen that scale. ``infer.native_resolution.<dataset>`` turns it on per dataset in evaluation; CLIPSeg
 rungs (a ViT with learnt position embeddings for one input size) keep the resize path.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,9 @@ def supports_native_resolution(trained) -> bool:
 
 
 @torch.no_grad()
-def predict_probabilities_native(trained, images: list[np.ndarray], prompts: list, *, batch_size: int = 16,
-                                 hflip_tta: bool = False) -> list[np.ndarray]:
+def predict_probabilities_native(
+    trained, images: list[np.ndarray], prompts: list, *, batch_size: int = 16, hflip_tta: bool = False
+) -> list[np.ndarray]:
     """Probability maps, one per (image, prompt) pair, computed at each image's own size (same contract as
     :func:`promptseg.inference.predict_probabilities`: a prompt may be a list, an ensemble whose logits are
     averaged; ``hflip_tta`` averages with the mirrored image). Images of the same size are batched together
@@ -32,8 +34,10 @@ def predict_probabilities_native(trained, images: list[np.ndarray], prompts: lis
     from promptseg.inference import EncodingCache, _model_logits
 
     if not supports_native_resolution(trained):
-        raise ValueError("native-resolution inference needs the U-Net (architecture: unet); CLIPSeg runs at its "
-                         "input size: set infer.native_resolution to false for this model.")
+        raise ValueError(
+            "native-resolution inference needs the U-Net (architecture: unet); CLIPSeg runs at its "
+            "input size: set infer.native_resolution to false for this model."
+        )
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
     prompt_sets = [[p] if isinstance(p, str) else list(p) for p in prompts]
@@ -48,10 +52,17 @@ def predict_probabilities_native(trained, images: list[np.ndarray], prompts: lis
     out: list[np.ndarray | None] = [None] * len(images)
     for indices in by_shape.values():
         for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
+            chunk = indices[start : start + batch_size]
             key = ("native", EncodingCache.digest([images[i] for i in chunk]))
-            pixel_values = trained.encodings.get_or_compute(("pixels", key), lambda chunk=chunk: torch.stack(
-                [normalize(np.ascontiguousarray(images[i]), trained.mean, trained.std, trained.per_image) for i in chunk]))
+            pixel_values = trained.encodings.get_or_compute(
+                ("pixels", key),
+                lambda chunk=chunk: torch.stack(
+                    [
+                        normalize(np.ascontiguousarray(images[i]), trained.mean, trained.std, trained.per_image)
+                        for i in chunk
+                    ]
+                ),
+            )
             views = [(pixel_values, False)] + ([(torch.flip(pixel_values, dims=[-1]), True)] if hflip_tta else [])
             sets = [prompt_sets[i] for i in chunk]
             total, count = torch.zeros(len(chunk), *pixel_values.shape[-2:]), torch.zeros(len(chunk), 1, 1)

@@ -22,6 +22,7 @@ The export takes any ``nn.Module`` whose forward is ``(pixel_values, input_ids, 
 (B, H, W)`` (``export_onnx``). What is specific to a model type is its loading (``load_trained_source``,
 through ``promptseg.inference.load_trained_model``); ``load_export_source`` picks it by the folder's config file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,11 +35,27 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "ONNX_FILENAME", "META_FILENAME", "EXPORT_SUBDIR", "DEFAULT_OPSET",
-    "OnnxEngineError", "MissingExportError", "ExportMismatchError", "ExportSource", "logits_module",
-    "load_trained_source", "load_export_source", "export_onnx", "export_model_dir",
-    "find_export_dir", "stale_export_reason", "default_threads", "OnnxSegmenter", "quantize_int8",
-    "preprocess", "upsample_bilinear", "sigmoid",
+    "ONNX_FILENAME",
+    "META_FILENAME",
+    "EXPORT_SUBDIR",
+    "DEFAULT_OPSET",
+    "OnnxEngineError",
+    "MissingExportError",
+    "ExportMismatchError",
+    "ExportSource",
+    "logits_module",
+    "load_trained_source",
+    "load_export_source",
+    "export_onnx",
+    "export_model_dir",
+    "find_export_dir",
+    "stale_export_reason",
+    "default_threads",
+    "OnnxSegmenter",
+    "quantize_int8",
+    "preprocess",
+    "upsample_bilinear",
+    "sigmoid",
 ]
 
 ONNX_FILENAME = "model.onnx"
@@ -76,6 +93,7 @@ class ExportSource:
     folder's ``promptseg.json`` (variant, training prompts), copied into the export's metadata.
     ``weights``: the weight file the module came from (its sha256 is recorded to spot stale exports).
     """
+
     module: object
     tokenizer: object
     image_size: int
@@ -118,9 +136,17 @@ def load_trained_source(model_dir: str | Path) -> ExportSource:
     trained = load_trained_model(model_dir)
     weights = next((model_dir / name for name in WEIGHT_FILES if (model_dir / name).is_file()), None)
     model_type = next((kind for kind, name in MODEL_CONFIG_FILES if (model_dir / name).is_file()), "unknown")
-    return ExportSource(module=logits_module(trained.model), tokenizer=trained.processor.tokenizer,
-                        image_size=trained.image_size, mean=list(trained.mean), std=list(trained.std),
-                        per_image=trained.per_image, card=dict(trained.card), model_type=model_type, weights=weights)
+    return ExportSource(
+        module=logits_module(trained.model),
+        tokenizer=trained.processor.tokenizer,
+        image_size=trained.image_size,
+        mean=list(trained.mean),
+        std=list(trained.std),
+        per_image=trained.per_image,
+        card=dict(trained.card),
+        model_type=model_type,
+        weights=weights,
+    )
 
 
 def load_export_source(model_dir: str | Path) -> ExportSource:
@@ -131,13 +157,17 @@ def load_export_source(model_dir: str | Path) -> ExportSource:
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise OnnxEngineError(f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass "
-                              "--model with a folder written by save_pretrained (e.g. models/lora)")
+        raise OnnxEngineError(
+            f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass "
+            "--model with a folder written by save_pretrained (e.g. models/lora)"
+        )
     if any((model_dir / name).is_file() for _, name in MODEL_CONFIG_FILES):
         return load_trained_source(model_dir)
     names = " or ".join(name for _, name in MODEL_CONFIG_FILES)
-    raise OnnxEngineError(f"{model_dir} is not a trained model folder: it has no {names} "
-                          "(expected weights + processor files + promptseg.json, as `dvc repro train` writes)")
+    raise OnnxEngineError(
+        f"{model_dir} is not a trained model folder: it has no {names} "
+        "(expected weights + processor files + promptseg.json, as `dvc repro train` writes)"
+    )
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -149,8 +179,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_onnx(module, path: str | Path, *, image_size: int, tokenizer=None, example_batch: int = 2,
-                opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(
+    module, path: str | Path, *, image_size: int, tokenizer=None, example_batch: int = 2, opset: int = DEFAULT_OPSET
+) -> Path:
     """Write ``module`` as ONNX to ``path``: inputs ``pixel_values``, ``input_ids``, ``attention_mask``, output ``logits``.
 
     Any ``nn.Module`` whose forward is ``(pixel_values (B,3,S,S), input_ids (B,T) int64, attention_mask
@@ -181,10 +212,19 @@ def export_onnx(module, path: str | Path, *, image_size: int, tokenizer=None, ex
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*aten::index.*", category=UserWarning)
             torch.onnx.export(
-                module, (pixel_values, input_ids, attention_mask), str(path), dynamo=False,
-                opset_version=int(opset), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_axes={"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "tokens"},
-                              "attention_mask": {0: "batch", 1: "tokens"}, OUTPUT_NAME: {0: "batch"}},
+                module,
+                (pixel_values, input_ids, attention_mask),
+                str(path),
+                dynamo=False,
+                opset_version=int(opset),
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={
+                    "pixel_values": {0: "batch"},
+                    "input_ids": {0: "batch", 1: "tokens"},
+                    "attention_mask": {0: "batch", 1: "tokens"},
+                    OUTPUT_NAME: {0: "batch"},
+                },
                 do_constant_folding=True,
             )
     finally:
@@ -192,8 +232,9 @@ def export_onnx(module, path: str | Path, *, image_size: int, tokenizer=None, ex
     return path
 
 
-def export_model_dir(model_dir: str | Path, out_dir: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
-                     check: bool = True) -> Path:
+def export_model_dir(
+    model_dir: str | Path, out_dir: str | Path | None = None, *, opset: int = DEFAULT_OPSET, check: bool = True
+) -> Path:
     """Export ``models/<variant>`` to ``out_dir`` (default ``<model_dir>/onnx``); returns ``out_dir``.
 
     Writes ``model.onnx``, ``promptseg_onnx.json`` and the tokenizer files. With ``check``, runs the
@@ -206,8 +247,9 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path | None = None, *
     out_dir = Path(out_dir) if out_dir is not None else model_dir / EXPORT_SUBDIR
     source = load_export_source(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(source.module, out_dir / ONNX_FILENAME, image_size=source.image_size,
-                            tokenizer=source.tokenizer, opset=opset)
+    onnx_path = export_onnx(
+        source.module, out_dir / ONNX_FILENAME, image_size=source.image_size, tokenizer=source.tokenizer, opset=opset
+    )
     source.tokenizer.save_pretrained(str(out_dir))
     meta = {
         "format": "promptseg-onnx/1",
@@ -238,17 +280,23 @@ def _check_export(source: ExportSource, onnx_path: Path, tolerance: float = 1e-3
     session = _make_session(onnx_path, threads=default_threads(), optimization="all")
     rng = np.random.default_rng(0)
     pixel_values = rng.standard_normal((3, 3, source.image_size, source.image_size)).astype(np.float32)
-    tokens = source.tokenizer(["segment wall crack", "x", "segment the joint tape on the wall"], padding=True,
-                              return_tensors="np")
-    feeds = {"pixel_values": pixel_values, "input_ids": tokens["input_ids"].astype(np.int64),
-             "attention_mask": tokens["attention_mask"].astype(np.int64)}
+    tokens = source.tokenizer(
+        ["segment wall crack", "x", "segment the joint tape on the wall"], padding=True, return_tensors="np"
+    )
+    feeds = {
+        "pixel_values": pixel_values,
+        "input_ids": tokens["input_ids"].astype(np.int64),
+        "attention_mask": tokens["attention_mask"].astype(np.int64),
+    }
     onnx_logits = session.run([OUTPUT_NAME], feeds)[0]
     with torch.no_grad():
         torch_logits = source.module(*(torch.from_numpy(feeds[name]) for name in INPUT_NAMES)).float().numpy()
     if onnx_logits.shape != torch_logits.shape or not np.allclose(onnx_logits, torch_logits, rtol=0, atol=tolerance):
         diff = float(np.abs(onnx_logits - torch_logits).max()) if onnx_logits.shape == torch_logits.shape else None
-        raise ExportMismatchError(f"the ONNX export in {onnx_path.parent} does not reproduce the PyTorch logits "
-                              f"(shapes {onnx_logits.shape} vs {torch_logits.shape}, max difference {diff})")
+        raise ExportMismatchError(
+            f"the ONNX export in {onnx_path.parent} does not reproduce the PyTorch logits "
+            f"(shapes {onnx_logits.shape} vs {torch_logits.shape}, max difference {diff})"
+        )
 
 
 # ----------------------------------------------------------------------------------------- finding an export
@@ -263,7 +311,8 @@ def find_export_dir(model_dir: str | Path) -> Path:
             return candidate
     raise MissingExportError(
         f"no ONNX export in {model_dir} (looked for {model_dir / EXPORT_SUBDIR / ONNX_FILENAME}): run "
-        f"`promptseg export --model {model_dir}` first, or use the default engine (--engine torch)")
+        f"`promptseg export --model {model_dir}` first, or use the default engine (--engine torch)"
+    )
 
 
 def stale_export_reason(export_dir: str | Path, model_dir: str | Path | None = None) -> str | None:
@@ -282,8 +331,10 @@ def stale_export_reason(export_dir: str | Path, model_dir: str | Path | None = N
     if not weights.is_file():
         return None
     if _sha256(weights) != recorded:
-        return (f"{weights} has changed since the ONNX export in {export_dir} was made: "
-                f"run `promptseg export --model {model_dir}` again")
+        return (
+            f"{weights} has changed since the ONNX export in {export_dir} was made: "
+            f"run `promptseg export --model {model_dir}` again"
+        )
     return None
 
 
@@ -304,10 +355,12 @@ def _make_session(onnx_path: Path, *, threads: int, optimization: str):
 
     if optimization not in _OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization must be one of {_OPTIMIZATION_LEVELS}, got {optimization!r}")
-    level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+    level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
@@ -369,8 +422,14 @@ class OnnxSegmenter:
     ``onnx_file``: another graph in the folder with the same inputs (e.g. a quantised copy).
     """
 
-    def __init__(self, export_dir: str | Path, *, threads: int | None = None, optimization: str = "all",
-                 onnx_file: str = ONNX_FILENAME):
+    def __init__(
+        self,
+        export_dir: str | Path,
+        *,
+        threads: int | None = None,
+        optimization: str = "all",
+        onnx_file: str = ONNX_FILENAME,
+    ):
         self.export_dir = find_export_dir(export_dir)
         meta_path = self.export_dir / META_FILENAME
         try:
@@ -379,8 +438,10 @@ class OnnxSegmenter:
             self.mean = [float(v) for v in self.meta["image_mean"]]
             self.std = [float(v) for v in self.meta["image_std"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise OnnxEngineError(f"{meta_path} is unreadable or incomplete ({type(exc).__name__}: {exc}): "
-                                  "export the model again with `promptseg export`") from None
+            raise OnnxEngineError(
+                f"{meta_path} is unreadable or incomplete ({type(exc).__name__}: {exc}): "
+                "export the model again with `promptseg export`"
+            ) from None
         self.per_image = bool(self.meta.get("per_image_standardization", False))
         self.card = dict(self.meta.get("card") or {})
         self.threads = int(threads) if threads else default_threads()
@@ -393,19 +454,24 @@ class OnnxSegmenter:
         try:
             return AutoTokenizer.from_pretrained(str(self.export_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise OnnxEngineError(f"cannot load the tokenizer saved in {self.export_dir} ({exc}): "
-                                  "export the model again with `promptseg export`") from None
+            raise OnnxEngineError(
+                f"cannot load the tokenizer saved in {self.export_dir} ({exc}): "
+                "export the model again with `promptseg export`"
+            ) from None
 
     def logits(self, pixel_values: np.ndarray, prompts: list[str]) -> np.ndarray:
         """Logits (B, S, S) float32 for preprocessed ``pixel_values`` (B, 3, S, S) and one prompt per row."""
         tokens = self.tokenizer(list(prompts), padding=True, return_tensors="np")
-        feeds = {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32),
-                 "input_ids": tokens["input_ids"].astype(np.int64),
-                 "attention_mask": tokens["attention_mask"].astype(np.int64)}
+        feeds = {
+            "pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32),
+            "input_ids": tokens["input_ids"].astype(np.int64),
+            "attention_mask": tokens["attention_mask"].astype(np.int64),
+        }
         return self.session.run([OUTPUT_NAME], feeds)[0]
 
-    def predict_probabilities(self, images: list[np.ndarray], prompts: list, *,
-                              batch_size: int = 16, hflip_tta: bool = False) -> list[np.ndarray]:
+    def predict_probabilities(
+        self, images: list[np.ndarray], prompts: list, *, batch_size: int = 16, hflip_tta: bool = False
+    ) -> list[np.ndarray]:
         """Probability maps at each image's OWN size, one per (image, prompt) pair (float32 (H, W) in [0, 1]).
 
         The ONNX twin of ``promptseg.inference.predict_probabilities`` (same contract: ``prompts[i]`` may be
@@ -427,19 +493,33 @@ class OnnxSegmenter:
             raise ValueError("an empty prompt list was given for an image: pass at least one prompt.")
         out: list[np.ndarray] = []
         for start in range(0, len(images), batch_size):
-            chunk, chunk_sets = images[start:start + batch_size], prompt_sets[start:start + batch_size]
-            pixel_values = np.stack([preprocess(im, self.image_size, self.mean, self.std, self.per_image)
-                                     for im in chunk])
+            chunk, chunk_sets = images[start : start + batch_size], prompt_sets[start : start + batch_size]
+            pixel_values = np.stack(
+                [preprocess(im, self.image_size, self.mean, self.std, self.per_image) for im in chunk]
+            )
             averaged = average_prompts_and_flips(
-                lambda view, rows, ps, flipped: self.logits(view[rows], ps), pixel_values, chunk_sets, hflip_tta,
-                lambda x: np.ascontiguousarray(x[..., ::-1]), lambda shape: np.zeros(shape, np.float32))
+                lambda view, rows, ps, flipped: self.logits(view[rows], ps),
+                pixel_values,
+                chunk_sets,
+                hflip_tta,
+                lambda x: np.ascontiguousarray(x[..., ::-1]),
+                lambda shape: np.zeros(shape, np.float32),
+            )
             for image, logit in zip(chunk, averaged):
                 out.append(sigmoid(upsample_bilinear(logit, image.shape[:2])))
         return out
 
-    def predict_masks(self, images: list[np.ndarray], prompts: list, *, threshold: float,
-                      morphology: bool = True, kernel_size: int = 3, batch_size: int = 16,
-                      hflip_tta: bool = False) -> list[np.ndarray]:
+    def predict_masks(
+        self,
+        images: list[np.ndarray],
+        prompts: list,
+        *,
+        threshold: float,
+        morphology: bool = True,
+        kernel_size: int = 3,
+        batch_size: int = 16,
+        hflip_tta: bool = False,
+    ) -> list[np.ndarray]:
         """{0,255} uint8 masks at each image's own size: probabilities -> threshold -> open/close."""
         from promptseg.inference import postprocess_probabilities
 
@@ -459,4 +539,3 @@ def quantize_int8(export_dir: str | Path, out_file: str = "model.int8.onnx") -> 
     target = export_dir / out_file
     quantize_dynamic(str(export_dir / ONNX_FILENAME), str(target), weight_type=QuantType.QInt8)
     return target
-

@@ -1,4 +1,5 @@
 """Load ``params.yaml`` and hand each stage the section it reads, with one clear error per bad key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ from typing import Any
 import yaml
 
 DATASETS = ("cracks", "drywall")
-MISSING_TEST_POLICIES = ("report_val", "error")   # params.yaml eval.missing_test_split
+MISSING_TEST_POLICIES = ("report_val", "error")  # params.yaml eval.missing_test_split
 NO_TEST_SPLIT_NOTE = "no test split: threshold chosen on the same images, optimistic"
 THIN_STRUCTURE_DATASETS = ("cracks",)  # get boundary F1 and clDice (evaluation, baselines, report)
 

@@ -9,6 +9,7 @@ runs the pipeline with exactly those keys changed (``make repro-paper``), and ``
 shows exactly those keys. A profile key that ``params.yaml`` does not have is an error (a typo would
 otherwise be added silently).
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,7 @@ def apply_profile(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         keys = dotted.split(".")
         for i, key in enumerate(keys[:-1]):
             if not isinstance(node.get(key), dict):
-                raise ParamsError(f"profile key {dotted!r}: params.yaml has no section {'.'.join(keys[:i + 1])!r}.")
+                raise ParamsError(f"profile key {dotted!r}: params.yaml has no section {'.'.join(keys[: i + 1])!r}.")
             node = node[key]
         if keys[-1] not in node:
             raise ParamsError(f"profile key {dotted!r} is not in params.yaml: fix the profile or add the key.")
@@ -88,8 +89,10 @@ def dvc_set_flags(overrides: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m promptseg.profiles NAME   (prints the `dvc exp run -S` flags of profiles/NAME.yaml)",
-              file=sys.stderr)
+        print(
+            "usage: python -m promptseg.profiles NAME   (prints the `dvc exp run -S` flags of profiles/NAME.yaml)",
+            file=sys.stderr,
+        )
         return 2
     try:
         overrides = load_profile(argv[0])

@@ -127,7 +127,7 @@ def _fit_text(text: str, width: int, scale: float) -> str:
     while keep > 4:
         keep -= 1
         head = (keep + 1) // 2
-        short = text[:head] + ".." + text[len(text) - (keep - head):]
+        short = text[:head] + ".." + text[len(text) - (keep - head) :]
         if cv2.getTextSize(short, _FONT, scale, 1)[0][0] <= width:
             return short
     return text[:4]

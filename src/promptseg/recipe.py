@@ -11,6 +11,7 @@ averaged with the mirrored image's), ``prompt_ensemble`` (logits averaged over t
 thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-prompt), ``tiled`` with
 ``tile_upscale`` and ``tile_overlap`` (promptseg.tiling), and ``batch_size``.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ def copy_recipes(eval_path: Path, out_dir: Path) -> Path | None:
         data = json.loads(Path(eval_path).read_text())
     except (OSError, ValueError):
         return None
-    keep = {d: {"threshold": e["threshold"], **({"recipe": e["recipe"]} if "recipe" in e else {})}
-            for d, e in data.items() if isinstance(e, dict) and "threshold" in e}
+    keep = {
+        d: {"threshold": e["threshold"], **({"recipe": e["recipe"]} if "recipe" in e else {})}
+        for d, e in data.items()
+        if isinstance(e, dict) and "threshold" in e
+    }
     if not keep:
         return None
     target = Path(out_dir) / RECIPE_FILENAME
@@ -67,8 +71,8 @@ class Recipe:
     tile_upscale: float = 1.0
     tile_overlap: float = 0.25
     batch_size: int = 16
-    native_resolution: bool = False   # U-Net: the whole photo at its own size (promptseg.native), before tiling
-    precision: str = "fp32"           # the forward's precision on the torch engine (infer.precision)
+    native_resolution: bool = False  # U-Net: the whole photo at its own size (promptseg.native), before tiling
+    precision: str = "fp32"  # the forward's precision on the torch engine (infer.precision)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,25 +83,37 @@ class Recipe:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def describe(self) -> str:
-        parts = [f"threshold {self.threshold:g}",
-                 f"morphology {'open/close k=' + str(self.kernel) if self.morphology else 'off'}",
-                 f"flip TTA {'on' if self.hflip_tta else 'off'}",
-                 f"prompt ensemble {'on' if self.prompt_ensemble else 'off'}",
-                 (f"tiled on (upscale {self.tile_upscale:g}, overlap {self.tile_overlap:g})" if self.tiled else "tiled off"),
-                 f"native resolution {'on' if self.native_resolution else 'off'}", f"precision {self.precision}"]
+        parts = [
+            f"threshold {self.threshold:g}",
+            f"morphology {'open/close k=' + str(self.kernel) if self.morphology else 'off'}",
+            f"flip TTA {'on' if self.hflip_tta else 'off'}",
+            f"prompt ensemble {'on' if self.prompt_ensemble else 'off'}",
+            (f"tiled on (upscale {self.tile_upscale:g}, overlap {self.tile_overlap:g})" if self.tiled else "tiled off"),
+            f"native resolution {'on' if self.native_resolution else 'off'}",
+            f"precision {self.precision}",
+        ]
         return ", ".join(parts)
 
 
-def recipe_from_eval_config(cfg, dataset: str, threshold: float, ensemble_threshold: float | None = None,
-                            precision: str = "fp32") -> dict:
+def recipe_from_eval_config(
+    cfg, dataset: str, threshold: float, ensemble_threshold: float | None = None, precision: str = "fp32"
+) -> dict:
     """The recipe evaluation scored ``dataset`` with (``cfg``: promptseg.evaluate.EvalConfig; ``precision``: the
     model's ``infer.precision``), as a dict."""
-    return Recipe(threshold=float(threshold), morphology=bool(cfg.morphology), kernel=int(cfg.kernel_size),
-                  hflip_tta=bool(cfg.hflip_tta), prompt_ensemble=bool(cfg.prompt_ensemble),
-                  ensemble_threshold=None if ensemble_threshold is None else float(ensemble_threshold),
-                  tiled=bool(cfg.tiled.get(dataset, False)), tile_upscale=float(cfg.tile_upscale),
-                  tile_overlap=float(cfg.tile_overlap), batch_size=int(cfg.batch_size),
-                  native_resolution=bool(cfg.native_resolution.get(dataset, False)), precision=str(precision)).to_dict()
+    return Recipe(
+        threshold=float(threshold),
+        morphology=bool(cfg.morphology),
+        kernel=int(cfg.kernel_size),
+        hflip_tta=bool(cfg.hflip_tta),
+        prompt_ensemble=bool(cfg.prompt_ensemble),
+        ensemble_threshold=None if ensemble_threshold is None else float(ensemble_threshold),
+        tiled=bool(cfg.tiled.get(dataset, False)),
+        tile_upscale=float(cfg.tile_upscale),
+        tile_overlap=float(cfg.tile_overlap),
+        batch_size=int(cfg.batch_size),
+        native_resolution=bool(cfg.native_resolution.get(dataset, False)),
+        precision=str(precision),
+    ).to_dict()
 
 
 def prompt_dataset(card: dict, prompt: str) -> str | None:
@@ -112,27 +128,54 @@ def load_recipe(card: dict, prompt: str, variant: str, eval_path: Path) -> tuple
     training prompts contain it, else the defaults (threshold 0.5) with the reason."""
     prompts = card.get("prompts") if isinstance(card, dict) else None
     if not isinstance(prompts, dict) or not prompts:
-        return Recipe(), None, ("the default recipe, because the model folder has no promptseg.json listing its "
-                                "training prompts")
+        return (
+            Recipe(),
+            None,
+            ("the default recipe, because the model folder has no promptseg.json listing its training prompts"),
+        )
     dataset = prompt_dataset(card, prompt)
     if dataset is None:
         known = "; ".join(f"{name}: {', '.join(repr(p) for p in ps)}" for name, ps in prompts.items())
-        return Recipe(), None, (f"the default recipe (threshold {FALLBACK_THRESHOLD} is the fallback), because "
-                                f"{prompt!r} is not one of the model's training prompts ({known})")
+        return (
+            Recipe(),
+            None,
+            (
+                f"the default recipe (threshold {FALLBACK_THRESHOLD} is the fallback), because "
+                f"{prompt!r} is not one of the model's training prompts ({known})"
+            ),
+        )
     if not Path(eval_path).exists():
-        return Recipe(), dataset, (f"the default recipe, because {eval_path} was not found (evaluate the variant "
-                                   f"{variant!r} to get a tuned threshold)")
+        return (
+            Recipe(),
+            dataset,
+            (
+                f"the default recipe, because {eval_path} was not found (evaluate the variant "
+                f"{variant!r} to get a tuned threshold)"
+            ),
+        )
     try:
         entry = json.loads(Path(eval_path).read_text())[dataset]
         threshold = float(entry["threshold"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return Recipe(), dataset, (f"the default recipe, because {eval_path} has no usable threshold for {dataset} "
-                                   f"({type(exc).__name__}: {exc})")
+        return (
+            Recipe(),
+            dataset,
+            (
+                f"the default recipe, because {eval_path} has no usable threshold for {dataset} "
+                f"({type(exc).__name__}: {exc})"
+            ),
+        )
     if isinstance(entry.get("recipe"), dict):
         return Recipe.from_dict(entry["recipe"]), dataset, f"evaluation's recipe for dataset {dataset!r} ({eval_path})"
-    return Recipe(threshold=threshold), dataset, (f"threshold chosen on val for dataset {dataset!r} ({eval_path}); "
-                                                  "that file records no recipe (evaluated before recipes were "
-                                                  "recorded): the other fields are the defaults")
+    return (
+        Recipe(threshold=threshold),
+        dataset,
+        (
+            f"threshold chosen on val for dataset {dataset!r} ({eval_path}); "
+            "that file records no recipe (evaluated before recipes were "
+            "recorded): the other fields are the defaults"
+        ),
+    )
 
 
 def override(recipe: Recipe, **flags) -> tuple[Recipe, list[str]]:
@@ -149,8 +192,9 @@ def recipe_prompts(recipe: Recipe, card: dict, prompt: str, dataset: str | None)
     """(the prompt or the prompt list to run, the threshold for it): the dataset's prompts and the ensemble
     threshold when the recipe says prompt_ensemble and the prompt is one of a dataset's."""
     if recipe.prompt_ensemble and dataset is not None:
-        return list(card["prompts"][dataset]), float(recipe.ensemble_threshold if recipe.ensemble_threshold
-                                                     is not None else recipe.threshold)
+        return list(card["prompts"][dataset]), float(
+            recipe.ensemble_threshold if recipe.ensemble_threshold is not None else recipe.threshold
+        )
     return prompt, float(recipe.threshold)
 
 
@@ -160,33 +204,45 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
     prompts = [prompt] * len(images)
     if hasattr(engine, "session"):  # OnnxSegmenter
         if recipe.tiled:
-            raise ValueError("this recipe uses tiled inference, which runs on the torch engine: use --engine torch, "
-                             "or --no-tiled to run the ONNX engine single-pass (not the recipe evaluation scored)")
+            raise ValueError(
+                "this recipe uses tiled inference, which runs on the torch engine: use --engine torch, "
+                "or --no-tiled to run the ONNX engine single-pass (not the recipe evaluation scored)"
+            )
         return engine.predict_probabilities(images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
     trained = getattr(engine, "trained", engine)
     trained.precision = recipe.precision  # infer.precision as evaluated, or --precision
     from promptseg.native import predict_probabilities_native, supports_native_resolution
 
     if recipe.native_resolution and supports_native_resolution(trained):  # as evaluation: before tiling
-        return predict_probabilities_native(trained, images, prompts, batch_size=recipe.batch_size,
-                                            hflip_tta=recipe.hflip_tta)
+        return predict_probabilities_native(
+            trained, images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta
+        )
     if recipe.tiled:
         from promptseg.tiling import predict_probabilities_tiled
 
-        return predict_probabilities_tiled(trained, images, prompts, upscale=recipe.tile_upscale,
-                                           overlap=recipe.tile_overlap, batch_size=recipe.batch_size,
-                                           hflip_tta=recipe.hflip_tta)
+        return predict_probabilities_tiled(
+            trained,
+            images,
+            prompts,
+            upscale=recipe.tile_upscale,
+            overlap=recipe.tile_overlap,
+            batch_size=recipe.batch_size,
+            hflip_tta=recipe.hflip_tta,
+        )
     from promptseg.inference import predict_probabilities
 
     return predict_probabilities(trained, images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
 
 
-def predict_masks_with_recipe(engine, images: list[np.ndarray], prompt, recipe: Recipe,
-                              threshold: float | None = None) -> list[np.ndarray]:
+def predict_masks_with_recipe(
+    engine, images: list[np.ndarray], prompt, recipe: Recipe, threshold: float | None = None
+) -> list[np.ndarray]:
     """{0,255} masks: :func:`predict_probabilities_with_recipe`, then threshold (``threshold`` or the
     recipe's) and the recipe's open/close (promptseg.inference.postprocess_probabilities)."""
     from promptseg.inference import postprocess_probabilities
 
     t = recipe.threshold if threshold is None else threshold
-    return [postprocess_probabilities(p, t, morphology=recipe.morphology, kernel_size=recipe.kernel)
-            for p in predict_probabilities_with_recipe(engine, images, prompt, recipe)]
+    return [
+        postprocess_probabilities(p, t, morphology=recipe.morphology, kernel_size=recipe.kernel)
+        for p in predict_probabilities_with_recipe(engine, images, prompt, recipe)
+    ]

@@ -26,12 +26,14 @@ A dataset whose export has no test split (``eval.missing_test_split: report_val`
 is reported on val in every table, and the header, the table titles and the notes say so:
 "no test split: threshold chosen on the same images, optimistic".
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from promptseg.params import DATASETS, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS
 from promptseg.settings import zeroshot_skip_reason
@@ -43,18 +45,33 @@ BASELINE_NAMES = ("all zeros", "all ones")  # the prompt-blind constant masks; "
 BASELINES_FILE = "baselines.json"  # under metrics/eval: written by the `baselines` stage
 
 # Counters in metrics/data/<dataset>.json that describe the data rather than something skipped or repaired.
-QUIRK_IGNORED_KEYS = frozenset({
-    "images", "images_listed", "with_foreground", "without_foreground", "mean_foreground_fraction",
-    "images_without_labels", "annotations", "polygons", "multipart_polygons", "rle", "boxes",
-    "unused_categories",  # Roboflow's supercategory entry: describes the export, nothing was skipped
-})
+QUIRK_IGNORED_KEYS = frozenset(
+    {
+        "images",
+        "images_listed",
+        "with_foreground",
+        "without_foreground",
+        "mean_foreground_fraction",
+        "images_without_labels",
+        "annotations",
+        "polygons",
+        "multipart_polygons",
+        "rle",
+        "boxes",
+        "unused_categories",  # Roboflow's supercategory entry: describes the export, nothing was skipped
+    }
+)
 
 MISSING = "n/a"
-NONE = "\u2014"      # an em dash: a cell that has no meaning for this row (a baseline's parameters)
+NONE = "\u2014"  # an em dash: a cell that has no meaning for this row (a baseline's parameters)
 SKIPPED = "skipped"
-INFER_OPTIONS = (("single prompt", "single_prompt"), ("prompt ensemble", "ensemble"),
-                 ("single prompt + hflip", "single_prompt+hflip"), ("prompt ensemble + hflip", "ensemble+hflip"),
-                 ("single prompt, tiled", "single_prompt+tiled"))
+INFER_OPTIONS = (
+    ("single prompt", "single_prompt"),
+    ("prompt ensemble", "ensemble"),
+    ("single prompt + hflip", "single_prompt+hflip"),
+    ("prompt ensemble + hflip", "ensemble+hflip"),
+    ("single prompt, tiled", "single_prompt+tiled"),
+)
 
 
 # --------------------------------------------------------------------------- formatting helpers
@@ -114,8 +131,11 @@ def _get(d: Any, *keys: str) -> Any:
 
 
 def _quirks(split_counts: dict) -> str:
-    found = [(k, v) for k, v in sorted(split_counts.items())
-             if k not in QUIRK_IGNORED_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and v]
+    found = [
+        (k, v)
+        for k, v in sorted(split_counts.items())
+        if k not in QUIRK_IGNORED_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and v
+    ]
     if not found:
         return "0"
     total = sum(v for _, v in found)
@@ -148,13 +168,16 @@ def _missing_test_lines(splits: dict[str, str]) -> list[str]:
     out = []
     for dataset, split in splits.items():
         if split != "test":
-            out += [f"**{dataset}: reported on {split}, {NO_TEST_SPLIT_NOTE}.** Its export has no test split (the "
-                    "official drywall exports have train and valid only, and "
-                    f"`data.{dataset}.split: as_exported` keeps them), so with `eval.missing_test_split: report_val` "
-                    f"every {dataset} table below scores the {split} images with the threshold chosen on those same "
-                    f"images, and its no-learning baselines are scored on {split} too. These figures overstate what "
-                    f"the model would reach on unseen images; `data.{dataset}.split: grouped` sets a test split "
-                    "aside (whole source photos).", ""]
+            out += [
+                f"**{dataset}: reported on {split}, {NO_TEST_SPLIT_NOTE}.** Its export has no test split (the "
+                "official drywall exports have train and valid only, and "
+                f"`data.{dataset}.split: as_exported` keeps them), so with `eval.missing_test_split: report_val` "
+                f"every {dataset} table below scores the {split} images with the threshold chosen on those same "
+                f"images, and its no-learning baselines are scored on {split} too. These figures overstate what "
+                f"the model would reach on unseen images; `data.{dataset}.split: grouped` sets a test split "
+                "aside (whole source photos).",
+                "",
+            ]
     return out
 
 
@@ -186,11 +209,34 @@ def _data_section(data_metrics: dict[str, dict], datasets: Sequence[str]) -> lis
             c = counts.get(split)
             if not isinstance(c, dict):
                 continue
-            rows.append([dataset, split, _int(c.get("images")), _int(c.get("with_foreground")),
-                         _int(c.get("without_foreground")), _pct(c.get("mean_foreground_fraction")), _quirks(c)])
+            rows.append(
+                [
+                    dataset,
+                    split,
+                    _int(c.get("images")),
+                    _int(c.get("with_foreground")),
+                    _int(c.get("without_foreground")),
+                    _pct(c.get("mean_foreground_fraction")),
+                    _quirks(c),
+                ]
+            )
     if rows:
-        out += [_table(["dataset", "split", "images", "with foreground", "without foreground", "mean foreground %",
-                        "skipped/repaired"], rows, "llrrrrl"), ""]
+        out += [
+            _table(
+                [
+                    "dataset",
+                    "split",
+                    "images",
+                    "with foreground",
+                    "without foreground",
+                    "mean foreground %",
+                    "skipped/repaired",
+                ],
+                rows,
+                "llrrrrl",
+            ),
+            "",
+        ]
     for dataset in datasets:  # what parsing met, per EXPORTED split (the rows above are the splits as written)
         export = (data_metrics.get(dataset) or {}).get("export")
         if isinstance(export, dict) and export:
@@ -198,11 +244,20 @@ def _data_section(data_metrics: dict[str, dict], datasets: Sequence[str]) -> lis
             out += [f"`{dataset}` export as parsed, per exported split, skipped/repaired: {parsed}.", ""]
     listed = [d for d in datasets if d not in missing]
     if listed:  # every problem with its file, annotation and kind (written by masks@<dataset>)
-        out += ["Every problem met, with its file: " + ", ".join(
-            f"[`{d}`](data/problems/{d}.csv) ({_int((data_metrics.get(d) or {}).get('problems'))})" for d in listed) + ".", ""]
+        out += [
+            "Every problem met, with its file: "
+            + ", ".join(
+                f"[`{d}`](data/problems/{d}.csv) ({_int((data_metrics.get(d) or {}).get('problems'))})" for d in listed
+            )
+            + ".",
+            "",
+        ]
     for dataset in missing:
-        out += [f"No data summary for `{dataset}` (metrics/data/{dataset}.json is missing: run "
-                f"`dvc repro masks@{dataset}`).", ""]
+        out += [
+            f"No data summary for `{dataset}` (metrics/data/{dataset}.json is missing: run "
+            f"`dvc repro masks@{dataset}`).",
+            "",
+        ]
     return out
 
 
@@ -227,16 +282,25 @@ def _baseline_rows(base: dict) -> list[tuple[str, dict]]:
     return [(name, scores) for name, scores in base.items() if isinstance(scores, dict) and scores]
 
 
-def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_metrics: dict[str, dict],
-                        baselines: dict, boundary_tolerance_px: int | None, split: str = "test") -> list[str]:
+def _per_prompt_section(
+    number: int,
+    dataset: str,
+    variants: list[str],
+    eval_metrics: dict[str, dict],
+    baselines: dict,
+    boundary_tolerance_px: int | None,
+    split: str = "test",
+) -> list[str]:
     cols = _score_columns(dataset)
     out = [f"## Table {number}: {dataset}, {_split_label(split)}, per prompt", ""]
     rows, notes = [], []
     for variant in variants:
         ev = eval_metrics.get(variant)
         if ev is None:
-            notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
-                         f"`dvc repro evaluate@{variant}`).")
+            notes.append(
+                f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
+                f"`dvc repro evaluate@{variant}`)."
+            )
             continue
         if ev.get("skipped"):
             notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
@@ -248,46 +312,76 @@ def _per_prompt_section(number: int, dataset: str, variants: list[str], eval_met
             continue
         threshold = _num(block.get("threshold"))
         for prompt, scores in (test.get("prompts") or {}).items():
-            rows.append([f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols),
-                         _int(scores.get("images"))])
+            rows.append(
+                [f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
+            )
         mean = test.get("all_prompts") or {}
-        rows.append(["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols),
-                     _int(test.get("images"))])
+        rows.append(
+            ["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols), _int(test.get("images"))]
+        )
         ensemble = test.get("ensemble")
         if isinstance(ensemble, dict):
-            rows.append(["prompt ensemble", variant, _num(block.get("ensemble_threshold", block.get("threshold"))),
-                         *(_num(ensemble.get(k)) for _, k in cols), _int(ensemble.get("images"))])
+            rows.append(
+                [
+                    "prompt ensemble",
+                    variant,
+                    _num(block.get("ensemble_threshold", block.get("threshold"))),
+                    *(_num(ensemble.get(k)) for _, k in cols),
+                    _int(ensemble.get("images")),
+                ]
+            )
     base = baselines.get(dataset) or {}
     for name, scores in _baseline_rows(base):
-        rows.append([f"no learning: {name}", "no model", MISSING, *(_num(scores.get(k)) for _, k in cols),
-                     _int(scores.get("images"))])
+        rows.append(
+            [
+                f"no learning: {name}",
+                "no model",
+                MISSING,
+                *(_num(scores.get(k)) for _, k in cols),
+                _int(scores.get("images")),
+            ]
+        )
     if rows:
-        out += [_table(["prompt", "variant", "threshold (val)", *(c for c, _ in cols), "images"], rows,
-                       "llr" + "r" * len(cols) + "r"), ""]
+        out += [
+            _table(
+                ["prompt", "variant", "threshold (val)", *(c for c, _ in cols), "images"],
+                rows,
+                "llr" + "r" * len(cols) + "r",
+            ),
+            "",
+        ]
     if any(isinstance(_get(eval_metrics.get(v), dataset, split, "ensemble"), dict) for v in variants):
-        notes.append("Prompt ensemble: the logits of every prompt of the dataset averaged, thresholded at its own "
-                     "val threshold (`ensemble_threshold`).")
+        notes.append(
+            "Prompt ensemble: the logits of every prompt of the dataset averaged, thresholded at its own "
+            "val threshold (`ensemble_threshold`)."
+        )
     if not base:
         notes.append(f"No no-learning baselines for {dataset} (no processed {split} split found).")
     if split != "test":
         notes.insert(0, f"Scored on {split}: {NO_TEST_SPLIT_NOTE}.")
     if dataset in THIN_STRUCTURE_DATASETS:
         tolerance = f"{boundary_tolerance_px} px" if boundary_tolerance_px is not None else "the evaluation tolerance"
-        notes.append(f"Boundary F1: precision and recall of mask pixels lying within {tolerance} of the other mask; "
-                     "clDice compares skeletons. Both suit thin cracks, where IoU punishes one-pixel offsets.")
+        notes.append(
+            f"Boundary F1: precision and recall of mask pixels lying within {tolerance} of the other mask; "
+            "clDice compares skeletons. Both suit thin cracks, where IoU punishes one-pixel offsets."
+        )
     out += [n + "\n" for n in notes]
     return out
 
 
 def _best_baseline(base: dict) -> tuple[str, float] | None:
     """(name, Dice) of the no-learning baseline with the highest mean test Dice (the first one on a tie)."""
-    named = [(name, s.get("dice")) for name, s in _baseline_rows(base)
-             if isinstance(s.get("dice"), (int, float)) and not math.isnan(s.get("dice"))]
+    named = [
+        (name, s.get("dice"))
+        for name, s in _baseline_rows(base)
+        if isinstance(s.get("dice"), (int, float)) and not math.isnan(s.get("dice"))
+    ]
     return max(named, key=lambda t: t[1]) if named else None
 
 
-def _beaten_notes(dataset: str, variants: list[str], eval_metrics: dict[str, dict], base: dict,
-                  split: str = "test") -> list[str]:
+def _beaten_notes(
+    dataset: str, variants: list[str], eval_metrics: dict[str, dict], base: dict, split: str = "test"
+) -> list[str]:
     """One line per variant whose mean Dice on ``split`` does not beat the best no-learning mask (at 3 decimals)."""
     best = _best_baseline(base)
     if best is None:
@@ -297,8 +391,10 @@ def _beaten_notes(dataset: str, variants: list[str], eval_metrics: dict[str, dic
     for variant in variants:
         dice = _get(eval_metrics.get(variant), dataset, split, "all_prompts", "dice")
         if isinstance(dice, (int, float)) and not math.isnan(dice) and round(dice, 3) <= round(best_dice, 3):
-            notes.append(f"Note: `{variant}` on {dataset} (mean Dice {_num(dice)}) does not beat the no-learning "
-                         f"'{best_name}' mask (Dice {_num(best_dice)}).")
+            notes.append(
+                f"Note: `{variant}` on {dataset} (mean Dice {_num(dice)}) does not beat the no-learning "
+                f"'{best_name}' mask (Dice {_num(best_dice)})."
+            )
     return notes
 
 
@@ -315,13 +411,29 @@ def _schedule_cell(tr: dict) -> str:
     return f"{tr['epochs']} @ {tr['image_size']}"
 
 
-def _ladder_section(number: int, dataset: str, variants: list[str], train_metrics: dict[str, dict],
-                    eval_metrics: dict[str, dict], baselines: dict, split: str = "test") -> list[str]:
+def _ladder_section(
+    number: int,
+    dataset: str,
+    variants: list[str],
+    train_metrics: dict[str, dict],
+    eval_metrics: dict[str, dict],
+    baselines: dict,
+    split: str = "test",
+) -> list[str]:
     """One dataset's ladder: the no-learning baselines, then every rung in ``variants`` (params) order."""
     cols = _score_columns(dataset)
     out = [f"## Table {number}: {dataset} ladder ({_split_label(split)}, mean over prompts)", ""]
-    header = ["rung", "method / architecture", "trainable params", "total params", *(c for c, _ in cols),
-              "cross-prompt lit", "unrelated-prompt lit", "epochs @ px", "s/epoch"]
+    header = [
+        "rung",
+        "method / architecture",
+        "trainable params",
+        "total params",
+        *(c for c, _ in cols),
+        "cross-prompt lit",
+        "unrelated-prompt lit",
+        "epochs @ px",
+        "s/epoch",
+    ]
     rows, notes, skipped_notes = [], [], []
     base = baselines.get(dataset) or {}
     for name, scores in _baseline_rows(base):
@@ -335,11 +447,15 @@ def _ladder_section(number: int, dataset: str, variants: list[str], train_metric
             skipped_notes.append(f"`{variant}` was skipped: {reason.rstrip('.')}.")
             continue
         if tr is None and ev is None:
-            notes.append(f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
-                         f"or metrics/eval/{variant}.json).")
+            notes.append(
+                f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
+                f"or metrics/eval/{variant}.json)."
+            )
             continue
         if tr is None and variant != ZEROSHOT:
-            notes.append(f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`).")
+            notes.append(
+                f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`)."
+            )
         if ev is None:
             notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
         elif not isinstance(_get(ev, dataset, split), dict):
@@ -350,9 +466,19 @@ def _ladder_section(number: int, dataset: str, variants: list[str], train_metric
             trainable = 0
         test = _get(ev, dataset, split) or {}
         mean = test.get("all_prompts") or {}
-        rows.append([variant, _method_cell(variant, tr), _int(trainable), _int(tr.get("total_params")),
-                     *(_num(mean.get(k)) for _, k in cols), _num(test.get("cross_prompt_lit")),
-                     _num(test.get("unrelated_prompt_lit")), _schedule_cell(tr), _num(tr.get("seconds_per_epoch"))])
+        rows.append(
+            [
+                variant,
+                _method_cell(variant, tr),
+                _int(trainable),
+                _int(tr.get("total_params")),
+                *(_num(mean.get(k)) for _, k in cols),
+                _num(test.get("cross_prompt_lit")),
+                _num(test.get("unrelated_prompt_lit")),
+                _schedule_cell(tr),
+                _num(tr.get("seconds_per_epoch")),
+            ]
+        )
     if rows:
         out += [_table(header, rows, "llrr" + "r" * len(cols) + "rrrr"), ""]
     best = _best_baseline(base)
@@ -364,25 +490,35 @@ def _ladder_section(number: int, dataset: str, variants: list[str], train_metric
     if split != "test":
         notes.insert(0, f"Scored on {split}: {NO_TEST_SPLIT_NOTE} (see the note at the top).")
     if base:
-        notes.append("The no-learning masks ignore the prompt, so their cross- and unrelated-prompt lit is simply "
-                     "the share of pixels they light with any prompt.")
+        notes.append(
+            "The no-learning masks ignore the prompt, so their cross- and unrelated-prompt lit is simply "
+            "the share of pixels they light with any prompt."
+        )
     out += [n + "\n" for n in skipped_notes + notes]
     return out
 
 
-def _options_section(number: int, variants: list[str], eval_metrics: dict[str, dict], datasets: Sequence[str],
-                     infer_defaults: dict | None) -> list[str]:
+def _options_section(
+    number: int,
+    variants: list[str],
+    eval_metrics: dict[str, dict],
+    datasets: Sequence[str],
+    infer_defaults: dict | None,
+) -> list[str]:
     """Best-threshold val Dice of each inference option (``options_val``), per variant and dataset."""
     out = [f"## Table {number}: Inference options on validation", ""]
     settings = ""
     if infer_defaults:
         settings = " (now " + ", ".join(f"`{k}: {str(bool(v)).lower()}`" for k, v in infer_defaults.items()) + ")"
-    out += ["Best-threshold Dice (mean over val images, and over prompts for a single prompt) of each inference "
-            "option: one prompt at a time, the logit average over the dataset's prompts (prompt ensemble), and "
-            "each with horizontal-flip test-time augmentation, and one prompt with sliding-window (tiled) inference at "
-            "the image's own resolution. These are measured on val only (test is never used to choose), and the "
-            "defaults in params.yaml `infer.hflip_tta` / `infer.prompt_ensemble`"
-            f"{settings} / `infer.tiled` follow them.", ""]
+    out += [
+        "Best-threshold Dice (mean over val images, and over prompts for a single prompt) of each inference "
+        "option: one prompt at a time, the logit average over the dataset's prompts (prompt ensemble), and "
+        "each with horizontal-flip test-time augmentation, and one prompt with sliding-window (tiled) inference at "
+        "the image's own resolution. These are measured on val only (test is never used to choose), and the "
+        "defaults in params.yaml `infer.hflip_tta` / `infer.prompt_ensemble`"
+        f"{settings} / `infer.tiled` follow them.",
+        "",
+    ]
     rows, notes = [], []
     for variant in variants:
         ev = eval_metrics.get(variant)
@@ -392,38 +528,60 @@ def _options_section(number: int, variants: list[str], eval_metrics: dict[str, d
             options = _get(ev, dataset, "options_val")
             if not isinstance(options, dict):
                 if isinstance(ev.get(dataset), dict):
-                    notes.append(f"Variant `{variant}`: no `options_val` for {dataset} in metrics/eval/{variant}.json "
-                                 "(`eval.measure_inference_options` is off, or it was evaluated before the options "
-                                 f"were measured: rerun `dvc repro evaluate@{variant}`).")
+                    notes.append(
+                        f"Variant `{variant}`: no `options_val` for {dataset} in metrics/eval/{variant}.json "
+                        "(`eval.measure_inference_options` is off, or it was evaluated before the options "
+                        f"were measured: rerun `dvc repro evaluate@{variant}`)."
+                    )
                 continue
-            known = [(label, options.get(key)) for label, key in INFER_OPTIONS
-                     if isinstance(options.get(key), (int, float)) and not math.isnan(options.get(key))]
+            known = [
+                (label, options.get(key))
+                for label, key in INFER_OPTIONS
+                if isinstance(options.get(key), (int, float)) and not math.isnan(options.get(key))
+            ]
             best = max(known, key=lambda t: t[1])[0] if known else MISSING
             rows.append([variant, dataset, *(_num(options.get(key)) for _, key in INFER_OPTIONS), best])
     if rows:
-        out += [_table(["variant", "dataset", *(label for label, _ in INFER_OPTIONS), "best on val"], rows,
-                       "ll" + "r" * len(INFER_OPTIONS) + "l"), ""]
+        out += [
+            _table(
+                ["variant", "dataset", *(label for label, _ in INFER_OPTIONS), "best on val"],
+                rows,
+                "ll" + "r" * len(INFER_OPTIONS) + "l",
+            ),
+            "",
+        ]
         out += [n + "\n" for n in notes]
     elif notes:  # no variant has them: one line, not one per variant and dataset
-        out += ["Not measured in this run: `eval.measure_inference_options` is off (it adds about 40 s per rung on "
-                "2 CPU cores; the paper profile turns it on). Turn it on and rerun `dvc repro` to fill this table.", ""]
+        out += [
+            "Not measured in this run: `eval.measure_inference_options` is off (it adds about 40 s per rung on "
+            "2 CPU cores; the paper profile turns it on). Turn it on and rerun `dvc repro` to fill this table.",
+            "",
+        ]
     else:
         out += ["No inference-option figures yet (no variant has been evaluated).", ""]
     return out
 
 
-def _switching_section(number: int, variants: list[str], eval_metrics: dict[str, dict],
-                       data_metrics: dict[str, dict], datasets: Sequence[str],
-                       splits: dict[str, str] | None = None) -> list[str]:
+def _switching_section(
+    number: int,
+    variants: list[str],
+    eval_metrics: dict[str, dict],
+    data_metrics: dict[str, dict],
+    datasets: Sequence[str],
+    splits: dict[str, str] | None = None,
+) -> list[str]:
     splits = splits or {}
     on_val = [d for d in datasets if splits.get(d, "test") != "test"]
     title = "test split" + (f"; {', '.join(on_val)}: val, {NO_TEST_SPLIT_NOTE}" if on_val else "")
-    out = [f"## Table {number}: prompt switching ({title})", "",
-           "Fraction of pixels lit: with the dataset's own prompts (in-prompt; compare with the ground-truth "
-           "foreground share), with every prompt of the OTHER dataset (cross-prompt: a model that does not "
-           "switch on the prompt lights the same pixels; lower is better) and with unrelated prompts "
-           "(lower is better). Paraphrase Dice: prompts never used in training, scored like the training prompts.",
-           ""]
+    out = [
+        f"## Table {number}: prompt switching ({title})",
+        "",
+        "Fraction of pixels lit: with the dataset's own prompts (in-prompt; compare with the ground-truth "
+        "foreground share), with every prompt of the OTHER dataset (cross-prompt: a model that does not "
+        "switch on the prompt lights the same pixels; lower is better) and with unrelated prompts "
+        "(lower is better). Paraphrase Dice: prompts never used in training, scored like the training prompts.",
+        "",
+    ]
     rows, notes = [], []
     for variant in variants:
         ev = eval_metrics.get(variant)
@@ -441,38 +599,92 @@ def _switching_section(number: int, variants: list[str], eval_metrics: dict[str,
             paraphrases = test.get("paraphrases") or {}
             para = "; ".join(f'"{p}" {_num(s.get("dice"))}' for p, s in paraphrases.items()) or MISSING
             gt = _get(data_metrics, dataset, split, "mean_foreground_fraction")
-            rows.append([variant, dataset if split == "test" else f"{dataset} ({split})", _num(gt), _num(test.get("in_prompt_lit")),
-                         _num(test.get("cross_prompt_lit")), _num(test.get("unrelated_prompt_lit")), para])
+            rows.append(
+                [
+                    variant,
+                    dataset if split == "test" else f"{dataset} ({split})",
+                    _num(gt),
+                    _num(test.get("in_prompt_lit")),
+                    _num(test.get("cross_prompt_lit")),
+                    _num(test.get("unrelated_prompt_lit")),
+                    para,
+                ]
+            )
     if rows:
-        out += [_table(["variant", "dataset", "ground-truth foreground", "in-prompt lit", "cross-prompt lit",
-                        "unrelated-prompt lit", "paraphrase Dice"], rows, "llrrrrl"), ""]
+        out += [
+            _table(
+                [
+                    "variant",
+                    "dataset",
+                    "ground-truth foreground",
+                    "in-prompt lit",
+                    "cross-prompt lit",
+                    "unrelated-prompt lit",
+                    "paraphrase Dice",
+                ],
+                rows,
+                "llrrrrl",
+            ),
+            "",
+        ]
     out += [n + "\n" for n in notes]
     return out
 
 
 def _runtime_section(number: int, variants: list[str], runtime: dict[str, dict]) -> list[str]:
     """Measured inference time, model size and peak memory per rung (``metrics/runtime/<variant>.json``)."""
-    out = [f"## Table {number}: runtime and footprint", "",
-           "Measured by the `runtime@<rung>` stages on a handful of test images (`params.yaml: runtime`): "
-           "milliseconds per image through `promptseg predict`'s PyTorch path and through the ONNX engine "
-           "(`--engine onnx`, exported to a temporary folder), each the fastest of the timed rounds; the model "
-           "folder's size on disk; the peak resident memory of the measuring process (interpreter and libraries "
-           "included) after the PyTorch path and after the ONNX path too.", ""]
+    out = [
+        f"## Table {number}: runtime and footprint",
+        "",
+        "Measured by the `runtime@<rung>` stages on a handful of test images (`params.yaml: runtime`): "
+        "milliseconds per image through `promptseg predict`'s PyTorch path and through the ONNX engine "
+        "(`--engine onnx`, exported to a temporary folder), each the fastest of the timed rounds; the model "
+        "folder's size on disk; the peak resident memory of the measuring process (interpreter and libraries "
+        "included) after the PyTorch path and after the ONNX path too.",
+        "",
+    ]
     rows, notes = [], []
     for variant in variants:
         r = runtime.get(variant)
         if r is None:
-            notes.append(f"Variant `{variant}`: no metrics/runtime/{variant}.json yet (run `dvc repro runtime@{variant}`).")
+            notes.append(
+                f"Variant `{variant}`: no metrics/runtime/{variant}.json yet (run `dvc repro runtime@{variant}`)."
+            )
             continue
         if r.get("skipped"):
             continue  # the ladder tables say why
-        rows.append([variant, _num(r.get("torch_ms_per_image"), 1), _num(r.get("onnx_ms_per_image"), 1),
-                     _num(r.get("model_mb"), 1), _num(r.get("onnx_mb"), 1), _num(r.get("peak_rss_mb"), 0),
-                     _num(r.get("peak_rss_onnx_mb"), 0), _int(r.get("images")),
-                     f"{r.get('device', MISSING)}, {_int(r.get('threads'))} threads, batch {_int(r.get('batch_size'))}"])
+        rows.append(
+            [
+                variant,
+                _num(r.get("torch_ms_per_image"), 1),
+                _num(r.get("onnx_ms_per_image"), 1),
+                _num(r.get("model_mb"), 1),
+                _num(r.get("onnx_mb"), 1),
+                _num(r.get("peak_rss_mb"), 0),
+                _num(r.get("peak_rss_onnx_mb"), 0),
+                _int(r.get("images")),
+                f"{r.get('device', MISSING)}, {_int(r.get('threads'))} threads, batch {_int(r.get('batch_size'))}",
+            ]
+        )
     if rows:
-        out += [_table(["rung", "torch ms/image", "ONNX ms/image", "model MB", "ONNX MB", "peak RSS MB (torch)",
-                        "peak RSS MB (+ONNX)", "images", "setting"], rows, "lrrrrrrrl"), ""]
+        out += [
+            _table(
+                [
+                    "rung",
+                    "torch ms/image",
+                    "ONNX ms/image",
+                    "model MB",
+                    "ONNX MB",
+                    "peak RSS MB (torch)",
+                    "peak RSS MB (+ONNX)",
+                    "images",
+                    "setting",
+                ],
+                rows,
+                "lrrrrrrrl",
+            ),
+            "",
+        ]
     out += [n + "\n" for n in notes]
     return out
 
@@ -482,8 +694,12 @@ def _figures_section(figures: dict[str, list[str]] | None, splits: dict[str, str
         return []
     on_val = [d for d, s in (splits or {}).items() if s != "test"]
     where = "first test images" + (f"; {', '.join(on_val)}: first val images, {NO_TEST_SPLIT_NOTE}" if on_val else "")
-    out = ["## Qualitative figures", "",
-           f"Each row: image, ground truth, heatmap, binary mask ({where}; first prompt of the dataset).", ""]
+    out = [
+        "## Qualitative figures",
+        "",
+        f"Each row: image, ground truth, heatmap, binary mask ({where}; first prompt of the dataset).",
+        "",
+    ]
     for variant, links in figures.items():
         for link in links:
             out.append(f"- {variant}, {Path(link).stem.removeprefix(variant + '_')}: ![{Path(link).stem}]({link})")
@@ -491,11 +707,21 @@ def _figures_section(figures: dict[str, list[str]] | None, splits: dict[str, str
 
 
 # --------------------------------------------------------------------------- assembly
-def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], eval_metrics: dict[str, dict],
-                 baselines: dict, *, model_source: str, variants: list[str] | None = None,
-                 datasets: Sequence[str] = DATASETS, figures: dict[str, list[str]] | None = None,
-                 boundary_tolerance_px: int | None = None, infer_defaults: dict | None = None,
-                 runtime: dict[str, dict] | None = None, scored_splits: dict[str, str] | None = None) -> str:
+def build_report(
+    data_metrics: dict[str, dict],
+    train_metrics: dict[str, dict],
+    eval_metrics: dict[str, dict],
+    baselines: dict,
+    *,
+    model_source: str,
+    variants: list[str] | None = None,
+    datasets: Sequence[str] = DATASETS,
+    figures: dict[str, list[str]] | None = None,
+    boundary_tolerance_px: int | None = None,
+    infer_defaults: dict | None = None,
+    runtime: dict[str, dict] | None = None,
+    scored_splits: dict[str, str] | None = None,
+) -> str:
     """The markdown report.
 
     Args:
@@ -539,8 +765,9 @@ def build_report(data_metrics: dict[str, dict], train_metrics: dict[str, dict], 
     lines += _options_section(number, variants, eval_metrics, datasets, infer_defaults)
     number += 1
     for dataset in datasets:
-        lines += _per_prompt_section(number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px,
-                                     splits[dataset])
+        lines += _per_prompt_section(
+            number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px, splits[dataset]
+        )
         number += 1
     lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets, splits)
     if runtime is not None:
@@ -571,8 +798,14 @@ def _train_seconds(tr: dict) -> float | None:
     return seconds
 
 
-def build_summary(train_metrics: dict[str, dict], eval_metrics: dict[str, dict], baselines: dict, *,
-                  variants: Sequence[str], datasets: Sequence[str] = DATASETS) -> dict:
+def build_summary(
+    train_metrics: dict[str, dict],
+    eval_metrics: dict[str, dict],
+    baselines: dict,
+    *,
+    variants: Sequence[str],
+    datasets: Sequence[str] = DATASETS,
+) -> dict:
     """The headline, ``metrics/summary.json`` (about 20 numbers; the full files stay for drill-down).
 
     Per dataset: test ``miou`` and ``dice`` (mean over prompts) of every evaluated rung and of the best
@@ -599,15 +832,20 @@ def build_summary(train_metrics: dict[str, dict], eval_metrics: dict[str, dict],
         best = _best_baseline(baselines.get(dataset) or {})
         if best is not None:
             scores = baselines[dataset][best[0]]
-            block["no_learning"] = {k: round(v, 4) for k in ("miou", "dice") if (v := _number(scores.get(k))) is not None}
+            block["no_learning"] = {
+                k: round(v, 4) for k in ("miou", "dice") if (v := _number(scores.get(k))) is not None
+            }
         if best_val is not None:
             lit = _number(_get(eval_metrics.get(best_val[1]), dataset, "test", "cross_prompt_lit"))
             if lit is not None:
                 block["cross_prompt_lit"] = {best_val[1]: round(lit, 4)}
         if block:
             summary[dataset] = block
-    seconds = [s for v in variants if (tr := train_metrics.get(v)) and not tr.get("skipped")
-               and (s := _train_seconds(tr)) is not None]
+    seconds = [
+        s
+        for v in variants
+        if (tr := train_metrics.get(v)) and not tr.get("skipped") and (s := _train_seconds(tr)) is not None
+    ]
     if seconds:
         summary["train_minutes"] = round(sum(seconds) / 60.0, 2)
     return summary
@@ -624,16 +862,27 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def write_report(metrics_dir: Path, out_path: Path, *, variants: list[str], model_source: str,
-                 datasets: Sequence[str] = DATASETS, boundary_tolerance_px: int = 2,
-                 infer_defaults: dict | None = None, summary_path: Path | None = None) -> str:
+def write_report(
+    metrics_dir: Path,
+    out_path: Path,
+    *,
+    variants: list[str],
+    model_source: str,
+    datasets: Sequence[str] = DATASETS,
+    boundary_tolerance_px: int = 2,
+    infer_defaults: dict | None = None,
+    summary_path: Path | None = None,
+) -> str:
     """Read the metrics files under ``metrics_dir`` (data, train, eval and ``eval/baselines.json``) and write the
     markdown report to ``out_path`` (figure links relative to it) and, with ``summary_path``, the headline
     (:func:`build_summary`) as JSON. Returns the report's text."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     variants = list(variants)
-    if zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None \
-            and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists() and ZEROSHOT not in variants:
+    if (
+        zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None
+        and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists()
+        and ZEROSHOT not in variants
+    ):
         variants.append(ZEROSHOT)
     data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
     train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}
@@ -647,9 +896,19 @@ def write_report(metrics_dir: Path, out_path: Path, *, variants: list[str], mode
             png = metrics_dir / "eval" / "figures" / f"{variant}_{dataset}.png"
             if png.exists():
                 figures.setdefault(variant, []).append(_relative(png, out_path.parent))
-    text = build_report(data, train, evals, baselines, model_source=model_source, variants=variants,
-                        datasets=datasets, figures=figures, boundary_tolerance_px=boundary_tolerance_px,
-                        infer_defaults=infer_defaults, runtime=runtime or None)
+    text = build_report(
+        data,
+        train,
+        evals,
+        baselines,
+        model_source=model_source,
+        variants=variants,
+        datasets=datasets,
+        figures=figures,
+        boundary_tolerance_px=boundary_tolerance_px,
+        infer_defaults=infer_defaults,
+        runtime=runtime or None,
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
     if summary_path is not None:

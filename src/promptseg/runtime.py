@@ -15,6 +15,7 @@ Per rung, on a handful of processed test images (each with its dataset's first p
 Timing follows ``benchmarks/inference_engines.py`` (:func:`best_rates` is shared with it): one untimed warm-up
 call per path, then ``rounds`` interleaved rounds; each path's fastest round counts (this machine is shared).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -78,8 +79,16 @@ def runtime_images(processed_root: Path, prompts: dict[str, list[str]], count: i
     return images, chosen
 
 
-def measure_runtime(model_dir: Path, images: list[np.ndarray], prompts: list[str], *, rounds: int = 3,
-                    batch_size: int = 16, threads: int | None = None, onnx: bool = True) -> dict:
+def measure_runtime(
+    model_dir: Path,
+    images: list[np.ndarray],
+    prompts: list[str],
+    *,
+    rounds: int = 3,
+    batch_size: int = 16,
+    threads: int | None = None,
+    onnx: bool = True,
+) -> dict:
     """The figures of this module's docstring for one model folder on ``images`` (one prompt each)."""
     import torch
 
@@ -97,10 +106,16 @@ def measure_runtime(model_dir: Path, images: list[np.ndarray], prompts: list[str
         predict_probabilities(trained, images[:n], prompts[:n], batch_size=batch_size)
 
     torch_rate = best_rates({"torch": torch_path}, len(images), rounds)["torch"]
-    out = {"images": len(images), "rounds": int(rounds), "batch_size": int(batch_size),
-           "threads": int(torch.get_num_threads()), "device": str(trained.device),
-           "torch_ms_per_image": round(1000.0 / torch_rate, 2), "model_mb": round(folder_mb(model_dir), 3),
-           "peak_rss_mb": round(peak_rss_mb(), 1)}
+    out = {
+        "images": len(images),
+        "rounds": int(rounds),
+        "batch_size": int(batch_size),
+        "threads": int(torch.get_num_threads()),
+        "device": str(trained.device),
+        "torch_ms_per_image": round(1000.0 / torch_rate, 2),
+        "model_mb": round(folder_mb(model_dir), 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
     if trained.device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
     if onnx:
@@ -117,9 +132,11 @@ def measure_runtime(model_dir: Path, images: list[np.ndarray], prompts: list[str
                 engine.predict_probabilities(images[:n], prompts[:n], batch_size=batch_size)
 
             onnx_rate = best_rates({"onnx": onnx_path}, len(images), rounds)["onnx"]
-            out.update(onnx_ms_per_image=round(1000.0 / onnx_rate, 2),
-                       onnx_mb=round(folder_mb(export_dir / "model.onnx"), 3),
-                       peak_rss_onnx_mb=round(peak_rss_mb(), 1))
+            out.update(
+                onnx_ms_per_image=round(1000.0 / onnx_rate, 2),
+                onnx_mb=round(folder_mb(export_dir / "model.onnx"), 3),
+                peak_rss_onnx_mb=round(peak_rss_mb(), 1),
+            )
     return out
 
 

@@ -18,6 +18,7 @@ Per stage (each reads exactly the keys its ``dvc.yaml`` entry declares):
 :func:`validate_params` builds every section (tests and ``promptseg.profiles`` use it on the whole file).
 Stages call :func:`load_stage_settings`, which turns a bad file into one message and exit code 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,17 +42,18 @@ class RoboflowSettings:
     workspace: str
     project: str
     version: int
-    format: str   # the SDK's export name; on reading, the format is detected
+    format: str  # the SDK's export name; on reading, the format is detected
 
 
 @dataclass(frozen=True)
 class LocalSettings:
-    path: str     # a zip or folder of a Roboflow export ("" = not set)
+    path: str  # a zip or folder of a Roboflow export ("" = not set)
 
 
 @dataclass(frozen=True)
 class SourceSettings:
     """``data.<dataset>``: where the export comes from (the download stage)."""
+
     source: Literal["synthetic", "local", "roboflow"]
     roboflow: RoboflowSettings
     local: LocalSettings
@@ -60,6 +62,7 @@ class SourceSettings:
 @dataclass(frozen=True)
 class DatasetSettings(SourceSettings):
     """``data.<dataset>``: the whole block."""
+
     prompts: tuple[str, ...]
     empty_polygon: Literal["box", "skip"]
     split: Literal["grouped", "as_exported"]
@@ -137,6 +140,7 @@ class TextSettings:
 @dataclass(frozen=True)
 class ClipSegSettings:
     """``model.clipseg``: the random-init ``small`` CLIPSeg."""
+
     vision: VisionSettings
     text: TextSettings
     projection_dim: int
@@ -149,6 +153,7 @@ class ClipSegSettings:
 @dataclass(frozen=True)
 class UNetSettings:
     """``model.unet``: the text-conditioned U-Net."""
+
     widths: tuple[int, ...]
     text: TextSettings
     freeze_text: bool
@@ -159,6 +164,7 @@ class UNetSettings:
 class ModelSettings:
     """``model``. ``clipseg`` / ``unet`` are None where a stage does not read that architecture's block
     (``train@unet`` declares ``model.unet`` only); :func:`validate_params` requires both."""
+
     source: str
     clipseg: ClipSegSettings | None
     unet: UNetSettings | None
@@ -177,6 +183,7 @@ class BoxProjectionSettings:
 class TrainCommonSettings:
     """``train.common``; a rung may override any of these keys except ``targets`` (which a LoRA rung uses
     for its target modules)."""
+
     seed: int
     image_size: int
     epochs: int
@@ -193,12 +200,13 @@ class TrainCommonSettings:
     box_projection: BoxProjectionSettings
     hflip_prob: float
     num_workers: int
-    precision: Literal["auto", "fp32", "bf16"]   # promptseg.precision: auto = bf16 where the device runs it natively
+    precision: Literal["auto", "fp32", "bf16"]  # promptseg.precision: auto = bf16 where the device runs it natively
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     """A ``method: lora`` rung's keys (required there, refused elsewhere)."""
+
     r: int
     alpha: int
     dropout: float
@@ -208,24 +216,25 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class CropSettings:
-    size: int                      # px side of a crop cut from the photo at its own resolution
-    share: float                   # share of training samples that are crops (the rest: whole resized views)
+    size: int  # px side of a crop cut from the photo at its own resolution
+    share: float  # share of training samples that are crops (the rest: whole resized views)
 
 
 @dataclass(frozen=True)
 class RungOwnSettings:
     """The keys only a rung has (``train.variants.<rung>``)."""
+
     method: Literal["zeroshot", "decoder", "lora", "full"]
     architecture: Literal["clipseg", "unet"]
     datasets: tuple[str, ...]
-    text_lr: float | None           # absent: the U-Net's text encoder trains at the rung's lr
-    presence_weight: float | None   # absent: no presence-gate loss (required for a U-Net with model.unet.presence_gate)
-    r: int | None                   # LoRA keys: see LoraSettings
+    text_lr: float | None  # absent: the U-Net's text encoder trains at the rung's lr
+    presence_weight: float | None  # absent: no presence-gate loss (required for a U-Net with model.unet.presence_gate)
+    r: int | None  # LoRA keys: see LoraSettings
     alpha: int | None
     dropout: float | None
     targets: tuple[str, ...] | None
     train_decoder: bool | None
-    crop: CropSettings | None      # absent: whole resized views only (promptseg.data)
+    crop: CropSettings | None  # absent: whole resized views only (promptseg.data)
 
 
 LORA_KEYS = tuple(f.name for f in fields(LoraSettings))
@@ -235,6 +244,7 @@ OVERRIDABLE = tuple(f.name for f in fields(TrainCommonSettings) if f.name != "ta
 @dataclass(frozen=True)
 class RungSettings:
     """One ladder rung, resolved: ``train`` is ``train.common`` with the rung's overrides applied."""
+
     name: str
     method: str
     architecture: str
@@ -242,8 +252,8 @@ class RungSettings:
     train: TrainCommonSettings
     text_lr: float | None
     presence_weight: float | None
-    lora: LoraSettings | None       # set for method: lora only
-    crop: CropSettings | None       # native-resolution crops (train.variants.<v>.crop); None: none
+    lora: LoraSettings | None  # set for method: lora only
+    crop: CropSettings | None  # native-resolution crops (train.variants.<v>.crop); None: none
 
     @property
     def epochs(self) -> int:
@@ -253,8 +263,9 @@ class RungSettings:
     def own_params(self) -> dict:
         """The rung's own keys as written in params (for the model card and MLflow)."""
         out = {"method": self.method, "architecture": self.architecture, "datasets": list(self.datasets)}
-        out.update({k: v for k, v in (("text_lr", self.text_lr), ("presence_weight", self.presence_weight))
-                    if v is not None})
+        out.update(
+            {k: v for k, v in (("text_lr", self.text_lr), ("presence_weight", self.presence_weight)) if v is not None}
+        )
         if self.lora is not None:
             out.update(to_plain(self.lora))
         if self.crop is not None:
@@ -284,19 +295,19 @@ class InferSettings:
     prompt_ensemble: bool
     tiled: dict[str, bool]
     tiling: TilingSettings
-    precision: Literal["auto", "fp32", "bf16"]   # evaluation's forward (promptseg.precision)
-    native_resolution: dict[str, bool]           # dataset -> U-Net on the whole photo at its own size
+    precision: Literal["auto", "fp32", "bf16"]  # evaluation's forward (promptseg.precision)
+    native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size
 
 
 @dataclass(frozen=True)
 class EvalSettings:
     boundary_tolerance_px: int
-    empty_score: float            # an image whose GT and prediction are both empty scores IoU = Dice = this
+    empty_score: float  # an image whose GT and prediction are both empty scores IoU = Dice = this
     figure_images: int
     unrelated_prompts: tuple[str, ...]
     measure_inference_options: bool
     paraphrases: dict[str, tuple[str, ...]]
-    missing_test_split: Literal["report_val", "error"]   # a dataset without test split (promptseg.evaluate)
+    missing_test_split: Literal["report_val", "error"]  # a dataset without test split (promptseg.evaluate)
 
 
 @dataclass(frozen=True)
@@ -308,7 +319,7 @@ class ReportParams:
 class MlflowSettings:
     tracking_uri: str
     experiment: str
-    artifact_root: str | None   # optional key; absent: ./mlartifacts (tests use a temporary folder)
+    artifact_root: str | None  # optional key; absent: ./mlartifacts (tests use a temporary folder)
 
 
 # ----------------------------------------------------------------------------------------- per stage
@@ -331,9 +342,9 @@ class MasksStageSettings:
 class TrainSettings:
     rung: RungSettings
     model: ModelSettings
-    prompts: dict[str, tuple[str, ...]]   # dataset -> its prompts
-    empty_score: float                    # eval.empty_score: validation Dice uses the evaluation's empty rule
-    mlflow: MlflowSettings | None         # None: no tracking (tests)
+    prompts: dict[str, tuple[str, ...]]  # dataset -> its prompts
+    empty_score: float  # eval.empty_score: validation Dice uses the evaluation's empty rule
+    mlflow: MlflowSettings | None  # None: no tracking (tests)
 
 
 @dataclass(frozen=True)
@@ -346,7 +357,7 @@ class EvaluateSettings:
 
 @dataclass(frozen=True)
 class ReportSettings:
-    rungs: tuple[str, ...]         # the ladder, in params order
+    rungs: tuple[str, ...]  # the ladder, in params order
     model_source: str
     boundary_tolerance_px: int
     hflip_tta: bool
@@ -356,7 +367,7 @@ class ReportSettings:
 @dataclass(frozen=True)
 class BaselinesSettings:
     empty_score: float
-    missing_test_split: str        # eval.missing_test_split: report_val scores val where a dataset has no test
+    missing_test_split: str  # eval.missing_test_split: report_val scores val where a dataset has no test
     boundary_tolerance_px: int
     darkest_share: float
     morphology: MorphologySettings
@@ -364,14 +375,14 @@ class BaselinesSettings:
 
 @dataclass(frozen=True)
 class RuntimeParams:
-    images: int                    # test images timed (alternating datasets)
-    rounds: int                    # interleaved timed rounds after one warm-up; the fastest counts
-    threads: int                   # torch and onnxruntime intra-op threads (0: the libraries' defaults)
-    onnx: bool                     # also time the ONNX engine (exported to a temporary folder)
+    images: int  # test images timed (alternating datasets)
+    rounds: int  # interleaved timed rounds after one warm-up; the fastest counts
+    threads: int  # torch and onnxruntime intra-op threads (0: the libraries' defaults)
+    onnx: bool  # also time the ONNX engine (exported to a temporary folder)
 
 
 @dataclass(frozen=True)
-class MeasureParams:               # promptseg measure / predict --measure / the app (promptseg.measure)
+class MeasureParams:  # promptseg measure / predict --measure / the app (promptseg.measure)
     min_area_px: int
     prune_factor: float
     min_spur_px: int
@@ -381,7 +392,7 @@ class MeasureParams:               # promptseg measure / predict --measure / the
 @dataclass(frozen=True)
 class RuntimeSettings:
     runtime: RuntimeParams
-    batch_size: int                # infer.batch_size
+    batch_size: int  # infer.batch_size
     prompts: dict[str, tuple[str, ...]]
 
 
@@ -498,8 +509,10 @@ def to_plain(obj) -> Any:
 def _dataset(name: str) -> str:
     if name not in DATASETS:
         near = difflib.get_close_matches(name, DATASETS, n=1)
-        raise ParamsError(f"unknown dataset {name!r}" + (f"; did you mean {near[0]!r}?" if near else
-                                                           f": expected one of {', '.join(DATASETS)}"))
+        raise ParamsError(
+            f"unknown dataset {name!r}"
+            + (f"; did you mean {near[0]!r}?" if near else f": expected one of {', '.join(DATASETS)}")
+        )
     return name
 
 
@@ -526,7 +539,7 @@ def model_settings(params, architecture: str | None = None) -> ModelSettings:
         skip = {"clipseg", "unet"} - {architecture}
         raw = {k: v for k, v in raw.items() if k not in skip}
     settings = _build(ModelSettings, raw, "model", known)
-    for name in ((architecture,) if architecture else ("clipseg", "unet")):
+    for name in (architecture,) if architecture else ("clipseg", "unet"):
         if getattr(settings, name) is None:
             raise ParamsError(f"model.{name}: missing key; add it")
     return settings
@@ -566,9 +579,17 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
         raise ParamsError(f"{where}.{next(iter(lora_given))}: only a method: lora rung takes it; remove it")
     if own.architecture == "unet" and own.method != "full":
         raise ParamsError(f"{where}.method: the unet architecture trains with method: full, not {own.method!r}")
-    return RungSettings(name=name, method=own.method, architecture=own.architecture, datasets=own.datasets,
-                        train=dataclasses.replace(common, **overrides), text_lr=own.text_lr,
-                        presence_weight=own.presence_weight, lora=lora, crop=own.crop)
+    return RungSettings(
+        name=name,
+        method=own.method,
+        architecture=own.architecture,
+        datasets=own.datasets,
+        train=dataclasses.replace(common, **overrides),
+        text_lr=own.text_lr,
+        presence_weight=own.presence_weight,
+        lora=lora,
+        crop=own.crop,
+    )
 
 
 def rung_names(params) -> tuple[str, ...]:
@@ -578,8 +599,10 @@ def rung_names(params) -> tuple[str, ...]:
     return tuple(rungs)
 
 
-ZEROSHOT_NEEDS_PRETRAINED = ("zero-shot needs pretrained weights, and model.source is `small` (random init): "
-                             "there is nothing to evaluate, so no numbers are written")
+ZEROSHOT_NEEDS_PRETRAINED = (
+    "zero-shot needs pretrained weights, and model.source is `small` (random init): "
+    "there is nothing to evaluate, so no numbers are written"
+)
 
 
 def zeroshot_skip_reason(method: str, architecture: str, model_source: str) -> str | None:
@@ -593,44 +616,65 @@ def zeroshot_skip_reason(method: str, architecture: str, model_source: str) -> s
 
 # ----------------------------------------------------------------------------------------- per-stage builders
 def download_settings(params, dataset: str) -> DownloadSettings:
-    return DownloadSettings(dataset, _dataset_block(params, dataset, SourceSettings),
-                            _build(SyntheticSettings, _node(params, "synthetic"), "synthetic"))
+    return DownloadSettings(
+        dataset,
+        _dataset_block(params, dataset, SourceSettings),
+        _build(SyntheticSettings, _node(params, "synthetic"), "synthetic"),
+    )
 
 
 def masks_settings(params, dataset: str) -> MasksStageSettings:
     d = f"data.{_dataset(dataset)}"
     hints = typing.get_type_hints(DatasetSettings)
-    return MasksStageSettings(dataset,
-                              _convert(hints["empty_polygon"], _node(params, f"{d}.empty_polygon"), f"{d}.empty_polygon"),
-                              _convert(hints["split"], _node(params, f"{d}.split"), f"{d}.split"),
-                              _build(MasksSettings, _node(params, "masks"), "masks"))
+    return MasksStageSettings(
+        dataset,
+        _convert(hints["empty_polygon"], _node(params, f"{d}.empty_polygon"), f"{d}.empty_polygon"),
+        _convert(hints["split"], _node(params, f"{d}.split"), f"{d}.split"),
+        _build(MasksSettings, _node(params, "masks"), "masks"),
+    )
 
 
 def train_settings(params, rung: str) -> TrainSettings:
     names = rung_names(params)
     if rung not in names:
         raise _unknown(rung, names, "train.variants")
-    resolved = resolve_rung(rung, _node(params, f"train.variants.{rung}"),
-                            _build(TrainCommonSettings, _node(params, "train.common"), "train.common"))
+    resolved = resolve_rung(
+        rung,
+        _node(params, f"train.variants.{rung}"),
+        _build(TrainCommonSettings, _node(params, "train.common"), "train.common"),
+    )
     model = model_settings(params, resolved.architecture)
     check_rung_against_model(resolved, model)
-    return TrainSettings(resolved, model, prompts_of(params),
-                         _convert(float, _node(params, "eval.empty_score"), "eval.empty_score"),
-                         _build(MlflowSettings, _node(params, "mlflow"), "mlflow"))
+    return TrainSettings(
+        resolved,
+        model,
+        prompts_of(params),
+        _convert(float, _node(params, "eval.empty_score"), "eval.empty_score"),
+        _build(MlflowSettings, _node(params, "mlflow"), "mlflow"),
+    )
 
 
 def check_rung_against_model(rung: RungSettings, model: ModelSettings) -> None:
     """Keys that one rung needs because of the model block: a gated U-Net needs ``presence_weight``."""
-    if rung.architecture == "unet" and model.unet is not None and model.unet.presence_gate \
-            and rung.presence_weight is None:
-        raise ParamsError(f"train.variants.{rung.name}.presence_weight: missing key; model.unet.presence_gate "
-                          "is true, so the gate's loss needs its weight")
+    if (
+        rung.architecture == "unet"
+        and model.unet is not None
+        and model.unet.presence_gate
+        and rung.presence_weight is None
+    ):
+        raise ParamsError(
+            f"train.variants.{rung.name}.presence_weight: missing key; model.unet.presence_gate "
+            "is true, so the gate's loss needs its weight"
+        )
 
 
 def evaluate_settings(params) -> EvaluateSettings:
-    return EvaluateSettings(_build(InferSettings, _node(params, "infer"), "infer"),
-                            _build(EvalSettings, _node(params, "eval"), "eval"), prompts_of(params),
-                            _build(MlflowSettings, _node(params, "mlflow"), "mlflow"))
+    return EvaluateSettings(
+        _build(InferSettings, _node(params, "infer"), "infer"),
+        _build(EvalSettings, _node(params, "eval"), "eval"),
+        prompts_of(params),
+        _build(MlflowSettings, _node(params, "mlflow"), "mlflow"),
+    )
 
 
 def report_settings(params) -> ReportSettings:
@@ -639,7 +683,8 @@ def report_settings(params) -> ReportSettings:
         model_source=_convert(str, _node(params, "model.source"), "model.source"),
         boundary_tolerance_px=_convert(int, _node(params, "eval.boundary_tolerance_px"), "eval.boundary_tolerance_px"),
         hflip_tta=_convert(bool, _node(params, "infer.hflip_tta"), "infer.hflip_tta"),
-        prompt_ensemble=_convert(bool, _node(params, "infer.prompt_ensemble"), "infer.prompt_ensemble"))
+        prompt_ensemble=_convert(bool, _node(params, "infer.prompt_ensemble"), "infer.prompt_ensemble"),
+    )
 
 
 def baselines_settings(params) -> BaselinesSettings:
@@ -648,16 +693,19 @@ def baselines_settings(params) -> BaselinesSettings:
         missing_test_split=_build(EvalSettings, _node(params, "eval"), "eval").missing_test_split,
         boundary_tolerance_px=_convert(int, _node(params, "eval.boundary_tolerance_px"), "eval.boundary_tolerance_px"),
         darkest_share=_build(ReportParams, _node(params, "report"), "report").darkest_share,
-        morphology=_build(MorphologySettings, _node(params, "infer.morphology"), "infer.morphology"))
+        morphology=_build(MorphologySettings, _node(params, "infer.morphology"), "infer.morphology"),
+    )
 
 
 def runtime_settings(params) -> RuntimeSettings:
-    return RuntimeSettings(_build(RuntimeParams, _node(params, "runtime"), "runtime"),
-                           _convert(int, _node(params, "infer.batch_size"), "infer.batch_size"), prompts_of(params))
+    return RuntimeSettings(
+        _build(RuntimeParams, _node(params, "runtime"), "runtime"),
+        _convert(int, _node(params, "infer.batch_size"), "infer.batch_size"),
+        prompts_of(params),
+    )
 
 
-SECTIONS = ("data", "synthetic", "masks", "model", "train", "infer", "eval", "report", "runtime", "measure",
-            "mlflow")
+SECTIONS = ("data", "synthetic", "masks", "model", "train", "infer", "eval", "report", "runtime", "measure", "mlflow")
 
 
 def validate_params(params) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Whatever the source, the stage writes into a sibling ``<out>.partial`` folder first and renames it
 into place only when complete, so a failure never leaves a half-written export behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,9 +55,7 @@ def download_from_roboflow(dataset: str, roboflow_cfg: RoboflowSettings, out_dir
     where = f"{roboflow_cfg.workspace}/{roboflow_cfg.project} version {roboflow_cfg.version}"
     try:
         client = Roboflow(api_key=api_key)
-        version = client.workspace(roboflow_cfg.workspace).project(roboflow_cfg.project).version(
-            roboflow_cfg.version
-        )
+        version = client.workspace(roboflow_cfg.workspace).project(roboflow_cfg.project).version(roboflow_cfg.version)
         version.download(model_format=roboflow_cfg.format, location=str(out_dir), overwrite=True)
     except requests.exceptions.RequestException as exc:
         raise SourceError(
@@ -87,13 +86,19 @@ def _export_root(folder: Path) -> Path:
 def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> None:
     """Copy a Roboflow export the user already has (a .zip or a folder) into ``out_dir``."""
     if not str(path).strip():
-        raise SourceError(f"data.{dataset}.source is 'local' but data.{dataset}.local.path is empty. {_alternatives(dataset)}")
+        raise SourceError(
+            f"data.{dataset}.source is 'local' but data.{dataset}.local.path is empty. {_alternatives(dataset)}"
+        )
     src = Path(path).expanduser()
     if not src.exists():
-        raise SourceError(f"data.{dataset}.local.path {str(src)!r} does not exist. Point it at a Roboflow export zip or folder.")
+        raise SourceError(
+            f"data.{dataset}.local.path {str(src)!r} does not exist. Point it at a Roboflow export zip or folder."
+        )
     if src.is_file():
         if not zipfile.is_zipfile(src):
-            raise SourceError(f"{src} is a file but not a zip archive: give a Roboflow export .zip or its unzipped folder.")
+            raise SourceError(
+                f"{src} is a file but not a zip archive: give a Roboflow export .zip or its unzipped folder."
+            )
         staging = out_dir.with_name(out_dir.name + ".unzip")
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -101,9 +106,11 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
                 with zipfile.ZipFile(src) as archive:
                     archive.extractall(staging)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as exc:
-                raise SourceError(f"{src} cannot be unzipped ({type(exc).__name__}: {exc}): the archive is corrupt "
-                                  "or truncated. Download the export again (or unzip it yourself and point "
-                                  f"data.{dataset}.local.path at the folder).") from None
+                raise SourceError(
+                    f"{src} cannot be unzipped ({type(exc).__name__}: {exc}): the archive is corrupt "
+                    "or truncated. Download the export again (or unzip it yourself and point "
+                    f"data.{dataset}.local.path at the folder)."
+                ) from None
             except OSError as exc:
                 raise SourceError(f"cannot unzip {src} into {staging}: {exc}") from None
             shutil.copytree(_export_root(staging), out_dir)
@@ -128,8 +135,9 @@ def check_landed_export(dataset: str, folder: Path, came_from: str) -> None:
             f"Point data.{dataset}.local.path at the unzipped export (or its .zip). {_alternatives(dataset)}"
         ) from None
     if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in Path(folder).rglob("*")):
-        raise SourceError(f"{came_from} holds no image files: re-download the export (a complete zip). "
-                          f"{_alternatives(dataset)}")
+        raise SourceError(
+            f"{came_from} holds no image files: re-download the export (a complete zip). {_alternatives(dataset)}"
+        )
 
 
 def land_export(dataset: str, data_cfg: SourceSettings, synthetic_cfg: SyntheticSettings, out_dir: Path) -> str:
@@ -159,8 +167,9 @@ def land_export(dataset: str, data_cfg: SourceSettings, synthetic_cfg: Synthetic
         else:
             download_from_roboflow(dataset, data_cfg.roboflow, partial)
             rf = data_cfg.roboflow
-            check_landed_export(dataset, partial, f"the Roboflow download of {rf.workspace}/{rf.project} "
-                                                  f"version {rf.version}")
+            check_landed_export(
+                dataset, partial, f"the Roboflow download of {rf.workspace}/{rf.project} version {rf.version}"
+            )
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

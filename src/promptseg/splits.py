@@ -51,6 +51,7 @@ def map_in_threads(function, items: Sequence, workers: int | None = None) -> lis
     with ThreadPoolExecutor(max_workers=n) as pool:
         return list(pool.map(function, items))
 
+
 SPLIT_STRATEGIES = ("as_exported", "grouped")
 #: Side and high-pass sigma of the thumbnails that confirm a dhash match (see :func:`detail_thumbnail`).
 THUMB_SIDE = 64
@@ -351,8 +352,9 @@ class SplitPlan:
         kept = [i for i, k in enumerate(keep) if k]
         new = {i: n for n, i in enumerate(kept)}
         pairs = [(new[i], new[j], d) for i, j, d in self.pairs if i in new and j in new]
-        return split_stats([splits[i] for i in kept], [self.name_groups[i] for i in kept],
-                           [self.groups[i] for i in kept], pairs)
+        return split_stats(
+            [splits[i] for i in kept], [self.name_groups[i] for i in kept], [self.groups[i] for i in kept], pairs
+        )
 
     def duplicates_across(self, which: str = "as_exported") -> dict[int, list[str]]:
         """Record index -> human notes for each record whose source photo (by name) or a

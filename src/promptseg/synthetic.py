@@ -252,7 +252,9 @@ def _draw_polyline(mask: np.ndarray, pts: np.ndarray, widths: np.ndarray) -> Non
     ip = np.rint(pts).astype(np.int32)
     thick = np.maximum(1, np.rint(widths)).astype(np.int32)
     for i in range(len(ip) - 1):
-        cv2.line(mask, (int(ip[i, 0]), int(ip[i, 1])), (int(ip[i + 1, 0]), int(ip[i + 1, 1])), 255, int(thick[i]), cv2.LINE_8)
+        cv2.line(
+            mask, (int(ip[i, 0]), int(ip[i, 1])), (int(ip[i + 1, 0]), int(ip[i + 1, 1])), 255, int(thick[i]), cv2.LINE_8
+        )
 
 
 def _taper(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -263,7 +265,7 @@ def _taper(n: int, rng: np.random.Generator) -> np.ndarray:
     return prof * np.clip(wobble, 0.5, 1.5)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _drawn_width(thickness: int, angle_deg: int) -> float:
     """The width ``cv2.line(..., thickness, LINE_8)`` really draws at this angle (px, across the
     line): the area added by lengthening a line from 100 to 300 px, divided by 200 (the round
@@ -281,8 +283,9 @@ def _drawn_width(thickness: int, angle_deg: int) -> float:
     return (areas[1] - areas[0]) / 200.0
 
 
-def crack_truth(strokes: list[tuple[np.ndarray, np.ndarray]], margin: int, size: int,
-                hidden: np.ndarray | None = None) -> dict:
+def crack_truth(
+    strokes: list[tuple[np.ndarray, np.ndarray]], margin: int, size: int, hidden: np.ndarray | None = None
+) -> dict:
     """A crack's true length and width (px) from the polylines it was drawn with, for the
     measurement benchmark (``promptseg.measure``; nothing here draws or draws random numbers).
 
@@ -313,13 +316,16 @@ def crack_truth(strokes: list[tuple[np.ndarray, np.ndarray]], margin: int, size:
             wsum += width * seg * share
             wmax = max(wmax, width)
         # free ends: both ends of the main walk (k == 0), the tip of a branch
-        for end, j in ([(pts[0], 0), (pts[-1], len(thick) - 1)] if k == 0 else [(pts[-1], len(thick) - 1)]):
+        for end, j in [(pts[0], 0), (pts[-1], len(thick) - 1)] if k == 0 else [(pts[-1], len(thick) - 1)]:
             e = np.rint(end).astype(np.int64)
             if 0 <= e[0] < size and 0 <= e[1] < size and (hidden is None or not hidden[e[1], e[0]]):
                 caps += (_drawn_width(int(thick[j]), 0) + 2 * margin) / 2
-    return {"length_px": round(total_len + caps, 2),
-            "mean_width_px": round(wsum / total_len, 2) if total_len else 0.0,
-            "max_width_px": round(wmax, 2), "margin_px": int(margin)}
+    return {
+        "length_px": round(total_len + caps, 2),
+        "mean_width_px": round(wsum / total_len, 2) if total_len else 0.0,
+        "max_width_px": round(wmax, 2),
+        "margin_px": int(margin),
+    }
 
 
 def _crack_mask(rng: np.random.Generator, size: int, strokes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -390,7 +396,7 @@ def _stop_short(core: np.ndarray, branch: np.ndarray, gap: float) -> np.ndarray:
     away = np.nonzero(d >= gap + 1.0)[0]
     if len(away) == 0:
         return branch[:1]
-    back = np.nonzero(d[away[0]:] < gap)[0]
+    back = np.nonzero(d[away[0] :] < gap)[0]
     return branch if len(back) == 0 else branch[: away[0] + back[0]]
 
 
@@ -448,9 +454,7 @@ def _band_masks(rng: np.random.Generator, size: int) -> list[np.ndarray]:
             vertical = bool(rng.random() < 0.5)
             width = rng.uniform(40.0, 80.0) * scale
             centre = rng.uniform(0.6 * width, size - 0.6 * width)
-            clash = any(
-                v == vertical and abs(c - centre) < (w + width) / 2 + 0.1 * size for v, c, w in bands
-            )
+            clash = any(v == vertical and abs(c - centre) < (w + width) / 2 + 0.1 * size for v, c, w in bands)
             if not clash:
                 bands.append((vertical, centre, width))
                 break
@@ -563,7 +567,9 @@ class _Context:
         return (self.dist > 0).astype(np.float32)
 
 
-def _half_plane(rng: np.random.Generator, kind: str, size: int, side: str, depth: tuple[float, float], tilt: float) -> _Context:
+def _half_plane(
+    rng: np.random.Generator, kind: str, size: int, side: str, depth: tuple[float, float], tilt: float
+) -> _Context:
     """The part of the image beyond a slightly tilted line ``depth`` (a share of the image
     side, drawn uniformly) from the ``side`` border (``bottom`` / ``top`` / ``left`` /
     ``right``); ``tilt`` is the largest slope of the line."""
@@ -618,7 +624,9 @@ def _apply_context(rng: np.random.Generator, img: np.ndarray, base: np.ndarray, 
         if ctx.kind == "plane":
             # the other plane gets less light; a thin shadowed crease along the corner
             crease = np.exp(-0.5 * (ctx.dist / np.float32(max(0.8, 1.2 * scale))) ** 2)
-            factor = (1.0 - np.float32(rng.uniform(0.15, 0.45)) * m) * (1.0 - np.float32(rng.uniform(0.05, 0.2)) * crease)
+            factor = (1.0 - np.float32(rng.uniform(0.15, 0.45)) * m) * (
+                1.0 - np.float32(rng.uniform(0.05, 0.2)) * crease
+            )
             _scale_(img, factor.astype(np.float32))
             continue
         if ctx.kind == "floor":
@@ -627,7 +635,9 @@ def _apply_context(rng: np.random.Generator, img: np.ndarray, base: np.ndarray, 
             colour = level * (1.0 + rng.normal(0.0, 0.05, 3)).astype(np.float32)
             tex = np.float32(rng.uniform(5.0, 12.0)) * _smooth_noise(rng, size, (6, 12))
             tex += np.float32(rng.uniform(3.0, 7.0)) * rng.standard_normal((size, size), dtype=np.float32)
-            tex += np.float32(rng.uniform(0.3, 0.8) * lum) * _speckles(rng, size, rng.uniform(0.0005, 0.003), max(0.6, 1.2 * scale))
+            tex += np.float32(rng.uniform(0.3, 0.8) * lum) * _speckles(
+                rng, size, rng.uniform(0.0005, 0.003), max(0.6, 1.2 * scale)
+            )
             contact = rng.uniform(0.2, 0.45)  # shadow where the wall meets the floor
         elif ctx.kind == "side":
             # room background / doorway seen past the wall edge: dark, out of focus
@@ -669,7 +679,9 @@ def _apply_camera(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     sub = gray[::2, ::2].ravel()
     k = min(sub.size - 1, int(0.995 * sub.size))
     highlight = float(np.partition(sub, k)[k])
-    target = float(np.clip(rng.normal(_AE_TARGET, _AE_SPREAD), _AE_TARGET - 2 * _AE_SPREAD, _AE_TARGET + 2 * _AE_SPREAD))
+    target = float(
+        np.clip(rng.normal(_AE_TARGET, _AE_SPREAD), _AE_TARGET - 2 * _AE_SPREAD, _AE_TARGET + 2 * _AE_SPREAD)
+    )
     gain = min(target / max(float(gray.mean()), 1.0), _AE_HIGHLIGHT / max(highlight, 1.0))
     img *= np.float32(gain)
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.45, 0.85))
@@ -695,7 +707,9 @@ def _clip_objects(masks: list[np.ndarray], occ: np.ndarray | None, min_keep: flo
     return out
 
 
-def render_wall_sample(dataset: str, rng: np.random.Generator, image_size: int, *, negative: bool = False) -> WallSample:
+def render_wall_sample(
+    dataset: str, rng: np.random.Generator, image_size: int, *, negative: bool = False
+) -> WallSample:
     """Render one synthetic wall photo for ``dataset`` (``'cracks'`` or ``'drywall'``).
 
     Args:
@@ -743,11 +757,16 @@ def render_wall_sample(dataset: str, rng: np.random.Generator, image_size: int, 
             _apply_cracks(rng, img, cores, [lab for _, lab in drawn])
             instances = labels
             # the truth of the cracks _clip_objects kept (it drops wholly hidden ones, keeping order)
-            kept = [i for i, (_, lab) in enumerate(drawn)
-                    if np.count_nonzero(lab if hidden is None else np.where(hidden, 0, lab))]
+            kept = [
+                i
+                for i, (_, lab) in enumerate(drawn)
+                if np.count_nonzero(lab if hidden is None else np.where(hidden, 0, lab))
+            ]
             truth = [crack_truth(geometry[i][:-1], geometry[i][-1], size, hidden) for i in kept]
-            truth = [dict(t, occluded=bool(hidden is not None and np.any(hidden & (drawn[i][1] > 0))))
-                     for t, i in zip(truth, kept)]
+            truth = [
+                dict(t, occluded=bool(hidden is not None and np.any(hidden & (drawn[i][1] > 0))))
+                for t, i in zip(truth, kept)
+            ]
     _apply_context(rng, img, base, plan)
     return WallSample(image=_apply_camera(rng, img), instances=instances, truth=truth)
 
@@ -856,7 +875,9 @@ def _normalise_counts(counts: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _plan(rng: np.random.Generator, counts: dict[str, int], negative_share: float, augment_copies_share: float) -> dict[str, list[_Item]]:
+def _plan(
+    rng: np.random.Generator, counts: dict[str, int], negative_share: float, augment_copies_share: float
+) -> dict[str, list[_Item]]:
     """Decide, from the master generator only, every image's split, stem, hash, seed,
     negative flag and augmentation copy."""
     plan: dict[str, list[_Item]] = {}
@@ -1048,7 +1069,8 @@ def write_synthetic_export(
                 # the truth of the instances that became annotations (_coco_annotations skips polygon-less ones)
                 kept = [t for inst, t in zip(sample.instances, sample.truth) if crack_polygons(inst)]
                 true_measures.setdefault(split, {})[fname] = [
-                    dict(t, annotation_id=a["id"]) for t, a in zip(kept, anns)]
+                    dict(t, annotation_id=a["id"]) for t, a in zip(kept, anns)
+                ]
                 count = len(anns)
             else:
                 _write_jpeg(img_dir / fname, sample.image)
@@ -1081,9 +1103,16 @@ def write_synthetic_export(
         "export format; not real photos.\n"
     )
     if fmt == "coco":
-        (out_dir / TRUE_MEASURES_FILE).write_text(json.dumps(
-            {"about": "true length and width (px) of each crack annotation, from the polylines it was drawn "
-                      "with (promptseg.synthetic.crack_truth); for benchmarks/measure_accuracy.py",
-             "splits": true_measures}, indent=None, separators=(",", ":")))
+        (out_dir / TRUE_MEASURES_FILE).write_text(
+            json.dumps(
+                {
+                    "about": "true length and width (px) of each crack annotation, from the polylines it was drawn "
+                    "with (promptseg.synthetic.crack_truth); for benchmarks/measure_accuracy.py",
+                    "splits": true_measures,
+                },
+                indent=None,
+                separators=(",", ":"),
+            )
+        )
     summary["foreground_fraction"] = fg_sum / fg_n if fg_n else 0.0
     return summary

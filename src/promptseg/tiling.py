@@ -32,7 +32,7 @@ Caveats (left to the caller):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -152,22 +152,30 @@ def tiled_logits(
     acc = torch.zeros(ph, pw, dtype=torch.float64)
     norm = torch.zeros(ph, pw, dtype=torch.float64)
     for start in range(0, len(origins), batch_size):
-        chunk = origins[start:start + batch_size]
-        batch = torch.stack([padded[:, y:y + tile, x:x + tile] for y, x in chunk])
+        chunk = origins[start : start + batch_size]
+        batch = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
         logits = logits_fn(batch)
         if tuple(logits.shape) != (len(chunk), tile, tile):
             raise ValueError(f"logits_fn returned shape {tuple(logits.shape)}, expected {(len(chunk), tile, tile)}")
         logits = logits.detach().to("cpu", torch.float64)
         for (y, x), logit in zip(chunk, logits):
-            acc[y:y + tile, x:x + tile] += weight * logit
-            norm[y:y + tile, x:x + tile] += weight
+            acc[y : y + tile, x : x + tile] += weight * logit
+            norm[y : y + tile, x : x + tile] += weight
     return (acc / norm)[:height, :width].to(torch.float32)
 
 
 @torch.no_grad()
-def predict_probabilities_tiled(trained, images: list[np.ndarray], prompts: list, *, upscale: float = 1.0,
-                                overlap: float = 0.25, batch_size: int = 16, window: str = "hann",
-                                hflip_tta: bool = False) -> list[np.ndarray]:
+def predict_probabilities_tiled(
+    trained,
+    images: list[np.ndarray],
+    prompts: list,
+    *,
+    upscale: float = 1.0,
+    overlap: float = 0.25,
+    batch_size: int = 16,
+    window: str = "hann",
+    hflip_tta: bool = False,
+) -> list[np.ndarray]:
     """Tiled counterpart of :func:`promptseg.inference.predict_probabilities` (same contract).
 
     ``images[i]`` is an ``(H, W, 3)`` uint8 RGB array paired with ``prompts[i]``. Per image:
@@ -211,9 +219,13 @@ def predict_probabilities_tiled(trained, images: list[np.ndarray], prompts: list
             raise ValueError(f"images must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
         size = (max(1, int(round(height * upscale))), max(1, int(round(width * upscale))))
-        resized = image if size == (height, width) else \
-            np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        resized = (
+            image
+            if size == (height, width)
+            else np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        )
         x = normalize(np.ascontiguousarray(resized), trained.mean, trained.std, trained.per_image).to(device)
+
         def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
             ids, mask = tokens_of(prompts[0])  # every tile of this image has the same prompt
             n = len(rows)
@@ -221,10 +233,17 @@ def predict_probabilities_tiled(trained, images: list[np.ndarray], prompts: list
                 return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
 
         def logits_fn(batch: torch.Tensor, prompt_set=prompt_set) -> torch.Tensor:
-            return average_prompts_and_flips(tile_logits, batch, [prompt_set] * batch.shape[0], hflip_tta,
-                                             lambda x: torch.flip(x, dims=[-1]), torch.zeros)
+            return average_prompts_and_flips(
+                tile_logits,
+                batch,
+                [prompt_set] * batch.shape[0],
+                hflip_tta,
+                lambda x: torch.flip(x, dims=[-1]),
+                torch.zeros,
+            )
 
-        blended = tiled_logits(logits_fn, x, tile=trained.image_size, overlap=overlap, batch_size=batch_size,
-                               window=window)
+        blended = tiled_logits(
+            logits_fn, x, tile=trained.image_size, overlap=overlap, batch_size=batch_size, window=window
+        )
         out.append(torch.sigmoid(upsample_logits(blended, (height, width))).numpy().astype(np.float32, copy=False))
     return out

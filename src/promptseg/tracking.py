@@ -1,4 +1,5 @@
 """MLflow bookkeeping: one run per variant in the local sqlite store; evaluation reopens the same run."""
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,10 @@ def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
 
     client = MlflowClient(tracking_uri=connect(setup.settings.mlflow).get_tracking_uri())
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(summary[k]), now, 0)
-                                      for k in ("trainable_params", "total_params", "lora_params")])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(summary[k]), now, 0) for k in ("trainable_params", "total_params", "lora_params")],
+    )
     series = Path(live_dir) / "plots" / "metrics"
     if series.is_dir():
         client.log_artifacts(run_id, str(series), artifact_path="metrics")
@@ -78,12 +81,19 @@ def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
 def training_run_id(mlflow_cfg: MlflowSettings, variant: str) -> str | None:
     """The latest run tagged ``variant`` (the model folder holds no run id: it stays deterministic)."""
     mlflow = connect(mlflow_cfg)
-    runs = mlflow.search_runs(experiment_names=[mlflow_cfg.experiment], filter_string=f"tags.variant = '{variant}'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=[mlflow_cfg.experiment],
+        filter_string=f"tags.variant = '{variant}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     return runs[0].info.run_id if runs else None
 
 
-def log_to_run(mlflow_cfg: MlflowSettings, run_id: str | None, metrics: dict[str, float], artifacts: list[Path] = ()) -> None:
+def log_to_run(
+    mlflow_cfg: MlflowSettings, run_id: str | None, metrics: dict[str, float], artifacts: list[Path] = ()
+) -> None:
     """Add evaluation figures and files to an existing run (or a new one when ``run_id`` is None)."""
     mlflow = connect(mlflow_cfg)
     with mlflow.start_run(run_id=run_id):

@@ -5,6 +5,7 @@ One call of ``train_variant`` trains one variant from ``params.yaml`` and writes
 (DVCLive, one step per epoch: :mod:`promptseg.live`, with the same values in the rung's MLflow run while it
 trains) and ``metrics/train/<variant>.json`` (parameter counts, final figures).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,21 +25,31 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from promptseg.data import (EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split,
-                            normalize)
+from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split, normalize
 from promptseg.images import overlay_image
 from promptseg.live import EpochLogger
 from promptseg.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 from promptseg.metrics import iou_dice_from_counts, pixel_counts
-from promptseg.model import (apply_variant, count_parameters, load_base_model, lora_parameter_count,
-                             merged_model, segmentation_logits, uses_per_image_standardization)
-from promptseg.settings import (RungSettings, TrainCommonSettings, TrainSettings, to_plain,
-                                zeroshot_skip_reason)
+from promptseg.model import (
+    apply_variant,
+    count_parameters,
+    load_base_model,
+    lora_parameter_count,
+    merged_model,
+    segmentation_logits,
+    uses_per_image_standardization,
+)
 from promptseg.precision import device_and_autocast
+from promptseg.settings import RungSettings, TrainCommonSettings, TrainSettings, to_plain, zeroshot_skip_reason
 
 
-def training_loss(logits: torch.Tensor, targets: torch.Tensor, datasets: list[str], pixel_values: torch.Tensor,
-                  train: TrainCommonSettings) -> torch.Tensor:
+def training_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    datasets: list[str],
+    pixel_values: torch.Tensor,
+    train: TrainCommonSettings,
+) -> torch.Tensor:
     """The batch loss: BCE + (1 - soft Dice) against the rendered masks, except for samples of a dataset
     whose ``train.common.targets.<dataset>`` is ``box_projection``: their masks are filled boxes, and
     they get :func:`promptseg.losses.box_projection_loss` (per box, weights from
@@ -48,9 +59,16 @@ def training_loss(logits: torch.Tensor, targets: torch.Tensor, datasets: list[st
     if not bool(boxed.any()):
         return bce_dice_loss(logits, targets, **weights_kw)
     box_targets = targets[boxed]
-    parts = [box_projection_loss(logits[boxed], box_targets, outside_weight=train.box_projection.outside_weight,
-                                 pairwise_weight=train.box_projection.pairwise_weight, images=pixel_values[boxed],
-                                 components=box_components(box_targets.detach().cpu()).to(box_targets.device))]
+    parts = [
+        box_projection_loss(
+            logits[boxed],
+            box_targets,
+            outside_weight=train.box_projection.outside_weight,
+            pairwise_weight=train.box_projection.pairwise_weight,
+            images=pixel_values[boxed],
+            components=box_components(box_targets.detach().cpu()).to(box_targets.device),
+        )
+    ]
     weights = [int(boxed.sum())]
     if not bool(boxed.all()):
         parts.append(bce_dice_loss(logits[~boxed], targets[~boxed], **weights_kw))
@@ -91,12 +109,13 @@ def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> floa
 class TrainSetup:
     """What ``train_variant`` needs: the rung's typed settings (built once by the stage from params.yaml,
     :func:`promptseg.settings.train_settings`) and the paths it reads and writes."""
+
     settings: TrainSettings
     processed_root: Path
     model_dir: Path
     metrics_dir: Path
     checkpoint_dir: Path
-    stop_after_epochs: int | None = None    # for tests: simulate an interruption after N epochs
+    stop_after_epochs: int | None = None  # for tests: simulate an interruption after N epochs
 
     @property
     def rung(self) -> RungSettings:
@@ -152,8 +171,10 @@ def check_replicas_agree(accelerator, module: nn.Module) -> None:
     checksum = torch.stack([p.detach().double().sum() for p in module.parameters() if p.requires_grad]).sum()
     gathered = accelerator.gather(checksum.reshape(1).to(accelerator.device)).cpu()
     if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=1e-6, atol=1e-6):
-        raise RuntimeError(f"processes ended with different weights (checksums {gathered.tolist()}): "
-                           "gradients were not all-reduced; train with one process and report this.")
+        raise RuntimeError(
+            f"processes ended with different weights (checksums {gathered.tolist()}): "
+            "gradients were not all-reduced; train with one process and report this."
+        )
 
 
 def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
@@ -166,17 +187,25 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
         # negatives: the other datasets' prompts, and prompts naming things absent from both datasets
         others = [p for other, ps in setup.prompts.items() if other != name for p in ps]
         unrelated = [p for p in train.unrelated_negative_prompts if p not in others]
-        parts.append(PromptedSegmentation(
-            list_split(setup.processed_root, name, split), name, setup.prompts[name],
-            image_size=setup.image_size, mean=mean, std=std, seed=train.seed,
-            hflip_prob=train.hflip_prob if training else 0.0,
-            negative_prompts=others if training else (),
-            unrelated_prompts=unrelated if training else (),
-            unrelated_share=train.unrelated_negative_share,
-            negative_prompt_prob=train.negative_prompt_prob if training else 0.0,
-            per_image=setup.per_image_standardization,
-            crop_size=crop.size if crop else 0, crop_share=crop.share if crop else 0.0,
-        ))
+        parts.append(
+            PromptedSegmentation(
+                list_split(setup.processed_root, name, split),
+                name,
+                setup.prompts[name],
+                image_size=setup.image_size,
+                mean=mean,
+                std=std,
+                seed=train.seed,
+                hflip_prob=train.hflip_prob if training else 0.0,
+                negative_prompts=others if training else (),
+                unrelated_prompts=unrelated if training else (),
+                unrelated_share=train.unrelated_negative_share,
+                negative_prompt_prob=train.negative_prompt_prob if training else 0.0,
+                per_image=setup.per_image_standardization,
+                crop_size=crop.size if crop else 0,
+                crop_share=crop.share if crop else 0.0,
+            )
+        )
     return JointSegmentation(parts)
 
 
@@ -185,8 +214,9 @@ def _tokenize(processor, prompts, device):
     return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
 
 
-def run_epoch_validation(module, processor, loader, device, train: TrainCommonSettings,
-                         empty_score: float) -> tuple[float, float]:
+def run_epoch_validation(
+    module, processor, loader, device, train: TrainCommonSettings, empty_score: float
+) -> tuple[float, float]:
     """(mean val loss, mean per-image Dice at threshold 0.5) with each image's first prompt; an image whose
     prediction and target are both empty scores ``empty_score`` (``eval.empty_score``, the evaluation's rule)."""
     module.eval()
@@ -196,8 +226,10 @@ def run_epoch_validation(module, processor, loader, device, train: TrainCommonSe
             ids, mask = _tokenize(processor, prompts, device)
             logits = segmentation_logits(module, pixel_values.to(device), ids, mask).float()
             targets = targets.to(device)
-            losses.append(bce_dice_loss(logits, targets, bce_weight=train.bce_weight,
-                                        dice_weight=train.dice_weight).item() * len(targets))
+            losses.append(
+                bce_dice_loss(logits, targets, bce_weight=train.bce_weight, dice_weight=train.dice_weight).item()
+                * len(targets)
+            )
             dices += iou_dice_from_counts(pixel_counts(logits > 0, targets > 0.5), empty_score)[1].tolist()
     module.train()
     return sum(losses) / max(1, len(dices)), float(np.mean(dices)) if dices else float("nan")
@@ -205,8 +237,10 @@ def run_epoch_validation(module, processor, loader, device, train: TrainCommonSe
 
 # --------------------------------------------------------------------------------------- checkpoints
 def _config_fingerprint(setup: TrainSetup) -> str:
-    blob = json.dumps([to_plain(setup.rung), to_plain(setup.settings.model), setup.prompts,
-                       setup.settings.empty_score], sort_keys=True)
+    blob = json.dumps(
+        [to_plain(setup.rung), to_plain(setup.settings.model), setup.prompts, setup.settings.empty_score],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -225,23 +259,32 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _save_checkpoint(path: Path, run: "Run", epoch: int, rows: list, fingerprint: str,
-                     mlflow_run_id: str | None = None) -> None:
+def _save_checkpoint(
+    path: Path, run: Run, epoch: int, rows: list, fingerprint: str, mlflow_run_id: str | None = None
+) -> None:
     """Everything the next epoch depends on, at an epoch boundary: the WHOLE state_dict (buffers too:
     BatchNorm running stats and num_batches_tracked), optimiser, scheduler, every RNG state and the
     sampler's epoch (and the MLflow run id, so a resumed run continues the same run). The data order and augmentation are pure functions of (seed, epoch, index)
     (:mod:`promptseg.data`), so the sampler's position is its epoch: a run killed mid-epoch restarts that
     epoch from its boundary and ends with bit-identical weights."""
-    state = {"epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()},
-             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rows": rows,
-             "fingerprint": fingerprint, "rng": _rng_states(), "sampler_epoch": epoch, "mlflow_run_id": mlflow_run_id}
+    state = {
+        "epoch": epoch,
+        "model": {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rows": rows,
+        "fingerprint": fingerprint,
+        "rng": _rng_states(),
+        "sampler_epoch": epoch,
+        "mlflow_run_id": mlflow_run_id,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path: Path, run: "Run", fingerprint: str) -> tuple[int, list, str | None]:
+def _load_checkpoint(path: Path, run: Run, fingerprint: str) -> tuple[int, list, str | None]:
     """(epochs done, their rows, the MLflow run id) of the checkpoint, restored into ``run``; (0, [], None)
     without a usable one."""
     if not path.exists():
@@ -273,18 +316,34 @@ def _rng_kept():
 
 def _logged_params(setup: TrainSetup) -> dict:
     """The rung's settings as DVCLive's ``params.yaml`` and the MLflow run's params hold them."""
-    return {"variant": setup.rung.own_params(), "train": to_plain(setup.rung.train),
-            "model": to_plain(setup.settings.model), "prompts": to_plain(setup.prompts)}
+    return {
+        "variant": setup.rung.own_params(),
+        "train": to_plain(setup.rung.train),
+        "model": to_plain(setup.settings.model),
+        "prompts": to_plain(setup.prompts),
+    }
 
 
-def open_epoch_logger(setup: TrainSetup, resume_epoch: int = 0, history: list[dict] | None = None,
-                      mlflow_run_id: str | None = None, *, mlflow: bool = True) -> EpochLogger:
+def open_epoch_logger(
+    setup: TrainSetup,
+    resume_epoch: int = 0,
+    history: list[dict] | None = None,
+    mlflow_run_id: str | None = None,
+    *,
+    mlflow: bool = True,
+) -> EpochLogger:
     """The rung's :class:`promptseg.live.EpochLogger` (``metrics/train/<rung>/`` and, with ``mlflow``
     settings, the rung's MLflow run), continuing a checkpoint's step series and run on resume."""
     with _rng_kept():
-        return EpochLogger(setup.variant, setup.metrics_dir / setup.variant,
-                           mlflow_cfg=setup.settings.mlflow if mlflow else None, params=_logged_params(setup),
-                           resume_epoch=resume_epoch, history=history, mlflow_run_id=mlflow_run_id)
+        return EpochLogger(
+            setup.variant,
+            setup.metrics_dir / setup.variant,
+            mlflow_cfg=setup.settings.mlflow if mlflow else None,
+            params=_logged_params(setup),
+            resume_epoch=resume_epoch,
+            history=history,
+            mlflow_run_id=mlflow_run_id,
+        )
 
 
 def val_overlay(run: Run) -> np.ndarray:
@@ -318,11 +377,12 @@ def skip_zeroshot(setup: TrainSetup, reason: str) -> dict:
 @dataclass
 class Run:
     """A built training run: model, data, optimiser and schedule, on this process's device."""
+
     module: nn.Module
     processor: object
-    forward: nn.Module           # TrainingForward, DDP-wrapped under `accelerate launch`
+    forward: nn.Module  # TrainingForward, DDP-wrapped under `accelerate launch`
     optimizer: torch.optim.Optimizer
-    step_optimizer: object       # the optimizer, or accelerate's wrapper of it
+    step_optimizer: object  # the optimizer, or accelerate's wrapper of it
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_set: JointSegmentation
     sampler: EpochShuffleSampler
@@ -330,9 +390,9 @@ class Run:
     val_loader: DataLoader
     device: torch.device
     autocast: object
-    precision: str               # the resolved train.common.precision: fp32 or bf16
+    precision: str  # the resolved train.common.precision: fp32 or bf16
     accelerator: object | None
-    steps_per_epoch: int         # this process's batches: ceil(images / batch_size / processes)
+    steps_per_epoch: int  # this process's batches: ceil(images / batch_size / processes)
 
     @property
     def is_main(self) -> bool:
@@ -347,8 +407,11 @@ def _accelerator():
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # find_unused_parameters: CLIP's logit_scale and projections the decoder never reads get no gradient
-    return Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available(),  # bf16 autocast is ours
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    return Accelerator(
+        mixed_precision="no",
+        cpu=not torch.cuda.is_available(),  # bf16 autocast is ours
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
 
 
 def build_run(setup: TrainSetup) -> Run:
@@ -364,27 +427,46 @@ def build_run(setup: TrainSetup) -> Run:
     train_set = build_datasets(setup, processor, "train", training=True)
     val_set = build_datasets(setup, processor, "val", training=False)
     sampler = EpochShuffleSampler(len(train_set), train.seed)
-    train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, collate_fn=collate,
-                              num_workers=train.num_workers)
+    train_loader = DataLoader(
+        train_set, batch_size=train.batch_size, sampler=sampler, collate_fn=collate, num_workers=train.num_workers
+    )
     val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, collate_fn=collate)
-    optimizer = torch.optim.AdamW(optimizer_param_groups(module, train.lr, rung.text_lr),
-                                  weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        optimizer_param_groups(module, train.lr, rung.text_lr), weight_decay=train.weight_decay
+    )
     forward, step_optimizer = TrainingForward(module), optimizer
     if accelerator is not None and rung.epochs:
         forward, step_optimizer, train_loader = accelerator.prepare(forward, optimizer, train_loader)
     total_steps = rung.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_lr_factor(step, total_steps, train.warmup_steps))
-    return Run(module, processor, forward, optimizer, step_optimizer, scheduler, train_set, sampler, train_loader,
-               val_loader, device, autocast, precision, accelerator, len(train_loader))
+        optimizer, lambda step: cosine_lr_factor(step, total_steps, train.warmup_steps)
+    )
+    return Run(
+        module,
+        processor,
+        forward,
+        optimizer,
+        step_optimizer,
+        scheduler,
+        train_set,
+        sampler,
+        train_loader,
+        val_loader,
+        device,
+        autocast,
+        precision,
+        accelerator,
+        len(train_loader),
+    )
 
 
 # --------------------------------------------------------------------------------------- one epoch
 def train_one_epoch(setup: TrainSetup, run: Run, epoch: int) -> float:
     """One pass over this process's training batches; returns the mean loss over every process's batches."""
     losses = []
-    batches = tqdm(run.train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{setup.rung.epochs}", leave=False,
-                   disable=None)
+    batches = tqdm(
+        run.train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{setup.rung.epochs}", leave=False, disable=None
+    )
     for pixel_values, targets, prompts, datasets in batches:
         pixel_values, targets = pixel_values.to(run.device), targets.to(run.device)
         ids, mask = _tokenize(run.processor, prompts, run.device)
@@ -425,8 +507,15 @@ def train_variant(setup: TrainSetup) -> dict:
         return finish(setup, run, rows, logger)
 
 
-def train_epochs(setup: TrainSetup, run: Run, start_epoch: int, rows: list[dict], logger: EpochLogger | None,
-                 checkpoint: Path, fingerprint: str) -> None:
+def train_epochs(
+    setup: TrainSetup,
+    run: Run,
+    start_epoch: int,
+    rows: list[dict],
+    logger: EpochLogger | None,
+    checkpoint: Path,
+    fingerprint: str,
+) -> None:
     """The epochs after the checkpoint's: train, validate, then (main process) log and checkpoint each;
     appends each epoch's row to ``rows``."""
     for epoch in range(start_epoch, setup.rung.epochs):
@@ -440,46 +529,77 @@ def train_epochs(setup: TrainSetup, run: Run, start_epoch: int, rows: list[dict]
         train_loss = train_one_epoch(setup, run, epoch)
         seconds = time.perf_counter() - started
         # validate: every process scores the same whole val set with the same weights (no collective)
-        val_loss, val_dice = run_epoch_validation(run.module, run.processor, run.val_loader, run.device,
-                                                  setup.rung.train, setup.settings.empty_score)
-        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-               "val_dice": round(val_dice, 6), "lr": lr, "seconds": round(seconds, 3)}
+        val_loss, val_dice = run_epoch_validation(
+            run.module, run.processor, run.val_loader, run.device, setup.rung.train, setup.settings.empty_score
+        )
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(val_loss, 6),
+            "val_dice": round(val_dice, 6),
+            "lr": lr,
+            "seconds": round(seconds, 3),
+        }
         rows.append(row)
         # report, log (DVCLive + MLflow) and checkpoint (main process only)
         if run.is_main:
-            print(f"[train] {setup.variant} epoch {epoch + 1}/{setup.rung.epochs}: "
-                  + ", ".join(f"{k} {v}" for k, v in row.items()))
+            print(
+                f"[train] {setup.variant} epoch {epoch + 1}/{setup.rung.epochs}: "
+                + ", ".join(f"{k} {v}" for k, v in row.items())
+            )
             with _rng_kept():
-                logger.log_epoch(row["epoch"], row["train_loss"], row["val_loss"], row["val_dice"], row["lr"],
-                                 val_overlay(run), seconds=row["seconds"])
+                logger.log_epoch(
+                    row["epoch"],
+                    row["train_loss"],
+                    row["val_loss"],
+                    row["val_dice"],
+                    row["lr"],
+                    val_overlay(run),
+                    seconds=row["seconds"],
+                )
             _save_checkpoint(checkpoint, run, epoch + 1, rows, fingerprint, logger.mlflow_run_id)
 
 
 # --------------------------------------------------------------------------------------- finish
-TIMING_KEYS = ("seconds_per_epoch",)   # in metrics/train/<rung>.json only: the model folder stays deterministic
+TIMING_KEYS = ("seconds_per_epoch",)  # in metrics/train/<rung>.json only: the model folder stays deterministic
 
 
 def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | None = None) -> dict:
     """Summary, replica check, save the model folder and the metrics, finish the MLflow run (counts and the
     model folder), drop the checkpoint. ``logger``: the main process's live log (None on the others)."""
     if not rows:  # zeroshot on a pretrained model: score the untouched model once (logged at step 0)
-        val_loss, val_dice = run_epoch_validation(run.module, run.processor, run.val_loader, run.device,
-                                                  setup.rung.train, setup.settings.empty_score)
-        rows = [{"epoch": 0, "train_loss": float("nan"), "val_loss": round(val_loss, 6),
-                 "val_dice": round(val_dice, 6), "lr": 0.0, "seconds": 0.0}]
+        val_loss, val_dice = run_epoch_validation(
+            run.module, run.processor, run.val_loader, run.device, setup.rung.train, setup.settings.empty_score
+        )
+        rows = [
+            {
+                "epoch": 0,
+                "train_loss": float("nan"),
+                "val_loss": round(val_loss, 6),
+                "val_dice": round(val_dice, 6),
+                "lr": 0.0,
+                "seconds": 0.0,
+            }
+        ]
         if logger is not None:
             with _rng_kept():
-                logger.log_epoch(1, None, rows[0]["val_loss"], rows[0]["val_dice"], 0.0, val_overlay(run),
-                                 seconds=0.0)
+                logger.log_epoch(1, None, rows[0]["val_loss"], rows[0]["val_dice"], 0.0, val_overlay(run), seconds=0.0)
     trainable, total = count_parameters(run.module)
     summary = {
-        "variant": setup.variant, "method": setup.rung.method, "architecture": setup.architecture,
-        "trainable_params": trainable, "total_params": total, "lora_params": lora_parameter_count(run.module),
-        "epochs": setup.rung.epochs, "image_size": setup.image_size,
-        "final_train_loss": rows[-1]["train_loss"], "final_val_loss": rows[-1]["val_loss"],
+        "variant": setup.variant,
+        "method": setup.rung.method,
+        "architecture": setup.architecture,
+        "trainable_params": trainable,
+        "total_params": total,
+        "lora_params": lora_parameter_count(run.module),
+        "epochs": setup.rung.epochs,
+        "image_size": setup.image_size,
+        "final_train_loss": rows[-1]["train_loss"],
+        "final_val_loss": rows[-1]["val_loss"],
         "final_val_dice": rows[-1]["val_dice"],
         "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in rows])), 3),
-        "device": str(run.device), "precision": run.precision,
+        "device": str(run.device),
+        "precision": run.precision,
         "processes": run.accelerator.num_processes if run.accelerator else 1,
         "steps_per_epoch_per_process": run.steps_per_epoch,
     }
@@ -491,6 +611,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
     save_trained_model(run.module, run.processor, setup, summary)
     if logger is not None and logger.mlflow_run_id is not None:
         from promptseg.tracking import log_training_run
+
         summary["mlflow_run_id"] = log_training_run(setup, summary, logger.mlflow_run_id, logger.live_dir)
     (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
@@ -500,11 +621,16 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
 def _write_model_card(setup: TrainSetup, summary: dict) -> None:
     """``promptseg.json``: what inference needs and what the model was trained with; no timings and no run
     ids, so two trainings to the same weights give byte-identical folders (and one DVC hash)."""
-    card = {"variant": setup.variant, "architecture": setup.architecture,
-            "per_image_standardization": setup.per_image_standardization,
-            "variant_params": setup.rung.own_params(), "train_params": to_plain(setup.rung.train),
-            "model_params": to_plain(setup.settings.model), "prompts": {d: list(p) for d, p in setup.prompts.items()},
-            "summary": {k: v for k, v in summary.items() if k not in TIMING_KEYS and k != "mlflow_run_id"}}
+    card = {
+        "variant": setup.variant,
+        "architecture": setup.architecture,
+        "per_image_standardization": setup.per_image_standardization,
+        "variant_params": setup.rung.own_params(),
+        "train_params": to_plain(setup.rung.train),
+        "model_params": to_plain(setup.settings.model),
+        "prompts": {d: list(p) for d, p in setup.prompts.items()},
+        "summary": {k: v for k, v in summary.items() if k not in TIMING_KEYS and k != "mlflow_run_id"},
+    }
     (setup.model_dir / "promptseg.json").write_text(json.dumps(card, indent=2) + "\n")
 
 

@@ -32,6 +32,7 @@ Measured (widths 32-256, text 128 x 2 layers, 224 px, 2 CPU threads): 10.4 M par
 token embedding), 2.15 GFLOP forward per image, ~0.43 s per training step at batch 8 (forward, backward,
 AdamW), ~49 images/s inference at batch 1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,15 +56,22 @@ class UNetConfig:
     """widths: channels of the four encoder stages; text: ``CLIPTextConfig`` sizes; freeze_text: the text
     encoder's parameters get ``requires_grad=False`` (for pretrained text weights, see
     ``load_text_encoder_weights``); image_size: the square input side used in training and inference."""
+
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)
-    text: dict = field(default_factory=lambda: {"hidden_size": 512, "num_hidden_layers": 12,
-                                                "num_attention_heads": 8, "intermediate_size": 2048})
+    text: dict = field(
+        default_factory=lambda: {
+            "hidden_size": 512,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+            "intermediate_size": 2048,
+        }
+    )
     freeze_text: bool = False
     image_size: int = 224
     presence_gate: bool = False
 
     @classmethod
-    def from_params(cls, params: dict) -> "UNetConfig":
+    def from_params(cls, params: dict) -> UNetConfig:
         """From a params.yaml dict such as ``{widths: [32, 64, 128, 256], text: {hidden_size: 128, ...},
         freeze_text: false, presence_gate: true, image_size: 224}``; missing keys take the defaults
         (a model saved before the gate existed has none)."""
@@ -71,22 +79,34 @@ class UNetConfig:
         widths = tuple(int(w) for w in params.get("widths", default.widths))
         if len(widths) != 4:
             raise ValueError(f"unet widths must list 4 stage widths, got {list(widths)}")
-        return cls(widths=widths, text=dict(params.get("text", default.text)),
-                   freeze_text=bool(params.get("freeze_text", False)),
-                   image_size=int(params.get("image_size", default.image_size)),
-                   presence_gate=bool(params.get("presence_gate", False)))
+        return cls(
+            widths=widths,
+            text=dict(params.get("text", default.text)),
+            freeze_text=bool(params.get("freeze_text", False)),
+            image_size=int(params.get("image_size", default.image_size)),
+            presence_gate=bool(params.get("presence_gate", False)),
+        )
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
 
     def text_config(self) -> CLIPTextConfig:
-        return CLIPTextConfig(**self.text, max_position_embeddings=77, vocab_size=49408,
-                              bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        return CLIPTextConfig(
+            **self.text,
+            max_position_embeddings=77,
+            vocab_size=49408,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -99,8 +119,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn2(self.conv2(self.conv1(x))) + self.shortcut(x))
@@ -111,8 +132,9 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
-        self.convs = nn.Sequential(conv_bn_relu(in_channels + skip_channels, out_channels),
-                                   conv_bn_relu(out_channels, out_channels))
+        self.convs = nn.Sequential(
+            conv_bn_relu(in_channels + skip_channels, out_channels), conv_bn_relu(out_channels, out_channels)
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -128,13 +150,15 @@ class TextConditionedUNet(nn.Module):
         self.stem = conv_bn_relu(3, w0, kernel=7, stride=2)
         self.stages = nn.ModuleList(
             nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out))
-            for c_in, c_out, stride in ((w0, w0, 1), (w0, w1, 2), (w1, w2, 2), (w2, w3, 2)))
+            for c_in, c_out, stride in ((w0, w0, 1), (w0, w1, 2), (w1, w2, 2), (w2, w3, 2))
+        )
         # Outputs at S/16, S/8, S/4, S/2, S; the two largest maps are kept thin (they cost the most).
         decoder_widths = (w2, w1, w0, max(w0 // 2, 8), max(w0 // 4, 8))
         skip_widths = (w2, w1, w0, w0, 3)  # stage 3, stage 2, stage 1, stem, the image
         in_widths = (w3, *decoder_widths[:-1])
-        self.decoder = nn.ModuleList(DecoderBlock(c_in, c_skip, c_out)
-                                     for c_in, c_skip, c_out in zip(in_widths, skip_widths, decoder_widths))
+        self.decoder = nn.ModuleList(
+            DecoderBlock(c_in, c_skip, c_out) for c_in, c_skip, c_out in zip(in_widths, skip_widths, decoder_widths)
+        )
         self.head = nn.Conv2d(decoder_widths[-1], 1, 1)
         self.text_encoder = CLIPTextModel(config.text_config())
         text_width = config.text["hidden_size"]
@@ -143,8 +167,7 @@ class TextConditionedUNet(nn.Module):
         # Presence gate: [mean, max of the FiLM-ed bottleneck, text] -> one logit per (image, prompt).
         self.presence = None
         if config.presence_gate:
-            self.presence = nn.Sequential(nn.Linear(2 * w3 + text_width, w3), nn.ReLU(inplace=True),
-                                          nn.Linear(w3, 1))
+            self.presence = nn.Sequential(nn.Linear(2 * w3 + text_width, w3), nn.ReLU(inplace=True), nn.Linear(w3, 1))
         for module in self.modules():
             if isinstance(module, nn.Conv2d) and module is not self.head:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -165,8 +188,9 @@ class TextConditionedUNet(nn.Module):
         gamma, beta = film(text)[:, :, None, None].chunk(2, dim=1)
         return (1 + gamma) * x + beta
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """pixel_values (B, 3, H, W), input_ids (B, L), attention_mask (B, L) or None -> logits (B, H, W).
 
         Any H, W: the image is padded on the bottom/right to a multiple of 32 (reflection; replication where
@@ -193,8 +217,9 @@ class TextConditionedUNet(nn.Module):
             stage_outputs.append(x)  # S/4, S/8, S/16, S/32
         return [image, stem, *stage_outputs]
 
-    def decode_features(self, features: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int], *,
-                        with_presence: bool = False):
+    def decode_features(
+        self, features: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int], *, with_presence: bool = False
+    ):
         """FiLM at the bottleneck and after every decoder stage -> logits (B, H, W) cropped to ``size``
         (gated, with ``presence_gate``). ``with_presence``: ``(logits, presence logits (B,) or None)``."""
         image, stem, *stage_outputs = features
@@ -203,7 +228,7 @@ class TextConditionedUNet(nn.Module):
         skips = (stage_outputs[2], stage_outputs[1], stage_outputs[0], stem, image)
         for block, skip, film in zip(self.decoder, skips, self.film[1:]):
             x = self._film(block(x, skip), film, text)
-        logits = self.head(x)[:, 0, :size[0], :size[1]]
+        logits = self.head(x)[:, 0, : size[0], : size[1]]
         presence = None
         if self.presence is not None:
             pooled = torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3)), text], dim=1)
@@ -217,11 +242,12 @@ class TextConditionedUNet(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps({"architecture": "unet", **self.config.to_dict()}, indent=2))
         # Cloned so no two entries share storage (safetensors refuses shared tensors).
-        save_file({k: v.detach().contiguous().clone() for k, v in self.state_dict().items()},
-                  str(directory / WEIGHTS_NAME))
+        save_file(
+            {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME)
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TextConditionedUNet":
+    def from_pretrained(cls, directory: str | Path) -> TextConditionedUNet:
         """The model ``save_pretrained`` wrote, in eval mode (call ``.train()`` to go on training)."""
         directory = Path(directory)
         params = json.loads((directory / CONFIG_NAME).read_text())
@@ -258,7 +284,8 @@ def load_text_encoder_weights(model: TextConditionedUNet, clip_text_state_dict: 
     Takes e.g. ``clipseg.clip.text_model.state_dict()``; a ``text_model.`` key prefix is accepted. The
     text sizes in the U-Net config must match the source (CLIPSeg rd64: 512 x 12 layers, 8 heads, 2048).
     """
-    state = {k.removeprefix("text_model."): v for k, v in clip_text_state_dict.items()
-             if not k.endswith("position_ids")}
+    state = {
+        k.removeprefix("text_model."): v for k, v in clip_text_state_dict.items() if not k.endswith("position_ids")
+    }
     model.text_encoder.load_state_dict(state, strict=True)
     return model
