@@ -1,4 +1,5 @@
-"""DVC stage `evaluate@<variant>`: metrics/eval/<variant>.json, the val threshold sweep CSV, masks, figures."""
+"""DVC stage `evaluate@<variant>`: metrics/eval/<variant>.json, the val threshold sweep CSV, per-image scores
+(metrics/eval/per_image/<variant>.csv), masks, figures (first images, and the k worst per dataset)."""
 
 import json
 import sys
@@ -9,6 +10,8 @@ from promptseg.evaluate import (
     evaluate_variant,
     qualitative_figure,
     skipped_reason,
+    worst_images_figure,
+    write_per_image_csv,
     write_skipped_outputs,
     write_sweep_csv,
 )
@@ -32,14 +35,18 @@ def main(variant: str) -> None:
         return
     trained = load_trained_model(Path("models") / variant)
     trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
+    per_image: list[dict] = []  # one row per (dataset, split, image, prompt): what the JSON's means are made of
     try:
-        results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
+        results, sweeps = evaluate_variant(
+            trained, processed, prompts, cfg, Path("data/predictions") / variant, per_image=per_image
+        )
     except ValueError as exc:  # a split missing (eval.missing_test_split: error, or no val): one message, no traceback
         sys.exit(f"evaluate@{variant}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
     (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
     write_sweep_csv(out / "sweep" / f"{variant}.csv", sweeps)
+    write_per_image_csv(out / "per_image" / f"{variant}.csv", per_image)
     figures = []
     for dataset in DATASETS:
         figure = out / "figures" / f"{variant}_{dataset}.png"
@@ -56,21 +63,33 @@ def main(variant: str) -> None:
             note=block.get("reported_split_note"),
         )
         figures.append(figure)
+        worst = out / "figures" / f"{variant}_{dataset}_worst.png"  # eval.worst_images lowest-Dice images
+        split = block.get("reported_split", "test")
+        worst_images_figure(
+            processed,
+            dataset,
+            split,
+            prompts[dataset][0],
+            per_image,
+            Path("data/predictions") / variant / dataset / split,
+            cfg.worst_images,
+            worst,
+            note=block.get("reported_split_note"),
+        )
+        figures.append(worst)
     run_id = training_run_id(settings.mlflow, variant)
     log_to_run(
         settings.mlflow,
         run_id,
         flatten_metrics(results, "eval"),
-        [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures],
+        [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", out / "per_image" / f"{variant}.csv", *figures],
     )
     uri = log_pyfunc_model(
         Path("models") / variant,
         settings.mlflow,
         run_id=run_id,
         variant=variant,
-        thresholds={d: results[d]["threshold"] for d in DATASETS if "threshold" in results.get(d, {})},
-        morphology={"enabled": cfg.morphology, "kernel": cfg.kernel_size},
-        batch_size=cfg.batch_size,
+        recipes={d: results[d]["recipe"] for d in DATASETS if "recipe" in results.get(d, {})},
     )
     print(f"[evaluate] {variant}: registered {uri}")
     o = results["overall"]

@@ -129,5 +129,6 @@ def tiny_eval_config(**changes):
         measure_inference_options=False,
         native_resolution={},
         missing_test_split="report_val",
+        worst_images=4,
     )
     return dataclasses.replace(base, **changes)

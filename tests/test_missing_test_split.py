@@ -41,6 +41,7 @@ BASE = EvalConfig(
     measure_inference_options=False,
     native_resolution={},
     missing_test_split="report_val",
+    worst_images=4,
 )
 
 

@@ -1,5 +1,5 @@
 """promptseg.mlflow_model: a tiny trained U-Net logged, registered and loaded back from the registry predicts
-exactly the masks `promptseg predict` writes."""
+exactly the masks `promptseg predict` writes, through the same recipe (threshold, open/close, flip TTA, ...)."""
 
 import json
 
@@ -66,6 +66,7 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
 
     from promptseg.inference import load_trained_model, predict_probabilities
     from promptseg.mlflow_model import log_pyfunc_model
+    from promptseg.recipe import Recipe
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -79,10 +80,11 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
     for dataset, prompt in (("cracks", "segment crack"), ("drywall", "segment joint tape")):
         probs = np.concatenate([p.ravel() for p in predict_probabilities(trained, images, [prompt] * len(images))])
         thresholds[dataset] = float(np.quantile(probs, 0.9))
+    recipes = {d: Recipe(threshold=t).to_dict() for d, t in thresholds.items()}  # the default recipe's fields
     eval_json = tmp_path / "unet.json"
-    eval_json.write_text(json.dumps({d: {"threshold": t} for d, t in thresholds.items()}))
+    eval_json.write_text(json.dumps({d: {"threshold": r["threshold"], "recipe": r} for d, r in recipes.items()}))
 
-    model_uri = log_pyfunc_model(unet_dir, cfg, thresholds=thresholds, morphology={"enabled": True, "kernel": 3})
+    model_uri = log_pyfunc_model(unet_dir, cfg, recipes=recipes)
     assert model_uri == "models:/promptseg-unet/1"
     mlflow.set_tracking_uri(uri)
     loaded = mlflow.pyfunc.load_model("models:/promptseg-unet/1")
@@ -134,4 +136,48 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
             )
         )
     # a second log of the same rung is version 2 of the same registered model
-    assert log_pyfunc_model(unet_dir, cfg, thresholds=thresholds) == "models:/promptseg-unet/2"
+    assert log_pyfunc_model(unet_dir, cfg, recipes=recipes) == "models:/promptseg-unet/2"
+
+
+def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(unet_dir, tmp_path, monkeypatch):
+    """A recipe with flip TTA on and a 5-px open/close: the pyfunc's masks equal `promptseg predict`'s with the
+    same recipe file, and differ from the masks without flip TTA (so the recipe is really applied)."""
+    import mlflow
+
+    from promptseg.inference import load_trained_model, predict_probabilities
+    from promptseg.mlflow_model import log_pyfunc_model
+    from promptseg.recipe import Recipe, predict_masks_with_recipe
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = {"tracking_uri": uri, "experiment": "pyfunc-recipe", "artifact_root": str(tmp_path / "mlartifacts")}
+    folder = tmp_path / "in"
+    names = wall_images(folder)
+    images = [cv2.cvtColor(cv2.imread(str(folder / n)), cv2.COLOR_BGR2RGB) for n in names]
+    trained = load_trained_model(unet_dir)
+    probs = np.concatenate([p.ravel() for p in predict_probabilities(trained, images, ["segment crack"] * 3)])
+    recipe = Recipe(threshold=float(np.quantile(probs, 0.85)), morphology=True, kernel=5, hflip_tta=True, batch_size=2)
+    recipes = {"cracks": recipe.to_dict(), "drywall": Recipe(threshold=0.5).to_dict()}
+    eval_json = tmp_path / "unet.json"
+    eval_json.write_text(json.dumps({d: {"threshold": r["threshold"], "recipe": r} for d, r in recipes.items()}))
+    assert log_pyfunc_model(unet_dir, cfg, recipes=recipes, variant="unet") == "models:/promptseg-unet/1"
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model("models:/promptseg-unet/1")
+
+    out_dir = tmp_path / "cli"
+    args = ["predict", "--model", str(unet_dir), "--prompt", "segment crack", str(folder), "--out", str(out_dir)]
+    assert main([*args, "--eval-metrics", str(eval_json)]) == 0
+    frame = pd.DataFrame({"image": [(folder / n).read_bytes() for n in names], "prompt": ["segment crack"] * 3})
+    got = loaded.predict(frame)
+    assert list(got["threshold"]) == [recipe.threshold] * 3
+    no_flip = predict_masks_with_recipe(
+        trained, images, "segment crack", Recipe(**{**recipe.to_dict(), "hflip_tta": False})
+    )
+    differs = 0
+    for name, png, plain in zip(names, got["mask"], no_flip):
+        mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        expected = cv2.imread(str(out_dir / f"{name[:-4]}__segment-crack.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(mask, expected), name
+        assert 0.0 < (mask > 0).mean() < 1.0
+        differs += int(not np.array_equal(mask, plain))
+    assert differs > 0  # flip TTA changed at least one mask: the pyfunc did not ignore it

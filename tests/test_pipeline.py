@@ -105,6 +105,16 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
         for dataset in ("cracks", "drywall"):
             for prompt_scores in scores[dataset]["test"]["prompts"].values():
                 assert all(0.0 <= v <= 1.0 for k, v in prompt_scores.items() if k != "images")
+    # per-image scores (skipped zeroshot: the header alone) and the worst-image galleries the report links
+    per_image = (repo_copy / "metrics" / "eval" / "per_image" / "unet.csv").read_text().splitlines()
+    unet = json.loads((repo_copy / "metrics" / "eval" / "unet.json").read_text())
+    scored = [unet[d][s] for d in ("cracks", "drywall") for s in ("val", "test") if s in unet[d]]
+    assert len(per_image) == 1 + sum(b["images"] * len(b["prompts"]) for b in scored)  # header + image x prompt
+    assert len((repo_copy / "metrics" / "eval" / "per_image" / "zeroshot.csv").read_text().splitlines()) == 1
+    for variant in ("zeroshot", "unet"):
+        for dataset in ("cracks", "drywall"):
+            assert (repo_copy / "metrics" / "eval" / "figures" / f"{variant}_{dataset}_worst.png").stat().st_size > 100
+    assert "(eval/figures/unet_cracks_worst.png)" in report
     summary = json.loads((repo_copy / "metrics" / "summary.json").read_text())  # the headline
     assert set(summary) == {"cracks", "drywall", "train_minutes"}
     assert {"decoder", "lora", "full", "unet", "no_learning"} <= set(summary["cracks"])

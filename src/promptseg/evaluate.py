@@ -77,6 +77,7 @@ class EvalConfig:
     measure_inference_options: bool  # options_val (extra val passes)
     native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size (promptseg.native)
     missing_test_split: str  # a dataset without test: report_val | error (module docstring, 5.)
+    worst_images: int  # the k lowest-Dice images of the reported split per dataset in a gallery (worst_images_figure)
 
     @classmethod
     def from_settings(cls, infer: InferSettings, ev: EvalSettings) -> EvalConfig:
@@ -98,6 +99,7 @@ class EvalConfig:
             measure_inference_options=ev.measure_inference_options,
             native_resolution=dict(infer.native_resolution),
             missing_test_split=ev.missing_test_split,
+            worst_images=ev.worst_images,
         )
 
     @classmethod
@@ -121,6 +123,7 @@ class EvalConfig:
             measure_inference_options=False,
             native_resolution={},
             missing_test_split="report_val",
+            worst_images=0,
         )
 
 
@@ -167,29 +170,99 @@ def sweep_thresholds(probs_by_prompt: dict[str, list[np.ndarray]], truths, cfg: 
     return {t: (float(i), float(d)) for t, i, d in zip(cfg.thresholds, iou, dice)}
 
 
-def score_masks(masks, truths, cfg: EvalConfig, thin: bool) -> dict:
-    """Per-image mean IoU/Dice (+ boundary F1, clDice for thin structures) and micro IoU/Dice."""
-    bf1, cld, counts = [], [], []
+def image_scores(masks, truths, cfg: EvalConfig, thin: bool) -> dict[str, np.ndarray]:
+    """Per image: ``counts`` (tp, fp, fn), ``iou``, ``dice``, ``pred_share`` and ``true_share`` (foreground
+    fractions), and for thin structures ``boundary_f1`` and ``cl_dice``: what :func:`score_masks` averages."""
+    bf1, cld, counts, pred_share, true_share = [], [], [], [], []
     for mask, truth in zip(masks, truths):
         pred = mask > 0
         counts.append(confusion_counts(pred, truth))
+        pred_share.append(lit_fraction(pred))
+        true_share.append(lit_fraction(truth))
         if thin:
             bf1.append(boundary_f1(pred, truth, tolerance_px=cfg.boundary_tolerance_px))
             cld.append(cl_dice(pred, truth))
     counts = np.array(counts, dtype=np.int64).reshape(-1, 3)  # (images, 3): tp, fp, fn, counted once
     ious, dices = iou_dice_from_counts(counts, cfg.empty_score)
-    micro_iou, micro_dice = iou_dice_from_counts(counts.sum(axis=0), cfg.empty_score)
     scores = {
-        "miou": float(np.mean(ious)),
-        "dice": float(np.mean(dices)),
+        "counts": counts,
+        "iou": np.asarray(ious, dtype=float),
+        "dice": np.asarray(dices, dtype=float),
+        "pred_share": np.array(pred_share, dtype=float),
+        "true_share": np.array(true_share, dtype=float),
+    }
+    if thin:
+        scores["boundary_f1"] = np.array(bf1, dtype=float)
+        scores["cl_dice"] = np.array(cld, dtype=float)
+    return scores
+
+
+def score_masks(masks, truths, cfg: EvalConfig, thin: bool, per_image: dict | None = None) -> dict:
+    """Per-image mean IoU/Dice (+ boundary F1, clDice for thin structures) and micro IoU/Dice.
+
+    ``per_image`` (a dict) receives :func:`image_scores`, the numbers the means are made of."""
+    each = image_scores(masks, truths, cfg, thin)
+    if per_image is not None:
+        per_image.update(each)
+    micro_iou, micro_dice = iou_dice_from_counts(each["counts"].sum(axis=0), cfg.empty_score)
+    scores = {
+        "miou": float(np.mean(each["iou"])),
+        "dice": float(np.mean(each["dice"])),
         "micro_iou": float(micro_iou),
         "micro_dice": float(micro_dice),
         "images": len(masks),
     }
     if thin:
-        scores["boundary_f1"] = float(np.mean(bf1))
-        scores["cl_dice"] = float(np.mean(cld))
+        scores["boundary_f1"] = float(np.mean(each["boundary_f1"]))
+        scores["cl_dice"] = float(np.mean(each["cl_dice"]))
     return scores
+
+
+PER_IMAGE_COLUMNS = [
+    "dataset",
+    "split",
+    "reported",
+    "stem",
+    "prompt",
+    "iou",
+    "dice",
+    "pred_share",
+    "true_share",
+    "boundary_f1",
+    "cl_dice",
+]
+
+
+def per_image_rows(dataset: str, split: str, reported: bool, stems, prompt: str, each: dict) -> list[dict]:
+    """Rows of ``metrics/eval/per_image/<variant>.csv`` for one prompt on one split (``each``: image_scores)."""
+    thin = "boundary_f1" in each
+    return [
+        {
+            "dataset": dataset,
+            "split": split,
+            "reported": int(reported),
+            "stem": stem,
+            "prompt": prompt,
+            "iou": float(each["iou"][i]),
+            "dice": float(each["dice"][i]),
+            "pred_share": float(each["pred_share"][i]),
+            "true_share": float(each["true_share"][i]),
+            "boundary_f1": float(each["boundary_f1"][i]) if thin else "",
+            "cl_dice": float(each["cl_dice"][i]) if thin else "",
+        }
+        for i, stem in enumerate(stems)
+    ]
+
+
+def write_per_image_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` (:func:`per_image_rows`) as CSV with :data:`PER_IMAGE_COLUMNS`; no rows: the header alone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PER_IMAGE_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def _mean_of(prompt_scores: list[dict]) -> dict:
@@ -217,8 +290,11 @@ def evaluate_dataset(
     other_prompts: list[str],
     cfg: EvalConfig,
     predictions_dir: Path | None,
+    per_image: list[dict] | None = None,
 ) -> tuple[dict, dict]:
-    """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}."""
+    """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}.
+
+    ``per_image`` (a list) receives one row per (split, image, prompt) (:func:`per_image_rows`)."""
     thin = dataset in THIN_STRUCTURE_DATASETS
     bars: dict[int, tqdm] = {}  # id(split data) -> its progress bar (images done over every prompt pass)
 
@@ -303,7 +379,10 @@ def evaluate_dataset(
         for prompt in prompts:
             probs = val_probs[prompt] if split == "val" else predict(data, prompt)
             masks = post(probs, threshold)
-            per_prompt[prompt] = score_masks(masks, data.truths, cfg, thin)
+            each: dict = {}
+            per_prompt[prompt] = score_masks(masks, data.truths, cfg, thin, per_image=each)
+            if per_image is not None:
+                per_image += per_image_rows(dataset, split, split == result["reported_split"], data.stems, prompt, each)
             if data.true_masks is not None:
                 vs_true[prompt] = score_masks(masks, data.true_masks, cfg, thin)
             in_lit += [lit_fraction(m > 0) for m in masks]
@@ -376,8 +455,11 @@ def evaluate_variant(
     cfg: EvalConfig,
     predictions_dir: Path | None = None,
     encoding_cache_bytes: int = 512 * 2**20,
+    per_image: list[dict] | None = None,
 ) -> tuple[dict, dict]:
     """Scores for every dataset plus an "overall" block, and the sweeps {dataset: {t: (miou, dice)}}.
+
+    ``per_image`` (a list) receives the per-image rows of every dataset (:func:`write_per_image_csv` writes them).
 
     Each split is scored with ten or so prompts, so the images' encodings are cached
     (``promptseg.inference.EncodingCache``, at most ``encoding_cache_bytes``; 0 turns it off)."""
@@ -386,7 +468,7 @@ def evaluate_variant(
     for dataset, dataset_prompts in prompts.items():
         others = [p for name, ps in prompts.items() if name != dataset for p in ps]
         results[dataset], sweeps[dataset] = evaluate_dataset(
-            trained, processed_root, dataset, dataset_prompts, others, cfg, predictions_dir
+            trained, processed_root, dataset, dataset_prompts, others, cfg, predictions_dir, per_image
         )
     overall = {}
     for split in ("val", "test"):
@@ -428,48 +510,121 @@ def qualitative_figure(
 
     The title names the split and ``note`` (e.g. :data:`NO_TEST_SPLIT_NOTE` when val stands in for test). A split
     with no images (or ``figure_images: 0``) still gets a figure, one that says so: the file is a declared output."""
+    data = load_split(processed_root, dataset, split)
+    n = min(cfg.figure_images, len(data.images))
+    heading = f"{dataset}, {split} split" + (f" ({note})" if note else "")
+    if n == 0:
+        _message_figure(
+            f"{heading}: no images to show ({len(data.images)} in the split, eval.figure_images: {cfg.figure_images})",
+            out_path,
+        )
+        return
+    probs = predict_probabilities(trained, data.images[:n], [prompt] * n, batch_size=cfg.batch_size)
+    rows = []
+    for image, truth, prob in zip(data.images, data.truths, probs):
+        mask = postprocess_probabilities(prob, threshold, morphology=cfg.morphology, kernel_size=cfg.kernel_size)
+        rows.append(
+            [
+                (image, "image", None),
+                (truth, "ground truth", "gray"),
+                (prob, f"heatmap: {prompt!r}", "magma"),
+                (mask, f"mask (t={threshold:g})", "gray"),
+            ]
+        )
+    _panel_figure(rows, data.stems, heading, out_path, highlight=bool(note))
+
+
+def _message_figure(text: str, out_path: Path) -> None:
+    """A small figure that only says ``text`` (a declared figure with nothing to show)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = load_split(processed_root, dataset, split)
-    n = min(cfg.figure_images, len(data.images))
-    heading = f"{dataset}, {split} split" + (f" ({note})" if note else "")
-    if n == 0:
-        fig = plt.figure(figsize=(6, 1.2))
-        fig.text(
-            0.02,
-            0.5,
-            f"{heading}: no images to show ({len(data.images)} in the split, eval.figure_images: {cfg.figure_images})",
-            fontsize=7,
-            va="center",
-            wrap=True,
-        )
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_path, dpi=80)
-        plt.close(fig)
-        return
-    probs = predict_probabilities(trained, data.images[:n], [prompt] * n, batch_size=cfg.batch_size)
-    fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
-    for row, (image, truth, prob, stem) in enumerate(zip(data.images, data.truths, probs, data.stems)):
-        mask = postprocess_probabilities(prob, threshold, morphology=cfg.morphology, kernel_size=cfg.kernel_size)
-        panels = [
-            (image, "image", None),
-            (truth, "ground truth", "gray"),
-            (prob, f"heatmap: {prompt!r}", "magma"),
-            (mask, f"mask (t={threshold:g})", "gray"),
-        ]
+    fig = plt.figure(figsize=(6, 1.2))
+    fig.text(0.02, 0.5, text, fontsize=7, va="center", wrap=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)
+
+
+def _panel_figure(rows, row_labels, heading: str, out_path: Path, highlight: bool = False, titles_every_row=False):
+    """One figure row per entry of ``rows``, each a list of (array, title, cmap) panels; ``row_labels`` beside
+    each row; ``heading`` on top (dark red when ``highlight``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 3 * len(rows)), squeeze=False)
+    for row, (panels, label) in enumerate(zip(rows, row_labels)):
         for col, (panel, title, cmap) in enumerate(panels):
             axes[row, col].imshow(panel, cmap=cmap, vmin=0 if cmap else None, vmax=(1 if cmap == "magma" else None))
-            axes[row, col].set_title(title if row == 0 else "", fontsize=9)
+            axes[row, col].set_title(title if (row == 0 or titles_every_row) else "", fontsize=9)
             axes[row, col].axis("off")
-        axes[row, 0].set_ylabel(stem[:24], fontsize=7)
-    fig.suptitle(heading, fontsize=10, color="darkred" if note else "black")
+        axes[row, 0].set_ylabel(str(label)[:24], fontsize=7)
+    fig.suptitle(heading, fontsize=10, color="darkred" if highlight else "black")
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
+
+
+def worst_images(rows: list[dict], dataset: str, split: str, prompt: str, k: int) -> list[dict]:
+    """The ``k`` per-image rows (:func:`per_image_rows`) of ``dataset``/``split``/``prompt`` with the lowest Dice
+    (ties: the lower IoU, then the stem)."""
+    mine = [r for r in rows if r["dataset"] == dataset and r["split"] == split and r["prompt"] == prompt]
+    return sorted(mine, key=lambda r: (float(r["dice"]), float(r["iou"]), r["stem"]))[: max(int(k), 0)]
+
+
+def worst_images_figure(
+    processed_root: Path,
+    dataset: str,
+    split: str,
+    prompt: str,
+    rows: list[dict],
+    masks_dir: Path,
+    k: int,
+    out_path: Path,
+    note: str | None = None,
+) -> list[str]:
+    """image | ground truth | prediction for the ``k`` lowest-Dice images of ``split`` with ``prompt``, each row
+    titled with the image's Dice and IoU. The predictions are the masks evaluation scored and wrote
+    (``masks_dir/<stem>__<prompt slug>.png``); ``rows`` are its per-image rows. With nothing to show (no rows,
+    ``k`` 0) the figure says why. Returns the stems shown, worst first."""
+    worst = worst_images(rows, dataset, split, prompt, k)
+    heading = f"{dataset}, {split} split: the {len(worst)} lowest-Dice images with {prompt!r}" + (
+        f" ({note})" if note else ""
+    )
+    if not worst:
+        scored = sum(1 for r in rows if r["dataset"] == dataset and r["split"] == split)
+        _message_figure(
+            f"{dataset}, {split} split: no worst-image gallery ({scored} per-image scores for this split, "
+            f"eval.worst_images: {k})",
+            out_path,
+        )
+        return []
+    data = load_split(processed_root, dataset, split)
+    index = {stem: i for i, stem in enumerate(data.stems)}
+    panel_rows = []
+    for r in worst:
+        i = index[r["stem"]]
+        mask_path = Path(masks_dir) / f"{r['stem']}__{prompt_slug(prompt)}.png"
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise FileNotFoundError(f"{mask_path}: the scored mask is missing; rerun the evaluation that wrote it")
+        panel_rows.append(
+            [
+                (data.images[i], f"Dice {float(r['dice']):.3f}, IoU {float(r['iou']):.3f}\n{r['stem'][:30]}", None),
+                (data.truths[i], "ground truth", "gray"),
+                (mask, "prediction", "gray"),
+            ]
+        )
+    _panel_figure(
+        panel_rows, [r["stem"] for r in worst], heading, out_path, highlight=bool(note), titles_every_row=True
+    )
+    return [r["stem"] for r in worst]
 
 
 # --------------------------------------------------------------------------- a rung with nothing to score
@@ -495,6 +650,7 @@ def write_skipped_outputs(variant: str, reason: str, metrics_dir: Path, predicti
     metrics_dir.mkdir(parents=True, exist_ok=True)
     (metrics_dir / f"{variant}.json").write_text(json.dumps({"skipped": reason}, indent=2) + "\n")
     write_sweep_csv(metrics_dir / "sweep" / f"{variant}.csv", {})
+    write_per_image_csv(metrics_dir / "per_image" / f"{variant}.csv", [])
     predictions_dir.mkdir(parents=True, exist_ok=True)
     (predictions_dir / "SKIPPED.txt").write_text(reason + "\n")
     for dataset in datasets:
@@ -504,3 +660,7 @@ def write_skipped_outputs(variant: str, reason: str, metrics_dir: Path, predicti
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=80)
         plt.close(fig)
+        _message_figure(
+            f"{variant} / {dataset}: skipped, no worst-image gallery\n{reason}",
+            metrics_dir / "figures" / f"{variant}_{dataset}_worst.png",
+        )

@@ -9,13 +9,17 @@
 Input: a DataFrame with ``image`` (the bytes of an encoded image file: PNG, JPEG, ...) and ``prompt`` (text).
 Output: a DataFrame with ``mask`` (PNG bytes, {0, 255}, the image's own size) and ``threshold`` (the one used).
 The masks are the ones ``promptseg predict --model models/<rung>`` writes: the same loader
-(:func:`promptseg.inference.load_trained_model`), the same :func:`promptseg.inference.predict_masks`, the same
-threshold rule (:func:`promptseg.cli.default_threshold`: the val threshold of the dataset whose training prompts
-contain the prompt, else 0.5) and the same ``infer.morphology``. ``params={"threshold": t}`` (t in [0, 1])
-overrides the threshold like ``--threshold``; the default, -1, keeps the val threshold. An undecodable image is an error naming its row (nothing is silently dropped).
+(:func:`promptseg.inference.load_trained_model`) and the same inference recipe (promptseg.recipe): the model
+carries evaluation's recipe per dataset (``metrics/eval/<rung>.json``'s ``<dataset>.recipe``: threshold chosen on
+val, open/close, flip TTA, prompt ensemble, tiling, native resolution, precision), and each row runs
+:func:`promptseg.recipe.load_recipe` (the recipe of the dataset whose training prompts contain the prompt, else
+the defaults with threshold 0.5), :func:`promptseg.recipe.recipe_prompts` and
+:func:`promptseg.recipe.predict_masks_with_recipe`, as ``predict`` does. ``params={"threshold": t}`` (t in [0, 1])
+overrides the threshold like ``--threshold``; the default, -1, keeps the recipe's. An undecodable image is an
+error naming its row (nothing is silently dropped).
 
-:func:`log_pyfunc_model` logs the model folder with this wrapper, a signature and an input example, and
-registers it; the evaluation stage calls it once the thresholds are chosen on val.
+:func:`log_pyfunc_model` logs the model folder with this wrapper, the recipes, a signature and an input example,
+and registers it; the evaluation stage calls it once the recipes are chosen on val.
 """
 
 from __future__ import annotations
@@ -89,16 +93,21 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         self.serving_path = Path(context.artifacts[SERVING_ARTIFACT])
         self.serving = json.loads(self.serving_path.read_text())
 
-    def threshold_for(self, prompt: str) -> float:
-        from promptseg.cli import default_threshold
+    def recipe_for(self, prompt: str, threshold: float | None = None):
+        """(recipe, the prompt or ensemble list to run, the threshold) for ``prompt``, as ``promptseg predict``
+        resolves them (``threshold``: the ``--threshold`` override, None for the recipe's)."""
+        from promptseg.recipe import load_recipe, override, recipe_prompts
 
         variant = str(self.trained.card.get("variant") or self.serving.get("variant", ""))
-        return default_threshold(self.trained.card, prompt, variant, self.serving_path)[0]
+        recipe, dataset, _ = load_recipe(self.trained.card, prompt, variant, self.serving_path)
+        recipe, _ = override(recipe, threshold=threshold)
+        run_prompt, used = recipe_prompts(recipe, self.trained.card, prompt, dataset)
+        return recipe, run_prompt, used
 
     def predict(self, context, model_input, params: dict | None = None):
         import pandas as pd
 
-        from promptseg.inference import predict_masks
+        from promptseg.recipe import predict_masks_with_recipe
 
         missing = {"image", "prompt"} - set(model_input.columns)
         if missing:
@@ -112,24 +121,18 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         override = None if override is None or float(override) < 0 else float(override)  # -1: the val threshold
         if override is not None and override > 1:
             raise ValueError(f"params threshold {override} is outside [0, 1]")
-        thresholds = [override if override is not None else self.threshold_for(p) for p in prompts]
-        morphology = self.serving.get("morphology", {"enabled": True, "kernel": 3})
         masks: list = [None] * len(images)
-        for threshold in sorted(set(thresholds)):  # one batch per threshold, rows kept in order
-            rows = [i for i, t in enumerate(thresholds) if t == threshold]
-            for i, mask in zip(
-                rows,
-                predict_masks(
-                    self.trained,
-                    [images[i] for i in rows],
-                    [prompts[i] for i in rows],
-                    threshold=threshold,
-                    morphology=bool(morphology["enabled"]),
-                    kernel_size=int(morphology["kernel"]),
-                    batch_size=int(self.serving.get("batch_size", 16)),
-                ),
-            ):
-                masks[i] = mask
+        thresholds: list = [None] * len(images)
+        for prompt in dict.fromkeys(prompts):  # one recipe per prompt; batches of its batch_size, rows in order
+            recipe, run_prompt, threshold = self.recipe_for(prompt, override)
+            rows = [i for i, p in enumerate(prompts) if p == prompt]
+            for start in range(0, len(rows), recipe.batch_size):
+                chunk = rows[start : start + recipe.batch_size]
+                batch = predict_masks_with_recipe(
+                    self.trained, [images[i] for i in chunk], run_prompt, recipe, threshold=threshold
+                )
+                for i, mask in zip(chunk, batch):
+                    masks[i], thresholds[i] = mask, threshold
         return pd.DataFrame({"mask": [encode_mask(m) for m in masks], "threshold": thresholds})
 
 
@@ -145,9 +148,7 @@ def log_pyfunc_model(
     model_dir: str | Path,
     mlflow_cfg: dict,
     *,
-    thresholds: dict[str, float],
-    morphology: dict | None = None,
-    batch_size: int = 16,
+    recipes: dict[str, dict],
     run_id: str | None = None,
     variant: str | None = None,
 ) -> str:
@@ -156,9 +157,8 @@ def log_pyfunc_model(
     Args:
         model_dir: the trained model folder (``promptseg predict --model`` reads the same).
         mlflow_cfg: params.yaml ``mlflow`` (``tracking_uri``, ``experiment``).
-        thresholds: ``{dataset: threshold chosen on val}`` (metrics/eval/<variant>.json's ``<dataset>.threshold``).
-        morphology: params.yaml ``infer.morphology`` (``{"enabled", "kernel"}``).
-        batch_size: images per forward (params.yaml ``infer.batch_size``).
+        recipes: ``{dataset: recipe}``, each metrics/eval/<variant>.json's ``<dataset>.recipe`` (a dict of
+            :class:`promptseg.recipe.Recipe`'s fields, or a ``Recipe``); its ``threshold`` is the one chosen on val.
         run_id: the rung's MLflow run (its training run) to log into; None starts a new run.
         variant: the rung's name; default: the model card's ``variant``, else the folder's name.
 
@@ -177,7 +177,9 @@ def log_pyfunc_model(
         )
     card = json.loads((model_dir / "promptseg.json").read_text())
     variant = variant or str(card.get("variant") or model_dir.name)
-    morphology = morphology or {"enabled": True, "kernel": 3}
+    from promptseg.recipe import Recipe
+
+    recipes = {d: (r if isinstance(r, Recipe) else Recipe.from_dict(r)).to_dict() for d, r in recipes.items()}
     mlflow = connect(mlflow_cfg)
     example = pd.DataFrame(
         {
@@ -191,11 +193,9 @@ def log_pyfunc_model(
         serving = Path(tmp) / "serving.json"
         serving.write_text(
             json.dumps(
-                {
+                {  # the layout of metrics/eval/<variant>.json, so promptseg.recipe.load_recipe reads it
                     "variant": variant,
-                    "morphology": morphology,
-                    "batch_size": int(batch_size),
-                    **{d: {"threshold": float(t)} for d, t in thresholds.items()},
+                    **{d: {"threshold": float(r["threshold"]), "recipe": r} for d, r in recipes.items()},
                 },
                 indent=2,
             )

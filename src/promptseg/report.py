@@ -700,9 +700,21 @@ def _figures_section(figures: dict[str, list[str]] | None, splits: dict[str, str
         f"Each row: image, ground truth, heatmap, binary mask ({where}; first prompt of the dataset).",
         "",
     ]
+    if any(Path(link).stem.endswith("_worst") for links in figures.values() for link in links):
+        out += [
+            "Worst-image galleries (`<rung>_<dataset>_worst`): the `eval.worst_images` lowest-Dice images of the "
+            "reported split with the dataset's first prompt; each row: image (its Dice and IoU in the title), "
+            "ground truth, the mask evaluation scored.",
+            "",
+        ]
     for variant, links in figures.items():
         for link in links:
-            out.append(f"- {variant}, {Path(link).stem.removeprefix(variant + '_')}: ![{Path(link).stem}]({link})")
+            if link.endswith(".csv"):
+                out.append(f"- {variant}, per-image scores (IoU, Dice, foreground shares): [{Path(link).name}]({link})")
+                continue
+            name = Path(link).stem.removeprefix(variant + "_")
+            label = f"{name.removesuffix('_worst')}, worst images" if name.endswith("_worst") else name
+            out.append(f"- {variant}, {label}: ![{Path(link).stem}]({link})")
     return out + [""]
 
 
@@ -733,7 +745,8 @@ def build_report(
         variants: the ladder's rungs, in params order; default: every variant found in train or eval metrics.
             A variant with no files gets a line saying so; a skipped rung gets a "skipped" row and its reason.
         datasets: datasets to report.
-        figures: ``{variant: [relative link, ...]}`` to qualitative PNGs that exist.
+        figures: ``{variant: [relative link, ...]}`` to qualitative PNGs that exist (``*_worst.png``: the worst-image
+            galleries) and to the per-image CSV (``*.csv``).
         boundary_tolerance_px: the boundary F1 tolerance, named in the thin-structure note when given.
         infer_defaults: ``{"hflip_tta": bool, "prompt_ensemble": bool}`` from ``params.yaml: infer``, named next to
             the inference-options table when given.
@@ -891,11 +904,17 @@ def write_report(
     baselines = _read_json(metrics_dir / "eval" / BASELINES_FILE) or {}
     baselines = {d: b for d, b in baselines.items() if d in datasets and isinstance(b, dict) and b}
     figures: dict[str, list[str]] = {}
-    for variant in variants:
+    for variant in variants:  # linked by path, not read: the first-N figure, then the worst-image gallery
         for dataset in datasets:
-            png = metrics_dir / "eval" / "figures" / f"{variant}_{dataset}.png"
-            if png.exists():
-                figures.setdefault(variant, []).append(_relative(png, out_path.parent))
+            for png in (
+                metrics_dir / "eval" / "figures" / f"{variant}_{dataset}.png",
+                metrics_dir / "eval" / "figures" / f"{variant}_{dataset}_worst.png",
+            ):
+                if png.exists():
+                    figures.setdefault(variant, []).append(_relative(png, out_path.parent))
+        per_image = metrics_dir / "eval" / "per_image" / f"{variant}.csv"
+        if per_image.exists():
+            figures.setdefault(variant, []).append(_relative(per_image, out_path.parent))
     text = build_report(
         data,
         train,

@@ -308,6 +308,7 @@ class EvalSettings:
     measure_inference_options: bool
     paraphrases: dict[str, tuple[str, ...]]
     missing_test_split: Literal["report_val", "error"]  # a dataset without test split (promptseg.evaluate)
+    worst_images: int  # k lowest-Dice images of the reported split per dataset in a gallery figure
 
 
 @dataclass(frozen=True)
