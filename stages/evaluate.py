@@ -2,8 +2,8 @@
 
 import json
 import sys
-from pathlib import Path
 
+from promptseg import paths
 from promptseg.evaluate import (
     EvalConfig,
     evaluate_variant,
@@ -24,25 +24,26 @@ def main(variant: str) -> None:
     settings = load_stage_settings(f"evaluate@{variant}", evaluate_settings)
     cfg = EvalConfig.from_settings(settings.infer, settings.eval)
     prompts = {name: list(settings.prompts[name]) for name in DATASETS}
-    processed, out = Path("data/processed"), Path("metrics/eval")
-    skipped = skipped_reason(Path("models") / variant)
+    processed, out = paths.DATA_PROCESSED, paths.METRICS_EVAL
+    model_dir, predictions = paths.model_dir(variant), paths.predictions_dir(variant)
+    skipped = skipped_reason(model_dir)
     if skipped:
-        write_skipped_outputs(variant, skipped, out, Path("data/predictions") / variant, DATASETS)
+        write_skipped_outputs(variant, skipped, out, predictions, DATASETS)
         print(f"[evaluate] {variant}: skipped: {skipped}")
         return
-    trained = load_trained_model(Path("models") / variant)
+    trained = load_trained_model(model_dir)
     trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
     try:
-        results, sweeps = evaluate_variant(trained, processed, prompts, cfg, Path("data/predictions") / variant)
+        results, sweeps = evaluate_variant(trained, processed, prompts, cfg, predictions)
     except ValueError as exc:  # a split missing (eval.missing_test_split: error, or no val): one message, no traceback
         sys.exit(f"evaluate@{variant}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
-    (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_sweep_csv(out / "sweep" / f"{variant}.csv", sweeps)
+    paths.eval_json(variant).write_text(json.dumps(results, indent=2) + "\n")
+    write_sweep_csv(paths.sweep_csv(variant), sweeps)
     figures = []
     for dataset in DATASETS:
-        figure = out / "figures" / f"{variant}_{dataset}.png"
+        figure = paths.figure_png(variant, dataset)
         block = results[dataset]  # the figure shows the split that was scored (val where the export has no test)
         qualitative_figure(
             trained,
@@ -61,10 +62,10 @@ def main(variant: str) -> None:
         settings.mlflow,
         run_id,
         flatten_metrics(results, "eval"),
-        [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", *figures],
+        [paths.eval_json(variant), paths.sweep_csv(variant), *figures],
     )
     uri = log_pyfunc_model(
-        Path("models") / variant,
+        model_dir,
         settings.mlflow,
         run_id=run_id,
         variant=variant,

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from promptseg.paths import eval_json, processed_dir
+
 __all__ = ["AppModel", "build_app", "launch", "segment"]
 
 TABLE_COLUMNS = ["#", "length", "mean width", "max width", "orientation (deg)", "area (px)", "BRE 251 / class"]
@@ -82,12 +84,8 @@ def load_app_model(
     variant = str(card.get("variant") or model_dir.name)
     from promptseg.recipe import recipe_file
 
-    eval_path = recipe_file(Path(eval_path) if eval_path else Path("metrics") / "eval" / f"{variant}.json", chosen)
-    folders = (
-        [Path(images)]
-        if images
-        else [Path("data") / "processed" / d / "test" / "images" for d in (card.get("prompts") or {})]
-    )
+    eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(variant), chosen)
+    folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return AppModel(chosen, name, card, variant, eval_path, model_dir, test_images)
 
@@ -145,11 +143,11 @@ def segment(
     stem = Path(image_path).stem
     import cv2
 
-    from promptseg.evaluate import prompt_slug
+    from promptseg.paths import mask_name
 
-    mask_path = out_dir / f"{stem}__{prompt_slug(prompt)}.png"
+    mask_path = out_dir / mask_name(stem, prompt)
     cv2.imwrite(str(mask_path), mask)
-    json_path = out_dir / f"{stem}__{prompt_slug(prompt)}_measurements.json"
+    json_path = out_dir / mask_name(stem, prompt, "_measurements", ext=".json")
     json_path.write_text(
         json.dumps(
             {

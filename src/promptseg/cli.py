@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from promptseg.paths import eval_json, mask_name
+
 __all__ = ["main", "build_parser", "default_threshold", "expand_inputs"]
 
 EXIT_OK, EXIT_NOTHING_WRITTEN, EXIT_USAGE = 0, 1, 2
@@ -185,7 +187,6 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from promptseg.evaluate import prompt_slug
 
     prompt = (args.prompt or "").strip()
     if not prompt:
@@ -219,7 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from promptseg.recipe import load_recipe, override, recipe_file, recipe_prompts
 
     variant = str(engine.card.get("variant") or model_dir.name)
-    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(variant)
     eval_path = recipe_file(eval_path, engine)
     recipe, dataset, recipe_why = load_recipe(engine.card, prompt, variant, eval_path)
     if args.threshold is not None:
@@ -246,7 +247,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"prompt ensemble: logits averaged over {', '.join(repr(p) for p in run_prompt)}")
     args.recipe, args.run_prompt = recipe, run_prompt
 
-    return _predict_all(engine, prompt, prompt_slug(prompt), inputs, out_dir, threshold, args)
+    return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
 
 
 class _PredictAbort(Exception):
@@ -315,9 +316,7 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
         ) from None
 
 
-def _predict_all(
-    engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace
-) -> int:
+def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from promptseg.data import read_rgb
@@ -359,11 +358,11 @@ def _predict_all(
             raise _PredictAbort() from None
         for (path, stem, image), mask in zip(batch, masks):
             try:
-                _write_png(out_dir / f"{stem}__{slug}.png", mask)
+                _write_png(out_dir / mask_name(stem, prompt), mask)
                 if getattr(args, "measure", False):
-                    measured.append((out_dir / f"{stem}__{slug}.png", image))
+                    measured.append((out_dir / mask_name(stem, prompt), image))
                 if args.overlay:
-                    _write_png(out_dir / f"{stem}__{slug}_overlay.png", overlay_image(image, mask), rgb=True)
+                    _write_png(out_dir / mask_name(stem, prompt, "_overlay"), overlay_image(image, mask), rgb=True)
             except OSError as exc:  # the folder was checked: a full disk or a folder gone; stop here
                 write_error.append(f"cannot write the mask of {path}: {exc}; stopped after {written} masks")
                 break
@@ -374,7 +373,7 @@ def _predict_all(
     for path in inputs.images:
         stem = path.stem
         if stem in used_names:
-            report_skip(path, f"its output name {stem}__{slug}.png is already taken by {used_names[stem]}")
+            report_skip(path, f"its output name {mask_name(stem, prompt)} is already taken by {used_names[stem]}")
             progress.update(1)
             continue
         if write_error:
@@ -743,7 +742,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         variant = json.loads((model_dir / "promptseg.json").read_text()).get("variant") or model_dir.name
     except (OSError, ValueError):
         variant = model_dir.name
-    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(variant)
     copied = copy_recipes(eval_path, out_dir)
     print(
         f"recipe: copied from {eval_path} to {copied}"

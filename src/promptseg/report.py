@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from promptseg.params import DATASETS, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS
+from promptseg.paths import data_json, eval_json, figure_png, runtime_json, train_json
 from promptseg.settings import zeroshot_skip_reason
 
 __all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
@@ -880,20 +881,20 @@ def write_report(
     variants = list(variants)
     if (
         zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None
-        and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists()
+        and eval_json(ZEROSHOT, metrics_dir / "eval").exists()
         and ZEROSHOT not in variants
     ):
         variants.append(ZEROSHOT)
-    data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
-    train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}
-    evals = {v: m for v in variants if (m := _read_json(metrics_dir / "eval" / f"{v}.json")) is not None}
-    runtime = {v: m for v in variants if (m := _read_json(metrics_dir / "runtime" / f"{v}.json")) is not None}
+    data = {d: m for d in datasets if (m := _read_json(data_json(d, metrics_dir / "data"))) is not None}
+    train = {v: m for v in variants if (m := _read_json(train_json(v, metrics_dir / "train"))) is not None}
+    evals = {v: m for v in variants if (m := _read_json(eval_json(v, metrics_dir / "eval"))) is not None}
+    runtime = {v: m for v in variants if (m := _read_json(runtime_json(v, metrics_dir / "runtime"))) is not None}
     baselines = _read_json(metrics_dir / "eval" / BASELINES_FILE) or {}
     baselines = {d: b for d, b in baselines.items() if d in datasets and isinstance(b, dict) and b}
     figures: dict[str, list[str]] = {}
     for variant in variants:
         for dataset in datasets:
-            png = metrics_dir / "eval" / "figures" / f"{variant}_{dataset}.png"
+            png = figure_png(variant, dataset, metrics_dir / "eval")
             if png.exists():
                 figures.setdefault(variant, []).append(_relative(png, out_path.parent))
     text = build_report(
