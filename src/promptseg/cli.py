@@ -317,93 +317,105 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
 
 
 def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from promptseg.data import read_rgb
-    from promptseg.images import ImageReadError, overlay_image
-    from promptseg.recipe import predict_masks_with_recipe
+    from promptseg.images import ImageReadError
 
-    written, skipped = 0, 0
-    write_error: list[str] = []
-    progress = tqdm(
-        total=len(inputs.images),
-        unit="image",
-        disable=not inputs.any_folder or args.quiet,
-        file=sys.stderr,
-        desc="predict",
-    )
-
-    def report_skip(path: Path, why: str) -> None:
-        nonlocal skipped
-        skipped += 1
-        progress.write(f"skipped {path}: {why}", file=sys.stderr)
-
+    writer = _MaskWriter(engine, prompt, out_dir, threshold, args, inputs)
     for path, why in inputs.skipped:
-        report_skip(path, why)
-
+        writer.skip(path, why)
     used_names: dict[str, Path] = {}
-    batch: list[tuple[Path, str, np.ndarray]] = []
-    measured: list[tuple[Path, np.ndarray]] = []
+    try:
+        for path in inputs.images:
+            stem = path.stem
+            if stem in used_names:
+                writer.skip(path, f"its output name {mask_name(stem, prompt)} is already taken by {used_names[stem]}")
+                writer.progress.update(1)
+                continue
+            if writer.write_error:
+                break
+            try:
+                image = read_rgb(path)
+            except ImageReadError as exc:
+                writer.skip(path, f"not a readable image ({exc.reason})")
+                writer.progress.update(1)
+                continue
+            used_names[stem] = path
+            writer.add(path, stem, image)
+        writer.flush()
+    except _PredictAbort:
+        return EXIT_USAGE
+    return writer.finish()
 
-    def flush() -> None:
-        nonlocal written
-        if not batch or write_error:
+
+class _MaskWriter:
+    """Predicts the masks of ``promptseg predict`` a batch at a time and writes them (and overlays), counting
+    what is written and skipped; the first write error stops it."""
+
+    def __init__(self, engine, prompt: str, out_dir: Path, threshold: float, args: argparse.Namespace, inputs):
+        from tqdm import tqdm
+
+        self.engine, self.prompt, self.out_dir, self.threshold, self.args = engine, prompt, out_dir, threshold, args
+        self.written, self.skipped = 0, 0
+        self.write_error: list[str] = []
+        self.batch: list[tuple[Path, str, np.ndarray]] = []
+        self.measured: list[tuple[Path, np.ndarray]] = []
+        self.progress = tqdm(
+            total=len(inputs.images),
+            unit="image",
+            disable=not inputs.any_folder or args.quiet,
+            file=sys.stderr,
+            desc="predict",
+        )
+
+    def skip(self, path: Path, why: str) -> None:
+        self.skipped += 1
+        self.progress.write(f"skipped {path}: {why}", file=sys.stderr)
+
+    def add(self, path: Path, stem: str, image: np.ndarray) -> None:
+        self.batch.append((path, stem, image))
+        if len(self.batch) >= self.args.recipe.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Predict and write the batch; raises :class:`_PredictAbort` when the recipe cannot run."""
+        from promptseg.images import overlay_image
+        from promptseg.recipe import predict_masks_with_recipe
+
+        args, out_dir, prompt = self.args, self.out_dir, self.prompt
+        if not self.batch or self.write_error:
             return
         try:
             masks = predict_masks_with_recipe(
-                engine, [im for _, _, im in batch], args.run_prompt, args.recipe, threshold=threshold
+                self.engine, [im for _, _, im in self.batch], args.run_prompt, args.recipe, threshold=self.threshold
             )
         except ValueError as exc:  # e.g. a tiled recipe on the ONNX engine
             _err(str(exc))
             raise _PredictAbort() from None
-        for (path, stem, image), mask in zip(batch, masks):
+        for (path, stem, image), mask in zip(self.batch, masks):
             try:
                 _write_png(out_dir / mask_name(stem, prompt), mask)
                 if getattr(args, "measure", False):
-                    measured.append((out_dir / mask_name(stem, prompt), image))
+                    self.measured.append((out_dir / mask_name(stem, prompt), image))
                 if args.overlay:
                     _write_png(out_dir / mask_name(stem, prompt, "_overlay"), overlay_image(image, mask), rgb=True)
             except OSError as exc:  # the folder was checked: a full disk or a folder gone; stop here
-                write_error.append(f"cannot write the mask of {path}: {exc}; stopped after {written} masks")
+                self.write_error.append(f"cannot write the mask of {path}: {exc}; stopped after {self.written} masks")
                 break
-            written += 1
-        progress.update(len(batch))
-        batch.clear()
+            self.written += 1
+        self.progress.update(len(self.batch))
+        self.batch.clear()
 
-    for path in inputs.images:
-        stem = path.stem
-        if stem in used_names:
-            report_skip(path, f"its output name {mask_name(stem, prompt)} is already taken by {used_names[stem]}")
-            progress.update(1)
-            continue
-        if write_error:
-            break
-        try:
-            image = read_rgb(path)
-        except ImageReadError as exc:
-            report_skip(path, f"not a readable image ({exc.reason})")
-            progress.update(1)
-            continue
-        used_names[stem] = path
-        batch.append((path, stem, image))
-        if len(batch) >= args.recipe.batch_size:
-            try:
-                flush()
-            except _PredictAbort:
-                return EXIT_USAGE
-    try:
-        flush()
-    except _PredictAbort:
-        return EXIT_USAGE
-    progress.close()
-    if write_error:
-        _err(write_error[0])
-        return EXIT_NOTHING_WRITTEN
-    print(f"{written} masks written, {skipped} skipped -> {out_dir}")
-    if measured:
-        kind = measure_kind(engine.card, prompt)
-        _run_measure([p for p, _ in measured], kind, args, {p.stem: im for p, im in measured})
-    return EXIT_OK if written else EXIT_NOTHING_WRITTEN
+    def finish(self) -> int:
+        """Close the progress bar, say what was written (and measure it with ``--measure``); the exit code."""
+        self.progress.close()
+        if self.write_error:
+            _err(self.write_error[0])
+            return EXIT_NOTHING_WRITTEN
+        print(f"{self.written} masks written, {self.skipped} skipped -> {self.out_dir}")
+        if self.measured:
+            kind = measure_kind(self.engine.card, self.prompt)
+            _run_measure([p for p, _ in self.measured], kind, self.args, {p.stem: im for p, im in self.measured})
+        return EXIT_OK if self.written else EXIT_NOTHING_WRITTEN
 
 
 def measure_kind(card: dict, prompt: str) -> str:
