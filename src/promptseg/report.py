@@ -296,41 +296,7 @@ def _per_prompt_section(
     out = [f"## Table {number}: {dataset}, {_split_label(split)}, per prompt", ""]
     rows, notes = [], []
     for variant in variants:
-        ev = eval_metrics.get(variant)
-        if ev is None:
-            notes.append(
-                f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
-                f"`dvc repro evaluate@{variant}`)."
-            )
-            continue
-        if ev.get("skipped"):
-            notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
-            continue
-        block = ev.get(dataset)
-        test = _get(block, split)
-        if not isinstance(test, dict):
-            notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
-            continue
-        threshold = _num(block.get("threshold"))
-        for prompt, scores in (test.get("prompts") or {}).items():
-            rows.append(
-                [f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
-            )
-        mean = test.get("all_prompts") or {}
-        rows.append(
-            ["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols), _int(test.get("images"))]
-        )
-        ensemble = test.get("ensemble")
-        if isinstance(ensemble, dict):
-            rows.append(
-                [
-                    "prompt ensemble",
-                    variant,
-                    _num(block.get("ensemble_threshold", block.get("threshold"))),
-                    *(_num(ensemble.get(k)) for _, k in cols),
-                    _int(ensemble.get("images")),
-                ]
-            )
+        rows += _variant_prompt_rows(variant, eval_metrics.get(variant), dataset, split, cols, notes)
     base = baselines.get(dataset) or {}
     for name, scores in _baseline_rows(base):
         rows.append(
@@ -368,6 +334,46 @@ def _per_prompt_section(
         )
     out += [n + "\n" for n in notes]
     return out
+
+
+def _variant_prompt_rows(variant: str, ev: dict | None, dataset: str, split: str, cols, notes: list[str]) -> list:
+    """One rung's rows of the per-prompt table: each prompt, their mean, the ensemble; or a note saying why none."""
+    if ev is None:
+        notes.append(
+            f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
+            f"`dvc repro evaluate@{variant}`)."
+        )
+        return []
+    if ev.get("skipped"):
+        notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
+        return []
+    block = ev.get(dataset)
+    test = _get(block, split)
+    if not isinstance(test, dict):
+        notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
+        return []
+    rows = []
+    threshold = _num(block.get("threshold"))
+    for prompt, scores in (test.get("prompts") or {}).items():
+        rows.append(
+            [f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
+        )
+    mean = test.get("all_prompts") or {}
+    rows.append(
+        ["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols), _int(test.get("images"))]
+    )
+    ensemble = test.get("ensemble")
+    if isinstance(ensemble, dict):
+        rows.append(
+            [
+                "prompt ensemble",
+                variant,
+                _num(block.get("ensemble_threshold", block.get("threshold"))),
+                *(_num(ensemble.get(k)) for _, k in cols),
+                _int(ensemble.get("images")),
+            ]
+        )
+    return rows
 
 
 def _best_baseline(base: dict) -> tuple[str, float] | None:
@@ -441,45 +447,9 @@ def _ladder_section(
         lit = _num(scores.get("lit"))
         rows.append([name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), lit, lit, NONE, NONE])
     for variant in variants:
-        tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
-        reason = _skipped(variant, train_metrics, eval_metrics)
-        if reason is not None:
-            rows.append([variant, _method_cell(variant, tr or {}), *([SKIPPED] * (len(header) - 2))])
-            skipped_notes.append(f"`{variant}` was skipped: {reason.rstrip('.')}.")
-            continue
-        if tr is None and ev is None:
-            notes.append(
-                f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
-                f"or metrics/eval/{variant}.json)."
-            )
-            continue
-        if tr is None and variant != ZEROSHOT:
-            notes.append(
-                f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`)."
-            )
-        if ev is None:
-            notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
-        elif not isinstance(_get(ev, dataset, split), dict):
-            notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
-        tr = tr or {}
-        trainable = tr.get("trainable_params")
-        if variant == ZEROSHOT and trainable is None:
-            trainable = 0
-        test = _get(ev, dataset, split) or {}
-        mean = test.get("all_prompts") or {}
-        rows.append(
-            [
-                variant,
-                _method_cell(variant, tr),
-                _int(trainable),
-                _int(tr.get("total_params")),
-                *(_num(mean.get(k)) for _, k in cols),
-                _num(test.get("cross_prompt_lit")),
-                _num(test.get("unrelated_prompt_lit")),
-                _schedule_cell(tr),
-                _num(tr.get("seconds_per_epoch")),
-            ]
-        )
+        row = _ladder_row(variant, dataset, split, cols, len(header), train_metrics, eval_metrics, notes, skipped_notes)
+        if row is not None:
+            rows.append(row)
     if rows:
         out += [_table(header, rows, "llrr" + "r" * len(cols) + "rrrr"), ""]
     best = _best_baseline(base)
@@ -497,6 +467,45 @@ def _ladder_section(
         )
     out += [n + "\n" for n in skipped_notes + notes]
     return out
+
+
+def _ladder_row(variant, dataset, split, cols, width, train_metrics, eval_metrics, notes, skipped_notes):
+    """One rung's row of the ladder table (None when it has neither training nor evaluation), with a note for
+    whatever is missing."""
+    tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
+    reason = _skipped(variant, train_metrics, eval_metrics)
+    if reason is not None:
+        skipped_notes.append(f"`{variant}` was skipped: {reason.rstrip('.')}.")
+        return [variant, _method_cell(variant, tr or {}), *([SKIPPED] * (width - 2))]
+    if tr is None and ev is None:
+        notes.append(
+            f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
+            f"or metrics/eval/{variant}.json)."
+        )
+        return None
+    if tr is None and variant != ZEROSHOT:
+        notes.append(f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`).")
+    if ev is None:
+        notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
+    elif not isinstance(_get(ev, dataset, split), dict):
+        notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
+    tr = tr or {}
+    trainable = tr.get("trainable_params")
+    if variant == ZEROSHOT and trainable is None:
+        trainable = 0
+    test = _get(ev, dataset, split) or {}
+    mean = test.get("all_prompts") or {}
+    return [
+        variant,
+        _method_cell(variant, tr),
+        _int(trainable),
+        _int(tr.get("total_params")),
+        *(_num(mean.get(k)) for _, k in cols),
+        _num(test.get("cross_prompt_lit")),
+        _num(test.get("unrelated_prompt_lit")),
+        _schedule_cell(tr),
+        _num(tr.get("seconds_per_epoch")),
+    ]
 
 
 def _options_section(
