@@ -434,7 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_predict_command(sub)
+    _add_measure_command(sub)
+    _add_app_command(sub)
+    _add_export_command(sub)
+    return parser
 
+
+def _add_predict_command(sub) -> None:
+    """``promptseg predict``: images and a prompt in, masks out (the recipe's options as flags)."""
     p = sub.add_parser(
         "predict",
         help="write masks for images given a text prompt",
@@ -516,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_args(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_measure_command(sub) -> None:
+    """``promptseg measure``: length, width and category of each component of mask PNGs."""
     m = sub.add_parser(
         "measure",
         help="measure cracks / drywall joints in masks (length, width, BRE 251 category)",
@@ -538,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.set_defaults(func=cmd_measure)
 
+
+def _add_app_command(sub) -> None:
+    """``promptseg app``: the Gradio page."""
     a = sub.add_parser(
         "app",
         help="a web page (Gradio) to segment and measure photos with a trained model",
@@ -562,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
     a.set_defaults(func=cmd_app)
 
+
+def _add_export_command(sub) -> None:
+    """``promptseg export``: a trained model as ONNX."""
     e = sub.add_parser(
         "export",
         help="write a trained model as ONNX for `predict --engine onnx`",
@@ -582,7 +599,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip running the export once in onnxruntime against the PyTorch forward",
     )
     e.set_defaults(func=cmd_export)
-    return parser
 
 
 def _positive_float(text: str) -> float:
