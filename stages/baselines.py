@@ -4,8 +4,7 @@ Params read (declared by the `baselines` stage in dvc.yaml; promptseg.settings.b
 eval.empty_score, eval.boundary_tolerance_px, report.darkest_share, infer.morphology.
 """
 
-from pathlib import Path
-
+from promptseg import paths
 from promptseg.baselines import write_baselines
 from promptseg.params import DATASETS
 from promptseg.settings import baselines_settings, load_stage_settings
@@ -13,9 +12,9 @@ from promptseg.settings import baselines_settings, load_stage_settings
 
 def main() -> None:
     s = load_stage_settings("baselines", baselines_settings)
-    out = Path("metrics/eval/baselines.json")
+    out = paths.BASELINES_JSON
     scores = write_baselines(
-        Path("data/processed"),
+        paths.DATA_PROCESSED,
         out,
         datasets=DATASETS,
         empty_score=s.empty_score,

@@ -1,15 +1,15 @@
 """DVC stage `download@<dataset>`: land the dataset's export in data/raw/<dataset>/ (synthetic, local or roboflow)."""
 
 import sys
-from pathlib import Path
 
+from promptseg import paths
 from promptseg.settings import download_settings, load_stage_settings
 from promptseg.sources import SourceError, land_export
 
 
 def main(dataset: str) -> None:
     settings = load_stage_settings(f"download@{dataset}", download_settings, dataset)
-    out = Path("data/raw") / dataset
+    out = paths.raw_dir(dataset)
     try:
         source = land_export(dataset, settings.source, settings.synthetic, out)
     except SourceError as exc:

@@ -3,8 +3,8 @@
 
 import json
 import sys
-from pathlib import Path
 
+from promptseg import paths
 from promptseg.evaluate import (
     EvalConfig,
     evaluate_variant,
@@ -27,29 +27,28 @@ def main(variant: str) -> None:
     settings = load_stage_settings(f"evaluate@{variant}", evaluate_settings)
     cfg = EvalConfig.from_settings(settings.infer, settings.eval)
     prompts = {name: list(settings.prompts[name]) for name in DATASETS}
-    processed, out = Path("data/processed"), Path("metrics/eval")
-    skipped = skipped_reason(Path("models") / variant)
+    processed, out = paths.DATA_PROCESSED, paths.METRICS_EVAL
+    model_dir, predictions = paths.model_dir(variant), paths.predictions_dir(variant)
+    skipped = skipped_reason(model_dir)
     if skipped:
-        write_skipped_outputs(variant, skipped, out, Path("data/predictions") / variant, DATASETS)
+        write_skipped_outputs(variant, skipped, out, predictions, DATASETS)
         print(f"[evaluate] {variant}: skipped: {skipped}")
         return
-    trained = load_trained_model(Path("models") / variant)
+    trained = load_trained_model(model_dir)
     trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
     per_image: list[dict] = []  # one row per (dataset, split, image, prompt): what the JSON's means are made of
     try:
-        results, sweeps = evaluate_variant(
-            trained, processed, prompts, cfg, Path("data/predictions") / variant, per_image=per_image
-        )
+        results, sweeps = evaluate_variant(trained, processed, prompts, cfg, predictions, per_image=per_image)
     except ValueError as exc:  # a split missing (eval.missing_test_split: error, or no val): one message, no traceback
         sys.exit(f"evaluate@{variant}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
-    (out / f"{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_sweep_csv(out / "sweep" / f"{variant}.csv", sweeps)
-    write_per_image_csv(out / "per_image" / f"{variant}.csv", per_image)
+    paths.eval_json(variant).write_text(json.dumps(results, indent=2) + "\n")
+    write_sweep_csv(paths.sweep_csv(variant), sweeps)
+    write_per_image_csv(paths.per_image_csv(variant), per_image)
     figures = []
     for dataset in DATASETS:
-        figure = out / "figures" / f"{variant}_{dataset}.png"
+        figure = paths.figure_png(variant, dataset)
         block = results[dataset]  # the figure shows the split that was scored (val where the export has no test)
         qualitative_figure(
             trained,
@@ -63,7 +62,7 @@ def main(variant: str) -> None:
             note=block.get("reported_split_note"),
         )
         figures.append(figure)
-        worst = out / "figures" / f"{variant}_{dataset}_worst.png"  # eval.worst_images lowest-Dice images
+        worst = paths.worst_png(variant, dataset)  # eval.worst_images lowest-Dice images
         split = block.get("reported_split", "test")
         worst_images_figure(
             processed,
@@ -71,7 +70,7 @@ def main(variant: str) -> None:
             split,
             prompts[dataset][0],
             per_image,
-            Path("data/predictions") / variant / dataset / split,
+            predictions / dataset / split,
             cfg.worst_images,
             worst,
             note=block.get("reported_split_note"),
@@ -82,10 +81,10 @@ def main(variant: str) -> None:
         settings.mlflow,
         run_id,
         flatten_metrics(results, "eval"),
-        [out / f"{variant}.json", out / "sweep" / f"{variant}.csv", out / "per_image" / f"{variant}.csv", *figures],
+        [paths.eval_json(variant), paths.sweep_csv(variant), paths.per_image_csv(variant), *figures],
     )
     uri = log_pyfunc_model(
-        Path("models") / variant,
+        model_dir,
         settings.mlflow,
         run_id=run_id,
         variant=variant,

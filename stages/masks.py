@@ -5,8 +5,8 @@ and renamed into place when complete."""
 
 import json
 import sys
-from pathlib import Path
 
+from promptseg import paths
 from promptseg.exports import read_export
 from promptseg.masks import write_problems_csv, write_processed_dataset
 from promptseg.qa import read_index, write_contact_sheets, write_suspicious_csv
@@ -19,8 +19,8 @@ SHOW_PROBLEMS = 10  # problem lines printed; all of them are in metrics/data/pro
 def main(dataset: str) -> None:
     settings = load_stage_settings(f"masks@{dataset}", masks_settings, dataset)
     cfg = settings.masks
-    raw, out = Path("data/raw") / dataset, Path("data/processed") / dataset
-    problems_csv = Path("metrics/data/problems") / f"{dataset}.csv"
+    raw, out = paths.raw_dir(dataset), paths.processed_dir(dataset)
+    problems_csv = paths.problems_csv(dataset)
     read = None
     try:
         read = read_export(raw, empty_segmentation=settings.empty_polygon)
@@ -39,7 +39,7 @@ def main(dataset: str) -> None:
             exc = f"{exc} (all {len(read.problems)} problems: {problems_csv})"
         sys.exit(f"masks@{dataset}: {exc}")
 
-    metrics_dir = Path("metrics/data")
+    metrics_dir = paths.METRICS_DATA
     metrics_dir.mkdir(parents=True, exist_ok=True)
     kinds = write_problems_csv(read.problems, problems_csv)  # after rendering: its problems are included
     print(
@@ -52,15 +52,15 @@ def main(dataset: str) -> None:
     if len(read.problems) > SHOW_PROBLEMS:
         print(f"[masks] {dataset}: ... and {len(read.problems) - SHOW_PROBLEMS} more in {problems_csv}")
     write_contact_sheets(
-        out, dataset, metrics_dir / "contact_sheets", grid=cfg.contact_sheet.grid, tile_px=cfg.contact_sheet.tile_px
+        out, dataset, paths.contact_sheets_dir(), grid=cfg.contact_sheet.grid, tile_px=cfg.contact_sheet.tile_px
     )
-    suspicious = metrics_dir / "suspicious" / f"{dataset}.csv"
+    suspicious = paths.suspicious_csv(dataset)
     summary["suspicious"] = write_suspicious_csv(
         read_index(out / "index.csv"),
         suspicious,
         max_foreground_share=cfg.suspicious_max_foreground_share,
     )
-    metrics = metrics_dir / f"{dataset}.json"
+    metrics = paths.data_json(dataset)
     metrics.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     split = summary["split"]

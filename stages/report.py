@@ -5,8 +5,7 @@ Params read (each declared by the `report` stage in dvc.yaml; promptseg.settings
 model.source, train.variants, eval.boundary_tolerance_px, infer.hflip_tta, infer.prompt_ensemble.
 """
 
-from pathlib import Path
-
+from promptseg import paths
 from promptseg.params import DATASETS
 from promptseg.report import write_report
 from promptseg.settings import load_stage_settings, report_settings
@@ -14,9 +13,9 @@ from promptseg.settings import load_stage_settings, report_settings
 
 def main() -> None:
     s = load_stage_settings("report", report_settings)
-    out, summary = Path("metrics/report.md"), Path("metrics/summary.json")
+    out, summary = paths.REPORT_MD, paths.SUMMARY_JSON
     write_report(
-        Path("metrics"),
+        paths.METRICS,
         out,
         variants=list(s.rungs),
         model_source=s.model_source,

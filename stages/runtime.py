@@ -6,8 +6,8 @@ data.drywall.prompts.
 """
 
 import sys
-from pathlib import Path
 
+from promptseg import paths
 from promptseg.evaluate import skipped_reason
 from promptseg.runtime import measure_runtime, runtime_images, write_runtime
 from promptseg.settings import load_stage_settings, runtime_settings
@@ -16,15 +16,15 @@ from promptseg.settings import load_stage_settings, runtime_settings
 def main(variant: str) -> None:
     s = load_stage_settings(f"runtime@{variant}", runtime_settings)
     cfg = s.runtime
-    out = Path("metrics/runtime") / f"{variant}.json"
-    model_dir = Path("models") / variant
+    out = paths.runtime_json(variant)
+    model_dir = paths.model_dir(variant)
     skipped = skipped_reason(model_dir)
     if skipped:
         write_runtime(out, {"skipped": skipped})
         print(f"[runtime] {variant}: skipped: {skipped}")
         return
     prompts = {name: list(p) for name, p in s.prompts.items()}
-    images, image_prompts = runtime_images(Path("data/processed"), prompts, cfg.images)
+    images, image_prompts = runtime_images(paths.DATA_PROCESSED, prompts, cfg.images)
     figures = measure_runtime(
         model_dir,
         images,

@@ -1,8 +1,8 @@
 """DVC stage `train@<variant>`: train one rung of params.yaml's train.variants (settings checked once, here)."""
 
 import sys
-from pathlib import Path
 
+from promptseg import paths
 from promptseg.settings import load_stage_settings, train_settings
 from promptseg.train import TrainSetup, train_variant
 
@@ -10,10 +10,10 @@ from promptseg.train import TrainSetup, train_variant
 def main(variant: str) -> None:
     setup = TrainSetup(
         settings=load_stage_settings(f"train@{variant}", train_settings, variant),
-        processed_root=Path("data/processed"),
-        model_dir=Path("models") / variant,
-        metrics_dir=Path("metrics/train"),
-        checkpoint_dir=Path("checkpoints") / variant,
+        processed_root=paths.DATA_PROCESSED,
+        model_dir=paths.model_dir(variant),
+        metrics_dir=paths.METRICS_TRAIN,
+        checkpoint_dir=paths.checkpoint_dir(variant),
     )
     summary = train_variant(setup)
     if "skipped" in summary:

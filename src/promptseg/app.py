@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from promptseg.paths import eval_json, mask_name, processed_dir
+
 __all__ = ["AppModel", "build_app", "launch", "segment"]
 
 TABLE_COLUMNS = ["#", "length", "mean width", "max width", "orientation (deg)", "area (px)", "BRE 251 / class"]
@@ -82,12 +84,8 @@ def load_app_model(
     variant = str(card.get("variant") or model_dir.name)
     from promptseg.recipe import recipe_file
 
-    eval_path = recipe_file(Path(eval_path) if eval_path else Path("metrics") / "eval" / f"{variant}.json", chosen)
-    folders = (
-        [Path(images)]
-        if images
-        else [Path("data") / "processed" / d / "test" / "images" for d in (card.get("prompts") or {})]
-    )
+    eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(variant), chosen)
+    folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return AppModel(chosen, name, card, variant, eval_path, model_dir, test_images)
 
@@ -141,37 +139,67 @@ def segment(
     result = measure_mask(mask, kind=kind, mm_per_px=scale)
     measured = time.perf_counter()
     seconds = time.perf_counter() - started
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(image_path).stem
+    mask_path, json_path = _write_request_files(out_dir, image_path, prompt, mask, recipe, app.engine_name, result)
+    overlay = draw_measurements(rgb, mask, result, alpha=float(opacity))
+    unit = "mm" if scale else "px"
+    lines = _summary_lines(result, kind, unit)
+    lines.append(why + (f" (slider: threshold {float(threshold):g})" if changed else ""))
+    lines.extend(f"note: {n}" for n in result["notes"])
+    lines.append(f"engine {app.engine_name}, {seconds * 1000:.0f} ms")
+    return {
+        "overlay": overlay,
+        "mask": mask,
+        "rows": _table_rows(result, unit),
+        "summary": "\n\n".join(lines),
+        "mask_path": str(mask_path),
+        "json_path": str(json_path),
+        "seconds": seconds,
+        "seconds_predict": predicted - started,
+        "seconds_measure": measured - predicted,
+        "lit_share": float((mask > 0).mean()),
+        "measurements": result,
+    }
+
+
+def _write_request_files(out_dir: Path, image_path, prompt: str, mask, recipe, engine_name: str, result: dict):
+    """``<stem>__<prompt slug>.png`` (the mask) and ``..._measurements.json`` in ``out_dir``: their paths."""
     import cv2
 
-    from promptseg.evaluate import prompt_slug
-
-    mask_path = out_dir / f"{stem}__{prompt_slug(prompt)}.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(image_path).stem
+    mask_path = out_dir / mask_name(stem, prompt)
     cv2.imwrite(str(mask_path), mask)
-    json_path = out_dir / f"{stem}__{prompt_slug(prompt)}_measurements.json"
+    json_path = out_dir / mask_name(stem, prompt, "_measurements", ext=".json")
     json_path.write_text(
         json.dumps(
             {
                 "image": Path(image_path).name,
                 "prompt": prompt,
                 "recipe": recipe.to_dict(),
-                "engine": app.engine_name,
+                "engine": engine_name,
                 "measurements": result,
             },
             indent=1,
         )
         + "\n"
     )
-    overlay = draw_measurements(rgb, mask, result, alpha=float(opacity))
+    return mask_path, json_path
+
+
+def _table_rows(result: dict, unit: str) -> list[list]:
+    """One row of :data:`TABLE_COLUMNS` per measured component, lengths and widths in ``unit``."""
     rows = []
-    unit = "mm" if scale else "px"
     for c in result["components"]:
         length, mean_w, max_w = (c[f"{k}_{unit}"] for k in ("length", "mean_width", "max_width"))
         extra = c.get("bre_251_category", c.get("orientation", ""))
         rows.append(
             [c["id"], round(length, 2), round(mean_w, 2), round(max_w, 2), c["orientation_deg"], c["area_px"], extra]
         )
+    return rows
+
+
+def _summary_lines(result: dict, kind: str, unit: str) -> list[str]:
+    """The summary's first lines: count and total length (cracks: max width, BRE 251; joints: taped share)."""
     im = result["image"]
     what = "crack" if kind == "crack" else "joint"
     lines = [
@@ -186,22 +214,7 @@ def segment(
             lines.append(f"BRE Digest 251 category **{im['bre_251_text']}**")
     if kind == "joint":
         lines.append(f"taped share of the image {im['taped_share']:.3f}; orientations {im['orientations']}")
-    lines.append(why + (f" (slider: threshold {float(threshold):g})" if changed else ""))
-    lines.extend(f"note: {n}" for n in result["notes"])
-    lines.append(f"engine {app.engine_name}, {seconds * 1000:.0f} ms")
-    return {
-        "overlay": overlay,
-        "mask": mask,
-        "rows": rows,
-        "summary": "\n\n".join(lines),
-        "mask_path": str(mask_path),
-        "json_path": str(json_path),
-        "seconds": seconds,
-        "seconds_predict": predicted - started,
-        "seconds_measure": measured - predicted,
-        "lit_share": float((mask > 0).mean()),
-        "measurements": result,
-    }
+    return lines
 
 
 def build_app(app: AppModel):

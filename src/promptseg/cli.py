@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from promptseg.paths import eval_json, mask_name
+
 __all__ = ["main", "build_parser", "default_threshold", "expand_inputs"]
 
 EXIT_OK, EXIT_NOTHING_WRITTEN, EXIT_USAGE = 0, 1, 2
@@ -185,7 +187,6 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from promptseg.evaluate import prompt_slug
 
     prompt = (args.prompt or "").strip()
     if not prompt:
@@ -219,7 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from promptseg.recipe import load_recipe, override, recipe_file, recipe_prompts
 
     variant = str(engine.card.get("variant") or model_dir.name)
-    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(variant)
     eval_path = recipe_file(eval_path, engine)
     recipe, dataset, recipe_why = load_recipe(engine.card, prompt, variant, eval_path)
     if args.threshold is not None:
@@ -246,7 +247,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"prompt ensemble: logits averaged over {', '.join(repr(p) for p in run_prompt)}")
     args.recipe, args.run_prompt = recipe, run_prompt
 
-    return _predict_all(engine, prompt, prompt_slug(prompt), inputs, out_dir, threshold, args)
+    return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
 
 
 class _PredictAbort(Exception):
@@ -315,96 +316,106 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
         ) from None
 
 
-def _predict_all(
-    engine, prompt: str, slug: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace
-) -> int:
-    from tqdm import tqdm
-
+def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
     from promptseg.data import read_rgb
-    from promptseg.images import ImageReadError, overlay_image
-    from promptseg.recipe import predict_masks_with_recipe
+    from promptseg.images import ImageReadError
 
-    written, skipped = 0, 0
-    write_error: list[str] = []
-    progress = tqdm(
-        total=len(inputs.images),
-        unit="image",
-        disable=not inputs.any_folder or args.quiet,
-        file=sys.stderr,
-        desc="predict",
-    )
-
-    def report_skip(path: Path, why: str) -> None:
-        nonlocal skipped
-        skipped += 1
-        progress.write(f"skipped {path}: {why}", file=sys.stderr)
-
+    writer = _MaskWriter(engine, prompt, out_dir, threshold, args, inputs)
     for path, why in inputs.skipped:
-        report_skip(path, why)
-
+        writer.skip(path, why)
     used_names: dict[str, Path] = {}
-    batch: list[tuple[Path, str, np.ndarray]] = []
-    measured: list[tuple[Path, np.ndarray]] = []
+    try:
+        for path in inputs.images:
+            stem = path.stem
+            if stem in used_names:
+                writer.skip(path, f"its output name {mask_name(stem, prompt)} is already taken by {used_names[stem]}")
+                writer.progress.update(1)
+                continue
+            if writer.write_error:
+                break
+            try:
+                image = read_rgb(path)
+            except ImageReadError as exc:
+                writer.skip(path, f"not a readable image ({exc.reason})")
+                writer.progress.update(1)
+                continue
+            used_names[stem] = path
+            writer.add(path, stem, image)
+        writer.flush()
+    except _PredictAbort:
+        return EXIT_USAGE
+    return writer.finish()
 
-    def flush() -> None:
-        nonlocal written
-        if not batch or write_error:
+
+class _MaskWriter:
+    """Predicts the masks of ``promptseg predict`` a batch at a time and writes them (and overlays), counting
+    what is written and skipped; the first write error stops it."""
+
+    def __init__(self, engine, prompt: str, out_dir: Path, threshold: float, args: argparse.Namespace, inputs):
+        from tqdm import tqdm
+
+        self.engine, self.prompt, self.out_dir, self.threshold, self.args = engine, prompt, out_dir, threshold, args
+        self.written, self.skipped = 0, 0
+        self.write_error: list[str] = []
+        self.batch: list[tuple[Path, str, np.ndarray]] = []
+        self.measured: list[tuple[Path, np.ndarray]] = []
+        self.progress = tqdm(
+            total=len(inputs.images),
+            unit="image",
+            disable=not inputs.any_folder or args.quiet,
+            file=sys.stderr,
+            desc="predict",
+        )
+
+    def skip(self, path: Path, why: str) -> None:
+        self.skipped += 1
+        self.progress.write(f"skipped {path}: {why}", file=sys.stderr)
+
+    def add(self, path: Path, stem: str, image: np.ndarray) -> None:
+        self.batch.append((path, stem, image))
+        if len(self.batch) >= self.args.recipe.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Predict and write the batch; raises :class:`_PredictAbort` when the recipe cannot run."""
+        from promptseg.images import overlay_image
+        from promptseg.recipe import predict_masks_with_recipe
+
+        args, out_dir, prompt = self.args, self.out_dir, self.prompt
+        if not self.batch or self.write_error:
             return
         try:
             masks = predict_masks_with_recipe(
-                engine, [im for _, _, im in batch], args.run_prompt, args.recipe, threshold=threshold
+                self.engine, [im for _, _, im in self.batch], args.run_prompt, args.recipe, threshold=self.threshold
             )
         except ValueError as exc:  # e.g. a tiled recipe on the ONNX engine
             _err(str(exc))
             raise _PredictAbort() from None
-        for (path, stem, image), mask in zip(batch, masks):
+        for (path, stem, image), mask in zip(self.batch, masks):
             try:
-                _write_png(out_dir / f"{stem}__{slug}.png", mask)
+                _write_png(out_dir / mask_name(stem, prompt), mask)
                 if getattr(args, "measure", False):
-                    measured.append((out_dir / f"{stem}__{slug}.png", image))
+                    self.measured.append((out_dir / mask_name(stem, prompt), image))
                 if args.overlay:
-                    _write_png(out_dir / f"{stem}__{slug}_overlay.png", overlay_image(image, mask), rgb=True)
+                    _write_png(out_dir / mask_name(stem, prompt, "_overlay"), overlay_image(image, mask), rgb=True)
             except OSError as exc:  # the folder was checked: a full disk or a folder gone; stop here
-                write_error.append(f"cannot write the mask of {path}: {exc}; stopped after {written} masks")
+                self.write_error.append(f"cannot write the mask of {path}: {exc}; stopped after {self.written} masks")
                 break
-            written += 1
-        progress.update(len(batch))
-        batch.clear()
+            self.written += 1
+        self.progress.update(len(self.batch))
+        self.batch.clear()
 
-    for path in inputs.images:
-        stem = path.stem
-        if stem in used_names:
-            report_skip(path, f"its output name {stem}__{slug}.png is already taken by {used_names[stem]}")
-            progress.update(1)
-            continue
-        if write_error:
-            break
-        try:
-            image = read_rgb(path)
-        except ImageReadError as exc:
-            report_skip(path, f"not a readable image ({exc.reason})")
-            progress.update(1)
-            continue
-        used_names[stem] = path
-        batch.append((path, stem, image))
-        if len(batch) >= args.recipe.batch_size:
-            try:
-                flush()
-            except _PredictAbort:
-                return EXIT_USAGE
-    try:
-        flush()
-    except _PredictAbort:
-        return EXIT_USAGE
-    progress.close()
-    if write_error:
-        _err(write_error[0])
-        return EXIT_NOTHING_WRITTEN
-    print(f"{written} masks written, {skipped} skipped -> {out_dir}")
-    if measured:
-        kind = measure_kind(engine.card, prompt)
-        _run_measure([p for p, _ in measured], kind, args, {p.stem: im for p, im in measured})
-    return EXIT_OK if written else EXIT_NOTHING_WRITTEN
+    def finish(self) -> int:
+        """Close the progress bar, say what was written (and measure it with ``--measure``); the exit code."""
+        self.progress.close()
+        if self.write_error:
+            _err(self.write_error[0])
+            return EXIT_NOTHING_WRITTEN
+        print(f"{self.written} masks written, {self.skipped} skipped -> {self.out_dir}")
+        if self.measured:
+            kind = measure_kind(self.engine.card, self.prompt)
+            _run_measure([p for p, _ in self.measured], kind, self.args, {p.stem: im for p, im in self.measured})
+        return EXIT_OK if self.written else EXIT_NOTHING_WRITTEN
 
 
 def measure_kind(card: dict, prompt: str) -> str:
@@ -423,7 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_predict_command(sub)
+    _add_measure_command(sub)
+    _add_app_command(sub)
+    _add_export_command(sub)
+    return parser
 
+
+def _add_predict_command(sub) -> None:
+    """``promptseg predict``: images and a prompt in, masks out (the recipe's options as flags)."""
     p = sub.add_parser(
         "predict",
         help="write masks for images given a text prompt",
@@ -505,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_args(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_measure_command(sub) -> None:
+    """``promptseg measure``: length, width and category of each component of mask PNGs."""
     m = sub.add_parser(
         "measure",
         help="measure cracks / drywall joints in masks (length, width, BRE 251 category)",
@@ -527,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.set_defaults(func=cmd_measure)
 
+
+def _add_app_command(sub) -> None:
+    """``promptseg app``: the Gradio page."""
     a = sub.add_parser(
         "app",
         help="a web page (Gradio) to segment and measure photos with a trained model",
@@ -551,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
     a.set_defaults(func=cmd_app)
 
+
+def _add_export_command(sub) -> None:
+    """``promptseg export``: a trained model as ONNX."""
     e = sub.add_parser(
         "export",
         help="write a trained model as ONNX for `predict --engine onnx`",
@@ -571,7 +599,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip running the export once in onnxruntime against the PyTorch forward",
     )
     e.set_defaults(func=cmd_export)
-    return parser
 
 
 def _positive_float(text: str) -> float:
@@ -743,7 +770,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         variant = json.loads((model_dir / "promptseg.json").read_text()).get("variant") or model_dir.name
     except (OSError, ValueError):
         variant = model_dir.name
-    eval_path = Path(args.eval_metrics) if args.eval_metrics else Path("metrics") / "eval" / f"{variant}.json"
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(variant)
     copied = copy_recipes(eval_path, out_dir)
     print(
         f"recipe: copied from {eval_path} to {copied}"

@@ -26,7 +26,6 @@ Per dataset:
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +46,18 @@ from promptseg.metrics import (
 )
 from promptseg.native import predict_probabilities_native, supports_native_resolution
 from promptseg.params import MISSING_TEST_POLICIES, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS  # noqa: F401 (re-exported)
+from promptseg.paths import (  # noqa: F401 (prompt_slug re-exported)
+    eval_json,
+    figure_png,
+    mask_name,
+    per_image_csv,
+    prompt_slug,
+    sweep_csv,
+    worst_png,
+)
 from promptseg.recipe import recipe_from_eval_config
 from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
 from promptseg.tiling import predict_probabilities_tiled
-
-
-def prompt_slug(prompt: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
 
 
 @dataclass(frozen=True)
@@ -273,13 +277,92 @@ def _mean_of(prompt_scores: list[dict]) -> dict:
 def _write_masks(folder: Path, stems, prompt: str, masks) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for stem, mask in zip(stems, masks):
-        cv2.imwrite(str(folder / f"{stem}__{prompt_slug(prompt)}.png"), mask)
+        cv2.imwrite(str(folder / mask_name(stem, prompt)), mask)
 
 
 def eval_config_from_params(params: dict) -> EvalConfig:
     """The evaluation settings from ``params.yaml``'s ``infer`` and ``eval`` sections (validated)."""
     settings = evaluate_settings(params)
     return EvalConfig.from_settings(settings.infer, settings.eval)
+
+
+class _Predictor:
+    """Probabilities for every image of a split with one prompt, the way ``cfg`` says for ``dataset``
+    (native resolution, tiled, or the plain resized forward), advancing the split's progress bar."""
+
+    def __init__(self, trained: TrainedModel, dataset: str, cfg: EvalConfig):
+        self.trained, self.dataset, self.cfg = trained, dataset, cfg
+        self.bars: dict[int, tqdm] = {}  # id(split data) -> its progress bar (images done over every prompt pass)
+
+    def open_bars(self, splits: dict[str, SplitData], prompts, other_prompts) -> None:
+        for split, data in splits.items():
+            self.bars[id(data)] = tqdm(
+                total=len(data.images) * _passes(split, prompts, other_prompts, self.dataset, self.cfg),
+                desc=f"evaluate {self.dataset} {split}",
+                unit="img",
+                disable=None,
+            )
+
+    def close_bars(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+    def __call__(self, data: SplitData, prompt, *, hflip: bool | None = None, tiled: bool | None = None):
+        """``prompt``: a string, or a list (the ensemble); ``hflip``/``tiled`` default to ``cfg``'s choice."""
+        cfg, trained = self.cfg, self.trained
+        hflip = cfg.hflip_tta if hflip is None else hflip
+        tiled = cfg.tiled.get(self.dataset, False) if tiled is None else tiled
+        bar = self.bars.get(id(data))
+        if bar is not None:
+            bar.set_postfix_str(
+                ("ensemble" if isinstance(prompt, list) else repr(prompt))
+                + (" +hflip" if hflip else "")
+                + (" tiled" if tiled else "")
+            )
+        prompts = [prompt] * len(data.images)
+        if cfg.native_resolution.get(self.dataset, False) and supports_native_resolution(trained):  # before tiling
+            probs = predict_probabilities_native(
+                trained, data.images, prompts, batch_size=cfg.batch_size, hflip_tta=hflip
+            )
+        elif tiled:
+            probs = predict_probabilities_tiled(
+                trained,
+                data.images,
+                prompts,
+                upscale=cfg.tile_upscale,
+                overlap=cfg.tile_overlap,
+                batch_size=cfg.batch_size,
+                hflip_tta=hflip,
+            )
+        else:
+            probs = predict_probabilities(trained, data.images, prompts, batch_size=cfg.batch_size, hflip_tta=hflip)
+        if bar is not None:
+            bar.update(len(data.images))
+        return probs
+
+
+def _post(probs, threshold: float, cfg: EvalConfig) -> list[np.ndarray]:
+    return [
+        postprocess_probabilities(p, threshold, morphology=cfg.morphology, kernel_size=cfg.kernel_size) for p in probs
+    ]
+
+
+def _load_eval_splits(processed_root: Path, dataset: str, cfg: EvalConfig) -> dict[str, SplitData]:
+    """val and test (those with images); no val, or no test under ``eval.missing_test_split: error``, raise."""
+    splits = {split: load_split(processed_root, dataset, split) for split in ("val", "test")}
+    splits = {s: d for s, d in splits.items() if d.images}
+    if "val" not in splits:
+        raise ValueError(
+            f"{dataset}: no validation images under {processed_root}/{dataset}/val; "
+            "the threshold must be chosen on validation."
+        )
+    if "test" not in splits and cfg.missing_test_split == "error":
+        raise ValueError(
+            f"{dataset}: no test images under {processed_root}/{dataset}/test (the export has no test "
+            f"split). Fix: set data.{dataset}.split: grouped to set a test split aside, or "
+            "eval.missing_test_split: report_val to report val, labelled as optimistic."
+        )
+    return splits
 
 
 def evaluate_dataset(
@@ -296,131 +379,105 @@ def evaluate_dataset(
 
     ``per_image`` (a list) receives one row per (split, image, prompt) (:func:`per_image_rows`)."""
     thin = dataset in THIN_STRUCTURE_DATASETS
-    bars: dict[int, tqdm] = {}  # id(split data) -> its progress bar (images done over every prompt pass)
-
-    def predict(data, prompt, hflip=cfg.hflip_tta, tiled=cfg.tiled.get(dataset, False)):  # noqa: B008 (read once)
-        """Probabilities for every image of ``data`` with ``prompt`` (a string, or a list: the ensemble)."""
-        bar = bars.get(id(data))
-        if bar is not None:
-            bar.set_postfix_str(
-                ("ensemble" if isinstance(prompt, list) else repr(prompt))
-                + (" +hflip" if hflip else "")
-                + (" tiled" if tiled else "")
-            )
-        if cfg.native_resolution.get(dataset, False) and supports_native_resolution(trained):  # before tiling
-            probs = predict_probabilities_native(
-                trained, data.images, [prompt] * len(data.images), batch_size=cfg.batch_size, hflip_tta=hflip
-            )
-            if bar is not None:
-                bar.update(len(data.images))
-            return probs
-        if tiled:
-            probs = predict_probabilities_tiled(
-                trained,
-                data.images,
-                [prompt] * len(data.images),
-                upscale=cfg.tile_upscale,
-                overlap=cfg.tile_overlap,
-                batch_size=cfg.batch_size,
-                hflip_tta=hflip,
-            )
-        else:
-            probs = predict_probabilities(
-                trained, data.images, [prompt] * len(data.images), batch_size=cfg.batch_size, hflip_tta=hflip
-            )
-        if bar is not None:
-            bar.update(len(data.images))
-        return probs
-
-    def post(probs, t):
-        return [postprocess_probabilities(p, t, morphology=cfg.morphology, kernel_size=cfg.kernel_size) for p in probs]
-
-    splits = {split: load_split(processed_root, dataset, split) for split in ("val", "test")}
-    splits = {s: d for s, d in splits.items() if d.images}
-    if "val" not in splits:
-        raise ValueError(
-            f"{dataset}: no validation images under {processed_root}/{dataset}/val; "
-            "the threshold must be chosen on validation."
-        )
-    if "test" not in splits and cfg.missing_test_split == "error":
-        raise ValueError(
-            f"{dataset}: no test images under {processed_root}/{dataset}/test (the export has no test "
-            f"split). Fix: set data.{dataset}.split: grouped to set a test split aside, or "
-            "eval.missing_test_split: report_val to report val, labelled as optimistic."
-        )
+    splits = _load_eval_splits(processed_root, dataset, cfg)
+    predict = _Predictor(trained, dataset, cfg)
+    predict.open_bars(splits, prompts, other_prompts)
+    result, sweep, val_probs = choose_threshold_on_val(predict, splits, dataset, prompts, cfg, trained)
+    threshold = result["threshold"]
     for split, data in splits.items():
-        bars[id(data)] = tqdm(
-            total=len(data.images) * _passes(split, prompts, other_prompts, dataset, cfg),
-            desc=f"evaluate {dataset} {split}",
-            unit="img",
-            disable=None,
+        given = val_probs if split == "val" else {}  # val's probabilities are already there
+        folder = None if predictions_dir is None else predictions_dir / dataset / split
+        each_prompt: dict[str, dict] = {}  # prompt -> image_scores: the per-image numbers behind the means
+        per_prompt, in_lit, vs_true = score_prompts(
+            predict, data, prompts, threshold, cfg, thin, given, folder, per_image=each_prompt
         )
-    val_probs = {prompt: predict(splits["val"], prompt) for prompt in prompts}
-    sweep = sweep_thresholds(val_probs, splits["val"].truths, cfg)
-    threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
+        if per_image is not None:
+            for prompt, each in each_prompt.items():
+                per_image += per_image_rows(dataset, split, split == result["reported_split"], data.stems, prompt, each)
+        entry = {
+            "prompts": per_prompt,
+            "all_prompts": _mean_of(list(per_prompt.values())),
+            "images": len(data.images),
+            "in_prompt_lit": float(np.mean(in_lit)),
+            "cross_prompt_lit": prompt_switching(predict, data, other_prompts, threshold, cfg),
+        }
+        if vs_true:  # the same masks against the true object pixels (e.g. the tape band inside each box)
+            entry["vs_true_masks"] = {"prompts": vs_true, "all_prompts": _mean_of(list(vs_true.values()))}
+        if cfg.prompt_ensemble:
+            entry["ensemble"] = score_masks(
+                _post(predict(data, list(prompts)), result["ensemble_threshold"], cfg), data.truths, cfg, thin
+            )
+        if cfg.unrelated_prompts:
+            entry["unrelated_prompt_lit"] = prompt_switching(predict, data, cfg.unrelated_prompts, threshold, cfg)
+        paraphrases = cfg.paraphrases.get(dataset, [])
+        if paraphrases:
+            entry["paraphrases"] = {
+                p: score_masks(_post(predict(data, p), threshold, cfg), data.truths, cfg, thin) for p in paraphrases
+            }
+        result[split] = entry
+    predict.close_bars()
+    return result, sweep
 
+
+def choose_threshold_on_val(
+    predict: _Predictor, splits: dict[str, SplitData], dataset: str, prompts: list[str], cfg: EvalConfig, trained
+) -> tuple[dict, dict, dict]:
+    """The threshold with the best mean val Dice (and the ensemble's), the reported split, the options measured
+    on val and the recipe: (result so far, the val sweep, val probabilities per prompt)."""
+    val = splits["val"]
+    val_probs = {prompt: predict(val, prompt) for prompt in prompts}
+    sweep = sweep_thresholds(val_probs, val.truths, cfg)
+    threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
     result: dict = {"threshold": threshold, "threshold_chosen_on": "val"}
     if "test" in splits:
         result["reported_split"] = "test"
     else:  # eval.missing_test_split: report_val
         result.update(reported_split="val", reported_split_note=NO_TEST_SPLIT_NOTE)
     if cfg.measure_inference_options:
-        result["options_val"] = inference_options_on_val(predict, splits["val"], prompts, cfg)
+        result["options_val"] = inference_options_on_val(predict, val, prompts, cfg)
     if cfg.prompt_ensemble:
-        ensemble_sweep = sweep_thresholds(
-            {"ensemble": predict(splits["val"], list(prompts))}, splits["val"].truths, cfg
-        )
+        ensemble_sweep = sweep_thresholds({"ensemble": predict(val, list(prompts))}, val.truths, cfg)
         result["ensemble_threshold"] = choose_threshold({t: dice for t, (_, dice) in ensemble_sweep.items()})
     result["recipe"] = recipe_from_eval_config(
         cfg, dataset, threshold, result.get("ensemble_threshold"), precision=getattr(trained, "precision", "fp32")
     )
-    for split, data in splits.items():
-        per_prompt, in_lit, vs_true = {}, [], {}
-        for prompt in prompts:
-            probs = val_probs[prompt] if split == "val" else predict(data, prompt)
-            masks = post(probs, threshold)
-            each: dict = {}
-            per_prompt[prompt] = score_masks(masks, data.truths, cfg, thin, per_image=each)
-            if per_image is not None:
-                per_image += per_image_rows(dataset, split, split == result["reported_split"], data.stems, prompt, each)
-            if data.true_masks is not None:
-                vs_true[prompt] = score_masks(masks, data.true_masks, cfg, thin)
-            in_lit += [lit_fraction(m > 0) for m in masks]
-            if predictions_dir is not None:
-                _write_masks(predictions_dir / dataset / split, data.stems, prompt, masks)
-        cross = [lit_fraction(m > 0) for prompt in other_prompts for m in post(predict(data, prompt), threshold)]
-        entry = {
-            "prompts": per_prompt,
-            "all_prompts": _mean_of(list(per_prompt.values())),
-            "images": len(data.images),
-            "in_prompt_lit": float(np.mean(in_lit)),
-            "cross_prompt_lit": float(np.mean(cross)) if cross else float("nan"),
-        }
-        if vs_true:  # the same masks against the true object pixels (e.g. the tape band inside each box)
-            entry["vs_true_masks"] = {"prompts": vs_true, "all_prompts": _mean_of(list(vs_true.values()))}
-        if cfg.prompt_ensemble:
-            entry["ensemble"] = score_masks(
-                post(predict(data, list(prompts)), result["ensemble_threshold"]), data.truths, cfg, thin
-            )
-        if cfg.unrelated_prompts:
-            entry["unrelated_prompt_lit"] = float(
-                np.mean(
-                    [
-                        lit_fraction(m > 0)
-                        for prompt in cfg.unrelated_prompts
-                        for m in post(predict(data, prompt), threshold)
-                    ]
-                )
-            )
-        paraphrases = cfg.paraphrases.get(dataset, [])
-        if paraphrases:
-            entry["paraphrases"] = {
-                p: score_masks(post(predict(data, p), threshold), data.truths, cfg, thin) for p in paraphrases
-            }
-        result[split] = entry
-    for bar in bars.values():
-        bar.close()
-    return result, sweep
+    return result, sweep, val_probs
+
+
+def score_prompts(
+    predict: _Predictor,
+    data: SplitData,
+    prompts: list[str],
+    threshold: float,
+    cfg: EvalConfig,
+    thin: bool,
+    given_probs: dict,
+    write_to: Path | None,
+    per_image: dict | None = None,
+) -> tuple[dict, list[float], dict]:
+    """Per prompt: the masks' scores (and against the true masks where there are some), the lit fractions of
+    every mask; masks written under ``write_to`` as ``<stem>__<prompt>.png`` when given; ``per_image`` (a
+    dict) receives each prompt's :func:`image_scores`."""
+    per_prompt, in_lit, vs_true = {}, [], {}
+    for prompt in prompts:
+        probs = given_probs[prompt] if prompt in given_probs else predict(data, prompt)
+        masks = _post(probs, threshold, cfg)
+        each: dict = {}
+        per_prompt[prompt] = score_masks(masks, data.truths, cfg, thin, per_image=each)
+        if per_image is not None:
+            per_image[prompt] = each
+        if data.true_masks is not None:
+            vs_true[prompt] = score_masks(masks, data.true_masks, cfg, thin)
+        in_lit += [lit_fraction(m > 0) for m in masks]
+        if write_to is not None:
+            _write_masks(write_to, data.stems, prompt, masks)
+    return per_prompt, in_lit, vs_true
+
+
+def prompt_switching(predict: _Predictor, data: SplitData, prompts: list[str], threshold: float, cfg: EvalConfig):
+    """Mean fraction of pixels lit over the images of ``data`` with prompts that should light nothing (NaN if none)."""
+    lit = [lit_fraction(m > 0) for prompt in prompts for m in _post(predict(data, prompt), threshold, cfg)]
+    return float(np.mean(lit)) if lit else float("nan")
 
 
 def _passes(split: str, prompts, other_prompts, dataset: str, cfg: EvalConfig) -> int:
@@ -442,9 +499,9 @@ def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: E
     options = {}
     for flip in (False, True):
         suffix = "+hflip" if flip else ""
-        options[f"single_prompt{suffix}"] = best_dice({p: predict(val, p, flip, False) for p in prompts})
-        options[f"ensemble{suffix}"] = best_dice({"ensemble": predict(val, list(prompts), flip, False)})
-    options["single_prompt+tiled"] = best_dice({p: predict(val, p, False, True) for p in prompts})
+        options[f"single_prompt{suffix}"] = best_dice({p: predict(val, p, hflip=flip, tiled=False) for p in prompts})
+        options[f"ensemble{suffix}"] = best_dice({"ensemble": predict(val, list(prompts), hflip=flip, tiled=False)})
+    options["single_prompt+tiled"] = best_dice({p: predict(val, p, hflip=False, tiled=True) for p in prompts})
     return {k: round(float(v), 6) for k, v in options.items()}
 
 
@@ -648,19 +705,19 @@ def write_skipped_outputs(variant: str, reason: str, metrics_dir: Path, predicti
     import matplotlib.pyplot as plt
 
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / f"{variant}.json").write_text(json.dumps({"skipped": reason}, indent=2) + "\n")
-    write_sweep_csv(metrics_dir / "sweep" / f"{variant}.csv", {})
-    write_per_image_csv(metrics_dir / "per_image" / f"{variant}.csv", [])
+    eval_json(variant, metrics_dir).write_text(json.dumps({"skipped": reason}, indent=2) + "\n")
+    write_sweep_csv(sweep_csv(variant, metrics_dir), {})
+    write_per_image_csv(per_image_csv(variant, metrics_dir), [])
     predictions_dir.mkdir(parents=True, exist_ok=True)
     (predictions_dir / "SKIPPED.txt").write_text(reason + "\n")
     for dataset in datasets:
         fig = plt.figure(figsize=(6, 1.2))
         fig.text(0.02, 0.5, f"{variant} / {dataset}: skipped\n{reason}", fontsize=7, va="center", wrap=True)
-        path = metrics_dir / "figures" / f"{variant}_{dataset}.png"
+        path = figure_png(variant, dataset, metrics_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=80)
         plt.close(fig)
         _message_figure(
             f"{variant} / {dataset}: skipped, no worst-image gallery\n{reason}",
-            metrics_dir / "figures" / f"{variant}_{dataset}_worst.png",
+            worst_png(variant, dataset, metrics_dir),
         )

@@ -320,8 +320,25 @@ def _load_coco_file(ann_path: Path) -> dict:
 def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
     problems: list[Problem] = []
     counts: dict[str, Counter] = {}
-    loaded: list[tuple[str, Path, dict]] = []
+    loaded = _load_coco_splits(root, counts, problems)
+    # Does the export (any split) have masks? Decides what an empty segmentation means.
+    has_masks = any(
+        _has_mask_segmentation(a.get("segmentation"))
+        for _, _, data in loaded
+        for a in data["annotations"]
+        if isinstance(a, dict)
+    )
+    records: list[ImageRecord] = []
+    for split, ann_path, data in loaded:
+        reader = _CocoSplitReader(split, ann_path, data, counts[split], problems, has_masks, empty_mode)
+        records += reader.read()
+    return ExportReadResult("coco", records, _finalise_counts(counts), problems)
 
+
+def _load_coco_splits(root: Path, counts: dict[str, Counter], problems: list[Problem]) -> list[tuple[str, Path, dict]]:
+    """(split, annotation file, parsed JSON) of every split folder with a COCO file; an unreadable one is counted
+    and named, one without its lists raises (:func:`_load_coco_file`)."""
+    loaded: list[tuple[str, Path, dict]] = []
     for rf_name, split, d in _split_dirs(root):
         ann_path = d / COCO_ANNOTATION_FILE
         if not ann_path.is_file():
@@ -344,203 +361,229 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
             )
             continue
         loaded.append((split, ann_path, data))
+    return loaded
 
-    # Does the export (any split) have masks? Decides what an empty segmentation means.
-    has_masks = any(
-        _has_mask_segmentation(a.get("segmentation"))
-        for _, _, data in loaded
-        for a in data["annotations"]
-        if isinstance(a, dict)
-    )
 
-    records: list[ImageRecord] = []
-    for split, ann_path, data in loaded:
-        c = counts[split]
-        split_dir = ann_path.parent
+class _CocoSplitReader:
+    """One split's COCO JSON -> its image records (in the order listed), counting into ``c`` and naming
+    every problem: the images, then each annotation (image known? category known? its segmentation as RLE,
+    polygon or box), then which images are kept, then the image files the JSON does not list."""
 
-        def problem(message: str, kind: str, file=ann_path, annotation="", split=split) -> None:
-            problems.append(Problem(message, kind=kind, file=file, split=split, annotation=annotation))
+    def __init__(self, split, ann_path: Path, data: dict, c: Counter, problems: list, has_masks: bool, empty_mode):
+        self.split, self.ann_path, self.data, self.c, self.problems = split, ann_path, data, c, problems
+        self.split_dir = ann_path.parent
+        self.has_masks, self.empty_mode = has_masks, empty_mode
+        self.categories = {cat.get("id") for cat in (data.get("categories") or []) if isinstance(cat, dict)}
+        self.by_id: dict = {}  # image id -> record
+        self.order: list = []
+        self.listed_files: set[Path] = set()  # the file names the JSON lists (for unlisted files)
+        self.used_categories: set = set()
+        self.annotated_ids: set = set()
+        self.invalid: Counter = Counter()  # image id -> annotations dropped by validation
 
-        categories = {cat.get("id") for cat in (data.get("categories") or []) if isinstance(cat, dict)}
-        # image id -> record; the file names the JSON lists (for unlisted files)
-        by_id: dict = {}
-        order: list = []
-        listed_files: set[Path] = set()
-        for im in data["images"]:
-            if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
-                c["malformed_annotations"] += 1
-                problem(
-                    f"{ann_path}: image entry without id or file_name ({str(im)[:120]}); "
-                    "it is ignored; re-export the dataset",
-                    "malformed_annotations",
-                )
-                continue
-            c["images_listed"] += 1
-            image_path = split_dir / im["file_name"]
-            listed_files.add(Path(os.path.normpath(image_path)))
-            try:
-                hash(im["id"])
-            except TypeError:  # an id JSON cannot use as a key (a list or an object)
-                im = {**im, "id": json.dumps(im["id"])}
-            if im["id"] in by_id:
-                c["duplicate_image_ids"] += 1
-                problem(
-                    f"{ann_path}: image id {im['id']} is listed twice; the second entry "
-                    f"({im['file_name']}) is ignored; re-export the dataset",
-                    "duplicate_image_ids",
-                    file=image_path,
-                )
-                continue
-            extra = im.get("extra") if isinstance(im.get("extra"), dict) else {}
-            w, h = im.get("width"), im.get("height")
-            rec = ImageRecord(
-                split=split,
-                image_path=image_path,
-                width=int(w) if _is_number(w) else None,
-                height=int(h) if _is_number(h) else None,
-                shapes=[],
-                source_name=extra.get("name") if isinstance(extra.get("name"), str) else None,
+    def problem(self, message: str, kind: str, file=None, annotation="") -> None:
+        file = self.ann_path if file is None else file
+        self.problems.append(Problem(message, kind=kind, file=file, split=self.split, annotation=annotation))
+
+    def read(self) -> list[ImageRecord]:
+        for im in self.data["images"]:
+            self._read_image(im)
+        for ann in self.data["annotations"]:
+            self._read_annotation(ann)
+        self.c["unused_categories"] += len(self.categories - self.used_categories)
+        records = self._kept_records()
+        self._note_unlisted_images()
+        return records
+
+    def _read_image(self, im) -> None:
+        c, ann_path = self.c, self.ann_path
+        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+            c["malformed_annotations"] += 1
+            self.problem(
+                f"{ann_path}: image entry without id or file_name ({str(im)[:120]}); "
+                "it is ignored; re-export the dataset",
+                "malformed_annotations",
             )
-            by_id[im["id"]] = rec
-            order.append(im["id"])
+            return
+        c["images_listed"] += 1
+        image_path = self.split_dir / im["file_name"]
+        self.listed_files.add(Path(os.path.normpath(image_path)))
+        try:
+            hash(im["id"])
+        except TypeError:  # an id JSON cannot use as a key (a list or an object)
+            im = {**im, "id": json.dumps(im["id"])}
+        if im["id"] in self.by_id:
+            c["duplicate_image_ids"] += 1
+            self.problem(
+                f"{ann_path}: image id {im['id']} is listed twice; the second entry "
+                f"({im['file_name']}) is ignored; re-export the dataset",
+                "duplicate_image_ids",
+                file=image_path,
+            )
+            return
+        extra = im.get("extra") if isinstance(im.get("extra"), dict) else {}
+        w, h = im.get("width"), im.get("height")
+        rec = ImageRecord(
+            split=self.split,
+            image_path=image_path,
+            width=int(w) if _is_number(w) else None,
+            height=int(h) if _is_number(h) else None,
+            shapes=[],
+            source_name=extra.get("name") if isinstance(extra.get("name"), str) else None,
+        )
+        self.by_id[im["id"]] = rec
+        self.order.append(im["id"])
 
-        used_categories = set()
-        annotated_ids = set()
-        invalid: Counter = Counter()  # image id -> annotations dropped by validation
-        for ann in data["annotations"]:
-            if not isinstance(ann, dict):
-                c["malformed_annotations"] += 1
-                problem(f"{ann_path}: annotation is not an object ({str(ann)[:80]}); ignored", "malformed_annotations")
-                continue
-            c["annotations"] += 1
-            img_id = ann.get("image_id")
-            cat_id = ann.get("category_id")
-            ref = str(ann.get("id"))
-            try:
-                known_image = img_id in by_id
-            except TypeError:  # an unhashable image_id
-                known_image = False
-            if not known_image:
-                c["labels_without_image"] += 1
-                problem(
-                    f"{ann_path}: annotation {ann.get('id')} refers to image id {img_id}, which "
-                    "is not in 'images'; it is ignored; re-export the dataset",
-                    "labels_without_image",
-                    annotation=ref,
-                )
-                continue
-            annotated_ids.add(img_id)
-            rec = by_id[img_id]
-            try:
-                known_category = cat_id in categories
-            except TypeError:
-                known_category = False
-            if not known_category:
-                c["unknown_category"] += 1
-                invalid[img_id] += 1
-                problem(
-                    f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has category_id "
-                    f"{cat_id!r}, which is not in 'categories' (ids {sorted(categories, key=str)}); it is "
-                    "ignored; fix the category in Roboflow and re-export",
-                    "unknown_category",
-                    file=rec.image_path,
-                    annotation=ref,
-                )
-                continue
-            used_categories.add(cat_id)
-            seg = ann.get("segmentation")
-            if isinstance(seg, dict):
-                if "counts" in seg and "size" in seg:
-                    rec.shapes.append(Shape(kind="rle", rle=seg, ref=ref))
-                    c["rle"] += 1
-                else:
-                    c["malformed_annotations"] += 1
-                    invalid[img_id] += 1
-                    problem(
-                        f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has an RLE "
-                        "segmentation without 'size'/'counts'; it is ignored; re-export the dataset",
-                        "malformed_annotations",
-                        file=rec.image_path,
-                        annotation=ref,
-                    )
-                continue
-            if isinstance(seg, list) and seg:
-                parts, dropped = _coco_polygon_parts(seg, c, ref)
-                for why in dropped:
-                    problem(
-                        f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}): {why}; "
-                        "the polygon is ignored; fix it in Roboflow and re-export",
-                        "degenerate_polygons",
-                        file=rec.image_path,
-                        annotation=ref,
-                    )
-                if parts:
-                    rec.shapes.extend(parts)
-                    c["polygons"] += 1
-                    if len(parts) > 1:
-                        c["multipart_polygons"] += 1
-                else:
-                    invalid[img_id] += 1
-                continue
-            # Empty (or absent) segmentation: the bbox is all there is.
-            box = _coco_bbox(ann)
-            if has_masks and empty_mode == "skip":
-                c["empty_segmentation_skipped"] += 1
-                continue
-            if box is None:
-                c["malformed_annotations"] += 1
-                invalid[img_id] += 1
-                problem(
-                    f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has neither a "
-                    f"segmentation nor a valid bbox ({ann.get('bbox')!r}); it is ignored; re-export the dataset",
-                    "malformed_annotations",
-                    file=rec.image_path,
-                    annotation=ref,
-                )
-                continue
-            rec.shapes.append(Shape(kind="box", box=box, ref=ref))
-            c["empty_segmentation_as_box" if has_masks else "boxes"] += 1
+    def _read_annotation(self, ann) -> None:
+        c, ann_path = self.c, self.ann_path
+        if not isinstance(ann, dict):
+            c["malformed_annotations"] += 1
+            self.problem(f"{ann_path}: annotation is not an object ({str(ann)[:80]}); ignored", "malformed_annotations")
+            return
+        c["annotations"] += 1
+        img_id = ann.get("image_id")
+        cat_id = ann.get("category_id")
+        ref = str(ann.get("id"))
+        try:
+            known_image = img_id in self.by_id
+        except TypeError:  # an unhashable image_id
+            known_image = False
+        if not known_image:
+            c["labels_without_image"] += 1
+            self.problem(
+                f"{ann_path}: annotation {ann.get('id')} refers to image id {img_id}, which "
+                "is not in 'images'; it is ignored; re-export the dataset",
+                "labels_without_image",
+                annotation=ref,
+            )
+            return
+        self.annotated_ids.add(img_id)
+        rec = self.by_id[img_id]
+        try:
+            known_category = cat_id in self.categories
+        except TypeError:
+            known_category = False
+        if not known_category:
+            c["unknown_category"] += 1
+            self.invalid[img_id] += 1
+            self.problem(
+                f"{ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has category_id "
+                f"{cat_id!r}, which is not in 'categories' (ids {sorted(self.categories, key=str)}); it is "
+                "ignored; fix the category in Roboflow and re-export",
+                "unknown_category",
+                file=rec.image_path,
+                annotation=ref,
+            )
+            return
+        self.used_categories.add(cat_id)
+        seg = ann.get("segmentation")
+        if isinstance(seg, dict):
+            self._add_rle(ann, seg, img_id, rec, ref)
+        elif isinstance(seg, list) and seg:
+            self._add_polygon(ann, seg, img_id, rec, ref)
+        else:  # Empty (or absent) segmentation: the bbox is all there is.
+            self._add_box(ann, img_id, rec, ref)
 
-        c["unused_categories"] += len(categories - used_categories)
+    def _add_rle(self, ann: dict, seg: dict, img_id, rec: ImageRecord, ref: str) -> None:
+        if "counts" in seg and "size" in seg:
+            rec.shapes.append(Shape(kind="rle", rle=seg, ref=ref))
+            self.c["rle"] += 1
+            return
+        self.c["malformed_annotations"] += 1
+        self.invalid[img_id] += 1
+        self.problem(
+            f"{self.ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has an RLE "
+            "segmentation without 'size'/'counts'; it is ignored; re-export the dataset",
+            "malformed_annotations",
+            file=rec.image_path,
+            annotation=ref,
+        )
 
-        for img_id in order:
-            rec = by_id[img_id]
+    def _add_polygon(self, ann: dict, seg: list, img_id, rec: ImageRecord, ref: str) -> None:
+        c = self.c
+        parts, dropped = _coco_polygon_parts(seg, c, ref)
+        for why in dropped:
+            self.problem(
+                f"{self.ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}): {why}; "
+                "the polygon is ignored; fix it in Roboflow and re-export",
+                "degenerate_polygons",
+                file=rec.image_path,
+                annotation=ref,
+            )
+        if parts:
+            rec.shapes.extend(parts)
+            c["polygons"] += 1
+            if len(parts) > 1:
+                c["multipart_polygons"] += 1
+        else:
+            self.invalid[img_id] += 1
+
+    def _add_box(self, ann: dict, img_id, rec: ImageRecord, ref: str) -> None:
+        c = self.c
+        box = _coco_bbox(ann)
+        if self.has_masks and self.empty_mode == "skip":
+            c["empty_segmentation_skipped"] += 1
+            return
+        if box is None:
+            c["malformed_annotations"] += 1
+            self.invalid[img_id] += 1
+            self.problem(
+                f"{self.ann_path}: annotation {ann.get('id')} (image {rec.image_path.name}) has neither a "
+                f"segmentation nor a valid bbox ({ann.get('bbox')!r}); it is ignored; re-export the dataset",
+                "malformed_annotations",
+                file=rec.image_path,
+                annotation=ref,
+            )
+            return
+        rec.shapes.append(Shape(kind="box", box=box, ref=ref))
+        c["empty_segmentation_as_box" if self.has_masks else "boxes"] += 1
+
+    def _kept_records(self) -> list[ImageRecord]:
+        """The listed images in order, less those missing on disk and those whose every label is invalid."""
+        c, records = self.c, []
+        for img_id in self.order:
+            rec = self.by_id[img_id]
             if not rec.image_path.is_file():
                 c["missing_image_file"] += 1
-                problem(
-                    f"{rec.image_path}: listed in {ann_path} but missing on disk; the image is "
+                self.problem(
+                    f"{rec.image_path}: listed in {self.ann_path} but missing on disk; the image is "
                     "dropped; re-download the export (or unzip it completely)",
                     "missing_image_file",
                     file=rec.image_path,
                 )
                 continue
-            if invalid[img_id] and not rec.shapes:
+            if self.invalid[img_id] and not rec.shapes:
                 c["all_labels_invalid"] += 1
-                problem(
-                    f"{rec.image_path}: all {invalid[img_id]} of its annotations in {ann_path} are invalid "
-                    "(see the problems naming them); the image is skipped, not kept as a negative; fix "
+                self.problem(
+                    f"{rec.image_path}: all {self.invalid[img_id]} of its annotations in {self.ann_path} are "
+                    "invalid (see the problems naming them); the image is skipped, not kept as a negative; fix "
                     "the labels in Roboflow and re-export",
                     "all_labels_invalid",
                     file=rec.image_path,
                 )
                 continue
-            if img_id not in annotated_ids:
+            if img_id not in self.annotated_ids:
                 c["images_without_labels"] += 1
             records.append(rec)
             c["images"] += 1
+        return records
 
-        # Image files beside the JSON that it does not list are not used: say so.
+    def _note_unlisted_images(self) -> None:
+        """Image files beside the JSON that it does not list are not used: say so."""
+        split_dir = self.split_dir
         for f in sorted(split_dir.iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and Path(os.path.normpath(f)) not in listed_files:
-                c["unlisted_image"] += 1
-                problem(
-                    f"{f}: an image file in {split_dir} that {ann_path.name} does not list; it is not "
+            if (
+                f.is_file()
+                and f.suffix.lower() in IMAGE_SUFFIXES
+                and Path(os.path.normpath(f)) not in self.listed_files
+            ):
+                self.c["unlisted_image"] += 1
+                self.problem(
+                    f"{f}: an image file in {split_dir} that {self.ann_path.name} does not list; it is not "
                     "used; re-download the export or remove the file",
                     "unlisted_image",
                     file=f,
                 )
-
-    return ExportReadResult("coco", records, _finalise_counts(counts), problems)
 
 
 # ------------------------------------------------------------------------------ YOLO
@@ -629,125 +672,148 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
         if not img_dir.is_dir() and not lbl_dir.is_dir():
             continue
         c = counts.setdefault(split, _new_counter())
-
-        def problem(message: str, kind: str, file, annotation="", split=split) -> None:
-            problems.append(Problem(message, kind=kind, file=file, split=split, annotation=annotation))
-
-        images = (
-            sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if img_dir.is_dir()
-            else []
-        )
-        labels = sorted(lbl_dir.glob("*.txt")) if lbl_dir.is_dir() else []
-        label_by_stem = {p.stem: p for p in labels}
-        image_stems = {p.stem for p in images}
-        for p in labels:
-            if p.stem not in image_stems:
-                c["labels_without_image"] += 1
-                problem(
-                    f"{p}: label file without a matching image in {img_dir}; it is ignored; re-download the export",
-                    "labels_without_image",
-                    p,
-                )
-        # image -> (label file, valid lines (line number, class, values), lines dropped)
-        parsed: dict[Path, tuple[Path | None, list, int]] = {}
-        for img in images:
-            lbl = label_by_stem.get(img.stem)
-            lines, dropped = [], 0
-            if lbl is not None:
-                try:
-                    text = lbl.read_text(encoding="utf-8", errors="replace")
-                except OSError as e:
-                    c["malformed_label_lines"] += 1
-                    dropped += 1
-                    problem(
-                        f"{lbl}: cannot be read ({e}); its labels are lost; re-download the export",
-                        "malformed_label_lines",
-                        lbl,
-                    )
-                    text = ""
-                for lineno, line in enumerate(text.splitlines(), 1):
-                    if not line.strip():
-                        continue
-                    p = _parse_yolo_line(line)
-                    if p is None:
-                        c["malformed_label_lines"] += 1
-                        dropped += 1
-                        problem(
-                            f"{lbl}:{lineno}: malformed line {line.strip()[:60]!r} (want "
-                            "'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', normalised); ignored",
-                            "malformed_label_lines",
-                            lbl,
-                            f"line {lineno}",
-                        )
-                        continue
-                    lines.append((lineno, *p))
-            parsed[img] = (lbl, lines, dropped)
-        splits.append((split, c, parsed, problem))
+        problem = _split_problem(problems, split)
+        splits.append((split, c, _parse_yolo_split(img_dir, lbl_dir, c, problem), problem))
 
     has_polygons = any(len(v) > 4 for _, _, parsed, _ in splits for _, ls, _ in parsed.values() for _, _, v in ls)
 
     records: list[ImageRecord] = []
     for split, c, parsed, problem in splits:
-        used = set()
+        used: set = set()
         for img, (lbl, lines, dropped) in parsed.items():
-            c["images_listed"] += 1
-            size = _image_size(img)
-            if size is None:
-                c["corrupt_image"] += 1
-                problem(
-                    f"{img}: cannot be read as an image (corrupt or not an image); it is "
-                    "skipped; re-download the export or delete the file",
-                    "corrupt_image",
-                    img,
-                )
-                continue
-            W, H = size
-            shapes: list[Shape] = []
-            if not lines and not dropped:
-                c["images_without_labels"] += 1
-            for lineno, cls, vals in lines:
-                c["annotations"] += 1
-                if nc is not None and cls >= nc:
-                    c["unknown_category"] += 1
-                    dropped += 1
-                    problem(
-                        f"{lbl}:{lineno}: class id {cls} is "
-                        f"not below nc={nc} from data.yaml; the line is ignored; fix data.yaml "
-                        "or the labels",
-                        "unknown_category",
-                        lbl,
-                        f"line {lineno}",
-                    )
-                    continue
-                used.add(cls)
-                if len(vals) == 4:
-                    if has_polygons and empty_mode == "skip":
-                        c["empty_segmentation_skipped"] += 1
-                        continue
-                    cx, cy, w, h = vals
-                    box = ((cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H)
-                    shapes.append(Shape(kind="box", box=box, ref=f"line {lineno}"))
-                    c["empty_segmentation_as_box" if has_polygons else "boxes"] += 1
-                else:
-                    pts = np.asarray(vals, dtype=np.float64).reshape(-1, 2) * (W, H)
-                    shapes.append(Shape(kind="polygon", points=pts, ref=f"line {lineno}"))
-                    c["polygons"] += 1
-            if dropped and not shapes:
-                c["all_labels_invalid"] += 1
-                problem(
-                    f"{img}: all {dropped} label lines of {lbl} are invalid (see the problems naming "
-                    "them); the image is skipped, not kept as a negative; fix the labels and re-export",
-                    "all_labels_invalid",
-                    img,
-                )
-                continue
-            records.append(ImageRecord(split, img, None, None, shapes))
-            c["images"] += 1
+            rec = _yolo_record(split, img, lbl, lines, dropped, c, problem, used, nc, has_polygons, empty_mode)
+            if rec is not None:
+                records.append(rec)
+                c["images"] += 1
         if nc is not None:
             c["unused_categories"] += len(set(range(nc)) - used)
 
     return ExportReadResult("yolo", records, _finalise_counts(counts), problems)
+
+
+def _split_problem(problems: list[Problem], split: str):
+    """``problem(message, kind, file, annotation="")``: append a :class:`Problem` of ``split``."""
+
+    def problem(message: str, kind: str, file, annotation="", split=split) -> None:
+        problems.append(Problem(message, kind=kind, file=file, split=split, annotation=annotation))
+
+    return problem
+
+
+def _parse_yolo_split(img_dir: Path, lbl_dir: Path, c: Counter, problem) -> dict[Path, tuple[Path | None, list, int]]:
+    """image -> (label file, valid lines (line number, class, values), lines dropped); label files without an
+    image are counted and named."""
+    images = (
+        sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if img_dir.is_dir()
+        else []
+    )
+    labels = sorted(lbl_dir.glob("*.txt")) if lbl_dir.is_dir() else []
+    label_by_stem = {p.stem: p for p in labels}
+    image_stems = {p.stem for p in images}
+    for p in labels:
+        if p.stem not in image_stems:
+            c["labels_without_image"] += 1
+            problem(
+                f"{p}: label file without a matching image in {img_dir}; it is ignored; re-download the export",
+                "labels_without_image",
+                p,
+            )
+    parsed: dict[Path, tuple[Path | None, list, int]] = {}
+    for img in images:
+        lbl = label_by_stem.get(img.stem)
+        lines, dropped = _yolo_label_lines(lbl, c, problem) if lbl is not None else ([], 0)
+        parsed[img] = (lbl, lines, dropped)
+    return parsed
+
+
+def _yolo_label_lines(lbl: Path, c: Counter, problem) -> tuple[list, int]:
+    """The valid lines of one label file (line number, class, values) and how many were dropped."""
+    lines, dropped = [], 0
+    try:
+        text = lbl.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        c["malformed_label_lines"] += 1
+        dropped += 1
+        problem(
+            f"{lbl}: cannot be read ({e}); its labels are lost; re-download the export",
+            "malformed_label_lines",
+            lbl,
+        )
+        text = ""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        p = _parse_yolo_line(line)
+        if p is None:
+            c["malformed_label_lines"] += 1
+            dropped += 1
+            problem(
+                f"{lbl}:{lineno}: malformed line {line.strip()[:60]!r} (want "
+                "'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', normalised); ignored",
+                "malformed_label_lines",
+                lbl,
+                f"line {lineno}",
+            )
+            continue
+        lines.append((lineno, *p))
+    return lines, dropped
+
+
+def _yolo_record(split, img, lbl, lines, dropped, c, problem, used, nc, has_polygons, empty_mode):
+    """One image's record (its lines as boxes or polygons in pixels), or None when it cannot be read or every
+    label line is invalid (counted and named); the classes it uses are added to ``used``."""
+    c["images_listed"] += 1
+    size = _image_size(img)
+    if size is None:
+        c["corrupt_image"] += 1
+        problem(
+            f"{img}: cannot be read as an image (corrupt or not an image); it is "
+            "skipped; re-download the export or delete the file",
+            "corrupt_image",
+            img,
+        )
+        return None
+    W, H = size
+    shapes: list[Shape] = []
+    if not lines and not dropped:
+        c["images_without_labels"] += 1
+    for lineno, cls, vals in lines:
+        c["annotations"] += 1
+        if nc is not None and cls >= nc:
+            c["unknown_category"] += 1
+            dropped += 1
+            problem(
+                f"{lbl}:{lineno}: class id {cls} is not below nc={nc} from data.yaml; the line is ignored; "
+                "fix data.yaml or the labels",
+                "unknown_category",
+                lbl,
+                f"line {lineno}",
+            )
+            continue
+        used.add(cls)
+        if len(vals) == 4:
+            if has_polygons and empty_mode == "skip":
+                c["empty_segmentation_skipped"] += 1
+                continue
+            cx, cy, w, h = vals
+            box = ((cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H)
+            shapes.append(Shape(kind="box", box=box, ref=f"line {lineno}"))
+            c["empty_segmentation_as_box" if has_polygons else "boxes"] += 1
+        else:
+            pts = np.asarray(vals, dtype=np.float64).reshape(-1, 2) * (W, H)
+            shapes.append(Shape(kind="polygon", points=pts, ref=f"line {lineno}"))
+            c["polygons"] += 1
+    if dropped and not shapes:
+        c["all_labels_invalid"] += 1
+        problem(
+            f"{img}: all {dropped} label lines of {lbl} are invalid (see the problems naming "
+            "them); the image is skipped, not kept as a negative; fix the labels and re-export",
+            "all_labels_invalid",
+            img,
+        )
+        return None
+    return ImageRecord(split, img, None, None, shapes)
 
 
 # ----------------------------------------------------------------------- file names

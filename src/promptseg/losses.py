@@ -239,55 +239,61 @@ def box_projection_loss(
     b = box_masks.to(logits.dtype)
     probs = torch.sigmoid(logits)
     zero = (probs * 0.0).sum()  # exact 0 attached to the graph
+    projection = _projection_term(probs, b, components, eps, zero)
+    outside = _outside_term(logits, b, zero)
+    loss = projection_weight * projection + outside_weight * outside
+    if pairwise_weight:
+        loss = loss + pairwise_weight * _pairwise_term(logits, b, images, theta, tau, dilation, zero)
+    return loss
 
-    # projection
+
+def _projection_term(probs, b, components, eps: float, zero) -> torch.Tensor:
+    """P of :func:`box_projection_loss`: per box with ``components``, else on the union of boxes."""
     if components is not None:
-        if components.shape != logits.shape:
-            raise ValueError(f"components shape {tuple(components.shape)} != logits shape {tuple(logits.shape)}")
+        if components.shape != probs.shape:
+            raise ValueError(f"components shape {tuple(components.shape)} != logits shape {tuple(probs.shape)}")
         n_comp = int(components.max().item()) if components.numel() else 0
         if n_comp == 0:
-            projection = zero
-        else:
-            labels = torch.arange(1, n_comp + 1, device=components.device).view(1, -1, 1, 1)
-            onehot = (components[:, None] == labels).to(logits.dtype)  # (B, K, H, W)
-            per_comp = _projection_dice(probs[:, None] * onehot, onehot, eps)  # (B, K)
-            present = onehot.amax(dim=(-2, -1))  # (B, K)
-            count = present.sum(-1)
-            keep = count > 0
-            projection = ((per_comp * present).sum(-1)[keep] / count[keep]).mean() if bool(keep.any()) else zero
-    else:
-        nonempty = b.sum(dim=(-2, -1)) > 0
-        projection = _projection_dice(probs, b, eps)[nonempty].mean() if bool(nonempty.any()) else zero
+            return zero
+        labels = torch.arange(1, n_comp + 1, device=components.device).view(1, -1, 1, 1)
+        onehot = (components[:, None] == labels).to(probs.dtype)  # (B, K, H, W)
+        per_comp = _projection_dice(probs[:, None] * onehot, onehot, eps)  # (B, K)
+        present = onehot.amax(dim=(-2, -1))  # (B, K)
+        count = present.sum(-1)
+        keep = count > 0
+        return ((per_comp * present).sum(-1)[keep] / count[keep]).mean() if bool(keep.any()) else zero
+    nonempty = b.sum(dim=(-2, -1)) > 0
+    return _projection_dice(probs, b, eps)[nonempty].mean() if bool(nonempty.any()) else zero
 
-    # outside
+
+def _outside_term(logits, b, zero) -> torch.Tensor:
+    """O of :func:`box_projection_loss`: BCE against 0 over the pixels outside every box."""
     outside_w = 1.0 - b
     norm = outside_w.sum()
     if float(norm) > 0:
-        outside = (outside_w * F.softplus(logits)).sum() / norm  # BCE(logits, 0) = softplus(logits)
-    else:
-        outside = zero
+        return (outside_w * F.softplus(logits)).sum() / norm  # BCE(logits, 0) = softplus(logits)
+    return zero
 
-    loss = projection_weight * projection + outside_weight * outside
-    if pairwise_weight:
-        if images is None:
-            raise ValueError("pairwise_weight != 0 needs images (B, C, H, W)")
-        if images.ndim != 4 or images.shape[0] != logits.shape[0] or images.shape[-2:] != logits.shape[-2:]:
-            raise ValueError(f"images shape {tuple(images.shape)} does not match logits {tuple(logits.shape)}")
-        x = images.to(logits.dtype)
-        log_on, log_off = F.logsigmoid(logits), F.logsigmoid(-logits)
-        total, weight = zero, zero
-        for dy, dx in _pair_offsets(dilation):
-            if dy >= logits.shape[-2] or abs(dx) >= logits.shape[-1]:
-                continue
-            xa, xb = _shifted_pairs(x, dy, dx)
-            similar = torch.exp(-torch.linalg.vector_norm(xa - xb, dim=1) / theta) > tau
-            ba, bb = _shifted_pairs(b, dy, dx)
-            w = torch.maximum(ba, bb) * similar.to(logits.dtype)
-            on_a, on_b = _shifted_pairs(log_on, dy, dx)
-            off_a, off_b = _shifted_pairs(log_off, dy, dx)
-            cost = -torch.logaddexp(on_a + on_b, off_a + off_b)
-            total = total + (w * cost).sum()
-            weight = weight + w.sum()
-        pairwise = total / weight.clamp(min=1.0)
-        loss = loss + pairwise_weight * pairwise
-    return loss
+
+def _pairwise_term(logits, b, images, theta: float, tau: float, dilation: int, zero) -> torch.Tensor:
+    """A of :func:`box_projection_loss`: the colour-affinity pairwise cost, weighted by the box mask."""
+    if images is None:
+        raise ValueError("pairwise_weight != 0 needs images (B, C, H, W)")
+    if images.ndim != 4 or images.shape[0] != logits.shape[0] or images.shape[-2:] != logits.shape[-2:]:
+        raise ValueError(f"images shape {tuple(images.shape)} does not match logits {tuple(logits.shape)}")
+    x = images.to(logits.dtype)
+    log_on, log_off = F.logsigmoid(logits), F.logsigmoid(-logits)
+    total, weight = zero, zero
+    for dy, dx in _pair_offsets(dilation):
+        if dy >= logits.shape[-2] or abs(dx) >= logits.shape[-1]:
+            continue
+        xa, xb = _shifted_pairs(x, dy, dx)
+        similar = torch.exp(-torch.linalg.vector_norm(xa - xb, dim=1) / theta) > tau
+        ba, bb = _shifted_pairs(b, dy, dx)
+        w = torch.maximum(ba, bb) * similar.to(logits.dtype)
+        on_a, on_b = _shifted_pairs(log_on, dy, dx)
+        off_a, off_b = _shifted_pairs(log_off, dy, dx)
+        cost = -torch.logaddexp(on_a + on_b, off_a + off_b)
+        total = total + (w * cost).sum()
+        weight = weight + w.sum()
+    return total / weight.clamp(min=1.0)

@@ -265,6 +265,22 @@ def _process_one(
     per_image: collections.Counter = collections.Counter()
     problems: list[Problem] = []
     path = Path(rec.image_path)
+    size = _decoded_size(path, split, per_image, problems)
+    if size is None:
+        return None, per_image, problems
+    h, w = size
+    if dup:
+        per_image["duplicate_stems"] += 1
+    _check_size(rec, path, split, h, w, per_image, problems)
+    mask = _render_with_problems(rec, path, split, h, w, min_box_side_px, per_image, problems)
+    if mask is None:
+        return None, per_image, problems
+    _write_image_and_masks(path, out_dir / split, stem, mask, true_mask)
+    return _index_row(rec, path, split, stem, mask, h, w, per_image, true_mask), per_image, problems
+
+
+def _decoded_size(path: Path, split: str, per_image: collections.Counter, problems: list) -> tuple[int, int] | None:
+    """(height, width) of the decoded image, or None (counted, with a problem) when it cannot be decoded."""
     try:
         img = read_image(path, cv2.IMREAD_COLOR)
     except ImageReadError as exc:
@@ -277,11 +293,12 @@ def _process_one(
                 split=split,
             )
         )
-        return None, per_image, problems
-    h, w = img.shape[:2]
-    del img
-    if dup:
-        per_image["duplicate_stems"] += 1
+        return None
+    return img.shape[:2]
+
+
+def _check_size(rec: ImageRecord, path: Path, split: str, h: int, w: int, per_image, problems: list) -> None:
+    """A size in the annotation that differs from the file's is counted and named."""
     if (rec.width is not None and rec.width != w) or (rec.height is not None and rec.height != h):
         per_image["size_mismatch"] += 1
         problems.append(
@@ -293,6 +310,12 @@ def _process_one(
                 split=split,
             )
         )
+
+
+def _render_with_problems(
+    rec: ImageRecord, path: Path, split: str, h: int, w: int, min_box_side_px: float, per_image, problems: list
+) -> np.ndarray | None:
+    """The rendered mask, each shape that draws nothing named; None when every shape draws nothing."""
     dropped: list = []
     mask = render_record_mask(rec, h, w, per_image, min_box_side_px=min_box_side_px, dropped=dropped)
     for shape, kind, why in dropped:
@@ -316,16 +339,24 @@ def _process_one(
                 split=split,
             )
         )
-        return None, per_image, problems
-    shutil.copy2(path, out_dir / split / "images" / f"{stem}{path.suffix}")
-    mask_path = out_dir / split / "masks" / f"{stem}.png"
+        return None
+    return mask
+
+
+def _write_image_and_masks(path: Path, split_dir: Path, stem: str, mask: np.ndarray, true_mask: Path | None) -> None:
+    """``images/<stem><ext>`` (a copy), ``masks/<stem>.png`` and, where there is one, ``true_masks/<stem>.png``."""
+    shutil.copy2(path, split_dir / "images" / f"{stem}{path.suffix}")
+    mask_path = split_dir / "masks" / f"{stem}.png"
     if not cv2.imwrite(str(mask_path), mask):
         raise OSError(f"could not write {mask_path}")
     if true_mask is not None:
-        (out_dir / split / TRUE_MASKS_DIR).mkdir(exist_ok=True)
-        shutil.copy2(true_mask, out_dir / split / TRUE_MASKS_DIR / f"{stem}.png")
+        (split_dir / TRUE_MASKS_DIR).mkdir(exist_ok=True)
+        shutil.copy2(true_mask, split_dir / TRUE_MASKS_DIR / f"{stem}.png")
+
+
+def _index_row(rec, path: Path, split: str, stem: str, mask, h: int, w: int, per_image, true_mask) -> dict:
     frac = float(np.count_nonzero(mask)) / float(mask.size)
-    row = {
+    return {
         "stem": stem,
         "split": split,
         "exported_split": rec.split,
@@ -338,7 +369,6 @@ def _process_one(
         "_fraction": frac,
         "_true_mask": true_mask is not None,
     }
-    return row, per_image, problems
 
 
 def write_problems_csv(problems: list, path: Path) -> collections.Counter:
@@ -409,6 +439,33 @@ def build_processed_dataset(
     out_dir = Path(out_dir)
     if plan is None:
         plan = plan_splits(read.records, strategy="as_exported", workers=workers)
+    split_names = _prepare_out_dir(read, out_dir, plan)
+    jobs = _plan_jobs(read, plan, split_names, out_dir)
+
+    def work(job):
+        _, rec, split, stem, dup, true_mask = job
+        return _process_one(rec, split, stem, dup, out_dir, min_box_side_px, true_mask)
+
+    with tqdm(total=len(jobs), desc=f"masks {out_dir.name}", unit="img", disable=None) as bar:  # render progress
+        results = map_in_threads(lambda job: (work(job), bar.update())[0], jobs, workers)
+    rows, render_counts, fg_fractions, true_masks = _collect_rows(read, plan, split_names, jobs, results)
+    if not rows:
+        _raise_no_usable_images(read, render_counts)
+    with open(out_dir / "index.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = _split_summaries(read, plan, split_names, render_counts, fg_fractions)
+    summary["problems"] = len(read.problems)
+    summary["export"] = {split: {k: int(v) for k, v in c.items()} for split, c in read.counts.items()}
+    summary["split"] = plan.summary(written=[r[0] is not None for r in results])
+    if true_masks:
+        summary["true_masks"] = {s: int(true_masks[s]) for s in split_names}
+    return summary
+
+
+def _prepare_out_dir(read: ExportReadResult, out_dir: Path, plan: SplitPlan) -> list[str]:
+    """Check the plan and the folders, clear ``out_dir``'s split folders; the split names to write."""
     if len(plan.written) != len(read.records):
         raise ValueError(f"the split plan has {len(plan.written)} entries for {len(read.records)} records")
     split_names = list(dict.fromkeys([*read.counts.keys(), *plan.written]))
@@ -419,9 +476,12 @@ def build_processed_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     if plan.strategy == "grouped":
         split_names = [s for s in SPLITS if s in set(plan.written)]
-    leaks = plan.duplicates_across("as_exported")
+    return split_names
 
-    # Output stems, unique per split (decided up front so that the work can run in threads).
+
+def _plan_jobs(read: ExportReadResult, plan: SplitPlan, split_names: list[str], out_dir: Path) -> list[tuple]:
+    """One job per record: (index, record, split, output stem, duplicate?, true mask source); output stems
+    unique per split, decided up front so that the work can run in threads. Makes the split folders."""
     used_stems: dict[str, set[str]] = {s: set() for s in split_names}
     jobs = []
     for i, (rec, split) in enumerate(zip(read.records, plan.written)):
@@ -437,14 +497,13 @@ def build_processed_dataset(
     for split in set(plan.written):
         (out_dir / split / "images").mkdir(parents=True, exist_ok=True)
         (out_dir / split / "masks").mkdir(parents=True, exist_ok=True)
+    return jobs
 
-    def work(job):
-        _, rec, split, stem, dup, true_mask = job
-        return _process_one(rec, split, stem, dup, out_dir, min_box_side_px, true_mask)
 
-    with tqdm(total=len(jobs), desc=f"masks {out_dir.name}", unit="img", disable=None) as bar:  # render progress
-        results = map_in_threads(lambda job: (work(job), bar.update())[0], jobs, workers)
-
+def _collect_rows(read: ExportReadResult, plan: SplitPlan, split_names: list[str], jobs, results):
+    """The index rows of the written images (with group, hash and leaks), the render counts and foreground
+    fractions per split, the true masks copied per split; every problem appended to ``read.problems``."""
+    leaks = plan.duplicates_across("as_exported")
     render_counts: dict[str, collections.Counter] = {
         s: collections.Counter({k: 0 for k in RENDER_COUNT_KEYS}) for s in split_names
     }
@@ -461,29 +520,29 @@ def build_processed_dataset(
             row["dhash"] = hash_hex(plan.hashes[i])
             row["leak_as_exported"] = "; ".join(leaks.get(i, []))
             rows.append(row)
+    return rows, render_counts, fg_fractions, true_masks
 
-    if not rows:
-        listed = sum(c.get("images_listed", 0) for c in read.counts.values())
-        missing = sum(c.get("missing_image_file", 0) for c in read.counts.values())
-        corrupt = sum(
-            c.get(k, 0)
-            for c in [*read.counts.values(), *render_counts.values()]
-            for k in ("corrupt_image", "truncated_image")
-        )
-        invalid = sum(c.get("all_labels_invalid", 0) for c in [*read.counts.values(), *render_counts.values()])
-        where = read.root if read.root is not None else "the export"
-        hint = "check the export path" if missing or not listed else "re-download the export"
-        first = f"; first problem: {read.problems[0]}" if read.problems else ""
-        raise ExportError(
-            f"no usable images in {where}: {listed} listed, {missing} missing on disk, "
-            f"{corrupt} corrupt or truncated, {invalid} with only invalid labels; {hint}{first}"
-        )
 
-    with open(out_dir / "index.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+def _raise_no_usable_images(read: ExportReadResult, render_counts: dict) -> None:
+    listed = sum(c.get("images_listed", 0) for c in read.counts.values())
+    missing = sum(c.get("missing_image_file", 0) for c in read.counts.values())
+    corrupt = sum(
+        c.get(k, 0)
+        for c in [*read.counts.values(), *render_counts.values()]
+        for k in ("corrupt_image", "truncated_image")
+    )
+    invalid = sum(c.get("all_labels_invalid", 0) for c in [*read.counts.values(), *render_counts.values()])
+    where = read.root if read.root is not None else "the export"
+    hint = "check the export path" if missing or not listed else "re-download the export"
+    first = f"; first problem: {read.problems[0]}" if read.problems else ""
+    raise ExportError(
+        f"no usable images in {where}: {listed} listed, {missing} missing on disk, "
+        f"{corrupt} corrupt or truncated, {invalid} with only invalid labels; {hint}{first}"
+    )
 
+
+def _split_summaries(read, plan: SplitPlan, split_names: list[str], render_counts: dict, fg_fractions: dict) -> dict:
+    """Per written split: the export's counts (as_exported only), the render counts and the foreground figures."""
     summary: dict = {}
     for split in split_names:
         fr = fg_fractions[split]
@@ -497,11 +556,6 @@ def build_processed_dataset(
         entry["without_foreground"] = sum(1 for x in fr if x == 0)
         entry["mean_foreground_fraction"] = round(sum(fr) / len(fr), 6) if fr else 0.0
         summary[split] = entry
-    summary["problems"] = len(read.problems)
-    summary["export"] = {split: {k: int(v) for k, v in c.items()} for split, c in read.counts.items()}
-    summary["split"] = plan.summary(written=[r[0] is not None for r in results])
-    if true_masks:
-        summary["true_masks"] = {s: int(true_masks[s]) for s in split_names}
     return summary
 
 

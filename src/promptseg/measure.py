@@ -262,8 +262,6 @@ def measure_mask(
     """Measure every component of a 2-D mask (non-zero = object). Returns a JSON-able dict:
     ``{"kind", "units", "mm_per_px", "image": {...}, "components": [{...}, ...], "notes": [...]}``.
     Components are numbered from 1 in order of decreasing length."""
-    from skimage.morphology import skeletonize
-
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
     if mm_per_px is not None and not mm_per_px > 0:
@@ -281,50 +279,9 @@ def measure_mask(
     edt = cv2.distanceTransform(np.pad(binary, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     components = []
     for label in range(1, n):
-        area = int(stats[label, cv2.CC_STAT_AREA])
-        if area < settings.min_area_px:
+        if int(stats[label, cv2.CC_STAT_AREA]) < settings.min_area_px:
             continue
-        x0, y0 = int(stats[label, cv2.CC_STAT_LEFT]), int(stats[label, cv2.CC_STAT_TOP])
-        bw, bh = int(stats[label, cv2.CC_STAT_WIDTH]), int(stats[label, cv2.CC_STAT_HEIGHT])
-        sl = (slice(y0, y0 + bh), slice(x0, x0 + bw))
-        comp = labels[sl] == label
-        # pad so the skeleton and its neighbour counts never touch the crop's border
-        comp_p = np.pad(comp, 1)
-        edt_p = np.pad(np.where(comp, edt[sl], 0.0), 1)
-        skel = skeletonize(comp_p)
-        if not skel.any():  # cannot happen for a non-empty component, kept for safety
-            skel = comp_p.copy()
-        skel = _prune(skel, edt_p, settings)
-        counts = _neighbour_count(skel)
-        ends = np.argwhere(counts == 1) if skel.sum() > 1 else np.argwhere(skel)
-        length = _skeleton_length(skel)
-        end_ext = [max(0.0, float(edt_p[y, x]) - 0.5) for y, x in ends]
-        if skel.sum() == 1:  # a blob: its skeleton is one pixel; extend both ways
-            end_ext = end_ext * 2
-        length += sum(end_ext)
-        length = max(length, 1.0)
-        # width on the skeleton away from the rounded ends (the skeleton's last pixels run into them)
-        local = _local_width(skel, edt_p)
-        interior = skel.copy()
-        for y, x in ends:
-            r = math.ceil(edt_p[y, x])
-            interior[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = False
-        inner = local[interior] if interior.any() else local[skel]
-        ys, xs = np.nonzero(skel)
-        angle = _orientation_deg(ys.astype(np.float64), xs.astype(np.float64))
-        item = {
-            "length_px": round(float(length), 2),
-            "mean_width_px": round(float(area / length), 2),
-            "max_width_px": round(float(max(inner.max(), 1.0)), 2),
-            "orientation_deg": round(angle, 1),
-            "area_px": area,
-            "bbox_xywh": [x0, y0, bw, bh],
-            "label_xy": [int(xs[len(xs) // 2] + x0 - 1), int(ys[len(ys) // 2] + y0 - 1)],
-        }
-        if kind == "joint":
-            item["orientation"] = _orientation_class(angle, settings.orientation_tolerance_deg)
-            item["image_share"] = round(area / float(h * w), 4)
-        components.append(item)
+        components.append(_measure_component(label, labels, stats, edt, settings, kind, h * w))
     components.sort(key=lambda c: -c["length_px"])
     for i, c in enumerate(components, start=1):
         c["id"] = i
@@ -333,6 +290,71 @@ def measure_mask(
                 c[f"{key}_mm"] = round(c[f"{key}_px"] * mm_per_px, 3)
             if kind == "crack":
                 c["bre_251_category"] = bre_category(c["max_width_mm"])
+    image, notes = _image_summary(components, binary, kind, mm_per_px)
+    return {
+        "kind": kind,
+        "units": "mm and px" if mm_per_px is not None else "px",
+        "mm_per_px": mm_per_px,
+        "image": image,
+        "components": components,
+        "notes": notes,
+        "settings": asdict(settings),
+    }
+
+
+def _measure_component(label: int, labels, stats, edt, settings, kind: str, image_px: int) -> dict:
+    """Length (pruned skeleton plus its ends' half-widths), mean and max width, orientation, area and box of one
+    connected component (``labels == label``) in pixels; joints also get their orientation class and image share."""
+    from skimage.morphology import skeletonize
+
+    area = int(stats[label, cv2.CC_STAT_AREA])
+    x0, y0 = int(stats[label, cv2.CC_STAT_LEFT]), int(stats[label, cv2.CC_STAT_TOP])
+    bw, bh = int(stats[label, cv2.CC_STAT_WIDTH]), int(stats[label, cv2.CC_STAT_HEIGHT])
+    sl = (slice(y0, y0 + bh), slice(x0, x0 + bw))
+    comp = labels[sl] == label
+    # pad so the skeleton and its neighbour counts never touch the crop's border
+    comp_p = np.pad(comp, 1)
+    edt_p = np.pad(np.where(comp, edt[sl], 0.0), 1)
+    skel = skeletonize(comp_p)
+    if not skel.any():  # cannot happen for a non-empty component, kept for safety
+        skel = comp_p.copy()
+    skel = _prune(skel, edt_p, settings)
+    counts = _neighbour_count(skel)
+    ends = np.argwhere(counts == 1) if skel.sum() > 1 else np.argwhere(skel)
+    length = _skeleton_length(skel)
+    end_ext = [max(0.0, float(edt_p[y, x]) - 0.5) for y, x in ends]
+    if skel.sum() == 1:  # a blob: its skeleton is one pixel; extend both ways
+        end_ext = end_ext * 2
+    length += sum(end_ext)
+    length = max(length, 1.0)
+    # width on the skeleton away from the rounded ends (the skeleton's last pixels run into them)
+    local = _local_width(skel, edt_p)
+    interior = skel.copy()
+    for y, x in ends:
+        r = math.ceil(edt_p[y, x])
+        interior[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = False
+    inner = local[interior] if interior.any() else local[skel]
+    ys, xs = np.nonzero(skel)
+    angle = _orientation_deg(ys.astype(np.float64), xs.astype(np.float64))
+    item = {
+        "length_px": round(float(length), 2),
+        "mean_width_px": round(float(area / length), 2),
+        "max_width_px": round(float(max(inner.max(), 1.0)), 2),
+        "orientation_deg": round(angle, 1),
+        "area_px": area,
+        "bbox_xywh": [x0, y0, bw, bh],
+        "label_xy": [int(xs[len(xs) // 2] + x0 - 1), int(ys[len(ys) // 2] + y0 - 1)],
+    }
+    if kind == "joint":
+        item["orientation"] = _orientation_class(angle, settings.orientation_tolerance_deg)
+        item["image_share"] = round(area / float(image_px), 4)
+    return item
+
+
+def _image_summary(components: list[dict], binary: np.ndarray, kind: str, mm_per_px: float | None):
+    """The whole image's figures (count, total length, max width, area; joints: taped share and orientations;
+    with a scale, mm and the BRE 251 category) and the notes."""
+    h, w = binary.shape
     image = {
         "height_px": h,
         "width_px": w,
@@ -358,15 +380,7 @@ def measure_mask(
         notes.append(NO_SCALE_NOTE)
     if kind == "joint":
         notes.append(JOINT_LABEL_NOTE)
-    return {
-        "kind": kind,
-        "units": "mm and px" if mm_per_px is not None else "px",
-        "mm_per_px": mm_per_px,
-        "image": image,
-        "components": components,
-        "notes": notes,
-        "settings": asdict(settings),
-    }
+    return image, notes
 
 
 # --------------------------------------------------------------------------- drawing and files

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from promptseg.params import DATASETS, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS
+from promptseg.paths import data_json, eval_json, figure_png, per_image_csv, runtime_json, train_json, worst_png
 from promptseg.settings import zeroshot_skip_reason
 
 __all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
@@ -295,41 +296,7 @@ def _per_prompt_section(
     out = [f"## Table {number}: {dataset}, {_split_label(split)}, per prompt", ""]
     rows, notes = [], []
     for variant in variants:
-        ev = eval_metrics.get(variant)
-        if ev is None:
-            notes.append(
-                f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
-                f"`dvc repro evaluate@{variant}`)."
-            )
-            continue
-        if ev.get("skipped"):
-            notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
-            continue
-        block = ev.get(dataset)
-        test = _get(block, split)
-        if not isinstance(test, dict):
-            notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
-            continue
-        threshold = _num(block.get("threshold"))
-        for prompt, scores in (test.get("prompts") or {}).items():
-            rows.append(
-                [f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
-            )
-        mean = test.get("all_prompts") or {}
-        rows.append(
-            ["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols), _int(test.get("images"))]
-        )
-        ensemble = test.get("ensemble")
-        if isinstance(ensemble, dict):
-            rows.append(
-                [
-                    "prompt ensemble",
-                    variant,
-                    _num(block.get("ensemble_threshold", block.get("threshold"))),
-                    *(_num(ensemble.get(k)) for _, k in cols),
-                    _int(ensemble.get("images")),
-                ]
-            )
+        rows += _variant_prompt_rows(variant, eval_metrics.get(variant), dataset, split, cols, notes)
     base = baselines.get(dataset) or {}
     for name, scores in _baseline_rows(base):
         rows.append(
@@ -367,6 +334,46 @@ def _per_prompt_section(
         )
     out += [n + "\n" for n in notes]
     return out
+
+
+def _variant_prompt_rows(variant: str, ev: dict | None, dataset: str, split: str, cols, notes: list[str]) -> list:
+    """One rung's rows of the per-prompt table: each prompt, their mean, the ensemble; or a note saying why none."""
+    if ev is None:
+        notes.append(
+            f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
+            f"`dvc repro evaluate@{variant}`)."
+        )
+        return []
+    if ev.get("skipped"):
+        notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
+        return []
+    block = ev.get(dataset)
+    test = _get(block, split)
+    if not isinstance(test, dict):
+        notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
+        return []
+    rows = []
+    threshold = _num(block.get("threshold"))
+    for prompt, scores in (test.get("prompts") or {}).items():
+        rows.append(
+            [f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
+        )
+    mean = test.get("all_prompts") or {}
+    rows.append(
+        ["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols), _int(test.get("images"))]
+    )
+    ensemble = test.get("ensemble")
+    if isinstance(ensemble, dict):
+        rows.append(
+            [
+                "prompt ensemble",
+                variant,
+                _num(block.get("ensemble_threshold", block.get("threshold"))),
+                *(_num(ensemble.get(k)) for _, k in cols),
+                _int(ensemble.get("images")),
+            ]
+        )
+    return rows
 
 
 def _best_baseline(base: dict) -> tuple[str, float] | None:
@@ -440,45 +447,9 @@ def _ladder_section(
         lit = _num(scores.get("lit"))
         rows.append([name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), lit, lit, NONE, NONE])
     for variant in variants:
-        tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
-        reason = _skipped(variant, train_metrics, eval_metrics)
-        if reason is not None:
-            rows.append([variant, _method_cell(variant, tr or {}), *([SKIPPED] * (len(header) - 2))])
-            skipped_notes.append(f"`{variant}` was skipped: {reason.rstrip('.')}.")
-            continue
-        if tr is None and ev is None:
-            notes.append(
-                f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
-                f"or metrics/eval/{variant}.json)."
-            )
-            continue
-        if tr is None and variant != ZEROSHOT:
-            notes.append(
-                f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`)."
-            )
-        if ev is None:
-            notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
-        elif not isinstance(_get(ev, dataset, split), dict):
-            notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
-        tr = tr or {}
-        trainable = tr.get("trainable_params")
-        if variant == ZEROSHOT and trainable is None:
-            trainable = 0
-        test = _get(ev, dataset, split) or {}
-        mean = test.get("all_prompts") or {}
-        rows.append(
-            [
-                variant,
-                _method_cell(variant, tr),
-                _int(trainable),
-                _int(tr.get("total_params")),
-                *(_num(mean.get(k)) for _, k in cols),
-                _num(test.get("cross_prompt_lit")),
-                _num(test.get("unrelated_prompt_lit")),
-                _schedule_cell(tr),
-                _num(tr.get("seconds_per_epoch")),
-            ]
-        )
+        row = _ladder_row(variant, dataset, split, cols, len(header), train_metrics, eval_metrics, notes, skipped_notes)
+        if row is not None:
+            rows.append(row)
     if rows:
         out += [_table(header, rows, "llrr" + "r" * len(cols) + "rrrr"), ""]
     best = _best_baseline(base)
@@ -496,6 +467,45 @@ def _ladder_section(
         )
     out += [n + "\n" for n in skipped_notes + notes]
     return out
+
+
+def _ladder_row(variant, dataset, split, cols, width, train_metrics, eval_metrics, notes, skipped_notes):
+    """One rung's row of the ladder table (None when it has neither training nor evaluation), with a note for
+    whatever is missing."""
+    tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
+    reason = _skipped(variant, train_metrics, eval_metrics)
+    if reason is not None:
+        skipped_notes.append(f"`{variant}` was skipped: {reason.rstrip('.')}.")
+        return [variant, _method_cell(variant, tr or {}), *([SKIPPED] * (width - 2))]
+    if tr is None and ev is None:
+        notes.append(
+            f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
+            f"or metrics/eval/{variant}.json)."
+        )
+        return None
+    if tr is None and variant != ZEROSHOT:
+        notes.append(f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`).")
+    if ev is None:
+        notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
+    elif not isinstance(_get(ev, dataset, split), dict):
+        notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
+    tr = tr or {}
+    trainable = tr.get("trainable_params")
+    if variant == ZEROSHOT and trainable is None:
+        trainable = 0
+    test = _get(ev, dataset, split) or {}
+    mean = test.get("all_prompts") or {}
+    return [
+        variant,
+        _method_cell(variant, tr),
+        _int(trainable),
+        _int(tr.get("total_params")),
+        *(_num(mean.get(k)) for _, k in cols),
+        _num(test.get("cross_prompt_lit")),
+        _num(test.get("unrelated_prompt_lit")),
+        _schedule_cell(tr),
+        _num(tr.get("seconds_per_epoch")),
+    ]
 
 
 def _options_section(
@@ -893,26 +903,26 @@ def write_report(
     variants = list(variants)
     if (
         zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None
-        and (metrics_dir / "eval" / f"{ZEROSHOT}.json").exists()
+        and eval_json(ZEROSHOT, metrics_dir / "eval").exists()
         and ZEROSHOT not in variants
     ):
         variants.append(ZEROSHOT)
-    data = {d: m for d in datasets if (m := _read_json(metrics_dir / "data" / f"{d}.json")) is not None}
-    train = {v: m for v in variants if (m := _read_json(metrics_dir / "train" / f"{v}.json")) is not None}
-    evals = {v: m for v in variants if (m := _read_json(metrics_dir / "eval" / f"{v}.json")) is not None}
-    runtime = {v: m for v in variants if (m := _read_json(metrics_dir / "runtime" / f"{v}.json")) is not None}
+    data = {d: m for d in datasets if (m := _read_json(data_json(d, metrics_dir / "data"))) is not None}
+    train = {v: m for v in variants if (m := _read_json(train_json(v, metrics_dir / "train"))) is not None}
+    evals = {v: m for v in variants if (m := _read_json(eval_json(v, metrics_dir / "eval"))) is not None}
+    runtime = {v: m for v in variants if (m := _read_json(runtime_json(v, metrics_dir / "runtime"))) is not None}
     baselines = _read_json(metrics_dir / "eval" / BASELINES_FILE) or {}
     baselines = {d: b for d, b in baselines.items() if d in datasets and isinstance(b, dict) and b}
     figures: dict[str, list[str]] = {}
     for variant in variants:  # linked by path, not read: the first-N figure, then the worst-image gallery
         for dataset in datasets:
             for png in (
-                metrics_dir / "eval" / "figures" / f"{variant}_{dataset}.png",
-                metrics_dir / "eval" / "figures" / f"{variant}_{dataset}_worst.png",
+                figure_png(variant, dataset, metrics_dir / "eval"),
+                worst_png(variant, dataset, metrics_dir / "eval"),
             ):
                 if png.exists():
                     figures.setdefault(variant, []).append(_relative(png, out_path.parent))
-        per_image = metrics_dir / "eval" / "per_image" / f"{variant}.csv"
+        per_image = per_image_csv(variant, metrics_dir / "eval")
         if per_image.exists():
             figures.setdefault(variant, []).append(_relative(per_image, out_path.parent))
     text = build_report(

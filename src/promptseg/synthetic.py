@@ -1007,13 +1007,7 @@ def write_synthetic_export(
     size = int(image_size)
     counts_n = _normalise_counts(counts)
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (*ROBOFLOW_SPLITS, "true_masks"):
-        if (out_dir / name).exists():
-            shutil.rmtree(out_dir / name)
-    for name in ("data.yaml", "README.roboflow.txt", TRUE_MEASURES_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-
+    _clear_export(out_dir)
     rng = np.random.default_rng(int(seed) + DATASET_OFFSETS[dataset])
     plan = _plan(rng, counts_n, float(negative_share), float(augment_copies_share))
     fmt = DATASET_FORMATS[dataset]
@@ -1028,66 +1022,100 @@ def write_synthetic_export(
         "negatives": {},
         "copies": 0,
     }
-    fg_sum, fg_n = 0.0, 0
+    fractions: list[float] = []  # foreground share per image, every split
     true_measures: dict[str, dict[str, list[dict]]] = {}
     for split, items in plan.items():
+        samples = _rendered_samples(dataset, items, size, summary)
         if fmt == "coco":
-            split_dir = out_dir / split
-            split_dir.mkdir(parents=True)
-            coco = _coco_header(dataset)
-            coco["images"], coco["annotations"] = [], []
+            counted = _write_coco_split(dataset, out_dir / split, samples, size, true_measures.setdefault(split, {}))
         else:
-            img_dir, lbl_dir = out_dir / split / "images", out_dir / split / "labels"
-            mask_dir = out_dir / "true_masks" / split
-            for d in (img_dir, lbl_dir, mask_dir):
-                d.mkdir(parents=True)
-        rendered: list[WallSample] = []
+            counted = _write_yolo_split(out_dir, split, samples)
         n_inst = n_neg = 0
-        for image_id, item in enumerate(items):
-            if item.copy_of is None:
-                sample = render_wall_sample(dataset, np.random.default_rng(item.seed), size, negative=item.negative)
-            else:
-                sample = _augment(rendered[item.copy_of], item)
-                summary["copies"] += 1
-            rendered.append(sample)
-            fname = item.file_stem + ".jpg"
-            if fmt == "coco":
-                _write_jpeg(split_dir / fname, sample.image)
-                coco["images"].append(
-                    {
-                        "id": image_id,
-                        "license": 1,
-                        "file_name": fname,
-                        "height": size,
-                        "width": size,
-                        "date_captured": _FIXED_DATE,
-                        "extra": {"name": f"{item.stem}.jpg"},
-                    }
-                )
-                anns = _coco_annotations(sample.instances, image_id, len(coco["annotations"]))
-                coco["annotations"].extend(anns)
-                # the truth of the instances that became annotations (_coco_annotations skips polygon-less ones)
-                kept = [t for inst, t in zip(sample.instances, sample.truth) if crack_polygons(inst)]
-                true_measures.setdefault(split, {})[fname] = [
-                    dict(t, annotation_id=a["id"]) for t, a in zip(kept, anns)
-                ]
-                count = len(anns)
-            else:
-                _write_jpeg(img_dir / fname, sample.image)
-                lines = _yolo_lines(sample.instances)
-                (lbl_dir / (item.file_stem + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
-                _write_png(mask_dir / (item.file_stem + ".png"), sample.mask)
-                count = len(lines)
+        for count, sample in counted:
             n_inst += count
             n_neg += count == 0
-            fg_sum += float(np.count_nonzero(sample.mask)) / (size * size)
-            fg_n += 1
-        if fmt == "coco":
-            (split_dir / "_annotations.coco.json").write_text(json.dumps(coco, indent=None, separators=(",", ":")))
+            fractions.append(float(np.count_nonzero(sample.mask)) / (size * size))
         summary["images"][split] = len(items)
         summary["instances"][split] = n_inst
         summary["negatives"][split] = n_neg
+    true_measures = {split: m for split, m in true_measures.items() if m}
+    _write_export_files(out_dir, dataset, fmt, int(seed), size, true_measures)
+    fg_sum = 0.0
+    for fraction in fractions:  # summed in order, as the images were written
+        fg_sum += fraction
+    summary["foreground_fraction"] = fg_sum / len(fractions) if fractions else 0.0
+    return summary
 
+
+def _clear_export(out_dir: pathlib.Path) -> None:
+    """Remove the split folders, ``true_masks/`` and the export's own files (nothing else) from ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (*ROBOFLOW_SPLITS, "true_masks"):
+        if (out_dir / name).exists():
+            shutil.rmtree(out_dir / name)
+    for name in ("data.yaml", "README.roboflow.txt", TRUE_MEASURES_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _rendered_samples(dataset: str, items: list, size: int, summary: dict):
+    """(image id, plan item, sample) for each item of a split: rendered, or an augmentation copy of an earlier
+    one (counted in ``summary["copies"]``)."""
+    rendered: list[WallSample] = []
+    for image_id, item in enumerate(items):
+        if item.copy_of is None:
+            sample = render_wall_sample(dataset, np.random.default_rng(item.seed), size, negative=item.negative)
+        else:
+            sample = _augment(rendered[item.copy_of], item)
+            summary["copies"] += 1
+        rendered.append(sample)
+        yield image_id, item, sample
+
+
+def _write_coco_split(dataset: str, split_dir: pathlib.Path, samples, size: int, true_measures: dict):
+    """The split's JPEGs and ``_annotations.coco.json`` (written after the last image); yields (annotations
+    written, sample) per image; ``true_measures[file name]``: the truth of each annotation."""
+    split_dir.mkdir(parents=True)
+    coco = _coco_header(dataset)
+    coco["images"], coco["annotations"] = [], []
+    for image_id, item, sample in samples:
+        fname = item.file_stem + ".jpg"
+        _write_jpeg(split_dir / fname, sample.image)
+        coco["images"].append(
+            {
+                "id": image_id,
+                "license": 1,
+                "file_name": fname,
+                "height": size,
+                "width": size,
+                "date_captured": _FIXED_DATE,
+                "extra": {"name": f"{item.stem}.jpg"},
+            }
+        )
+        anns = _coco_annotations(sample.instances, image_id, len(coco["annotations"]))
+        coco["annotations"].extend(anns)
+        # the truth of the instances that became annotations (_coco_annotations skips polygon-less ones)
+        kept = [t for inst, t in zip(sample.instances, sample.truth) if crack_polygons(inst)]
+        true_measures[fname] = [dict(t, annotation_id=a["id"]) for t, a in zip(kept, anns)]
+        yield len(anns), sample
+    (split_dir / "_annotations.coco.json").write_text(json.dumps(coco, indent=None, separators=(",", ":")))
+
+
+def _write_yolo_split(out_dir: pathlib.Path, split: str, samples):
+    """The split's JPEGs, YOLO label files and true band masks; yields (label lines written, sample) per image."""
+    img_dir, lbl_dir = out_dir / split / "images", out_dir / split / "labels"
+    mask_dir = out_dir / "true_masks" / split
+    for d in (img_dir, lbl_dir, mask_dir):
+        d.mkdir(parents=True)
+    for _, item, sample in samples:
+        _write_jpeg(img_dir / (item.file_stem + ".jpg"), sample.image)
+        lines = _yolo_lines(sample.instances)
+        (lbl_dir / (item.file_stem + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
+        _write_png(mask_dir / (item.file_stem + ".png"), sample.mask)
+        yield len(lines), sample
+
+
+def _write_export_files(out_dir: pathlib.Path, dataset: str, fmt: str, seed: int, size: int, true_measures) -> None:
+    """``data.yaml`` (YOLO), ``README.roboflow.txt`` and, for COCO, the true crack measures."""
     if fmt == "yolov8":
         (out_dir / "data.yaml").write_text(
             "train: ../train/images\n"
@@ -1099,7 +1127,7 @@ def write_synthetic_export(
         )
     (out_dir / "README.roboflow.txt").write_text(
         f"Synthetic {dataset} data set generated offline by promptseg.synthetic "
-        f"(seed {int(seed)}, {size} px) in the Roboflow {'COCO segmentation' if fmt == 'coco' else 'YOLOv8'} "
+        f"(seed {seed}, {size} px) in the Roboflow {'COCO segmentation' if fmt == 'coco' else 'YOLOv8'} "
         "export format; not real photos.\n"
     )
     if fmt == "coco":
@@ -1114,5 +1142,3 @@ def write_synthetic_export(
                 separators=(",", ":"),
             )
         )
-    summary["foreground_fraction"] = fg_sum / fg_n if fg_n else 0.0
-    return summary

@@ -189,12 +189,7 @@ def predict_probabilities_tiled(
     tile logits of every prompt are averaged) and ``hflip_tta`` also averages each tile's logits with
     those of its horizontal mirror, flipped back. Both average logits before blending.
     """
-    from PIL import Image
-
-    from promptseg.data import normalize
-    from promptseg.inference import average_prompts_and_flips, upsample_logits
-    from promptseg.model import segmentation_logits
-    from promptseg.precision import model_autocast
+    from promptseg.inference import upsample_logits
 
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
@@ -203,6 +198,24 @@ def predict_probabilities_tiled(
     prompt_sets = [[p] if isinstance(p, str) else list(p) for p in prompts]
     if any(not ps for ps in prompt_sets):
         raise ValueError("an empty prompt list was given for an image: pass at least one prompt.")
+    tokens_of = _prompt_tokens(trained)
+    out: list[np.ndarray] = []
+    for image, prompt_set in zip(images, prompt_sets):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"images must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        height, width = image.shape[:2]
+        x = _resized_input(trained, image, upscale)
+        logits_fn = _tile_logits_fn(trained, tokens_of, prompt_set, hflip_tta)
+        blended = tiled_logits(
+            logits_fn, x, tile=trained.image_size, overlap=overlap, batch_size=batch_size, window=window
+        )
+        out.append(torch.sigmoid(upsample_logits(blended, (height, width))).numpy().astype(np.float32, copy=False))
+    return out
+
+
+def _prompt_tokens(trained):
+    """``tokens_of(prompt)``: (input ids, attention mask) on the model's device, tokenised once per prompt."""
     device = trained.device
     tokens_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -212,38 +225,46 @@ def predict_probabilities_tiled(
             tokens_cache[prompt] = (tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
         return tokens_cache[prompt]
 
-    out: list[np.ndarray] = []
-    for image, prompt_set in zip(images, prompt_sets):
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"images must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        height, width = image.shape[:2]
-        size = (max(1, int(round(height * upscale))), max(1, int(round(width * upscale))))
-        resized = (
-            image
-            if size == (height, width)
-            else np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    return tokens_of
+
+
+def _resized_input(trained, image: np.ndarray, upscale: float) -> torch.Tensor:
+    """The image resized by ``upscale`` (PIL bilinear) and normalised as the model expects, on its device."""
+    from PIL import Image
+
+    from promptseg.data import normalize
+
+    height, width = image.shape[:2]
+    size = (max(1, int(round(height * upscale))), max(1, int(round(width * upscale))))
+    resized = (
+        image
+        if size == (height, width)
+        else np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    )
+    return normalize(np.ascontiguousarray(resized), trained.mean, trained.std, trained.per_image).to(trained.device)
+
+
+def _tile_logits_fn(trained, tokens_of, prompt_set: list[str], hflip_tta: bool):
+    """``logits_fn(batch of tiles)`` for :func:`tiled_logits`: the model's logits for one image's prompt set,
+    averaged over the prompts (and the horizontal mirror with ``hflip_tta``)."""
+    from promptseg.inference import average_prompts_and_flips
+    from promptseg.model import segmentation_logits
+    from promptseg.precision import model_autocast
+
+    def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
+        ids, mask = tokens_of(prompts[0])  # every tile of this image has the same prompt
+        n = len(rows)
+        with model_autocast(trained):  # infer.precision (promptseg.precision)
+            return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
+
+    def logits_fn(batch: torch.Tensor) -> torch.Tensor:
+        return average_prompts_and_flips(
+            tile_logits,
+            batch,
+            [prompt_set] * batch.shape[0],
+            hflip_tta,
+            lambda x: torch.flip(x, dims=[-1]),
+            torch.zeros,
         )
-        x = normalize(np.ascontiguousarray(resized), trained.mean, trained.std, trained.per_image).to(device)
 
-        def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
-            ids, mask = tokens_of(prompts[0])  # every tile of this image has the same prompt
-            n = len(rows)
-            with model_autocast(trained):  # infer.precision (promptseg.precision)
-                return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
-
-        def logits_fn(batch: torch.Tensor, prompt_set=prompt_set) -> torch.Tensor:
-            return average_prompts_and_flips(
-                tile_logits,
-                batch,
-                [prompt_set] * batch.shape[0],
-                hflip_tta,
-                lambda x: torch.flip(x, dims=[-1]),
-                torch.zeros,
-            )
-
-        blended = tiled_logits(
-            logits_fn, x, tile=trained.image_size, overlap=overlap, batch_size=batch_size, window=window
-        )
-        out.append(torch.sigmoid(upsample_logits(blended, (height, width))).numpy().astype(np.float32, copy=False))
-    return out
+    return logits_fn
