@@ -2,7 +2,6 @@
 reported on val, labelled as optimistic (``eval.missing_test_split: report_val``), or stops with a message
 (``error``); every declared figure is written either way."""
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,36 +12,14 @@ import yaml
 from promptseg.baselines import write_baselines
 from promptseg.evaluate import (
     NO_TEST_SPLIT_NOTE,
-    EvalConfig,
     eval_config_from_params,
     evaluate_variant,
     qualitative_figure,
 )
 from promptseg.report import write_report
 
-from conftest import PROMPTS, TINY_MODEL
+from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
-# params.yaml's evaluation defaults (EvalConfig has none of its own), small where a test changes them
-BASE = EvalConfig(
-    thresholds=[0.5],
-    morphology=True,
-    kernel_size=3,
-    batch_size=16,
-    boundary_tolerance_px=2,
-    empty_score=1.0,
-    figure_images=3,
-    unrelated_prompts=[],
-    paraphrases={},
-    hflip_tta=False,
-    prompt_ensemble=False,
-    tiled={},
-    tile_upscale=1.0,
-    tile_overlap=0.25,
-    measure_inference_options=False,
-    native_resolution={},
-    missing_test_split="report_val",
-    worst_images=4,
-)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +41,7 @@ def trained():
 
 
 def _cfg(policy="report_val"):
-    return dataclasses.replace(BASE, thresholds=[0.3, 0.5, 0.7], figure_images=2, missing_test_split=policy)
+    return tiny_eval_config(thresholds=[0.3, 0.5, 0.7], figure_images=2, missing_test_split=policy)
 
 
 def test_report_val_scores_val_and_labels_it(trained, no_drywall_test):
@@ -155,8 +132,7 @@ def test_progress_bars_count_every_image_of_every_prompt_pass(trained, no_drywal
             closed.append((self.desc, self.n, self.total))
 
     monkeypatch.setattr(evaluate, "tqdm", Recording)
-    cfg = dataclasses.replace(
-        BASE,
+    cfg = tiny_eval_config(
         measure_inference_options=True,
         prompt_ensemble=True,
         unrelated_prompts=["segment door"],
