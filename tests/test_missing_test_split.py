@@ -21,7 +21,6 @@ from promptseg.report import write_report
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
 
-
 @pytest.fixture(scope="module")
 def no_drywall_test(processed_root, tmp_path_factory):
     """The shared processed tree with drywall's test split removed (as `split: as_exported` leaves it)."""
