@@ -132,3 +132,19 @@ def tiny_eval_config(**changes):
         worst_images=4,
     )
     return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """An untrained tiny CLIPSeg saved like models/<variant> (weights + processor + promptseg.json); read-only
+    for the tests that share it (copy it before changing anything)."""
+    import json
+
+    from promptseg.model import build_small_model
+
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    model, processor = build_small_model(TINY_MODEL, 64, 0)
+    model.save_pretrained(d)
+    processor.save_pretrained(d)
+    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
+    return d

@@ -412,21 +412,7 @@ def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
 # ------------------------------------------------------------------------------------ predict
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from promptseg.model import build_small_model
-
-    from conftest import PROMPTS, TINY_MODEL
-
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    model, processor = build_small_model(TINY_MODEL, 64, 0)
-    model.save_pretrained(d)
-    processor.save_pretrained(d)
-    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
-    return d
-
-
-def test_predict_skips_truncated_images_with_the_reason(model_dir, tmp_path, capsys):
+def test_predict_skips_truncated_images_with_the_reason(tiny_model_dir, tmp_path, capsys):
     from promptseg.cli import main
 
     folder = tmp_path / "in"
@@ -436,7 +422,7 @@ def test_predict_skips_truncated_images_with_the_reason(model_dir, tmp_path, cap
         [
             "predict",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--prompt",
             "segment crack",
             str(folder),
@@ -456,11 +442,11 @@ def test_predict_skips_truncated_images_with_the_reason(model_dir, tmp_path, cap
     assert "1 masks written, 1 skipped" in captured.out
 
 
-def test_predict_with_corrupt_weights_is_rc2_with_a_message(model_dir, tmp_path, capsys):
+def test_predict_with_corrupt_weights_is_rc2_with_a_message(tiny_model_dir, tmp_path, capsys):
     from promptseg.cli import main
 
     broken = tmp_path / "broken"
-    shutil.copytree(model_dir, broken)
+    shutil.copytree(tiny_model_dir, broken)
     truncate(broken / "model.safetensors")
     write_image(tmp_path / "a.jpg")
     rc = main(

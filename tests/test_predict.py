@@ -8,21 +8,6 @@ import pytest
 
 from promptseg.cli import main
 
-from conftest import PROMPTS, TINY_MODEL
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """An untrained tiny model saved like models/<variant> (weights + processor + promptseg.json)."""
-    from promptseg.model import build_small_model
-
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    model, processor = build_small_model(TINY_MODEL, 64, 0)
-    model.save_pretrained(d)
-    processor.save_pretrained(d)
-    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
-    return d
-
 
 @pytest.fixture
 def folder(tmp_path):
@@ -36,13 +21,13 @@ def folder(tmp_path):
     return d
 
 
-def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(model_dir, folder, tmp_path, capsys):
+def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(tiny_model_dir, folder, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(
         [
             "predict",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--prompt",
             "segment crack",
             str(folder),
@@ -67,14 +52,14 @@ def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(model_dir,
     assert "threshold 0.5" in captured.out and "none.json" in captured.out
 
 
-def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(model_dir, folder, tmp_path, capsys):
+def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(tiny_model_dir, folder, tmp_path, capsys):
     eval_path = tmp_path / "tiny.json"
     eval_path.write_text(json.dumps({"cracks": {"threshold": 0.3}, "drywall": {"threshold": 0.7}}))
     rc = main(
         [
             "predict",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--prompt",
             "segment joint tape",
             str(folder / "a.png"),
@@ -90,7 +75,7 @@ def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(model
         [
             "predict",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--prompt",
             "segment a cat",
             str(folder / "a.png"),
@@ -106,14 +91,14 @@ def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(model
     )
 
 
-def test_threshold_one_gives_empty_masks_and_overlay_is_written(model_dir, folder, tmp_path):
+def test_threshold_one_gives_empty_masks_and_overlay_is_written(tiny_model_dir, folder, tmp_path):
     out = tmp_path / "out"
     assert (
         main(
             [
                 "predict",
                 "--model",
-                str(model_dir),
+                str(tiny_model_dir),
                 "--prompt",
                 "segment crack",
                 str(folder / "a.png"),
@@ -139,7 +124,7 @@ def test_threshold_one_gives_empty_masks_and_overlay_is_written(model_dir, folde
             [
                 "predict",
                 "--model",
-                str(model_dir),
+                str(tiny_model_dir),
                 "--prompt",
                 "segment crack",
                 str(folder / "a.png"),
@@ -162,14 +147,14 @@ def test_threshold_one_gives_empty_masks_and_overlay_is_written(model_dir, folde
     assert np.abs(overlay.astype(float) - expected).max() <= 1
 
 
-def test_usage_errors_exit_2(model_dir, folder, tmp_path, capsys):
+def test_usage_errors_exit_2(tiny_model_dir, folder, tmp_path, capsys):
     missing = tmp_path / "nope.png"
     assert (
         main(
             [
                 "predict",
                 "--model",
-                str(model_dir),
+                str(tiny_model_dir),
                 "--prompt",
                 "segment crack",
                 str(missing),
@@ -182,7 +167,18 @@ def test_usage_errors_exit_2(model_dir, folder, tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
     for prompt in ("", "   "):
         assert (
-            main(["predict", "--model", str(model_dir), "--prompt", prompt, str(folder), "--out", str(tmp_path / "o")])
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(tiny_model_dir),
+                    "--prompt",
+                    prompt,
+                    str(folder),
+                    "--out",
+                    str(tmp_path / "o"),
+                ]
+            )
             == 2
         )
         assert "give a non-empty --prompt" in capsys.readouterr().err
@@ -207,7 +203,7 @@ def test_usage_errors_exit_2(model_dir, folder, tmp_path, capsys):
             [
                 "predict",
                 "--model",
-                str(model_dir),
+                str(tiny_model_dir),
                 "--prompt",
                 "x",
                 str(folder),
@@ -221,23 +217,34 @@ def test_usage_errors_exit_2(model_dir, folder, tmp_path, capsys):
     )
 
 
-def test_nothing_readable_exits_1(model_dir, tmp_path, capsys):
+def test_nothing_readable_exits_1(tiny_model_dir, tmp_path, capsys):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "broken.png").write_bytes(b"not a png")
     assert (
-        main(["predict", "--model", str(model_dir), "--prompt", "segment crack", str(d), "--out", str(tmp_path / "o")])
+        main(
+            [
+                "predict",
+                "--model",
+                str(tiny_model_dir),
+                "--prompt",
+                "segment crack",
+                str(d),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
         == 1
     )
     assert "0 masks written, 1 skipped" in capsys.readouterr().out
 
 
-def test_engine_and_threads_options(model_dir, folder, tmp_path, capsys):
+def test_engine_and_threads_options(tiny_model_dir, folder, tmp_path, capsys):
     """--engine onnx on a folder without an export: one line naming `promptseg export`; bad values exit 2."""
     args = [
         "predict",
         "--model",
-        str(model_dir),
+        str(tiny_model_dir),
         "--prompt",
         "segment crack",
         str(folder / "a.png"),
@@ -246,7 +253,7 @@ def test_engine_and_threads_options(model_dir, folder, tmp_path, capsys):
     ]
     assert main([*args, "--engine", "onnx"]) == 2
     err = capsys.readouterr().err
-    assert f"run `promptseg export --model {model_dir}` first" in err and err.count("\n") == 1
+    assert f"run `promptseg export --model {tiny_model_dir}` first" in err and err.count("\n") == 1
     assert main([*args, "--engine", "tensorrt"]) == 2
     assert main([*args, "--threads", "0"]) == 2
     import torch
