@@ -148,3 +148,29 @@ def tiny_model_dir(tmp_path_factory):
     processor.save_pretrained(d)
     (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
     return d
+
+
+def copy_repository(dest):
+    """The repository's tracked files (as committed or staged) and untracked, not ignored ones, plus the vendored
+    BPE, copied into ``dest`` without the pipeline's generated ``dvc.lock`` and ``metrics/`` (a fresh run)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    repo, dest = Path(__file__).resolve().parents[1], Path(dest)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (repo / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, dest / name)
+    shutil.copytree(repo / "vendor", dest / "vendor")
+    for generated in ("dvc.lock", "metrics"):
+        path = dest / generated
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return dest

@@ -21,7 +21,6 @@ rung: 352 made the test about 30 s slower on 2 cores for no other path covered.
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import copy_repository
 from fixtures_exports import rf_name, write_coco_export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,22 +176,7 @@ def write_exports(root: Path) -> tuple[Path, Path]:
 def paper_run(tmp_path_factory):
     """A copy of the repository, the model folder and the exports; then `dvc exp run` with the paper profile."""
     tmp = tmp_path_factory.mktemp("paper")
-    repo = tmp / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    shutil.copytree(REPO / "vendor", repo / "vendor")
-    for generated in ("dvc.lock", "metrics"):
-        path = repo / generated
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    repo = copy_repository(tmp / "repo")
     save_pretrained_format_model(tmp / "clipseg-rd64-layout")
     cracks, drywall = write_exports(tmp)
     run(["git", "init", "-q"], repo)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, copy_repository
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,23 +34,7 @@ def run(args, cwd, **env):
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory):
     """The tracked files of this repository (as committed or staged) plus the vendored BPE, with tiny params."""
-    dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    shutil.copytree(REPO / "vendor", dest / "vendor")
-    for generated in ("dvc.lock", "metrics"):
-        path = dest / generated
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    dest = copy_repository(tmp_path_factory.mktemp("repo"))
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["synthetic"].update(image_size=96, counts={"train": 6, "valid": 3, "test": 3})
     params["model"] = {**params["model"], **TINY_MODEL}
