@@ -7,7 +7,7 @@ synthetic 640 x 640 crack photo, median of ``--repeats`` after one warm-up, with
 where the model has an ONNX export, the ONNX engine; at threshold 0.5 and at the threshold that lights 3% of
 the photo (a real crack mask's share: an untrained model lights almost everything at 0.5, and measuring a
 near-full mask costs far more than a crack). Without ``--model`` (or when models/unet does not
-exist) it builds an UNTRAINED U-Net sized by params.yaml's ``model.unet`` and ``train.variants.unet.image_size``
+exist) it builds an UNTRAINED U-Net sized by params.yaml's ``model.unet`` and ``train.rungs.unet.image_size``
 (the same layers, so the same cost as a trained one) and exports it to ONNX in a temporary folder.
 Target: under 0.5 s.
 """
@@ -33,12 +33,12 @@ def untrained_unet(params: dict, out: Path) -> Path:
     from promptseg.model import build_unet_model
     from promptseg.onnx_engine import export_model_dir
 
-    size = int(params["train"]["variants"]["unet"].get("image_size", params["train"]["common"]["image_size"]))
+    size = int(params["train"]["rungs"]["unet"].get("image_size", params["train"]["common"]["image_size"]))
     model, processor = build_unet_model(params["model"], size, 0)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     prompts = {d: params["data"][d]["prompts"] for d in ("cracks", "drywall")}
-    (out / "promptseg.json").write_text(json.dumps({"variant": "unet", "prompts": prompts}))
+    (out / "promptseg.json").write_text(json.dumps({"rung": "unet", "prompts": prompts}))
     export_model_dir(out)
     return out
 

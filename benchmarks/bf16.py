@@ -42,15 +42,15 @@ def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from promptseg.losses import bce_dice_loss
-    from promptseg.model import apply_variant, load_base_model, segmentation_logits
+    from promptseg.model import apply_method, load_base_model, segmentation_logits
     from promptseg.precision import autocast
 
-    variant = params["train"]["variants"][rung]
+    rung = params["train"]["rungs"][rung]
     common = params["train"]["common"]
-    size = int(variant.get("image_size", common["image_size"]))
+    size = int(rung.get("image_size", common["image_size"]))
     batch = int(common["batch_size"])
-    base, processor = load_base_model(params["model"], size, 0, variant.get("architecture", "clipseg"))
-    module = apply_variant(base, variant).train()
+    base, processor = load_base_model(params["model"], size, 0, rung.get("architecture", "clipseg"))
+    module = apply_method(base, rung).train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     pixels, targets = torch.randn(batch, 3, size, size), (torch.rand(batch, size, size) > 0.9).float()
     tokens = processor.tokenizer(
@@ -94,7 +94,7 @@ def predict_640(params: dict, rounds: int) -> list[tuple[str, float, str]]:
     from promptseg.native import predict_probabilities_native
     from promptseg.onnx_engine import _make_session, export_onnx, logits_module, preprocess, sigmoid
 
-    model, processor = build_unet_model(params["model"], int(params["train"]["variants"]["unet"]["image_size"]), 0)
+    model, processor = build_unet_model(params["model"], int(params["train"]["rungs"]["unet"]["image_size"]), 0)
     trained = TrainedModel(model, processor, {})
     photos = [np.random.default_rng(i).integers(0, 256, (640, 640, 3), dtype=np.uint8) for i in range(rounds)]
     results = []

@@ -1,4 +1,4 @@
-"""Seconds of one rung's evaluation (``promptseg.evaluate.evaluate_variant``) with and without the
+"""Seconds of one rung's evaluation (``promptseg.evaluate.evaluate_rung``) with and without the
 encoding cache, and whether the scores are identical.
 
     python benchmarks/evaluate_encoding_cache.py full [unet ...]
@@ -30,13 +30,13 @@ def main(rungs: list[str]) -> None:
         timings, scores = {}, {}
         for label, cache_bytes in (("cache off", 0), ("cache on", 512 * 2**20)):
             started = time.perf_counter()
-            scores[label], _ = evaluation.evaluate_variant(
+            scores[label], _ = evaluation.evaluate_rung(
                 trained, Path("data/processed"), prompts, cfg, encoding_cache_bytes=cache_bytes
             )
             timings[label] = time.perf_counter() - started
         same = json.dumps(scores["cache off"], sort_keys=True) == json.dumps(scores["cache on"], sort_keys=True)
         print(
-            f"{rung}: evaluate_variant {timings['cache off']:.1f} s without the cache, "
+            f"{rung}: evaluate_rung {timings['cache off']:.1f} s without the cache, "
             f"{timings['cache on']:.1f} s with it; scores identical: {same}"
         )
 

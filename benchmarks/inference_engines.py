@@ -84,14 +84,14 @@ def build_model(name: str, params: dict):
 
 
 def save_and_export(name: str, params: dict, root: Path):
-    """Save the model like ``models/<variant>`` and export it; returns (model, processor, model_dir, export seconds)."""
+    """Save the model like ``models/<rung>`` and export it; returns (model, processor, model_dir, export seconds)."""
     from promptseg.onnx_engine import export_model_dir
 
     model, processor, per_image, _ = build_model(name, params)
     model_dir = root / name
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    (model_dir / "promptseg.json").write_text(json.dumps({"variant": name, "per_image_standardization": per_image}))
+    (model_dir / "promptseg.json").write_text(json.dumps({"rung": name, "per_image_standardization": per_image}))
     started = time.perf_counter()
     export_model_dir(model_dir)
     return model, processor, model_dir, time.perf_counter() - started

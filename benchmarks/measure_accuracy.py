@@ -10,7 +10,7 @@
    crack_truth: the polylines and widths it was drawn with). Reported: median absolute error of
    the max and mean width (px), median absolute relative error of the length, over all splits.
 2. PREDICTED masks, when ``--model`` (default models/unet) exists: the model's masks for the
-   test images (threshold from metrics/eval/<variant>.json for cracks, else 0.5; infer.morphology)
+   test images (threshold from metrics/eval/<rung>.json for cracks, else 0.5; infer.morphology)
    measured per image against the truth of that image (total length; max width over its cracks);
    images where the model finds nothing are counted apart.
 3. Cost: median ms per 640 x 640 mask (the union of a 640 px test image's cracks), cv2 on
@@ -106,8 +106,8 @@ def predicted_errors(root: Path, model_dir: Path, params: dict, settings: Measur
     from promptseg.inference import load_trained_model, predict_masks
 
     trained = load_trained_model(model_dir)
-    variant = str(trained.card.get("variant") or model_dir.name)
-    eval_path = REPO / "metrics" / "eval" / f"{variant}.json"
+    rung = str(trained.card.get("rung") or model_dir.name)
+    eval_path = REPO / "metrics" / "eval" / f"{rung}.json"
     try:
         threshold = float(json.loads(eval_path.read_text())["cracks"]["threshold"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -42,7 +42,7 @@ def best(fn, rounds: int = 5) -> float:
 def measure(model, size: int, time_it: bool) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.model import apply_variant, segmentation_logits
+    from promptseg.model import apply_method, segmentation_logits
 
     ids = torch.tensor([[49406, 15615, 2569, 10334, 49407]])
     one = torch.randn(1, 3, size, size)
@@ -54,7 +54,7 @@ def measure(model, size: int, time_it: bool) -> dict:
         return out
     with torch.no_grad():
         out["forward_s"] = best(lambda: segmentation_logits(model, one, ids))
-    lora = apply_variant(
+    lora = apply_method(
         model,
         {
             "method": "lora",

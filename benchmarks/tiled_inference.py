@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/tiled_inference.py --model models/unet --dataset cracks --split test
     .venv/bin/python benchmarks/tiled_inference.py --model models/unet --processed /path/to/data/processed
 
-Both paths use the threshold chosen on val for the dataset (metrics/eval/<variant>.json; --threshold
+Both paths use the threshold chosen on val for the dataset (metrics/eval/<rung>.json; --threshold
 overrides) and the same open/close; every image is scored with every prompt of the dataset (params.yaml).
 Prints a markdown table: mIoU, Dice, boundary F1, clDice, images/s (prediction only, one prompt pass).
 """

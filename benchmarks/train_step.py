@@ -29,14 +29,14 @@ from pathlib import Path
 RUNGS = ["decoder", "lora", "full", "unet"]
 
 
-def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layout: str = "channels_last") -> dict:
+def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: str = "channels_last") -> dict:
     import torch
     from torch.utils.data import DataLoader
 
     from promptseg.data import EpochShuffleSampler, collate
     from promptseg.losses import bce_dice_loss
     from promptseg.model import (
-        apply_variant,
+        apply_method,
         build_clip_tokenizer,
         make_processor,
         rd64_refined_config,
@@ -50,7 +50,7 @@ def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layou
     params = load_params()
     if rd64:
         params["train"]["common"].update(image_size=352, batch_size=4)
-    settings = train_settings(params, variant)
+    settings = train_settings(params, rung)
     model_cfg = settings.model
     setup = TrainSetup(
         settings=settings,
@@ -67,7 +67,7 @@ def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layou
         processor = make_processor(build_clip_tokenizer(), 352, model_cfg.image_mean, model_cfg.image_std)
     else:
         base, processor = load_base_model(model_cfg, setup.image_size, 0, setup.architecture)
-    module = apply_variant(base, settings.rung.method, settings.rung.lora).train()
+    module = apply_method(base, settings.rung.method, settings.rung.lora).train()
     if hasattr(base, "channels_last"):  # the U-Net
         base.channels_last = layout != "contiguous"
         if layout == "channels_last+weights":
@@ -115,7 +115,7 @@ def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layou
         with_loader.append(time.perf_counter() - started)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {
-        "rung": variant + (" (rd64-refined shape)" if rd64 else ""),
+        "rung": rung + (" (rd64-refined shape)" if rd64 else ""),
         "precision": precision,
         "layout": layout if hasattr(base, "channels_last") else "-",
         "image_size": 352 if rd64 else setup.image_size,
@@ -127,7 +127,7 @@ def measure(variant: str, rd64: bool, steps: int, precision: str = "fp32", layou
     }
 
 
-def interleaved(variant: str, steps: int) -> dict:
+def interleaved(rung: str, steps: int) -> dict:
     """fp32, bf16 and bf16 + channels_last steps of ONE model, in interleaved rounds (a shared machine's load
     drifts: each round times every setting once), model only and with the DataLoader; medians per setting."""
     import torch
@@ -135,7 +135,7 @@ def interleaved(variant: str, steps: int) -> dict:
 
     from promptseg.data import EpochShuffleSampler, collate
     from promptseg.losses import bce_dice_loss
-    from promptseg.model import apply_variant, segmentation_logits
+    from promptseg.model import apply_method, segmentation_logits
     from promptseg.params import DATASETS, load_params, section
     from promptseg.precision import autocast
     from promptseg.train import TrainSetup, build_datasets, load_base_model
@@ -143,8 +143,8 @@ def interleaved(variant: str, steps: int) -> dict:
     params = load_params()
     common = dict(section(params, "train.common"))
     setup = TrainSetup(
-        variant=variant,
-        variant_cfg=dict(section(params, f"train.variants.{variant}")),
+        rung=rung,
+        rung_cfg=dict(section(params, f"train.rungs.{rung}")),
         common=common,
         model_cfg=section(params, "model"),
         prompts={d: section(params, f"data.{d}.prompts") for d in DATASETS},
@@ -155,7 +155,7 @@ def interleaved(variant: str, steps: int) -> dict:
     )
     torch.manual_seed(0)
     base, processor = load_base_model(setup.model_cfg, setup.image_size, 0, setup.architecture)
-    module = apply_variant(base, setup.variant_cfg).train()
+    module = apply_method(base, setup.rung_cfg).train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     train_set = build_datasets(setup, processor, "train", training=True)
     loader = DataLoader(
@@ -216,11 +216,11 @@ def main() -> None:
         default="channels_last",
         help="U-Net activation layouts: contiguous, channels_last, channels_last+weights",
     )
-    parser.add_argument("--child", nargs=4, metavar=("VARIANT", "RD64", "PRECISION", "LAYOUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("RUNG", "RD64", "PRECISION", "LAYOUT"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--interleaved",
-        metavar="VARIANT",
-        help="one process: fp32 / bf16 / bf16+channels_last steps of VARIANT in interleaved rounds",
+        metavar="RUNG",
+        help="one process: fp32 / bf16 / bf16+channels_last steps of RUNG in interleaved rounds",
     )
     args = parser.parse_args()
     if args.interleaved:
@@ -243,19 +243,19 @@ def main() -> None:
         "| loader overhead | peak RSS (GB) |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for variant, rd64 in jobs:
-        layouts = args.layouts.split(",") if variant == "unet" else ["channels_last"]
+    for rung, rd64 in jobs:
+        layouts = args.layouts.split(",") if rung == "unet" else ["channels_last"]
         for precision in args.precisions.split(","):
             for layout in layouts:
                 steps = min(args.steps, 3) if rd64 == "1" else args.steps
                 out = subprocess.run(
-                    [sys.executable, __file__, "--steps", str(steps), "--child", variant, rd64, precision, layout],
+                    [sys.executable, __file__, "--steps", str(steps), "--child", rung, rd64, precision, layout],
                     capture_output=True,
                     text=True,
                 )
                 if out.returncode != 0:
                     last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
-                    print(f"| {variant} | {precision} | {layout} | failed: {last} |")
+                    print(f"| {rung} | {precision} | {layout} | failed: {last} |")
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 overhead = r["with_loader_s"] / r["model_only_s"] - 1

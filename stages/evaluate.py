@@ -1,5 +1,5 @@
-"""DVC stage `evaluate@<variant>`: metrics/eval/<variant>.json, the val threshold sweep CSV, per-image scores
-(metrics/eval/per_image/<variant>.csv), masks, figures (first images, and the k worst per dataset)."""
+"""DVC stage `evaluate@<rung>`: metrics/eval/<rung>.json, the val threshold sweep CSV, per-image scores
+(metrics/eval/per_image/<rung>.csv), masks, figures (first images, and the k worst per dataset)."""
 
 import json
 import sys
@@ -7,7 +7,7 @@ import sys
 from promptseg import paths
 from promptseg.evaluate import (
     EvalConfig,
-    evaluate_variant,
+    evaluate_rung,
     qualitative_figure,
     skipped_reason,
     worst_images_figure,
@@ -23,32 +23,32 @@ from promptseg.settings import evaluate_settings, load_stage_settings
 from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
 
 
-def main(variant: str) -> None:
-    settings = load_stage_settings(f"evaluate@{variant}", evaluate_settings)
+def main(rung: str) -> None:
+    settings = load_stage_settings(f"evaluate@{rung}", evaluate_settings)
     cfg = EvalConfig.from_settings(settings.infer, settings.eval)
     prompts = {name: list(settings.prompts[name]) for name in DATASETS}
     processed, out = paths.DATA_PROCESSED, paths.METRICS_EVAL
-    model_dir, predictions = paths.model_dir(variant), paths.predictions_dir(variant)
+    model_dir, predictions = paths.model_dir(rung), paths.predictions_dir(rung)
     skipped = skipped_reason(model_dir)
     if skipped:
-        write_skipped_outputs(variant, skipped, out, predictions, DATASETS)
-        print(f"[evaluate] {variant}: skipped: {skipped}")
+        write_skipped_outputs(rung, skipped, out, predictions, DATASETS)
+        print(f"[evaluate] {rung}: skipped: {skipped}")
         return
     trained = load_trained_model(model_dir)
     trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
     per_image: list[dict] = []  # one row per (dataset, split, image, prompt): what the JSON's means are made of
     try:
-        results, sweeps = evaluate_variant(trained, processed, prompts, cfg, predictions, per_image=per_image)
+        results, sweeps = evaluate_rung(trained, processed, prompts, cfg, predictions, per_image=per_image)
     except ValueError as exc:  # a split missing (eval.missing_test_split: error, or no val): one message, no traceback
-        sys.exit(f"evaluate@{variant}: {exc}")
+        sys.exit(f"evaluate@{rung}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
-    paths.eval_json(variant).write_text(json.dumps(results, indent=2) + "\n")
-    write_sweep_csv(paths.sweep_csv(variant), sweeps)
-    write_per_image_csv(paths.per_image_csv(variant), per_image)
+    paths.eval_json(rung).write_text(json.dumps(results, indent=2) + "\n")
+    write_sweep_csv(paths.sweep_csv(rung), sweeps)
+    write_per_image_csv(paths.per_image_csv(rung), per_image)
     figures = []
     for dataset in DATASETS:
-        figure = paths.figure_png(variant, dataset)
+        figure = paths.figure_png(rung, dataset)
         block = results[dataset]  # the figure shows the split that was scored (val where the export has no test)
         qualitative_figure(
             trained,
@@ -62,7 +62,7 @@ def main(variant: str) -> None:
             note=block.get("reported_split_note"),
         )
         figures.append(figure)
-        worst = paths.worst_png(variant, dataset)  # eval.worst_images lowest-Dice images
+        worst = paths.worst_png(rung, dataset)  # eval.worst_images lowest-Dice images
         split = block.get("reported_split", "test")
         worst_images_figure(
             processed,
@@ -76,27 +76,27 @@ def main(variant: str) -> None:
             note=block.get("reported_split_note"),
         )
         figures.append(worst)
-    run_id = training_run_id(settings.mlflow, variant)
+    run_id = training_run_id(settings.mlflow, rung)
     log_to_run(
         settings.mlflow,
         run_id,
         flatten_metrics(results, "eval"),
-        [paths.eval_json(variant), paths.sweep_csv(variant), paths.per_image_csv(variant), *figures],
+        [paths.eval_json(rung), paths.sweep_csv(rung), paths.per_image_csv(rung), *figures],
     )
     uri = log_pyfunc_model(
         model_dir,
         settings.mlflow,
         run_id=run_id,
-        variant=variant,
+        rung=rung,
         recipes={d: results[d]["recipe"] for d in DATASETS if "recipe" in results.get(d, {})},
     )
-    print(f"[evaluate] {variant}: registered {uri}")
+    print(f"[evaluate] {rung}: registered {uri}")
     o = results["overall"]
     for dataset in DATASETS:
         if results[dataset].get("reported_split") == "val":
-            print(f"[evaluate] {variant}: {dataset} scored on val: {results[dataset]['reported_split_note']}")
+            print(f"[evaluate] {rung}: {dataset} scored on val: {results[dataset]['reported_split_note']}")
     print(
-        f"[evaluate] {variant}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "
+        f"[evaluate] {rung}: test mIoU {o.get('test_miou', float('nan')):.3f}, Dice {o.get('test_dice', float('nan')):.3f}, "
         f"cross-prompt lit {o.get('test_cross_prompt_lit', float('nan')):.3f}"
     )
 

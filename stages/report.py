@@ -2,7 +2,7 @@
 (data, train, eval and the no-learning baselines of metrics/eval/baselines.json; no model, no images).
 
 Params read (each declared by the `report` stage in dvc.yaml; promptseg.settings.report_settings):
-model.source, train.variants, eval.boundary_tolerance_px, infer.hflip_tta, infer.prompt_ensemble.
+model.source, train.rungs, eval.boundary_tolerance_px, infer.hflip_tta, infer.prompt_ensemble.
 """
 
 from promptseg import paths
@@ -17,7 +17,7 @@ def main() -> None:
     write_report(
         paths.METRICS,
         out,
-        variants=list(s.rungs),
+        rungs=list(s.rungs),
         model_source=s.model_source,
         datasets=DATASETS,
         boundary_tolerance_px=s.boundary_tolerance_px,

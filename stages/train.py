@@ -1,25 +1,25 @@
-"""DVC stage `train@<variant>`: train one rung of params.yaml's train.variants (settings checked once, here)."""
+"""DVC stage `train@<rung>`: train one rung of params.yaml's train.rungs (settings checked once, here)."""
 
 import sys
 
 from promptseg import paths
 from promptseg.settings import load_stage_settings, train_settings
-from promptseg.train import TrainSetup, train_variant
+from promptseg.train import TrainSetup, train_rung
 
 
-def main(variant: str) -> None:
+def main(rung: str) -> None:
     setup = TrainSetup(
-        settings=load_stage_settings(f"train@{variant}", train_settings, variant),
+        settings=load_stage_settings(f"train@{rung}", train_settings, rung),
         processed_root=paths.DATA_PROCESSED,
-        model_dir=paths.model_dir(variant),
+        model_dir=paths.model_dir(rung),
         metrics_dir=paths.METRICS_TRAIN,
-        checkpoint_dir=paths.checkpoint_dir(variant),
+        checkpoint_dir=paths.checkpoint_dir(rung),
     )
-    summary = train_variant(setup)
+    summary = train_rung(setup)
     if "skipped" in summary:
         return
     print(
-        f"[train] {variant}: trainable {summary['trainable_params']:,} of {summary['total_params']:,}; "
+        f"[train] {rung}: trainable {summary['trainable_params']:,} of {summary['total_params']:,}; "
         f"final val Dice {summary['final_val_dice']:.3f}"
     )
 

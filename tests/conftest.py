@@ -136,7 +136,7 @@ def tiny_eval_config(**changes):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """An untrained tiny CLIPSeg saved like models/<variant> (weights + processor + promptseg.json); read-only
+    """An untrained tiny CLIPSeg saved like models/<rung> (weights + processor + promptseg.json); read-only
     for the tests that share it (copy it before changing anything)."""
     import json
 
@@ -146,7 +146,7 @@ def tiny_model_dir(tmp_path_factory):
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     model.save_pretrained(d)
     processor.save_pretrained(d)
-    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
+    (d / "promptseg.json").write_text(json.dumps({"rung": "tiny", "prompts": PROMPTS}))
     return d
 
 

@@ -51,7 +51,7 @@ def served(tmp_path_factory, processed_root):
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    (model_dir / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
+    (model_dir / "promptseg.json").write_text(json.dumps({"rung": "tiny", "prompts": PROMPTS}))
     images = root / "images"
     images.mkdir()
     data = load_split(processed_root, "cracks", "test")

@@ -51,7 +51,7 @@ def test_report_from_the_files_equals_the_report_from_scores_in_memory(processed
         (metrics / sub / f"{name}.json").write_text(json.dumps(payload))
     write_baselines(processed_root, metrics / "eval" / "baselines.json")
     text = write_report(
-        metrics, metrics / "report.md", variants=["lora"], model_source="small", summary_path=metrics / "summary.json"
+        metrics, metrics / "report.md", rungs=["lora"], model_source="small", summary_path=metrics / "summary.json"
     )
     in_memory = {d: trivial_baseline_scores(processed_root, d, "test") for d in ("cracks", "drywall")}
     assert text == build_report(
@@ -60,7 +60,7 @@ def test_report_from_the_files_equals_the_report_from_scores_in_memory(processed
         {"lora": EVAL["lora"]},
         in_memory,
         model_source="small",
-        variants=["lora"],
+        rungs=["lora"],
         figures={},
         boundary_tolerance_px=2,
     )
@@ -72,7 +72,7 @@ def test_report_from_the_files_equals_the_report_from_scores_in_memory(processed
 
 
 def test_report_without_a_baselines_file_says_so(tmp_path):
-    text = write_report(tmp_path / "metrics", tmp_path / "report.md", variants=["lora"], model_source="small")
+    text = write_report(tmp_path / "metrics", tmp_path / "report.md", rungs=["lora"], model_source="small")
     assert "No no-learning baselines for cracks" in text and "No no-learning baselines for drywall" in text
 
 
@@ -87,7 +87,7 @@ def test_summary_holds_the_headline_numbers_only():
     train = {**TRAIN, "zeroshot": {"skipped": "no pretrained weights"}}
     train["lora"] = {**train["lora"], "epochs": 4}  # 12.5 s x 4
     train["full"] = {**train["full"], "epochs": 2, "train_seconds": 70.0}  # train_seconds wins over s/epoch x epochs
-    summary = build_summary(train, evals, BASELINES, variants=ladder)
+    summary = build_summary(train, evals, BASELINES, rungs=ladder)
     assert summary["cracks"]["lora"] == {"miou": round((0.512 + 0.2) / 2, 4), "dice": 0.45}
     assert summary["cracks"]["full"] == {"miou": round((0.333 + 0.2) / 2, 4), "dice": 0.45}
     assert "zeroshot" not in summary["cracks"] and "unet" not in summary["cracks"]
@@ -100,15 +100,15 @@ def test_summary_holds_the_headline_numbers_only():
         TRAIN,
         {v: EVAL["lora"] for v in ["decoder", "lora", "full", "unet"]},
         BASELINES,
-        variants=["decoder", "lora", "full", "unet"],
+        rungs=["decoder", "lora", "full", "unet"],
     )
     assert leaves(full_ladder) <= 24  # about 20: the default ladder's whole headline
-    assert build_summary({}, {}, {}, variants=ladder) == {}
+    assert build_summary({}, {}, {}, rungs=ladder) == {}
 
 
 @pytest.mark.parametrize("bad", [None, "n/a", float("nan")])
 def test_summary_skips_numbers_that_are_not_numbers(bad):
     ev = json.loads(json.dumps(EVAL["lora"]))
     ev["drywall"]["test"]["all_prompts"] = {"miou": bad, "dice": 0.5}
-    summary = build_summary({}, {"lora": ev}, {}, variants=["lora"], datasets=["drywall"])
+    summary = build_summary({}, {"lora": ev}, {}, rungs=["lora"], datasets=["drywall"])
     assert summary == {"drywall": {"lora": {"dice": 0.5}, "cross_prompt_lit": {"lora": 0.0123}}}

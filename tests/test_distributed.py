@@ -43,13 +43,13 @@ def test_two_processes_shard_the_batches_and_end_with_the_same_weights(tmp_path,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for variant in ("full", "lora", "unet"):
-        summary = json.loads((tmp_path / "metrics" / f"{variant}.json").read_text())
+    for rung in ("full", "lora", "unet"):
+        summary = json.loads((tmp_path / "metrics" / f"{rung}.json").read_text())
         assert summary["processes"] == 2 and summary["steps_per_epoch_per_process"] == 4, summary
-        rows = (tmp_path / "metrics" / variant / "plots" / "metrics" / "val_dice.tsv").read_text().splitlines()
+        rows = (tmp_path / "metrics" / rung / "plots" / "metrics" / "val_dice.tsv").read_text().splitlines()
         assert [r.split("\t")[0] for r in rows] == ["step", "0", "1"], rows  # 2 epochs, logged once (main process)
-        assert (tmp_path / "models" / variant / "model.safetensors").exists()
-        assert not (tmp_path / "checkpoints" / variant).exists()
+        assert (tmp_path / "models" / rung / "model.safetensors").exists()
+        assert not (tmp_path / "checkpoints" / rung).exists()
     assert result.stdout.count("[train] lora epoch 2/2") == 1  # only the main process reports
 
 

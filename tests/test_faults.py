@@ -25,13 +25,13 @@ import pytest
 
 from promptseg.exports import (
     IMAGE_SKIP_KINDS,
-    IMAGE_SUFFIXES,
     PROBLEM_COLUMNS,
     ExportError,
     read_export,
 )
 from promptseg.images import (
     CORRUPT,
+    IMAGE_SUFFIXES,
     TRUNCATED,
     ImageReadError,
     check_image_bytes,

@@ -69,7 +69,7 @@ def test_three_epochs_write_the_series_summary_params_images_and_mlflow(tmp_path
 
     client = MlflowClient(mlflow_cfg["tracking_uri"])
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "unet" and run.data.tags["variant"] == "unet"
+    assert run.info.status == "FINISHED" and run.info.run_name == "unet" and run.data.tags["rung"] == "unet"
     assert run.data.params == {"epochs": "3", "lr.base": "0.0003"}
     assert sorted(a.path for a in client.list_artifacts(run_id, "val_overlay")) == [
         "val_overlay/0000.png",

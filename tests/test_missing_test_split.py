@@ -13,7 +13,7 @@ from promptseg.baselines import write_baselines
 from promptseg.evaluate import (
     NO_TEST_SPLIT_NOTE,
     eval_config_from_params,
-    evaluate_variant,
+    evaluate_rung,
     qualitative_figure,
 )
 from promptseg.report import write_report
@@ -44,7 +44,7 @@ def _cfg(policy="report_val"):
 
 
 def test_report_val_scores_val_and_labels_it(trained, no_drywall_test):
-    results, _ = evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
+    results, _ = evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
     drywall, cracks = results["drywall"], results["cracks"]
     assert drywall["reported_split"] == "val" and drywall["reported_split_note"] == NO_TEST_SPLIT_NOTE
     assert "test" not in drywall and drywall["val"]["images"] == 4
@@ -57,7 +57,7 @@ def test_report_val_scores_val_and_labels_it(trained, no_drywall_test):
 
 def test_error_policy_names_the_dataset_and_the_fix(trained, no_drywall_test):
     with pytest.raises(ValueError, match=r"drywall: no test images.*split: grouped.*missing_test_split: report_val"):
-        evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg("error"), encoding_cache_bytes=0)
+        evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg("error"), encoding_cache_bytes=0)
 
 
 def test_unknown_policy_is_refused():
@@ -91,13 +91,13 @@ def test_figures_exist_for_the_scored_split_and_for_an_empty_one(trained, no_dry
 
 
 def test_report_states_the_split_situation_and_scores_baselines_on_val(trained, no_drywall_test, tmp_path):
-    results, _ = evaluate_variant(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
+    results, _ = evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
     metrics = tmp_path / "metrics"
     (metrics / "eval").mkdir(parents=True)
     (metrics / "eval" / "lora.json").write_text(json.dumps(results))
     out = metrics / "report.md"
     write_baselines(no_drywall_test, metrics / "eval" / "baselines.json", missing_test_split="report_val")
-    write_report(metrics, out, variants=["lora"], model_source="small")
+    write_report(metrics, out, rungs=["lora"], model_source="small")
     text = out.read_text()
     assert f"**drywall: reported on val, {NO_TEST_SPLIT_NOTE}.**" in text
     assert f"## Table 3: drywall ladder (val split; {NO_TEST_SPLIT_NOTE}, mean over prompts)" in text
@@ -137,7 +137,7 @@ def test_progress_bars_count_every_image_of_every_prompt_pass(trained, no_drywal
         unrelated_prompts=["segment door"],
         paraphrases={"cracks": ["find the crack"]},
     )
-    evaluate_variant(trained, no_drywall_test, PROMPTS, cfg, encoding_cache_bytes=0)
+    evaluate_rung(trained, no_drywall_test, PROMPTS, cfg, encoding_cache_bytes=0)
     # cracks val: 2 prompts + 3 other + 1 unrelated + 1 paraphrase + options 2 * (2 + 1) + 2 + ensemble 2 = 17 passes
     assert ("evaluate cracks val", 17 * 4, 17 * 4) in closed
     assert ("evaluate cracks test", 8 * 4, 8 * 4) in closed  # 2 + 3 + 1 + 1 + ensemble 1

@@ -45,7 +45,7 @@ def unet_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("models") / "unet"
     model.eval().save_pretrained(d)
     processor.save_pretrained(d)
-    (d / "promptseg.json").write_text(json.dumps({"variant": "unet", "architecture": "unet", "prompts": PROMPTS}))
+    (d / "promptseg.json").write_text(json.dumps({"rung": "unet", "architecture": "unet", "prompts": PROMPTS}))
     return d
 
 
@@ -160,7 +160,7 @@ def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(
     recipes = {"cracks": recipe.to_dict(), "drywall": Recipe(threshold=0.5).to_dict()}
     eval_json = tmp_path / "unet.json"
     eval_json.write_text(json.dumps({d: {"threshold": r["threshold"], "recipe": r} for d, r in recipes.items()}))
-    assert log_pyfunc_model(unet_dir, cfg, recipes=recipes, variant="unet") == "models:/promptseg-unet/1"
+    assert log_pyfunc_model(unet_dir, cfg, recipes=recipes, rung="unet") == "models:/promptseg-unet/1"
     mlflow.set_tracking_uri(uri)
     loaded = mlflow.pyfunc.load_model("models:/promptseg-unet/1")
 

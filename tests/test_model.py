@@ -8,7 +8,7 @@ from transformers import CLIPSegForImageSegmentation
 
 from promptseg.model import (
     ModelSourceError,
-    apply_variant,
+    apply_method,
     build_clip_tokenizer,
     build_small_model,
     count_parameters,
@@ -36,14 +36,14 @@ def test_tokenizer_matches_real_clipseg_ids():
 def test_lora_on_rd64_refined_shape_has_the_reports_995328_trainable():
     model = CLIPSegForImageSegmentation(rd64_refined_config())
     assert count_parameters(model)[1] == 150_747_746
-    peft_model = apply_variant(model, "lora", lora_settings(False))
+    peft_model = apply_method(model, "lora", lora_settings(False))
     assert count_parameters(peft_model)[0] == 995_328 == lora_parameter_count(peft_model)
 
 
 def test_lora_with_decoder_counts_decoder_too():
     model, _ = build_small_model(TINY_MODEL, 64, 0)
     decoder_params = sum(p.numel() for p in model.decoder.parameters())
-    adapted = apply_variant(model, "lora", lora_settings(True))
+    adapted = apply_method(model, "lora", lora_settings(True))
     lora = lora_parameter_count(adapted)
     assert lora > 0
     assert count_parameters(adapted)[0] == decoder_params + lora  # decoder base weights + every adapter
@@ -97,7 +97,7 @@ def _step(module, loss_fn):
 
 def test_one_step_changes_vision_text_and_decoder_lora_and_nothing_frozen():
     model, processor = build_small_model(TINY_MODEL, 64, 0)
-    adapted = apply_variant(model, "lora", lora_settings(False))
+    adapted = apply_method(model, "lora", lora_settings(False))
     before = {n: p.detach().clone() for n, p in adapted.named_parameters()}
     x, ids, mask = _batch(processor)
     _step(adapted, lambda: segmentation_logits(adapted, x, ids, mask).sigmoid().mean())
@@ -110,16 +110,16 @@ def test_one_step_changes_vision_text_and_decoder_lora_and_nothing_frozen():
 def test_library_forward_leaves_encoder_lora_without_gradient():
     """The trap the reference implementation fell into: documented by a test."""
     model, processor = build_small_model(TINY_MODEL, 64, 0)
-    adapted = apply_variant(model, "lora", lora_settings(False))
+    adapted = apply_method(model, "lora", lora_settings(False))
     x, ids, mask = _batch(processor)
     adapted.base_model.model(pixel_values=x, input_ids=ids, attention_mask=mask).logits.sigmoid().mean().backward()
     graded = {n for n, p in adapted.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert graded and all(".decoder." in n for n in graded)
 
 
-def test_decoder_variant_keeps_encoders_bit_identical():
+def test_decoder_rung_keeps_encoders_bit_identical():
     model, processor = build_small_model(TINY_MODEL, 64, 0)
-    adapted = apply_variant(model, "decoder")
+    adapted = apply_method(model, "decoder")
     before = {n: p.detach().clone() for n, p in adapted.named_parameters()}
     x, ids, mask = _batch(processor)
     _step(adapted, lambda: segmentation_logits(adapted, x, ids, mask).sigmoid().mean())
@@ -132,7 +132,7 @@ def test_decoder_variant_keeps_encoders_bit_identical():
 def test_unknown_method_is_a_clear_error():
     model, _ = build_small_model(TINY_MODEL, 64, 0)
     with pytest.raises(ValueError, match="unknown training method 'adapter'"):
-        apply_variant(model, "adapter")
+        apply_method(model, "adapter")
 
 
 def test_offline_hub_id_fails_fast_with_the_fix(monkeypatch):

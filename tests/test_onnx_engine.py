@@ -23,7 +23,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """An untrained tiny CLIPSeg saved like models/<variant>, with per-image standardisation, exported by the CLI."""
+    """An untrained tiny CLIPSeg saved like models/<rung>, with per-image standardisation, exported by the CLI."""
     from promptseg.model import build_small_model
 
     d = tmp_path_factory.mktemp("model") / "tiny"
@@ -31,7 +31,7 @@ def model_dir(tmp_path_factory):
     model.save_pretrained(d)
     processor.save_pretrained(d)
     (d / "promptseg.json").write_text(
-        json.dumps({"variant": "tiny", "prompts": PROMPTS, "per_image_standardization": True})
+        json.dumps({"rung": "tiny", "prompts": PROMPTS, "per_image_standardization": True})
     )
     assert main(["export", "--model", str(d)]) == 0
     return d
@@ -63,7 +63,7 @@ def test_export_writes_the_graph_its_metadata_and_the_tokenizer(model_dir):
     meta = json.loads((export / "promptseg_onnx.json").read_text())
     assert meta["image_size"] == IMAGE_SIZE and meta["per_image_standardization"] is True
     assert meta["image_mean"] == TINY_MODEL["image_mean"] and meta["image_std"] == TINY_MODEL["image_std"]
-    assert meta["card"]["variant"] == "tiny" and meta["opset"] >= 17
+    assert meta["card"]["rung"] == "tiny" and meta["opset"] >= 17
     graph = onnx.load(str(export / "model.onnx"), load_external_data=False).graph
     dims = {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]

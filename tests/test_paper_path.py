@@ -195,11 +195,11 @@ def paper_run(tmp_path_factory):
         "model.source": str(tmp / "clipseg-rd64-layout"),
         "train.common.image_size": str(IMAGE_SIZE),
         "train.common.epochs": "1",
-        "train.variants.decoder.epochs": "1",
-        "train.variants.lora.epochs": "1",
-        "train.variants.full.epochs": "1",
-        "train.variants.unet.epochs": "1",
-        "train.variants.unet.image_size": "64",
+        "train.rungs.decoder.epochs": "1",
+        "train.rungs.lora.epochs": "1",
+        "train.rungs.full.epochs": "1",
+        "train.rungs.unet.epochs": "1",
+        "train.rungs.unet.image_size": "64",
         "model.unet.widths": "[8,16,32,64]",
         "model.unet.text.hidden_size": "32",
         "model.unet.text.num_hidden_layers": "1",
@@ -212,9 +212,9 @@ def paper_run(tmp_path_factory):
         "model.source",
         "train.common.image_size",
         "train.common.epochs",
-        "train.variants.decoder.epochs",
-        "train.variants.lora.epochs",
-        "train.variants.full.epochs",
+        "train.rungs.decoder.epochs",
+        "train.rungs.lora.epochs",
+        "train.rungs.full.epochs",
     }
     args = [a for k, v in {**kept, **shrunk}.items() for a in ("-S", f"{k}={v}")]
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -228,12 +228,12 @@ def test_every_rung_evaluation_and_report_complete(paper_run):
     print(f"dvc exp run (paper profile, tiny model): {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["data"]["drywall"]["split"] == "as_exported" and params["train"]["common"]["image_size"] == IMAGE_SIZE
-    variants = list(params["train"]["variants"])
-    assert variants == ["zeroshot", "decoder", "lora", "full", "unet"]
-    for variant in variants:
+    rungs = list(params["train"]["rungs"])
+    assert rungs == ["zeroshot", "decoder", "lora", "full", "unet"]
+    for rung in rungs:
         for dataset in ("cracks", "drywall"):
-            assert (repo / "metrics" / "eval" / "figures" / f"{variant}_{dataset}.png").stat().st_size > 1000
-        scores = json.loads((repo / "metrics" / "eval" / f"{variant}.json").read_text())
+            assert (repo / "metrics" / "eval" / "figures" / f"{rung}_{dataset}.png").stat().st_size > 1000
+        scores = json.loads((repo / "metrics" / "eval" / f"{rung}.json").read_text())
         assert "skipped" not in scores
         assert scores["cracks"]["reported_split"] == "test" and scores["cracks"]["test"]["images"] == 3
         assert scores["drywall"]["reported_split"] == "val" and "test" not in scores["drywall"]
@@ -259,7 +259,7 @@ def test_zeroshot_scores_the_untouched_pretrained_format_model(paper_run):
 def test_lora_count_follows_the_formula_for_this_shape(paper_run):
     """r * (in + out) for every q_proj and v_proj: vision and text encoder layers, and the decoder's layers."""
     repo, _, _ = paper_run
-    r = yaml.safe_load((repo / "params.yaml").read_text())["train"]["variants"]["lora"]["r"]
+    r = yaml.safe_load((repo / "params.yaml").read_text())["train"]["rungs"]["lora"]["r"]
     per_layer = lambda width: 2 * r * (width + width)  # q_proj and v_proj are width x width
     expected = (
         VISION["num_hidden_layers"] * per_layer(VISION["hidden_size"])

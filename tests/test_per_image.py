@@ -10,7 +10,7 @@ import pytest
 from promptseg import evaluate
 from promptseg.evaluate import (
     PER_IMAGE_COLUMNS,
-    evaluate_variant,
+    evaluate_rung,
     prompt_slug,
     worst_images_figure,
     write_per_image_csv,
@@ -32,7 +32,7 @@ def evaluated(processed_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("per_image")
     rows: list[dict] = []
     cfg = tiny_eval_config(thresholds=[0.45, 0.5, 0.55], morphology=False, worst_images=3)
-    results, _ = evaluate_variant(
+    results, _ = evaluate_rung(
         trained, processed_root, PROMPTS, cfg, out / "predictions", encoding_cache_bytes=0, per_image=rows
     )
     write_per_image_csv(out / "per_image.csv", rows)
@@ -123,7 +123,7 @@ def test_report_links_the_gallery_next_to_the_first_images_and_the_csv(tmp_path)
     for name in ("lora_cracks", "lora_cracks_worst", "lora_drywall_worst"):
         (metrics / "eval" / "figures" / f"{name}.png").write_bytes(b"png")
     (metrics / "eval" / "per_image" / "lora.csv").write_text(",".join(PER_IMAGE_COLUMNS) + "\n")
-    text = write_report(metrics, metrics / "report.md", variants=["lora"], model_source="small")
+    text = write_report(metrics, metrics / "report.md", rungs=["lora"], model_source="small")
     lines = text.splitlines()
     first = lines.index("- lora, cracks: ![lora_cracks](eval/figures/lora_cracks.png)")
     assert lines[first + 1] == "- lora, cracks, worst images: ![lora_cracks_worst](eval/figures/lora_cracks_worst.png)"

@@ -39,8 +39,8 @@ def repo_copy(tmp_path_factory):
     params["synthetic"].update(image_size=96, counts={"train": 6, "valid": 3, "test": 3})
     params["model"] = {**params["model"], **TINY_MODEL}
     params["train"]["common"].update(image_size=64, epochs=1, batch_size=4, warmup_steps=0)
-    params["train"]["variants"]["lora"]["r"] = 2
-    for rung in params["train"]["variants"].values():  # the tiny profile: every rung 1 epoch at 64 px
+    params["train"]["rungs"]["lora"]["r"] = 2
+    for rung in params["train"]["rungs"].values():  # the tiny profile: every rung 1 epoch at 64 px
         for key in ("epochs", "image_size"):
             rung.pop(key, None)
     params["model"]["unet"] = {
@@ -77,8 +77,8 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     report = (repo_copy / "metrics" / "report.md").read_text()
     assert "segment wall crack" in report and "segment taping area" in report
     assert json.loads((repo_copy / "metrics" / "eval" / "zeroshot.json").read_text()).keys() == {"skipped"}
-    for variant in ("decoder", "lora", "full", "unet"):
-        scores = json.loads((repo_copy / "metrics" / "eval" / f"{variant}.json").read_text())
+    for rung in ("decoder", "lora", "full", "unet"):
+        scores = json.loads((repo_copy / "metrics" / "eval" / f"{rung}.json").read_text())
         assert set(scores["cracks"]["test"]["prompts"]) == {"segment crack", "segment wall crack"}
         assert set(scores["drywall"]["test"]["prompts"]) == {
             "segment joint tape",
@@ -94,9 +94,9 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     scored = [unet[d][s] for d in ("cracks", "drywall") for s in ("val", "test") if s in unet[d]]
     assert len(per_image) == 1 + sum(b["images"] * len(b["prompts"]) for b in scored)  # header + image x prompt
     assert len((repo_copy / "metrics" / "eval" / "per_image" / "zeroshot.csv").read_text().splitlines()) == 1
-    for variant in ("zeroshot", "unet"):
+    for rung in ("zeroshot", "unet"):
         for dataset in ("cracks", "drywall"):
-            assert (repo_copy / "metrics" / "eval" / "figures" / f"{variant}_{dataset}_worst.png").stat().st_size > 100
+            assert (repo_copy / "metrics" / "eval" / "figures" / f"{rung}_{dataset}_worst.png").stat().st_size > 100
     assert "(eval/figures/unet_cracks_worst.png)" in report
     summary = json.loads((repo_copy / "metrics" / "summary.json").read_text())  # the headline
     assert set(summary) == {"cracks", "drywall", "train_minutes"}

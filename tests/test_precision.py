@@ -9,7 +9,7 @@ import torch
 
 import promptseg.precision
 from promptseg.precision import autocast, check_precision, device_and_autocast, resolve_precision
-from promptseg.train import TrainSetup, train_variant
+from promptseg.train import TrainSetup, train_rung
 
 from conftest import PROMPTS, TINY_MODEL, tiny_train_settings
 
@@ -109,7 +109,7 @@ def test_bf16_masks_agree_with_fp32_on_a_trained_model(tmp_path, processed_root,
     monkeypatch.setattr(promptseg.precision, "cpu_supports_bf16", lambda: False)  # auto -> fp32 here
     epochs, iou_floor = AGREEMENT[rung]
     setup = setup_for(tmp_path, processed_root, rung, "auto", epochs)
-    summary = train_variant(setup)
+    summary = train_rung(setup)
     assert summary["precision"] == "fp32"
     card = json.loads((setup.model_dir / "promptseg.json").read_text())
     assert card["summary"]["precision"] == "fp32" and card["train_params"]["precision"] == "auto"
@@ -142,7 +142,7 @@ def test_bf16_training_records_its_precision_and_saves_fp32_weights(tmp_path, pr
     from safetensors.torch import load_file
 
     setup = setup_for(tmp_path, processed_root, "unet", "bf16", 2)
-    summary = train_variant(setup)
+    summary = train_rung(setup)
     assert summary["precision"] == "bf16"
     series = setup.metrics_dir / "unet" / "plots" / "metrics" / "train_loss.tsv"  # DVCLive: step, train_loss
     losses = [float(r.split("\t")[-1]) for r in series.read_text().splitlines()[1:]]

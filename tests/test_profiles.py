@@ -32,7 +32,7 @@ def test_paper_profile_sets_the_reports_configuration():
         common["weight_decay"],
         common["seed"],
     ) == (352, 40, 4, 1e-4, 0.01, 42)
-    lora = p["train"]["variants"]["lora"]
+    lora = p["train"]["rungs"]["lora"]
     assert (lora["r"], lora["alpha"], lora["dropout"], lora["targets"], lora["train_decoder"]) == (
         16,
         32,
@@ -40,14 +40,14 @@ def test_paper_profile_sets_the_reports_configuration():
         ["q_proj", "v_proj"],
         False,
     )
-    full = p["train"]["variants"]["full"]
+    full = p["train"]["rungs"]["full"]
     assert full["datasets"] == ["cracks"]
     # a rung's own schedule overrides train.common, so the profile must set it for the rung too
     assert (full.get("epochs", common["epochs"]), full.get("lr", common["lr"])) == (40, 1e-4)
-    clipseg = {n: v for n, v in p["train"]["variants"].items() if v["architecture"] == "clipseg"}
+    clipseg = {n: v for n, v in p["train"]["rungs"].items() if v["architecture"] == "clipseg"}
     assert all(v.get("epochs", 40) == 40 and v.get("lr", 1e-4) == 1e-4 for v in clipseg.values()), clipseg
     assert all(
-        v.get("image_size", 352) == 352 for n, v in p["train"]["variants"].items() if v["architecture"] == "clipseg"
+        v.get("image_size", 352) == 352 for n, v in p["train"]["rungs"].items() if v["architecture"] == "clipseg"
     )
     assert p["infer"]["threshold_grid"] == [0.3, 0.4, 0.5, 0.6, 0.7]
     for dataset, (workspace, project, version) in {
@@ -117,11 +117,11 @@ def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_
                 "data.cracks.source",
                 "data.drywall.source",
                 "model.unet.presence_gate",
-                "train.variants.unet.",
+                "train.rungs.unet.",
                 "train.common.",
             )
         )
         for k in flatten_overrides(overrides)
     ), overrides
     assert real["model"]["unet"]["presence_gate"] is True and real["model"]["unet"]["widths"]  # merged, not replaced
-    assert real["train"]["variants"]["unet"]["epochs"] >= 12
+    assert real["train"]["rungs"]["unet"]["epochs"] >= 12

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from promptseg.cli import main
-from promptseg.evaluate import evaluate_variant, prompt_slug
+from promptseg.evaluate import evaluate_rung, prompt_slug
 from promptseg.recipe import Recipe, load_recipe, override
 
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
@@ -17,7 +17,7 @@ PROMPT = PROMPTS["cracks"][1]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """An untrained tiny model saved like models/<variant>, and its ONNX export in <model>/onnx."""
+    """An untrained tiny model saved like models/<rung>, and its ONNX export in <model>/onnx."""
     from promptseg.model import build_small_model
     from promptseg.onnx_engine import export_model_dir
 
@@ -25,7 +25,7 @@ def model_dir(tmp_path_factory):
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     model.save_pretrained(d)
     processor.save_pretrained(d)
-    (d / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
+    (d / "promptseg.json").write_text(json.dumps({"rung": "tiny", "prompts": PROMPTS}))
     export_model_dir(d)
     return d
 
@@ -55,7 +55,7 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
     from promptseg.inference import load_trained_model
 
     cfg = tiny_eval_config(thresholds=[mid_threshold], **RECIPES[name])
-    results, _ = evaluate_variant(
+    results, _ = evaluate_rung(
         load_trained_model(model_dir), processed_root, {"cracks": PROMPTS["cracks"]}, cfg, tmp_path / "predictions"
     )
     eval_json = tmp_path / "tiny.json"
@@ -121,12 +121,13 @@ def test_a_flag_overrides_one_field_and_says_so(model_dir, processed_root, tmp_p
             "--kernel-size",
             "3",
             "--hflip-tta",
+            "--native-resolution",
             "--quiet",
         ]
     )
     printed = capsys.readouterr().out
     assert rc == 0
-    assert "overridden by flags: kernel 3, hflip_tta True" in printed
+    assert "overridden by flags: kernel 3, hflip_tta True, native_resolution True" in printed
     assert "threshold 0.4" in printed
 
 
@@ -142,10 +143,17 @@ def test_recipe_fallbacks_say_why(tmp_path):
     assert same == recipe and said == []
 
 
-def test_tiled_recipe_on_onnx_engine_is_a_clear_usage_error(model_dir, processed_root, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "field,said",
+    [("tiled", "tiled inference, which runs on the torch engine"), ("native_resolution", "at its own size")],
+)
+def test_a_torch_only_recipe_on_the_onnx_engine_is_a_clear_usage_error(
+    field, said, model_dir, processed_root, tmp_path, capsys
+):
+    """The ONNX export is traced at one size and has no tiling: it refuses a recipe it would not follow."""
     eval_json = tmp_path / "tiny.json"
     eval_json.write_text(
-        json.dumps({"cracks": {"threshold": 0.4, "recipe": Recipe(threshold=0.4, tiled=True).to_dict()}})
+        json.dumps({"cracks": {"threshold": 0.4, "recipe": Recipe(threshold=0.4, **{field: True}).to_dict()}})
     )
     rc = main(
         [
@@ -164,7 +172,7 @@ def test_tiled_recipe_on_onnx_engine_is_a_clear_usage_error(model_dir, processed
             "--quiet",
         ]
     )
-    assert rc == 2 and "tiled inference, which runs on the torch engine" in capsys.readouterr().err
+    assert rc == 2 and said in capsys.readouterr().err
 
 
 def test_export_carries_the_recipe_for_the_onnx_engine(model_dir, processed_root, tmp_path, capsys):

@@ -116,7 +116,7 @@ def section(text, title):
 
 
 def test_report_tables_hold_the_numbers_in_the_right_rows():
-    text = build_report(DATA, TRAIN, EVAL, BASELINES, model_source="small", variants=["lora", "full"])
+    text = build_report(DATA, TRAIN, EVAL, BASELINES, model_source="small", rungs=["lora", "full"])
     cracks, drywall = section(text, "cracks, test split"), section(text, "drywall, test split")
     r = row(cracks, '"segment crack"', "lora")
     assert r[2:7] == ["0.400", "0.512", "0.600", "0.250", "0.125"]
@@ -177,14 +177,14 @@ def test_report_tables_hold_the_numbers_in_the_right_rows():
     assert "<" not in text.replace("<=", "")  # no HTML
 
 
-def test_missing_variant_and_zeroshot_for_pretrained_source():
+def test_missing_rung_and_zeroshot_for_pretrained_source():
     text = build_report(
         DATA,
         {"lora": TRAIN["lora"]},
         {"lora": EVAL["lora"]},
         BASELINES,
         model_source="CIDAS/clipseg-rd64-refined",
-        variants=["lora", "full"],
+        rungs=["lora", "full"],
     )
     assert "`full`: not evaluated yet" in text
     assert "meaningless" not in text and "no metrics/eval/zeroshot.json" in text
@@ -194,24 +194,24 @@ def test_missing_variant_and_zeroshot_for_pretrained_source():
         {**EVAL, "zeroshot": eval_file(0.05, 0.06)},
         BASELINES,
         model_source="CIDAS/clipseg-rd64-refined",
-        variants=["lora", "full"],
+        rungs=["lora", "full"],
     )
     assert row(section(with_zs, "cracks, test split"), '"segment crack"', "zeroshot")[3] == "0.050"
     assert row(section(with_zs, "cracks ladder"), "zeroshot")[1:3] == ["zero-shot (no training)", "0"]
     small = build_report(DATA, TRAIN, {**EVAL, "zeroshot": eval_file(0.05, 0.06)}, BASELINES, model_source="small")
     assert "zeroshot" not in small
-    empty = build_report({}, {}, {}, {}, model_source="small", variants=["lora"])
+    empty = build_report({}, {}, {}, {}, model_source="small", rungs=["lora"])
     assert "metrics/data/cracks.json is missing" in empty and "`lora`" in empty
 
 
-def test_variant_not_beating_a_trivial_mask_is_flagged():
+def test_rung_not_beating_a_trivial_mask_is_flagged():
     weak = eval_file(0.1, 0.1)
     weak["drywall"]["test"]["all_prompts"]["dice"] = 0.3
-    text = build_report(DATA, TRAIN, {"lora": weak}, BASELINES, model_source="small", variants=["lora"])
+    text = build_report(DATA, TRAIN, {"lora": weak}, BASELINES, model_source="small", rungs=["lora"])
     assert "`lora` on drywall (mean Dice 0.300) does not beat the no-learning 'all ones' mask (Dice 0.300)" in text
     assert "`lora` on cracks" not in text
     darker = {**BASELINES, "cracks": {**BASELINES["cracks"], "darkest 5%": scores(0.5, 0.7, True)}}
-    text = build_report(DATA, TRAIN, {"lora": weak}, darker, model_source="small", variants=["lora"])
+    text = build_report(DATA, TRAIN, {"lora": weak}, darker, model_source="small", rungs=["lora"])
     ladder = section(text, "cracks ladder")
     assert "best no-learning baseline (darkest 5%, Dice 0.700)" in ladder
     assert "`lora` on cracks (mean Dice 0.450) does not beat the no-learning 'darkest 5%' mask (Dice 0.700)" in ladder
@@ -260,7 +260,7 @@ def test_write_report_reads_files_and_links_figures(tmp_path):
     write_split(tmp_path / "processed", "cracks", "test", [half])
     write_baselines(tmp_path / "processed", metrics / "eval" / "baselines.json")  # the `baselines` stage
     out = metrics / "report.md"
-    write_report(metrics, out, variants=["lora", "full"], model_source="small")
+    write_report(metrics, out, rungs=["lora", "full"], model_source="small")
     text = out.read_text()
     assert "(eval/figures/lora_cracks.png)" in text and "lora_drywall" not in text
     assert row(section(text, "cracks, test split"), "no learning: all ones")[3] == "0.500"
@@ -327,10 +327,10 @@ def test_darkest_baseline_on_a_hand_made_split_with_a_dark_line(tmp_path):
 
 
 def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
-    train = {**TRAIN, "zeroshot": {"variant": "zeroshot", "method": "zeroshot", "skipped": SKIP_REASON}}
+    train = {**TRAIN, "zeroshot": {"rung": "zeroshot", "method": "zeroshot", "skipped": SKIP_REASON}}
     evals = {**EVAL, "zeroshot": {"skipped": SKIP_REASON}}
     text = build_report(
-        DATA, train, evals, BASELINES, model_source="CIDAS/clipseg-rd64-refined", variants=["zeroshot", "lora", "full"]
+        DATA, train, evals, BASELINES, model_source="CIDAS/clipseg-rd64-refined", rungs=["zeroshot", "lora", "full"]
     )
     for dataset in ("cracks", "drywall"):
         ladder = section(text, f"{dataset} ladder")
@@ -338,7 +338,7 @@ def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
         assert r[1] == "zeroshot" and set(r[2:]) == {"skipped"}
         assert not any(ch.isdigit() for ch in "".join(r))
         assert f"`zeroshot` was skipped: {SKIP_REASON}." in ladder
-        assert "Variant `zeroshot`: skipped" in section(text, f"{dataset}, test split")
+        assert "Rung `zeroshot`: skipped" in section(text, f"{dataset}, test split")
         assert "zeroshot" not in [
             p.strip()
             for ln in section(text, f"{dataset}, test split").splitlines()
@@ -353,12 +353,12 @@ def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
         {**EVAL, "unet": {"skipped": "no GPU"}},
         BASELINES,
         model_source="small",
-        variants=["lora", "full", "unet"],
+        rungs=["lora", "full", "unet"],
     )
     assert set(row(section(only_eval, "cracks ladder"), "unet")[2:]) == {"skipped"}
     assert "`unet` was skipped: no GPU." in only_eval
     # on `small` the skipped zero-shot rung keeps its one-line explanation and gets no row at all
-    small = build_report(DATA, train, evals, BASELINES, model_source="small", variants=["zeroshot", "lora", "full"])
+    small = build_report(DATA, train, evals, BASELINES, model_source="small", rungs=["zeroshot", "lora", "full"])
     assert "meaningless for a randomly initialised model" in small and "zeroshot" not in small
 
 
@@ -383,7 +383,7 @@ def test_ladder_lists_baselines_first_then_rungs_in_params_order():
         {v: evals[v] for v in order},
         BASELINES,
         model_source="CIDAS/clipseg-rd64-refined",
-        variants=LADDER,
+        rungs=LADDER,
     )
     assert ladder_rungs(text, "cracks") == ["all zeros", "all ones", "darkest 5%", *LADDER]
     assert ladder_rungs(text, "drywall") == ["all zeros", "all ones", *LADDER]
@@ -392,7 +392,7 @@ def test_ladder_lists_baselines_first_then_rungs_in_params_order():
     assert row(section(text, "cracks ladder"), "full")[-2:] == ["24 @ 160", "4.000"]  # rungs' own schedules
     assert row(section(text, "cracks ladder"), "unet")[-2:] == ["8 @ 224", "5.000"]
     assert row(section(text, "cracks ladder"), "all zeros")[-2:] == ["\u2014", "\u2014"]
-    small = build_report(DATA, train, evals, BASELINES, model_source="small", variants=LADDER)
+    small = build_report(DATA, train, evals, BASELINES, model_source="small", rungs=LADDER)
     assert ladder_rungs(small, "cracks") == ["all zeros", "all ones", "darkest 5%", "decoder", "lora", "full", "unet"]
 
 
@@ -408,7 +408,7 @@ def test_inference_options_on_val_and_prompt_ensemble_row():
         {"lora": lora, "full": EVAL["full"]},
         BASELINES,
         model_source="small",
-        variants=["lora", "full"],
+        rungs=["lora", "full"],
         infer_defaults={"hflip_tta": False, "prompt_ensemble": True},
     )
     options = section(text, "Inference options on validation")
@@ -416,12 +416,10 @@ def test_inference_options_on_val_and_prompt_ensemble_row():
     assert row(options, "lora", "drywall")[2:] == ["0.410", "0.430", "0.500", "0.400", "n/a", "single prompt + hflip"]
     assert "val only" in options and "`infer.hflip_tta` / `infer.prompt_ensemble`" in options
     assert "`hflip_tta: false`, `prompt_ensemble: true`" in options
-    assert "Variant `full`: no `options_val` for cracks" in options
-    none_measured = build_report(
-        DATA, TRAIN, {"full": EVAL["full"]}, BASELINES, model_source="small", variants=["full"]
-    )
+    assert "Rung `full`: no `options_val` for cracks" in options
+    none_measured = build_report(DATA, TRAIN, {"full": EVAL["full"]}, BASELINES, model_source="small", rungs=["full"])
     options_off = section(none_measured, "Inference options on validation")
-    assert "`eval.measure_inference_options` is off" in options_off and "Variant `full`" not in options_off
+    assert "`eval.measure_inference_options` is off" in options_off and "Rung `full`" not in options_off
     cracks = section(text, "cracks, test split")
     assert row(cracks, "prompt ensemble", "lora")[2:7] == ["0.700", "0.610", "0.660", "0.250", "0.125"]
     assert "prompt ensemble" not in section(text, "drywall, test split")

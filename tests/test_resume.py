@@ -45,7 +45,7 @@ def make_repo(root: Path, processed_root: Path) -> Path:
             "negative_prompt_prob": 0.25,
             "unrelated_negative_prompts": ["segment sky"],
         },
-        "variants": RUNGS,
+        "rungs": RUNGS,
     }
     root.mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -47,7 +47,7 @@ def test_measure_runtime_on_a_tiny_saved_model(tmp_path, processed_root):
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    (model_dir / "promptseg.json").write_text(json.dumps({"variant": "tiny", "prompts": PROMPTS}))
+    (model_dir / "promptseg.json").write_text(json.dumps({"rung": "tiny", "prompts": PROMPTS}))
     images, prompts = runtime.runtime_images(processed_root, PROMPTS, 3)
     assert len(images) == 3 and prompts == ["segment crack", "segment joint tape", "segment crack"]
     figures = runtime.measure_runtime(model_dir, images, prompts, rounds=1, batch_size=2, threads=1, onnx=True)
@@ -76,10 +76,10 @@ def test_report_runtime_table():
         },
         "zeroshot": {"skipped": "no pretrained weights"},
     }
-    text = build_report(DATA, TRAIN, EVAL, BASELINES, model_source="small", variants=["lora", "full"], runtime=timings)
+    text = build_report(DATA, TRAIN, EVAL, BASELINES, model_source="small", rungs=["lora", "full"], runtime=timings)
     table = section(text, "runtime and footprint")
     assert row(table, "lora")[1:] == ["41.3", "20.0", "36.7", "35.2", "712", "802", "6", "cpu, 2 threads, batch 16"]
     assert "no metrics/runtime/full.json yet" in table
     assert "runtime and footprint" not in build_report(
-        DATA, TRAIN, EVAL, BASELINES, model_source="small", variants=["lora"]
+        DATA, TRAIN, EVAL, BASELINES, model_source="small", rungs=["lora"]
     )

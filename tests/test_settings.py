@@ -39,9 +39,9 @@ def test_a_typo_names_the_nearest_key():
     with pytest.raises(ParamsError, match=r"^data\.cracks\.sorce: unknown key; did you mean 'source'\?$"):
         download_settings(p, "cracks")
     p = params()
-    p["train"]["variants"]["unet"]["presence_weigth"] = 0.3
+    p["train"]["rungs"]["unet"]["presence_weigth"] = 0.3
     with pytest.raises(
-        ParamsError, match=r"train\.variants\.unet\.presence_weigth: unknown key; did you mean 'presence_weight'"
+        ParamsError, match=r"train\.rungs\.unet\.presence_weigth: unknown key; did you mean 'presence_weight'"
     ):
         train_settings(p, "unet")
     p = params()
@@ -72,15 +72,25 @@ def test_a_missing_key_and_a_wrong_type_are_named():
     ):
         download_settings(p, "cracks")
     p = params()
-    del p["train"]["variants"]["lora"]["alpha"]
-    with pytest.raises(ParamsError, match=r"^train\.variants\.lora\.alpha: missing key"):
+    del p["train"]["rungs"]["lora"]["alpha"]
+    with pytest.raises(ParamsError, match=r"^train\.rungs\.lora\.alpha: missing key"):
         train_settings(p, "lora")
+
+
+def test_a_renamed_key_names_its_new_name():
+    """params.yaml files written before the ladder's steps were called rungs everywhere still say `variants`."""
+    p = params()
+    p["train"]["variants"] = p["train"].pop("rungs")
+    with pytest.raises(ParamsError, match=r"^train\.variants: renamed; call it train\.rungs \(same contents\)$"):
+        train_settings(p, "unet")
+    with pytest.raises(ParamsError, match=r"^train\.variants: renamed; call it train\.rungs"):
+        validate_params(p)
 
 
 def test_every_rung_resolves_with_its_overrides_of_train_common():
     p = params()
     common = p["train"]["common"]
-    for name, raw in p["train"]["variants"].items():
+    for name, raw in p["train"]["rungs"].items():
         rung = train_settings(p, name).rung
         for key in ("epochs", "lr", "image_size", "batch_size", "seed"):
             assert getattr(rung.train, key) == raw.get(key, common[key]), (name, key)
@@ -97,11 +107,11 @@ def test_every_rung_resolves_with_its_overrides_of_train_common():
 def test_a_gated_unet_needs_presence_weight_and_only_lora_takes_lora_keys():
     p = params()
     p["model"]["unet"]["presence_gate"] = True
-    del p["train"]["variants"]["unet"]["presence_weight"]
-    with pytest.raises(ParamsError, match=r"train\.variants\.unet\.presence_weight: missing key"):
+    del p["train"]["rungs"]["unet"]["presence_weight"]
+    with pytest.raises(ParamsError, match=r"train\.rungs\.unet\.presence_weight: missing key"):
         train_settings(p, "unet")
-    with pytest.raises(ParamsError, match=r"train\.variants\.full\.r: only a method: lora rung"):
-        resolve_rung("full", {**params()["train"]["variants"]["full"], "r": 4}, params()["train"]["common"])
+    with pytest.raises(ParamsError, match=r"train\.rungs\.full\.r: only a method: lora rung"):
+        resolve_rung("full", {**params()["train"]["rungs"]["full"], "r": 4}, params()["train"]["common"])
 
 
 def _stage(tmp_path, script, *args, mutate):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from promptseg.train import TrainSetup, cosine_lr_factor, train_variant
+from promptseg.train import TrainSetup, cosine_lr_factor, train_rung
 
 from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_UNET, tiny_train_settings
 
@@ -25,19 +25,19 @@ LORA = {
 }
 
 
-def make_setup(root, processed_root, variant="full", cfg=FULL, mlflow=None, model=None, **overrides):
+def make_setup(root, processed_root, rung="full", cfg=FULL, mlflow=None, model=None, **overrides):
     return TrainSetup(
-        settings=tiny_train_settings(variant, cfg, overrides, model=model, mlflow=mlflow),
+        settings=tiny_train_settings(rung, cfg, overrides, model=model, mlflow=mlflow),
         processed_root=processed_root,
-        model_dir=root / "models" / variant,
+        model_dir=root / "models" / rung,
         metrics_dir=root / "metrics",
-        checkpoint_dir=root / "checkpoints" / variant,
+        checkpoint_dir=root / "checkpoints" / rung,
     )
 
 
-def series(setup, variant, name):
+def series(setup, rung, name):
     """(steps, values) of one DVCLive series of a trained rung: metrics/train/<rung>/plots/metrics/<name>.tsv."""
-    lines = (setup.metrics_dir / variant / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
+    lines = (setup.metrics_dir / rung / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
     assert lines[0] == f"step\t{name}", lines[0]
     rows = [line.split("\t") for line in lines[1:]]
     return [int(s) for s, _ in rows], [float(v) for _, v in rows]
@@ -57,7 +57,7 @@ def test_cosine_schedule_starts_at_lr_and_ends_near_zero():
 
 def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
     first = make_setup(tmp_path / "a", processed_root)
-    summary = train_variant(first)
+    summary = train_rung(first)
     steps, losses = series(first, "full", "train_loss")
     assert steps == [0, 1, 2] and series(first, "full", "val_dice")[0] == [0, 1, 2]  # DVCLive: one step per epoch
     assert losses[-1] < losses[0], losses
@@ -74,7 +74,7 @@ def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
     assert not (first.metrics_dir / "full.csv").exists()  # the hand-written CSV is gone
     assert summary["trainable_params"] == summary["total_params"]
     second = make_setup(tmp_path / "b", processed_root)
-    train_variant(second)
+    train_rung(second)
     a, b = weights(first), weights(second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the model folder holds no timings: the same seed gives byte-identical files (one DVC hash)
@@ -90,14 +90,14 @@ def test_training_loss_falls_and_is_deterministic(tmp_path, processed_root):
 
 def test_resume_after_interruption_gives_the_same_final_weights(tmp_path, processed_root):
     straight = make_setup(tmp_path / "straight", processed_root, "lora", LORA)
-    train_variant(straight)
+    train_rung(straight)
     interrupted = make_setup(tmp_path / "resumed", processed_root, "lora", LORA)
     interrupted.stop_after_epochs = 1
     with pytest.raises(KeyboardInterrupt):
-        train_variant(interrupted)
+        train_rung(interrupted)
     assert (interrupted.checkpoint_dir / "last.pt").exists()
     interrupted.stop_after_epochs = None
-    train_variant(interrupted)
+    train_rung(interrupted)
     a, b = weights(straight), weights(interrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (interrupted.model_dir / "adapter" / "adapter_config.json").exists()
@@ -107,11 +107,11 @@ def test_checkpoint_from_other_params_is_ignored(tmp_path, processed_root):
     setup = make_setup(tmp_path, processed_root, epochs=2)
     setup.stop_after_epochs = 1
     with pytest.raises(KeyboardInterrupt):
-        train_variant(setup)
+        train_rung(setup)
     changed = make_setup(tmp_path, processed_root, epochs=2, lr=1e-3)
-    train_variant(changed)
+    train_rung(changed)
     reference = make_setup(tmp_path / "ref", processed_root, epochs=2, lr=1e-3)
-    train_variant(reference)
+    train_rung(reference)
     a, b = weights(changed), weights(reference)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -123,11 +123,11 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, processed_root, m
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = {"tracking_uri": uri, "experiment": "test-promptseg", "artifact_root": str(tmp_path / "artifacts")}
     setup = make_setup(tmp_path, processed_root, mlflow=cfg, epochs=1)
-    summary = train_variant(setup)
+    summary = train_rung(setup)
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.lr"] == str(COMMON["lr"])
-    assert run.data.params["variant.method"] == "full"
+    assert run.data.params["rung.method"] == "full"
     assert "val_dice" in run.data.metrics and run.data.metrics["trainable_params"] == summary["trainable_params"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics", "model", "val_overlay"} <= artifacts and run.info.status == "FINISHED"
@@ -148,13 +148,13 @@ def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_p
     setup = make_setup(
         tmp_path,
         processed_root,
-        variant="zeroshot",
+        rung="zeroshot",
         cfg={"method": "zeroshot", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
     )
-    summary = train_variant(setup)
+    summary = train_rung(setup)
     assert "pretrained" in summary["skipped"] and "skipped" in capsys.readouterr().out
     written = json.loads((setup.metrics_dir / "zeroshot.json").read_text())
-    assert set(written) == {"variant", "method", "skipped"}  # no numbers
+    assert set(written) == {"rung", "method", "skipped"}  # no numbers
     assert not (setup.model_dir / "model.safetensors").exists()
     # a DVCLive folder with no steps: every file the train stage declares exists, with no numbers
     assert json.loads((setup.metrics_dir / "zeroshot" / "metrics.json").read_text()) == {}
@@ -192,7 +192,7 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
         "datasets": ["cracks", "drywall"],
     }
     setup = make_setup(tmp_path, processed_root, "unet", cfg, model=UNET_MODEL, epochs=2)
-    summary = train_variant(setup)
+    summary = train_rung(setup)
     losses = series(setup, "unet", "train_loss")[1]
     assert losses[-1] < losses[0], losses
     assert gate_batches and all(p == t[:1] and len(t) == 3 for p, t in gate_batches), gate_batches
@@ -306,11 +306,11 @@ def test_zeroshot_on_a_pretrained_folder_logs_its_one_validation_row_at_step_0(t
     setup = make_setup(
         tmp_path,
         processed_root,
-        variant="zeroshot",
+        rung="zeroshot",
         model={**UNET_MODEL, "source": str(source)},
         cfg={"method": "zeroshot", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
     )
-    summary = train_variant(setup)
+    summary = train_rung(setup)
     assert summary["epochs"] == 0 and math.isnan(summary["final_train_loss"])
     assert series(setup, "zeroshot", "val_dice") == ([0], [summary["final_val_dice"]])
     assert series(setup, "zeroshot", "val_loss") == ([0], [summary["final_val_loss"]])

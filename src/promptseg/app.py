@@ -30,7 +30,7 @@ class AppModel:
     engine: object  # a TrainedModel or an OnnxSegmenter
     engine_name: str
     card: dict
-    variant: str
+    rung: str
     eval_path: Path
     model_dir: Path
     test_images: list[Path]
@@ -51,7 +51,7 @@ def load_app_model(
 ) -> AppModel:
     """The model (ONNX export where one exists and ``engine`` is auto or onnx, else PyTorch), its recipe file
     and the test images offered in the page (``images``, else data/processed/<dataset>/test/images)."""
-    from promptseg.data import IMAGE_SUFFIXES
+    from promptseg.images import IMAGE_SUFFIXES
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -81,20 +81,20 @@ def load_app_model(
             torch.set_num_threads(int(threads))
         chosen, name = load_trained_model(model_dir), "torch"
     card = dict(chosen.card)
-    variant = str(card.get("variant") or model_dir.name)
+    rung = str(card.get("rung") or model_dir.name)
     from promptseg.recipe import recipe_file
 
-    eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(variant), chosen)
+    eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen)
     folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return AppModel(chosen, name, card, variant, eval_path, model_dir, test_images)
+    return AppModel(chosen, name, card, rung, eval_path, model_dir, test_images)
 
 
 def recipe_for(app: AppModel, prompt: str):
     """(recipe, dataset, message) for a prompt; the message says where the threshold comes from."""
     from promptseg.recipe import load_recipe
 
-    recipe, dataset, why = load_recipe(app.card, prompt, app.variant, app.eval_path)
+    recipe, dataset, why = load_recipe(app.card, prompt, app.rung, app.eval_path)
     return recipe, dataset, f"threshold {recipe.threshold:g}: {why}"
 
 
@@ -218,6 +218,8 @@ def _summary_lines(result: dict, kind: str, unit: str) -> list[str]:
 
 
 def build_app(app: AppModel):
+    """The page: inputs on the left, overlay and mask on the right, the measurements below (a declarative
+    layout; the work is in :func:`segment`)."""
     import gradio as gr
 
     out_root = Path(tempfile.mkdtemp(prefix="promptseg-app-"))
@@ -227,10 +229,6 @@ def build_app(app: AppModel):
     def on_prompt(prompt):
         recipe, _, why = recipe_for(app, (prompt or "").strip())
         return gr.update(value=recipe.threshold), why
-
-    def on_pick(name):
-        path = next((str(p) for p in app.test_images if p.name == name), None)
-        return path
 
     def run(upload, picked, prompt, threshold, opacity, mm_per_px):
         image_path = upload if upload else next((str(p) for p in app.test_images if p.name == picked), None)
@@ -244,9 +242,9 @@ def build_app(app: AppModel):
             return None, None, [], f"**Error:** {res['error']}", None, None
         return res["overlay"], res["mask"], res["rows"], res["summary"], res["mask_path"], res["json_path"]
 
-    with gr.Blocks(title=f"promptseg: {app.variant}", analytics_enabled=False) as demo:
+    with gr.Blocks(title=f"promptseg: {app.rung}", analytics_enabled=False) as demo:
         gr.Markdown(
-            f"## promptseg: text-prompted crack and drywall-joint segmentation ({app.variant}, "
+            f"## promptseg: text-prompted crack and drywall-joint segmentation ({app.rung}, "
             f"{app.engine_name} engine)\nUpload a photo or pick a test image, choose or type a prompt, "
             "then Segment. Give the scale (mm per pixel) for widths in mm and the BRE Digest 251 category."
         )

@@ -9,7 +9,7 @@ writes ``<out>/<stem>__<prompt-slug>.png`` ({0, 255} masks at each image's own s
 PyTorch. Both engines share the preprocessing and ``postprocess_probabilities``.
 
 The threshold, open/close, flip TTA, prompt ensemble and tiling come from the recipe evaluation scored
-with (``metrics/eval/<variant>.json``, ``<dataset>.recipe``: promptseg.recipe); a flag overrides one field
+with (``metrics/eval/<rung>.json``, ``<dataset>.recipe``: promptseg.recipe); a flag overrides one field
 and the output says so. ``--measure`` also measures the masks (promptseg.measure).
 
 ``promptseg measure MASK_OR_DIR... [--kind crack|joint] [--mm-per-px X]`` writes measurements.json/.csv and
@@ -61,11 +61,11 @@ class Inputs:
 def expand_inputs(paths: list[Path]) -> Inputs:
     """Files as given; folders expanded (not recursively) to their image files, sorted by name.
 
-    Files inside a folder whose suffix is not an image suffix (``promptseg.data.IMAGE_SUFFIXES``) are
+    Files inside a folder whose suffix is not an image suffix (``promptseg.images.IMAGE_SUFFIXES``) are
     returned in ``skipped``; hidden files and sub-folders are ignored. The same file named twice is kept once.
     Raises ``FileNotFoundError`` naming the first path that does not exist.
     """
-    from promptseg.data import IMAGE_SUFFIXES
+    from promptseg.images import IMAGE_SUFFIXES
 
     images, skipped, seen, any_folder = [], [], set(), False
     for path in paths:
@@ -92,7 +92,7 @@ def expand_inputs(paths: list[Path]) -> Inputs:
 
 
 # --------------------------------------------------------------------------- threshold
-def default_threshold(card: dict, prompt: str, variant: str, eval_path: Path) -> tuple[float, str]:
+def default_threshold(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[float, str]:
     """(threshold, why): the threshold chosen on val for the dataset whose training prompts contain ``prompt``.
 
     Falls back to 0.5 (and says why) when the model card lists no prompts, the prompt is not one of them,
@@ -114,7 +114,7 @@ def default_threshold(card: dict, prompt: str, variant: str, eval_path: Path) ->
     if not eval_path.exists():
         return (
             FALLBACK_THRESHOLD,
-            f"the default, because {eval_path} was not found (evaluate the variant {variant!r} to get a tuned threshold)",
+            f"the default, because {eval_path} was not found (evaluate the rung {rung!r} to get a tuned threshold)",
         )
     try:
         threshold = json.loads(eval_path.read_text())[dataset]["threshold"]
@@ -187,7 +187,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-
+    """`promptseg predict`: check the inputs and the output folder, load the engine, resolve the recipe, run."""
     prompt = (args.prompt or "").strip()
     if not prompt:
         _err('give a non-empty --prompt (e.g. --prompt "segment wall crack")')
@@ -217,16 +217,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
 
+    args.recipe, args.run_prompt, threshold = _resolve_recipe(args, engine, model_dir, prompt)
+    return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
+
+
+def _resolve_recipe(args: argparse.Namespace, engine, model_dir: Path, prompt: str):
+    """The recipe evaluation recorded for the prompt's dataset, with the flags' overrides; prints where each
+    part came from. Returns (recipe, the prompt or ensemble list to run, threshold)."""
     from promptseg.recipe import load_recipe, override, recipe_file, recipe_prompts
 
-    variant = str(engine.card.get("variant") or model_dir.name)
-    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(variant)
+    rung = str(engine.card.get("rung") or model_dir.name)
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
     eval_path = recipe_file(eval_path, engine)
-    recipe, dataset, recipe_why = load_recipe(engine.card, prompt, variant, eval_path)
+    recipe, dataset, recipe_why = load_recipe(engine.card, prompt, rung, eval_path)
     if args.threshold is not None:
         threshold, why = args.threshold, "given with --threshold"
     else:
-        threshold, why = default_threshold(engine.card, prompt, variant, eval_path)
+        threshold, why = default_threshold(engine.card, prompt, rung, eval_path)
     recipe, changed = override(
         recipe,
         threshold=args.threshold,
@@ -235,6 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         hflip_tta=args.hflip_tta,
         prompt_ensemble=args.prompt_ensemble,
         tiled=args.tiled,
+        native_resolution=args.native_resolution,
         batch_size=args.batch_size,
         precision=getattr(args, "precision", None),
     )
@@ -245,9 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"overridden by flags: {', '.join(changed)}")
     if isinstance(run_prompt, list):
         print(f"prompt ensemble: logits averaged over {', '.join(repr(p) for p in run_prompt)}")
-    args.recipe, args.run_prompt = recipe, run_prompt
-
-    return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
+    return recipe, run_prompt, threshold
 
 
 class _PredictAbort(Exception):
@@ -430,7 +436,7 @@ def measure_kind(card: dict, prompt: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptseg",
-        description="Text-prompted segmentation of wall cracks and drywall joints with a trained CLIPSeg variant.",
+        description="Text-prompted segmentation of wall cracks and drywall joints with a trained CLIPSeg rung.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -452,19 +458,45 @@ def _add_predict_command(sub) -> None:
     p.add_argument("--model", required=True, help="a trained model folder, e.g. models/lora")
     p.add_argument("--prompt", required=True, help='the text prompt, e.g. "segment wall crack"')
     p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--overlay", action="store_true", help="also write <stem>__<slug>_overlay.png (mask in red)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="torch",
+        help="torch (default): PyTorch; onnx: the model's ONNX export (`promptseg export`) in onnxruntime",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
+        "default: all cores of this machine",
+    )
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png",
+    )
+    _add_recipe_flags(p)
+    _add_scale_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that override one field of the evaluated recipe (promptseg.recipe); None: the recipe's."""
     p.add_argument(
         "--threshold",
         type=_probability,
         default=None,
         help="probability threshold in [0, 1]; default: the one chosen on val for the prompt's dataset "
-        "(metrics/eval/<variant>.json), else 0.5",
+        "(metrics/eval/<rung>.json), else 0.5",
     )
     p.add_argument(
         "--eval-metrics",
         default=None,
-        help="the eval JSON to read the default threshold from (default: metrics/eval/<variant>.json)",
+        help="the eval JSON to read the default threshold from (default: metrics/eval/<rung>.json)",
     )
-    p.add_argument("--overlay", action="store_true", help="also write <stem>__<slug>_overlay.png (mask in red)")
     p.add_argument(
         "--batch-size", type=_positive_int, default=None, help="images per forward pass (default: the recipe's, 16)"
     )
@@ -495,19 +527,11 @@ def _add_predict_command(sub) -> None:
         default=None,
         help="sliding-window inference at the image's resolution (default: the recipe's)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="torch",
-        help="torch (default): PyTorch; onnx: the model's ONNX export (`promptseg export`) in onnxruntime",
-    )
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
+        "--native-resolution",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="CPU threads for inference (onnx: intra-op threads; torch: torch.set_num_threads); "
-        "default: all cores of this machine",
+        help="U-Net: the whole photo at its own size, no resize and no tiles (default: the recipe's)",
     )
     p.add_argument(
         "--precision",
@@ -516,13 +540,6 @@ def _add_predict_command(sub) -> None:
         help="torch engine: default the recipe's (infer.precision as evaluated); bf16 autocast is faster on "
         "CPUs with AVX512-BF16/AMX (masks may differ slightly); auto: bf16 on CUDA and on such CPUs",
     )
-    p.add_argument(
-        "--measure",
-        action="store_true",
-        help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png",
-    )
-    _add_scale_args(p)
-    p.set_defaults(func=cmd_predict)
 
 
 def _add_measure_command(sub) -> None:
@@ -567,7 +584,7 @@ def _add_app_command(sub) -> None:
         default="auto",
         help="auto (default): the ONNX export where one exists, else PyTorch",
     )
-    a.add_argument("--eval-metrics", default=None, help="the recipe file (default: metrics/eval/<variant>.json)")
+    a.add_argument("--eval-metrics", default=None, help="the recipe file (default: metrics/eval/<rung>.json)")
     a.add_argument(
         "--images",
         default=None,
@@ -591,7 +608,7 @@ def _add_export_command(sub) -> None:
     e.add_argument(
         "--eval-metrics",
         default=None,
-        help="the recipe file to copy beside the export (default: metrics/eval/<variant>.json)",
+        help="the recipe file to copy beside the export (default: metrics/eval/<rung>.json)",
     )
     e.add_argument(
         "--no-check",
@@ -693,7 +710,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_WRITTEN
     images = None
     if args.images:
-        from promptseg.data import IMAGE_SUFFIXES, read_rgb
+        from promptseg.data import read_rgb
+        from promptseg.images import IMAGE_SUFFIXES
 
         folder = Path(args.images)
         if not folder.is_dir():
@@ -730,7 +748,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         _err(f"cannot load the model from {args.model}: {exc}")
         return EXIT_USAGE
     print(
-        f"promptseg app: {app.variant} ({app.engine_name} engine), recipes from {app.eval_path}; "
+        f"promptseg app: {app.rung} ({app.engine_name} engine), recipes from {app.eval_path}; "
         f"http://{args.host}:{args.port}/  (Ctrl+C stops it)"
     )
     launch(app, host=args.host, port=args.port, block=True)
@@ -767,16 +785,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from promptseg.recipe import copy_recipes
 
     try:
-        variant = json.loads((model_dir / "promptseg.json").read_text()).get("variant") or model_dir.name
+        rung = json.loads((model_dir / "promptseg.json").read_text()).get("rung") or model_dir.name
     except (OSError, ValueError):
-        variant = model_dir.name
-    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(variant)
+        rung = model_dir.name
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
     copied = copy_recipes(eval_path, out_dir)
     print(
         f"recipe: copied from {eval_path} to {copied}"
         if copied
         else f"recipe: none copied ({eval_path} not found or without thresholds): predict --engine onnx uses "
-        "metrics/eval/<variant>.json when present, else the defaults"
+        "metrics/eval/<rung>.json when present, else the defaults"
     )
     print(
         f"wrote {out_dir / ONNX_FILENAME} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f} s; "

@@ -21,9 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
-from promptseg.images import ImageReadError, read_image
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from promptseg.images import IMAGE_SUFFIXES, ImageReadError, read_image
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -152,7 +150,7 @@ class PromptedSegmentation(Dataset):
     - ``hflip_prob``: horizontal flip of image and mask together.
     Every image and mask is decoded once, resized and cached when the dataset is built; a pair that cannot
     be used is skipped, listed in ``skipped`` and named on stderr.
-    - ``crop_size``, ``crop_share`` (``train.variants.<v>.crop``): with probability ``crop_share`` (drawn by
+    - ``crop_size``, ``crop_share`` (``train.rungs.<v>.crop``): with probability ``crop_share`` (drawn by
       ``(seed, epoch, index)``) the sample is a ``crop_size`` px square cut from the photo at its OWN
       resolution (:func:`crop_window`; a photo smaller than that is first scaled up to fit), image and mask
       cut identically, then resized to ``image_size`` (no-op when equal); otherwise the whole photo resized.

@@ -1,4 +1,4 @@
-"""Score a trained variant: threshold chosen on val, every image scored with EVERY prompt of its dataset.
+"""Score a trained rung: threshold chosen on val, every image scored with EVERY prompt of its dataset.
 
 Per dataset:
 1. val probabilities for each prompt -> one-pass threshold sweep (raw ``probs > t``, before morphology)
@@ -238,7 +238,7 @@ PER_IMAGE_COLUMNS = [
 
 
 def per_image_rows(dataset: str, split: str, reported: bool, stems, prompt: str, each: dict) -> list[dict]:
-    """Rows of ``metrics/eval/per_image/<variant>.csv`` for one prompt on one split (``each``: image_scores)."""
+    """Rows of ``metrics/eval/per_image/<rung>.csv`` for one prompt on one split (``each``: image_scores)."""
     thin = "boundary_f1" in each
     return [
         {
@@ -505,7 +505,7 @@ def inference_options_on_val(predict, val: SplitData, prompts: list[str], cfg: E
     return {k: round(float(v), 6) for k, v in options.items()}
 
 
-def evaluate_variant(
+def evaluate_rung(
     trained: TrainedModel,
     processed_root: Path,
     prompts: dict[str, list[str]],
@@ -686,7 +686,7 @@ def worst_images_figure(
 
 # --------------------------------------------------------------------------- a rung with nothing to score
 def skipped_reason(model_dir: Path) -> str | None:
-    """The reason a training stage skipped this variant (``promptseg.json: summary.skipped``), else None."""
+    """The reason a training stage skipped this rung (``promptseg.json: summary.skipped``), else None."""
     import json
 
     card_path = Path(model_dir) / "promptseg.json"
@@ -695,7 +695,7 @@ def skipped_reason(model_dir: Path) -> str | None:
     return json.loads(card_path.read_text()).get("summary", {}).get("skipped")
 
 
-def write_skipped_outputs(variant: str, reason: str, metrics_dir: Path, predictions_dir: Path, datasets) -> None:
+def write_skipped_outputs(rung: str, reason: str, metrics_dir: Path, predictions_dir: Path, datasets) -> None:
     """The evaluate stage's outputs for a skipped rung: the reason, no numbers, and figures that say so."""
     import json
 
@@ -705,19 +705,19 @@ def write_skipped_outputs(variant: str, reason: str, metrics_dir: Path, predicti
     import matplotlib.pyplot as plt
 
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    eval_json(variant, metrics_dir).write_text(json.dumps({"skipped": reason}, indent=2) + "\n")
-    write_sweep_csv(sweep_csv(variant, metrics_dir), {})
-    write_per_image_csv(per_image_csv(variant, metrics_dir), [])
+    eval_json(rung, metrics_dir).write_text(json.dumps({"skipped": reason}, indent=2) + "\n")
+    write_sweep_csv(sweep_csv(rung, metrics_dir), {})
+    write_per_image_csv(per_image_csv(rung, metrics_dir), [])
     predictions_dir.mkdir(parents=True, exist_ok=True)
     (predictions_dir / "SKIPPED.txt").write_text(reason + "\n")
     for dataset in datasets:
         fig = plt.figure(figsize=(6, 1.2))
-        fig.text(0.02, 0.5, f"{variant} / {dataset}: skipped\n{reason}", fontsize=7, va="center", wrap=True)
-        path = figure_png(variant, dataset, metrics_dir)
+        fig.text(0.02, 0.5, f"{rung} / {dataset}: skipped\n{reason}", fontsize=7, va="center", wrap=True)
+        path = figure_png(rung, dataset, metrics_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=80)
         plt.close(fig)
         _message_figure(
-            f"{variant} / {dataset}: skipped, no worst-image gallery\n{reason}",
-            worst_png(variant, dataset, metrics_dir),
+            f"{rung} / {dataset}: skipped, no worst-image gallery\n{reason}",
+            worst_png(rung, dataset, metrics_dir),
         )

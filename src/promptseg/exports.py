@@ -62,10 +62,12 @@ from pathlib import Path
 
 import numpy as np
 
-from promptseg import ROBOFLOW_SPLIT_NAMES, SPLITS
+from promptseg.images import IMAGE_SUFFIXES
+from promptseg.params import SPLITS
 
 COCO_ANNOTATION_FILE = "_annotations.coco.json"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Roboflow's split folder names -> ours (Roboflow calls the validation split "valid").
+ROBOFLOW_SPLIT_NAMES = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 EMPTY_SEGMENTATION_MODES = ("box", "skip")
 
 #: Every counter :func:`read_export` reports, per split (zero when not met).

@@ -22,6 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# The file suffixes every reader treats as photos (exports, processed splits, QA, predict, the app).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 CORRUPT, TRUNCATED = "corrupt_image", "truncated_image"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"

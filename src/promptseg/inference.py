@@ -129,7 +129,7 @@ class EncodingCache:
 
 
 class TrainedModel:
-    """A trained variant loaded from ``models/<variant>/`` (merged weights + processor + promptseg.json)."""
+    """A trained rung loaded from ``models/<rung>/`` (merged weights + processor + promptseg.json)."""
 
     def __init__(self, model, processor, card: dict | None = None):
         self.model = model.eval()
@@ -150,7 +150,7 @@ class TrainedModel:
 
 
 def load_trained_model(model_dir) -> TrainedModel:
-    """Load ``models/<variant>`` (or any CLIPSeg ``save_pretrained`` folder)."""
+    """Load ``models/<rung>`` (or any CLIPSeg ``save_pretrained`` folder)."""
     import json
     from pathlib import Path
 

@@ -3,7 +3,7 @@
 The training loop makes one :class:`EpochLogger` per rung and calls :meth:`EpochLogger.log_epoch` once per
 epoch, then :meth:`EpochLogger.close`::
 
-    logger = EpochLogger(variant, Path("metrics/train") / variant, mlflow_cfg=setup.mlflow_cfg,
+    logger = EpochLogger(rung, Path("metrics/train") / rung, mlflow_cfg=setup.mlflow_cfg,
                          params={...}, resume_epoch=start_epoch, mlflow_run_id=checkpoint_run_id)
     for epoch in range(start_epoch, epochs):
         ...
@@ -79,7 +79,7 @@ class EpochLogger:
     """One rung's per-epoch log: a ``dvclive.Live`` in ``live_dir`` and (with ``mlflow_cfg``) an MLflow run.
 
     Args:
-        variant: the rung's name (MLflow run name and ``variant`` tag).
+        rung: the rung's name (MLflow run name and ``rung`` tag).
         live_dir: DVCLive's folder, ``metrics/train/<rung>``.
         mlflow_cfg: params.yaml ``mlflow`` (``tracking_uri``, ``experiment``); None logs to DVCLive only.
         params: the rung's settings, logged once to DVCLive's ``params.yaml`` and the MLflow run.
@@ -91,7 +91,7 @@ class EpochLogger:
 
     def __init__(
         self,
-        variant: str,
+        rung: str,
         live_dir: str | Path,
         *,
         mlflow_cfg: dict | None = None,
@@ -102,7 +102,7 @@ class EpochLogger:
     ):
         from dvclive import Live
 
-        self.variant, self.live_dir = variant, Path(live_dir)
+        self.rung, self.live_dir = rung, Path(live_dir)
         self.resume_epoch = int(resume_epoch)
         if self.resume_epoch < 0:
             raise ValueError(f"resume_epoch must be >= 0, got {resume_epoch}")
@@ -160,7 +160,7 @@ class EpochLogger:
             client.update_run(run_id, status="RUNNING")
         else:
             experiment = mlflow.get_experiment_by_name(mlflow_cfg.experiment)
-            run = client.create_run(experiment.experiment_id, run_name=self.variant, tags={"variant": self.variant})
+            run = client.create_run(experiment.experiment_id, run_name=self.rung, tags={"rung": self.rung})
             run_id = run.info.run_id
             if params:
                 from mlflow.entities import Param
@@ -191,11 +191,11 @@ class EpochLogger:
         ``val_overlay/<step>.png``. Returns the values logged.
         """
         if self._closed:
-            raise RuntimeError(f"the {self.variant} logger is closed: make a new EpochLogger to log more epochs")
+            raise RuntimeError(f"the {self.rung} logger is closed: make a new EpochLogger to log more epochs")
         step = int(epoch) - 1
         if step != self.step:
             raise ValueError(
-                f"epoch {epoch} logged out of order: the {self.variant} series in {self.live_dir} "
+                f"epoch {epoch} logged out of order: the {self.rung} series in {self.live_dir} "
                 f"expects epoch {self.step + 1} next (pass resume_epoch={step} to continue from a "
                 "checkpoint)"
             )

@@ -43,7 +43,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from promptseg import SPLITS
 from promptseg.exports import (
     PROBLEM_COLUMNS,
     ExportError,
@@ -53,6 +52,7 @@ from promptseg.exports import (
     source_group_of,
 )
 from promptseg.images import ImageReadError, read_image
+from promptseg.params import SPLITS
 from promptseg.splits import SplitPlan, hash_hex, map_in_threads, plan_splits
 
 #: Counters rendering adds to each split (zero when not met).

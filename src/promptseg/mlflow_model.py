@@ -53,9 +53,9 @@ PIP_REQUIREMENTS = [
 ]
 
 
-def registered_name(variant: str) -> str:
+def registered_name(rung: str) -> str:
     """The registry name of a rung (the same name as its DVC artifact in dvc.yaml)."""
-    return f"promptseg-{variant}"
+    return f"promptseg-{rung}"
 
 
 def decode_image(data: bytes, row: int = 0) -> np.ndarray:
@@ -98,8 +98,8 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         resolves them (``threshold``: the ``--threshold`` override, None for the recipe's)."""
         from promptseg.recipe import load_recipe, override, recipe_prompts
 
-        variant = str(self.trained.card.get("variant") or self.serving.get("variant", ""))
-        recipe, dataset, _ = load_recipe(self.trained.card, prompt, variant, self.serving_path)
+        rung = str(self.trained.card.get("rung") or self.serving.get("rung", ""))
+        recipe, dataset, _ = load_recipe(self.trained.card, prompt, rung, self.serving_path)
         recipe, _ = override(recipe, threshold=threshold)
         run_prompt, used = recipe_prompts(recipe, self.trained.card, prompt, dataset)
         return recipe, run_prompt, used
@@ -150,19 +150,19 @@ def log_pyfunc_model(
     *,
     recipes: dict[str, dict],
     run_id: str | None = None,
-    variant: str | None = None,
+    rung: str | None = None,
 ) -> str:
-    """Log ``models/<variant>`` as a pyfunc model and register it as ``promptseg-<variant>``.
+    """Log ``models/<rung>`` as a pyfunc model and register it as ``promptseg-<rung>``.
 
     Args:
         model_dir: the trained model folder (``promptseg predict --model`` reads the same).
         mlflow_cfg: params.yaml ``mlflow`` (``tracking_uri``, ``experiment``).
-        recipes: ``{dataset: recipe}``, each metrics/eval/<variant>.json's ``<dataset>.recipe`` (a dict of
+        recipes: ``{dataset: recipe}``, each metrics/eval/<rung>.json's ``<dataset>.recipe`` (a dict of
             :class:`promptseg.recipe.Recipe`'s fields, or a ``Recipe``); its ``threshold`` is the one chosen on val.
         run_id: the rung's MLflow run (its training run) to log into; None starts a new run.
-        variant: the rung's name; default: the model card's ``variant``, else the folder's name.
+        rung: the rung's name; default: the model card's ``rung``, else the folder's name.
 
-    Returns the registered model's URI, ``models:/promptseg-<variant>/<version>``.
+    Returns the registered model's URI, ``models:/promptseg-<rung>/<version>``.
     """
     import pandas as pd
     from mlflow.models import infer_signature
@@ -172,11 +172,10 @@ def log_pyfunc_model(
     model_dir = Path(model_dir)
     if not (model_dir / "promptseg.json").is_file():
         raise FileNotFoundError(
-            f"{model_dir} has no promptseg.json: not a trained model folder "
-            "(train it first: `dvc repro train@<variant>`)"
+            f"{model_dir} has no promptseg.json: not a trained model folder (train it first: `dvc repro train@<rung>`)"
         )
     card = json.loads((model_dir / "promptseg.json").read_text())
-    variant = variant or str(card.get("variant") or model_dir.name)
+    rung = rung or str(card.get("rung") or model_dir.name)
     from promptseg.recipe import Recipe
 
     recipes = {d: (r if isinstance(r, Recipe) else Recipe.from_dict(r)).to_dict() for d, r in recipes.items()}
@@ -193,14 +192,14 @@ def log_pyfunc_model(
         serving = Path(tmp) / "serving.json"
         serving.write_text(
             json.dumps(
-                {  # the layout of metrics/eval/<variant>.json, so promptseg.recipe.load_recipe reads it
-                    "variant": variant,
+                {  # the layout of metrics/eval/<rung>.json, so promptseg.recipe.load_recipe reads it
+                    "rung": rung,
                     **{d: {"threshold": float(r["threshold"]), "recipe": r} for d, r in recipes.items()},
                 },
                 indent=2,
             )
         )
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else variant):
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else rung):
             info = mlflow.pyfunc.log_model(
                 name="pyfunc_model",
                 python_model=PromptSegPyfunc(),
@@ -208,6 +207,6 @@ def log_pyfunc_model(
                 signature=signature,
                 input_example=example,
                 pip_requirements=PIP_REQUIREMENTS,
-                registered_model_name=registered_name(variant),
+                registered_model_name=registered_name(rung),
             )
-    return f"models:/{registered_name(variant)}/{info.registered_model_version}"
+    return f"models:/{registered_name(rung)}/{info.registered_model_version}"

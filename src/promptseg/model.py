@@ -1,6 +1,6 @@
-"""Build or load CLIPSeg, wrap it for a training variant, and run a forward that really trains the encoders.
+"""Build or load CLIPSeg, wrap it for a training rung, and run a forward that really trains the encoders.
 
-Architectures (``train.variants.<v>.architecture``): ``clipseg`` (default) or ``unet``, the
+Architectures (``train.rungs.<v>.architecture``): ``clipseg`` (default) or ``unet``, the
 text-conditioned U-Net of :mod:`promptseg.unet` (random init, sized by ``model.unet``), which learns on a
 CPU budget where a ViT from random weights does not.
 
@@ -234,14 +234,14 @@ def load_base_model(model: ModelSettings | Mapping, image_size: int, seed: int, 
     if architecture == "unet":
         return build_unet_model(model, image_size, seed)
     if architecture != "clipseg":
-        raise ValueError(f"unknown architecture {architecture!r} in train.variants: use clipseg or unet.")
+        raise ValueError(f"unknown architecture {architecture!r} in train.rungs: use clipseg or unet.")
     model = as_model_settings(model, architecture)
     if model.source == "small":
         return build_small_model(model, image_size, seed)
     return load_pretrained(model.source)
 
 
-# ----------------------------------------------------------------------------------------- variants
+# ----------------------------------------------------------------------------------------- rungs
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -249,8 +249,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def apply_variant(model: CLIPSegForImageSegmentation, method: str, lora: LoraSettings | None = None) -> nn.Module:
-    """Make the parameters of one training variant trainable; returns the module to train.
+def apply_method(model: CLIPSegForImageSegmentation, method: str, lora: LoraSettings | None = None) -> nn.Module:
+    """Make the parameters of one training rung trainable; returns the module to train.
 
     - ``zeroshot``: nothing (the pretrained model as it is).
     - ``full``: every parameter (for the U-Net: all but a frozen text encoder when ``freeze_text``).
@@ -287,7 +287,7 @@ def apply_variant(model: CLIPSegForImageSegmentation, method: str, lora: LoraSet
         if lora.train_decoder:
             peft_model.base_model.model.decoder.requires_grad_(True)
         return peft_model
-    raise ValueError(f"unknown training method {method!r} in train.variants: use full, decoder or lora.")
+    raise ValueError(f"unknown training method {method!r} in train.rungs: use full, decoder or lora.")
 
 
 def lora_parameter_count(module: nn.Module) -> int:

@@ -4,7 +4,7 @@ The U-Net is fully convolutional: its encoder pads any (H, W) to a multiple of 3
 cropped back to (H, W); FiLM scales channels whatever the size, and the presence gate pools the
 bottleneck (mean and max) over whatever area there is. A crack a few pixels wide in a 640 px photo
 stays a few pixels wide, where the 224 px resize of :func:`promptseg.inference.predict_probabilities`
-thins it below a pixel. Trained on native-resolution crops (``train.variants.unet.crop``), the model has
+thins it below a pixel. Trained on native-resolution crops (``train.rungs.unet.crop``), the model has
 seen that scale. ``infer.native_resolution.<dataset>`` turns it on per dataset in evaluation; CLIPSeg
 rungs (a ViT with learnt position embeddings for one input size) keep the resize path.
 """

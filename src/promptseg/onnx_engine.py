@@ -1,16 +1,16 @@
 """The ONNX engine: export a trained model to ONNX and run it with onnxruntime on the CPU.
 
-``promptseg export --model models/<variant>`` writes ``models/<variant>/onnx/`` (see ``export_model_dir``):
+``promptseg export --model models/<rung>`` writes ``models/<rung>/onnx/`` (see ``export_model_dir``):
 
 - ``model.onnx``: the graph ``(pixel_values (B,3,S,S) float32, input_ids (B,T) int64,
   attention_mask (B,T) int64) -> logits (B,S,S) float32`` with dynamic ``B`` and ``T`` (opset 17,
   the legacy TorchScript exporter);
 - ``promptseg_onnx.json``: what inference needs besides the graph: image size, mean/std, the
-  per-image standardisation flag, the model card (``promptseg.json``: variant, training prompts), the
+  per-image standardisation flag, the model card (``promptseg.json``: rung, training prompts), the
   sha256 of the weights it was exported from;
 - the tokenizer files (``tokenizer.save_pretrained``), so the folder runs on its own.
 
-``models/<variant>`` is a DVC output: unless ``.dvcignore`` lists ``models/*/onnx/``, DVC sees the export
+``models/<rung>`` is a DVC output: unless ``.dvcignore`` lists ``models/*/onnx/``, DVC sees the export
 as a modification of that output and ``dvc repro`` re-runs the training stage (which deletes the export).
 
 ``OnnxSegmenter(export_dir).predict_probabilities(images, prompts)`` mirrors
@@ -90,7 +90,7 @@ class ExportSource:
     ``module``: an ``nn.Module`` whose forward is ``(pixel_values, input_ids, attention_mask) -> logits
     (B, H, W)``. ``tokenizer``: a Hugging Face tokenizer (saved beside the graph). ``image_size``, ``mean``,
     ``std``, ``per_image``: the arguments of ``promptseg.data.preprocess_image``. ``card``: the model
-    folder's ``promptseg.json`` (variant, training prompts), copied into the export's metadata.
+    folder's ``promptseg.json`` (rung, training prompts), copied into the export's metadata.
     ``weights``: the weight file the module came from (its sha256 is recorded to spot stale exports).
     """
 
@@ -124,7 +124,7 @@ def logits_module(model):
 
 
 def load_trained_source(model_dir: str | Path) -> ExportSource:
-    """The model-type-specific part: ``models/<variant>`` (weights + processor + promptseg.json) -> ExportSource.
+    """The model-type-specific part: ``models/<rung>`` (weights + processor + promptseg.json) -> ExportSource.
 
     Loads through ``promptseg.inference.load_trained_model`` (a CLIPSeg ``save_pretrained`` folder, or any
     other folder type it learns to load), so preprocessing is read exactly as the PyTorch engine reads it:
@@ -235,7 +235,7 @@ def export_onnx(
 def export_model_dir(
     model_dir: str | Path, out_dir: str | Path | None = None, *, opset: int = DEFAULT_OPSET, check: bool = True
 ) -> Path:
-    """Export ``models/<variant>`` to ``out_dir`` (default ``<model_dir>/onnx``); returns ``out_dir``.
+    """Export ``models/<rung>`` to ``out_dir`` (default ``<model_dir>/onnx``); returns ``out_dir``.
 
     Writes ``model.onnx``, ``promptseg_onnx.json`` and the tokenizer files. With ``check``, runs the
     graph once in onnxruntime on the example inputs and raises if its logits differ from the PyTorch

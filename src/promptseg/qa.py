@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from promptseg import SPLITS
+from promptseg.images import IMAGE_SUFFIXES
+from promptseg.params import SPLITS
 
 __all__ = [
     "HEADER_PX",
@@ -43,7 +44,6 @@ LABEL_PX = 18  # file name band beneath each tile
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _OVERLAY_BGR = np.array([0, 0, 255], np.float32)  # red
 _RENDER_PROBLEMS = ("malformed_rle", "rle_size_mismatch", "size_mismatch", "unknown_shape_kind")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def read_index(path: str | Path) -> list[dict[str, str]]:
@@ -166,7 +166,7 @@ def contact_sheet(
     images = []
     if (split_dir / "images").is_dir():
         images = sorted(
-            (p for p in (split_dir / "images").iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES),
+            (p for p in (split_dir / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
             key=lambda p: (p.stem, p.name),
         )
     k = min(grid * grid, len(images))

@@ -1,7 +1,7 @@
 """The inference recipe: how a model turns an image and a prompt into a mask, as evaluation scored it.
 
-Evaluation writes one recipe per dataset into ``metrics/eval/<variant>.json`` (``<dataset>.recipe``,
-beside the threshold it chose on val; the file is an output of ``evaluate@<variant>``, the model folder
+Evaluation writes one recipe per dataset into ``metrics/eval/<rung>.json`` (``<dataset>.recipe``,
+beside the threshold it chose on val; the file is an output of ``evaluate@<rung>``, the model folder
 is not touched). ``promptseg predict`` (torch and ONNX engines), ``promptseg measure`` through
 ``predict --measure``, and ``promptseg app`` read that one recipe for the prompt's dataset; a CLI flag
 overrides a field and the output says which.
@@ -123,7 +123,7 @@ def prompt_dataset(card: dict, prompt: str) -> str | None:
     return next((name for name, ps in prompts.items() if isinstance(ps, list) and prompt in ps), None)
 
 
-def load_recipe(card: dict, prompt: str, variant: str, eval_path: Path) -> tuple[Recipe, str | None, str]:
+def load_recipe(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[Recipe, str | None, str]:
     """(recipe, dataset or None, why) for ``prompt``: the recipe evaluation wrote for the dataset whose
     training prompts contain it, else the defaults (threshold 0.5) with the reason."""
     prompts = card.get("prompts") if isinstance(card, dict) else None
@@ -149,8 +149,8 @@ def load_recipe(card: dict, prompt: str, variant: str, eval_path: Path) -> tuple
             Recipe(),
             dataset,
             (
-                f"the default recipe, because {eval_path} was not found (evaluate the variant "
-                f"{variant!r} to get a tuned threshold)"
+                f"the default recipe, because {eval_path} was not found (evaluate the rung "
+                f"{rung!r} to get a tuned threshold)"
             ),
         )
     try:
@@ -207,6 +207,12 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
             raise ValueError(
                 "this recipe uses tiled inference, which runs on the torch engine: use --engine torch, "
                 "or --no-tiled to run the ONNX engine single-pass (not the recipe evaluation scored)"
+            )
+        if recipe.native_resolution:  # the export is traced at one input size
+            raise ValueError(
+                "this recipe runs the U-Net on each photo at its own size, which runs on the torch engine: use "
+                "--engine torch, or --no-native-resolution to run the ONNX engine at the export's size (not the "
+                "recipe evaluation scored)"
             )
         return engine.predict_probabilities(images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
     trained = getattr(engine, "trained", engine)

@@ -4,23 +4,23 @@ Inputs (all small JSON files written by earlier stages):
 
 - ``metrics/data/<dataset>.json``: per split counts (images, with/without foreground, mean foreground
   fraction) and the counters of what the mask stage skipped or repaired;
-- ``metrics/train/<variant>.json``: method, architecture, trainable/total parameters, seconds per epoch
-  (or ``{"variant", "method", "skipped": reason}`` for a rung that was skipped);
-- ``metrics/eval/<variant>.json``: per dataset the threshold chosen on val, the inference options measured on
+- ``metrics/train/<rung>.json``: method, architecture, trainable/total parameters, seconds per epoch
+  (or ``{"rung", "method", "skipped": reason}`` for a rung that was skipped);
+- ``metrics/eval/<rung>.json``: per dataset the threshold chosen on val, the inference options measured on
   val (``options_val``), and per split per-prompt scores, prompt-switching lit fractions and paraphrase
   scores (see :mod:`promptseg.evaluate`); ``{"skipped": reason}`` for a skipped rung.
 
-- ``metrics/runtime/<variant>.json``: measured ms per image (PyTorch, ONNX), model size, peak memory
+- ``metrics/runtime/<rung>.json``: measured ms per image (PyTorch, ONNX), model size, peak memory
   (:mod:`promptseg.runtime`);
 - ``metrics/eval/baselines.json``: the no-learning baselines ("all zeros", "all ones" and, for thin structures,
   "darkest 5%") scored on the same test images by the ``baselines`` stage (:mod:`promptseg.baselines`), so a
   model's figures can be read against masks that need no model.
 
 The report's core is one "ladder" table per dataset: the baselines first, then every rung of
-``train.variants`` in params order.
+``train.rungs`` in params order.
 
 Everything is GitHub-flavoured markdown (tables padded so they read in a terminal too), numbers to 3 decimals.
-A file that is missing (a variant not yet evaluated) gives one line saying so, never an exception.
+A file that is missing (a rung not yet evaluated) gives one line saying so, never an exception.
 
 A dataset whose export has no test split (``eval.missing_test_split: report_val``; the official drywall exports)
 is reported on val in every table, and the header, the table titles and the notes say so:
@@ -182,17 +182,17 @@ def _missing_test_lines(splits: dict[str, str]) -> list[str]:
     return out
 
 
-def _header(variants: list[str], model_source: str, datasets: Sequence[str]) -> list[str]:
+def _header(rungs: list[str], model_source: str, datasets: Sequence[str]) -> list[str]:
     return [
         "# promptseg report",
         "",
         f"Model source: {_source_description(model_source)}. "
-        f"Variants: {', '.join(f'`{v}`' for v in variants) if variants else 'none'}. "
+        f"Rungs: {', '.join(f'`{v}`' for v in rungs) if rungs else 'none'}. "
         f"Datasets: {', '.join(datasets)}.",
         "",
         "Metric: IoU and Dice are computed per image over the whole 2-D mask, then averaged over images "
         "(mIoU, Dice); an image whose ground truth and prediction are both empty scores 1. "
-        "Each variant's threshold is chosen on val only and then applied to test; "
+        "Each rung's threshold is chosen on val only and then applied to test; "
         "every image is scored with every prompt of its dataset.",
         "",
     ]
@@ -269,10 +269,10 @@ def _score_columns(dataset: str) -> list[tuple[str, str]]:
     return cols
 
 
-def _skipped(variant: str, train_metrics: dict[str, dict], eval_metrics: dict[str, dict]) -> str | None:
+def _skipped(rung: str, train_metrics: dict[str, dict], eval_metrics: dict[str, dict]) -> str | None:
     """The reason a rung was skipped (``"skipped"`` in its eval or train file), else None."""
     for metrics in (eval_metrics, train_metrics):
-        reason = _get(metrics.get(variant), "skipped")
+        reason = _get(metrics.get(rung), "skipped")
         if reason:
             return str(reason)
     return None
@@ -286,7 +286,7 @@ def _baseline_rows(base: dict) -> list[tuple[str, dict]]:
 def _per_prompt_section(
     number: int,
     dataset: str,
-    variants: list[str],
+    rungs: list[str],
     eval_metrics: dict[str, dict],
     baselines: dict,
     boundary_tolerance_px: int | None,
@@ -295,8 +295,8 @@ def _per_prompt_section(
     cols = _score_columns(dataset)
     out = [f"## Table {number}: {dataset}, {_split_label(split)}, per prompt", ""]
     rows, notes = [], []
-    for variant in variants:
-        rows += _variant_prompt_rows(variant, eval_metrics.get(variant), dataset, split, cols, notes)
+    for rung in rungs:
+        rows += _rung_prompt_rows(rung, eval_metrics.get(rung), dataset, split, cols, notes)
     base = baselines.get(dataset) or {}
     for name, scores in _baseline_rows(base):
         rows.append(
@@ -311,13 +311,13 @@ def _per_prompt_section(
     if rows:
         out += [
             _table(
-                ["prompt", "variant", "threshold (val)", *(c for c, _ in cols), "images"],
+                ["prompt", "rung", "threshold (val)", *(c for c, _ in cols), "images"],
                 rows,
                 "llr" + "r" * len(cols) + "r",
             ),
             "",
         ]
-    if any(isinstance(_get(eval_metrics.get(v), dataset, split, "ensemble"), dict) for v in variants):
+    if any(isinstance(_get(eval_metrics.get(v), dataset, split, "ensemble"), dict) for v in rungs):
         notes.append(
             "Prompt ensemble: the logits of every prompt of the dataset averaged, thresholded at its own "
             "val threshold (`ensemble_threshold`)."
@@ -336,38 +336,35 @@ def _per_prompt_section(
     return out
 
 
-def _variant_prompt_rows(variant: str, ev: dict | None, dataset: str, split: str, cols, notes: list[str]) -> list:
+def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols, notes: list[str]) -> list:
     """One rung's rows of the per-prompt table: each prompt, their mean, the ensemble; or a note saying why none."""
     if ev is None:
         notes.append(
-            f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing: run "
-            f"`dvc repro evaluate@{variant}`)."
+            f"Rung `{rung}`: not evaluated yet (metrics/eval/{rung}.json is missing: run `dvc repro evaluate@{rung}`)."
         )
         return []
     if ev.get("skipped"):
-        notes.append(f"Variant `{variant}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
+        notes.append(f"Rung `{rung}`: skipped, no numbers (the reason is under the {dataset} ladder table).")
         return []
     block = ev.get(dataset)
     test = _get(block, split)
     if not isinstance(test, dict):
-        notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
+        notes.append(f"Rung `{rung}`: no {split} scores for {dataset} in metrics/eval/{rung}.json.")
         return []
     rows = []
     threshold = _num(block.get("threshold"))
     for prompt, scores in (test.get("prompts") or {}).items():
         rows.append(
-            [f'"{prompt}"', variant, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
+            [f'"{prompt}"', rung, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
         )
     mean = test.get("all_prompts") or {}
-    rows.append(
-        ["mean over prompts", variant, threshold, *(_num(mean.get(k)) for _, k in cols), _int(test.get("images"))]
-    )
+    rows.append(["mean over prompts", rung, threshold, *(_num(mean.get(k)) for _, k in cols), _int(test.get("images"))])
     ensemble = test.get("ensemble")
     if isinstance(ensemble, dict):
         rows.append(
             [
                 "prompt ensemble",
-                variant,
+                rung,
                 _num(block.get("ensemble_threshold", block.get("threshold"))),
                 *(_num(ensemble.get(k)) for _, k in cols),
                 _int(ensemble.get("images")),
@@ -387,26 +384,26 @@ def _best_baseline(base: dict) -> tuple[str, float] | None:
 
 
 def _beaten_notes(
-    dataset: str, variants: list[str], eval_metrics: dict[str, dict], base: dict, split: str = "test"
+    dataset: str, rungs: list[str], eval_metrics: dict[str, dict], base: dict, split: str = "test"
 ) -> list[str]:
-    """One line per variant whose mean Dice on ``split`` does not beat the best no-learning mask (at 3 decimals)."""
+    """One line per rung whose mean Dice on ``split`` does not beat the best no-learning mask (at 3 decimals)."""
     best = _best_baseline(base)
     if best is None:
         return []
     best_name, best_dice = best
     notes = []
-    for variant in variants:
-        dice = _get(eval_metrics.get(variant), dataset, split, "all_prompts", "dice")
+    for rung in rungs:
+        dice = _get(eval_metrics.get(rung), dataset, split, "all_prompts", "dice")
         if isinstance(dice, (int, float)) and not math.isnan(dice) and round(dice, 3) <= round(best_dice, 3):
             notes.append(
-                f"Note: `{variant}` on {dataset} (mean Dice {_num(dice)}) does not beat the no-learning "
+                f"Note: `{rung}` on {dataset} (mean Dice {_num(dice)}) does not beat the no-learning "
                 f"'{best_name}' mask (Dice {_num(best_dice)})."
             )
     return notes
 
 
-def _method_cell(variant: str, tr: dict) -> str:
-    method = tr.get("method") or ("zero-shot (no training)" if variant == ZEROSHOT else MISSING)
+def _method_cell(rung: str, tr: dict) -> str:
+    method = tr.get("method") or ("zero-shot (no training)" if rung == ZEROSHOT else MISSING)
     architecture = tr.get("architecture")
     return f"{method} / {architecture}" if architecture else str(method)
 
@@ -421,13 +418,13 @@ def _schedule_cell(tr: dict) -> str:
 def _ladder_section(
     number: int,
     dataset: str,
-    variants: list[str],
+    rungs: list[str],
     train_metrics: dict[str, dict],
     eval_metrics: dict[str, dict],
     baselines: dict,
     split: str = "test",
 ) -> list[str]:
-    """One dataset's ladder: the no-learning baselines, then every rung in ``variants`` (params) order."""
+    """One dataset's ladder: the no-learning baselines, then every rung in ``rungs`` (params) order."""
     cols = _score_columns(dataset)
     out = [f"## Table {number}: {dataset} ladder ({_split_label(split)}, mean over prompts)", ""]
     header = [
@@ -446,8 +443,8 @@ def _ladder_section(
     for name, scores in _baseline_rows(base):
         lit = _num(scores.get("lit"))
         rows.append([name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), lit, lit, NONE, NONE])
-    for variant in variants:
-        row = _ladder_row(variant, dataset, split, cols, len(header), train_metrics, eval_metrics, notes, skipped_notes)
+    for rung in rungs:
+        row = _ladder_row(rung, dataset, split, cols, len(header), train_metrics, eval_metrics, notes, skipped_notes)
         if row is not None:
             rows.append(row)
     if rows:
@@ -455,7 +452,7 @@ def _ladder_section(
     best = _best_baseline(base)
     if best is not None:
         out += [f"Read every rung against the best no-learning baseline ({best[0]}, Dice {_num(best[1])}).", ""]
-        notes = _beaten_notes(dataset, variants, eval_metrics, base, split) + notes
+        notes = _beaten_notes(dataset, rungs, eval_metrics, base, split) + notes
     else:
         notes.insert(0, f"No no-learning baselines for {dataset} (no processed {split} split found).")
     if split != "test":
@@ -469,35 +466,35 @@ def _ladder_section(
     return out
 
 
-def _ladder_row(variant, dataset, split, cols, width, train_metrics, eval_metrics, notes, skipped_notes):
+def _ladder_row(rung, dataset, split, cols, width, train_metrics, eval_metrics, notes, skipped_notes):
     """One rung's row of the ladder table (None when it has neither training nor evaluation), with a note for
     whatever is missing."""
-    tr, ev = train_metrics.get(variant), eval_metrics.get(variant)
-    reason = _skipped(variant, train_metrics, eval_metrics)
+    tr, ev = train_metrics.get(rung), eval_metrics.get(rung)
+    reason = _skipped(rung, train_metrics, eval_metrics)
     if reason is not None:
-        skipped_notes.append(f"`{variant}` was skipped: {reason.rstrip('.')}.")
-        return [variant, _method_cell(variant, tr or {}), *([SKIPPED] * (width - 2))]
+        skipped_notes.append(f"`{rung}` was skipped: {reason.rstrip('.')}.")
+        return [rung, _method_cell(rung, tr or {}), *([SKIPPED] * (width - 2))]
     if tr is None and ev is None:
         notes.append(
-            f"Variant `{variant}`: neither trained nor evaluated yet (no metrics/train/{variant}.json "
-            f"or metrics/eval/{variant}.json)."
+            f"Rung `{rung}`: neither trained nor evaluated yet (no metrics/train/{rung}.json "
+            f"or metrics/eval/{rung}.json)."
         )
         return None
-    if tr is None and variant != ZEROSHOT:
-        notes.append(f"Variant `{variant}`: metrics/train/{variant}.json is missing (run `dvc repro train@{variant}`).")
+    if tr is None and rung != ZEROSHOT:
+        notes.append(f"Rung `{rung}`: metrics/train/{rung}.json is missing (run `dvc repro train@{rung}`).")
     if ev is None:
-        notes.append(f"Variant `{variant}`: not evaluated yet (metrics/eval/{variant}.json is missing).")
+        notes.append(f"Rung `{rung}`: not evaluated yet (metrics/eval/{rung}.json is missing).")
     elif not isinstance(_get(ev, dataset, split), dict):
-        notes.append(f"Variant `{variant}`: no {split} scores for {dataset} in metrics/eval/{variant}.json.")
+        notes.append(f"Rung `{rung}`: no {split} scores for {dataset} in metrics/eval/{rung}.json.")
     tr = tr or {}
     trainable = tr.get("trainable_params")
-    if variant == ZEROSHOT and trainable is None:
+    if rung == ZEROSHOT and trainable is None:
         trainable = 0
     test = _get(ev, dataset, split) or {}
     mean = test.get("all_prompts") or {}
     return [
-        variant,
-        _method_cell(variant, tr),
+        rung,
+        _method_cell(rung, tr),
         _int(trainable),
         _int(tr.get("total_params")),
         *(_num(mean.get(k)) for _, k in cols),
@@ -510,12 +507,12 @@ def _ladder_row(variant, dataset, split, cols, width, train_metrics, eval_metric
 
 def _options_section(
     number: int,
-    variants: list[str],
+    rungs: list[str],
     eval_metrics: dict[str, dict],
     datasets: Sequence[str],
     infer_defaults: dict | None,
 ) -> list[str]:
-    """Best-threshold val Dice of each inference option (``options_val``), per variant and dataset."""
+    """Best-threshold val Dice of each inference option (``options_val``), per rung and dataset."""
     out = [f"## Table {number}: Inference options on validation", ""]
     settings = ""
     if infer_defaults:
@@ -530,8 +527,8 @@ def _options_section(
         "",
     ]
     rows, notes = [], []
-    for variant in variants:
-        ev = eval_metrics.get(variant)
+    for rung in rungs:
+        ev = eval_metrics.get(rung)
         if ev is None or ev.get("skipped"):
             continue  # the ladder tables say why
         for dataset in datasets:
@@ -539,9 +536,9 @@ def _options_section(
             if not isinstance(options, dict):
                 if isinstance(ev.get(dataset), dict):
                     notes.append(
-                        f"Variant `{variant}`: no `options_val` for {dataset} in metrics/eval/{variant}.json "
+                        f"Rung `{rung}`: no `options_val` for {dataset} in metrics/eval/{rung}.json "
                         "(`eval.measure_inference_options` is off, or it was evaluated before the options "
-                        f"were measured: rerun `dvc repro evaluate@{variant}`)."
+                        f"were measured: rerun `dvc repro evaluate@{rung}`)."
                     )
                 continue
             known = [
@@ -550,31 +547,46 @@ def _options_section(
                 if isinstance(options.get(key), (int, float)) and not math.isnan(options.get(key))
             ]
             best = max(known, key=lambda t: t[1])[0] if known else MISSING
-            rows.append([variant, dataset, *(_num(options.get(key)) for _, key in INFER_OPTIONS), best])
+            rows.append([rung, dataset, *(_num(options.get(key)) for _, key in INFER_OPTIONS), best])
     if rows:
         out += [
             _table(
-                ["variant", "dataset", *(label for label, _ in INFER_OPTIONS), "best on val"],
+                ["rung", "dataset", *(label for label, _ in INFER_OPTIONS), "best on val"],
                 rows,
                 "ll" + "r" * len(INFER_OPTIONS) + "l",
             ),
             "",
         ]
         out += [n + "\n" for n in notes]
-    elif notes:  # no variant has them: one line, not one per variant and dataset
+    elif notes:  # no rung has them: one line, not one per rung and dataset
         out += [
             "Not measured in this run: `eval.measure_inference_options` is off (it adds about 40 s per rung on "
             "2 CPU cores; the paper profile turns it on). Turn it on and rerun `dvc repro` to fill this table.",
             "",
         ]
     else:
-        out += ["No inference-option figures yet (no variant has been evaluated).", ""]
+        out += ["No inference-option figures yet (no rung has been evaluated).", ""]
     return out
+
+
+def _switching_row(rung: str, dataset: str, split: str, scores: dict, data_metrics: dict[str, dict]) -> list[str]:
+    """One row of the prompt-switching table: the lit shares of one rung on one dataset's reported split."""
+    paraphrases = scores.get("paraphrases") or {}
+    para = "; ".join(f'"{p}" {_num(s.get("dice"))}' for p, s in paraphrases.items()) or MISSING
+    return [
+        rung,
+        dataset if split == "test" else f"{dataset} ({split})",
+        _num(_get(data_metrics, dataset, split, "mean_foreground_fraction")),
+        _num(scores.get("in_prompt_lit")),
+        _num(scores.get("cross_prompt_lit")),
+        _num(scores.get("unrelated_prompt_lit")),
+        para,
+    ]
 
 
 def _switching_section(
     number: int,
-    variants: list[str],
+    rungs: list[str],
     eval_metrics: dict[str, dict],
     data_metrics: dict[str, dict],
     datasets: Sequence[str],
@@ -593,38 +605,24 @@ def _switching_section(
         "",
     ]
     rows, notes = [], []
-    for variant in variants:
-        ev = eval_metrics.get(variant)
+    for rung in rungs:
+        ev = eval_metrics.get(rung)
         if ev is None:
-            notes.append(f"Variant `{variant}`: not evaluated yet.")
+            notes.append(f"Rung `{rung}`: not evaluated yet.")
             continue
         if ev.get("skipped"):
-            notes.append(f"Variant `{variant}`: skipped (see the ladder tables).")
+            notes.append(f"Rung `{rung}`: skipped (see the ladder tables).")
             continue
         for dataset in datasets:
             split = splits.get(dataset, "test")
-            test = _get(ev, dataset, split)
-            if not isinstance(test, dict):
-                continue
-            paraphrases = test.get("paraphrases") or {}
-            para = "; ".join(f'"{p}" {_num(s.get("dice"))}' for p, s in paraphrases.items()) or MISSING
-            gt = _get(data_metrics, dataset, split, "mean_foreground_fraction")
-            rows.append(
-                [
-                    variant,
-                    dataset if split == "test" else f"{dataset} ({split})",
-                    _num(gt),
-                    _num(test.get("in_prompt_lit")),
-                    _num(test.get("cross_prompt_lit")),
-                    _num(test.get("unrelated_prompt_lit")),
-                    para,
-                ]
-            )
+            scores = _get(ev, dataset, split)
+            if isinstance(scores, dict):
+                rows.append(_switching_row(rung, dataset, split, scores, data_metrics))
     if rows:
         out += [
             _table(
                 [
-                    "variant",
+                    "rung",
                     "dataset",
                     "ground-truth foreground",
                     "in-prompt lit",
@@ -641,8 +639,8 @@ def _switching_section(
     return out
 
 
-def _runtime_section(number: int, variants: list[str], runtime: dict[str, dict]) -> list[str]:
-    """Measured inference time, model size and peak memory per rung (``metrics/runtime/<variant>.json``)."""
+def _runtime_section(number: int, rungs: list[str], runtime: dict[str, dict]) -> list[str]:
+    """Measured inference time, model size and peak memory per rung (``metrics/runtime/<rung>.json``)."""
     out = [
         f"## Table {number}: runtime and footprint",
         "",
@@ -654,18 +652,16 @@ def _runtime_section(number: int, variants: list[str], runtime: dict[str, dict])
         "",
     ]
     rows, notes = [], []
-    for variant in variants:
-        r = runtime.get(variant)
+    for rung in rungs:
+        r = runtime.get(rung)
         if r is None:
-            notes.append(
-                f"Variant `{variant}`: no metrics/runtime/{variant}.json yet (run `dvc repro runtime@{variant}`)."
-            )
+            notes.append(f"Rung `{rung}`: no metrics/runtime/{rung}.json yet (run `dvc repro runtime@{rung}`).")
             continue
         if r.get("skipped"):
             continue  # the ladder tables say why
         rows.append(
             [
-                variant,
+                rung,
                 _num(r.get("torch_ms_per_image"), 1),
                 _num(r.get("onnx_ms_per_image"), 1),
                 _num(r.get("model_mb"), 1),
@@ -717,14 +713,14 @@ def _figures_section(figures: dict[str, list[str]] | None, splits: dict[str, str
             "ground truth, the mask evaluation scored.",
             "",
         ]
-    for variant, links in figures.items():
+    for rung, links in figures.items():
         for link in links:
             if link.endswith(".csv"):
-                out.append(f"- {variant}, per-image scores (IoU, Dice, foreground shares): [{Path(link).name}]({link})")
+                out.append(f"- {rung}, per-image scores (IoU, Dice, foreground shares): [{Path(link).name}]({link})")
                 continue
-            name = Path(link).stem.removeprefix(variant + "_")
+            name = Path(link).stem.removeprefix(rung + "_")
             label = f"{name.removesuffix('_worst')}, worst images" if name.endswith("_worst") else name
-            out.append(f"- {variant}, {label}: ![{Path(link).stem}]({link})")
+            out.append(f"- {rung}, {label}: ![{Path(link).stem}]({link})")
     return out + [""]
 
 
@@ -736,7 +732,7 @@ def build_report(
     baselines: dict,
     *,
     model_source: str,
-    variants: list[str] | None = None,
+    rungs: list[str] | None = None,
     datasets: Sequence[str] = DATASETS,
     figures: dict[str, list[str]] | None = None,
     boundary_tolerance_px: int | None = None,
@@ -748,34 +744,34 @@ def build_report(
 
     Args:
         data_metrics: ``{dataset: metrics/data/<dataset>.json}`` (missing datasets allowed).
-        train_metrics: ``{variant: metrics/train/<variant>.json}``.
-        eval_metrics: ``{variant: metrics/eval/<variant>.json}``.
+        train_metrics: ``{rung: metrics/train/<rung>.json}``.
+        eval_metrics: ``{rung: metrics/eval/<rung>.json}``.
         baselines: ``{dataset: promptseg.baselines.trivial_baseline_scores(...)}`` on the test split (metrics/eval/baselines.json).
         model_source: ``model.source`` from params.yaml (``"small"`` or pretrained weights).
-        variants: the ladder's rungs, in params order; default: every variant found in train or eval metrics.
-            A variant with no files gets a line saying so; a skipped rung gets a "skipped" row and its reason.
+        rungs: the ladder's rungs, in params order; default: every rung found in train or eval metrics.
+            A rung with no files gets a line saying so; a skipped rung gets a "skipped" row and its reason.
         datasets: datasets to report.
-        figures: ``{variant: [relative link, ...]}`` to qualitative PNGs that exist (``*_worst.png``: the worst-image
+        figures: ``{rung: [relative link, ...]}`` to qualitative PNGs that exist (``*_worst.png``: the worst-image
             galleries) and to the per-image CSV (``*.csv``).
         boundary_tolerance_px: the boundary F1 tolerance, named in the thin-structure note when given.
         infer_defaults: ``{"hflip_tta": bool, "prompt_ensemble": bool}`` from ``params.yaml: infer``, named next to
             the inference-options table when given.
-        runtime: ``{variant: metrics/runtime/<variant>.json}``; a runtime table when given (None: no table).
+        runtime: ``{rung: metrics/runtime/<rung>.json}``; a runtime table when given (None: no table).
         scored_splits: ``{dataset: "test" | "val"}``, the split each dataset's tables report (``val`` for a dataset
             without test split, labelled as optimistic); default: ``val`` where an evaluation says
             ``reported_split: val``, else ``test``.
     """
-    if variants is None:
-        variants = list(dict.fromkeys([*train_metrics, *eval_metrics]))
-    variants = list(variants)
+    if rungs is None:
+        rungs = list(dict.fromkeys([*train_metrics, *eval_metrics]))
+    rungs = list(rungs)
     zeroshot_skipped = zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is not None  # the one rule
-    if not zeroshot_skipped and ZEROSHOT in eval_metrics and ZEROSHOT not in variants:
-        variants.append(ZEROSHOT)
+    if not zeroshot_skipped and ZEROSHOT in eval_metrics and ZEROSHOT not in rungs:
+        rungs.append(ZEROSHOT)
     if zeroshot_skipped:
-        variants = [v for v in variants if v != ZEROSHOT]
+        rungs = [v for v in rungs if v != ZEROSHOT]
 
     splits = {d: _scored_split(d, eval_metrics, scored_splits) for d in datasets}
-    lines = _header(variants, model_source, datasets) + _missing_test_lines(splits)
+    lines = _header(rungs, model_source, datasets) + _missing_test_lines(splits)
     if zeroshot_skipped:
         lines += ["Zero-shot: a zero-shot row is meaningless for a randomly initialised model and is omitted.", ""]
     elif ZEROSHOT not in eval_metrics:
@@ -783,18 +779,18 @@ def build_report(
     lines += _data_section(data_metrics, datasets)
     number = 2
     for dataset in datasets:
-        lines += _ladder_section(number, dataset, variants, train_metrics, eval_metrics, baselines, splits[dataset])
+        lines += _ladder_section(number, dataset, rungs, train_metrics, eval_metrics, baselines, splits[dataset])
         number += 1
-    lines += _options_section(number, variants, eval_metrics, datasets, infer_defaults)
+    lines += _options_section(number, rungs, eval_metrics, datasets, infer_defaults)
     number += 1
     for dataset in datasets:
         lines += _per_prompt_section(
-            number, dataset, variants, eval_metrics, baselines, boundary_tolerance_px, splits[dataset]
+            number, dataset, rungs, eval_metrics, baselines, boundary_tolerance_px, splits[dataset]
         )
         number += 1
-    lines += _switching_section(number, variants, eval_metrics, data_metrics, datasets, splits)
+    lines += _switching_section(number, rungs, eval_metrics, data_metrics, datasets, splits)
     if runtime is not None:
-        lines += _runtime_section(number + 1, variants, runtime)
+        lines += _runtime_section(number + 1, rungs, runtime)
     lines += _figures_section(figures, splits)
     text = "\n".join(lines)
     while "\n\n\n" in text:
@@ -826,7 +822,7 @@ def build_summary(
     eval_metrics: dict[str, dict],
     baselines: dict,
     *,
-    variants: Sequence[str],
+    rungs: Sequence[str],
     datasets: Sequence[str] = DATASETS,
 ) -> dict:
     """The headline, ``metrics/summary.json`` (about 20 numbers; the full files stay for drill-down).
@@ -840,18 +836,18 @@ def build_summary(
     for dataset in datasets:
         block: dict[str, Any] = {}
         best_val: tuple[float, str] | None = None
-        for variant in variants:
-            ev = eval_metrics.get(variant)
+        for rung in rungs:
+            ev = eval_metrics.get(rung)
             test = _get(ev, dataset, "test", "all_prompts")
             if not isinstance(test, dict):
                 continue
             miou, dice = _number(test.get("miou")), _number(test.get("dice"))
             if miou is None and dice is None:
                 continue
-            block[variant] = {k: round(v, 4) for k, v in (("miou", miou), ("dice", dice)) if v is not None}
+            block[rung] = {k: round(v, 4) for k, v in (("miou", miou), ("dice", dice)) if v is not None}
             val_dice = _number(_get(ev, dataset, "val", "all_prompts", "dice"))
             if val_dice is not None and (best_val is None or val_dice > best_val[0]):
-                best_val = (val_dice, variant)
+                best_val = (val_dice, rung)
         best = _best_baseline(baselines.get(dataset) or {})
         if best is not None:
             scores = baselines[dataset][best[0]]
@@ -866,7 +862,7 @@ def build_summary(
             summary[dataset] = block
     seconds = [
         s
-        for v in variants
+        for v in rungs
         if (tr := train_metrics.get(v)) and not tr.get("skipped") and (s := _train_seconds(tr)) is not None
     ]
     if seconds:
@@ -889,7 +885,7 @@ def write_report(
     metrics_dir: Path,
     out_path: Path,
     *,
-    variants: list[str],
+    rungs: list[str],
     model_source: str,
     datasets: Sequence[str] = DATASETS,
     boundary_tolerance_px: int = 2,
@@ -900,38 +896,38 @@ def write_report(
     markdown report to ``out_path`` (figure links relative to it) and, with ``summary_path``, the headline
     (:func:`build_summary`) as JSON. Returns the report's text."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
-    variants = list(variants)
+    rungs = list(rungs)
     if (
         zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None
         and eval_json(ZEROSHOT, metrics_dir / "eval").exists()
-        and ZEROSHOT not in variants
+        and ZEROSHOT not in rungs
     ):
-        variants.append(ZEROSHOT)
+        rungs.append(ZEROSHOT)
     data = {d: m for d in datasets if (m := _read_json(data_json(d, metrics_dir / "data"))) is not None}
-    train = {v: m for v in variants if (m := _read_json(train_json(v, metrics_dir / "train"))) is not None}
-    evals = {v: m for v in variants if (m := _read_json(eval_json(v, metrics_dir / "eval"))) is not None}
-    runtime = {v: m for v in variants if (m := _read_json(runtime_json(v, metrics_dir / "runtime"))) is not None}
+    train = {v: m for v in rungs if (m := _read_json(train_json(v, metrics_dir / "train"))) is not None}
+    evals = {v: m for v in rungs if (m := _read_json(eval_json(v, metrics_dir / "eval"))) is not None}
+    runtime = {v: m for v in rungs if (m := _read_json(runtime_json(v, metrics_dir / "runtime"))) is not None}
     baselines = _read_json(metrics_dir / "eval" / BASELINES_FILE) or {}
     baselines = {d: b for d, b in baselines.items() if d in datasets and isinstance(b, dict) and b}
     figures: dict[str, list[str]] = {}
-    for variant in variants:  # linked by path, not read: the first-N figure, then the worst-image gallery
+    for rung in rungs:  # linked by path, not read: the first-N figure, then the worst-image gallery
         for dataset in datasets:
             for png in (
-                figure_png(variant, dataset, metrics_dir / "eval"),
-                worst_png(variant, dataset, metrics_dir / "eval"),
+                figure_png(rung, dataset, metrics_dir / "eval"),
+                worst_png(rung, dataset, metrics_dir / "eval"),
             ):
                 if png.exists():
-                    figures.setdefault(variant, []).append(_relative(png, out_path.parent))
-        per_image = per_image_csv(variant, metrics_dir / "eval")
+                    figures.setdefault(rung, []).append(_relative(png, out_path.parent))
+        per_image = per_image_csv(rung, metrics_dir / "eval")
         if per_image.exists():
-            figures.setdefault(variant, []).append(_relative(per_image, out_path.parent))
+            figures.setdefault(rung, []).append(_relative(per_image, out_path.parent))
     text = build_report(
         data,
         train,
         evals,
         baselines,
         model_source=model_source,
-        variants=variants,
+        rungs=rungs,
         datasets=datasets,
         figures=figures,
         boundary_tolerance_px=boundary_tolerance_px,
@@ -941,7 +937,7 @@ def write_report(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
     if summary_path is not None:
-        summary = build_summary(train, evals, baselines, variants=variants, datasets=datasets)
+        summary = build_summary(train, evals, baselines, rungs=rungs, datasets=datasets)
         Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
     return text

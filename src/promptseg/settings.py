@@ -222,7 +222,7 @@ class CropSettings:
 
 @dataclass(frozen=True)
 class RungOwnSettings:
-    """The keys only a rung has (``train.variants.<rung>``)."""
+    """The keys only a rung has (``train.rungs.<rung>``)."""
 
     method: Literal["zeroshot", "decoder", "lora", "full"]
     architecture: Literal["clipseg", "unet"]
@@ -253,7 +253,7 @@ class RungSettings:
     text_lr: float | None
     presence_weight: float | None
     lora: LoraSettings | None  # set for method: lora only
-    crop: CropSettings | None  # native-resolution crops (train.variants.<v>.crop); None: none
+    crop: CropSettings | None  # native-resolution crops (train.rungs.<v>.crop); None: none
 
     @property
     def epochs(self) -> int:
@@ -398,7 +398,14 @@ class RuntimeSettings:
 
 
 # ----------------------------------------------------------------------------------------- building
+# Keys renamed since a release: a params.yaml written before names the old key, and gets told the new one.
+RENAMED_KEYS = {"train.variants": "train.rungs"}
+
+
 def _unknown(key: str, known, where: str) -> ParamsError:
+    renamed = RENAMED_KEYS.get(f"{where}.{key}")
+    if renamed:
+        return ParamsError(f"{where}.{key}: renamed; call it {renamed} (same contents)")
     near = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
     hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
     return ParamsError(f"{where}.{key}: unknown key; {hint}")
@@ -411,7 +418,10 @@ def _node(params: Any, dotted: str) -> Any:
         if not isinstance(node, Mapping):
             raise ParamsError(f"{where}: expected a mapping above it")
         if key not in node:
-            raise ParamsError(f"{where}: missing key; add it")
+            old = next((o for o, new in RENAMED_KEYS.items() if new == where and o.rsplit(".", 1)[-1] in node), None)
+            raise ParamsError(
+                f"{old}: renamed; call it {where} (same contents)" if old else f"{where}: missing key; add it"
+            )
         node = node[key]
     return node
 
@@ -547,8 +557,8 @@ def model_settings(params, architecture: str | None = None) -> ModelSettings:
 
 
 def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping, where: str = "") -> RungSettings:
-    """One rung of ``train.variants`` over ``train.common`` (a mapping or already built)."""
-    where = where or f"train.variants.{name}"
+    """One rung of ``train.rungs`` over ``train.common`` (a mapping or already built)."""
+    where = where or f"train.rungs.{name}"
     if isinstance(common, Mapping):
         common = _build(TrainCommonSettings, common, "train.common")
     if not isinstance(raw_rung, Mapping):
@@ -594,9 +604,9 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
 
 
 def rung_names(params) -> tuple[str, ...]:
-    rungs = _node(params, "train.variants")
+    rungs = _node(params, "train.rungs")
     if not isinstance(rungs, Mapping) or not rungs:
-        raise ParamsError("train.variants: expected a mapping of rung names to their settings")
+        raise ParamsError("train.rungs: expected a mapping of rung names to their settings")
     return tuple(rungs)
 
 
@@ -638,10 +648,10 @@ def masks_settings(params, dataset: str) -> MasksStageSettings:
 def train_settings(params, rung: str) -> TrainSettings:
     names = rung_names(params)
     if rung not in names:
-        raise _unknown(rung, names, "train.variants")
+        raise _unknown(rung, names, "train.rungs")
     resolved = resolve_rung(
         rung,
-        _node(params, f"train.variants.{rung}"),
+        _node(params, f"train.rungs.{rung}"),
         _build(TrainCommonSettings, _node(params, "train.common"), "train.common"),
     )
     model = model_settings(params, resolved.architecture)
@@ -664,7 +674,7 @@ def check_rung_against_model(rung: RungSettings, model: ModelSettings) -> None:
         and rung.presence_weight is None
     ):
         raise ParamsError(
-            f"train.variants.{rung.name}.presence_weight: missing key; model.unet.presence_gate "
+            f"train.rungs.{rung.name}.presence_weight: missing key; model.unet.presence_gate "
             "is true, so the gate's loss needs its weight"
         )
 
@@ -721,8 +731,8 @@ def validate_params(params) -> dict[str, Any]:
             raise _unknown(key, DATASETS, "data")
     train = _node(params, "train")
     for key in train:
-        if key not in ("common", "variants"):
-            raise _unknown(key, ("common", "variants"), "train")
+        if key not in ("common", "rungs"):
+            raise _unknown(key, ("common", "rungs"), "train")
     return {
         "data": {d: _build(DatasetSettings, _node(params, f"data.{d}"), f"data.{d}") for d in DATASETS},
         "download": {d: download_settings(params, d) for d in DATASETS},

@@ -123,7 +123,8 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
 def check_landed_export(dataset: str, folder: Path, came_from: str) -> None:
     """Refuse a landed export that the masks stage could not use: no split folder with annotations
     (an empty folder, a wrong folder) or not a single image file in its split folders."""
-    from promptseg.exports import IMAGE_SUFFIXES, ExportError, detect_export_format
+    from promptseg.exports import ExportError, detect_export_format
+    from promptseg.images import IMAGE_SUFFIXES
 
     try:
         detect_export_format(folder)

@@ -37,9 +37,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from promptseg import SPLITS
 from promptseg.exports import ImageRecord, source_group_of
 from promptseg.images import ImageReadError, read_image
+from promptseg.params import SPLITS
 
 
 def map_in_threads(function, items: Sequence, workers: int | None = None) -> list:

@@ -1,4 +1,4 @@
-"""MLflow bookkeeping: one run per variant in the local sqlite store; evaluation reopens the same run."""
+"""MLflow bookkeeping: one run per rung in the local sqlite store; evaluation reopens the same run."""
 
 from __future__ import annotations
 
@@ -78,12 +78,12 @@ def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
     return run_id
 
 
-def training_run_id(mlflow_cfg: MlflowSettings, variant: str) -> str | None:
-    """The latest run tagged ``variant`` (the model folder holds no run id: it stays deterministic)."""
+def training_run_id(mlflow_cfg: MlflowSettings, rung: str) -> str | None:
+    """The latest run tagged ``rung`` (the model folder holds no run id: it stays deterministic)."""
     mlflow = connect(mlflow_cfg)
     runs = mlflow.search_runs(
         experiment_names=[mlflow_cfg.experiment],
-        filter_string=f"tags.variant = '{variant}'",
+        filter_string=f"tags.rung = '{rung}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",

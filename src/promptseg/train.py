@@ -1,9 +1,9 @@
-"""The training loop shared by every variant: optimiser, cosine schedule, checkpoint/resume, live metrics.
+"""The training loop shared by every rung: optimiser, cosine schedule, checkpoint/resume, live metrics.
 
-One call of ``train_variant`` trains one variant from ``params.yaml`` and writes
-``models/<variant>/`` (merged weights + processor + ``promptseg.json``), ``metrics/train/<variant>/``
+One call of ``train_rung`` trains one rung from ``params.yaml`` and writes
+``models/<rung>/`` (merged weights + processor + ``promptseg.json``), ``metrics/train/<rung>/``
 (DVCLive, one step per epoch: :mod:`promptseg.live`, with the same values in the rung's MLflow run while it
-trains) and ``metrics/train/<variant>.json`` (parameter counts, final figures).
+trains) and ``metrics/train/<rung>.json`` (parameter counts, final figures).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from promptseg.live import EpochLogger
 from promptseg.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 from promptseg.metrics import iou_dice_from_counts, pixel_counts
 from promptseg.model import (
-    apply_variant,
+    apply_method,
     count_parameters,
     load_base_model,
     lora_parameter_count,
@@ -78,7 +78,7 @@ def training_loss(
 
 def optimizer_param_groups(module: nn.Module, lr: float, text_lr: float | None = None) -> list[dict]:
     """AdamW parameter groups: every trainable parameter at ``lr``; with ``text_lr`` (a rung's
-    ``train.variants.<v>.text_lr``), the U-Net's CLIP text encoder (``text_encoder.*``) at ``text_lr``
+    ``train.rungs.<v>.text_lr``), the U-Net's CLIP text encoder (``text_encoder.*``) at ``text_lr``
     instead. A transformer trained from scratch at the CNN's lr can collapse to one output for every
     prompt (measured on the real sample: README). A placeholder group when nothing is trainable (zeroshot)."""
     trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
@@ -107,7 +107,7 @@ def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> floa
 
 @dataclass
 class TrainSetup:
-    """What ``train_variant`` needs: the rung's typed settings (built once by the stage from params.yaml,
+    """What ``train_rung`` needs: the rung's typed settings (built once by the stage from params.yaml,
     :func:`promptseg.settings.train_settings`) and the paths it reads and writes."""
 
     settings: TrainSettings
@@ -122,7 +122,7 @@ class TrainSetup:
         return self.settings.rung
 
     @property
-    def variant(self) -> str:
+    def rung_name(self) -> str:
         return self.settings.rung.name
 
     @property
@@ -131,7 +131,7 @@ class TrainSetup:
 
     @property
     def architecture(self) -> str:
-        """``clipseg`` or ``unet`` (``train.variants.<v>.architecture``)."""
+        """``clipseg`` or ``unet`` (``train.rungs.<v>.architecture``)."""
         return self.settings.rung.architecture
 
     @property
@@ -181,7 +181,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
     train = setup.rung.train
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
     datasets = setup.rung.datasets if training else tuple(setup.prompts)
-    crop = setup.rung.crop if training else None  # train.variants.<v>.crop: native-resolution crops
+    crop = setup.rung.crop if training else None  # train.rungs.<v>.crop: native-resolution crops
     parts = []
     for name in datasets:
         # negatives: the other datasets' prompts, and prompts naming things absent from both datasets
@@ -317,7 +317,7 @@ def _rng_kept():
 def _logged_params(setup: TrainSetup) -> dict:
     """The rung's settings as DVCLive's ``params.yaml`` and the MLflow run's params hold them."""
     return {
-        "variant": setup.rung.own_params(),
+        "rung": setup.rung.own_params(),
         "train": to_plain(setup.rung.train),
         "model": to_plain(setup.settings.model),
         "prompts": to_plain(setup.prompts),
@@ -336,8 +336,8 @@ def open_epoch_logger(
     settings, the rung's MLflow run), continuing a checkpoint's step series and run on resume."""
     with _rng_kept():
         return EpochLogger(
-            setup.variant,
-            setup.metrics_dir / setup.variant,
+            setup.rung_name,
+            setup.metrics_dir / setup.rung_name,
             mlflow_cfg=setup.settings.mlflow if mlflow else None,
             params=_logged_params(setup),
             resume_epoch=resume_epoch,
@@ -363,13 +363,13 @@ def val_overlay(run: Run) -> np.ndarray:
 def skip_zeroshot(setup: TrainSetup, reason: str) -> dict:
     """A rung with nothing to train or score (:func:`promptseg.settings.zeroshot_skip_reason`): write a card
     and a summary that say why, no numbers, and a DVCLive folder with no steps (header-only series)."""
-    summary = {"variant": setup.variant, "method": "zeroshot", "skipped": reason}
+    summary = {"rung": setup.rung_name, "method": "zeroshot", "skipped": reason}
     shutil.rmtree(setup.model_dir, ignore_errors=True)
     setup.model_dir.mkdir(parents=True)
     _write_model_card(setup, summary)
     open_epoch_logger(setup, mlflow=False).close()
-    (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[train] {setup.variant}: skipped: {reason}")
+    (setup.metrics_dir / f"{setup.rung_name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[train] {setup.rung_name}: skipped: {reason}")
     return summary
 
 
@@ -422,7 +422,7 @@ def build_run(setup: TrainSetup) -> Run:
     # train.common.precision: auto | fp32 | bf16 (promptseg.precision); BN stats, loss and optimiser stay fp32
     device, autocast, precision = device_and_autocast(train.precision, accelerator.device if accelerator else None)
     base, processor = load_base_model(setup.settings.model, setup.image_size, train.seed, setup.architecture)
-    module = apply_variant(base, rung.method, rung.lora).to(device)
+    module = apply_method(base, rung.method, rung.lora).to(device)
     module.train()
     train_set = build_datasets(setup, processor, "train", training=True)
     val_set = build_datasets(setup, processor, "val", training=False)
@@ -465,7 +465,7 @@ def train_one_epoch(setup: TrainSetup, run: Run, epoch: int) -> float:
     """One pass over this process's training batches; returns the mean loss over every process's batches."""
     losses = []
     batches = tqdm(
-        run.train_loader, desc=f"{setup.variant} epoch {epoch + 1}/{setup.rung.epochs}", leave=False, disable=None
+        run.train_loader, desc=f"{setup.rung_name} epoch {epoch + 1}/{setup.rung.epochs}", leave=False, disable=None
     )
     for pixel_values, targets, prompts, datasets in batches:
         pixel_values, targets = pixel_values.to(run.device), targets.to(run.device)
@@ -487,8 +487,8 @@ def train_one_epoch(setup: TrainSetup, run: Run, epoch: int) -> float:
 
 
 # --------------------------------------------------------------------------------------- the loop
-def train_variant(setup: TrainSetup) -> dict:
-    """Train one rung; returns the summary written to ``metrics/train/<variant>.json``.
+def train_rung(setup: TrainSetup) -> dict:
+    """Train one rung; returns the summary written to ``metrics/train/<rung>.json``.
 
     ``method: zeroshot`` trains nothing: with a pretrained source the model is saved as it is (0 epochs);
     with the random ``small`` model the rung is skipped and says why (:func:`skip_zeroshot`).
@@ -544,7 +544,7 @@ def train_epochs(
         # report, log (DVCLive + MLflow) and checkpoint (main process only)
         if run.is_main:
             print(
-                f"[train] {setup.variant} epoch {epoch + 1}/{setup.rung.epochs}: "
+                f"[train] {setup.rung_name} epoch {epoch + 1}/{setup.rung.epochs}: "
                 + ", ".join(f"{k} {v}" for k, v in row.items())
             )
             with _rng_kept():
@@ -586,7 +586,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
                 logger.log_epoch(1, None, rows[0]["val_loss"], rows[0]["val_dice"], 0.0, val_overlay(run), seconds=0.0)
     trainable, total = count_parameters(run.module)
     summary = {
-        "variant": setup.variant,
+        "rung": setup.rung_name,
         "method": setup.rung.method,
         "architecture": setup.architecture,
         "trainable_params": trainable,
@@ -613,7 +613,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
         from promptseg.tracking import log_training_run
 
         summary["mlflow_run_id"] = log_training_run(setup, summary, logger.mlflow_run_id, logger.live_dir)
-    (setup.metrics_dir / f"{setup.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (setup.metrics_dir / f"{setup.rung_name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
     return summary
 
@@ -622,10 +622,10 @@ def _write_model_card(setup: TrainSetup, summary: dict) -> None:
     """``promptseg.json``: what inference needs and what the model was trained with; no timings and no run
     ids, so two trainings to the same weights give byte-identical folders (and one DVC hash)."""
     card = {
-        "variant": setup.variant,
+        "rung": setup.rung_name,
         "architecture": setup.architecture,
         "per_image_standardization": setup.per_image_standardization,
-        "variant_params": setup.rung.own_params(),
+        "rung_params": setup.rung.own_params(),
         "train_params": to_plain(setup.rung.train),
         "model_params": to_plain(setup.settings.model),
         "prompts": {d: list(p) for d, p in setup.prompts.items()},
@@ -635,7 +635,7 @@ def _write_model_card(setup: TrainSetup, summary: dict) -> None:
 
 
 def save_trained_model(module, processor, setup: TrainSetup, summary: dict) -> None:
-    """``models/<variant>/``: merged CLIPSeg weights + processor (+ the LoRA adapter) + promptseg.json."""
+    """``models/<rung>/``: merged CLIPSeg weights + processor (+ the LoRA adapter) + promptseg.json."""
     out = setup.model_dir
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

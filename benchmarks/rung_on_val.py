@@ -1,10 +1,10 @@
 """Train one rung with param overrides and print its val scores next to trivial masks (an experiment, not a stage).
 
-    python benchmarks/variant_on_val.py full -S model.clipseg.vision.patch_size=8 -S train.common.image_size=160
+    python benchmarks/rung_on_val.py full -S model.clipseg.vision.patch_size=8 -S train.common.image_size=160
 
 Reads ``params.yaml`` and the processed data of the current workspace (``dvc repro masks@cracks
 masks@drywall`` first), applies each ``-S key=value`` (the value parsed as YAML), trains the rung with
-``promptseg.train.train_variant`` into a temporary folder (no MLflow run, nothing in the workspace
+``promptseg.train.train_rung`` into a temporary folder (no MLflow run, nothing in the workspace
 changes) and prints one ``RESULT`` JSON line. Per dataset, on the val split, at the threshold (0.1 ...
 0.9) that maximises the mean per-image Dice of the dataset's first prompt:
 
@@ -33,7 +33,7 @@ from promptseg.data import list_split, read_rgb  # noqa: E402
 from promptseg.inference import load_trained_model, predict_probabilities  # noqa: E402
 from promptseg.metrics import iou_dice, lit_fraction  # noqa: E402
 from promptseg.settings import train_settings  # noqa: E402
-from promptseg.train import TrainSetup, train_variant  # noqa: E402
+from promptseg.train import TrainSetup, train_rung  # noqa: E402
 
 
 def set_key(params: dict, dotted: str, value) -> None:
@@ -78,7 +78,7 @@ def val_scores(trained, processed: Path, dataset: str, prompts: dict, unrelated:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a key of train.variants")
+    parser.add_argument("rung", help="a key of train.rungs")
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--processed", type=Path, default=Path("data/processed"))
     args = parser.parse_args()
@@ -90,20 +90,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         setup = TrainSetup(
-            settings=train_settings(params, args.variant),
+            settings=train_settings(params, args.rung),
             processed_root=args.processed,
             model_dir=root / "model",
             metrics_dir=root / "metrics",
             checkpoint_dir=root / "checkpoints",
         )
         start = time.perf_counter()
-        train_variant(setup)
-        result = {"variant": args.variant, "overrides": args.overrides, "train_s": round(time.perf_counter() - start)}
+        train_rung(setup)
+        result = {"rung": args.rung, "overrides": args.overrides, "train_s": round(time.perf_counter() - start)}
         trained = load_trained_model(setup.model_dir)
         for dataset in prompts:
             result[dataset] = val_scores(trained, args.processed, dataset, prompts, params["eval"]["unrelated_prompts"])
         print("RESULT", json.dumps(result))
-        print((root / "metrics" / args.variant / "plots" / "metrics" / "val_dice.tsv").read_text())
+        print((root / "metrics" / args.rung / "plots" / "metrics" / "val_dice.tsv").read_text())
 
 
 if __name__ == "__main__":
