@@ -91,6 +91,12 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
     schema = loaded.metadata.get_input_schema()
     assert schema.input_names() == ["image", "prompt"]
     assert loaded.metadata.get_params_schema() is not None
+    # its environment pins what is installed (pillow 12.3.0 here, not the 13.0.0 a hand-written list had)
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pinned = Path(mlflow.pyfunc.get_model_dependencies("models:/promptseg-unet/1")).read_text().split()
+    assert {f"pillow=={version('pillow')}", f"torch=={version('torch')}", "promptseg"} <= set(pinned)
 
     for prompt, dataset in (("segment crack", "cracks"), ("segment joint tape", "drywall"), ("segment a cat", None)):
         out_dir = tmp_path / f"cli-{prompt.replace(' ', '-')}"

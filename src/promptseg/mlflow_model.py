@@ -38,19 +38,17 @@ import mlflow.pyfunc  # noqa: E402
 __all__ = ["PromptSegPyfunc", "log_pyfunc_model", "registered_name", "decode_image", "encode_mask"]
 
 MODEL_ARTIFACT, SERVING_ARTIFACT = "model_dir", "serving"
-# What the pyfunc environment needs (the project's pins); given explicitly so MLflow does not infer them by
-# loading the model in a subprocess.
-PIP_REQUIREMENTS = [
-    "torch==2.13.0",
-    "transformers==5.24.0",
-    "peft==0.21.2",
-    "opencv-python-headless==5.0.0.93",
-    "numpy==2.4.6",
-    "pillow==13.0.0",
-    "mlflow==3.17.2",
-    "pandas",
-    "promptseg",
-]
+# What the pyfunc environment needs, pinned to the versions installed here (the project's pins, read from the
+# installed packages so they cannot drift from requirements.txt); given explicitly so MLflow does not infer
+# them by loading the model in a subprocess.
+RUNTIME_PACKAGES = ("torch", "transformers", "peft", "opencv-python-headless", "numpy", "pillow", "mlflow", "pandas")
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` of every runtime package as installed, then ``promptseg`` itself."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in RUNTIME_PACKAGES] + ["promptseg"]
 
 
 def registered_name(rung: str) -> str:
@@ -206,7 +204,7 @@ def log_pyfunc_model(
                 artifacts={MODEL_ARTIFACT: str(model_dir), SERVING_ARTIFACT: str(serving)},
                 signature=signature,
                 input_example=example,
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=pip_requirements(),
                 registered_model_name=registered_name(rung),
             )
     return f"models:/{registered_name(rung)}/{info.registered_model_version}"
