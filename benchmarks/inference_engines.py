@@ -185,10 +185,11 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
     rows = [{"model": name, "path": path, "rate": r} for path, r in rates.items()]
     for row in rows:
         row["speedup"] = row["rate"] / naive_rate
-    onnx_best = max(r["rate"] for r in rows if r["path"].startswith("onnx OnnxSegmenter"))
+    onnx_b1 = rates["onnx OnnxSegmenter, batch 1"] / naive_rate  # issue 23's target is at batch 1
+    onnx_best = max(r["rate"] for r in rows if r["path"].startswith("onnx OnnxSegmenter")) / naive_rate
     print(
-        f"{name}: ONNX engine (best batch) {onnx_best / naive_rate:.2f}x the naive loop "
-        f"(target {plan['target']}x: {'met' if onnx_best / naive_rate >= plan['target'] else 'NOT met'})",
+        f"{name}: ONNX engine at batch 1 {onnx_b1:.2f}x the naive loop (target {plan['target']}x: "
+        f"{'met' if onnx_b1 >= plan['target'] else 'NOT met'}); best batch {onnx_best:.2f}x",
         flush=True,
     )
     return rows

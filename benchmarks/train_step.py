@@ -136,34 +136,30 @@ def interleaved(rung: str, steps: int) -> dict:
     from promptseg.data import EpochShuffleSampler, collate
     from promptseg.losses import bce_dice_loss
     from promptseg.model import apply_method, segmentation_logits
-    from promptseg.params import DATASETS, load_params, section
+    from promptseg.params import load_params
     from promptseg.precision import autocast
+    from promptseg.settings import train_settings
     from promptseg.train import TrainSetup, build_datasets, load_base_model
 
-    params = load_params()
-    common = dict(section(params, "train.common"))
+    settings_ = train_settings(load_params(), rung)
     setup = TrainSetup(
-        rung=rung,
-        rung_cfg=dict(section(params, f"train.rungs.{rung}")),
-        common=common,
-        model_cfg=section(params, "model"),
-        prompts={d: section(params, f"data.{d}.prompts") for d in DATASETS},
+        settings=settings_,
         processed_root=Path("data/processed"),
         model_dir=Path("/tmp/unused"),
         metrics_dir=Path("/tmp/unused"),
         checkpoint_dir=Path("/tmp/unused"),
     )
     torch.manual_seed(0)
-    base, processor = load_base_model(setup.model_cfg, setup.image_size, 0, setup.architecture)
-    module = apply_method(base, setup.rung_cfg).train()
+    base, processor = load_base_model(settings_.model, setup.image_size, 0, setup.architecture)
+    module = apply_method(base, settings_.rung.method, settings_.rung.lora).train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     train_set = build_datasets(setup, processor, "train", training=True)
     loader = DataLoader(
         train_set,
-        batch_size=int(common["batch_size"]),
+        batch_size=settings_.rung.train.batch_size,
         sampler=EpochShuffleSampler(len(train_set), 0),
         collate_fn=collate,
-        num_workers=int(common.get("num_workers", 0)),
+        num_workers=settings_.rung.train.num_workers,
     )
     for _ in loader:  # warm the resize cache, as every epoch after the first
         pass
