@@ -43,6 +43,7 @@ def measure(model, size: int, time_it: bool) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from promptseg.model import apply_method, segmentation_logits
+    from promptseg.settings import LoraSettings
 
     ids = torch.tensor([[49406, 15615, 2569, 10334, 49407]])
     one = torch.randn(1, 3, size, size)
@@ -55,15 +56,7 @@ def measure(model, size: int, time_it: bool) -> dict:
     with torch.no_grad():
         out["forward_s"] = best(lambda: segmentation_logits(model, one, ids))
     lora = apply_method(
-        model,
-        {
-            "method": "lora",
-            "r": 16,
-            "alpha": 32,
-            "dropout": 0.05,
-            "targets": ["q_proj", "v_proj"],
-            "train_decoder": False,
-        },
+        model, "lora", LoraSettings(r=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj"), train_decoder=False)
     )
     lora.train()
     four, ids4 = torch.randn(4, 3, size, size), ids.repeat(4, 1)
