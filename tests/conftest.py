@@ -53,6 +53,7 @@ TINY_COMMON = {
     "targets": {"cracks": "mask", "drywall": "box_fill"},
     "box_projection": {"outside_weight": 1.0, "pairwise_weight": 0.0},
     "hflip_prob": 0.5,
+    "rot90_prob": 0.0,
     "num_workers": 0,
     "precision": "fp32",
 }

@@ -64,6 +64,26 @@ def test_flip_moves_image_and_mask_together(processed_root):
     assert torch.equal(x1, x0.flip(-1)) and torch.equal(y1, y0.flip(-1))
 
 
+def test_rotation_turns_image_and_mask_together_and_leaves_other_draws_alone(processed_root):
+    """rot90_prob 1.0: every sample is its unrotated self turned by 90, 180 or 270 degrees (image and mask
+    alike, prompt unchanged), all three turns occur; and the flip and prompt draws are those of 0.0."""
+    plain = make(processed_root, hflip_prob=0.5, negative_prompts=PROMPTS["drywall"], negative_prompt_prob=0.3)
+    turned = make(
+        processed_root, hflip_prob=0.5, rot90_prob=1.0, negative_prompts=PROMPTS["drywall"], negative_prompt_prob=0.3
+    )
+    seen = set()
+    for epoch in range(3):
+        plain.set_epoch(epoch), turned.set_epoch(epoch)
+        for i in range(len(plain)):
+            x0, y0, p0, _ = plain[i]
+            x1, y1, p1, _ = turned[i]
+            turns = [k for k in (1, 2, 3) if torch.equal(x1, torch.rot90(x0, k, dims=(1, 2)))]
+            assert p1 == p0 and len(turns) == 1, (epoch, i)
+            assert torch.equal(y1, torch.rot90(y0, turns[0], dims=(0, 1)))
+            seen.add(turns[0])
+    assert seen == {1, 2, 3}
+
+
 def test_per_image_standardisation_gives_zero_mean_unit_std():
     rgb = np.random.default_rng(0).integers(150, 200, size=(32, 32, 3), dtype=np.uint8)
     x = normalize(rgb, MEAN, STD, per_image=True)

@@ -148,6 +148,9 @@ class PromptedSegmentation(Dataset):
       does not dilute the other dataset's negatives.
     - target: the {0,255} mask resized bilinearly to ``image_size`` and scaled to [0, 1] (soft edges).
     - ``hflip_prob``: horizontal flip of image and mask together.
+    - ``rot90_prob``: a rotation of image and mask together by 90, 180 or 270 degrees (drawn by
+      ``(seed, epoch, index)`` from its own stream, so 0.0 leaves every other draw as it was). With the
+      flip it covers all eight symmetries of the square: cracks and joints run any way in a photo.
     Every image and mask is decoded once, resized and cached when the dataset is built; a pair that cannot
     be used is skipped, listed in ``skipped`` and named on stderr.
     - ``crop_size``, ``crop_share`` (``train.rungs.<v>.crop``): with probability ``crop_share`` (drawn by
@@ -171,6 +174,7 @@ class PromptedSegmentation(Dataset):
         std,
         seed: int = 42,
         hflip_prob: float = 0.0,
+        rot90_prob: float = 0.0,
         negative_prompts=(),
         negative_prompt_prob: float = 0.0,
         unrelated_prompts=(),
@@ -191,7 +195,7 @@ class PromptedSegmentation(Dataset):
             raise ValueError(f"dataset {dataset!r} has no prompts in params.yaml (data.{dataset}.prompts).")
         self.pairs, self.dataset, self.prompts = list(pairs), dataset, list(prompts)
         self.image_size, self.mean, self.std, self.seed = image_size, mean, std, seed
-        self.hflip_prob = hflip_prob
+        self.hflip_prob, self.rot90_prob = hflip_prob, rot90_prob
         self.negative_prompts, self.negative_prompt_prob = list(negative_prompts), negative_prompt_prob
         self.unrelated_prompts, self.unrelated_share = list(unrelated_prompts), unrelated_share
         self.per_image = per_image
@@ -306,6 +310,11 @@ class PromptedSegmentation(Dataset):
         flip_rng = _rng(self.seed, self.epoch, index, 1_000)
         if self.hflip_prob and flip_rng.random() < self.hflip_prob:
             rgb, mask = rgb[:, ::-1], mask[:, ::-1]
+        if self.rot90_prob:
+            rot_rng = _rng(self.seed, self.epoch, index, 2_000)
+            if rot_rng.random() < self.rot90_prob:
+                turns = int(rot_rng.integers(1, 4))
+                rgb, mask = np.rot90(rgb, turns, axes=(0, 1)), np.rot90(mask, turns, axes=(0, 1))
         pixel_values = normalize(np.ascontiguousarray(rgb), self.mean, self.std, self.per_image)
         target = (
             torch.zeros(mask.shape, dtype=torch.float32)

@@ -199,6 +199,7 @@ class TrainCommonSettings:
     targets: dict[str, Literal["mask", "box_fill", "box_projection"]]
     box_projection: BoxProjectionSettings
     hflip_prob: float
+    rot90_prob: float  # rotations by 90/180/270 degrees (promptseg.data); 0.0: none
     num_workers: int
     precision: Literal["auto", "fp32", "bf16"]  # promptseg.precision: auto = bf16 where the device runs it natively
 
