@@ -128,7 +128,8 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
 
 
 def interleaved(rung: str, steps: int) -> dict:
-    """fp32, bf16 and bf16 + channels_last steps of ONE model, in interleaved rounds (a shared machine's load
+    """fp32, bf16 and bf16 + channels_last steps of ONE model (and the last with a fused AdamW, which
+    training does not use: it changes the trained weights), in interleaved rounds (a shared machine's load
     drifts: each round times every setting once), model only and with the DataLoader; medians per setting."""
     import torch
     from torch.utils.data import DataLoader
@@ -152,7 +153,11 @@ def interleaved(rung: str, steps: int) -> dict:
     torch.manual_seed(0)
     base, processor = load_base_model(settings_.model, setup.image_size, 0, setup.architecture)
     module = apply_method(base, settings_.rung.method, settings_.rung.lora).train()
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizers = {  # training's AdamW (the for-loop implementation on a CPU), and the fused kernel
+        False: torch.optim.AdamW(trainable, lr=1e-4),
+        True: torch.optim.AdamW(trainable, lr=1e-4, fused=True),
+    }
     train_set = build_datasets(setup, processor, "train", training=True)
     loader = DataLoader(
         train_set,
@@ -163,11 +168,17 @@ def interleaved(rung: str, steps: int) -> dict:
     )
     for _ in loader:  # warm the resize cache, as every epoch after the first
         pass
-    settings = {"fp32": ("fp32", True), "bf16 contiguous": ("bf16", False), "bf16 channels_last": ("bf16", True)}
+    settings = {  # name: (precision, channels_last, fused AdamW); the last row is NOT what training runs
+        "fp32": ("fp32", True, False),
+        "bf16 contiguous": ("bf16", False, False),
+        "bf16 channels_last": ("bf16", True, False),
+        "bf16 channels_last + fused AdamW (not adopted)": ("bf16", True, True),
+    }
     if not hasattr(base, "channels_last"):
-        settings = {"fp32": ("fp32", True), "bf16": ("bf16", True)}
+        settings = {"fp32": ("fp32", True, False), "bf16": ("bf16", True, False)}
 
-    def step(batch, precision, channels_last):
+    def step(batch, precision, channels_last, fused):
+        optimizer = optimizers[fused]
         if hasattr(base, "channels_last"):
             base.channels_last = channels_last
         pixel_values, targets, prompts = batch[:3]
@@ -181,12 +192,12 @@ def interleaved(rung: str, steps: int) -> dict:
 
     fixed, it = next(iter(loader)), iter(loader)
     times = {f"{name} {kind}": [] for name in settings for kind in ("model only", "with loader")}
-    for _name, (precision, cl) in settings.items():
-        step(fixed, precision, cl)  # warm-up
+    for _name, (precision, cl, fused) in settings.items():
+        step(fixed, precision, cl, fused)  # warm-up
     for _ in range(steps):
-        for name, (precision, cl) in settings.items():
+        for name, (precision, cl, fused) in settings.items():
             started = time.perf_counter()
-            step(fixed, precision, cl)
+            step(fixed, precision, cl, fused)
             times[f"{name} model only"].append(time.perf_counter() - started)
             started = time.perf_counter()
             try:
@@ -194,7 +205,7 @@ def interleaved(rung: str, steps: int) -> dict:
             except StopIteration:
                 it = iter(loader)
                 batch = next(it)
-            step(batch, precision, cl)
+            step(batch, precision, cl, fused)
             times[f"{name} with loader"].append(time.perf_counter() - started)
     return {name: statistics.median(t) for name, t in times.items()}
 
