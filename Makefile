@@ -41,7 +41,7 @@ repro-paper: install
 	$(BIN)/dvc exp run -n paper $$($(BIN)/python -m promptseg.profiles paper)
 
 # The real sample (profiles/real-cpu.yaml) as a DVC experiment on the CPU: every rung and the report, about
-# 45 min on 2 cores. TARGET=evaluate@unet runs the U-Net rung alone (about 17 min).
+# 45 min on 2 cores. TARGET=evaluate@unet runs the U-Net rung alone (14 min).
 REAL ?= ../shared/real
 TARGET ?=
 repro-real: install

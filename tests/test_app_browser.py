@@ -81,6 +81,13 @@ def served(tmp_path_factory, processed_root):
 
 @pytest.fixture(scope="module")
 def browser():
+    driver = headless_chromium()
+    yield driver
+    driver.quit()
+
+
+def headless_chromium():
+    """Debian's Chromium, headless, through selenium (also used by docs/app_screenshot.py)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -100,8 +107,7 @@ def browser():
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    return driver
 
 
 def _wait(predicate, timeout=60.0, what="the page"):
