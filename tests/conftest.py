@@ -57,6 +57,21 @@ TINY_COMMON = {
     "num_workers": 0,
     "precision": "fp32",
 }
+# The ladder's rungs as the tests train them (tiny LoRA: r 4); each test file takes what it needs.
+TINY_RUNGS = {
+    "full": {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
+    "lora": {
+        "method": "lora",
+        "architecture": "clipseg",
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.1,
+        "targets": ["q_proj", "v_proj"],
+        "train_decoder": True,
+        "datasets": ["cracks", "drywall"],
+    },
+    "unet": {"method": "full", "architecture": "unet", "presence_weight": 0.3, "datasets": ["cracks", "drywall"]},
+}
 PROMPTS = {
     "cracks": ["segment crack", "segment wall crack"],
     "drywall": ["segment joint tape", "segment drywall seam", "segment taping area"],

@@ -9,23 +9,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from promptseg.train import TrainSetup, train_rung  # noqa: E402
 
-from conftest import TINY_MODEL, TINY_UNET, tiny_train_settings  # noqa: E402
+from conftest import TINY_MODEL, TINY_RUNGS, TINY_UNET, tiny_train_settings  # noqa: E402
 
 COMMON = {"epochs": 2, "batch_size": 2, "negative_prompt_prob": 0.25}  # over conftest.TINY_COMMON
-RUNGS = {
-    "full": {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
-    "lora": {
-        "method": "lora",
-        "architecture": "clipseg",
-        "r": 4,
-        "alpha": 8,
-        "dropout": 0.0,
-        "targets": ["q_proj", "v_proj"],
-        "train_decoder": True,
-        "datasets": ["cracks", "drywall"],
-    },
-    "unet": {"method": "full", "architecture": "unet", "presence_weight": 0.3, "datasets": ["cracks", "drywall"]},
-}
+RUNGS = {**TINY_RUNGS, "lora": {**TINY_RUNGS["lora"], "dropout": 0.0}}
 MODEL = {**TINY_MODEL, "unet": TINY_UNET}
 
 if __name__ == "__main__":

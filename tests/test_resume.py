@@ -15,23 +15,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from conftest import TINY_COMMON, TINY_MODEL, TINY_UNET
+from conftest import TINY_COMMON, TINY_MODEL, TINY_RUNGS, TINY_UNET
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNGS = {
-    "unet": {"method": "full", "architecture": "unet", "presence_weight": 0.3, "datasets": ["cracks", "drywall"]},
-    "full": {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]},
-    "lora": {
-        "method": "lora",
-        "architecture": "clipseg",
-        "r": 4,
-        "alpha": 8,
-        "dropout": 0.1,
-        "targets": ["q_proj", "v_proj"],
-        "train_decoder": True,
-        "datasets": ["cracks", "drywall"],
-    },
-}
+RUNGS = {name: TINY_RUNGS[name] for name in ("unet", "full", "lora")}
 
 
 def make_repo(root: Path, processed_root: Path) -> Path:

@@ -9,20 +9,10 @@ from safetensors.torch import load_file
 
 from promptseg.train import TrainSetup, cosine_lr_factor, train_rung
 
-from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_UNET, tiny_train_settings
+from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_RUNGS, TINY_UNET, tiny_train_settings
 
 COMMON = TINY_COMMON
-FULL = {"method": "full", "architecture": "clipseg", "datasets": ["cracks", "drywall"]}
-LORA = {
-    "method": "lora",
-    "architecture": "clipseg",
-    "r": 4,
-    "alpha": 8,
-    "dropout": 0.1,
-    "targets": ["q_proj", "v_proj"],
-    "train_decoder": True,
-    "datasets": ["cracks", "drywall"],
-}
+FULL, LORA = TINY_RUNGS["full"], TINY_RUNGS["lora"]
 
 
 def make_setup(root, processed_root, rung="full", cfg=FULL, mlflow=None, model=None, **overrides):
