@@ -92,12 +92,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # Per-image IoU floor of bf16 vs fp32 masks at the same threshold. The tiny CLIPSeg meets the 0.99.
-# The tiny U-Net (8-64 channels, 16 training images at 64 px, soft probabilities after 10 epochs) does not:
-# its bf16 logits differ by up to ~0.1 from fp32, spread over every layer (no single layer dominates), and
-# its masks have many pixels that close to the threshold; measured per-image IoU 0.94-0.99. What holds for it
-# is that every pixel bf16 flips lies within the error band of the threshold; the figure on the pipeline's
-# own U-Net is in benchmarks/README.md ("bf16").
-AGREEMENT = {"unet": (10, 0.9), "full": (4, 0.99)}  # rung: (epochs, per-image IoU floor)
+# The tiny U-Net (8-64 channels, 16 training images at 64 px) does not: its bf16 logits differ by up to ~0.1
+# from fp32, spread over every layer (no single layer dominates), and its masks have pixels that close to the
+# threshold. After 10 epochs its probabilities were soft and the IoU depended on the run (0.94-0.99 with
+# foreach AdamW, min 0.85 with fused); after 20 it is 0.977-1.0 with fused, 0.979-1.0 with foreach. What
+# holds for it is that every pixel bf16 flips lies within the error band of the threshold; the figure on the
+# pipeline's own U-Net is in benchmarks/README.md ("bf16").
+AGREEMENT = {"unet": (20, 0.95), "full": (4, 0.99)}  # rung: (epochs, per-image IoU floor)
 LOGIT_BAND = 0.25  # |fp32 logit - threshold logit| below which bf16 may flip a pixel
 
 

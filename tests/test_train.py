@@ -1,5 +1,6 @@
 """The training loop: schedule, a falling loss, determinism, resume, MLflow."""
 
+import copy
 import json
 import math
 
@@ -308,3 +309,33 @@ def test_zeroshot_on_a_pretrained_folder_logs_its_one_validation_row_at_step_0(t
     live = setup.metrics_dir / "zeroshot"
     assert json.loads((live / "metrics.json").read_text())["step"] == 0
     assert [p.name for p in (live / "plots" / "images" / "val_overlay").iterdir()] == ["0.png"]
+
+
+def test_adamw_kernels_foreach_is_the_for_loop_update_and_fused_the_same_formula():
+    """train.common.adamw: foreach gives bitwise the per-tensor loop's weights (PyTorch's CPU default);
+    fused the same formula rounded differently: equal to ~1e-6 after a few steps, not bitwise."""
+    import dataclasses
+
+    from promptseg.train import make_optimizer
+
+    common = tiny_train_settings("unet", TINY_RUNGS["unet"]).rung.train
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Linear(64, 3))
+    grads = [[torch.randn_like(p) for p in start.parameters()] for _ in range(5)]
+
+    def trained(adamw: str | None) -> torch.Tensor:
+        module = copy.deepcopy(start)
+        if adamw is None:  # the for-loop implementation
+            optimizer = torch.optim.AdamW(module.parameters(), lr=common.lr, weight_decay=0.01, foreach=False)
+        else:
+            optimizer = make_optimizer(module, dataclasses.replace(common, adamw=adamw, weight_decay=0.01), None)
+        for step_grads in grads:
+            for p, g in zip(module.parameters(), step_grads):
+                p.grad = g.clone()
+            optimizer.step()
+        return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    loop, foreach, fused = trained(None), trained("foreach"), trained("fused")
+    assert not torch.equal(loop, torch.cat([p.detach().flatten() for p in start.parameters()]))
+    assert torch.equal(foreach, loop)
+    assert torch.allclose(fused, loop, atol=1e-5) and not torch.equal(fused, loop)

@@ -202,6 +202,7 @@ class TrainCommonSettings:
     rot90_prob: float  # rotations by 90/180/270 degrees (promptseg.data); 0.0: none
     num_workers: int
     precision: Literal["auto", "fp32", "bf16"]  # promptseg.precision: auto = bf16 where the device runs it natively
+    adamw: Literal["foreach", "fused"]  # AdamW's kernels (promptseg.train.make_optimizer)
 
 
 @dataclass(frozen=True)

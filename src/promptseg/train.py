@@ -76,6 +76,17 @@ def training_loss(
     return sum(w * part for w, part in zip(weights, parts)) / sum(weights)
 
 
+def make_optimizer(module: nn.Module, train: TrainCommonSettings, text_lr: float | None) -> torch.optim.AdamW:
+    """AdamW over :func:`optimizer_param_groups` with ``train.adamw``'s kernels: ``foreach`` (multi-tensor
+    ops; bitwise the update of the per-tensor loop that is PyTorch's default on a CPU) or ``fused`` (one
+    pass per tensor: the U-Net's optimiser step 4.6 ms vs 18.9 on 2 cores; the same formula, rounded
+    differently, so the trained weights differ from foreach's in the last bits and then drift)."""
+    kernels = {"fused": True} if train.adamw == "fused" else {"foreach": True}
+    return torch.optim.AdamW(
+        optimizer_param_groups(module, train.lr, text_lr), weight_decay=train.weight_decay, **kernels
+    )
+
+
 def optimizer_param_groups(module: nn.Module, lr: float, text_lr: float | None = None) -> list[dict]:
     """AdamW parameter groups: every trainable parameter at ``lr``; with ``text_lr`` (a rung's
     ``train.rungs.<v>.text_lr``), the U-Net's CLIP text encoder (``text_encoder.*``) at ``text_lr``
@@ -432,9 +443,7 @@ def build_run(setup: TrainSetup) -> Run:
         train_set, batch_size=train.batch_size, sampler=sampler, collate_fn=collate, num_workers=train.num_workers
     )
     val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, collate_fn=collate)
-    optimizer = torch.optim.AdamW(
-        optimizer_param_groups(module, train.lr, rung.text_lr), weight_decay=train.weight_decay
-    )
+    optimizer = make_optimizer(module, train, rung.text_lr)
     forward, step_optimizer = TrainingForward(module), optimizer
     if accelerator is not None and rung.epochs:
         forward, step_optimizer, train_loader = accelerator.prepare(forward, optimizer, train_loader)
