@@ -77,6 +77,37 @@ def test_export_writes_the_graph_its_metadata_and_the_tokenizer(model_dir):
     }
 
 
+def test_the_export_adds_a_constant_position_table_instead_of_resizing_it_on_every_call(model_dir, tmp_path):
+    """Under tracing transformers always interpolates CLIPSeg's position embeddings (a bicubic Resize on
+    every call: a third of the small model's batch-1 time); the export's side is fixed, so the graph holds
+    the table eager PyTorch adds at that side (the tiny model's config says 224 px, the export is 64)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from promptseg.onnx_engine import export_onnx, logits_module
+
+    graph = onnx.load(str(model_dir / "onnx" / "model.onnx"), load_external_data=False).graph
+    assert "Resize" not in {node.op_type for node in graph.node}
+
+    from transformers import CLIPSegForImageSegmentation
+
+    model = CLIPSegForImageSegmentation.from_pretrained(model_dir).eval()
+    embeddings = model.clip.vision_model.embeddings
+    assert embeddings.image_size != IMAGE_SIZE  # eager interpolates at the export's side
+    path = export_onnx(logits_module(model), tmp_path / "m.onnx", image_size=IMAGE_SIZE)
+    assert "interpolate_pos_encoding" not in vars(embeddings)  # the class's method again after the export
+    pixels = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    ids, mask = torch.ones(3, 5, dtype=torch.long), torch.ones(3, 5, dtype=torch.long)
+    with torch.no_grad():
+        eager = logits_module(model)(pixels, ids, mask).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = session.run(
+        None, {"pixel_values": pixels.numpy(), "input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    )
+    assert np.abs(exported[0] - eager).max() < 1e-4
+
+
 @pytest.mark.parametrize("per_image", [False, True])
 def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_image):
     import torch

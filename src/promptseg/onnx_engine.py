@@ -25,6 +25,7 @@ through ``promptseg.inference.load_trained_model``); ``load_export_source`` pick
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -206,7 +207,7 @@ def export_onnx(
     was_training = getattr(module, "training", False)
     module.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _position_embeddings_as_constants(module, int(image_size)):
             # The tracer notes Python values it freezes (the image side, the padding checks): intended, since
             # the image side is fixed and the token length stays dynamic (checked by _check_export).
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -230,6 +231,37 @@ def export_onnx(
     finally:
         module.train(was_training)
     return path
+
+
+@contextlib.contextmanager
+def _position_embeddings_as_constants(module, image_size: int):
+    """While exporting: every vision embedding of ``module`` that interpolates its position embeddings
+    (CLIPSeg's ``interpolate_pos_encoding``) returns, instead, the table eager PyTorch computes for the
+    export's image side, computed once here.
+
+    Under tracing, transformers always interpolates ("to ensure the exported model works for dynamic input
+    shapes"), so the graph ran a bicubic Resize of the position grid on every call: 32% of the small
+    model's batch-1 time in onnxruntime. The export's image side is fixed (``OnnxSegmenter`` resizes every
+    photo to it), so the table is a constant: the same values eager PyTorch adds (the stored table itself
+    where the side is the config's; its torch bicubic interpolation otherwise).
+    """
+    import torch
+
+    patched = []
+    for embeddings in module.modules():
+        if not (hasattr(embeddings, "interpolate_pos_encoding") and hasattr(embeddings, "position_embedding")):
+            continue
+        patches = (image_size // embeddings.patch_size) ** 2
+        probe = torch.zeros(1, patches + 1, embeddings.embed_dim)
+        with torch.no_grad():
+            table = embeddings.interpolate_pos_encoding(probe, image_size, image_size).detach().clone()
+        embeddings.interpolate_pos_encoding = lambda _embeddings, _height, _width, table=table: table
+        patched.append(embeddings)
+    try:
+        yield
+    finally:
+        for embeddings in patched:
+            del embeddings.interpolate_pos_encoding  # the class's method again
 
 
 def export_model_dir(
