@@ -18,6 +18,7 @@ table and the load average before and after (the machine is shared).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -45,7 +46,7 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
     from promptseg.params import load_params
     from promptseg.precision import autocast
     from promptseg.settings import train_settings
-    from promptseg.train import TrainSetup, build_datasets, load_base_model
+    from promptseg.train import TrainSetup, build_datasets, load_base_model, make_optimizer
 
     params = load_params()
     if rd64:
@@ -72,7 +73,7 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
         base.channels_last = layout != "contiguous"
         if layout == "channels_last+weights":
             module = module.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    optimizer = make_optimizer(module, settings.rung.train, settings.rung.text_lr)  # training's AdamW
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     train_set = build_datasets(setup, processor, "train", training=True)
     batch_size = settings.rung.train.batch_size
@@ -130,8 +131,9 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
 def interleaved(rung: str, steps: int) -> dict:
     """fp32, bf16 and bf16 + channels_last steps of ONE model, in interleaved rounds (a shared machine's load
     drifts: each round times every setting once), model only and with the DataLoader; medians per setting.
-    AdamW runs with training's kernels (``train.common.adamw: fused``); more rows time the ``foreach`` kernels
-    and the per-tensor for-loop that is PyTorch's default on a CPU (training's AdamW until stop 26)."""
+    AdamW is training's (``promptseg.train.make_optimizer``: ``train.common.adamw``, fused by default); more
+    rows time it with the ``foreach`` kernels and the per-tensor for-loop that is PyTorch's default on a CPU
+    (training's AdamW until stop 26)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -141,7 +143,13 @@ def interleaved(rung: str, steps: int) -> dict:
     from promptseg.params import load_params
     from promptseg.precision import autocast
     from promptseg.settings import train_settings
-    from promptseg.train import TrainSetup, build_datasets, load_base_model
+    from promptseg.train import (
+        TrainSetup,
+        build_datasets,
+        load_base_model,
+        make_optimizer,
+        optimizer_param_groups,
+    )
 
     settings_ = train_settings(load_params(), rung)
     setup = TrainSetup(
@@ -154,11 +162,13 @@ def interleaved(rung: str, steps: int) -> dict:
     torch.manual_seed(0)
     base, processor = load_base_model(settings_.model, setup.image_size, 0, setup.architecture)
     module = apply_method(base, settings_.rung.method, settings_.rung.lora).train()
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizers = {  # training's AdamW (fused), the foreach kernels, and the for-loop implementation
-        "foreach": torch.optim.AdamW(trainable, lr=1e-4, foreach=True),
-        "for-loop": torch.optim.AdamW(trainable, lr=1e-4, foreach=False),
-        "fused": torch.optim.AdamW(trainable, lr=1e-4, fused=True),
+    train, text_lr = settings_.rung.train, settings_.rung.text_lr
+    optimizers = {  # training's AdamW, the same with the foreach kernels, and the for-loop implementation
+        "training": make_optimizer(module, train, text_lr),
+        "foreach": make_optimizer(module, dataclasses.replace(train, adamw="foreach"), text_lr),
+        "for-loop": torch.optim.AdamW(
+            optimizer_param_groups(module, train.lr, text_lr), weight_decay=train.weight_decay, foreach=False
+        ),
     }
     train_set = build_datasets(setup, processor, "train", training=True)
     loader = DataLoader(
@@ -171,15 +181,15 @@ def interleaved(rung: str, steps: int) -> dict:
     for _ in loader:  # warm the resize cache, as every epoch after the first
         pass
     settings = {  # name: (precision, channels_last, AdamW kernels)
-        "fp32": ("fp32", True, "fused"),
-        "bf16 contiguous": ("bf16", False, "fused"),
-        "bf16 channels_last (training)": ("bf16", True, "fused"),
+        "fp32": ("fp32", True, "training"),
+        "bf16 contiguous": ("bf16", False, "training"),
+        "bf16 channels_last (training)": ("bf16", True, "training"),
         "fp32, for-loop AdamW (training's step until stop 26)": ("fp32", True, "for-loop"),
         "fp32, foreach AdamW": ("fp32", True, "foreach"),
         "bf16 channels_last, foreach AdamW": ("bf16", True, "foreach"),
     }
     if not hasattr(base, "channels_last"):
-        settings = {"fp32": ("fp32", True, "fused"), "bf16 (training)": ("bf16", True, "fused")}
+        settings = {"fp32": ("fp32", True, "training"), "bf16 (training)": ("bf16", True, "training")}
 
     def step(batch, precision, channels_last, adamw):
         optimizer = optimizers[adamw]
