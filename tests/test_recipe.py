@@ -33,20 +33,28 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mid_threshold(model_dir, processed_root):
     """A threshold inside the untrained model's probabilities on the test images, so masks are neither empty
-    nor full and a one-pixel difference between two recipes shows."""
+    nor full and a one-pixel difference between two recipes shows (tiled: its own probabilities)."""
     from promptseg.evaluate import load_split
     from promptseg.inference import load_trained_model, predict_probabilities
+    from promptseg.tiling import predict_probabilities_tiled
 
-    data = load_split(processed_root, "cracks", "test")
-    probs = predict_probabilities(load_trained_model(model_dir), data.images, [PROMPT] * len(data.images))
-    return float(np.round(np.median(np.concatenate([p.ravel() for p in probs])), 4))
+    data, trained = load_split(processed_root, "cracks", "test"), load_trained_model(model_dir)
+    prompts = [PROMPT] * len(data.images)
+    probs = {
+        "single pass": predict_probabilities(trained, data.images, prompts),
+        "tiled": predict_probabilities_tiled(trained, data.images, prompts, upscale=TILE_UPSCALE, hflip_tta=True),
+    }
+    return {k: float(np.round(np.median(np.concatenate([p.ravel() for p in v])), 4)) for k, v in probs.items()}
 
 
+TILE_UPSCALE = 1.5  # 128 px test photos at 192 px: 4 x 4 tiles of the model's 64 px
 RECIPES = {
     "default": {},
     "kernel5": {"kernel_size": 5},
     "no_morphology": {"morphology": False},
     "hflip_tta": {"hflip_tta": True},
+    # tiles of the export's size; no opening: the untrained model's tiles at the photo's scale are pixel noise
+    "tiled_hflip": {"tiled": {"cracks": True}, "tile_upscale": TILE_UPSCALE, "hflip_tta": True, "morphology": False},
 }
 
 
@@ -54,6 +62,7 @@ RECIPES = {
 def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_root, mid_threshold, tmp_path, capsys):
     from promptseg.inference import load_trained_model
 
+    mid_threshold = mid_threshold["tiled" if "tiled" in RECIPES[name] else "single pass"]
     cfg = tiny_eval_config(thresholds=[mid_threshold], **RECIPES[name])
     results, _ = evaluate_rung(
         load_trained_model(model_dir), processed_root, {"cracks": PROMPTS["cracks"]}, cfg, tmp_path / "predictions"
@@ -63,6 +72,7 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
     recipe = results["cracks"]["recipe"]
     assert recipe["threshold"] == mid_threshold and recipe["kernel"] == cfg.kernel_size
     assert recipe["morphology"] == cfg.morphology and recipe["hflip_tta"] == cfg.hflip_tta
+    assert recipe["tiled"] == cfg.tiled.get("cracks", False) and recipe["tile_upscale"] == cfg.tile_upscale
 
     evaluated = sorted((tmp_path / "predictions" / "cracks" / "test").glob(f"*__{prompt_slug(PROMPT)}.png"))
     assert len(evaluated) >= 3
@@ -143,14 +153,12 @@ def test_recipe_fallbacks_say_why(tmp_path):
     assert same == recipe and said == []
 
 
-@pytest.mark.parametrize(
-    "field,said",
-    [("tiled", "tiled inference, which runs on the torch engine"), ("native_resolution", "at its own size")],
-)
-def test_a_torch_only_recipe_on_the_onnx_engine_is_a_clear_usage_error(
-    field, said, model_dir, processed_root, tmp_path, capsys
+def test_a_native_resolution_recipe_on_the_onnx_engine_is_a_clear_usage_error(
+    model_dir, processed_root, tmp_path, capsys
 ):
-    """The ONNX export is traced at one size and has no tiling: it refuses a recipe it would not follow."""
+    """The ONNX export is traced at one size: it refuses a whole-photo-at-its-own-size recipe it would not
+    follow (a tiled one runs: its tiles are the export's size, test_predict_writes_the_masks_evaluation_wrote)."""
+    field, said = "native_resolution", "at its own size"
     eval_json = tmp_path / "tiny.json"
     eval_json.write_text(
         json.dumps({"cracks": {"threshold": 0.4, "recipe": Recipe(threshold=0.4, **{field: True}).to_dict()}})

@@ -394,7 +394,7 @@ class _MaskWriter:
             masks = predict_masks_with_recipe(
                 self.engine, [im for _, _, im in self.batch], args.run_prompt, args.recipe, threshold=self.threshold
             )
-        except ValueError as exc:  # e.g. a tiled recipe on the ONNX engine
+        except ValueError as exc:  # e.g. a native-resolution recipe on the ONNX engine
             _err(str(exc))
             raise _PredictAbort() from None
         for (path, stem, image), mask in zip(self.batch, masks):

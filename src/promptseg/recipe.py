@@ -200,20 +200,21 @@ def recipe_prompts(recipe: Recipe, card: dict, prompt: str, dataset: str | None)
 
 def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, recipe: Recipe) -> list[np.ndarray]:
     """Probabilities for ``images`` with ``prompt`` (a string or an ensemble list) the way ``recipe`` says,
-    on a torch ``TrainedModel`` or an ``OnnxSegmenter``: single pass or tiled, flip TTA or not."""
+    on a torch ``TrainedModel`` or an ``OnnxSegmenter``: single pass or tiled (both engines), at each photo's
+    own size (torch only: the export is traced at one size), flip TTA or not."""
+    from promptseg.tiling import predict_probabilities_tiled
+
     prompts = [prompt] * len(images)
+    tiled = {"upscale": recipe.tile_upscale, "overlap": recipe.tile_overlap, "batch_size": recipe.batch_size}
     if hasattr(engine, "session"):  # OnnxSegmenter
-        if recipe.tiled:
-            raise ValueError(
-                "this recipe uses tiled inference, which runs on the torch engine: use --engine torch, "
-                "or --no-tiled to run the ONNX engine single-pass (not the recipe evaluation scored)"
-            )
         if recipe.native_resolution:  # the export is traced at one input size
             raise ValueError(
                 "this recipe runs the U-Net on each photo at its own size, which runs on the torch engine: use "
                 "--engine torch, or --no-native-resolution to run the ONNX engine at the export's size (not the "
                 "recipe evaluation scored)"
             )
+        if recipe.tiled:  # tiles of the export's size: the session runs on each batch of tiles
+            return predict_probabilities_tiled(engine, images, prompts, hflip_tta=recipe.hflip_tta, **tiled)
         return engine.predict_probabilities(images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
     trained = getattr(engine, "trained", engine)
     trained.precision = recipe.precision  # infer.precision as evaluated, or --precision
@@ -224,17 +225,7 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
             trained, images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta
         )
     if recipe.tiled:
-        from promptseg.tiling import predict_probabilities_tiled
-
-        return predict_probabilities_tiled(
-            trained,
-            images,
-            prompts,
-            upscale=recipe.tile_upscale,
-            overlap=recipe.tile_overlap,
-            batch_size=recipe.batch_size,
-            hflip_tta=recipe.hflip_tta,
-        )
+        return predict_probabilities_tiled(trained, images, prompts, hflip_tta=recipe.hflip_tta, **tiled)
     from promptseg.inference import predict_probabilities
 
     return predict_probabilities(trained, images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)

@@ -166,7 +166,7 @@ def tiled_logits(
 
 @torch.no_grad()
 def predict_probabilities_tiled(
-    trained,
+    engine,
     images: list[np.ndarray],
     prompts: list,
     *,
@@ -176,12 +176,13 @@ def predict_probabilities_tiled(
     window: str = "hann",
     hflip_tta: bool = False,
 ) -> list[np.ndarray]:
-    """Tiled counterpart of :func:`promptseg.inference.predict_probabilities` (same contract).
+    """Tiled counterpart of :func:`promptseg.inference.predict_probabilities` (same contract), on a torch
+    ``TrainedModel`` or an ``OnnxSegmenter`` (``promptseg.onnx_engine``: its tiles are its export's size).
 
     ``images[i]`` is an ``(H, W, 3)`` uint8 RGB array paired with ``prompts[i]``. Per image:
     bilinear (PIL) resize to ``(round(H * upscale), round(W * upscale))`` -> :func:`promptseg.data.normalize`
-    with ``trained.mean/std/per_image`` over the whole resized image -> :func:`tiled_logits` with
-    ``tile = trained.image_size`` and the prompt's tokens repeated for each tile batch -> bilinear
+    with the engine's mean/std/per_image over the whole resized image -> :func:`tiled_logits` with
+    ``tile = engine.image_size`` and the prompt repeated for each tile batch -> bilinear
     upsample of the blended logits to ``(H, W)`` -> sigmoid. Returns float32 ``(H, W)`` arrays in [0, 1].
     ``batch_size`` counts tiles (of one image), not images.
 
@@ -198,38 +199,57 @@ def predict_probabilities_tiled(
     prompt_sets = [[p] if isinstance(p, str) else list(p) for p in prompts]
     if any(not ps for ps in prompt_sets):
         raise ValueError("an empty prompt list was given for an image: pass at least one prompt.")
-    tokens_of = _prompt_tokens(trained)
+    onnx = hasattr(engine, "session")  # an OnnxSegmenter: NumPy in, NumPy out, on the CPU
+    tile_logits = _onnx_tile_logits(engine) if onnx else _torch_tile_logits(engine)
+    device = "cpu" if onnx else engine.device
     out: list[np.ndarray] = []
     for image, prompt_set in zip(images, prompt_sets):
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"images must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
-        x = _resized_input(trained, image, upscale)
-        logits_fn = _tile_logits_fn(trained, tokens_of, prompt_set, hflip_tta)
+        x = _resized_input(engine, image, upscale).to(device)
+        logits_fn = _tile_logits_fn(tile_logits, prompt_set, hflip_tta)
         blended = tiled_logits(
-            logits_fn, x, tile=trained.image_size, overlap=overlap, batch_size=batch_size, window=window
+            logits_fn, x, tile=engine.image_size, overlap=overlap, batch_size=batch_size, window=window
         )
         out.append(torch.sigmoid(upsample_logits(blended, (height, width))).numpy().astype(np.float32, copy=False))
     return out
 
 
-def _prompt_tokens(trained):
-    """``tokens_of(prompt)``: (input ids, attention mask) on the model's device, tokenised once per prompt."""
+def _torch_tile_logits(trained):
+    """``tile_logits(view, rows, prompts, flipped)`` of a torch ``TrainedModel``: one image's tiles share a
+    prompt, tokenised once per prompt; ``infer.precision`` as the single-pass path."""
+    from promptseg.model import segmentation_logits
+    from promptseg.precision import model_autocast
+
     device = trained.device
     tokens_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def tokens_of(prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
+        prompt = prompts[0]  # every tile of this image has the same prompt
         if prompt not in tokens_cache:
             tokens = trained.processor.tokenizer([prompt], padding=True, return_tensors="pt")
             tokens_cache[prompt] = (tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-        return tokens_cache[prompt]
+        ids, mask = tokens_cache[prompt]
+        n = len(rows)
+        with model_autocast(trained):  # infer.precision (promptseg.precision)
+            return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
 
-    return tokens_of
+    return tile_logits
 
 
-def _resized_input(trained, image: np.ndarray, upscale: float) -> torch.Tensor:
-    """The image resized by ``upscale`` (PIL bilinear) and normalised as the model expects, on its device."""
+def _onnx_tile_logits(segmenter):
+    """``tile_logits(view, rows, prompts, flipped)`` of an ``OnnxSegmenter``: the session on the tiles."""
+
+    def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
+        return torch.from_numpy(segmenter.logits(view[rows].numpy(), prompts))
+
+    return tile_logits
+
+
+def _resized_input(engine, image: np.ndarray, upscale: float) -> torch.Tensor:
+    """The image resized by ``upscale`` (PIL bilinear) and normalised as the engine's model expects (CPU)."""
     from PIL import Image
 
     from promptseg.data import normalize
@@ -241,21 +261,13 @@ def _resized_input(trained, image: np.ndarray, upscale: float) -> torch.Tensor:
         if size == (height, width)
         else np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
     )
-    return normalize(np.ascontiguousarray(resized), trained.mean, trained.std, trained.per_image).to(trained.device)
+    return normalize(np.ascontiguousarray(resized), engine.mean, engine.std, engine.per_image)
 
 
-def _tile_logits_fn(trained, tokens_of, prompt_set: list[str], hflip_tta: bool):
-    """``logits_fn(batch of tiles)`` for :func:`tiled_logits`: the model's logits for one image's prompt set,
+def _tile_logits_fn(tile_logits, prompt_set: list[str], hflip_tta: bool):
+    """``logits_fn(batch of tiles)`` for :func:`tiled_logits`: ``tile_logits`` for one image's prompt set,
     averaged over the prompts (and the horizontal mirror with ``hflip_tta``)."""
     from promptseg.inference import average_prompts_and_flips
-    from promptseg.model import segmentation_logits
-    from promptseg.precision import model_autocast
-
-    def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
-        ids, mask = tokens_of(prompts[0])  # every tile of this image has the same prompt
-        n = len(rows)
-        with model_autocast(trained):  # infer.precision (promptseg.precision)
-            return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
 
     def logits_fn(batch: torch.Tensor) -> torch.Tensor:
         return average_prompts_and_flips(
