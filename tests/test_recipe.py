@@ -1,6 +1,7 @@
 """One inference recipe: `promptseg predict` writes the masks evaluation wrote, for several recipes and both engines."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from promptseg.recipe import Recipe, load_recipe, override
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
 PROMPT = PROMPTS["cracks"][1]
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 @pytest.fixture(scope="module")
@@ -153,34 +155,97 @@ def test_recipe_fallbacks_say_why(tmp_path):
     assert same == recipe and said == []
 
 
-def test_a_native_resolution_recipe_on_the_onnx_engine_is_a_clear_usage_error(
-    model_dir, processed_root, tmp_path, capsys
-):
-    """The ONNX export is traced at one size: it refuses a whole-photo-at-its-own-size recipe it would not
-    follow (a tiled one runs: its tiles are the export's size, test_predict_writes_the_masks_evaluation_wrote)."""
-    field, said = "native_resolution", "at its own size"
-    eval_json = tmp_path / "tiny.json"
-    eval_json.write_text(
-        json.dumps({"cracks": {"threshold": 0.4, "recipe": Recipe(threshold=0.4, **{field: True}).to_dict()}})
-    )
-    rc = main(
+@pytest.fixture(scope="module")
+def unet_dir(tmp_path_factory):
+    """An untrained tiny U-Net saved like models/unet (config, weights, processor, promptseg.json) and its ONNX
+    export in <model>/onnx."""
+    import torch
+
+    from promptseg.model import build_clip_tokenizer, make_processor
+    from promptseg.onnx_engine import export_model_dir
+    from promptseg.unet import TextConditionedUNet, UNetConfig
+
+    from conftest import TINY_UNET
+
+    d = tmp_path_factory.mktemp("unet") / "unet"
+    torch.manual_seed(0)
+    TextConditionedUNet(UNetConfig.from_params({**TINY_UNET, "image_size": 64})).save_pretrained(d)
+    make_processor(build_clip_tokenizer(), 64, MEAN, STD).save_pretrained(d)
+    (d / "promptseg.json").write_text(json.dumps({"rung": "unet", "architecture": "unet", "prompts": PROMPTS}))
+    export_model_dir(d)
+    return d
+
+
+def _predict(model, images, out, eval_json, engine):
+    return main(
         [
             "predict",
             "--model",
-            str(model_dir),
+            str(model),
             "--prompt",
             PROMPT,
-            str(processed_root / "cracks" / "test" / "images"),
+            str(images),
             "--out",
-            str(tmp_path / "o"),
+            str(out),
             "--eval-metrics",
             str(eval_json),
             "--engine",
-            "onnx",
+            engine,
             "--quiet",
         ]
     )
-    assert rc == 2 and said in capsys.readouterr().err
+
+
+def test_a_native_resolution_recipe_is_refused_on_a_unet_export_and_resized_on_a_clipseg_one(
+    unet_dir, model_dir, processed_root, tmp_path, capsys
+):
+    """A U-Net's ONNX export is traced at one size: it refuses a whole-photo-at-its-own-size recipe it would not
+    follow. A CLIPSeg resizes on the torch engine too (evaluation did), so its export runs the recipe, with the
+    torch engine's masks. (A tiled recipe runs on both: test_predict_writes_the_masks_evaluation_wrote.)"""
+    images = processed_root / "cracks" / "test" / "images"
+    eval_json = tmp_path / "native.json"
+    recipe = Recipe(threshold=0.5, morphology=False, native_resolution=True)
+    eval_json.write_text(json.dumps({"cracks": {"threshold": 0.5, "recipe": recipe.to_dict()}}))
+
+    assert _predict(unet_dir, images, tmp_path / "unet_onnx", eval_json, "onnx") == 2
+    assert "at its own size" in capsys.readouterr().err
+    assert _predict(unet_dir, images, tmp_path / "unet_torch", eval_json, "torch") == 0
+
+    for engine in ("onnx", "torch"):
+        assert _predict(model_dir, images, tmp_path / f"clipseg_{engine}", eval_json, engine) == 0
+    written = sorted((tmp_path / "clipseg_torch").glob("*.png"))
+    assert len(written) >= 3
+    for path in written:
+        theirs = cv2.imread(str(tmp_path / "clipseg_onnx" / path.name), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), theirs), path.name
+
+
+def test_the_app_on_engine_auto_runs_a_unet_native_recipe_on_torch(unet_dir, processed_root, tmp_path):
+    """`promptseg app` (engine auto) picks the ONNX export, and switches to PyTorch for a recipe the export cannot
+    run: the page gets the torch engine's mask and says why, instead of an error."""
+    from promptseg.app import load_app_model, segment
+    from promptseg.evaluate import load_split
+    from promptseg.inference import load_trained_model
+    from promptseg.recipe import predict_masks_with_recipe
+
+    image = load_split(processed_root, "cracks", "test").images[0]
+    path = tmp_path / "wall.png"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    recipe = Recipe(threshold=0.5, morphology=False, native_resolution=True)
+    eval_json = tmp_path / "native.json"
+    eval_json.write_text(json.dumps({"cracks": {"threshold": 0.5, "recipe": recipe.to_dict()}}))
+
+    app = load_app_model(unet_dir, engine="auto", eval_path=eval_json, images=tmp_path, threads=2)
+    assert app.engine_name == "onnx"
+    shown = segment(app, str(path), PROMPT, 0.5, 0.5, None, tmp_path / "out")
+    assert "error" not in shown, shown.get("error")
+    assert "engine torch (the recipe runs the photo at its own size" in shown["summary"]
+    expected = predict_masks_with_recipe(load_trained_model(unet_dir), [image], PROMPT, recipe)[0]
+    assert np.array_equal(shown["mask"], expected)
+    assert json.loads(Path(shown["json_path"]).read_text())["engine"] == "torch"
+
+    strict = load_app_model(unet_dir, engine="onnx", eval_path=eval_json, images=tmp_path, threads=2)
+    assert "at its own size" in segment(strict, str(path), PROMPT, 0.5, 0.5, None, tmp_path / "o2")["error"]
 
 
 def test_export_carries_the_recipe_for_the_onnx_engine(model_dir, processed_root, tmp_path, capsys):

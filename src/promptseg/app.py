@@ -34,6 +34,20 @@ class AppModel:
     eval_path: Path
     model_dir: Path
     test_images: list[Path]
+    torch_fallback: bool = False  # engine auto chose ONNX: a recipe only torch runs switches to torch (engine_for)
+    _torch_engine: object = None
+
+    def engine_for(self, recipe) -> tuple[object, str]:
+        """(engine, name) that runs ``recipe``: the chosen one, or, with ``torch_fallback``, PyTorch (loaded once)
+        for a U-Net recipe at each photo's own size, which the ONNX export (traced at one size) cannot run."""
+        onnx_cannot = getattr(self.engine, "model_type", "clipseg") != "clipseg" and recipe.native_resolution
+        if not (self.torch_fallback and onnx_cannot):
+            return self.engine, self.engine_name
+        if self._torch_engine is None:
+            from promptseg.inference import load_trained_model
+
+            self._torch_engine = load_trained_model(self.model_dir)
+        return self._torch_engine, "torch"
 
     @property
     def presets(self) -> list[str]:
@@ -87,7 +101,7 @@ def load_app_model(
     eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen)
     folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return AppModel(chosen, name, card, rung, eval_path, model_dir, test_images)
+    return AppModel(chosen, name, card, rung, eval_path, model_dir, test_images, torch_fallback=engine == "auto")
 
 
 def recipe_for(app: AppModel, prompt: str):
@@ -129,8 +143,9 @@ def segment(
     recipe, dataset, why = recipe_for(app, prompt)
     recipe, changed = override(recipe, threshold=float(threshold))
     run_prompt, t = recipe_prompts(recipe, app.card, prompt, dataset)
+    engine, engine_name = app.engine_for(recipe)
     try:
-        mask = predict_masks_with_recipe(app.engine, [rgb], run_prompt, recipe, threshold=t)[0]
+        mask = predict_masks_with_recipe(engine, [rgb], run_prompt, recipe, threshold=t)[0]
     except ValueError as exc:
         return {"error": str(exc)}
     predicted = time.perf_counter()
@@ -139,13 +154,16 @@ def segment(
     result = measure_mask(mask, kind=kind, mm_per_px=scale)
     measured = time.perf_counter()
     seconds = time.perf_counter() - started
-    mask_path, json_path = _write_request_files(out_dir, image_path, prompt, mask, recipe, app.engine_name, result)
+    mask_path, json_path = _write_request_files(out_dir, image_path, prompt, mask, recipe, engine_name, result)
     overlay = draw_measurements(rgb, mask, result, alpha=float(opacity))
     unit = "mm" if scale else "px"
     lines = _summary_lines(result, kind, unit)
     lines.append(why + (f" (slider: threshold {float(threshold):g})" if changed else ""))
     lines.extend(f"note: {n}" for n in result["notes"])
-    lines.append(f"engine {app.engine_name}, {seconds * 1000:.0f} ms")
+    fell_back = (
+        " (the recipe runs the photo at its own size, which the ONNX export cannot)" if engine is not app.engine else ""
+    )
+    lines.append(f"engine {engine_name}{fell_back}, {seconds * 1000:.0f} ms")
     return {
         "overlay": overlay,
         "mask": mask,

@@ -476,6 +476,7 @@ class OnnxSegmenter:
             ) from None
         self.per_image = bool(self.meta.get("per_image_standardization", False))
         self.card = dict(self.meta.get("card") or {})
+        self.model_type = str(self.meta.get("model_type", "unknown"))  # clipseg | unet (MODEL_CONFIG_FILES)
         self.threads = int(threads) if threads else default_threads()
         self.tokenizer = self._load_tokenizer()
         self.session = _make_session(self.export_dir / onnx_file, threads=self.threads, optimization=optimization)

@@ -207,7 +207,8 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
     prompts = [prompt] * len(images)
     tiled = {"upscale": recipe.tile_upscale, "overlap": recipe.tile_overlap, "batch_size": recipe.batch_size}
     if hasattr(engine, "session"):  # OnnxSegmenter
-        if recipe.native_resolution:  # the export is traced at one input size
+        # the export is traced at one input size; a CLIPSeg resizes on the torch engine too (as evaluation did)
+        if recipe.native_resolution and engine.model_type != "clipseg":
             raise ValueError(
                 "this recipe runs the U-Net on each photo at its own size, which runs on the torch engine: use "
                 "--engine torch, or --no-native-resolution to run the ONNX engine at the export's size (not the "
