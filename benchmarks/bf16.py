@@ -45,12 +45,13 @@ def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
     from promptseg.model import apply_method, load_base_model, segmentation_logits
     from promptseg.precision import autocast
     from promptseg.settings import train_settings
+    from promptseg.train import make_optimizer
 
     settings = train_settings(params, rung).rung  # typed, with the rung's overrides of train.common
     size, batch = settings.train.image_size, settings.train.batch_size
     base, processor = load_base_model(train_settings(params, rung).model, size, 0, settings.architecture)
     module = apply_method(base, settings.method, settings.lora).train()
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = make_optimizer(module, settings.train, settings.text_lr)  # training's AdamW (train.common.adamw)
     pixels, targets = torch.randn(batch, 3, size, size), (torch.rand(batch, size, size) > 0.9).float()
     tokens = processor.tokenizer(
         ["segment crack", "segment joint tape"] * (batch // 2), padding=True, return_tensors="pt"
