@@ -54,6 +54,7 @@ TINY_COMMON = {
     "box_projection": {"outside_weight": 1.0, "pairwise_weight": 0.0},
     "hflip_prob": 0.5,
     "rot90_prob": 0.0,
+    "color_jitter": 0.0,
     "adamw": "fused",
     "num_workers": 0,
     "precision": "fp32",

@@ -1,6 +1,7 @@
 """The training Dataset: prompt sampling, negative prompts, flips, and reproducibility per epoch."""
 
 import numpy as np
+import pytest
 import torch
 
 from promptseg.data import EpochShuffleSampler, PromptedSegmentation, list_split, normalize
@@ -82,6 +83,42 @@ def test_rotation_turns_image_and_mask_together_and_leaves_other_draws_alone(pro
             assert torch.equal(y1, torch.rot90(y0, turns[0], dims=(0, 1)))
             seen.add(turns[0])
     assert seen == {1, 2, 3}
+
+
+def test_jitter_colors_scales_brightness_contrast_and_saturation_as_defined():
+    from promptseg.data import jitter_colors
+
+    rgb = np.array([[[100, 50, 20], [200, 180, 160]]], dtype=np.uint8)
+    assert np.array_equal(jitter_colors(rgb, 1.0, 1.0, 1.0), rgb)
+    assert jitter_colors(rgb, 1.5, 1.0, 1.0).tolist() == [[[150, 75, 30], [255, 255, 240]]]  # scaled, clipped
+    luma = rgb.astype(np.float64) @ [0.299, 0.587, 0.114]
+    assert np.allclose(luma, [61.53, 183.70])  # mean gray 122.615
+    assert jitter_colors(rgb, 1.0, 0.0, 1.0).tolist() == [[[123] * 3, [123] * 3]]  # all at the mean gray
+    assert jitter_colors(rgb, 1.0, 1.0, 0.0).tolist() == [[[62] * 3, [184] * 3]]  # each pixel its own gray
+    # saturation 2: each channel twice as far from its pixel's gray (100 -> 2 * 100 - 61.53 = 138.47)
+    assert jitter_colors(rgb, 1.0, 1.0, 2.0).tolist() == [[[138, 38, 0], [216, 176, 136]]]
+
+
+def test_color_jitter_changes_the_photo_only_and_leaves_other_draws_alone(processed_root):
+    """color_jitter 0.3: every sample's image differs from its unjittered self in light only (same mask,
+    prompt, flip), reproducibly; 0.0 is the plain dataset, byte for byte."""
+    kwargs = {"hflip_prob": 0.5, "negative_prompts": PROMPTS["drywall"], "negative_prompt_prob": 0.3}
+    plain, zero = make(processed_root, **kwargs), make(processed_root, color_jitter=0.0, **kwargs)
+    jittered, again = (make(processed_root, color_jitter=0.3, **kwargs) for _ in range(2))
+    for epoch in range(2):
+        for d in (plain, zero, jittered, again):
+            d.set_epoch(epoch)
+        for i in range(len(plain)):
+            x0, y0, p0, _ = plain[i]
+            xz, _, _, _ = zero[i]
+            x1, y1, p1, _ = jittered[i]
+            assert torch.equal(xz, x0) and p1 == p0 and torch.equal(y1, y0)
+            assert not torch.equal(x1, x0) and torch.equal(x1, again[i][0])
+            # the same picture: the jitter is monotone in each channel, so the pixel order barely changes
+            r0, r1 = x0[0].flatten().argsort().argsort().float(), x1[0].flatten().argsort().argsort().float()
+            assert torch.corrcoef(torch.stack([r0, r1]))[0, 1] > 0.9
+    with pytest.raises(ValueError, match="color_jitter"):
+        make(processed_root, color_jitter=1.0)
 
 
 def test_per_image_standardisation_gives_zero_mean_unit_std():

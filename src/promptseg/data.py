@@ -138,6 +138,19 @@ class ByteBudgetCache:
         return value
 
 
+def jitter_colors(rgb: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """(H, W, 3) uint8 RGB with its brightness, contrast and saturation scaled by these factors (1.0: unchanged),
+    in that order, as torchvision's ``adjust_*`` define them: brightness scales every value; contrast blends
+    with the mean gray level (ITU-R 601-2 luma); saturation blends with the pixel's own gray. Rounded, clipped."""
+    luma = np.float32([0.299, 0.587, 0.114])
+    x = np.clip(np.asarray(rgb, dtype=np.float32) * np.float32(brightness), 0, 255)
+    mean_gray = np.float32((x @ luma).mean())
+    x = np.clip((x - mean_gray) * np.float32(contrast) + mean_gray, 0, 255)
+    gray = (x @ luma)[..., None]
+    x = (x - gray) * np.float32(saturation) + gray
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 class PromptedSegmentation(Dataset):
     """One dataset split: each item is (pixel_values, target, prompt, dataset name).
 
@@ -151,6 +164,10 @@ class PromptedSegmentation(Dataset):
     - ``rot90_prob``: a rotation of image and mask together by 90, 180 or 270 degrees (drawn by
       ``(seed, epoch, index)`` from its own stream, so 0.0 leaves every other draw as it was). With the
       flip it covers all eight symmetries of the square: cracks and joints run any way in a photo.
+    - ``color_jitter`` (strength ``s``): the photo's brightness, contrast and saturation each scaled by a
+      factor drawn uniformly from ``[1 - s, 1 + s]`` (:func:`jitter_colors`; the mask is untouched), drawn by
+      ``(seed, epoch, index)`` from its own stream, so 0.0 leaves every other draw as it was. Real photos
+      vary in light and white balance more than a few hundred of them show.
     Every image and mask is decoded once, resized and cached when the dataset is built; a pair that cannot
     be used is skipped, listed in ``skipped`` and named on stderr.
     - ``crop_size``, ``crop_share`` (``train.rungs.<v>.crop``): with probability ``crop_share`` (drawn by
@@ -175,6 +192,7 @@ class PromptedSegmentation(Dataset):
         seed: int = 42,
         hflip_prob: float = 0.0,
         rot90_prob: float = 0.0,
+        color_jitter: float = 0.0,
         negative_prompts=(),
         negative_prompt_prob: float = 0.0,
         unrelated_prompts=(),
@@ -196,6 +214,9 @@ class PromptedSegmentation(Dataset):
         self.pairs, self.dataset, self.prompts = list(pairs), dataset, list(prompts)
         self.image_size, self.mean, self.std, self.seed = image_size, mean, std, seed
         self.hflip_prob, self.rot90_prob = hflip_prob, rot90_prob
+        if not 0.0 <= color_jitter < 1.0:
+            raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}")
+        self.color_jitter = float(color_jitter)
         self.negative_prompts, self.negative_prompt_prob = list(negative_prompts), negative_prompt_prob
         self.unrelated_prompts, self.unrelated_share = list(unrelated_prompts), unrelated_share
         self.per_image = per_image
@@ -315,6 +336,9 @@ class PromptedSegmentation(Dataset):
             if rot_rng.random() < self.rot90_prob:
                 turns = int(rot_rng.integers(1, 4))
                 rgb, mask = np.rot90(rgb, turns, axes=(0, 1)), np.rot90(mask, turns, axes=(0, 1))
+        if self.color_jitter:
+            factors = _rng(self.seed, self.epoch, index, 4_000).uniform(1 - self.color_jitter, 1 + self.color_jitter, 3)
+            rgb = jitter_colors(rgb, *factors)
         pixel_values = normalize(np.ascontiguousarray(rgb), self.mean, self.std, self.per_image)
         target = (
             torch.zeros(mask.shape, dtype=torch.float32)

@@ -200,6 +200,7 @@ class TrainCommonSettings:
     box_projection: BoxProjectionSettings
     hflip_prob: float
     rot90_prob: float  # rotations by 90/180/270 degrees (promptseg.data); 0.0: none
+    color_jitter: float  # brightness/contrast/saturation factors in [1 - s, 1 + s] (promptseg.data); 0.0: none
     num_workers: int
     precision: Literal["auto", "fp32", "bf16"]  # promptseg.precision: auto = bf16 where the device runs it natively
     adamw: Literal["foreach", "fused"]  # AdamW's kernels (promptseg.train.make_optimizer)

@@ -209,6 +209,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
                 seed=train.seed,
                 hflip_prob=train.hflip_prob if training else 0.0,
                 rot90_prob=train.rot90_prob if training else 0.0,
+                color_jitter=train.color_jitter if training else 0.0,
                 negative_prompts=others if training else (),
                 unrelated_prompts=unrelated if training else (),
                 unrelated_share=train.unrelated_negative_share,
