@@ -40,8 +40,9 @@ class AppModel:
     def engine_for(self, recipe) -> tuple[object, str]:
         """(engine, name) that runs ``recipe``: the chosen one, or, with ``torch_fallback``, PyTorch (loaded once)
         for a U-Net recipe at each photo's own size, which the ONNX export (traced at one size) cannot run."""
-        onnx_cannot = getattr(self.engine, "model_type", "clipseg") != "clipseg" and recipe.native_resolution
-        if not (self.torch_fallback and onnx_cannot):
+        from promptseg.recipe import onnx_cannot_run
+
+        if not (self.torch_fallback and onnx_cannot_run(self.engine, recipe)):
             return self.engine, self.engine_name
         if self._torch_engine is None:
             from promptseg.inference import load_trained_model

@@ -198,6 +198,13 @@ def recipe_prompts(recipe: Recipe, card: dict, prompt: str, dataset: str | None)
     return prompt, float(recipe.threshold)
 
 
+def onnx_cannot_run(engine, recipe: Recipe) -> bool:
+    """Whether ``engine`` is an ONNX export that cannot follow ``recipe``: a U-Net export (traced at one input
+    size) asked to run each photo at its own size. A CLIPSeg resizes on the torch engine too (as evaluation
+    did), so its export follows such a recipe; a tiled recipe runs on both engines."""
+    return hasattr(engine, "session") and recipe.native_resolution and engine.model_type != "clipseg"
+
+
 def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, recipe: Recipe) -> list[np.ndarray]:
     """Probabilities for ``images`` with ``prompt`` (a string or an ensemble list) the way ``recipe`` says,
     on a torch ``TrainedModel`` or an ``OnnxSegmenter``: single pass or tiled (both engines), at each photo's
@@ -207,8 +214,7 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
     prompts = [prompt] * len(images)
     tiled = {"upscale": recipe.tile_upscale, "overlap": recipe.tile_overlap, "batch_size": recipe.batch_size}
     if hasattr(engine, "session"):  # OnnxSegmenter
-        # the export is traced at one input size; a CLIPSeg resizes on the torch engine too (as evaluation did)
-        if recipe.native_resolution and engine.model_type != "clipseg":
+        if onnx_cannot_run(engine, recipe):
             raise ValueError(
                 "this recipe runs the U-Net on each photo at its own size, which runs on the torch engine: use "
                 "--engine torch, or --no-native-resolution to run the ONNX engine at the export's size (not the "
