@@ -14,7 +14,6 @@ from promptseg.recipe import Recipe, load_recipe, override
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
 PROMPT = PROMPTS["cracks"][1]
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +46,27 @@ def mid_threshold(model_dir, processed_root):
         "tiled": predict_probabilities_tiled(trained, data.images, prompts, upscale=TILE_UPSCALE, hflip_tta=True),
     }
     return {k: float(np.round(np.median(np.concatenate([p.ravel() for p in v])), 4)) for k, v in probs.items()}
+
+
+def _predict(model, images, out, eval_json, engine):
+    """`promptseg predict` of PROMPT on a folder with a recipe file and an engine; its exit code."""
+    return main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--prompt",
+            PROMPT,
+            str(images),
+            "--out",
+            str(out),
+            "--eval-metrics",
+            str(eval_json),
+            "--engine",
+            engine,
+            "--quiet",
+        ]
+    )
 
 
 TILE_UPSCALE = 1.5  # 128 px test photos at 192 px: 4 x 4 tiles of the model's 64 px
@@ -83,23 +103,7 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
 
     for engine in ("torch", "onnx"):
         out = tmp_path / f"out_{engine}"
-        rc = main(
-            [
-                "predict",
-                "--model",
-                str(model_dir),
-                "--prompt",
-                PROMPT,
-                str(processed_root / "cracks" / "test" / "images"),
-                "--out",
-                str(out),
-                "--eval-metrics",
-                str(eval_json),
-                "--engine",
-                engine,
-                "--quiet",
-            ]
-        )
+        rc = _predict(model_dir, processed_root / "cracks" / "test" / "images", out, eval_json, engine)
         printed = capsys.readouterr().out
         assert rc == 0
         assert (
@@ -159,41 +163,18 @@ def test_recipe_fallbacks_say_why(tmp_path):
 def unet_dir(tmp_path_factory):
     """An untrained tiny U-Net saved like models/unet (config, weights, processor, promptseg.json) and its ONNX
     export in <model>/onnx."""
-    import torch
-
-    from promptseg.model import build_clip_tokenizer, make_processor
+    from promptseg.model import build_unet_model
     from promptseg.onnx_engine import export_model_dir
-    from promptseg.unet import TextConditionedUNet, UNetConfig
 
     from conftest import TINY_UNET
 
     d = tmp_path_factory.mktemp("unet") / "unet"
-    torch.manual_seed(0)
-    TextConditionedUNet(UNetConfig.from_params({**TINY_UNET, "image_size": 64})).save_pretrained(d)
-    make_processor(build_clip_tokenizer(), 64, MEAN, STD).save_pretrained(d)
+    model, processor = build_unet_model({**TINY_MODEL, "unet": TINY_UNET}, 64, 0)
+    model.save_pretrained(d)
+    processor.save_pretrained(d)
     (d / "promptseg.json").write_text(json.dumps({"rung": "unet", "architecture": "unet", "prompts": PROMPTS}))
     export_model_dir(d)
     return d
-
-
-def _predict(model, images, out, eval_json, engine):
-    return main(
-        [
-            "predict",
-            "--model",
-            str(model),
-            "--prompt",
-            PROMPT,
-            str(images),
-            "--out",
-            str(out),
-            "--eval-metrics",
-            str(eval_json),
-            "--engine",
-            engine,
-            "--quiet",
-        ]
-    )
 
 
 def test_a_native_resolution_recipe_is_refused_on_a_unet_export_and_resized_on_a_clipseg_one(
@@ -259,23 +240,7 @@ def test_export_carries_the_recipe_for_the_onnx_engine(model_dir, processed_root
     shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("onnx"))
     assert main(["export", "--model", str(copy), "--eval-metrics", str(eval_json), "--no-check"]) == 0
     assert "recipe: copied from" in capsys.readouterr().out
-    rc = main(
-        [
-            "predict",
-            "--model",
-            str(copy),
-            "--prompt",
-            PROMPT,
-            str(processed_root / "cracks" / "test" / "images"),
-            "--out",
-            str(tmp_path / "o"),
-            "--eval-metrics",
-            str(tmp_path / "absent.json"),
-            "--engine",
-            "onnx",
-            "--quiet",
-        ]
-    )
+    rc = _predict(copy, processed_root / "cracks" / "test" / "images", tmp_path / "o", tmp_path / "absent.json", "onnx")
     printed = capsys.readouterr().out
     assert rc == 0 and "threshold 0.45" in printed and "k=5" in printed and "onnx/recipe.json" in printed
 
