@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/app_latency.py [--model models/unet] [--threads 2] [--repeats 7]
 
-Times ``promptseg.app.segment`` (what the Segment button runs, without the browser round trip) on a
+Times ``promptseg.serve.app.segment`` (what the Segment button runs, without the browser round trip) on a
 synthetic 640 x 640 crack photo, median of ``--repeats`` after one warm-up, with the PyTorch engine and,
 where the model has an ONNX export, the ONNX engine; at threshold 0.5 and at the threshold that lights 3% of
 the photo (a real crack mask's share: an untrained model lights almost everything at 0.5, and measuring a
@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def untrained_unet(params: dict, out: Path) -> Path:
-    from promptseg.model import build_unet_model
-    from promptseg.onnx_engine import export_model_dir
+    from promptseg.infer.onnx_engine import export_model_dir
+    from promptseg.modeling.clipseg import build_unet_model
 
     size = int(params["train"]["rungs"]["unet"].get("image_size", params["train"]["common"]["image_size"]))
     model, processor = build_unet_model(params["model"], size, 0)
@@ -57,8 +57,8 @@ def main() -> int:
     cv2.setNumThreads(args.threads)
     import numpy as np
 
-    from promptseg.app import load_app_model, segment
-    from promptseg.synthetic import render_wall_sample
+    from promptseg.ingest.synthetic import render_wall_sample
+    from promptseg.serve.app import load_app_model, segment
 
     params = yaml.safe_load(Path(args.params).read_text())
     tmp = Path(tempfile.mkdtemp(prefix="app-latency-"))
@@ -74,7 +74,7 @@ def main() -> int:
         "photo": "640x640",
         "threads": args.threads,
     }
-    from promptseg.recipe import Recipe, predict_probabilities_with_recipe
+    from promptseg.infer.recipe import Recipe, predict_probabilities_with_recipe
 
     for engine, lit in [(e, s) for e in ("torch", "onnx") for s in ("recipe", "3%")]:
         try:

@@ -8,7 +8,7 @@
    median seconds of a step (forward under bf16 autocast, BCE + Dice on float logits, backward, AdamW) and
    of the same step in fp32, and the achieved share of the bf16 matmul rate.
 3. The U-Net (params.yaml's ``model.unet``, random weights: speed does not depend on them) predicting
-   640 x 640 photos at their own size (``promptseg.native``) in torch fp32 and bf16, and the same forward
+   640 x 640 photos at their own size (``promptseg.infer.native``) in torch fp32 and bf16, and the same forward
    exported to ONNX at 640 px in onnxruntime (fp32); batch 1, images/s including pre- and post-processing.
 ``--agreement models/unet``: instead, per-image IoU of bf16 vs fp32 masks of that trained rung on the test
 images. The machine is shared: the load average is printed with every figure.
@@ -41,11 +41,11 @@ def load() -> str:
 def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.losses import bce_dice_loss
-    from promptseg.model import apply_method, load_base_model, segmentation_logits
-    from promptseg.precision import autocast
+    from promptseg.modeling.clipseg import apply_method, load_base_model, segmentation_logits
+    from promptseg.modeling.precision import autocast
     from promptseg.settings import train_settings
-    from promptseg.train import make_optimizer
+    from promptseg.train.loop import make_optimizer
+    from promptseg.train.losses import bce_dice_loss
 
     settings = train_settings(params, rung).rung  # typed, with the rung's overrides of train.common
     size, batch = settings.train.image_size, settings.train.batch_size
@@ -89,10 +89,10 @@ def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
 
 
 def predict_640(params: dict, rounds: int) -> list[tuple[str, float, str]]:
-    from promptseg.inference import TrainedModel
-    from promptseg.model import build_unet_model
-    from promptseg.native import predict_probabilities_native
-    from promptseg.onnx_engine import _make_session, export_onnx, logits_module, preprocess, sigmoid
+    from promptseg.infer.native import predict_probabilities_native
+    from promptseg.infer.onnx_engine import _make_session, export_onnx, logits_module, preprocess, sigmoid
+    from promptseg.infer.torch_engine import TrainedModel
+    from promptseg.modeling.clipseg import build_unet_model
 
     model, processor = build_unet_model(params["model"], int(params["train"]["rungs"]["unet"]["image_size"]), 0)
     trained = TrainedModel(model, processor, {})
@@ -134,9 +134,9 @@ def agreement(model_dir: str, params: dict) -> None:
     each dataset, at the threshold its evaluation chose (metrics/eval/<rung>.json), with infer.morphology."""
     import json
 
-    from promptseg.evaluate import load_split
-    from promptseg.inference import load_trained_model, postprocess_probabilities, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
     from promptseg.params import DATASETS
+    from promptseg.score.evaluate import load_split
 
     trained = load_trained_model(model_dir)
     scores = json.loads((Path("metrics/eval") / f"{Path(model_dir).name}.json").read_text())

@@ -1,4 +1,4 @@
-"""Seconds of one rung's evaluation (``promptseg.evaluate.evaluate_rung``) with and without the
+"""Seconds of one rung's evaluation (``promptseg.score.evaluate.evaluate_rung``) with and without the
 encoding cache, and whether the scores are identical.
 
     python benchmarks/evaluate_encoding_cache.py full [unet ...]
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from promptseg import evaluate as evaluation  # noqa: E402
-from promptseg.inference import load_trained_model  # noqa: E402
+from promptseg.infer.torch_engine import load_trained_model  # noqa: E402
 from promptseg.params import DATASETS, load_params  # noqa: E402
+from promptseg.score import evaluate as evaluation  # noqa: E402
 
 
 def main(rungs: list[str]) -> None:

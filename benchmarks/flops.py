@@ -4,12 +4,12 @@
 
 1. The machine's fp32 matmul rate: torch, 2048 x 2048 @ 2048 x 2048, ``--threads`` threads (GFLOP/s,
    2 n^3 FLOPs per product, best of 3 timed runs of 10 products); the same in bf16, and a 3x3 convolution
-   (8 x 64 x 112 x 112, channels_last) in fp32 and under bf16 autocast (``promptseg.precision``).
+   (8 x 64 x 112 x 112, channels_last) in fp32 and under bf16 autocast (``promptseg.modeling.precision``).
 2. The forward FLOPs per image of each model (``torch.utils.flop_counter.FlopCounterMode`` on
-   ``promptseg.model.segmentation_logits``: it counts matmuls, convolutions and attention, which is
+   ``promptseg.modeling.clipseg.segmentation_logits``: it counts matmuls, convolutions and attention, which is
    nearly all the work; elementwise ops are not counted).
 3. For eager (``segmentation_logits`` under ``no_grad``) and ONNX (the exported graph in an onnxruntime
-   session, ``promptseg.onnx_engine``), the forward alone at batch 1 and 16 on preprocessed inputs:
+   session, ``promptseg.infer.onnx_engine``), the forward alone at batch 1 and 16 on preprocessed inputs:
    images/s and the achieved share = FLOPs per image x images/s / matmul rate. The machine is shared:
    matmul, eager and ONNX are timed in interleaved rounds and each one's best round counts.
 """
@@ -50,7 +50,7 @@ def matmul_gflops(n: int = 2048, products: int = 10, dtype=torch.float32) -> flo
 def conv_gflops(precision: str = "fp32", shape=(8, 64, 112, 112), calls: int = 3) -> float:
     """A 3x3 convolution (same width in and out, channels_last) in ``precision`` (bf16: under autocast, as
     training runs): GFLOP/s, 2 x N x C_out x H x W x C_in x 9 FLOPs per call, best of 3 timed runs."""
-    from promptseg.precision import autocast
+    from promptseg.modeling.precision import autocast
 
     n, c, h, w = shape
     conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
@@ -101,8 +101,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.model import segmentation_logits
-    from promptseg.onnx_engine import OnnxSegmenter
+    from promptseg.infer.onnx_engine import OnnxSegmenter
+    from promptseg.modeling.clipseg import segmentation_logits
 
     params = load_params()
     print(

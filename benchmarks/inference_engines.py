@@ -4,13 +4,13 @@
 
 For each model (the ``small`` model of params.yaml at ``train.common.image_size``; the rd64-refined shape
 with random weights at 352 px) it saves a model folder the way training does, exports it with
-``promptseg.onnx_engine.export_model_dir`` (what ``promptseg export`` runs), and times, on synthetic wall
+``promptseg.infer.onnx_engine.export_model_dir`` (what ``promptseg export`` runs), and times, on synthetic wall
 photos of ``synthetic.image_size`` px (images/s; after a warm-up, the paths are timed in interleaved rounds
 and each path's fastest round counts, so load from other work on this shared machine hits all paths alike):
 
 - naive: what a user would write: per image ``CLIPSegProcessor(images=..., text=..., return_tensors="pt")`` then
   ``CLIPSegForImageSegmentation(**inputs)`` (logits at the model's size only: it does LESS than the others);
-- torch b16: ``promptseg.inference.predict_probabilities`` (probabilities at each image's own size);
+- torch b16: ``promptseg.infer.torch_engine.predict_probabilities`` (probabilities at each image's own size);
 - onnx b1 / b16: ``OnnxSegmenter.predict_probabilities`` with batch 1 and 16 (same output).
 
 Extras (small model): graph optimisation levels, thread counts and dynamic int8 quantisation (with the
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 
-from promptseg.runtime import best_rates  # shared with the runtime@<rung> stage
+from promptseg.score.runtime import best_rates  # shared with the runtime@<rung> stage
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,7 +58,7 @@ def load_params() -> dict:
 
 def build_model(name: str, params: dict):
     """(model, processor, per_image, image_size) for ``small`` (params.yaml) or ``rd64`` (random weights, 352 px)."""
-    from promptseg.model import (
+    from promptseg.modeling.clipseg import (
         build_clip_tokenizer,
         build_small_model,
         make_processor,
@@ -85,7 +85,7 @@ def build_model(name: str, params: dict):
 
 def save_and_export(name: str, params: dict, root: Path):
     """Save the model like ``models/<rung>`` and export it; returns (model, processor, model_dir, export seconds)."""
-    from promptseg.onnx_engine import export_model_dir
+    from promptseg.infer.onnx_engine import export_model_dir
 
     model, processor, per_image, _ = build_model(name, params)
     model_dir = root / name
@@ -100,7 +100,7 @@ def save_and_export(name: str, params: dict, root: Path):
 def synthetic_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     import cv2
 
-    from promptseg.synthetic import render_wall_sample
+    from promptseg.ingest.synthetic import render_wall_sample
 
     rng = np.random.default_rng(seed)
     return [
@@ -116,8 +116,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool) -> list[dict]:
-    from promptseg.inference import load_trained_model, postprocess_probabilities, predict_probabilities
-    from promptseg.onnx_engine import OnnxSegmenter, quantize_int8
+    from promptseg.infer.onnx_engine import OnnxSegmenter, quantize_int8
+    from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
 
     plan = PLAN[name]
     model, processor, model_dir, export_s = save_and_export(name, params, root)

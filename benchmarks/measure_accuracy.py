@@ -5,8 +5,8 @@
 1. TRUE masks: the cracks export is generated into a temporary folder with params.yaml's
    ``synthetic`` section (augmentation copies off; ``--size`` overrides the image size). Each
    crack annotation that no scene context hides is rasterised on its own (its COCO polygons,
-   as promptseg.masks does) and measured (promptseg.measure with params.yaml's ``measure``
-   settings); its truth is the export's sidecar ``true_measures.json`` (promptseg.synthetic.
+   as promptseg.ingest.masks does) and measured (promptseg.serve.measure with params.yaml's ``measure``
+   settings); its truth is the export's sidecar ``true_measures.json`` (promptseg.ingest.synthetic.
    crack_truth: the polylines and widths it was drawn with). Reported: median absolute error of
    the max and mean width (px), median absolute relative error of the length, over all splits.
 2. PREDICTED masks, when ``--model`` (default models/unet) exists: the model's masks for the
@@ -34,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from promptseg.measure import MeasureSettings, measure_mask  # noqa: E402 (after the sys.path line)
-from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export  # noqa: E402
+from promptseg.ingest.synthetic import TRUE_MEASURES_FILE, write_synthetic_export  # noqa: E402
+from promptseg.serve.measure import MeasureSettings, measure_mask  # noqa: E402 (after the sys.path line)
 
 
 def _rasterise(ann: dict, size: int) -> np.ndarray:
@@ -102,8 +102,8 @@ def true_mask_errors(root: Path, size: int, settings: MeasureSettings) -> dict:
 
 
 def predicted_errors(root: Path, model_dir: Path, params: dict, settings: MeasureSettings) -> dict:
-    from promptseg.data import read_rgb
-    from promptseg.inference import load_trained_model, predict_masks
+    from promptseg.infer.torch_engine import load_trained_model, predict_masks
+    from promptseg.train.data import read_rgb
 
     trained = load_trained_model(model_dir)
     rung = str(trained.card.get("rung") or model_dir.name)

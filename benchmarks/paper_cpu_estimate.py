@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/paper_cpu_estimate.py [--threads 2] [--size 352]
 
 1. The tiny CLIPSeg of tests/test_paper_path.py (rd64-refined layout, small widths) and the rd64-refined shape
-   (``promptseg.model.rd64_refined_config``, random weights): forward FLOPs per image
+   (``promptseg.modeling.clipseg.rd64_refined_config``, random weights): forward FLOPs per image
    (``torch.utils.flop_counter.FlopCounterMode`` on ``segmentation_logits``) at ``--size`` px.
 2. The tiny model timed: forward (no grad, batch 1) and one LoRA training step (r 16 on q_proj/v_proj, encoders
    get gradients, batch 4), CPU seconds per image, best of 5 (``--threads 1``: CPU seconds = seconds on one core).
@@ -42,7 +42,7 @@ def best(fn, rounds: int = 5) -> float:
 def measure(model, size: int, time_it: bool) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.model import apply_method, segmentation_logits
+    from promptseg.modeling.clipseg import apply_method, segmentation_logits
     from promptseg.settings import LoraSettings
 
     ids = torch.tensor([[49406, 15615, 2569, 10334, 49407]])
@@ -82,7 +82,7 @@ def main() -> None:
     import test_paper_path as tiny_spec
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
-    from promptseg.model import rd64_refined_config, reset_decoder_plain_layers
+    from promptseg.modeling.clipseg import rd64_refined_config, reset_decoder_plain_layers
 
     torch.manual_seed(0)
     tiny = CLIPSegForImageSegmentation(

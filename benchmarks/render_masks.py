@@ -8,9 +8,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from promptseg.exports import read_export
-from promptseg.masks import build_processed_dataset, render_record_mask
-from promptseg.synthetic import write_synthetic_export
+from promptseg.ingest.exports import read_export
+from promptseg.ingest.masks import build_processed_dataset, render_record_mask
+from promptseg.ingest.synthetic import write_synthetic_export
 
 
 def main() -> None:

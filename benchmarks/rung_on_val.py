@@ -4,7 +4,7 @@
 
 Reads ``params.yaml`` and the processed data of the current workspace (``dvc repro masks@cracks
 masks@drywall`` first), applies each ``-S key=value`` (the value parsed as YAML), trains the rung with
-``promptseg.train.train_rung`` into a temporary folder (no MLflow run, nothing in the workspace
+``promptseg.train.loop.train_rung`` into a temporary folder (no MLflow run, nothing in the workspace
 changes) and prints one ``RESULT`` JSON line. Per dataset, on the val split, at the threshold (0.1 ...
 0.9) that maximises the mean per-image Dice of the dataset's first prompt:
 
@@ -29,11 +29,11 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from promptseg.data import list_split, read_rgb  # noqa: E402
-from promptseg.inference import load_trained_model, predict_probabilities  # noqa: E402
+from promptseg.infer.torch_engine import load_trained_model, predict_probabilities  # noqa: E402
 from promptseg.metrics import iou_dice, lit_fraction  # noqa: E402
 from promptseg.settings import train_settings  # noqa: E402
-from promptseg.train import TrainSetup, train_rung  # noqa: E402
+from promptseg.train.data import list_split, read_rgb  # noqa: E402
+from promptseg.train.loop import TrainSetup, train_rung  # noqa: E402
 
 
 def set_key(params: dict, dotted: str, value) -> None:

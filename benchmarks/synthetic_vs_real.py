@@ -7,7 +7,7 @@ section (augmentation copies off: they would count photos twice). The real expor
 ``../shared/real/`` beside the repository (cracks-3ii36-yg05p, drywall-join-detect-7nstl and
 drywall-join-detect-v1). Every figure is per image, shown as ``median (p10-p90)``:
 
-* foreground fraction of the rendered mask (promptseg.masks, the pipeline's own rendering;
+* foreground fraction of the rendered mask (promptseg.ingest.masks, the pipeline's own rendering;
   drywall real exports are boxes, the synthetic drywall export is boxes too);
 * instances: annotations (COCO) or label lines (YOLO) per image;
 * crack width in px, cracks only: ``2 x max`` of the Euclidean distance transform of the mask
@@ -38,9 +38,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from promptseg.exports import read_export  # noqa: E402
-from promptseg.masks import render_record_mask  # noqa: E402
-from promptseg.synthetic import write_synthetic_export  # noqa: E402
+from promptseg.ingest.exports import read_export  # noqa: E402
+from promptseg.ingest.masks import render_record_mask  # noqa: E402
+from promptseg.ingest.synthetic import write_synthetic_export  # noqa: E402
 
 REAL = REPO.parent / "shared" / "real"
 

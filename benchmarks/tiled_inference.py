@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from promptseg.evaluate import EvalConfig, load_split, score_masks
-from promptseg.inference import load_trained_model, postprocess_probabilities, predict_probabilities
+from promptseg.infer.tiling import predict_probabilities_tiled
+from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
 from promptseg.params import load_params, section
-from promptseg.tiling import predict_probabilities_tiled
+from promptseg.score.evaluate import EvalConfig, load_split, score_masks
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ step (forward with gradients reaching the encoders, BCE + Dice, backward, AdamW,
   - one fixed batch already in memory ("model only"), and
   - batches from the real training DataLoader over data/processed (resize cache warm: the first pass
     over the data is not timed),
-and the peak resident memory of the process, per precision (``promptseg.precision``: fp32, or bf16 autocast
+and the peak resident memory of the process, per precision (``promptseg.modeling.precision``: fp32, or bf16 autocast
 with the loss on float logits, as in training) and, for the U-Net, per activation layout (``channels_last``,
 the default, or ``contiguous``; ``channels_last+weights`` also converts the conv weights). Prints a markdown
 table and the load average before and after (the machine is shared).
@@ -34,19 +34,19 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
     import torch
     from torch.utils.data import DataLoader
 
-    from promptseg.data import EpochShuffleSampler, collate
-    from promptseg.losses import bce_dice_loss
-    from promptseg.model import (
+    from promptseg.modeling.clipseg import (
         apply_method,
         build_clip_tokenizer,
         make_processor,
         rd64_refined_config,
         segmentation_logits,
     )
+    from promptseg.modeling.precision import autocast
     from promptseg.params import load_params
-    from promptseg.precision import autocast
     from promptseg.settings import train_settings
-    from promptseg.train import TrainSetup, build_datasets, load_base_model, make_optimizer
+    from promptseg.train.data import EpochShuffleSampler, collate
+    from promptseg.train.loop import TrainSetup, build_datasets, load_base_model, make_optimizer
+    from promptseg.train.losses import bce_dice_loss
 
     params = load_params()
     if rd64:
@@ -131,25 +131,25 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
 def interleaved(rung: str, steps: int) -> dict:
     """fp32, bf16 and bf16 + channels_last steps of ONE model, in interleaved rounds (a shared machine's load
     drifts: each round times every setting once), model only and with the DataLoader; medians per setting.
-    AdamW is training's (``promptseg.train.make_optimizer``: ``train.common.adamw``, fused by default); more
+    AdamW is training's (``promptseg.train.loop.make_optimizer``: ``train.common.adamw``, fused by default); more
     rows time it with the ``foreach`` kernels and the per-tensor for-loop that is PyTorch's default on a CPU
     (training's AdamW until stop 26)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from promptseg.data import EpochShuffleSampler, collate
-    from promptseg.losses import bce_dice_loss
-    from promptseg.model import apply_method, segmentation_logits
+    from promptseg.modeling.clipseg import apply_method, segmentation_logits
+    from promptseg.modeling.precision import autocast
     from promptseg.params import load_params
-    from promptseg.precision import autocast
     from promptseg.settings import train_settings
-    from promptseg.train import (
+    from promptseg.train.data import EpochShuffleSampler, collate
+    from promptseg.train.loop import (
         TrainSetup,
         build_datasets,
         load_base_model,
         make_optimizer,
         optimizer_param_groups,
     )
+    from promptseg.train.losses import bce_dice_loss
 
     settings_ = train_settings(load_params(), rung)
     setup = TrainSetup(

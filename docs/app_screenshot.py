@@ -32,7 +32,7 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from promptseg.app import launch, load_app_model
+    from promptseg.serve.app import launch, load_app_model
 
     images = REPO / "data" / "processed" / "cracks" / "test" / "images"
     image = Path(args.image) if args.image else sorted(images.iterdir())[0]

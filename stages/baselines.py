@@ -5,8 +5,8 @@ eval.empty_score, eval.boundary_tolerance_px, report.darkest_share, infer.morpho
 """
 
 from promptseg import paths
-from promptseg.baselines import write_baselines
 from promptseg.params import DATASETS
+from promptseg.score.baselines import write_baselines
 from promptseg.settings import baselines_settings, load_stage_settings
 
 

@@ -3,8 +3,8 @@
 import sys
 
 from promptseg import paths
+from promptseg.ingest.sources import SourceError, land_export
 from promptseg.settings import download_settings, load_stage_settings
-from promptseg.sources import SourceError, land_export
 
 
 def main(dataset: str) -> None:

@@ -5,7 +5,10 @@ import json
 import sys
 
 from promptseg import paths
-from promptseg.evaluate import (
+from promptseg.infer.torch_engine import load_trained_model
+from promptseg.modeling.precision import resolve_precision
+from promptseg.params import DATASETS
+from promptseg.score.evaluate import (
     EvalConfig,
     evaluate_rung,
     qualitative_figure,
@@ -15,10 +18,7 @@ from promptseg.evaluate import (
     write_skipped_outputs,
     write_sweep_csv,
 )
-from promptseg.inference import load_trained_model
-from promptseg.mlflow_model import log_pyfunc_model  # the rung as a pyfunc model, registered as promptseg-<rung>
-from promptseg.params import DATASETS
-from promptseg.precision import resolve_precision
+from promptseg.serve.pyfunc import log_pyfunc_model  # the rung as a pyfunc model, registered as promptseg-<rung>
 from promptseg.settings import evaluate_settings, load_stage_settings
 from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
 

@@ -7,11 +7,11 @@ import json
 import sys
 
 from promptseg import paths
-from promptseg.exports import read_export
-from promptseg.masks import write_problems_csv, write_processed_dataset
-from promptseg.qa import read_index, write_contact_sheets, write_suspicious_csv
+from promptseg.ingest.exports import read_export
+from promptseg.ingest.masks import write_problems_csv, write_processed_dataset
+from promptseg.ingest.qa import read_index, write_contact_sheets, write_suspicious_csv
+from promptseg.ingest.splits import plan_splits
 from promptseg.settings import load_stage_settings, masks_settings, to_plain
-from promptseg.splits import plan_splits
 
 SHOW_PROBLEMS = 10  # problem lines printed; all of them are in metrics/data/problems/<dataset>.csv
 

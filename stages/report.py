@@ -7,7 +7,7 @@ model.source, train.rungs, eval.boundary_tolerance_px, infer.hflip_tta, infer.pr
 
 from promptseg import paths
 from promptseg.params import DATASETS
-from promptseg.report import write_report
+from promptseg.score.report import write_report
 from promptseg.settings import load_stage_settings, report_settings
 
 

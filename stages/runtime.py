@@ -1,5 +1,5 @@
 """DVC stage `runtime@<rung>`: metrics/runtime/<rung>.json, the rung's measured inference time
-(PyTorch and ONNX), model size on disk and peak memory on a handful of test images (promptseg.runtime).
+(PyTorch and ONNX), model size on disk and peak memory on a handful of test images (promptseg.score.runtime).
 
 Params read (declared by the stage in dvc.yaml): runtime, infer.batch_size, data.cracks.prompts,
 data.drywall.prompts.
@@ -8,8 +8,8 @@ data.drywall.prompts.
 import sys
 
 from promptseg import paths
-from promptseg.evaluate import skipped_reason
-from promptseg.runtime import measure_runtime, runtime_images, write_runtime
+from promptseg.score.evaluate import skipped_reason
+from promptseg.score.runtime import measure_runtime, runtime_images, write_runtime
 from promptseg.settings import load_stage_settings, runtime_settings
 
 

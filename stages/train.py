@@ -4,7 +4,7 @@ import sys
 
 from promptseg import paths
 from promptseg.settings import load_stage_settings, train_settings
-from promptseg.train import TrainSetup, train_rung
+from promptseg.train.loop import TrainSetup, train_rung
 
 
 def main(rung: str) -> None:

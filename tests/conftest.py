@@ -83,9 +83,9 @@ PROMPTS = {
 @pytest.fixture(scope="session")
 def processed_root(tmp_path_factory):
     """data/processed-like tree for both datasets: 8 train, 4 val, 4 test images of 128 px each."""
-    from promptseg.exports import read_export
-    from promptseg.masks import build_processed_dataset
-    from promptseg.synthetic import write_synthetic_export
+    from promptseg.ingest.exports import read_export
+    from promptseg.ingest.masks import build_processed_dataset
+    from promptseg.ingest.synthetic import write_synthetic_export
 
     root = tmp_path_factory.mktemp("pipeline")
     for dataset in ("cracks", "drywall"):
@@ -123,11 +123,11 @@ def tiny_train_settings(
 
 
 def tiny_eval_config(**changes):
-    """promptseg.evaluate.EvalConfig with params.yaml's evaluation values (EvalConfig has no defaults of its
+    """promptseg.score.evaluate.EvalConfig with params.yaml's evaluation values (EvalConfig has no defaults of its
     own), ``changes`` replacing fields."""
     import dataclasses
 
-    from promptseg.evaluate import EvalConfig
+    from promptseg.score.evaluate import EvalConfig
 
     base = EvalConfig(
         thresholds=[0.5],
@@ -158,7 +158,7 @@ def tiny_model_dir(tmp_path_factory):
     for the tests that share it (copy it before changing anything)."""
     import json
 
-    from promptseg.model import build_small_model
+    from promptseg.modeling.clipseg import build_small_model
 
     d = tmp_path_factory.mktemp("model") / "tiny"
     model, processor = build_small_model(TINY_MODEL, 64, 0)

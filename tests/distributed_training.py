@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from promptseg.train import TrainSetup, train_rung  # noqa: E402
+from promptseg.train.loop import TrainSetup, train_rung  # noqa: E402
 
 from conftest import TINY_MODEL, TINY_RUNGS, TINY_UNET, tiny_train_settings  # noqa: E402
 

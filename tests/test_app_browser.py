@@ -40,11 +40,11 @@ def _free_port() -> int:
 def served(tmp_path_factory, processed_root):
     pytest.importorskip("gradio")
     pytest.importorskip("selenium")
-    from promptseg.app import launch, load_app_model
-    from promptseg.evaluate import load_split
-    from promptseg.inference import load_trained_model, predict_probabilities
-    from promptseg.model import build_small_model
-    from promptseg.recipe import Recipe
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.modeling.clipseg import build_small_model
+    from promptseg.score.evaluate import load_split
+    from promptseg.serve.app import launch, load_app_model
 
     root = tmp_path_factory.mktemp("app")
     model_dir = root / "tiny"
@@ -162,8 +162,8 @@ def test_upload_prompt_measure_download_equals_predict(served, browser, tmp_path
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from promptseg.cli import main
-    from promptseg.measure import measure_mask
+    from promptseg.serve.cli import main
+    from promptseg.serve.measure import measure_mask
 
     browser.get(served["url"])
     _wait(lambda: browser.find_element(By.ID, "segment"), what="the app to load")

@@ -5,11 +5,11 @@ import json
 import pytest
 from test_report import BASELINES, DATA, EVAL, TRAIN, row, section
 
-from promptseg.baselines import trivial_baseline_scores, write_baselines
-from promptseg.report import build_report, build_summary, write_report
+from promptseg.score.baselines import trivial_baseline_scores, write_baselines
+from promptseg.score.report import build_report, build_summary, write_report
 
 # Scores of the tiny processed tree (conftest.processed_root) computed by the report's own baseline code before
-# it moved to promptseg.baselines (promptseg/report.py at bf9a65a): the move must not change a number.
+# it moved to promptseg.score.baselines (promptseg/report.py at bf9a65a): the move must not change a number.
 BEFORE = {
     "cracks": {
         "all ones": (0.0247650146484375, 0.048095006490248386, 0.15058436745711679, 0.2),

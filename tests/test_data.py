@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.data import EpochShuffleSampler, PromptedSegmentation, list_split, normalize
+from promptseg.train.data import EpochShuffleSampler, PromptedSegmentation, list_split, normalize
 
 from conftest import PROMPTS
 
@@ -86,7 +86,7 @@ def test_rotation_turns_image_and_mask_together_and_leaves_other_draws_alone(pro
 
 
 def test_jitter_colors_scales_brightness_contrast_and_saturation_as_defined():
-    from promptseg.data import jitter_colors
+    from promptseg.train.data import jitter_colors
 
     rgb = np.array([[[100, 50, 20], [200, 180, 160]]], dtype=np.uint8)
     assert np.array_equal(jitter_colors(rgb, 1.0, 1.0, 1.0), rgb)
@@ -137,7 +137,7 @@ def test_training_loader_never_opens_the_true_masks(processed_root, monkeypatch)
     import cv2
     from PIL import Image
 
-    from promptseg.data import JointSegmentation, PromptedSegmentation, list_split
+    from promptseg.train.data import JointSegmentation, PromptedSegmentation, list_split
 
     true_masks = sorted((processed_root / "drywall").glob("*/true_masks/*.png"))
     assert true_masks, "the fixture export should carry true masks"

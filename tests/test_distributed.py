@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptseg.train import check_replicas_agree
+from promptseg.train.loop import check_replicas_agree
 
 DRIVER = Path(__file__).parent / "distributed_training.py"
 

@@ -18,22 +18,32 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "promptseg"
 
 
+def _module_file(name: str) -> Path | None:
+    """``infer.recipe`` -> src/promptseg/infer/recipe.py; a package -> its __init__.py; None if neither."""
+    base = PACKAGE.joinpath(*name.split("."))
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return base / "__init__.py" if (base / "__init__.py").is_file() else None
+
+
 def promptseg_imports(path: Path) -> set[str]:
-    """Names of the promptseg modules ``path`` imports directly (``promptseg.x`` -> ``x``)."""
+    """Dotted names of the promptseg modules ``path`` imports directly (``promptseg.infer.recipe`` ->
+    ``infer.recipe``; ``from promptseg.infer import recipe`` too, a sub-module being imported by name)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("promptseg.")}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "promptseg":  # from promptseg import x: x is a module, or a name of __init__
-                names |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").exists()} | {"__init__"}
-            elif node.module.startswith("promptseg."):
-                names.add(node.module.split(".")[1])
+            names |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("promptseg.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "promptseg":
+            package = node.module.split(".", 1)[1] if "." in node.module else ""
+            subs = {f"{package}.{a.name}".lstrip(".") for a in node.names}
+            found = {s for s in subs if _module_file(s) is not None and not s.endswith("__init__")}
+            names |= found | ({package} if package and len(found) < len(subs) else set())
     return names
 
 
 def module_closure(script: Path) -> set[str]:
-    """Every promptseg module file the script runs, as repository-relative paths."""
+    """Every promptseg module file the script runs, as repository-relative paths (package __init__ files,
+    which hold only a docstring, test_every_package_init_holds_nothing_a_stage_reads, left out)."""
     seen: set[str] = set()
     todo = promptseg_imports(script)
     while todo:
@@ -41,8 +51,21 @@ def module_closure(script: Path) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        todo |= promptseg_imports(PACKAGE / f"{name}.py")
-    return {f"src/promptseg/{name}.py" for name in seen}
+        todo |= promptseg_imports(_module_file(name))
+    files = {_module_file(name) for name in seen}
+    return {str(f.relative_to(ROOT)) for f in files if f.name != "__init__.py"}
+
+
+def listed_modules(deps: list) -> set[str]:
+    """The module files a stage's deps name: a ``src/`` file, or a ``src/`` folder (every module in it)."""
+    listed: set[str] = set()
+    for dep in deps:
+        if isinstance(dep, str) and dep.startswith("src/"):
+            if (ROOT / dep).is_dir():
+                listed |= {str(f.relative_to(ROOT)) for f in (ROOT / dep).rglob("*.py") if f.name != "__init__.py"}
+            else:
+                listed.add(dep)
+    return listed
 
 
 def stages() -> list[tuple[str, dict]]:
@@ -50,20 +73,22 @@ def stages() -> list[tuple[str, dict]]:
     return [(name, body.get("do", body)) for name, body in raw.items()]
 
 
-def test_the_package_init_holds_nothing_a_stage_reads():
-    """Importing any module runs ``promptseg/__init__.py``; no stage lists it, so it may hold only the
-    version (a constant a stage reads belongs in a module the stage lists, e.g. promptseg.params)."""
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+@pytest.mark.parametrize("init", sorted(PACKAGE.rglob("__init__.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_package_init_holds_nothing_a_stage_reads(init):
+    """Importing any module runs its packages' ``__init__.py``; no stage lists them, so the top one may hold
+    only the version and a sub-package's only its docstring (a constant a stage reads belongs in a module the
+    stage lists, e.g. promptseg.params)."""
+    tree = ast.parse(init.read_text())
     assigned = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
     others = [node for node in tree.body if not isinstance(node, (ast.Assign, ast.Expr))]
-    assert assigned == ["__version__"] and not others
+    assert assigned == (["__version__"] if init.parent == PACKAGE else []) and not others
 
 
 @pytest.mark.parametrize("stage,body", stages(), ids=[name for name, _ in stages()])
 def test_stage_deps_list_exactly_the_modules_its_script_imports(stage, body):
     script = body["cmd"].split()[1]
     assert script.startswith("stages/") and script in body["deps"], f"{stage}: its script {script} is not a dep"
-    listed = {d for d in body["deps"] if isinstance(d, str) and d.startswith("src/")}
+    listed = listed_modules(body["deps"])
     imported = module_closure(ROOT / script) - {"src/promptseg/__init__.py"}
     missing, extra = sorted(imported - listed), sorted(listed - imported)
     assert not missing, f"dvc.yaml stage {stage} runs these modules but does not list them as deps: {missing}"
@@ -73,5 +98,5 @@ def test_stage_deps_list_exactly_the_modules_its_script_imports(stage, body):
 def test_the_closure_follows_imports_inside_functions(tmp_path):
     """The reader sees an import hidden in a function body (stages import lazily to start fast)."""
     script = tmp_path / "stage.py"
-    script.write_text("def main():\n    from promptseg.tiling import tile_grid\n    return tile_grid\n")
-    assert "src/promptseg/tiling.py" in module_closure(script)
+    script.write_text("def main():\n    from promptseg.infer.tiling import tile_origins\n    return tile_origins\n")
+    assert "src/promptseg/infer/tiling.py" in module_closure(script)

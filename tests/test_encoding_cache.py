@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.inference import EncodingCache, TrainedModel, predict_probabilities
-from promptseg.model import load_base_model
+from promptseg.infer.torch_engine import EncodingCache, TrainedModel, predict_probabilities
+from promptseg.modeling.clipseg import load_base_model
 
 from conftest import TINY_MODEL
 

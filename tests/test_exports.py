@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from promptseg.exports import COUNT_KEYS, detect_export_format, read_export, source_group_of
+from promptseg.ingest.exports import COUNT_KEYS, detect_export_format, read_export, source_group_of
 
 from fixtures_exports import (
     coco_ann,

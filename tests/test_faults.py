@@ -23,12 +23,6 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.exports import (
-    IMAGE_SKIP_KINDS,
-    PROBLEM_COLUMNS,
-    ExportError,
-    read_export,
-)
 from promptseg.images import (
     CORRUPT,
     IMAGE_SUFFIXES,
@@ -37,8 +31,14 @@ from promptseg.images import (
     check_image_bytes,
     read_image,
 )
-from promptseg.masks import build_processed_dataset, write_processed_dataset
-from promptseg.splits import image_signature, plan_splits
+from promptseg.ingest.exports import (
+    IMAGE_SKIP_KINDS,
+    PROBLEM_COLUMNS,
+    ExportError,
+    read_export,
+)
+from promptseg.ingest.masks import build_processed_dataset, write_processed_dataset
+from promptseg.ingest.splits import image_signature, plan_splits
 
 from fixtures_exports import (
     coco_ann,
@@ -143,7 +143,7 @@ def test_truncated_and_empty_images_are_skipped_counted_and_named_by_the_masks_s
 
 
 def test_training_reader_skips_and_names_a_truncated_image(processed_root, tmp_path, capsys):
-    from promptseg.data import PromptedSegmentation, list_split
+    from promptseg.train.data import PromptedSegmentation, list_split
 
     root = tmp_path / "processed"
     shutil.copytree(processed_root / "cracks", root / "cracks")
@@ -159,7 +159,7 @@ def test_training_reader_skips_and_names_a_truncated_image(processed_root, tmp_p
 
 
 def test_a_split_the_export_lacks_is_explained_honestly(processed_root, tmp_path):
-    from promptseg.data import PromptedSegmentation, list_split
+    from promptseg.train.data import PromptedSegmentation, list_split
 
     root = tmp_path / "processed"
     shutil.copytree(processed_root / "cracks", root / "cracks")
@@ -336,7 +336,7 @@ def test_masks_stage_writes_the_problems_table_and_prints_render_problems(tmp_pa
 
 
 def test_report_table_1_links_the_problems_table():
-    from promptseg.report import _data_section
+    from promptseg.score.report import _data_section
 
     text = "\n".join(
         _data_section({"cracks": {"problems": 4, "train": {"images": 3}}, "drywall": {}}, ["cracks", "drywall"])
@@ -345,7 +345,7 @@ def test_report_table_1_links_the_problems_table():
 
 
 def test_interrupted_masks_write_keeps_the_previous_tree(tmp_path, monkeypatch):
-    from promptseg import masks
+    from promptseg.ingest import masks
 
     _coco_three(tmp_path / "exp")
     out = tmp_path / "processed" / "cracks"
@@ -374,8 +374,8 @@ def test_interrupted_masks_write_keeps_the_previous_tree(tmp_path, monkeypatch):
 
 
 def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
+    from promptseg.ingest.sources import SourceError, land_export
     from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings
-    from promptseg.sources import SourceError, land_export
 
     def local(path):  # data.cracks's source keys, as the download stage builds them (promptseg.settings)
         return SourceSettings(source="local", roboflow=RoboflowSettings("w", "p", 1, "coco"), local=LocalSettings(path))
@@ -413,7 +413,7 @@ def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
 
 
 def test_predict_skips_truncated_images_with_the_reason(tiny_model_dir, tmp_path, capsys):
-    from promptseg.cli import main
+    from promptseg.serve.cli import main
 
     folder = tmp_path / "in"
     write_image(folder / "good.jpg", 40, 30)
@@ -443,7 +443,7 @@ def test_predict_skips_truncated_images_with_the_reason(tiny_model_dir, tmp_path
 
 
 def test_predict_with_corrupt_weights_is_rc2_with_a_message(tiny_model_dir, tmp_path, capsys):
-    from promptseg.cli import main
+    from promptseg.serve.cli import main
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
@@ -473,7 +473,7 @@ def test_predict_with_corrupt_weights_is_rc2_with_a_message(tiny_model_dir, tmp_
 
 
 def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, monkeypatch, capsys):
-    from promptseg import cli
+    from promptseg.serve import cli
 
     monkeypatch.setattr(cli, "_load_engine", lambda *a: pytest.fail("the model was loaded before --out was checked"))
     write_image(tmp_path / "a.jpg")
@@ -506,7 +506,7 @@ FUZZ_STAGE_RUNS = 3
 def fuzz_bases(tmp_path_factory):
     """Two small exports from the synthetic builders: cracks (COCO polygons, one extra PNG image) and
     drywall (YOLO boxes), 48 px images, 6 images each."""
-    from promptseg.synthetic import write_synthetic_export
+    from promptseg.ingest.synthetic import write_synthetic_export
 
     root = tmp_path_factory.mktemp("fuzz-bases")
     counts = {"train": 3, "valid": 2, "test": 1}

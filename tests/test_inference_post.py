@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.inference import postprocess_probabilities, upsample_logits
+from promptseg.infer.torch_engine import postprocess_probabilities, upsample_logits
 from promptseg.metrics import confusion_counts, threshold_sweep_counts
 
 
@@ -83,8 +83,8 @@ def test_upsample_align_corners_false():
 
 
 def test_prompt_ensemble_and_flip_tta_give_masks_of_each_images_shape():
-    from promptseg.inference import TrainedModel, predict_masks, predict_probabilities
-    from promptseg.model import build_small_model
+    from promptseg.infer.torch_engine import TrainedModel, predict_masks, predict_probabilities
+    from promptseg.modeling.clipseg import build_small_model
 
     from conftest import TINY_MODEL
 

@@ -1,4 +1,4 @@
-"""promptseg.live: per-epoch DVCLive series and the same values in MLflow, fresh and resumed."""
+"""promptseg.train.live: per-epoch DVCLive series and the same values in MLflow, fresh and resumed."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from promptseg.live import EpochLogger
+from promptseg.train.live import EpochLogger
 
 # (train_loss, val_loss, val_dice, lr, seconds) of a fake 3-epoch run
 EPOCHS = [(0.9, 0.8, 0.25, 3e-4, 1.5), (0.7, 0.6, 0.5, 2e-4, 1.25), (0.5, 0.45, 0.75, 1e-4, 1.0)]

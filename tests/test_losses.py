@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptseg.losses import bce_dice_loss, soft_dice_loss
+from promptseg.train.losses import bce_dice_loss, soft_dice_loss
 
 BIG = 50.0  # sigmoid(50) == 1.0 in float64, sigmoid(-50) ~ 2e-22
 
@@ -116,7 +116,7 @@ def test_shape_checks():
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from promptseg.losses import box_components, box_projection_loss  # noqa: E402
+from promptseg.train.losses import box_components, box_projection_loss  # noqa: E402
 
 
 def logit(p):
@@ -259,7 +259,7 @@ def test_box_projection_gradients_finite():
 
 
 def test_presence_loss_is_bce_against_whether_the_target_has_any_pixel():
-    from promptseg.losses import presence_loss
+    from promptseg.train.losses import presence_loss
 
     target = torch.zeros(3, 4, 4)
     target[0, 1, 2] = 1.0  # present: one pixel

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.exports import ImageRecord, Shape, read_export
-from promptseg.masks import (
+from promptseg.ingest.exports import ImageRecord, Shape, read_export
+from promptseg.ingest.masks import (
     INDEX_COLUMNS,
     RENDER_COUNT_KEYS,
     build_processed_dataset,

@@ -1,4 +1,4 @@
-"""promptseg.measure on drawn shapes whose length and width are known, and `promptseg measure`."""
+"""promptseg.serve.measure on drawn shapes whose length and width are known, and `promptseg measure`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.cli import main
-from promptseg.measure import MeasureSettings, bre_category, measure_mask
+from promptseg.serve.cli import main
+from promptseg.serve.measure import MeasureSettings, bre_category, measure_mask
 
 
 def band(shape, p0, p1, width):
@@ -177,7 +177,7 @@ def test_measure_speed_640px():
 
 
 def test_synthetic_sidecar_truth_matches_measure_on_the_true_masks(tmp_path):
-    from promptseg.synthetic import TRUE_MEASURES_FILE, write_synthetic_export
+    from promptseg.ingest.synthetic import TRUE_MEASURES_FILE, write_synthetic_export
 
     root = tmp_path / "cracks"
     write_synthetic_export(

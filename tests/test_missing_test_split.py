@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptseg.baselines import write_baselines
-from promptseg.evaluate import (
+from promptseg.score.baselines import write_baselines
+from promptseg.score.evaluate import (
     NO_TEST_SPLIT_NOTE,
     eval_config_from_params,
     evaluate_rung,
     qualitative_figure,
 )
-from promptseg.report import write_report
+from promptseg.score.report import write_report
 
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
@@ -32,8 +32,8 @@ def no_drywall_test(processed_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained():
-    from promptseg.inference import TrainedModel
-    from promptseg.model import build_small_model
+    from promptseg.infer.torch_engine import TrainedModel
+    from promptseg.modeling.clipseg import build_small_model
 
     model, processor = build_small_model(TINY_MODEL, 64, seed=0)
     return TrainedModel(model, processor)
@@ -113,7 +113,7 @@ def test_report_states_the_split_situation_and_scores_baselines_on_val(trained, 
 
 
 def test_progress_bars_count_every_image_of_every_prompt_pass(trained, no_drywall_test, monkeypatch):
-    from promptseg import evaluate
+    from promptseg.score import evaluate
 
     closed = []
 

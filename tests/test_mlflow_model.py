@@ -1,4 +1,4 @@
-"""promptseg.mlflow_model: a tiny trained U-Net logged, registered and loaded back from the registry predicts
+"""promptseg.serve.pyfunc: a tiny trained U-Net logged, registered and loaded back from the registry predicts
 exactly the masks `promptseg predict` writes, through the same recipe (threshold, open/close, flip TTA, ...)."""
 
 import json
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptseg.cli import main
+from promptseg.serve.cli import main
 
 from conftest import PROMPTS, TINY_MODEL
 
@@ -25,7 +25,7 @@ UNET = {
 @pytest.fixture(scope="module")
 def unet_dir(tmp_path_factory):
     """A tiny U-Net trained 15 AdamW steps on dark lines, saved like models/unet (weights, processor, card)."""
-    from promptseg.model import build_unet_model
+    from promptseg.modeling.clipseg import build_unet_model
 
     model, processor = build_unet_model({**TINY_MODEL, "unet": UNET}, 64, 0)
     generator = torch.Generator().manual_seed(0)
@@ -64,9 +64,9 @@ def wall_images(folder):
 def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp_path, monkeypatch):
     import mlflow
 
-    from promptseg.inference import load_trained_model, predict_probabilities
-    from promptseg.mlflow_model import log_pyfunc_model
-    from promptseg.recipe import Recipe
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.serve.pyfunc import log_pyfunc_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -150,9 +150,9 @@ def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(
     same recipe file, and differ from the masks without flip TTA (so the recipe is really applied)."""
     import mlflow
 
-    from promptseg.inference import load_trained_model, predict_probabilities
-    from promptseg.mlflow_model import log_pyfunc_model
-    from promptseg.recipe import Recipe, predict_masks_with_recipe
+    from promptseg.infer.recipe import Recipe, predict_masks_with_recipe
+    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.serve.pyfunc import log_pyfunc_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

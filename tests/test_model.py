@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPSegForImageSegmentation
 
-from promptseg.model import (
+from promptseg.modeling.clipseg import (
     ModelSourceError,
     apply_method,
     build_clip_tokenizer,

@@ -1,16 +1,16 @@
 """Thin cracks at their own scale: the crop sampler, the native-resolution cache, and U-Net inference on the
-whole photo at its own size (promptseg.data crops, promptseg.native)."""
+whole photo at its own size (promptseg.train.data crops, promptseg.infer.native)."""
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from promptseg.data import PromptedSegmentation, crop_window
-from promptseg.inference import TrainedModel
-from promptseg.model import build_clip_tokenizer, make_processor
-from promptseg.native import predict_probabilities_native
-from promptseg.unet import TextConditionedUNet, UNetConfig
+from promptseg.infer.native import predict_probabilities_native
+from promptseg.infer.torch_engine import TrainedModel
+from promptseg.modeling.clipseg import build_clip_tokenizer, make_processor
+from promptseg.modeling.unet import TextConditionedUNet, UNetConfig
+from promptseg.train.data import PromptedSegmentation, crop_window
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TINY_UNET = {

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.cli import main
+from promptseg.serve.cli import main
 
 from conftest import PROMPTS, TINY_MODEL
 
@@ -24,7 +24,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An untrained tiny CLIPSeg saved like models/<rung>, with per-image standardisation, exported by the CLI."""
-    from promptseg.model import build_small_model
+    from promptseg.modeling.clipseg import build_small_model
 
     d = tmp_path_factory.mktemp("model") / "tiny"
     model, processor = build_small_model(TINY_MODEL, IMAGE_SIZE, 0)
@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images():
     """20 synthetic wall photos of both datasets, square and non-square, 48 to 160 px, with one prompt each."""
-    from promptseg.synthetic import render_wall_sample
+    from promptseg.ingest.synthetic import render_wall_sample
 
     rng = np.random.default_rng(11)
     out, prompts = [], []
@@ -85,7 +85,7 @@ def test_the_export_adds_a_constant_position_table_instead_of_resizing_it_on_eve
     import onnxruntime as ort
     import torch
 
-    from promptseg.onnx_engine import export_onnx, logits_module
+    from promptseg.infer.onnx_engine import export_onnx, logits_module
 
     graph = onnx.load(str(model_dir / "onnx" / "model.onnx"), load_external_data=False).graph
     assert "Resize" not in {node.op_type for node in graph.node}
@@ -112,9 +112,9 @@ def test_the_export_adds_a_constant_position_table_instead_of_resizing_it_on_eve
 def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_image):
     import torch
 
-    from promptseg.data import preprocess_image
-    from promptseg.inference import upsample_logits
-    from promptseg.onnx_engine import preprocess, sigmoid, upsample_bilinear
+    from promptseg.infer.onnx_engine import preprocess, sigmoid, upsample_bilinear
+    from promptseg.infer.torch_engine import upsample_logits
+    from promptseg.train.data import preprocess_image
 
     mean, std = TINY_MODEL["image_mean"], TINY_MODEL["image_std"]
     rng = np.random.default_rng(0)
@@ -141,8 +141,8 @@ def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_ima
 def test_onnx_and_torch_engines_agree_on_20_synthetic_images(model_dir, images):
     """Probabilities within 1e-3 and, thresholded at each image's median probability (raw masks half full, so the
     comparison is not between two empty masks), per-image IoU >= 0.99 with and without the open/close."""
-    from promptseg.inference import load_trained_model, postprocess_probabilities, predict_probabilities
-    from promptseg.onnx_engine import OnnxSegmenter
+    from promptseg.infer.onnx_engine import OnnxSegmenter
+    from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
 
     rgb, prompts = images
     torch_probs = predict_probabilities(load_trained_model(model_dir), rgb, prompts, batch_size=16)
@@ -162,7 +162,7 @@ def test_onnx_and_torch_engines_agree_on_20_synthetic_images(model_dir, images):
 
 
 def test_predict_engine_onnx_writes_the_masks_the_torch_engine_writes(model_dir, images, tmp_path, capsys):
-    from promptseg.inference import load_trained_model, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -206,7 +206,7 @@ def test_engine_onnx_without_an_export_names_the_export_command(model_dir, tmp_p
 
 
 def test_threads_flag_and_default(model_dir):
-    from promptseg.onnx_engine import OnnxSegmenter, default_threads
+    from promptseg.infer.onnx_engine import OnnxSegmenter, default_threads
 
     assert OnnxSegmenter(model_dir, threads=1).session.get_session_options().intra_op_num_threads == 1
     engine = OnnxSegmenter(model_dir / "onnx")  # the export folder itself works too
@@ -214,8 +214,8 @@ def test_threads_flag_and_default(model_dir):
 
 
 def test_changed_weights_make_the_export_stale(model_dir, tmp_path):
-    from promptseg.model import build_small_model
-    from promptseg.onnx_engine import stale_export_reason
+    from promptseg.infer.onnx_engine import stale_export_reason
+    from promptseg.modeling.clipseg import build_small_model
 
     assert stale_export_reason(model_dir / "onnx") is None
     copy = tmp_path / "copy"
@@ -238,7 +238,7 @@ def test_export_onnx_takes_any_module_with_the_same_forward(tmp_path):
     import onnxruntime as ort
     import torch
 
-    from promptseg.onnx_engine import export_onnx
+    from promptseg.infer.onnx_engine import export_onnx
 
     class Toy(torch.nn.Module):
         def __init__(self):

@@ -80,7 +80,7 @@ def save_pretrained_format_model(folder: Path) -> None:
         ViTImageProcessor,
     )
 
-    from promptseg.model import build_clip_tokenizer, reset_decoder_plain_layers
+    from promptseg.modeling.clipseg import build_clip_tokenizer, reset_decoder_plain_layers
 
     torch.manual_seed(0)
     config = CLIPSegConfig(
@@ -95,7 +95,7 @@ def save_pretrained_format_model(folder: Path) -> None:
     model = CLIPSegForImageSegmentation(config)
     reset_decoder_plain_layers(
         model
-    )  # a config-built decoder starts at std 1.0 (promptseg.model); weights are "trained"
+    )  # a config-built decoder starts at std 1.0 (promptseg.modeling.clipseg); weights are "trained"
     model.save_pretrained(folder)
     image_processor = ViTImageProcessor(
         do_resize=True,

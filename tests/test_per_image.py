@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg import evaluate
-from promptseg.evaluate import (
+from promptseg.score import evaluate
+from promptseg.score.evaluate import (
     PER_IMAGE_COLUMNS,
     evaluate_rung,
     prompt_slug,
@@ -16,7 +16,7 @@ from promptseg.evaluate import (
     write_per_image_csv,
     write_skipped_outputs,
 )
-from promptseg.report import write_report
+from promptseg.score.report import write_report
 
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
@@ -24,8 +24,8 @@ from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 @pytest.fixture(scope="module")
 def evaluated(processed_root, tmp_path_factory):
     """A tiny evaluation (random small CLIPSeg) with its per-image rows, its CSV and its written masks."""
-    from promptseg.inference import TrainedModel
-    from promptseg.model import build_small_model
+    from promptseg.infer.torch_engine import TrainedModel
+    from promptseg.modeling.clipseg import build_small_model
 
     model, processor = build_small_model(TINY_MODEL, 64, seed=0)
     trained = TrainedModel(model, processor)

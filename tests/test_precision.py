@@ -1,4 +1,4 @@
-"""bf16 autocast (promptseg.precision): what `auto` resolves to, what training records, fp32 state under
+"""bf16 autocast (promptseg.modeling.precision): what `auto` resolves to, what training records, fp32 state under
 bf16, and masks in bf16 agreeing with fp32 on trained tiny models."""
 
 import json
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import promptseg.precision
-from promptseg.precision import autocast, check_precision, device_and_autocast, resolve_precision
-from promptseg.train import TrainSetup, train_rung
+import promptseg.modeling.precision
+from promptseg.modeling.precision import autocast, check_precision, device_and_autocast, resolve_precision
+from promptseg.train.loop import TrainSetup, train_rung
 
 from conftest import PROMPTS, TINY_MODEL, tiny_train_settings
 
@@ -54,9 +54,9 @@ def setup_for(root, processed_root, rung, precision, epochs):
 def test_auto_follows_the_cpu_check(monkeypatch):
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     assert resolve_precision("auto", "cuda") == "bf16"
-    monkeypatch.setattr(promptseg.precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(promptseg.modeling.precision, "cpu_supports_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(promptseg.precision, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(promptseg.modeling.precision, "cpu_supports_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
     device, context, resolved = device_and_autocast("auto", torch.device("cpu"))
     assert (device.type, resolved) == ("cpu", "fp32") and not context._enabled
@@ -104,10 +104,10 @@ LOGIT_BAND = 0.25  # |fp32 logit - threshold logit| below which bf16 may flip a 
 
 @pytest.mark.parametrize("rung", ["unet", "full"])
 def test_bf16_masks_agree_with_fp32_on_a_trained_model(tmp_path, processed_root, rung, monkeypatch):
-    from promptseg.data import list_split, read_rgb
-    from promptseg.inference import load_trained_model, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.train.data import list_split, read_rgb
 
-    monkeypatch.setattr(promptseg.precision, "cpu_supports_bf16", lambda: False)  # auto -> fp32 here
+    monkeypatch.setattr(promptseg.modeling.precision, "cpu_supports_bf16", lambda: False)  # auto -> fp32 here
     epochs, iou_floor = AGREEMENT[rung]
     setup = setup_for(tmp_path, processed_root, rung, "auto", epochs)
     summary = train_rung(setup)

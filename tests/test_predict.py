@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.cli import main
+from promptseg.serve.cli import main
 
 
 @pytest.fixture

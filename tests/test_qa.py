@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from promptseg.exports import read_export
-from promptseg.masks import build_processed_dataset
-from promptseg.qa import (
+from promptseg.ingest.exports import read_export
+from promptseg.ingest.masks import build_processed_dataset
+from promptseg.ingest.qa import (
     SUSPICIOUS_COLUMNS,
     contact_sheet_size,
     read_index,

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.cli import main
-from promptseg.evaluate import evaluate_rung, prompt_slug
-from promptseg.recipe import Recipe, load_recipe, override
+from promptseg.infer.recipe import Recipe, load_recipe, override
+from promptseg.score.evaluate import evaluate_rung, prompt_slug
+from promptseg.serve.cli import main
 
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
@@ -19,8 +19,8 @@ PROMPT = PROMPTS["cracks"][1]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An untrained tiny model saved like models/<rung>, and its ONNX export in <model>/onnx."""
-    from promptseg.model import build_small_model
-    from promptseg.onnx_engine import export_model_dir
+    from promptseg.infer.onnx_engine import export_model_dir
+    from promptseg.modeling.clipseg import build_small_model
 
     d = tmp_path_factory.mktemp("model") / "tiny"
     model, processor = build_small_model(TINY_MODEL, 64, 0)
@@ -35,9 +35,9 @@ def model_dir(tmp_path_factory):
 def mid_threshold(model_dir, processed_root):
     """A threshold inside the untrained model's probabilities on the test images, so masks are neither empty
     nor full and a one-pixel difference between two recipes shows (tiled: its own probabilities)."""
-    from promptseg.evaluate import load_split
-    from promptseg.inference import load_trained_model, predict_probabilities
-    from promptseg.tiling import predict_probabilities_tiled
+    from promptseg.infer.tiling import predict_probabilities_tiled
+    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.score.evaluate import load_split
 
     data, trained = load_split(processed_root, "cracks", "test"), load_trained_model(model_dir)
     prompts = [PROMPT] * len(data.images)
@@ -82,7 +82,7 @@ RECIPES = {
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_root, mid_threshold, tmp_path, capsys):
-    from promptseg.inference import load_trained_model
+    from promptseg.infer.torch_engine import load_trained_model
 
     mid_threshold = mid_threshold["tiled" if "tiled" in RECIPES[name] else "single pass"]
     cfg = tiny_eval_config(thresholds=[mid_threshold], **RECIPES[name])
@@ -163,8 +163,8 @@ def test_recipe_fallbacks_say_why(tmp_path):
 def unet_dir(tmp_path_factory):
     """An untrained tiny U-Net saved like models/unet (config, weights, processor, promptseg.json) and its ONNX
     export in <model>/onnx."""
-    from promptseg.model import build_unet_model
-    from promptseg.onnx_engine import export_model_dir
+    from promptseg.infer.onnx_engine import export_model_dir
+    from promptseg.modeling.clipseg import build_unet_model
 
     from conftest import TINY_UNET
 
@@ -204,10 +204,10 @@ def test_a_native_resolution_recipe_is_refused_on_a_unet_export_and_resized_on_a
 def test_the_app_on_engine_auto_runs_a_unet_native_recipe_on_torch(unet_dir, processed_root, tmp_path):
     """`promptseg app` (engine auto) picks the ONNX export, and switches to PyTorch for a recipe the export cannot
     run: the page gets the torch engine's mask and says why, instead of an error."""
-    from promptseg.app import load_app_model, segment
-    from promptseg.evaluate import load_split
-    from promptseg.inference import load_trained_model
-    from promptseg.recipe import predict_masks_with_recipe
+    from promptseg.infer.recipe import predict_masks_with_recipe
+    from promptseg.infer.torch_engine import load_trained_model
+    from promptseg.score.evaluate import load_split
+    from promptseg.serve.app import load_app_model, segment
 
     image = load_split(processed_root, "cracks", "test").images[0]
     path = tmp_path / "wall.png"
@@ -246,7 +246,7 @@ def test_export_carries_the_recipe_for_the_onnx_engine(model_dir, processed_root
 
 
 def test_predict_measure_writes_the_measurements_of_the_masks_it_wrote(model_dir, processed_root, tmp_path, capsys):
-    from promptseg.measure import measure_mask
+    from promptseg.serve.measure import measure_mask
 
     images = processed_root / "drywall" / "test" / "images"
     out = tmp_path / "o"

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.baselines import darkest_name, trivial_baseline_scores, write_baselines
-from promptseg.report import build_report, write_report
+from promptseg.score.baselines import darkest_name, trivial_baseline_scores, write_baselines
+from promptseg.score.report import build_report, write_report
 
 
 def scores(miou, dice, thin=False, images=4):

@@ -1,6 +1,6 @@
 """A Roboflow download, as the SDK lays it out on disk, through the download and masks stages' own code.
 
-``FakeRoboflow`` stands in for ``roboflow.Roboflow`` (the class ``promptseg.sources`` calls) and does on disk
+``FakeRoboflow`` stands in for ``roboflow.Roboflow`` (the class ``promptseg.ingest.sources`` calls) and does on disk
 what roboflow 1.7.3's ``Version.download(model_format, location, overwrite)`` does after the network: it
 creates ``location``, writes the export zip to ``location/roboflow.zip``, extracts it there, deletes the zip,
 and, for the YOLO formats, re-dumps ``data.yaml`` with ``yaml.dump`` (``amend_data_yaml``: keys sorted).

@@ -1,4 +1,4 @@
-"""promptseg.runtime (stage runtime@<rung>) and the report's runtime table."""
+"""promptseg.score.runtime (stage runtime@<rung>) and the report's runtime table."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_report import BASELINES, DATA, EVAL, TRAIN, row, section
 
-from promptseg import runtime
-from promptseg.report import build_report
+from promptseg.score import runtime
+from promptseg.score.report import build_report
 
 
 def test_best_rates_warms_up_once_then_keeps_each_paths_fastest_round(monkeypatch):
@@ -39,7 +39,7 @@ def test_folder_mb_and_peak_rss(tmp_path):
 
 
 def test_measure_runtime_on_a_tiny_saved_model(tmp_path, processed_root):
-    from promptseg.model import build_small_model
+    from promptseg.modeling.clipseg import build_small_model
 
     from conftest import PROMPTS, TINY_MODEL
 

@@ -89,7 +89,7 @@ def test_torch_counts_give_the_validation_dice_and_honour_empty_score():
 
 
 def test_the_mask_scorer_gives_the_old_means():
-    from promptseg.evaluate import EvalConfig, score_masks
+    from promptseg.score.evaluate import EvalConfig, score_masks
 
     preds, gts = random_masks(np.random.default_rng(2), n=15)
     cfg = EvalConfig.for_scoring(empty_score=1.0, boundary_tolerance_px=2)

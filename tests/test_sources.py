@@ -4,8 +4,8 @@ import zipfile
 
 import pytest
 
+from promptseg.ingest.sources import SourceError, land_export
 from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings, SyntheticSettings, build
-from promptseg.sources import SourceError, land_export
 
 SYNTH = build(
     SyntheticSettings,

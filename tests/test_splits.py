@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.exports import read_export
-from promptseg.masks import build_processed_dataset
-from promptseg.splits import (
+from promptseg.ingest.exports import read_export
+from promptseg.ingest.masks import build_processed_dataset
+from promptseg.ingest.splits import (
     assign_grouped,
     detail_thumbnail,
     dhash,
@@ -25,7 +25,7 @@ from promptseg.splits import (
     thumbnail_correlation,
     union_groups,
 )
-from promptseg.synthetic import write_synthetic_export
+from promptseg.ingest.synthetic import write_synthetic_export
 
 from fixtures_exports import coco_ann, coco_image, rf_name, write_coco_split
 

@@ -1,4 +1,4 @@
-"""Tests for promptseg.synthetic: the offline stand-in for the Roboflow exports."""
+"""Tests for promptseg.ingest.synthetic: the offline stand-in for the Roboflow exports."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from promptseg.synthetic import crack_polygons, render_wall_sample, write_synthetic_export
+from promptseg.ingest.synthetic import crack_polygons, render_wall_sample, write_synthetic_export
 
 SIZE = 128
 RF_NAME = re.compile(r"^(wall_\d{4})_jpg\.rf\.([0-9a-f]{32})\.jpg$")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.tiling import blend_window, predict_probabilities_tiled, tile_origins, tiled_logits
+from promptseg.infer.tiling import blend_window, predict_probabilities_tiled, tile_origins, tiled_logits
 
 from conftest import TINY_MODEL
 
@@ -116,8 +116,8 @@ def test_tiled_logits_checks():
 
 @pytest.fixture(scope="module")
 def trained():
-    from promptseg.inference import TrainedModel
-    from promptseg.model import build_small_model
+    from promptseg.infer.torch_engine import TrainedModel
+    from promptseg.modeling.clipseg import build_small_model
 
     model, processor = build_small_model(TINY_MODEL, 64, 0)
     return TrainedModel(model, processor, {"per_image_standardization": True})
@@ -142,7 +142,7 @@ def test_predict_probabilities_tiled_shapes_and_range(trained):
 
 def test_single_tile_matches_whole_image_prediction(trained):
     """An image exactly one tile large at upscale 1 is one forward: the same as predict_probabilities."""
-    from promptseg.inference import predict_probabilities
+    from promptseg.infer.torch_engine import predict_probabilities
 
     image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     tiled = predict_probabilities_tiled(trained, [image], ["segment crack"])[0]
@@ -154,7 +154,7 @@ def test_prompt_ensemble_and_hflip_tta_match_whole_image_prediction(trained):
     """Same options as predict_probabilities; on a one-tile image the results agree."""
     import inspect
 
-    from promptseg.inference import predict_probabilities
+    from promptseg.infer.torch_engine import predict_probabilities
 
     if "hflip_tta" not in inspect.signature(predict_probabilities).parameters:
         pytest.skip("predict_probabilities has no hflip_tta / prompt ensembles in this checkout")

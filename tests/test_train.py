@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from promptseg.train import TrainSetup, cosine_lr_factor, train_rung
+from promptseg.train.loop import TrainSetup, cosine_lr_factor, train_rung
 
 from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_RUNGS, TINY_UNET, tiny_train_settings
 
@@ -134,7 +134,7 @@ UNET_MODEL = {**TINY_MODEL, "unet": TINY_UNET}
 
 
 def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_path, processed_root, capsys):
-    from promptseg.evaluate import skipped_reason, write_skipped_outputs
+    from promptseg.score.evaluate import skipped_reason, write_skipped_outputs
 
     setup = make_setup(
         tmp_path,
@@ -161,10 +161,10 @@ def test_zeroshot_on_the_random_small_model_writes_no_numbers_and_says_why(tmp_p
 def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, processed_root, monkeypatch):
     import numpy as np
 
-    import promptseg.train
-    from promptseg.data import list_split, read_rgb
-    from promptseg.inference import load_trained_model, predict_masks
-    from promptseg.losses import presence_loss
+    import promptseg.train.loop
+    from promptseg.infer.torch_engine import load_trained_model, predict_masks
+    from promptseg.train.data import list_split, read_rgb
+    from promptseg.train.losses import presence_loss
 
     gate_batches = []  # the loop adds the presence gate's own loss on every training batch
 
@@ -172,7 +172,7 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
         gate_batches.append((tuple(presence_logits.shape), tuple(target.shape)))
         return presence_loss(presence_logits, target)
 
-    monkeypatch.setattr(promptseg.train, "presence_loss", recording_presence_loss)
+    monkeypatch.setattr(promptseg.train.loop, "presence_loss", recording_presence_loss)
 
     cfg = {
         "method": "full",
@@ -199,9 +199,9 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
 def test_box_projection_target_applies_only_to_its_dataset():
     from dataclasses import replace
 
-    from promptseg.losses import bce_dice_loss, box_components, box_projection_loss
     from promptseg.settings import TrainCommonSettings, build
-    from promptseg.train import training_loss
+    from promptseg.train.loop import training_loss
+    from promptseg.train.losses import bce_dice_loss, box_components, box_projection_loss
 
     torch.manual_seed(0)
     logits, pixels = torch.randn(4, 16, 16), torch.randn(4, 3, 16, 16)
@@ -224,7 +224,7 @@ def test_box_projection_target_applies_only_to_its_dataset():
 def test_unrelated_negative_prompts_are_a_second_pool_drawn_at_their_share(tmp_path, processed_root):
     from types import SimpleNamespace
 
-    from promptseg.train import build_datasets
+    from promptseg.train.loop import build_datasets
 
     processor = SimpleNamespace(image_processor=SimpleNamespace(image_mean=[0.5] * 3, image_std=[0.5] * 3))
 
@@ -272,8 +272,8 @@ def test_params_keep_training_negatives_apart_from_the_held_out_unrelated_prompt
 
 
 def test_text_lr_puts_the_unet_text_encoder_in_its_own_optimizer_group():
-    from promptseg.model import load_base_model
-    from promptseg.train import optimizer_param_groups
+    from promptseg.modeling.clipseg import load_base_model
+    from promptseg.train.loop import optimizer_param_groups
 
     model, _ = load_base_model(UNET_MODEL, 64, 0, "unet")
     single = optimizer_param_groups(model, 2e-3)
@@ -288,7 +288,7 @@ def test_text_lr_puts_the_unet_text_encoder_in_its_own_optimizer_group():
 
 
 def test_zeroshot_on_a_pretrained_folder_logs_its_one_validation_row_at_step_0(tmp_path, processed_root):
-    from promptseg.model import build_small_model
+    from promptseg.modeling.clipseg import build_small_model
 
     source = tmp_path / "pretrained"  # a pretrained-format folder, as a hub download would be
     model, processor = build_small_model(TINY_MODEL, 64, 0)
@@ -316,7 +316,7 @@ def test_adamw_kernels_foreach_is_the_for_loop_update_and_fused_the_same_formula
     fused the same formula rounded differently: equal to ~1e-6 after a few steps, not bitwise."""
     import dataclasses
 
-    from promptseg.train import make_optimizer
+    from promptseg.train.loop import make_optimizer
 
     common = tiny_train_settings("unet", TINY_RUNGS["unet"]).rung.train
     torch.manual_seed(0)

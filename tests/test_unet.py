@@ -5,9 +5,15 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
-from promptseg.losses import presence_loss
-from promptseg.model import build_clip_tokenizer
-from promptseg.unet import TextConditionedUNet, UNetConfig, gate_logits, is_unet_directory, load_text_encoder_weights
+from promptseg.modeling.clipseg import build_clip_tokenizer
+from promptseg.modeling.unet import (
+    TextConditionedUNet,
+    UNetConfig,
+    gate_logits,
+    is_unet_directory,
+    load_text_encoder_weights,
+)
+from promptseg.train.losses import presence_loss
 
 TINY_PARAMS = {
     "widths": [8, 16, 32, 64],
@@ -185,7 +191,7 @@ def test_gate_logits_is_the_logit_of_the_product_of_probabilities_and_stays_fini
 
 def test_presence_gate_learns_to_close_for_a_prompt_whose_target_is_absent():
     """Same images twice: with "segment crack" the target is the line, with "segment sky" it is empty.
-    Trained as in promptseg.train: pixel loss on the gated logits plus the gate's own presence BCE."""
+    Trained as in promptseg.train.loop: pixel loss on the gated logits plus the gate's own presence BCE."""
     model = tiny_unet(seed=0, presence_gate=True).train()
     images, targets = line_batch()
     images, targets = torch.cat([images, images]), torch.cat([targets, torch.zeros_like(targets)])
@@ -213,7 +219,7 @@ def test_presence_gate_learns_to_close_for_a_prompt_whose_target_is_absent():
 def test_gated_unet_exports_to_onnx_and_onnxruntime_gives_the_same_logits(tmp_path):
     import onnxruntime as ort
 
-    from promptseg.onnx_engine import export_onnx
+    from promptseg.infer.onnx_engine import export_onnx
 
     model = tiny_unet(presence_gate=True)
     perturb_film(model)

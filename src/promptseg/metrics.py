@@ -23,7 +23,7 @@ Threshold selection
 :func:`threshold_sweep_counts` and :func:`choose_threshold` pick the
 probability threshold on validation data. The sweep scores are computed on the
 RAW thresholded probabilities (``probs > t``), i.e. before the morphological
-post-processing of :func:`promptseg.inference.postprocess_probabilities`.
+post-processing of :func:`promptseg.infer.torch_engine.postprocess_probabilities`.
 Thresholding is strict (``>``) everywhere and is done in the dtype of
 ``probs``, exactly like the post-processing.
 """

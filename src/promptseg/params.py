@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 DATASETS = ("cracks", "drywall")
-SPLITS = ("train", "val", "test")  # our split names (Roboflow calls val "valid": promptseg.exports)
+SPLITS = ("train", "val", "test")  # our split names (Roboflow calls val "valid": promptseg.ingest.exports)
 MISSING_TEST_POLICIES = ("report_val", "error")  # params.yaml eval.missing_test_split
 NO_TEST_SPLIT_NOTE = "no test split: threshold chosen on the same images, optimistic"
 THIN_STRUCTURE_DATASETS = ("cracks",)  # get boundary F1 and clDice (evaluation, baselines, report)

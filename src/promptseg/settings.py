@@ -199,11 +199,13 @@ class TrainCommonSettings:
     targets: dict[str, Literal["mask", "box_fill", "box_projection"]]
     box_projection: BoxProjectionSettings
     hflip_prob: float
-    rot90_prob: float  # rotations by 90/180/270 degrees (promptseg.data); 0.0: none
-    color_jitter: float  # brightness/contrast/saturation factors in [1 - s, 1 + s] (promptseg.data); 0.0: none
+    rot90_prob: float  # rotations by 90/180/270 degrees (promptseg.train.data); 0.0: none
+    color_jitter: float  # brightness/contrast/saturation factors in [1 - s, 1 + s] (promptseg.train.data); 0.0: none
     num_workers: int
-    precision: Literal["auto", "fp32", "bf16"]  # promptseg.precision: auto = bf16 where the device runs it natively
-    adamw: Literal["foreach", "fused"]  # AdamW's kernels (promptseg.train.make_optimizer)
+    precision: Literal[
+        "auto", "fp32", "bf16"
+    ]  # promptseg.modeling.precision: auto = bf16 where the device runs it natively
+    adamw: Literal["foreach", "fused"]  # AdamW's kernels (promptseg.train.loop.make_optimizer)
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ class RungOwnSettings:
     dropout: float | None
     targets: tuple[str, ...] | None
     train_decoder: bool | None
-    crop: CropSettings | None  # absent: whole resized views only (promptseg.data)
+    crop: CropSettings | None  # absent: whole resized views only (promptseg.train.data)
 
 
 LORA_KEYS = tuple(f.name for f in fields(LoraSettings))
@@ -298,7 +300,7 @@ class InferSettings:
     prompt_ensemble: bool
     tiled: dict[str, bool]
     tiling: TilingSettings
-    precision: Literal["auto", "fp32", "bf16"]  # evaluation's forward (promptseg.precision)
+    precision: Literal["auto", "fp32", "bf16"]  # evaluation's forward (promptseg.modeling.precision)
     native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size
 
 
@@ -310,7 +312,7 @@ class EvalSettings:
     unrelated_prompts: tuple[str, ...]
     measure_inference_options: bool
     paraphrases: dict[str, tuple[str, ...]]
-    missing_test_split: Literal["report_val", "error"]  # a dataset without test split (promptseg.evaluate)
+    missing_test_split: Literal["report_val", "error"]  # a dataset without test split (promptseg.score.evaluate)
     worst_images: int  # k lowest-Dice images of the reported split per dataset in a gallery figure
 
 
@@ -386,7 +388,7 @@ class RuntimeParams:
 
 
 @dataclass(frozen=True)
-class MeasureParams:  # promptseg measure / predict --measure / the app (promptseg.measure)
+class MeasureParams:  # promptseg measure / predict --measure / the app (promptseg.serve.measure)
     min_area_px: int
     prune_factor: float
     min_spur_px: int

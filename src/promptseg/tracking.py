@@ -57,7 +57,7 @@ def connect(mlflow_cfg: MlflowSettings | dict):
 
 
 def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
-    """Finish the rung's run that :class:`promptseg.live.EpochLogger` opened and filled each epoch (params,
+    """Finish the rung's run that :class:`promptseg.train.live.EpochLogger` opened and filled each epoch (params,
     per-epoch metrics, overlays): add the parameter counts, the DVCLive series (``metrics/``) and the model
     folder (``model/``). Returns ``run_id``; the logger ends the run."""
     import time

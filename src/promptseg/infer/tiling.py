@@ -1,6 +1,6 @@
 """Sliding-window (tiled) inference for thin structures such as wall cracks.
 
-Why: :func:`promptseg.inference.predict_probabilities` resizes the whole photo to the model's input
+Why: :func:`promptseg.infer.torch_engine.predict_probabilities` resizes the whole photo to the model's input
 size (224 or 352 px). On a 640 px photo that is a 0.35-0.55x downscale, so a 2-px crack becomes a
 sub-pixel, low-contrast line that the ViT's 16-px patches barely see, and the upsampled logits can
 only give back a blurred band. Tiling instead runs the model on ``image_size x image_size`` windows
@@ -15,7 +15,7 @@ How:
   edges only). Every pixel's result is ``sum_t w_t * logit_t / sum_t w_t`` over the tiles ``t``
   covering it: a weighted average, so identical overlapping values come back unchanged (no seams),
   and tile borders, where the model lacks context, count less than tile centres.
-- Blending happens on **logits**, like :func:`promptseg.inference.upsample_logits`; the sigmoid comes
+- Blending happens on **logits**, like :func:`promptseg.infer.torch_engine.upsample_logits`; the sigmoid comes
   last.
 - An image smaller than the tile in some dimension is reflect-padded up to the tile (replicate-padded
   when it is too small to reflect) and the result is cropped back.
@@ -176,11 +176,11 @@ def predict_probabilities_tiled(
     window: str = "hann",
     hflip_tta: bool = False,
 ) -> list[np.ndarray]:
-    """Tiled counterpart of :func:`promptseg.inference.predict_probabilities` (same contract), on a torch
-    ``TrainedModel`` or an ``OnnxSegmenter`` (``promptseg.onnx_engine``: its tiles are its export's size).
+    """Tiled counterpart of :func:`promptseg.infer.torch_engine.predict_probabilities` (same contract), on a torch
+    ``TrainedModel`` or an ``OnnxSegmenter`` (``promptseg.infer.onnx_engine``: its tiles are its export's size).
 
     ``images[i]`` is an ``(H, W, 3)`` uint8 RGB array paired with ``prompts[i]``. Per image:
-    bilinear (PIL) resize to ``(round(H * upscale), round(W * upscale))`` -> :func:`promptseg.data.normalize`
+    bilinear (PIL) resize to ``(round(H * upscale), round(W * upscale))`` -> :func:`promptseg.train.data.normalize`
     with the engine's mean/std/per_image over the whole resized image -> :func:`tiled_logits` with
     ``tile = engine.image_size`` and the prompt repeated for each tile batch -> bilinear
     upsample of the blended logits to ``(H, W)`` -> sigmoid. Returns float32 ``(H, W)`` arrays in [0, 1].
@@ -190,7 +190,7 @@ def predict_probabilities_tiled(
     tile logits of every prompt are averaged) and ``hflip_tta`` also averages each tile's logits with
     those of its horizontal mirror, flipped back. Both average logits before blending.
     """
-    from promptseg.inference import upsample_logits
+    from promptseg.infer.torch_engine import upsample_logits
 
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
@@ -220,8 +220,8 @@ def predict_probabilities_tiled(
 def _torch_tile_logits(trained):
     """``tile_logits(view, rows, prompts, flipped)`` of a torch ``TrainedModel``: one image's tiles share a
     prompt, tokenised once per prompt; ``infer.precision`` as the single-pass path."""
-    from promptseg.model import segmentation_logits
-    from promptseg.precision import model_autocast
+    from promptseg.modeling.clipseg import segmentation_logits
+    from promptseg.modeling.precision import model_autocast
 
     device = trained.device
     tokens_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -233,7 +233,7 @@ def _torch_tile_logits(trained):
             tokens_cache[prompt] = (tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
         ids, mask = tokens_cache[prompt]
         n = len(rows)
-        with model_autocast(trained):  # infer.precision (promptseg.precision)
+        with model_autocast(trained):  # infer.precision (promptseg.modeling.precision)
             return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
 
     return tile_logits
@@ -252,7 +252,7 @@ def _resized_input(engine, image: np.ndarray, upscale: float) -> torch.Tensor:
     """The image resized by ``upscale`` (PIL bilinear) and normalised as the engine's model expects (CPU)."""
     from PIL import Image
 
-    from promptseg.data import normalize
+    from promptseg.train.data import normalize
 
     height, width = image.shape[:2]
     size = (max(1, int(round(height * upscale))), max(1, int(round(width * upscale))))
@@ -267,7 +267,7 @@ def _resized_input(engine, image: np.ndarray, upscale: float) -> torch.Tensor:
 def _tile_logits_fn(tile_logits, prompt_set: list[str], hflip_tta: bool):
     """``logits_fn(batch of tiles)`` for :func:`tiled_logits`: ``tile_logits`` for one image's prompt set,
     averaged over the prompts (and the horizontal mirror with ``hflip_tta``)."""
-    from promptseg.inference import average_prompts_and_flips
+    from promptseg.infer.torch_engine import average_prompts_and_flips
 
     def logits_fn(batch: torch.Tensor) -> torch.Tensor:
         return average_prompts_and_flips(

@@ -76,7 +76,7 @@ def device_and_autocast(
 
 
 def model_autocast(trained):
-    """The forward's context for a loaded model (``promptseg.inference.TrainedModel``): its ``precision``
+    """The forward's context for a loaded model (``promptseg.infer.torch_engine.TrainedModel``): its ``precision``
     attribute (``auto | fp32 | bf16``; fp32 when absent) resolved on the model's device."""
     device = trained.device
     return autocast(resolve_precision(getattr(trained, "precision", "fp32"), device, "the model's precision"), device)

@@ -8,12 +8,12 @@ Inputs (all small JSON files written by earlier stages):
   (or ``{"rung", "method", "skipped": reason}`` for a rung that was skipped);
 - ``metrics/eval/<rung>.json``: per dataset the threshold chosen on val, the inference options measured on
   val (``options_val``), and per split per-prompt scores, prompt-switching lit fractions and paraphrase
-  scores (see :mod:`promptseg.evaluate`); ``{"skipped": reason}`` for a skipped rung.
+  scores (see :mod:`promptseg.score.evaluate`); ``{"skipped": reason}`` for a skipped rung.
 
 - ``metrics/runtime/<rung>.json``: measured ms per image (PyTorch, ONNX), model size, peak memory
-  (:mod:`promptseg.runtime`);
+  (:mod:`promptseg.score.runtime`);
 - ``metrics/eval/baselines.json``: the no-learning baselines ("all zeros", "all ones" and, for thin structures,
-  "darkest 5%") scored on the same test images by the ``baselines`` stage (:mod:`promptseg.baselines`), so a
+  "darkest 5%") scored on the same test images by the ``baselines`` stage (:mod:`promptseg.score.baselines`), so a
   model's figures can be read against masks that need no model.
 
 The report's core is one "ladder" table per dataset: the baselines first, then every rung of
@@ -746,7 +746,7 @@ def build_report(
         data_metrics: ``{dataset: metrics/data/<dataset>.json}`` (missing datasets allowed).
         train_metrics: ``{rung: metrics/train/<rung>.json}``.
         eval_metrics: ``{rung: metrics/eval/<rung>.json}``.
-        baselines: ``{dataset: promptseg.baselines.trivial_baseline_scores(...)}`` on the test split (metrics/eval/baselines.json).
+        baselines: ``{dataset: promptseg.score.baselines.trivial_baseline_scores(...)}`` on the test split (metrics/eval/baselines.json).
         model_source: ``model.source`` from params.yaml (``"small"`` or pretrained weights).
         rungs: the ladder's rungs, in params order; default: every rung found in train or eval metrics.
             A rung with no files gets a line saying so; a skipped rung gets a "skipped" row and its reason.

@@ -33,8 +33,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from promptseg.data import list_split, read_rgb
-from promptseg.inference import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
+from promptseg.infer.native import predict_probabilities_native, supports_native_resolution
+from promptseg.infer.recipe import recipe_from_eval_config
+from promptseg.infer.tiling import predict_probabilities_tiled
+from promptseg.infer.torch_engine import EncodingCache, TrainedModel, postprocess_probabilities, predict_probabilities
 from promptseg.metrics import (
     boundary_f1,
     choose_threshold,
@@ -44,7 +46,6 @@ from promptseg.metrics import (
     lit_fraction,
     threshold_sweep_counts,
 )
-from promptseg.native import predict_probabilities_native, supports_native_resolution
 from promptseg.params import MISSING_TEST_POLICIES, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS  # noqa: F401 (re-exported)
 from promptseg.paths import (  # noqa: F401 (prompt_slug re-exported)
     eval_json,
@@ -55,9 +56,8 @@ from promptseg.paths import (  # noqa: F401 (prompt_slug re-exported)
     sweep_csv,
     worst_png,
 )
-from promptseg.recipe import recipe_from_eval_config
 from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
-from promptseg.tiling import predict_probabilities_tiled
+from promptseg.train.data import list_split, read_rgb
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,11 @@ class EvalConfig:
     paraphrases: dict[str, list[str]]
     hflip_tta: bool  # average the logits of the image and its mirror (every prediction)
     prompt_ensemble: bool  # also score the logit average over the dataset's prompts ("ensemble")
-    tiled: dict[str, bool]  # dataset -> sliding-window inference (promptseg.tiling)
+    tiled: dict[str, bool]  # dataset -> sliding-window inference (promptseg.infer.tiling)
     tile_upscale: float
     tile_overlap: float
     measure_inference_options: bool  # options_val (extra val passes)
-    native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size (promptseg.native)
+    native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size (promptseg.infer.native)
     missing_test_split: str  # a dataset without test: report_val | error (module docstring, 5.)
     worst_images: int  # the k lowest-Dice images of the reported split per dataset in a gallery (worst_images_figure)
 
@@ -519,7 +519,7 @@ def evaluate_rung(
     ``per_image`` (a list) receives the per-image rows of every dataset (:func:`write_per_image_csv` writes them).
 
     Each split is scored with ten or so prompts, so the images' encodings are cached
-    (``promptseg.inference.EncodingCache``, at most ``encoding_cache_bytes``; 0 turns it off)."""
+    (``promptseg.infer.torch_engine.EncodingCache``, at most ``encoding_cache_bytes``; 0 turns it off)."""
     trained.encodings = EncodingCache(max_bytes=encoding_cache_bytes)
     results, sweeps = {}, {}
     for dataset, dataset_prompts in prompts.items():

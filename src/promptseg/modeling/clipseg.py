@@ -1,7 +1,7 @@
 """Build or load CLIPSeg, wrap it for a training rung, and run a forward that really trains the encoders.
 
 Architectures (``train.rungs.<v>.architecture``): ``clipseg`` (default) or ``unet``, the
-text-conditioned U-Net of :mod:`promptseg.unet` (random init, sized by ``model.unet``), which learns on a
+text-conditioned U-Net of :mod:`promptseg.modeling.unet` (random init, sized by ``model.unet``), which learns on a
 CPU budget where a ViT from random weights does not.
 
 Model sources (``params.yaml: model.source``, for CLIPSeg):
@@ -154,7 +154,7 @@ def build_small_model(
 
 def build_unet_model(model: ModelSettings | Mapping, image_size: int, seed: int):
     """The text-conditioned U-Net (random init) sized by ``model.unet``, with the same CLIP tokenizer."""
-    from promptseg.unet import TextConditionedUNet, UNetConfig
+    from promptseg.modeling.unet import TextConditionedUNet, UNetConfig
 
     model = as_model_settings(model, "unet")
     torch.manual_seed(seed)
@@ -198,7 +198,7 @@ def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
     """
     local = Path(source).expanduser()
     if local.is_dir():
-        from promptseg.unet import TextConditionedUNet, is_unet_directory
+        from promptseg.modeling.unet import TextConditionedUNet, is_unet_directory
 
         if is_unet_directory(local):
             return TextConditionedUNet.from_pretrained(local), CLIPSegProcessor.from_pretrained(local)

@@ -15,7 +15,7 @@ prompt still traced drywall seams (lines look like lines). The gate answers the 
 "is the prompt's target in this picture at all?" from the pooled bottleneck (mean and max, after FiLM)
 and the text feature, through a two-layer MLP, as one logit g per (image, prompt). The pixel probability
 is sigmoid(pixel logit) * sigmoid(g), returned again as a logit, so the threshold, inference and export
-are unchanged. Training supervises g directly (``promptseg.losses.presence_loss``: BCE against "the
+are unchanged. Training supervises g directly (``promptseg.train.losses.presence_loss``: BCE against "the
 target mask is not empty"; negative prompts have empty targets): through the product alone g got almost
 no gradient (the mask's pixels are nearly all off already) and stayed open (on real test photos,
 sigmoid(g) from 0.94 to 0.99 between the 10th and 90th percentiles, own and other prompts alike, none

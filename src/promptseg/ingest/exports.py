@@ -1,6 +1,6 @@
 """Read a Roboflow export (COCO or YOLO) into plain records, counting every quirk met.
 
-Nothing here renders pixels (see :mod:`promptseg.masks`); this module only turns the
+Nothing here renders pixels (see :mod:`promptseg.ingest.masks`); this module only turns the
 annotation files into :class:`ImageRecord` objects whose shapes keep the coordinates
 exactly as they are in the file (they may lie outside the image: clipping is the
 renderer's job, so that it can be counted there).
@@ -96,7 +96,7 @@ COUNT_KEYS = (
     "unlisted_image",
 )
 
-#: Counters that mean "this listed image was not kept" (read time and, in :mod:`promptseg.masks`,
+#: Counters that mean "this listed image was not kept" (read time and, in :mod:`promptseg.ingest.masks`,
 #: render time); each comes with exactly one :class:`Problem` of that kind naming the image file.
 IMAGE_SKIP_KINDS = (
     "missing_image_file",

@@ -2,7 +2,7 @@
 
 One call of ``train_rung`` trains one rung from ``params.yaml`` and writes
 ``models/<rung>/`` (merged weights + processor + ``promptseg.json``), ``metrics/train/<rung>/``
-(DVCLive, one step per epoch: :mod:`promptseg.live`, with the same values in the rung's MLflow run while it
+(DVCLive, one step per epoch: :mod:`promptseg.train.live`, with the same values in the rung's MLflow run while it
 trains) and ``metrics/train/<rung>.json`` (parameter counts, final figures).
 """
 
@@ -25,12 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from promptseg.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate, list_split, normalize
 from promptseg.images import overlay_image
-from promptseg.live import EpochLogger
-from promptseg.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 from promptseg.metrics import iou_dice_from_counts, pixel_counts
-from promptseg.model import (
+from promptseg.modeling.clipseg import (
     apply_method,
     count_parameters,
     load_base_model,
@@ -39,8 +36,18 @@ from promptseg.model import (
     segmentation_logits,
     uses_per_image_standardization,
 )
-from promptseg.precision import device_and_autocast
+from promptseg.modeling.precision import device_and_autocast
 from promptseg.settings import RungSettings, TrainCommonSettings, TrainSettings, to_plain, zeroshot_skip_reason
+from promptseg.train.data import (
+    EpochShuffleSampler,
+    JointSegmentation,
+    PromptedSegmentation,
+    collate,
+    list_split,
+    normalize,
+)
+from promptseg.train.live import EpochLogger
+from promptseg.train.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 
 
 def training_loss(
@@ -52,7 +59,7 @@ def training_loss(
 ) -> torch.Tensor:
     """The batch loss: BCE + (1 - soft Dice) against the rendered masks, except for samples of a dataset
     whose ``train.common.targets.<dataset>`` is ``box_projection``: their masks are filled boxes, and
-    they get :func:`promptseg.losses.box_projection_loss` (per box, weights from
+    they get :func:`promptseg.train.losses.box_projection_loss` (per box, weights from
     ``train.common.box_projection``). The two parts are averaged by their number of samples."""
     weights_kw = {"bce_weight": train.bce_weight, "dice_weight": train.dice_weight}
     boxed = torch.tensor([train.targets[d] == "box_projection" for d in datasets])
@@ -161,7 +168,7 @@ def launched_world_size() -> int:
 
 
 class TrainingForward(nn.Module):
-    """:func:`promptseg.model.segmentation_logits` as a module's ``forward``.
+    """:func:`promptseg.modeling.clipseg.segmentation_logits` as a module's ``forward``.
 
     Under ``accelerate launch`` this module is what DDP wraps: DDP all-reduces gradients only for
     calls that go through the wrapper's ``forward``, and ``segmentation_logits`` bypasses the library
@@ -278,7 +285,7 @@ def _save_checkpoint(
     """Everything the next epoch depends on, at an epoch boundary: the WHOLE state_dict (buffers too:
     BatchNorm running stats and num_batches_tracked), optimiser, scheduler, every RNG state and the
     sampler's epoch (and the MLflow run id, so a resumed run continues the same run). The data order and augmentation are pure functions of (seed, epoch, index)
-    (:mod:`promptseg.data`), so the sampler's position is its epoch: a run killed mid-epoch restarts that
+    (:mod:`promptseg.train.data`), so the sampler's position is its epoch: a run killed mid-epoch restarts that
     epoch from its boundary and ends with bit-identical weights."""
     state = {
         "epoch": epoch,
@@ -345,7 +352,7 @@ def open_epoch_logger(
     *,
     mlflow: bool = True,
 ) -> EpochLogger:
-    """The rung's :class:`promptseg.live.EpochLogger` (``metrics/train/<rung>/`` and, with ``mlflow``
+    """The rung's :class:`promptseg.train.live.EpochLogger` (``metrics/train/<rung>/`` and, with ``mlflow``
     settings, the rung's MLflow run), continuing a checkpoint's step series and run on resume."""
     with _rng_kept():
         return EpochLogger(
@@ -432,7 +439,7 @@ def build_run(setup: TrainSetup) -> Run:
     rung, train = setup.rung, setup.rung.train
     seed_everything(train.seed)
     accelerator = _accelerator()
-    # train.common.precision: auto | fp32 | bf16 (promptseg.precision); BN stats, loss and optimiser stay fp32
+    # train.common.precision: auto | fp32 | bf16 (promptseg.modeling.precision); BN stats, loss and optimiser stay fp32
     device, autocast, precision = device_and_autocast(train.precision, accelerator.device if accelerator else None)
     base, processor = load_base_model(setup.settings.model, setup.image_size, train.seed, setup.architecture)
     module = apply_method(base, rung.method, rung.lora).to(device)
@@ -484,7 +491,7 @@ def train_one_epoch(setup: TrainSetup, run: Run, epoch: int) -> float:
         with run.autocast:
             logits, presence = run.forward(pixel_values, ids, mask)
         loss = training_loss(logits.float(), targets, datasets, pixel_values, setup.rung.train)
-        if presence is not None:  # the gate's own image-level supervision (promptseg.unet)
+        if presence is not None:  # the gate's own image-level supervision (promptseg.modeling.unet)
             loss = loss + setup.rung.presence_weight * presence_loss(presence.float(), targets)
         run.step_optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are all-reduced here

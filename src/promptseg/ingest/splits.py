@@ -5,7 +5,7 @@ re-uploads (``IMG_1_jpg.rf.<h1>.jpg``, ``IMG_1_jpg.rf.<h2>.jpg``), sometimes in 
 splits. Scoring on a split that holds copies of training photos overstates a model, so
 images are grouped before they are split:
 
-* **Name group**: :func:`promptseg.exports.source_group_of` -- the stem of
+* **Name group**: :func:`promptseg.ingest.exports.source_group_of` -- the stem of
   ``images[*].extra.name`` where the export has it, else the file stem before
   ``_<ext>.rf.<hash>``.
 * **Near-duplicates**: a 64-bit difference hash (:func:`dhash`) of each image; two images
@@ -37,8 +37,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from promptseg.exports import ImageRecord, source_group_of
 from promptseg.images import ImageReadError, read_image
+from promptseg.ingest.exports import ImageRecord, source_group_of
 from promptseg.params import SPLITS
 
 

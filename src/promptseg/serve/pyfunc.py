@@ -9,12 +9,12 @@
 Input: a DataFrame with ``image`` (the bytes of an encoded image file: PNG, JPEG, ...) and ``prompt`` (text).
 Output: a DataFrame with ``mask`` (PNG bytes, {0, 255}, the image's own size) and ``threshold`` (the one used).
 The masks are the ones ``promptseg predict --model models/<rung>`` writes: the same loader
-(:func:`promptseg.inference.load_trained_model`) and the same inference recipe (promptseg.recipe): the model
+(:func:`promptseg.infer.torch_engine.load_trained_model`) and the same inference recipe (promptseg.infer.recipe): the model
 carries evaluation's recipe per dataset (``metrics/eval/<rung>.json``'s ``<dataset>.recipe``: threshold chosen on
 val, open/close, flip TTA, prompt ensemble, tiling, native resolution, precision), and each row runs
-:func:`promptseg.recipe.load_recipe` (the recipe of the dataset whose training prompts contain the prompt, else
-the defaults with threshold 0.5), :func:`promptseg.recipe.recipe_prompts` and
-:func:`promptseg.recipe.predict_masks_with_recipe`, as ``predict`` does. ``params={"threshold": t}`` (t in [0, 1])
+:func:`promptseg.infer.recipe.load_recipe` (the recipe of the dataset whose training prompts contain the prompt, else
+the defaults with threshold 0.5), :func:`promptseg.infer.recipe.recipe_prompts` and
+:func:`promptseg.infer.recipe.predict_masks_with_recipe`, as ``predict`` does. ``params={"threshold": t}`` (t in [0, 1])
 overrides the threshold like ``--threshold``; the default, -1, keeps the recipe's. An undecodable image is an
 error naming its row (nothing is silently dropped).
 
@@ -57,7 +57,7 @@ def registered_name(rung: str) -> str:
 
 
 def decode_image(data: bytes, row: int = 0) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an encoded image file's bytes (what :func:`promptseg.data.read_rgb` gives for the
+    """(H, W, 3) uint8 RGB from an encoded image file's bytes (what :func:`promptseg.train.data.read_rgb` gives for the
     same file); ValueError naming the row when the bytes are not a readable image."""
     import cv2
 
@@ -85,7 +85,7 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
     """image + prompt in, {0, 255} mask out, through ``promptseg predict``'s inference path."""
 
     def load_context(self, context) -> None:
-        from promptseg.inference import load_trained_model
+        from promptseg.infer.torch_engine import load_trained_model
 
         self.trained = load_trained_model(Path(context.artifacts[MODEL_ARTIFACT]))
         self.serving_path = Path(context.artifacts[SERVING_ARTIFACT])
@@ -94,7 +94,7 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
     def recipe_for(self, prompt: str, threshold: float | None = None):
         """(recipe, the prompt or ensemble list to run, the threshold) for ``prompt``, as ``promptseg predict``
         resolves them (``threshold``: the ``--threshold`` override, None for the recipe's)."""
-        from promptseg.recipe import load_recipe, override, recipe_prompts
+        from promptseg.infer.recipe import load_recipe, override, recipe_prompts
 
         rung = str(self.trained.card.get("rung") or self.serving.get("rung", ""))
         recipe, dataset, _ = load_recipe(self.trained.card, prompt, rung, self.serving_path)
@@ -105,7 +105,7 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict | None = None):
         import pandas as pd
 
-        from promptseg.recipe import predict_masks_with_recipe
+        from promptseg.infer.recipe import predict_masks_with_recipe
 
         missing = {"image", "prompt"} - set(model_input.columns)
         if missing:
@@ -156,7 +156,7 @@ def log_pyfunc_model(
         model_dir: the trained model folder (``promptseg predict --model`` reads the same).
         mlflow_cfg: params.yaml ``mlflow`` (``tracking_uri``, ``experiment``).
         recipes: ``{dataset: recipe}``, each metrics/eval/<rung>.json's ``<dataset>.recipe`` (a dict of
-            :class:`promptseg.recipe.Recipe`'s fields, or a ``Recipe``); its ``threshold`` is the one chosen on val.
+            :class:`promptseg.infer.recipe.Recipe`'s fields, or a ``Recipe``); its ``threshold`` is the one chosen on val.
         run_id: the rung's MLflow run (its training run) to log into; None starts a new run.
         rung: the rung's name; default: the model card's ``rung``, else the folder's name.
 
@@ -174,7 +174,7 @@ def log_pyfunc_model(
         )
     card = json.loads((model_dir / "promptseg.json").read_text())
     rung = rung or str(card.get("rung") or model_dir.name)
-    from promptseg.recipe import Recipe
+    from promptseg.infer.recipe import Recipe
 
     recipes = {d: (r if isinstance(r, Recipe) else Recipe.from_dict(r)).to_dict() for d, r in recipes.items()}
     mlflow = connect(mlflow_cfg)
@@ -190,7 +190,7 @@ def log_pyfunc_model(
         serving = Path(tmp) / "serving.json"
         serving.write_text(
             json.dumps(
-                {  # the layout of metrics/eval/<rung>.json, so promptseg.recipe.load_recipe reads it
+                {  # the layout of metrics/eval/<rung>.json, so promptseg.infer.recipe.load_recipe reads it
                     "rung": rung,
                     **{d: {"threshold": float(r["threshold"]), "recipe": r} for d, r in recipes.items()},
                 },

@@ -287,7 +287,7 @@ def crack_truth(
     strokes: list[tuple[np.ndarray, np.ndarray]], margin: int, size: int, hidden: np.ndarray | None = None
 ) -> dict:
     """A crack's true length and width (px) from the polylines it was drawn with, for the
-    measurement benchmark (``promptseg.measure``; nothing here draws or draws random numbers).
+    measurement benchmark (``promptseg.serve.measure``; nothing here draws or draws random numbers).
 
     ``strokes``: (points (n+1, 2) as x, y; cv2 thickness per segment (n,)) for the main walk and
     each branch. A segment's width is what OpenCV drew across it (:func:`_drawn_width`) plus the
@@ -952,7 +952,7 @@ def _coco_header(dataset: str) -> dict:
         "info": {
             "year": "2024",
             "version": "1",
-            "description": f"Synthetic stand-in for the Roboflow {dataset} export (promptseg.synthetic)",
+            "description": f"Synthetic stand-in for the Roboflow {dataset} export (promptseg.ingest.synthetic)",
             "contributor": "promptseg",
             "url": "",
             "date_created": _FIXED_DATE,
@@ -1126,7 +1126,7 @@ def _write_export_files(out_dir: pathlib.Path, dataset: str, fmt: str, seed: int
             f"names: ['{CLASS_NAMES[dataset]}']\n"
         )
     (out_dir / "README.roboflow.txt").write_text(
-        f"Synthetic {dataset} data set generated offline by promptseg.synthetic "
+        f"Synthetic {dataset} data set generated offline by promptseg.ingest.synthetic "
         f"(seed {seed}, {size} px) in the Roboflow {'COCO segmentation' if fmt == 'coco' else 'YOLOv8'} "
         "export format; not real photos.\n"
     )
@@ -1135,7 +1135,7 @@ def _write_export_files(out_dir: pathlib.Path, dataset: str, fmt: str, seed: int
             json.dumps(
                 {
                     "about": "true length and width (px) of each crack annotation, from the polylines it was drawn "
-                    "with (promptseg.synthetic.crack_truth); for benchmarks/measure_accuracy.py",
+                    "with (promptseg.ingest.synthetic.crack_truth); for benchmarks/measure_accuracy.py",
                     "splits": true_measures,
                 },
                 indent=None,

@@ -12,8 +12,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from promptseg.ingest.synthetic import write_synthetic_export
 from promptseg.settings import RoboflowSettings, SourceSettings, SyntheticSettings, to_plain
-from promptseg.synthetic import write_synthetic_export
 
 SOURCES = ("synthetic", "local", "roboflow")
 API_KEY_VARIABLE = "ROBOFLOW_API_KEY"
@@ -123,8 +123,8 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
 def check_landed_export(dataset: str, folder: Path, came_from: str) -> None:
     """Refuse a landed export that the masks stage could not use: no split folder with annotations
     (an empty folder, a wrong folder) or not a single image file in its split folders."""
-    from promptseg.exports import ExportError, detect_export_format
     from promptseg.images import IMAGE_SUFFIXES
+    from promptseg.ingest.exports import ExportError, detect_export_format
 
     try:
         detect_export_format(folder)

@@ -3,7 +3,7 @@
 ``dvc repro baselines`` writes ``metrics/eval/baselines.json``: per dataset, ``{"all zeros": scores,
 "all ones": scores}`` and, for thin structures (cracks), ``{"darkest 5%": scores}`` (each image's darkest
 pixels, then the models' open/close; the share is ``report.darkest_share``). ``scores`` are what
-:func:`promptseg.evaluate.score_masks` gives on the processed test split, plus ``lit`` (the mean share of pixels
+:func:`promptseg.score.evaluate.score_masks` gives on the processed test split, plus ``lit`` (the mean share of pixels
 lit: with any prompt, since the masks ignore it). The report reads this file; it computes nothing itself.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from promptseg.data import list_split, read_rgb
-from promptseg.evaluate import EvalConfig, score_masks
-from promptseg.inference import postprocess_probabilities
+from promptseg.infer.torch_engine import postprocess_probabilities
 from promptseg.metrics import lit_fraction
 from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
+from promptseg.score.evaluate import EvalConfig, score_masks
+from promptseg.train.data import list_split, read_rgb
 
 __all__ = [
     "trivial_baseline_scores",
@@ -46,7 +46,7 @@ def darkest_pixels_mask(
 
     The pixels whose grayscale value (``cv2.COLOR_RGB2GRAY``) is at or below the image's ``share`` quantile
     (``np.quantile``, linear interpolation), then the models' post-processing
-    (:func:`promptseg.inference.postprocess_probabilities` on a map that is 1.0 on those pixels, threshold 0.5:
+    (:func:`promptseg.infer.torch_engine.postprocess_probabilities` on a map that is 1.0 on those pixels, threshold 0.5:
     OPEN then CLOSE with a ``kernel_size`` square). Ties at the quantile are all kept, so a uniform image is lit
     everywhere.
     """
@@ -78,7 +78,7 @@ def trivial_baseline_scores(
     Returns ``{"all zeros": scores, "all ones": scores}`` and, for thin-structure datasets (cracks) when
     ``darkest_share`` is not None, ``{darkest_name(darkest_share): scores}`` (:func:`darkest_pixels_mask` with
     ``morphology`` / ``kernel_size``, the ``infer.morphology`` the models use). ``scores`` is what
-    :func:`promptseg.evaluate.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``, ``images``;
+    :func:`promptseg.score.evaluate.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``, ``images``;
     for thin-structure datasets also ``boundary_f1`` and ``cl_dice``), with the same empty-mask rule (an image
     whose ground truth and prediction are both empty scores ``empty_score``), plus ``lit``, the mean share of
     pixels lit. Returns ``{}`` when the split has no images. Images are read only for the darkest baseline.
@@ -118,7 +118,7 @@ def trivial_baseline_scores(
 
 def scored_split(processed_root: Path, dataset: str, missing_test_split: str) -> str:
     """The split a dataset is reported on: ``test``, or ``val`` when it has no test images and
-    ``eval.missing_test_split`` is ``report_val`` (the rule evaluation follows: promptseg.evaluate)."""
+    ``eval.missing_test_split`` is ``report_val`` (the rule evaluation follows: promptseg.score.evaluate)."""
     if (
         missing_test_split == "report_val"
         and not list_split(processed_root, dataset, "test")

@@ -9,12 +9,12 @@ writes ``<out>/<stem>__<prompt-slug>.png`` ({0, 255} masks at each image's own s
 PyTorch. Both engines share the preprocessing and ``postprocess_probabilities``.
 
 The threshold, open/close, flip TTA, prompt ensemble and tiling come from the recipe evaluation scored
-with (``metrics/eval/<rung>.json``, ``<dataset>.recipe``: promptseg.recipe); a flag overrides one field
-and the output says so. ``--measure`` also measures the masks (promptseg.measure).
+with (``metrics/eval/<rung>.json``, ``<dataset>.recipe``: promptseg.infer.recipe); a flag overrides one field
+and the output says so. ``--measure`` also measures the masks (promptseg.serve.measure).
 
 ``promptseg measure MASK_OR_DIR... [--kind crack|joint] [--mm-per-px X]`` writes measurements.json/.csv and
 ``<stem>_measured.png`` next to the masks. ``promptseg app --model models/<rung>`` serves a Gradio page
-(promptseg.app) on 127.0.0.1.
+(promptseg.serve.app) on 127.0.0.1.
 
 Exit codes: 0 at least one mask written; 1 none written (every image skipped) or writing stopped on an
 error; 2 usage errors (unknown path, empty prompt, missing or unreadable model directory, a corrupt weights
@@ -210,7 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _err(f"cannot write to the output folder {out_dir}: {why}; pass --out with a folder you can write to")
         return EXIT_USAGE
 
-    _quiet_transformers()  # before promptseg.model imports the processor classes
+    _quiet_transformers()  # before promptseg.modeling.clipseg imports the processor classes
     try:
         engine = _load_engine(args.engine, model_dir, args.threads)
     except _EngineLoadError as exc:
@@ -224,7 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _resolve_recipe(args: argparse.Namespace, engine, model_dir: Path, prompt: str):
     """The recipe evaluation recorded for the prompt's dataset, with the flags' overrides; prints where each
     part came from. Returns (recipe, the prompt or ensemble list to run, threshold)."""
-    from promptseg.recipe import load_recipe, override, recipe_file, recipe_prompts
+    from promptseg.infer.recipe import load_recipe, override, recipe_file, recipe_prompts
 
     rung = str(engine.card.get("rung") or model_dir.name)
     eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
@@ -265,14 +265,14 @@ class _EngineLoadError(Exception):
 
 
 class _TorchEngine:
-    """The PyTorch engine (``promptseg.inference``) behind the interface ``OnnxSegmenter`` also offers."""
+    """The PyTorch engine (``promptseg.infer.torch_engine``) behind the interface ``OnnxSegmenter`` also offers."""
 
     def __init__(self, trained):
         self.trained = trained
         self.card = trained.card
 
     def predict_masks(self, images, prompts, **kwargs):
-        from promptseg.inference import predict_masks
+        from promptseg.infer.torch_engine import predict_masks
 
         return predict_masks(self.trained, images, prompts, **kwargs)
 
@@ -281,7 +281,7 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
     """An object with ``.card`` and ``.predict_masks(images, prompts, threshold=, morphology=, kernel_size=,
     batch_size=)`` for ``--engine torch`` (``load_trained_model``) or ``--engine onnx`` (``OnnxSegmenter``)."""
     if name == "onnx":
-        from promptseg.onnx_engine import OnnxEngineError, OnnxSegmenter, find_export_dir, stale_export_reason
+        from promptseg.infer.onnx_engine import OnnxEngineError, OnnxSegmenter, find_export_dir, stale_export_reason
 
         try:
             export_dir = find_export_dir(model_dir)
@@ -299,8 +299,8 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
         print(f"engine onnx: {export_dir} (onnxruntime, {engine.threads} threads)")
         return engine
 
-    from promptseg.inference import load_trained_model
-    from promptseg.model import ModelSourceError
+    from promptseg.infer.torch_engine import load_trained_model
+    from promptseg.modeling.clipseg import ModelSourceError
 
     if threads:
         import torch
@@ -323,8 +323,8 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
 
 
 def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
-    from promptseg.data import read_rgb
     from promptseg.images import ImageReadError
+    from promptseg.train.data import read_rgb
 
     writer = _MaskWriter(engine, prompt, out_dir, threshold, args, inputs)
     for path, why in inputs.skipped:
@@ -385,7 +385,7 @@ class _MaskWriter:
     def flush(self) -> None:
         """Predict and write the batch; raises :class:`_PredictAbort` when the recipe cannot run."""
         from promptseg.images import overlay_image
-        from promptseg.recipe import predict_masks_with_recipe
+        from promptseg.infer.recipe import predict_masks_with_recipe
 
         args, out_dir, prompt = self.args, self.out_dir, self.prompt
         if not self.batch or self.write_error:
@@ -484,7 +484,7 @@ def _add_predict_command(sub) -> None:
 
 
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
-    """The flags that override one field of the evaluated recipe (promptseg.recipe); None: the recipe's."""
+    """The flags that override one field of the evaluated recipe (promptseg.infer.recipe); None: the recipe's."""
     p.add_argument(
         "--threshold",
         type=_probability,
@@ -548,7 +548,7 @@ def _add_measure_command(sub) -> None:
         "measure",
         help="measure cracks / drywall joints in masks (length, width, BRE 251 category)",
         description="Per connected component: length along the pruned skeleton, mean and max width, "
-        "orientation, area (promptseg.measure). Writes measurements.json, measurements.csv "
+        "orientation, area (promptseg.serve.measure). Writes measurements.json, measurements.csv "
         "and <stem>_measured.png next to the masks.",
     )
     m.add_argument("inputs", nargs="+", metavar="MASK_OR_DIR", help="mask PNGs ({0,255}) and/or folders of them")
@@ -646,7 +646,7 @@ def _add_scale_args(parser: argparse.ArgumentParser) -> None:
 
 def _measure_settings(params_path: str | None):
     """MeasureSettings from params.yaml's measure: section (or the defaults when there is no params.yaml)."""
-    from promptseg.measure import MeasureSettings
+    from promptseg.serve.measure import MeasureSettings
 
     path = Path(params_path or "params.yaml")
     if not path.exists():
@@ -657,7 +657,7 @@ def _measure_settings(params_path: str | None):
 
 
 def _run_measure(paths: list[Path], kind: str, args: argparse.Namespace, images: dict | None = None) -> int:
-    from promptseg.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, measure_files
+    from promptseg.serve.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, measure_files
 
     try:
         settings = _measure_settings(getattr(args, "params", None))
@@ -710,8 +710,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_WRITTEN
     images = None
     if args.images:
-        from promptseg.data import read_rgb
         from promptseg.images import IMAGE_SUFFIXES
+        from promptseg.train.data import read_rgb
 
         folder = Path(args.images)
         if not folder.is_dir():
@@ -736,9 +736,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         _err("the app needs gradio: pip install -r requirements.txt (gradio==6.31.0)")
         return EXIT_USAGE
     _quiet_transformers()
-    from promptseg.app import launch, load_app_model
-    from promptseg.model import ModelSourceError
-    from promptseg.onnx_engine import OnnxEngineError
+    from promptseg.infer.onnx_engine import OnnxEngineError
+    from promptseg.modeling.clipseg import ModelSourceError
+    from promptseg.serve.app import launch, load_app_model
 
     try:
         app = load_app_model(
@@ -766,8 +766,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     _quiet_transformers()
     import time
 
-    from promptseg.model import ModelSourceError
-    from promptseg.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
+    from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
+    from promptseg.modeling.clipseg import ModelSourceError
 
     started = time.perf_counter()
     try:
@@ -782,7 +782,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         _err(f"the ONNX export of {model_dir} failed: {type(exc).__name__}: {exc}")
         return EXIT_NOTHING_WRITTEN
     size_mb = (out_dir / ONNX_FILENAME).stat().st_size / 1e6
-    from promptseg.recipe import copy_recipes
+    from promptseg.infer.recipe import copy_recipes
 
     try:
         rung = json.loads((model_dir / "promptseg.json").read_text()).get("rung") or model_dir.name

@@ -139,10 +139,12 @@ class TrainedModel:
         size = image_processor.size
         self.image_size = int(size["height"] if not isinstance(size, int) else size)
         self.mean, self.std = list(image_processor.image_mean), list(image_processor.image_std)
-        # inputs standardised per image after mean/std (the small model; promptseg.model explains why)
+        # inputs standardised per image after mean/std (the small model; promptseg.modeling.clipseg explains why)
         self.per_image = bool(self.card.get("per_image_standardization", False))
         self.encodings = EncodingCache(max_bytes=0)  # off; evaluation turns it on (many prompts, same images)
-        self.precision = "fp32"  # auto | fp32 | bf16 (promptseg.precision): infer.precision, predict --precision
+        self.precision = (
+            "fp32"  # auto | fp32 | bf16 (promptseg.modeling.precision): infer.precision, predict --precision
+        )
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +156,7 @@ def load_trained_model(model_dir) -> TrainedModel:
     import json
     from pathlib import Path
 
-    from promptseg.model import load_pretrained
+    from promptseg.modeling.clipseg import load_pretrained
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -176,8 +178,8 @@ def _model_logits(
     encoder), which does not depend on the prompt, then the prompt half (text encoder, FiLM decoder).
     The image half of the whole batch comes from ``trained.encodings`` under ``cache_key`` (computed on
     first use); ``cache_key=None`` computes it for ``rows`` afresh."""
-    from promptseg.model import decode_prompts, encode_images
-    from promptseg.precision import model_autocast
+    from promptseg.modeling.clipseg import decode_prompts, encode_images
+    from promptseg.modeling.precision import model_autocast
 
     model, device = trained.model, trained.device
     tokens = trained.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
@@ -196,7 +198,7 @@ def _model_logits(
 
 def average_prompts_and_flips(logits_of, pixel_values, prompt_sets: list[list[str]], hflip_tta: bool, flip, zeros):
     """THE prompt-ensemble and flip-TTA average, shared by the single-pass (:func:`predict_probabilities`),
-    tiled (``promptseg.tiling``) and ONNX (``promptseg.onnx_engine``) paths, torch or NumPy alike.
+    tiled (``promptseg.infer.tiling``) and ONNX (``promptseg.infer.onnx_engine``) paths, torch or NumPy alike.
 
     ``pixel_values``: a batch (B, C, h, w); ``prompt_sets[i]``: the prompts of row i (one, or an ensemble).
     ``logits_of(view, rows, prompts, flipped)`` -> logits (len(rows), h', w') for ``view[rows]`` with one
@@ -228,7 +230,7 @@ def predict_probabilities(
     ``hflip_tta``, over the image and its horizontal mirror flipped back) -> bilinear upsample of the
     logits to (H, W) -> sigmoid. Returns float32 (H, W) arrays in [0, 1].
     """
-    from promptseg.data import preprocess_image
+    from promptseg.train.data import preprocess_image
 
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")

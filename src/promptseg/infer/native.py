@@ -3,7 +3,7 @@
 The U-Net is fully convolutional: its encoder pads any (H, W) to a multiple of 32 and its logits are
 cropped back to (H, W); FiLM scales channels whatever the size, and the presence gate pools the
 bottleneck (mean and max) over whatever area there is. A crack a few pixels wide in a 640 px photo
-stays a few pixels wide, where the 224 px resize of :func:`promptseg.inference.predict_probabilities`
+stays a few pixels wide, where the 224 px resize of :func:`promptseg.infer.torch_engine.predict_probabilities`
 thins it below a pixel. Trained on native-resolution crops (``train.rungs.unet.crop``), the model has
 seen that scale. ``infer.native_resolution.<dataset>`` turns it on per dataset in evaluation; CLIPSeg
 rungs (a ViT with learnt position embeddings for one input size) keep the resize path.
@@ -27,11 +27,11 @@ def predict_probabilities_native(
     trained, images: list[np.ndarray], prompts: list, *, batch_size: int = 16, hflip_tta: bool = False
 ) -> list[np.ndarray]:
     """Probability maps, one per (image, prompt) pair, computed at each image's own size (same contract as
-    :func:`promptseg.inference.predict_probabilities`: a prompt may be a list, an ensemble whose logits are
+    :func:`promptseg.infer.torch_engine.predict_probabilities`: a prompt may be a list, an ensemble whose logits are
     averaged; ``hflip_tta`` averages with the mirrored image). Images of the same size are batched together
     (up to ``batch_size``); their encodings go through ``trained.encodings``."""
-    from promptseg.data import normalize
-    from promptseg.inference import EncodingCache, _model_logits
+    from promptseg.infer.torch_engine import EncodingCache, _model_logits
+    from promptseg.train.data import normalize
 
     if not supports_native_resolution(trained):
         raise ValueError(

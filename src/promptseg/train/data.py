@@ -43,7 +43,7 @@ def normalize(rgb_resized: np.ndarray, mean, std, per_image: bool = False) -> to
     """(S, S, 3) uint8 -> (3, S, S) float32 normalised with the model's mean/std.
 
     ``per_image``: then standardise the whole tensor to zero mean, unit std (used by the randomly
-    initialised ``small`` model; see ``promptseg.model.uses_per_image_standardization``).
+    initialised ``small`` model; see ``promptseg.modeling.clipseg.uses_per_image_standardization``).
     """
     x = torch.from_numpy(np.array(rgb_resized, dtype=np.float32)).div_(255.0).permute(2, 0, 1)
     x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

@@ -1,4 +1,4 @@
-"""Render :class:`~promptseg.exports.ImageRecord` shapes to binary masks, clip and count.
+"""Render :class:`~promptseg.ingest.exports.ImageRecord` shapes to binary masks, clip and count.
 
 Conventions (tested in ``tests/test_masks.py``):
 
@@ -43,7 +43,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from promptseg.exports import (
+from promptseg.images import ImageReadError, read_image
+from promptseg.ingest.exports import (
     PROBLEM_COLUMNS,
     ExportError,
     ExportReadResult,
@@ -51,9 +52,8 @@ from promptseg.exports import (
     Problem,
     source_group_of,
 )
-from promptseg.images import ImageReadError, read_image
+from promptseg.ingest.splits import SplitPlan, hash_hex, map_in_threads, plan_splits
 from promptseg.params import SPLITS
-from promptseg.splits import SplitPlan, hash_hex, map_in_threads, plan_splits
 
 #: Counters rendering adds to each split (zero when not met).
 RENDER_COUNT_KEYS = (
@@ -372,7 +372,7 @@ def _index_row(rec, path: Path, split: str, stem: str, mask, h: int, w: int, per
 
 
 def write_problems_csv(problems: list, path: Path) -> collections.Counter:
-    """Write every problem as a row of :data:`promptseg.exports.PROBLEM_COLUMNS` (a plain string
+    """Write every problem as a row of :data:`promptseg.ingest.exports.PROBLEM_COLUMNS` (a plain string
     becomes a row with only ``detail``); return the count per kind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -415,7 +415,7 @@ def build_processed_dataset(
     """Write ``out_dir/<split>/images/<stem><ext>`` (a copy), ``out_dir/<split>/masks/<stem>.png``
     ({0,255} uint8) and ``out_dir/index.csv``; return the dict for ``metrics/data/<dataset>.json``.
 
-    ``plan`` (:func:`promptseg.splits.plan_splits` of ``read.records``) decides each image's
+    ``plan`` (:func:`promptseg.ingest.splits.plan_splits` of ``read.records``) decides each image's
     split; by default the export's own splits (``as_exported``, near-duplicates found with the
     default thresholds, for the leakage figures). Where the export has true masks
     (``<export>/true_masks/<roboflow split>/<file stem>.png``, as the synthetic drywall export
@@ -433,7 +433,7 @@ def build_processed_dataset(
     messages), ``"export"`` (``read.counts``), ``"split"`` (:meth:`SplitPlan.summary`: groups,
     copies and cross-split leakage of the splits as exported and as written) and, when the
     export has them, ``"true_masks"`` (copied per split). Raises ``ValueError`` if no usable
-    image comes out (an :class:`~promptseg.exports.ExportError`). ``workers``: threads for decode/render/write (default
+    image comes out (an :class:`~promptseg.ingest.exports.ExportError`). ``workers``: threads for decode/render/write (default
     ``min(8, cpu_count)``; 1 runs inline); the output does not depend on it.
     """
     out_dir = Path(out_dir)

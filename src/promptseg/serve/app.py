@@ -4,7 +4,7 @@ Upload a photo (or pick a test image), choose a preset prompt or type one, move 
 the recipe's val threshold for the prompt's dataset; an unseen prompt says its threshold is the fallback),
 set the overlay opacity and, for measurements in mm and the BRE Digest 251 category, the scale. Outputs:
 the overlay, the mask, the measurements table and a summary; the mask PNG and the measurements JSON to
-download. Masks come from the same recipe code as ``promptseg predict`` (promptseg.recipe), so the app's
+download. Masks come from the same recipe code as ``promptseg predict`` (promptseg.infer.recipe), so the app's
 mask equals predict's for the same engine and threshold (tests/test_app_browser.py checks it in Chromium).
 Bound to 127.0.0.1 unless ``--host`` says otherwise. A bad upload gives a message on the page; the app
 keeps serving.
@@ -40,12 +40,12 @@ class AppModel:
     def engine_for(self, recipe) -> tuple[object, str]:
         """(engine, name) that runs ``recipe``: the chosen one, or, with ``torch_fallback``, PyTorch (loaded once)
         for a U-Net recipe at each photo's own size, which the ONNX export (traced at one size) cannot run."""
-        from promptseg.recipe import onnx_cannot_run
+        from promptseg.infer.recipe import onnx_cannot_run
 
         if not (self.torch_fallback and onnx_cannot_run(self.engine, recipe)):
             return self.engine, self.engine_name
         if self._torch_engine is None:
-            from promptseg.inference import load_trained_model
+            from promptseg.infer.torch_engine import load_trained_model
 
             self._torch_engine = load_trained_model(self.model_dir)
         return self._torch_engine, "torch"
@@ -76,7 +76,7 @@ def load_app_model(
         )
     chosen = None
     if engine in ("auto", "onnx"):
-        from promptseg.onnx_engine import (
+        from promptseg.infer.onnx_engine import (
             OnnxEngineError,
             OnnxSegmenter,
             find_export_dir,
@@ -88,7 +88,7 @@ def load_app_model(
             if engine == "onnx":
                 raise
     if chosen is None:
-        from promptseg.inference import load_trained_model
+        from promptseg.infer.torch_engine import load_trained_model
 
         if threads:
             import torch
@@ -97,7 +97,7 @@ def load_app_model(
         chosen, name = load_trained_model(model_dir), "torch"
     card = dict(chosen.card)
     rung = str(card.get("rung") or model_dir.name)
-    from promptseg.recipe import recipe_file
+    from promptseg.infer.recipe import recipe_file
 
     eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen)
     folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
@@ -107,7 +107,7 @@ def load_app_model(
 
 def recipe_for(app: AppModel, prompt: str):
     """(recipe, dataset, message) for a prompt; the message says where the threshold comes from."""
-    from promptseg.recipe import load_recipe
+    from promptseg.infer.recipe import load_recipe
 
     recipe, dataset, why = load_recipe(app.card, prompt, app.rung, app.eval_path)
     return recipe, dataset, f"threshold {recipe.threshold:g}: {why}"
@@ -123,10 +123,10 @@ def segment(
     out_dir: Path,
 ) -> dict:
     """Everything the page shows for one request; ``{"error": message}`` for a bad request."""
-    from promptseg.cli import measure_kind
-    from promptseg.data import read_rgb
-    from promptseg.measure import draw_measurements, measure_mask
-    from promptseg.recipe import override, predict_masks_with_recipe, recipe_prompts
+    from promptseg.infer.recipe import override, predict_masks_with_recipe, recipe_prompts
+    from promptseg.serve.cli import measure_kind
+    from promptseg.serve.measure import draw_measurements, measure_mask
+    from promptseg.train.data import read_rgb
 
     prompt = (prompt or "").strip()
     if not image_path:

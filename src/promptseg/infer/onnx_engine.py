@@ -14,13 +14,13 @@
 as a modification of that output and ``dvc repro`` re-runs the training stage (which deletes the export).
 
 ``OnnxSegmenter(export_dir).predict_probabilities(images, prompts)`` mirrors
-``promptseg.inference.predict_probabilities``: the same preprocessing (``promptseg.data.preprocess_image``),
+``promptseg.infer.torch_engine.predict_probabilities``: the same preprocessing (``promptseg.train.data.preprocess_image``),
 bilinear upsampling of the logits to each image's own size and sigmoid, written in NumPy (tested equal to
 the torch functions); masks then go through the same ``postprocess_probabilities``.
 
 The export takes any ``nn.Module`` whose forward is ``(pixel_values, input_ids, attention_mask) -> logits
 (B, H, W)`` (``export_onnx``). What is specific to a model type is its loading (``load_trained_source``,
-through ``promptseg.inference.load_trained_model``); ``load_export_source`` picks it by the folder's config file.
+through ``promptseg.infer.torch_engine.load_trained_model``); ``load_export_source`` picks it by the folder's config file.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class ExportSource:
 
     ``module``: an ``nn.Module`` whose forward is ``(pixel_values, input_ids, attention_mask) -> logits
     (B, H, W)``. ``tokenizer``: a Hugging Face tokenizer (saved beside the graph). ``image_size``, ``mean``,
-    ``std``, ``per_image``: the arguments of ``promptseg.data.preprocess_image``. ``card``: the model
+    ``std``, ``per_image``: the arguments of ``promptseg.train.data.preprocess_image``. ``card``: the model
     folder's ``promptseg.json`` (rung, training prompts), copied into the export's metadata.
     ``weights``: the weight file the module came from (its sha256 is recorded to spot stale exports).
     """
@@ -108,10 +108,10 @@ class ExportSource:
 
 def logits_module(model):
     """An ``nn.Module`` whose forward is ``(pixel_values, input_ids, attention_mask) -> logits (B, H, W)``:
-    ``promptseg.model.segmentation_logits`` on ``model`` (torch is imported only when called)."""
+    ``promptseg.modeling.clipseg.segmentation_logits`` on ``model`` (torch is imported only when called)."""
     import torch
 
-    from promptseg.model import segmentation_logits
+    from promptseg.modeling.clipseg import segmentation_logits
 
     class SegmentationLogits(torch.nn.Module):
         def __init__(self, inner):
@@ -127,11 +127,11 @@ def logits_module(model):
 def load_trained_source(model_dir: str | Path) -> ExportSource:
     """The model-type-specific part: ``models/<rung>`` (weights + processor + promptseg.json) -> ExportSource.
 
-    Loads through ``promptseg.inference.load_trained_model`` (a CLIPSeg ``save_pretrained`` folder, or any
+    Loads through ``promptseg.infer.torch_engine.load_trained_model`` (a CLIPSeg ``save_pretrained`` folder, or any
     other folder type it learns to load), so preprocessing is read exactly as the PyTorch engine reads it:
     image size and mean/std from the saved processor, ``per_image_standardization`` from the card.
     """
-    from promptseg.inference import load_trained_model
+    from promptseg.infer.torch_engine import load_trained_model
 
     model_dir = Path(model_dir)
     trained = load_trained_model(model_dir)
@@ -403,12 +403,12 @@ def _make_session(onnx_path: Path, *, threads: int, optimization: str):
 
 
 def preprocess(rgb: np.ndarray, size: int, mean, std, per_image: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, S, S) float32: ``promptseg.data.preprocess_image`` in NumPy.
+    """(H, W, 3) uint8 RGB -> (3, S, S) float32: ``promptseg.train.data.preprocess_image`` in NumPy.
 
     PIL bilinear resize (``resize_rgb``), /255, (x - mean) / std, then with ``per_image`` the whole array
     standardised to zero mean and unit (unbiased, as torch's) std plus 1e-6.
     """
-    from promptseg.data import resize_rgb
+    from promptseg.train.data import resize_rgb
 
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     scale, offset = (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
@@ -430,7 +430,7 @@ def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def upsample_bilinear(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) float32 -> (H, W) float32: ``promptseg.inference.upsample_logits`` (torch bilinear,
+    """(h, w) float32 -> (H, W) float32: ``promptseg.infer.torch_engine.upsample_logits`` (torch bilinear,
     ``align_corners=False``, no antialiasing) in NumPy."""
     y0, y1, wy = _source_index(int(size[0]), logits.shape[0])
     x0, x1, wx = _source_index(int(size[1]), logits.shape[1])
@@ -507,15 +507,15 @@ class OnnxSegmenter:
     ) -> list[np.ndarray]:
         """Probability maps at each image's OWN size, one per (image, prompt) pair (float32 (H, W) in [0, 1]).
 
-        The ONNX twin of ``promptseg.inference.predict_probabilities`` (same contract: ``prompts[i]`` may be
+        The ONNX twin of ``promptseg.infer.torch_engine.predict_probabilities`` (same contract: ``prompts[i]`` may be
         a list, a prompt ensemble; ``hflip_tta`` averages with the mirrored image's logits flipped back, in
-        the same order): resize + normalise (``preprocess``, = ``promptseg.data.preprocess_image``) ->
+        the same order): resize + normalise (``preprocess``, = ``promptseg.train.data.preprocess_image``) ->
         logits at the model's input size, averaged -> bilinear upsample of the logits to (H, W)
-        (``upsample_bilinear``, = ``promptseg.inference.upsample_logits``) -> sigmoid.
+        (``upsample_bilinear``, = ``promptseg.infer.torch_engine.upsample_logits``) -> sigmoid.
         Pre- and post-processing run in NumPy: no torch thread pool (on a busy machine its small ops
         cost ~100 ms per image at 2 threads, measured).
         """
-        from promptseg.inference import average_prompts_and_flips
+        from promptseg.infer.torch_engine import average_prompts_and_flips
 
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
@@ -554,7 +554,7 @@ class OnnxSegmenter:
         hflip_tta: bool = False,
     ) -> list[np.ndarray]:
         """{0,255} uint8 masks at each image's own size: probabilities -> threshold -> open/close."""
-        from promptseg.inference import postprocess_probabilities
+        from promptseg.infer.torch_engine import postprocess_probabilities
 
         probs = self.predict_probabilities(images, prompts, batch_size=batch_size, hflip_tta=hflip_tta)
         return [postprocess_probabilities(p, threshold, morphology=morphology, kernel_size=kernel_size) for p in probs]

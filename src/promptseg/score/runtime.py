@@ -2,9 +2,9 @@
 
 Per rung, on a handful of processed test images (each with its dataset's first prompt):
 
-- ``torch_ms_per_image``: :func:`promptseg.inference.predict_probabilities` (the ``promptseg predict`` /
+- ``torch_ms_per_image``: :func:`promptseg.infer.torch_engine.predict_probabilities` (the ``promptseg predict`` /
   evaluation path: preprocessing, forward, upsampling to the image's own size) at ``infer.batch_size``;
-- ``onnx_ms_per_image``: the same images through :class:`promptseg.onnx_engine.OnnxSegmenter` (``--engine onnx``)
+- ``onnx_ms_per_image``: the same images through :class:`promptseg.infer.onnx_engine.OnnxSegmenter` (``--engine onnx``)
   when ``runtime.onnx`` is on; the graph is exported (``export_model_dir``, checked against PyTorch) to a
   temporary folder, never into the model folder (a DVC output);
 - ``model_mb``: the model folder's size on disk (every file; MB = 10^6 bytes), ``onnx_mb``: the ONNX graph's;
@@ -62,7 +62,7 @@ def peak_rss_mb() -> float:
 def runtime_images(processed_root: Path, prompts: dict[str, list[str]], count: int) -> tuple[list, list[str]]:
     """The first ``count`` test images, alternating datasets (``prompts`` order), each with its dataset's first
     prompt; an unreadable image is skipped and named."""
-    from promptseg.data import list_split, read_rgb
+    from promptseg.train.data import list_split, read_rgb
 
     queues = {d: [img for img, _ in list_split(Path(processed_root), d, "test")] for d in prompts}
     images, chosen = [], []
@@ -92,7 +92,7 @@ def measure_runtime(
     """The figures of this module's docstring for one model folder on ``images`` (one prompt each)."""
     import torch
 
-    from promptseg.inference import load_trained_model, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
 
     if not images:
         raise ValueError("no images to time: the processed test splits are empty (run `dvc repro masks`)")
@@ -119,7 +119,7 @@ def measure_runtime(
     if trained.device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
     if onnx:
-        from promptseg.onnx_engine import OnnxSegmenter, export_model_dir
+        from promptseg.infer.onnx_engine import OnnxSegmenter, export_model_dir
 
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()

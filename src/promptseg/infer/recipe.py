@@ -9,7 +9,7 @@ overrides a field and the output says which.
 Fields: ``threshold`` (chosen on val), ``morphology`` and ``kernel`` (open/close), ``hflip_tta`` (logits
 averaged with the mirrored image's), ``prompt_ensemble`` (logits averaged over the dataset's prompts,
 thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-prompt), ``tiled`` with
-``tile_upscale`` and ``tile_overlap`` (promptseg.tiling), and ``batch_size``.
+``tile_upscale`` and ``tile_overlap`` (promptseg.infer.tiling), and ``batch_size``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Recipe:
     tile_upscale: float = 1.0
     tile_overlap: float = 0.25
     batch_size: int = 16
-    native_resolution: bool = False  # U-Net: the whole photo at its own size (promptseg.native), before tiling
+    native_resolution: bool = False  # U-Net: the whole photo at its own size (promptseg.infer.native), before tiling
     precision: str = "fp32"  # the forward's precision on the torch engine (infer.precision)
 
     def to_dict(self) -> dict:
@@ -98,7 +98,7 @@ class Recipe:
 def recipe_from_eval_config(
     cfg, dataset: str, threshold: float, ensemble_threshold: float | None = None, precision: str = "fp32"
 ) -> dict:
-    """The recipe evaluation scored ``dataset`` with (``cfg``: promptseg.evaluate.EvalConfig; ``precision``: the
+    """The recipe evaluation scored ``dataset`` with (``cfg``: promptseg.score.evaluate.EvalConfig; ``precision``: the
     model's ``infer.precision``), as a dict."""
     return Recipe(
         threshold=float(threshold),
@@ -209,7 +209,7 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
     """Probabilities for ``images`` with ``prompt`` (a string or an ensemble list) the way ``recipe`` says,
     on a torch ``TrainedModel`` or an ``OnnxSegmenter``: single pass or tiled (both engines), at each photo's
     own size (torch only: the export is traced at one size), flip TTA or not."""
-    from promptseg.tiling import predict_probabilities_tiled
+    from promptseg.infer.tiling import predict_probabilities_tiled
 
     prompts = [prompt] * len(images)
     tiled = {"upscale": recipe.tile_upscale, "overlap": recipe.tile_overlap, "batch_size": recipe.batch_size}
@@ -225,7 +225,7 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
         return engine.predict_probabilities(images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
     trained = getattr(engine, "trained", engine)
     trained.precision = recipe.precision  # infer.precision as evaluated, or --precision
-    from promptseg.native import predict_probabilities_native, supports_native_resolution
+    from promptseg.infer.native import predict_probabilities_native, supports_native_resolution
 
     if recipe.native_resolution and supports_native_resolution(trained):  # as evaluation: before tiling
         return predict_probabilities_native(
@@ -233,7 +233,7 @@ def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, 
         )
     if recipe.tiled:
         return predict_probabilities_tiled(trained, images, prompts, hflip_tta=recipe.hflip_tta, **tiled)
-    from promptseg.inference import predict_probabilities
+    from promptseg.infer.torch_engine import predict_probabilities
 
     return predict_probabilities(trained, images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
 
@@ -242,8 +242,8 @@ def predict_masks_with_recipe(
     engine, images: list[np.ndarray], prompt, recipe: Recipe, threshold: float | None = None
 ) -> list[np.ndarray]:
     """{0,255} masks: :func:`predict_probabilities_with_recipe`, then threshold (``threshold`` or the
-    recipe's) and the recipe's open/close (promptseg.inference.postprocess_probabilities)."""
-    from promptseg.inference import postprocess_probabilities
+    recipe's) and the recipe's open/close (promptseg.infer.torch_engine.postprocess_probabilities)."""
+    from promptseg.infer.torch_engine import postprocess_probabilities
 
     t = recipe.threshold if threshold is None else threshold
     return [

@@ -110,7 +110,7 @@ def bce_dice_loss(
 
 
 def presence_loss(presence_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Image-level BCE for a presence gate (``promptseg.unet``): presence_logits (B,), target masks (B, H, W)
+    """Image-level BCE for a presence gate (``promptseg.modeling.unet``): presence_logits (B,), target masks (B, H, W)
     in [0, 1] -> scalar, the mean over the batch of BCE(presence logit, 1 if the target has a pixel above
     0.5 else 0). Negative prompts (all-zero targets) and images without the prompt's target teach "absent"."""
     if presence_logits.shape != target.shape[:1]:

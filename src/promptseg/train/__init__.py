@@ -1,0 +1,1 @@
+"""Training a rung: datasets and augmentation, losses, the loop, DVCLive/MLflow logging per epoch."""
