@@ -102,8 +102,8 @@ def true_mask_errors(root: Path, size: int, settings: MeasureSettings) -> dict:
 
 
 def predicted_errors(root: Path, model_dir: Path, params: dict, settings: MeasureSettings) -> dict:
+    from promptseg.images import read_rgb
     from promptseg.infer.torch_engine import load_trained_model, predict_masks
-    from promptseg.train.data import read_rgb
 
     trained = load_trained_model(model_dir)
     rung = str(trained.card.get("rung") or model_dir.name)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from promptseg.images import list_split, read_rgb
 from promptseg.infer.torch_engine import load_trained_model, predict_probabilities  # noqa: E402
 from promptseg.params import DATASETS, load_params  # noqa: E402
-from promptseg.train.data import list_split, read_rgb  # noqa: E402
 
 
 def gate_probabilities(trained, images: list[np.ndarray], prompt: str) -> np.ndarray:

@@ -29,10 +29,10 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from promptseg.images import list_split, read_rgb
 from promptseg.infer.torch_engine import load_trained_model, predict_probabilities  # noqa: E402
 from promptseg.metrics import iou_dice, lit_fraction  # noqa: E402
 from promptseg.settings import train_settings  # noqa: E402
-from promptseg.train.data import list_split, read_rgb  # noqa: E402
 from promptseg.train.loop import TrainSetup, train_rung  # noqa: E402
 
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.train.data import EpochShuffleSampler, PromptedSegmentation, list_split, normalize
+from promptseg.images import list_split
+from promptseg.modeling.preprocessing import normalize
+from promptseg.train.data import EpochShuffleSampler, PromptedSegmentation
 
 from conftest import PROMPTS
 
@@ -137,7 +139,8 @@ def test_training_loader_never_opens_the_true_masks(processed_root, monkeypatch)
     import cv2
     from PIL import Image
 
-    from promptseg.train.data import JointSegmentation, PromptedSegmentation, list_split
+    from promptseg.images import list_split
+    from promptseg.train.data import JointSegmentation, PromptedSegmentation
 
     true_masks = sorted((processed_root / "drywall").glob("*/true_masks/*.png"))
     assert true_masks, "the fixture export should carry true masks"

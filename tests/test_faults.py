@@ -143,7 +143,8 @@ def test_truncated_and_empty_images_are_skipped_counted_and_named_by_the_masks_s
 
 
 def test_training_reader_skips_and_names_a_truncated_image(processed_root, tmp_path, capsys):
-    from promptseg.train.data import PromptedSegmentation, list_split
+    from promptseg.images import list_split
+    from promptseg.train.data import PromptedSegmentation
 
     root = tmp_path / "processed"
     shutil.copytree(processed_root / "cracks", root / "cracks")
@@ -159,7 +160,8 @@ def test_training_reader_skips_and_names_a_truncated_image(processed_root, tmp_p
 
 
 def test_a_split_the_export_lacks_is_explained_honestly(processed_root, tmp_path):
-    from promptseg.train.data import PromptedSegmentation, list_split
+    from promptseg.images import list_split
+    from promptseg.train.data import PromptedSegmentation
 
     root = tmp_path / "processed"
     shutil.copytree(processed_root / "cracks", root / "cracks")

@@ -114,7 +114,7 @@ def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_ima
 
     from promptseg.infer.onnx_engine import preprocess, sigmoid, upsample_bilinear
     from promptseg.infer.torch_engine import upsample_logits
-    from promptseg.train.data import preprocess_image
+    from promptseg.modeling.preprocessing import preprocess_image
 
     mean, std = TINY_MODEL["image_mean"], TINY_MODEL["image_std"]
     rng = np.random.default_rng(0)

@@ -104,8 +104,8 @@ LOGIT_BAND = 0.25  # |fp32 logit - threshold logit| below which bf16 may flip a 
 
 @pytest.mark.parametrize("rung", ["unet", "full"])
 def test_bf16_masks_agree_with_fp32_on_a_trained_model(tmp_path, processed_root, rung, monkeypatch):
+    from promptseg.images import list_split, read_rgb
     from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
-    from promptseg.train.data import list_split, read_rgb
 
     monkeypatch.setattr(promptseg.modeling.precision, "cpu_supports_bf16", lambda: False)  # auto -> fp32 here
     epochs, iou_floor = AGREEMENT[rung]

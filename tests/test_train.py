@@ -162,8 +162,8 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
     import numpy as np
 
     import promptseg.train.loop
+    from promptseg.images import list_split, read_rgb
     from promptseg.infer.torch_engine import load_trained_model, predict_masks
-    from promptseg.train.data import list_split, read_rgb
     from promptseg.train.losses import presence_loss
 
     gate_batches = []  # the loop adds the presence gate's own loss on every training batch

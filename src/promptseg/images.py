@@ -132,3 +132,45 @@ def overlay_image(
     lit = mask > 0
     out[lit] = (1.0 - alpha) * out[lit] + alpha * np.asarray(color, dtype=np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- photos as RGB, processed splits
+def read_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, or :class:`promptseg.images.ImageReadError` (a ValueError; ``kind``
+    ``corrupt_image`` or ``truncated_image``) naming the file: missing, empty, truncated or undecodable."""
+    try:
+        image = read_image(path, cv2.IMREAD_COLOR)
+    except ImageReadError as exc:
+        raise ImageReadError(exc.path, exc.kind, f"{exc.reason}; re-export or remove it") from None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class SplitPairs(list):
+    """The (image, mask) pairs of one split, remembering the ``folder`` they were listed from (so that an
+    empty split can be explained: :func:`explain_empty_split`)."""
+
+    def __init__(self, pairs, folder: Path):
+        super().__init__(pairs)
+        self.folder = Path(folder)
+
+
+def list_split(processed_root: Path, dataset: str, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of one split of the processed tree, sorted by stem (a :class:`SplitPairs`)."""
+    folder = Path(processed_root) / dataset / split
+    images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return SplitPairs([(p, folder / "masks" / f"{p.stem}.png") for p in images], folder)
+
+
+def explain_empty_split(folder: Path, dataset: str) -> str:
+    """Why ``<processed>/<dataset>/<split>`` has no images, and the fix."""
+    folder = Path(folder)
+    root, split = folder.parent, folder.name
+    if not (root / "index.csv").is_file():
+        return f"no images for dataset {dataset!r}: {root} has not been written; run `dvc repro masks@{dataset}` first."
+    present = sorted(p.name for p in root.iterdir() if (p / "images").is_dir() and any((p / "images").iterdir()))
+    return (
+        f"no images for dataset {dataset!r} in {folder}: the masks stage ran, but the processed dataset has no "
+        f"{split} split (it has: {', '.join(present) or 'none'}). With data.{dataset}.split: as_exported the "
+        f"splits are the export's own, and this export has no {split} split: set data.{dataset}.split: grouped "
+        f"in params.yaml to re-split it (ratios in masks.grouped_split), or export a {split} split from Roboflow."
+    )

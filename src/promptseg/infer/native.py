@@ -31,7 +31,7 @@ def predict_probabilities_native(
     averaged; ``hflip_tta`` averages with the mirrored image). Images of the same size are batched together
     (up to ``batch_size``); their encodings go through ``trained.encodings``."""
     from promptseg.infer.torch_engine import EncodingCache, _model_logits
-    from promptseg.train.data import normalize
+    from promptseg.modeling.preprocessing import normalize
 
     if not supports_native_resolution(trained):
         raise ValueError(

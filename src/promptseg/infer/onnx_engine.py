@@ -14,7 +14,7 @@
 as a modification of that output and ``dvc repro`` re-runs the training stage (which deletes the export).
 
 ``OnnxSegmenter(export_dir).predict_probabilities(images, prompts)`` mirrors
-``promptseg.infer.torch_engine.predict_probabilities``: the same preprocessing (``promptseg.train.data.preprocess_image``),
+``promptseg.infer.torch_engine.predict_probabilities``: the same preprocessing (``promptseg.modeling.preprocessing.preprocess_image``),
 bilinear upsampling of the logits to each image's own size and sigmoid, written in NumPy (tested equal to
 the torch functions); masks then go through the same ``postprocess_probabilities``.
 
@@ -90,7 +90,7 @@ class ExportSource:
 
     ``module``: an ``nn.Module`` whose forward is ``(pixel_values, input_ids, attention_mask) -> logits
     (B, H, W)``. ``tokenizer``: a Hugging Face tokenizer (saved beside the graph). ``image_size``, ``mean``,
-    ``std``, ``per_image``: the arguments of ``promptseg.train.data.preprocess_image``. ``card``: the model
+    ``std``, ``per_image``: the arguments of ``promptseg.modeling.preprocessing.preprocess_image``. ``card``: the model
     folder's ``promptseg.json`` (rung, training prompts), copied into the export's metadata.
     ``weights``: the weight file the module came from (its sha256 is recorded to spot stale exports).
     """
@@ -403,12 +403,12 @@ def _make_session(onnx_path: Path, *, threads: int, optimization: str):
 
 
 def preprocess(rgb: np.ndarray, size: int, mean, std, per_image: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, S, S) float32: ``promptseg.train.data.preprocess_image`` in NumPy.
+    """(H, W, 3) uint8 RGB -> (3, S, S) float32: ``promptseg.modeling.preprocessing.preprocess_image`` in NumPy.
 
     PIL bilinear resize (``resize_rgb``), /255, (x - mean) / std, then with ``per_image`` the whole array
     standardised to zero mean and unit (unbiased, as torch's) std plus 1e-6.
     """
-    from promptseg.train.data import resize_rgb
+    from promptseg.modeling.preprocessing import resize_rgb
 
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     scale, offset = (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
@@ -509,7 +509,7 @@ class OnnxSegmenter:
 
         The ONNX twin of ``promptseg.infer.torch_engine.predict_probabilities`` (same contract: ``prompts[i]`` may be
         a list, a prompt ensemble; ``hflip_tta`` averages with the mirrored image's logits flipped back, in
-        the same order): resize + normalise (``preprocess``, = ``promptseg.train.data.preprocess_image``) ->
+        the same order): resize + normalise (``preprocess``, = ``promptseg.modeling.preprocessing.preprocess_image``) ->
         logits at the model's input size, averaged -> bilinear upsample of the logits to (H, W)
         (``upsample_bilinear``, = ``promptseg.infer.torch_engine.upsample_logits``) -> sigmoid.
         Pre- and post-processing run in NumPy: no torch thread pool (on a busy machine its small ops

@@ -180,7 +180,7 @@ def predict_probabilities_tiled(
     ``TrainedModel`` or an ``OnnxSegmenter`` (``promptseg.infer.onnx_engine``: its tiles are its export's size).
 
     ``images[i]`` is an ``(H, W, 3)`` uint8 RGB array paired with ``prompts[i]``. Per image:
-    bilinear (PIL) resize to ``(round(H * upscale), round(W * upscale))`` -> :func:`promptseg.train.data.normalize`
+    bilinear (PIL) resize to ``(round(H * upscale), round(W * upscale))`` -> :func:`promptseg.modeling.preprocessing.normalize`
     with the engine's mean/std/per_image over the whole resized image -> :func:`tiled_logits` with
     ``tile = engine.image_size`` and the prompt repeated for each tile batch -> bilinear
     upsample of the blended logits to ``(H, W)`` -> sigmoid. Returns float32 ``(H, W)`` arrays in [0, 1].
@@ -252,7 +252,7 @@ def _resized_input(engine, image: np.ndarray, upscale: float) -> torch.Tensor:
     """The image resized by ``upscale`` (PIL bilinear) and normalised as the engine's model expects (CPU)."""
     from PIL import Image
 
-    from promptseg.train.data import normalize
+    from promptseg.modeling.preprocessing import normalize
 
     height, width = image.shape[:2]
     size = (max(1, int(round(height * upscale))), max(1, int(round(width * upscale))))

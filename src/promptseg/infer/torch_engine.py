@@ -230,7 +230,7 @@ def predict_probabilities(
     ``hflip_tta``, over the image and its horizontal mirror flipped back) -> bilinear upsample of the
     logits to (H, W) -> sigmoid. Returns float32 (H, W) arrays in [0, 1].
     """
-    from promptseg.train.data import preprocess_image
+    from promptseg.modeling.preprocessing import preprocess_image
 
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")

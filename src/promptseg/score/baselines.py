@@ -16,11 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptseg.images import list_split, read_rgb
 from promptseg.infer.torch_engine import postprocess_probabilities
 from promptseg.metrics import lit_fraction
 from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
 from promptseg.score.evaluate import EvalConfig, score_masks
-from promptseg.train.data import list_split, read_rgb
 
 __all__ = [
     "trivial_baseline_scores",

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from promptseg.images import list_split, read_rgb
 from promptseg.infer.native import predict_probabilities_native, supports_native_resolution
 from promptseg.infer.recipe import recipe_from_eval_config
 from promptseg.infer.tiling import predict_probabilities_tiled
@@ -57,7 +58,6 @@ from promptseg.paths import (  # noqa: F401 (prompt_slug re-exported)
     worst_png,
 )
 from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
-from promptseg.train.data import list_split, read_rgb
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def peak_rss_mb() -> float:
 def runtime_images(processed_root: Path, prompts: dict[str, list[str]], count: int) -> tuple[list, list[str]]:
     """The first ``count`` test images, alternating datasets (``prompts`` order), each with its dataset's first
     prompt; an unreadable image is skipped and named."""
-    from promptseg.train.data import list_split, read_rgb
+    from promptseg.images import list_split, read_rgb
 
     queues = {d: [img for img, _ in list_split(Path(processed_root), d, "test")] for d in prompts}
     images, chosen = [], []

@@ -123,10 +123,10 @@ def segment(
     out_dir: Path,
 ) -> dict:
     """Everything the page shows for one request; ``{"error": message}`` for a bad request."""
+    from promptseg.images import read_rgb
     from promptseg.infer.recipe import override, predict_masks_with_recipe, recipe_prompts
     from promptseg.serve.cli import measure_kind
     from promptseg.serve.measure import draw_measurements, measure_mask
-    from promptseg.train.data import read_rgb
 
     prompt = (prompt or "").strip()
     if not image_path:

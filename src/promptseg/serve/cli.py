@@ -323,8 +323,7 @@ def _load_engine(name: str, model_dir: Path, threads: int | None):
 
 
 def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
-    from promptseg.images import ImageReadError
-    from promptseg.train.data import read_rgb
+    from promptseg.images import ImageReadError, read_rgb
 
     writer = _MaskWriter(engine, prompt, out_dir, threshold, args, inputs)
     for path, why in inputs.skipped:
@@ -710,8 +709,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_WRITTEN
     images = None
     if args.images:
-        from promptseg.images import IMAGE_SUFFIXES
-        from promptseg.train.data import read_rgb
+        from promptseg.images import IMAGE_SUFFIXES, read_rgb
 
         folder = Path(args.images)
         if not folder.is_dir():

@@ -57,7 +57,7 @@ def registered_name(rung: str) -> str:
 
 
 def decode_image(data: bytes, row: int = 0) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an encoded image file's bytes (what :func:`promptseg.train.data.read_rgb` gives for the
+    """(H, W, 3) uint8 RGB from an encoded image file's bytes (what :func:`promptseg.images.read_rgb` gives for the
     same file); ValueError naming the row when the bytes are not a readable image."""
     import cv2
 

@@ -21,70 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
-from promptseg.images import IMAGE_SUFFIXES, ImageReadError, read_image
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, or :class:`promptseg.images.ImageReadError` (a ValueError; ``kind``
-    ``corrupt_image`` or ``truncated_image``) naming the file: missing, empty, truncated or undecodable."""
-    try:
-        image = read_image(path, cv2.IMREAD_COLOR)
-    except ImageReadError as exc:
-        raise ImageReadError(exc.path, exc.kind, f"{exc.reason}; re-export or remove it") from None
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize with PIL: matches what the CLIPSeg image processor does."""
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-
-
-def normalize(rgb_resized: np.ndarray, mean, std, per_image: bool = False) -> torch.Tensor:
-    """(S, S, 3) uint8 -> (3, S, S) float32 normalised with the model's mean/std.
-
-    ``per_image``: then standardise the whole tensor to zero mean, unit std (used by the randomly
-    initialised ``small`` model; see ``promptseg.modeling.clipseg.uses_per_image_standardization``).
-    """
-    x = torch.from_numpy(np.array(rgb_resized, dtype=np.float32)).div_(255.0).permute(2, 0, 1)
-    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    if per_image:
-        x = (x - x.mean()) / (x.std() + 1e-6)
-    return x
-
-
-def preprocess_image(rgb: np.ndarray, size: int, mean, std, per_image: bool = False) -> torch.Tensor:
-    return normalize(resize_rgb(rgb, size), mean, std, per_image)
-
-
-class SplitPairs(list):
-    """The (image, mask) pairs of one split, remembering the ``folder`` they were listed from (so that an
-    empty split can be explained: :func:`explain_empty_split`)."""
-
-    def __init__(self, pairs, folder: Path):
-        super().__init__(pairs)
-        self.folder = Path(folder)
-
-
-def list_split(processed_root: Path, dataset: str, split: str) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of one split of the processed tree, sorted by stem (a :class:`SplitPairs`)."""
-    folder = Path(processed_root) / dataset / split
-    images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return SplitPairs([(p, folder / "masks" / f"{p.stem}.png") for p in images], folder)
-
-
-def explain_empty_split(folder: Path, dataset: str) -> str:
-    """Why ``<processed>/<dataset>/<split>`` has no images, and the fix."""
-    folder = Path(folder)
-    root, split = folder.parent, folder.name
-    if not (root / "index.csv").is_file():
-        return f"no images for dataset {dataset!r}: {root} has not been written; run `dvc repro masks@{dataset}` first."
-    present = sorted(p.name for p in root.iterdir() if (p / "images").is_dir() and any((p / "images").iterdir()))
-    return (
-        f"no images for dataset {dataset!r} in {folder}: the masks stage ran, but the processed dataset has no "
-        f"{split} split (it has: {', '.join(present) or 'none'}). With data.{dataset}.split: as_exported the "
-        f"splits are the export's own, and this export has no {split} split: set data.{dataset}.split: grouped "
-        f"in params.yaml to re-split it (ratios in masks.grouped_split), or export a {split} split from Roboflow."
-    )
+from promptseg.images import ImageReadError, explain_empty_split, read_rgb
+from promptseg.modeling.preprocessing import normalize, resize_rgb
 
 
 def _rng(seed: int, epoch: int, index: int, salt: int) -> np.random.Generator:

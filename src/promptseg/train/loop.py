@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from promptseg.images import overlay_image
+from promptseg.images import list_split, overlay_image
 from promptseg.metrics import iou_dice_from_counts, pixel_counts
 from promptseg.modeling.clipseg import (
     apply_method,
@@ -37,15 +37,9 @@ from promptseg.modeling.clipseg import (
     uses_per_image_standardization,
 )
 from promptseg.modeling.precision import device_and_autocast
+from promptseg.modeling.preprocessing import normalize
 from promptseg.settings import RungSettings, TrainCommonSettings, TrainSettings, to_plain, zeroshot_skip_reason
-from promptseg.train.data import (
-    EpochShuffleSampler,
-    JointSegmentation,
-    PromptedSegmentation,
-    collate,
-    list_split,
-    normalize,
-)
+from promptseg.train.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate
 from promptseg.train.live import EpochLogger
 from promptseg.train.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
 
