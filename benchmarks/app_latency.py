@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 def untrained_unet(params: dict, out: Path) -> Path:
     from promptseg.infer.onnx_engine import export_model_dir
-    from promptseg.modeling.clipseg import build_unet_model
+    from promptseg.modeling.unet import build_unet_model
 
     size = int(params["train"]["rungs"]["unet"].get("image_size", params["train"]["common"]["image_size"]))
     model, processor = build_unet_model(params["model"], size, 0)
@@ -74,7 +74,7 @@ def main() -> int:
         "photo": "640x640",
         "threads": args.threads,
     }
-    from promptseg.infer.recipe import Recipe, predict_probabilities_with_recipe
+    from promptseg.infer.recipe import Recipe
 
     for engine, lit in [(e, s) for e in ("torch", "onnx") for s in ("recipe", "3%")]:
         try:
@@ -84,7 +84,7 @@ def main() -> int:
             continue
         threshold = 0.5  # no recipe file here: the fallback
         if lit == "3%":  # the threshold that lights 3% of the photo, as a real crack mask does (median 2.9%)
-            probs = predict_probabilities_with_recipe(app.engine, [rgb], "segment crack", Recipe())[0]
+            probs = app.engine.probabilities([rgb], "segment crack", Recipe())[0]
             threshold = float(np.quantile(probs, 0.97))
         times, parts = [], []
         for i in range(args.repeats + 1):

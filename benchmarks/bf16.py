@@ -41,15 +41,16 @@ def load() -> str:
 def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.modeling.clipseg import apply_method, load_base_model, segmentation_logits
+    from promptseg.modeling.clipseg import apply_method
     from promptseg.modeling.precision import autocast
+    from promptseg.modeling.registry import build_model, segmentation_logits
     from promptseg.settings import train_settings
     from promptseg.train.loop import make_optimizer
     from promptseg.train.losses import bce_dice_loss
 
     settings = train_settings(params, rung).rung  # typed, with the rung's overrides of train.common
     size, batch = settings.train.image_size, settings.train.batch_size
-    base, processor = load_base_model(train_settings(params, rung).model, size, 0, settings.architecture)
+    base, processor = build_model(train_settings(params, rung).model, size, 0, settings.architecture)
     module = apply_method(base, settings.method, settings.lora).train()
     optimizer = make_optimizer(module, settings.train, settings.text_lr)  # training's AdamW (train.common.adamw)
     pixels, targets = torch.randn(batch, 3, size, size), (torch.rand(batch, size, size) > 0.9).float()
@@ -89,21 +90,21 @@ def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
 
 
 def predict_640(params: dict, rounds: int) -> list[tuple[str, float, str]]:
-    from promptseg.infer.native import predict_probabilities_native
     from promptseg.infer.onnx_engine import _make_session, export_onnx, logits_module, preprocess, sigmoid
-    from promptseg.infer.torch_engine import TrainedModel
-    from promptseg.modeling.clipseg import build_unet_model
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import TorchSegmenter
+    from promptseg.modeling.unet import build_unet_model
 
     model, processor = build_unet_model(params["model"], int(params["train"]["rungs"]["unet"]["image_size"]), 0)
-    trained = TrainedModel(model, processor, {})
+    trained = TorchSegmenter(model, processor, {})
     photos = [np.random.default_rng(i).integers(0, 256, (640, 640, 3), dtype=np.uint8) for i in range(rounds)]
     results = []
     for precision in ("fp32", "bf16"):
-        trained.precision = precision
-        predict_probabilities_native(trained, photos[:1], ["segment crack"], batch_size=1)  # warm-up
+        native = Recipe(native_resolution=True, batch_size=1, precision=precision)
+        trained.probabilities(photos[:1], ["segment crack"], native)  # warm-up
         started = time.perf_counter()
         for photo in photos:
-            predict_probabilities_native(trained, [photo], ["segment crack"], batch_size=1)
+            trained.probabilities([photo], ["segment crack"], native)
         results.append((f"torch {precision}", len(photos) / (time.perf_counter() - started), load()))
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(
@@ -134,9 +135,10 @@ def agreement(model_dir: str, params: dict) -> None:
     each dataset, at the threshold its evaluation chose (metrics/eval/<rung>.json), with infer.morphology."""
     import json
 
-    from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
+    from promptseg.images import load_split
+    from promptseg.infer.torch_engine import load_trained_model
+    from promptseg.metrics import postprocess_probabilities
     from promptseg.params import DATASETS
-    from promptseg.score.evaluate import load_split
 
     trained = load_trained_model(model_dir)
     scores = json.loads((Path("metrics/eval") / f"{Path(model_dir).name}.json").read_text())
@@ -150,8 +152,7 @@ def agreement(model_dir: str, params: dict) -> None:
         for prompt in params["data"][dataset]["prompts"]:
             masks = {}
             for precision in ("fp32", "bf16"):
-                trained.precision = precision
-                probs = predict_probabilities(trained, data.images, [prompt] * len(data.images))
+                probs = trained.whole_image_probabilities(data.images, [prompt] * len(data.images), precision=precision)
                 masks[precision] = [
                     postprocess_probabilities(p, threshold, morphology=morph["enabled"], kernel_size=morph["kernel"])
                     > 0

@@ -23,16 +23,14 @@ from promptseg.score import evaluate as evaluation  # noqa: E402
 
 def main(rungs: list[str]) -> None:
     params = load_params()
-    cfg = evaluation.eval_config_from_params(params)
+    cfg = evaluation.EvalConfig.from_params(params)
     prompts = {name: params["data"][name]["prompts"] for name in DATASETS}
     for rung in rungs:
-        trained = load_trained_model(Path("models") / rung)
         timings, scores = {}, {}
         for label, cache_bytes in (("cache off", 0), ("cache on", 512 * 2**20)):
+            trained = load_trained_model(Path("models") / rung, cache_bytes=cache_bytes)
             started = time.perf_counter()
-            scores[label], _ = evaluation.evaluate_rung(
-                trained, Path("data/processed"), prompts, cfg, encoding_cache_bytes=cache_bytes
-            )
+            scores[label], _ = evaluation.evaluate_rung(trained, Path("data/processed"), prompts, cfg)
             timings[label] = time.perf_counter() - started
         same = json.dumps(scores["cache off"], sort_keys=True) == json.dumps(scores["cache on"], sort_keys=True)
         print(

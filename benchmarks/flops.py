@@ -6,7 +6,7 @@
    2 n^3 FLOPs per product, best of 3 timed runs of 10 products); the same in bf16, and a 3x3 convolution
    (8 x 64 x 112 x 112, channels_last) in fp32 and under bf16 autocast (``promptseg.modeling.precision``).
 2. The forward FLOPs per image of each model (``torch.utils.flop_counter.FlopCounterMode`` on
-   ``promptseg.modeling.clipseg.segmentation_logits``: it counts matmuls, convolutions and attention, which is
+   ``promptseg.modeling.registry.segmentation_logits``: it counts matmuls, convolutions and attention, which is
    nearly all the work; elementwise ops are not counted).
 3. For eager (``segmentation_logits`` under ``no_grad``) and ONNX (the exported graph in an onnxruntime
    session, ``promptseg.infer.onnx_engine``), the forward alone at batch 1 and 16 on preprocessed inputs:
@@ -102,7 +102,7 @@ def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from promptseg.infer.onnx_engine import OnnxSegmenter
-    from promptseg.modeling.clipseg import segmentation_logits
+    from promptseg.modeling.registry import segmentation_logits
 
     params = load_params()
     print(

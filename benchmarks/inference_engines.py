@@ -10,8 +10,8 @@ and each path's fastest round counts, so load from other work on this shared mac
 
 - naive: what a user would write: per image ``CLIPSegProcessor(images=..., text=..., return_tensors="pt")`` then
   ``CLIPSegForImageSegmentation(**inputs)`` (logits at the model's size only: it does LESS than the others);
-- torch b16: ``promptseg.infer.torch_engine.predict_probabilities`` (probabilities at each image's own size);
-- onnx b1 / b16: ``OnnxSegmenter.predict_probabilities`` with batch 1 and 16 (same output).
+- torch b16: ``TorchSegmenter.whole_image_probabilities`` (the plain path; probabilities at each image's own size);
+- onnx b1 / b16: ``OnnxSegmenter.whole_image_probabilities`` with batch 1 and 16 (same output).
 
 Extras (small model): graph optimisation levels, thread counts and dynamic int8 quantisation (with the
 IoU of its masks against the fp32 engine's). Figures vary by up to 40% on this shared 2-core machine:
@@ -117,7 +117,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool) -> list[dict]:
     from promptseg.infer.onnx_engine import OnnxSegmenter, quantize_int8
-    from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model
+    from promptseg.metrics import postprocess_probabilities
 
     plan = PLAN[name]
     model, processor, model_dir, export_s = save_and_export(name, params, root)
@@ -135,8 +136,8 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
     trained = load_trained_model(model_dir)
 
     def torch_b16(warmup: bool):
-        predict_probabilities(
-            trained, images[:warm] if warmup else images, prompts[:warm] if warmup else prompts, batch_size=16
+        trained.whole_image_probabilities(
+            images[:warm] if warmup else images, prompts[:warm] if warmup else prompts, batch_size=16
         )
 
     onnx = OnnxSegmenter(model_dir, threads=threads)
@@ -144,7 +145,7 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
     def onnx_at(batch_size: int, engine=onnx):
         def run(warmup: bool):
             n = min(batch_size, len(images)) if warmup else len(images)
-            engine.predict_probabilities(images[:n], prompts[:n], batch_size=batch_size)
+            engine.whole_image_probabilities(images[:n], prompts[:n], batch_size=batch_size)
 
         return run
 
@@ -154,8 +155,8 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
         "onnx OnnxSegmenter, batch 1": onnx_at(1),
         "onnx OnnxSegmenter, batch 16": onnx_at(16),
     }
-    p_torch = predict_probabilities(trained, images[:8], prompts[:8])
-    p_onnx = onnx.predict_probabilities(images[:8], prompts[:8])
+    p_torch = trained.whole_image_probabilities(images[:8], prompts[:8])
+    p_onnx = onnx.whole_image_probabilities(images[:8], prompts[:8])
     diff = max(float(np.abs(a - b).max()) for a, b in zip(p_torch, p_onnx))
     print(
         f"{name}: export {export_s:.1f} s, {(model_dir / 'onnx' / 'model.onnx').stat().st_size / 1e6:.0f} MB; "
@@ -171,7 +172,7 @@ def bench_model(name: str, params: dict, root: Path, threads: int, extras: bool)
             paths["onnx batch 1, 1 thread"] = onnx_at(1, OnnxSegmenter(model_dir, threads=1))
         quantize_int8(model_dir)
         int8 = OnnxSegmenter(model_dir, threads=threads, onnx_file="model.int8.onnx")
-        p_int8 = int8.predict_probabilities(images[:8], prompts[:8])
+        p_int8 = int8.whole_image_probabilities(images[:8], prompts[:8])
         ious = [
             iou(postprocess_probabilities(a, float(np.median(a))), postprocess_probabilities(b, float(np.median(a))))
             for a, b in zip(p_onnx, p_int8)

@@ -103,7 +103,8 @@ def true_mask_errors(root: Path, size: int, settings: MeasureSettings) -> dict:
 
 def predicted_errors(root: Path, model_dir: Path, params: dict, settings: MeasureSettings) -> dict:
     from promptseg.images import read_rgb
-    from promptseg.infer.torch_engine import load_trained_model, predict_masks
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import load_trained_model
 
     trained = load_trained_model(model_dir)
     rung = str(trained.card.get("rung") or model_dir.name)
@@ -120,14 +121,8 @@ def predicted_errors(root: Path, model_dir: Path, params: dict, settings: Measur
         if not items or any(t["occluded"] for t in items):
             continue
         image = read_rgb(root / "test" / name)
-        mask = predict_masks(
-            trained,
-            [image],
-            [prompt],
-            threshold=threshold,
-            morphology=bool(morph["enabled"]),
-            kernel_size=int(morph["kernel"]),
-        )[0]
+        recipe = Recipe(threshold=threshold, morphology=bool(morph["enabled"]), kernel=int(morph["kernel"]))
+        mask = trained.masks([image], [prompt], recipe)[0]
         length, wmax, _ = _combined(measure_mask(mask, settings=settings))
         if length == 0:
             missed += 1

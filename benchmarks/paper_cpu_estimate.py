@@ -42,7 +42,8 @@ def best(fn, rounds: int = 5) -> float:
 def measure(model, size: int, time_it: bool) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.modeling.clipseg import apply_method, segmentation_logits
+    from promptseg.modeling.clipseg import apply_method
+    from promptseg.modeling.registry import segmentation_logits
     from promptseg.settings import LoraSettings
 
     ids = torch.tensor([[49406, 15615, 2569, 10334, 49407]])

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from promptseg.images import list_split, read_rgb
-from promptseg.infer.torch_engine import load_trained_model, predict_probabilities  # noqa: E402
+from promptseg.infer.torch_engine import load_trained_model  # noqa: E402
 from promptseg.params import DATASETS, load_params  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def gate_probabilities(trained, images: list[np.ndarray], prompt: str) -> np.nda
     outputs = []
     handle = gate.register_forward_hook(lambda module, args, output: outputs.append(torch.sigmoid(output[:, 0])))
     try:
-        predict_probabilities(trained, images, [prompt] * len(images))
+        trained.whole_image_probabilities(images, [prompt] * len(images))
     finally:
         handle.remove()
     return torch.cat(outputs).numpy()

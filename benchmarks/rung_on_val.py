@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from promptseg.images import list_split, read_rgb
-from promptseg.infer.torch_engine import load_trained_model, predict_probabilities  # noqa: E402
+from promptseg.infer.torch_engine import load_trained_model  # noqa: E402
 from promptseg.metrics import iou_dice, lit_fraction  # noqa: E402
 from promptseg.settings import train_settings  # noqa: E402
 from promptseg.train.loop import TrainSetup, train_rung  # noqa: E402
@@ -53,10 +53,10 @@ def val_scores(trained, processed: Path, dataset: str, prompts: dict, unrelated:
     pairs = list_split(processed, dataset, "val")
     images = [read_rgb(image) for image, _ in pairs]
     truths = [cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 127 for _, mask in pairs]
-    own = predict_probabilities(trained, images, [prompts[dataset][0]] * len(images))
+    own = trained.whole_image_probabilities(images, [prompts[dataset][0]] * len(images))
     other = next(ps[0] for d, ps in prompts.items() if d != dataset)
-    cross = predict_probabilities(trained, images, [other] * len(images))
-    unrel = [p for prompt in unrelated for p in predict_probabilities(trained, images, [prompt] * len(images))]
+    cross = trained.whole_image_probabilities(images, [other] * len(images))
+    unrel = [p for prompt in unrelated for p in trained.whole_image_probabilities(images, [prompt] * len(images))]
     dice, threshold = max(
         (float(np.mean([image_dice(p > t, g) for p, g in zip(own, truths)])), round(float(t), 2))
         for t in np.arange(0.1, 0.95, 0.1)

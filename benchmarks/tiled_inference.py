@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from promptseg.images import load_split
 from promptseg.infer.tiling import predict_probabilities_tiled
-from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
-from promptseg.params import load_params, section
-from promptseg.score.evaluate import EvalConfig, load_split, score_masks
+from promptseg.infer.torch_engine import load_trained_model
+from promptseg.metrics import postprocess_probabilities, score_masks
+from promptseg.params import load_params
 
 
 def main() -> None:
@@ -36,20 +37,18 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     params = load_params()
-    prompts = section(params, f"data.{args.dataset}.prompts")
+    prompts = params["data"][args.dataset]["prompts"]
     trained = load_trained_model(args.model)
     threshold = args.threshold
     if threshold is None:
         eval_path = Path("metrics/eval") / f"{Path(args.model).name}.json"
         threshold = json.loads(eval_path.read_text())[args.dataset]["threshold"] if eval_path.exists() else 0.5
-    ev = section(params, "eval")
-    cfg = EvalConfig.for_scoring(
-        boundary_tolerance_px=int(ev["boundary_tolerance_px"]), empty_score=float(ev["empty_score"])
-    )
+    ev = params["eval"]
+    scoring = {"tolerance_px": int(ev["boundary_tolerance_px"]), "empty_score": float(ev["empty_score"]), "thin": True}
     data = load_split(Path(args.processed), args.dataset, args.split)
     n = len(data.images)
 
-    paths = {"single pass": lambda images, ps: predict_probabilities(trained, images, ps)}
+    paths = {"single pass": lambda images, ps: trained.whole_image_probabilities(images, ps)}
     for upscale in (float(u) for u in args.upscales.split(",")):
         paths[f"tiled x{upscale:g} (overlap {args.overlap:g})"] = lambda images, ps, u=upscale: (
             predict_probabilities_tiled(trained, images, ps, upscale=u, overlap=args.overlap)
@@ -67,7 +66,7 @@ def main() -> None:
             probs = predict(data.images, [prompt] * n)
             seconds += time.perf_counter() - started
             masks = [postprocess_probabilities(p, threshold) for p in probs]
-            scores.append(score_masks(masks, data.truths, cfg, thin=True))
+            scores.append(score_masks(masks, data.truths, **scoring))
         mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("miou", "dice", "boundary_f1", "cl_dice")}
         print(
             f"| {name} | {mean['miou']:.3f} | {mean['dice']:.3f} | {mean['boundary_f1']:.3f} | "

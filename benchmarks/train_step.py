@@ -34,18 +34,13 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
     import torch
     from torch.utils.data import DataLoader
 
-    from promptseg.modeling.clipseg import (
-        apply_method,
-        build_clip_tokenizer,
-        make_processor,
-        rd64_refined_config,
-        segmentation_logits,
-    )
+    from promptseg.modeling.clipseg import apply_method, build_clip_tokenizer, make_processor, rd64_refined_config
     from promptseg.modeling.precision import autocast
+    from promptseg.modeling.registry import build_model, segmentation_logits
     from promptseg.params import load_params
     from promptseg.settings import train_settings
     from promptseg.train.data import EpochShuffleSampler, collate
-    from promptseg.train.loop import TrainSetup, build_datasets, load_base_model, make_optimizer
+    from promptseg.train.loop import TrainSetup, build_datasets, make_optimizer
     from promptseg.train.losses import bce_dice_loss
 
     params = load_params()
@@ -67,7 +62,7 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
         base = CLIPSegForImageSegmentation(rd64_refined_config())
         processor = make_processor(build_clip_tokenizer(), 352, model_cfg.image_mean, model_cfg.image_std)
     else:
-        base, processor = load_base_model(model_cfg, setup.image_size, 0, setup.architecture)
+        base, processor = build_model(model_cfg, setup.image_size, 0, setup.architecture)
     module = apply_method(base, settings.rung.method, settings.rung.lora).train()
     if hasattr(base, "channels_last"):  # the U-Net
         base.channels_last = layout != "contiguous"
@@ -137,15 +132,16 @@ def interleaved(rung: str, steps: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from promptseg.modeling.clipseg import apply_method, segmentation_logits
+    from promptseg.modeling.clipseg import apply_method
     from promptseg.modeling.precision import autocast
+    from promptseg.modeling.registry import segmentation_logits
     from promptseg.params import load_params
     from promptseg.settings import train_settings
     from promptseg.train.data import EpochShuffleSampler, collate
     from promptseg.train.loop import (
         TrainSetup,
         build_datasets,
-        load_base_model,
+        build_model,
         make_optimizer,
         optimizer_param_groups,
     )
@@ -160,7 +156,7 @@ def interleaved(rung: str, steps: int) -> dict:
         checkpoint_dir=Path("/tmp/unused"),
     )
     torch.manual_seed(0)
-    base, processor = load_base_model(settings_.model, setup.image_size, 0, setup.architecture)
+    base, processor = build_model(settings_.model, setup.image_size, 0, setup.architecture)
     module = apply_method(base, settings_.rung.method, settings_.rung.lora).train()
     train, text_lr = settings_.rung.train, settings_.rung.text_lr
     optimizers = {  # training's AdamW, the same with the foreach kernels, and the for-loop implementation

@@ -5,27 +5,29 @@ import json
 import sys
 
 from promptseg import paths
-from promptseg.infer.torch_engine import load_trained_model
+from promptseg.infer.engines import load_segmenter
+from promptseg.infer.recipe import Recipe
 from promptseg.modeling.precision import resolve_precision
 from promptseg.params import DATASETS
 from promptseg.score.evaluate import (
     EvalConfig,
     evaluate_rung,
-    qualitative_figure,
     skipped_reason,
-    worst_images_figure,
     write_per_image_csv,
     write_skipped_outputs,
     write_sweep_csv,
 )
+from promptseg.score.figures import qualitative_figure, worst_images_figure
 from promptseg.serve.pyfunc import log_pyfunc_model  # the rung as a pyfunc model, registered as promptseg-<rung>
 from promptseg.settings import evaluate_settings, load_stage_settings
 from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
 
+ENCODING_CACHE_BYTES = 512 * 2**20  # the images' encodings, reused across ten or so prompts per split
+
 
 def main(rung: str) -> None:
     settings = load_stage_settings(f"evaluate@{rung}", evaluate_settings)
-    cfg = EvalConfig.from_settings(settings.infer, settings.eval)
+    cfg = EvalConfig(settings.infer, settings.eval)
     prompts = {name: list(settings.prompts[name]) for name in DATASETS}
     processed, out = paths.DATA_PROCESSED, paths.METRICS_EVAL
     model_dir, predictions = paths.model_dir(rung), paths.predictions_dir(rung)
@@ -34,15 +36,15 @@ def main(rung: str) -> None:
         write_skipped_outputs(rung, skipped, out, predictions, DATASETS)
         print(f"[evaluate] {rung}: skipped: {skipped}")
         return
-    trained = load_trained_model(model_dir)
-    trained.precision = settings.infer.precision  # infer.precision: what evaluation's forward runs in
+    segmenter = load_segmenter(model_dir, "torch", cache_bytes=ENCODING_CACHE_BYTES)
     per_image: list[dict] = []  # one row per (dataset, split, image, prompt): what the JSON's means are made of
     try:
-        results, sweeps = evaluate_rung(trained, processed, prompts, cfg, predictions, per_image=per_image)
+        results, sweeps = evaluate_rung(segmenter, processed, prompts, cfg, predictions, per_image=per_image)
     except ValueError as exc:  # a split missing (eval.missing_test_split: error, or no val): one message, no traceback
         sys.exit(f"evaluate@{rung}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
-    results["precision"] = resolve_precision(trained.precision, trained.device)  # what the forward ran in
+    # what the forward ran in (infer.precision resolved on this machine)
+    results["precision"] = resolve_precision(settings.infer.precision, segmenter.device)
     paths.eval_json(rung).write_text(json.dumps(results, indent=2) + "\n")
     write_sweep_csv(paths.sweep_csv(rung), sweeps)
     write_per_image_csv(paths.per_image_csv(rung), per_image)
@@ -50,13 +52,13 @@ def main(rung: str) -> None:
     for dataset in DATASETS:
         figure = paths.figure_png(rung, dataset)
         block = results[dataset]  # the figure shows the split that was scored (val where the export has no test)
-        qualitative_figure(
-            trained,
+        qualitative_figure(  # the first images, predicted with the recipe the dataset was scored with
+            segmenter,
             processed,
             dataset,
             prompts[dataset][0],
-            block["threshold"],
-            cfg,
+            Recipe.from_dict(block["recipe"]),
+            cfg.eval.figure_images,
             figure,
             split=block.get("reported_split", "test"),
             note=block.get("reported_split_note"),
@@ -71,7 +73,7 @@ def main(rung: str) -> None:
             prompts[dataset][0],
             per_image,
             predictions / dataset / split,
-            cfg.worst_images,
+            cfg.eval.worst_images,
             worst,
             note=block.get("reported_split_note"),
         )

@@ -123,33 +123,50 @@ def tiny_train_settings(
 
 
 def tiny_eval_config(**changes):
-    """promptseg.score.evaluate.EvalConfig with params.yaml's evaluation values (EvalConfig has no defaults of its
-    own), ``changes`` replacing fields."""
+    """promptseg.score.evaluate.EvalConfig with params.yaml's evaluation values (the settings have no defaults of
+    their own), ``changes`` replacing fields of ``infer`` or ``eval`` by name; ``morphology`` (bool), ``kernel``,
+    ``tile_upscale`` and ``tile_overlap`` reach into the nested settings."""
     import dataclasses
 
     from promptseg.score.evaluate import EvalConfig
+    from promptseg.settings import EvalSettings, InferSettings, MorphologySettings, TilingSettings
 
-    base = EvalConfig(
-        thresholds=[0.5],
-        morphology=True,
-        kernel_size=3,
+    infer = InferSettings(
         batch_size=16,
-        boundary_tolerance_px=2,
-        empty_score=1.0,
-        figure_images=3,
-        unrelated_prompts=[],
-        paraphrases={},
+        threshold_grid=(0.5,),
+        morphology=MorphologySettings(enabled=True, kernel=3),
         hflip_tta=False,
         prompt_ensemble=False,
         tiled={},
-        tile_upscale=1.0,
-        tile_overlap=0.25,
-        measure_inference_options=False,
+        tiling=TilingSettings(upscale=1.0, overlap=0.25),
+        precision="fp32",
         native_resolution={},
+    )
+    ev = EvalSettings(
+        boundary_tolerance_px=2,
+        empty_score=1.0,
+        figure_images=3,
+        unrelated_prompts=(),
+        measure_inference_options=False,
+        paraphrases={},
         missing_test_split="report_val",
         worst_images=4,
     )
-    return dataclasses.replace(base, **changes)
+    nested = {
+        "morphology": lambda v: {"morphology": dataclasses.replace(infer.morphology, enabled=v)},
+        "kernel": lambda v: {"morphology": dataclasses.replace(infer.morphology, kernel=v)},
+        "tile_upscale": lambda v: {"tiling": dataclasses.replace(infer.tiling, upscale=v)},
+        "tile_overlap": lambda v: {"tiling": dataclasses.replace(infer.tiling, overlap=v)},
+    }
+    infer_names = {f.name for f in dataclasses.fields(InferSettings)}
+    for key, value in changes.items():
+        if key in nested:
+            infer = dataclasses.replace(infer, **nested[key](value))
+        elif key in infer_names:
+            infer = dataclasses.replace(infer, **{key: value})
+        else:
+            ev = dataclasses.replace(ev, **{key: value})
+    return EvalConfig(infer, ev)
 
 
 @pytest.fixture(scope="session")

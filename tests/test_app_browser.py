@@ -40,10 +40,10 @@ def _free_port() -> int:
 def served(tmp_path_factory, processed_root):
     pytest.importorskip("gradio")
     pytest.importorskip("selenium")
+    from promptseg.images import load_split
     from promptseg.infer.recipe import Recipe
-    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model
     from promptseg.modeling.clipseg import build_small_model
-    from promptseg.score.evaluate import load_split
     from promptseg.serve.app import launch, load_app_model
 
     root = tmp_path_factory.mktemp("app")
@@ -58,7 +58,7 @@ def served(tmp_path_factory, processed_root):
     image_path = images / "wall_test.png"
     cv2.imwrite(str(image_path), cv2.cvtColor(data.images[0], cv2.COLOR_RGB2BGR))
     # a recipe threshold inside this untrained model's probabilities (a multiple of the slider's 0.01 step)
-    probs = predict_probabilities(load_trained_model(model_dir), [data.images[0]], [PROMPT])[0]
+    probs = load_trained_model(model_dir).whole_image_probabilities([data.images[0]], [PROMPT])[0]
     threshold = float(np.round(np.quantile(probs, 0.7), 2))
     eval_json = root / "tiny.json"
     eval_json.write_text(

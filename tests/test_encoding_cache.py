@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.infer.torch_engine import EncodingCache, TrainedModel, predict_probabilities
-from promptseg.modeling.clipseg import load_base_model
+from promptseg.cache import ByteBudgetCache
+from promptseg.infer.torch_engine import TorchSegmenter
+from promptseg.modeling.registry import build_model
 
 from conftest import TINY_MODEL
 
@@ -20,13 +21,15 @@ UNET_MODEL = {
 }
 
 
-def trained_model(architecture):
+def trained_model(architecture, cache_bytes=0):
     torch.manual_seed(0)
-    model, processor = load_base_model(UNET_MODEL, 64, 0, architecture)
+    model, processor = build_model(UNET_MODEL, 64, 0, architecture)
     if architecture == "unet":  # FiLM starts at identity: give it weights so the prompt matters
         for film in model.film:
             torch.nn.init.normal_(film.weight, std=0.5)
-    return TrainedModel(model, processor, {"per_image_standardization": architecture == "clipseg"})
+    return TorchSegmenter(
+        model, processor, {"per_image_standardization": architecture == "clipseg"}, cache_bytes=cache_bytes
+    )
 
 
 @pytest.mark.parametrize("architecture", ["clipseg", "unet"])
@@ -39,9 +42,13 @@ def test_cached_encodings_give_the_same_probabilities_for_every_prompt(architect
         ["segment taping area"] * 3,
         ["segment crack", ["segment crack", "segment joint tape"], "segment sky"],
     ]  # ensemble: row subsets
-    fresh = [predict_probabilities(trained, images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists]
-    trained.encodings = EncodingCache()
-    cached = [predict_probabilities(trained, images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists]
+    fresh = [
+        trained.whole_image_probabilities(images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists
+    ]
+    trained = trained_model(architecture, cache_bytes=512 * 2**20)  # the same weights, with the cache on
+    cached = [
+        trained.whole_image_probabilities(images, prompts, batch_size=2, hflip_tta=True) for prompts in prompt_lists
+    ]
     assert trained.encodings.used > 0  # the cache was filled and used
     for a_list, b_list in zip(fresh, cached):
         for a, b in zip(a_list, b_list):
@@ -50,13 +57,13 @@ def test_cached_encodings_give_the_same_probabilities_for_every_prompt(architect
 
 
 def test_cache_stays_within_its_byte_budget_and_drops_the_oldest():
-    cache = EncodingCache(max_bytes=3 * 400)  # three 10 x 10 float32 tensors
+    cache = ByteBudgetCache(max_bytes=3 * 400)  # three 10 x 10 float32 tensors
     calls = []
     for key in range(5):
-        cache.get_or_compute(key, lambda: calls.append(1) or torch.zeros(10, 10))
+        cache.get(key, lambda: calls.append(1) or torch.zeros(10, 10))
     assert cache.used <= cache.max_bytes and list(cache._entries) == [2, 3, 4]
-    cache.get_or_compute(4, lambda: calls.append(1) or torch.zeros(10, 10))
+    cache.get(4, lambda: calls.append(1) or torch.zeros(10, 10))
     assert len(calls) == 5  # key 4 came from the cache
-    off = EncodingCache(max_bytes=0)
-    off.get_or_compute("k", lambda: torch.zeros(3))
+    off = ByteBudgetCache(max_bytes=0)
+    off.get("k", lambda: torch.zeros(3))
     assert off.used == 0 and not off._entries

@@ -477,7 +477,9 @@ def test_predict_with_corrupt_weights_is_rc2_with_a_message(tiny_model_dir, tmp_
 def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, monkeypatch, capsys):
     from promptseg.serve import cli
 
-    monkeypatch.setattr(cli, "_load_engine", lambda *a: pytest.fail("the model was loaded before --out was checked"))
+    monkeypatch.setattr(
+        cli, "load_segmenter", lambda *a, **k: pytest.fail("the model was loaded before --out was checked")
+    )
     write_image(tmp_path / "a.jpg")
     model = tmp_path / "model"
     model.mkdir()

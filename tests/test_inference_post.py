@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.infer.torch_engine import postprocess_probabilities, upsample_logits
-from promptseg.metrics import confusion_counts, threshold_sweep_counts
+from promptseg.infer.logits import upsample_logits
+from promptseg.metrics import confusion_counts, postprocess_probabilities, threshold_sweep_counts
 
 
 def test_isolated_pixel_removed():
@@ -83,24 +83,25 @@ def test_upsample_align_corners_false():
 
 
 def test_prompt_ensemble_and_flip_tta_give_masks_of_each_images_shape():
-    from promptseg.infer.torch_engine import TrainedModel, predict_masks, predict_probabilities
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import TorchSegmenter
     from promptseg.modeling.clipseg import build_small_model
 
     from conftest import TINY_MODEL
 
     model, processor = build_small_model(TINY_MODEL, 64, 0)
-    trained = TrainedModel(model, processor, {"per_image_standardization": True})
+    trained = TorchSegmenter(model, processor, {"per_image_standardization": True})
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), rng.integers(0, 256, (70, 33, 3), dtype=np.uint8)]
     ensemble = ["segment crack", "segment wall crack"]
-    masks = predict_masks(trained, images, [ensemble, "segment crack"], threshold=0.5, hflip_tta=True)
+    masks = trained.masks(images, [ensemble, "segment crack"], Recipe(threshold=0.5, hflip_tta=True))
     assert [m.shape for m in masks] == [(40, 56), (70, 33)]
     # the ensemble is the mean of the members' logits: sigmoid^-1 of the ensemble = mean of the logits
-    single = [predict_probabilities(trained, images[:1], [p])[0] for p in ensemble]
-    both = predict_probabilities(trained, images[:1], [ensemble])[0]
+    single = [trained.whole_image_probabilities(images[:1], [p])[0] for p in ensemble]
+    both = trained.whole_image_probabilities(images[:1], [ensemble])[0]
     logit = lambda p: np.log(p) - np.log1p(-p)
     assert np.allclose(logit(both), (logit(single[0]) + logit(single[1])) / 2, atol=1e-4)
     # flip TTA of a mirrored image is the mirror of flip TTA of the image
-    flipped = predict_probabilities(trained, [images[0][:, ::-1].copy()], ["segment crack"], hflip_tta=True)[0]
-    plain = predict_probabilities(trained, images[:1], ["segment crack"], hflip_tta=True)[0]
+    flipped = trained.whole_image_probabilities([images[0][:, ::-1].copy()], ["segment crack"], hflip_tta=True)[0]
+    plain = trained.whole_image_probabilities(images[:1], ["segment crack"], hflip_tta=True)[0]
     assert np.allclose(flipped, plain[:, ::-1], atol=1e-5)

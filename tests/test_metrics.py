@@ -8,8 +8,9 @@ from promptseg.metrics import (
     cl_dice,
     confusion_counts,
     iou_dice,
+    iou_dice_from_counts,
     lit_fraction,
-    micro_iou_dice,
+    score_masks,
     threshold_sweep_counts,
 )
 
@@ -84,20 +85,19 @@ def test_iou_dice_matches_torchmetrics():
         assert dice == pytest.approx(binary_f1_score(p, g).item(), abs=1e-6)
 
 
-def test_micro_iou_dice():
+def test_micro_iou_dice_sums_the_counts_over_images():
     a_pred, a_gt = blank(), blank()
     a_pred[0, 0:4] = True
     a_gt[0, 0:2] = True  # (2, 2, 0)
     b_pred, b_gt = blank(), blank()
     b_gt[1, 0:6] = True  # (0, 0, 6)
-    counts = [confusion_counts(a_pred, a_gt), confusion_counts(b_pred, b_gt)]
-    tps, fps, fns = zip(*counts)
-    iou, dice = micro_iou_dice(tps, fps, fns)
-    assert iou == pytest.approx(2 / (2 + 2 + 6))
-    assert dice == pytest.approx(4 / (4 + 2 + 6))
-    assert micro_iou_dice(2, 2, 0) == pytest.approx((0.5, 2 / 3))
-    assert micro_iou_dice([0, 0], [0, 0], [0, 0]) == (1.0, 1.0)
-    assert micro_iou_dice([], [], [], empty_score=0.0) == (0.0, 0.0)
+    assert confusion_counts(a_pred, a_gt) == (2, 2, 0) and confusion_counts(b_pred, b_gt) == (0, 0, 6)
+    scores = score_masks([a_pred, b_pred], [a_gt, b_gt], empty_score=1.0, tolerance_px=2, thin=False)
+    assert scores["micro_iou"] == pytest.approx(2 / (2 + 2 + 6))
+    assert scores["micro_dice"] == pytest.approx(4 / (4 + 2 + 6))
+    assert scores["miou"] == pytest.approx((0.5 + 0.0) / 2) and scores["images"] == 2
+    empty = score_masks([blank(), blank()], [blank(), blank()], empty_score=0.0, tolerance_px=2, thin=True)
+    assert (empty["micro_iou"], empty["micro_dice"], empty["boundary_f1"]) == (0.0, 0.0, 1.0)
 
 
 # --------------------------------------------------------------- boundary F1
@@ -250,7 +250,7 @@ def test_choose_threshold():
     probs = probs.astype(np.float32)
     grid = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     counts = threshold_sweep_counts(probs, gt, grid)
-    scores = {t: micro_iou_dice(*c)[0] for t, c in zip(grid, counts)}
+    scores = {t: float(iou_dice_from_counts(c, 1.0)[0]) for t, c in zip(grid, counts)}
     assert scores[0.3] == 1.0
     assert choose_threshold(scores) == 0.3
 

@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from promptseg.params import NO_TEST_SPLIT_NOTE
 from promptseg.score.baselines import write_baselines
-from promptseg.score.evaluate import (
-    NO_TEST_SPLIT_NOTE,
-    eval_config_from_params,
-    evaluate_rung,
-    qualitative_figure,
-)
+from promptseg.score.evaluate import EvalConfig, evaluate_rung
+from promptseg.score.figures import qualitative_figure
 from promptseg.score.report import write_report
 
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
@@ -32,19 +29,19 @@ def no_drywall_test(processed_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained():
-    from promptseg.infer.torch_engine import TrainedModel
+    from promptseg.infer.torch_engine import TorchSegmenter
     from promptseg.modeling.clipseg import build_small_model
 
     model, processor = build_small_model(TINY_MODEL, 64, seed=0)
-    return TrainedModel(model, processor)
+    return TorchSegmenter(model, processor)
 
 
 def _cfg(policy="report_val"):
-    return tiny_eval_config(thresholds=[0.3, 0.5, 0.7], figure_images=2, missing_test_split=policy)
+    return tiny_eval_config(threshold_grid=(0.3, 0.5, 0.7), figure_images=2, missing_test_split=policy)
 
 
 def test_report_val_scores_val_and_labels_it(trained, no_drywall_test):
-    results, _ = evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
+    results, _ = evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg())
     drywall, cracks = results["drywall"], results["cracks"]
     assert drywall["reported_split"] == "val" and drywall["reported_split_note"] == NO_TEST_SPLIT_NOTE
     assert "test" not in drywall and drywall["val"]["images"] == 4
@@ -57,15 +54,15 @@ def test_report_val_scores_val_and_labels_it(trained, no_drywall_test):
 
 def test_error_policy_names_the_dataset_and_the_fix(trained, no_drywall_test):
     with pytest.raises(ValueError, match=r"drywall: no test images.*split: grouped.*missing_test_split: report_val"):
-        evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg("error"), encoding_cache_bytes=0)
+        evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg("error"))
 
 
 def test_unknown_policy_is_refused():
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    assert eval_config_from_params(params).missing_test_split == "report_val"
+    assert EvalConfig.from_params(params).eval.missing_test_split == "report_val"
     params["eval"]["missing_test_split"] = "pretend"
     with pytest.raises(ValueError, match="eval.missing_test_split"):
-        eval_config_from_params(params)
+        EvalConfig.from_params(params)
 
 
 def test_figures_exist_for_the_scored_split_and_for_an_empty_one(trained, no_drywall_test, tmp_path, monkeypatch):
@@ -79,19 +76,21 @@ def test_figures_exist_for_the_scored_split_and_for_an_empty_one(trained, no_dry
         no_drywall_test,
         "drywall",
         "segment joint tape",
-        0.5,
-        _cfg(),
+        _cfg().recipe("drywall"),
+        2,
         val_png,
         split="val",
         note=NO_TEST_SPLIT_NOTE,
     )
-    qualitative_figure(trained, no_drywall_test, "drywall", "segment joint tape", 0.5, _cfg(), empty_png, split="test")
+    qualitative_figure(
+        trained, no_drywall_test, "drywall", "segment joint tape", _cfg().recipe("drywall"), 2, empty_png, split="test"
+    )
     assert val_png.stat().st_size > 1000 and empty_png.stat().st_size > 100
     assert titles == [f"drywall, val split ({NO_TEST_SPLIT_NOTE})"]
 
 
 def test_report_states_the_split_situation_and_scores_baselines_on_val(trained, no_drywall_test, tmp_path):
-    results, _ = evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg(), encoding_cache_bytes=0)
+    results, _ = evaluate_rung(trained, no_drywall_test, PROMPTS, _cfg())
     metrics = tmp_path / "metrics"
     (metrics / "eval").mkdir(parents=True)
     (metrics / "eval" / "lora.json").write_text(json.dumps(results))
@@ -137,7 +136,7 @@ def test_progress_bars_count_every_image_of_every_prompt_pass(trained, no_drywal
         unrelated_prompts=["segment door"],
         paraphrases={"cracks": ["find the crack"]},
     )
-    evaluate_rung(trained, no_drywall_test, PROMPTS, cfg, encoding_cache_bytes=0)
+    evaluate_rung(trained, no_drywall_test, PROMPTS, cfg)
     # cracks val: 2 prompts + 3 other + 1 unrelated + 1 paraphrase + options 2 * (2 + 1) + 2 + ensemble 2 = 17 passes
     assert ("evaluate cracks val", 17 * 4, 17 * 4) in closed
     assert ("evaluate cracks test", 8 * 4, 8 * 4) in closed  # 2 + 3 + 1 + 1 + ensemble 1

@@ -25,7 +25,7 @@ UNET = {
 @pytest.fixture(scope="module")
 def unet_dir(tmp_path_factory):
     """A tiny U-Net trained 15 AdamW steps on dark lines, saved like models/unet (weights, processor, card)."""
-    from promptseg.modeling.clipseg import build_unet_model
+    from promptseg.modeling.unet import build_unet_model
 
     model, processor = build_unet_model({**TINY_MODEL, "unet": UNET}, 64, 0)
     generator = torch.Generator().manual_seed(0)
@@ -65,7 +65,7 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
     import mlflow
 
     from promptseg.infer.recipe import Recipe
-    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model
     from promptseg.serve.pyfunc import log_pyfunc_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -78,7 +78,7 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
     trained = load_trained_model(unet_dir)
     thresholds = {}
     for dataset, prompt in (("cracks", "segment crack"), ("drywall", "segment joint tape")):
-        probs = np.concatenate([p.ravel() for p in predict_probabilities(trained, images, [prompt] * len(images))])
+        probs = np.concatenate([p.ravel() for p in trained.whole_image_probabilities(images, [prompt] * len(images))])
         thresholds[dataset] = float(np.quantile(probs, 0.9))
     recipes = {d: Recipe(threshold=t).to_dict() for d, t in thresholds.items()}  # the default recipe's fields
     eval_json = tmp_path / "unet.json"
@@ -150,8 +150,8 @@ def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(
     same recipe file, and differ from the masks without flip TTA (so the recipe is really applied)."""
     import mlflow
 
-    from promptseg.infer.recipe import Recipe, predict_masks_with_recipe
-    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import load_trained_model
     from promptseg.serve.pyfunc import log_pyfunc_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -161,7 +161,7 @@ def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(
     names = wall_images(folder)
     images = [cv2.cvtColor(cv2.imread(str(folder / n)), cv2.COLOR_BGR2RGB) for n in names]
     trained = load_trained_model(unet_dir)
-    probs = np.concatenate([p.ravel() for p in predict_probabilities(trained, images, ["segment crack"] * 3)])
+    probs = np.concatenate([p.ravel() for p in trained.whole_image_probabilities(images, ["segment crack"] * 3)])
     recipe = Recipe(threshold=float(np.quantile(probs, 0.85)), morphology=True, kernel=5, hflip_tta=True, batch_size=2)
     recipes = {"cracks": recipe.to_dict(), "drywall": Recipe(threshold=0.5).to_dict()}
     eval_json = tmp_path / "unet.json"
@@ -176,9 +176,7 @@ def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(
     frame = pd.DataFrame({"image": [(folder / n).read_bytes() for n in names], "prompt": ["segment crack"] * 3})
     got = loaded.predict(frame)
     assert list(got["threshold"]) == [recipe.threshold] * 3
-    no_flip = predict_masks_with_recipe(
-        trained, images, "segment crack", Recipe(**{**recipe.to_dict(), "hflip_tta": False})
-    )
+    no_flip = trained.masks(images, "segment crack", Recipe(**{**recipe.to_dict(), "hflip_tta": False}))
     differs = 0
     for name, png, plain in zip(names, got["mask"], no_flip):
         mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -15,8 +15,8 @@ from promptseg.modeling.clipseg import (
     load_pretrained,
     lora_parameter_count,
     rd64_refined_config,
-    segmentation_logits,
 )
+from promptseg.modeling.registry import segmentation_logits
 from promptseg.settings import LoraSettings
 
 from conftest import TINY_MODEL

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.infer.native import predict_probabilities_native
-from promptseg.infer.torch_engine import TrainedModel
+from promptseg.infer.recipe import Recipe
+from promptseg.infer.torch_engine import TorchSegmenter
 from promptseg.modeling.clipseg import build_clip_tokenizer, make_processor
 from promptseg.modeling.unet import TextConditionedUNet, UNetConfig
 from promptseg.train.data import PromptedSegmentation, crop_window
@@ -120,11 +120,13 @@ def test_a_unet_trained_at_224_predicts_a_320x288_photo_at_its_own_size():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    trained = TrainedModel(model, make_processor(tokenizer, 224, MEAN, STD), {})
+    trained = TorchSegmenter(model, make_processor(tokenizer, 224, MEAN, STD), {})
     photo = np.random.default_rng(1).integers(0, 256, (320, 288, 3), dtype=np.uint8)
     gates = []
     model.presence.register_forward_hook(lambda module, args, out: gates.append(out[:, 0].clone()))
-    crack, tape = predict_probabilities_native(trained, [photo, photo], ["segment crack", "segment joint tape"])
+    native = Recipe(native_resolution=True)
+    assert trained.runs_any_size  # the torch U-Net: Segmenter.probabilities takes the native path
+    crack, tape = trained.probabilities([photo, photo], ["segment crack", "segment joint tape"], native)
     assert crack.shape == tape.shape == (320, 288) and crack.dtype == np.float32
     assert not np.allclose(crack, tape, atol=1e-4)  # FiLM conditions at this size
     # the presence gate ran once on the 320x288 bottleneck and caps every pixel's probability
@@ -132,4 +134,4 @@ def test_a_unet_trained_at_224_predicts_a_320x288_photo_at_its_own_size():
     for prob, gate in zip((crack, tape), torch.sigmoid(gates[0]).numpy()):
         assert prob.max() <= gate + 1e-6
     with pytest.raises(ValueError, match="one prompt per image"):
-        predict_probabilities_native(trained, [photo], [])
+        trained.probabilities([photo], [], native)

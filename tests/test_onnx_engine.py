@@ -112,8 +112,8 @@ def test_the_export_adds_a_constant_position_table_instead_of_resizing_it_on_eve
 def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_image):
     import torch
 
+    from promptseg.infer.logits import upsample_logits
     from promptseg.infer.onnx_engine import preprocess, sigmoid, upsample_bilinear
-    from promptseg.infer.torch_engine import upsample_logits
     from promptseg.modeling.preprocessing import preprocess_image
 
     mean, std = TINY_MODEL["image_mean"], TINY_MODEL["image_std"]
@@ -142,11 +142,12 @@ def test_onnx_and_torch_engines_agree_on_20_synthetic_images(model_dir, images):
     """Probabilities within 1e-3 and, thresholded at each image's median probability (raw masks half full, so the
     comparison is not between two empty masks), per-image IoU >= 0.99 with and without the open/close."""
     from promptseg.infer.onnx_engine import OnnxSegmenter
-    from promptseg.infer.torch_engine import load_trained_model, postprocess_probabilities, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model
+    from promptseg.metrics import postprocess_probabilities
 
     rgb, prompts = images
-    torch_probs = predict_probabilities(load_trained_model(model_dir), rgb, prompts, batch_size=16)
-    onnx_probs = OnnxSegmenter(model_dir, threads=2).predict_probabilities(rgb, prompts, batch_size=7)
+    torch_probs = load_trained_model(model_dir).whole_image_probabilities(rgb, prompts, batch_size=16)
+    onnx_probs = OnnxSegmenter(model_dir, threads=2).whole_image_probabilities(rgb, prompts, batch_size=7)
     assert len(onnx_probs) == len(torch_probs) == 20
     for image, p_torch, p_onnx in zip(rgb, torch_probs, onnx_probs):
         assert p_onnx.shape == p_torch.shape == image.shape[:2] and p_onnx.dtype == np.float32
@@ -162,14 +163,14 @@ def test_onnx_and_torch_engines_agree_on_20_synthetic_images(model_dir, images):
 
 
 def test_predict_engine_onnx_writes_the_masks_the_torch_engine_writes(model_dir, images, tmp_path, capsys):
-    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model
 
     folder = tmp_path / "in"
     folder.mkdir()
     rgb = images[0][:4]
     for i, image in enumerate(rgb):
         cv2.imwrite(str(folder / f"im{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    threshold = float(np.median(predict_probabilities(load_trained_model(model_dir), rgb[:1], ["segment crack"])[0]))
+    threshold = float(np.median(load_trained_model(model_dir).whole_image_probabilities(rgb[:1], ["segment crack"])[0]))
     common = ["--model", str(model_dir), "--prompt", "segment crack", str(folder), "--threshold", f"{threshold:.9f}"]
     assert main(["predict", *common, "--out", str(tmp_path / "t")]) == 0
     assert main(["predict", *common, "--out", str(tmp_path / "o"), "--engine", "onnx", "--threads", "1"]) == 0

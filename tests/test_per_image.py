@@ -7,15 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from promptseg.score import evaluate
-from promptseg.score.evaluate import (
-    PER_IMAGE_COLUMNS,
-    evaluate_rung,
-    prompt_slug,
-    worst_images_figure,
-    write_per_image_csv,
-    write_skipped_outputs,
-)
+from promptseg.paths import prompt_slug
+from promptseg.score import figures
+from promptseg.score.evaluate import PER_IMAGE_COLUMNS, evaluate_rung, write_per_image_csv, write_skipped_outputs
+from promptseg.score.figures import worst_images_figure
 from promptseg.score.report import write_report
 
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
@@ -24,17 +19,15 @@ from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 @pytest.fixture(scope="module")
 def evaluated(processed_root, tmp_path_factory):
     """A tiny evaluation (random small CLIPSeg) with its per-image rows, its CSV and its written masks."""
-    from promptseg.infer.torch_engine import TrainedModel
+    from promptseg.infer.torch_engine import TorchSegmenter
     from promptseg.modeling.clipseg import build_small_model
 
     model, processor = build_small_model(TINY_MODEL, 64, seed=0)
-    trained = TrainedModel(model, processor)
+    trained = TorchSegmenter(model, processor)
     out = tmp_path_factory.mktemp("per_image")
     rows: list[dict] = []
-    cfg = tiny_eval_config(thresholds=[0.45, 0.5, 0.55], morphology=False, worst_images=3)
-    results, _ = evaluate_rung(
-        trained, processed_root, PROMPTS, cfg, out / "predictions", encoding_cache_bytes=0, per_image=rows
-    )
+    cfg = tiny_eval_config(threshold_grid=(0.45, 0.5, 0.55), morphology=False, worst_images=3)
+    results, _ = evaluate_rung(trained, processed_root, PROMPTS, cfg, out / "predictions", per_image=rows)
     write_per_image_csv(out / "per_image.csv", rows)
     with (out / "per_image.csv").open() as handle:
         read = list(csv.DictReader(handle))
@@ -81,13 +74,13 @@ def test_worst_gallery_shows_the_lowest_dice_images_and_their_scored_masks(
 ):
     _, rows, _, out = evaluated
     shown = []
-    original = evaluate._panel_figure
+    original = figures.panel_figure
 
     def recording(panel_rows, labels, heading, path, **kw):
         shown.append((panel_rows, labels, heading))
         original(panel_rows, labels, heading, path, **kw)
 
-    monkeypatch.setattr(evaluate, "_panel_figure", recording)
+    monkeypatch.setattr(figures, "panel_figure", recording)
     png = tmp_path / "lora_cracks_worst.png"
     masks_dir = out / "predictions" / "cracks" / "test"
     stems = worst_images_figure(processed_root, "cracks", "test", "segment crack", rows, masks_dir, 3, png)

@@ -105,7 +105,7 @@ LOGIT_BAND = 0.25  # |fp32 logit - threshold logit| below which bf16 may flip a 
 @pytest.mark.parametrize("rung", ["unet", "full"])
 def test_bf16_masks_agree_with_fp32_on_a_trained_model(tmp_path, processed_root, rung, monkeypatch):
     from promptseg.images import list_split, read_rgb
-    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
+    from promptseg.infer.torch_engine import load_trained_model
 
     monkeypatch.setattr(promptseg.modeling.precision, "cpu_supports_bf16", lambda: False)  # auto -> fp32 here
     epochs, iou_floor = AGREEMENT[rung]
@@ -123,8 +123,7 @@ def test_bf16_masks_agree_with_fp32_on_a_trained_model(tmp_path, processed_root,
             prompts.append(PROMPTS[dataset][0])
     probs = {}
     for precision in ("fp32", "bf16"):
-        trained.precision = precision
-        probs[precision] = predict_probabilities(trained, images, prompts, batch_size=4)
+        probs[precision] = trained.whole_image_probabilities(images, prompts, batch_size=4, precision=precision)
     # bf16 really ran (the probabilities differ), and at the threshold the masks are neither all empty nor full
     assert max(float(np.abs(a - b).max()) for a, b in zip(probs["fp32"], probs["bf16"])) > 1e-4
     threshold = 0.5

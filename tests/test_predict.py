@@ -86,8 +86,8 @@ def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(tiny_
         ]
     )
     assert (
-        "threshold 0.5: the default, because 'segment a cat' is not one of the model's training prompts"
-        in capsys.readouterr().out
+        "threshold 0.5: the default recipe (threshold 0.5 is the fallback), because 'segment a cat' is not one of "
+        "the model's training prompts" in capsys.readouterr().out
     )
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from promptseg.infer.recipe import Recipe, load_recipe, override
-from promptseg.score.evaluate import evaluate_rung, prompt_slug
+from promptseg.paths import prompt_slug
+from promptseg.score.evaluate import evaluate_rung
 from promptseg.serve.cli import main
 
 from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
@@ -35,14 +36,14 @@ def model_dir(tmp_path_factory):
 def mid_threshold(model_dir, processed_root):
     """A threshold inside the untrained model's probabilities on the test images, so masks are neither empty
     nor full and a one-pixel difference between two recipes shows (tiled: its own probabilities)."""
+    from promptseg.images import load_split
     from promptseg.infer.tiling import predict_probabilities_tiled
-    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
-    from promptseg.score.evaluate import load_split
+    from promptseg.infer.torch_engine import load_trained_model
 
     data, trained = load_split(processed_root, "cracks", "test"), load_trained_model(model_dir)
     prompts = [PROMPT] * len(data.images)
     probs = {
-        "single pass": predict_probabilities(trained, data.images, prompts),
+        "single pass": trained.whole_image_probabilities(data.images, prompts),
         "tiled": predict_probabilities_tiled(trained, data.images, prompts, upscale=TILE_UPSCALE, hflip_tta=True),
     }
     return {k: float(np.round(np.median(np.concatenate([p.ravel() for p in v])), 4)) for k, v in probs.items()}
@@ -72,7 +73,7 @@ def _predict(model, images, out, eval_json, engine):
 TILE_UPSCALE = 1.5  # 128 px test photos at 192 px: 4 x 4 tiles of the model's 64 px
 RECIPES = {
     "default": {},
-    "kernel5": {"kernel_size": 5},
+    "kernel5": {"kernel": 5},
     "no_morphology": {"morphology": False},
     "hflip_tta": {"hflip_tta": True},
     # tiles of the export's size; no opening: the untrained model's tiles at the photo's scale are pixel noise
@@ -85,16 +86,16 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
     from promptseg.infer.torch_engine import load_trained_model
 
     mid_threshold = mid_threshold["tiled" if "tiled" in RECIPES[name] else "single pass"]
-    cfg = tiny_eval_config(thresholds=[mid_threshold], **RECIPES[name])
+    cfg = tiny_eval_config(threshold_grid=(mid_threshold,), **RECIPES[name])
     results, _ = evaluate_rung(
         load_trained_model(model_dir), processed_root, {"cracks": PROMPTS["cracks"]}, cfg, tmp_path / "predictions"
     )
     eval_json = tmp_path / "tiny.json"
     eval_json.write_text(json.dumps(results, indent=2) + "\n")  # as stages/evaluate.py writes it
-    recipe = results["cracks"]["recipe"]
-    assert recipe["threshold"] == mid_threshold and recipe["kernel"] == cfg.kernel_size
-    assert recipe["morphology"] == cfg.morphology and recipe["hflip_tta"] == cfg.hflip_tta
-    assert recipe["tiled"] == cfg.tiled.get("cracks", False) and recipe["tile_upscale"] == cfg.tile_upscale
+    recipe = results["cracks"]["recipe"]  # the settings' recipe, field for field, with the val threshold
+    assert recipe == Recipe.from_settings(cfg.infer, "cracks", threshold=mid_threshold).to_dict()
+    assert recipe["threshold"] == mid_threshold and recipe["kernel"] == RECIPES[name].get("kernel", 3)
+    assert recipe["tiled"] == ("tiled" in RECIPES[name])
 
     evaluated = sorted((tmp_path / "predictions" / "cracks" / "test").glob(f"*__{prompt_slug(PROMPT)}.png"))
     assert len(evaluated) >= 3
@@ -164,7 +165,7 @@ def unet_dir(tmp_path_factory):
     """An untrained tiny U-Net saved like models/unet (config, weights, processor, promptseg.json) and its ONNX
     export in <model>/onnx."""
     from promptseg.infer.onnx_engine import export_model_dir
-    from promptseg.modeling.clipseg import build_unet_model
+    from promptseg.modeling.unet import build_unet_model
 
     from conftest import TINY_UNET
 
@@ -204,9 +205,8 @@ def test_a_native_resolution_recipe_is_refused_on_a_unet_export_and_resized_on_a
 def test_the_app_on_engine_auto_runs_a_unet_native_recipe_on_torch(unet_dir, processed_root, tmp_path):
     """`promptseg app` (engine auto) picks the ONNX export, and switches to PyTorch for a recipe the export cannot
     run: the page gets the torch engine's mask and says why, instead of an error."""
-    from promptseg.infer.recipe import predict_masks_with_recipe
+    from promptseg.images import load_split
     from promptseg.infer.torch_engine import load_trained_model
-    from promptseg.score.evaluate import load_split
     from promptseg.serve.app import load_app_model, segment
 
     image = load_split(processed_root, "cracks", "test").images[0]
@@ -221,7 +221,7 @@ def test_the_app_on_engine_auto_runs_a_unet_native_recipe_on_torch(unet_dir, pro
     shown = segment(app, str(path), PROMPT, 0.5, 0.5, None, tmp_path / "out")
     assert "error" not in shown, shown.get("error")
     assert "engine torch (the recipe runs the photo at its own size" in shown["summary"]
-    expected = predict_masks_with_recipe(load_trained_model(unet_dir), [image], PROMPT, recipe)[0]
+    expected = load_trained_model(unet_dir).masks([image], PROMPT, recipe)[0]
     assert np.array_equal(shown["mask"], expected)
     assert json.loads(Path(shown["json_path"]).read_text())["engine"] == "torch"
 

@@ -116,11 +116,11 @@ def test_tiled_logits_checks():
 
 @pytest.fixture(scope="module")
 def trained():
-    from promptseg.infer.torch_engine import TrainedModel
+    from promptseg.infer.torch_engine import TorchSegmenter
     from promptseg.modeling.clipseg import build_small_model
 
     model, processor = build_small_model(TINY_MODEL, 64, 0)
-    return TrainedModel(model, processor, {"per_image_standardization": True})
+    return TorchSegmenter(model, processor, {"per_image_standardization": True})
 
 
 def test_predict_probabilities_tiled_shapes_and_range(trained):
@@ -141,27 +141,19 @@ def test_predict_probabilities_tiled_shapes_and_range(trained):
 
 
 def test_single_tile_matches_whole_image_prediction(trained):
-    """An image exactly one tile large at upscale 1 is one forward: the same as predict_probabilities."""
-    from promptseg.infer.torch_engine import predict_probabilities
-
+    """An image exactly one tile large at upscale 1 is one forward: the same as the plain path."""
     image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     tiled = predict_probabilities_tiled(trained, [image], ["segment crack"])[0]
-    whole = predict_probabilities(trained, [image], ["segment crack"])[0]
+    whole = trained.whole_image_probabilities([image], ["segment crack"])[0]
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_prompt_ensemble_and_hflip_tta_match_whole_image_prediction(trained):
-    """Same options as predict_probabilities; on a one-tile image the results agree."""
-    import inspect
-
-    from promptseg.infer.torch_engine import predict_probabilities
-
-    if "hflip_tta" not in inspect.signature(predict_probabilities).parameters:
-        pytest.skip("predict_probabilities has no hflip_tta / prompt ensembles in this checkout")
+    """Same options as the plain path (a prompt ensemble, flip TTA); on a one-tile image the results agree."""
     image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     prompts = [["segment crack", "segment wall crack"]]
     tiled = predict_probabilities_tiled(trained, [image], prompts, hflip_tta=True)[0]
-    whole = predict_probabilities(trained, [image], prompts, hflip_tta=True)[0]
+    whole = trained.whole_image_probabilities([image], prompts, hflip_tta=True)[0]
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-6)
     single = predict_probabilities_tiled(trained, [image], ["segment crack"])[0]
     assert not np.allclose(tiled, single)

@@ -163,7 +163,8 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
 
     import promptseg.train.loop
     from promptseg.images import list_split, read_rgb
-    from promptseg.infer.torch_engine import load_trained_model, predict_masks
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import load_trained_model
     from promptseg.train.losses import presence_loss
 
     gate_batches = []  # the loop adds the presence gate's own loss on every training batch
@@ -191,8 +192,8 @@ def test_unet_rung_trains_in_the_same_loop_and_predicts_after_reload(tmp_path, p
     trained = load_trained_model(setup.model_dir)
     assert trained.per_image is False and trained.image_size == 64
     images = [read_rgb(p) for p, _ in list_split(processed_root, "cracks", "test")[:2]]
-    first = predict_masks(trained, images, ["segment crack"] * 2, threshold=0.5)
-    again = predict_masks(load_trained_model(setup.model_dir), images, ["segment crack"] * 2, threshold=0.5)
+    first = trained.masks(images, ["segment crack"] * 2, Recipe(threshold=0.5))
+    again = load_trained_model(setup.model_dir).masks(images, ["segment crack"] * 2, Recipe(threshold=0.5))
     assert all(a.shape == im.shape[:2] and np.array_equal(a, b) for a, b, im in zip(first, again, images))
 
 
@@ -272,10 +273,10 @@ def test_params_keep_training_negatives_apart_from_the_held_out_unrelated_prompt
 
 
 def test_text_lr_puts_the_unet_text_encoder_in_its_own_optimizer_group():
-    from promptseg.modeling.clipseg import load_base_model
+    from promptseg.modeling.registry import build_model
     from promptseg.train.loop import optimizer_param_groups
 
-    model, _ = load_base_model(UNET_MODEL, 64, 0, "unet")
+    model, _ = build_model(UNET_MODEL, 64, 0, "unet")
     single = optimizer_param_groups(model, 2e-3)
     assert len(single) == 1 and single[0]["lr"] == 2e-3
     rest, text = optimizer_param_groups(model, 2e-3, text_lr=3e-4)

@@ -17,10 +17,12 @@ image, count ``error.kind`` and name ``error.path``.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 # The file suffixes every reader treats as photos (exports, processed splits, QA, predict, the app).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -83,7 +85,6 @@ def check_image_bytes(data: bytes) -> tuple[str, str] | None:
         if end < 0:
             return TRUNCATED, f"PNG data ends without its IEND chunk ({len(data)} bytes): the file is truncated"
         return None
-    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -174,3 +175,28 @@ def explain_empty_split(folder: Path, dataset: str) -> str:
         f"splits are the export's own, and this export has no {split} split: set data.{dataset}.split: grouped "
         f"in params.yaml to re-split it (ratios in masks.grouped_split), or export a {split} split from Roboflow."
     )
+
+
+@dataclass
+class SplitData:
+    stems: list[str]
+    images: list[np.ndarray]  # RGB uint8, own size
+    truths: list[np.ndarray]  # bool, own size: the rendered labels (filled boxes for box-labelled data)
+    true_masks: list[np.ndarray] | None = None  # bool: the TRUE object pixels where the export has them (synthetic)
+
+
+def load_split(processed_root: Path, dataset: str, split: str) -> SplitData:
+    """Images and label masks of a processed split, plus ``true_masks/<stem>.png`` when every image has one
+    (the synthetic export's tape bands: used by evaluation only, never by training)."""
+    pairs = list_split(processed_root, dataset, split)
+    images, truths = [], []
+    for image_path, mask_path in pairs:
+        images.append(read_rgb(image_path))
+        truths.append(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 0)
+    true_paths = [
+        Path(processed_root) / dataset / split / "true_masks" / f"{mask_path.stem}.png" for _, mask_path in pairs
+    ]
+    true_masks = None
+    if pairs and all(path.exists() for path in true_paths):
+        true_masks = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0 for path in true_paths]
+    return SplitData([p.stem for p, _ in pairs], images, truths, true_masks)

@@ -14,7 +14,7 @@ Empty-mask rules
   and mask scorer, training validation): prediction and ground truth both empty ->
   ``(empty_score, empty_score)`` (``eval.empty_score``: a correct "nothing here", e.g. a negative
   prompt). One empty, the other not -> ``(0.0, 0.0)``.
-* :func:`micro_iou_dice`: all summed counts zero -> ``(empty_score, empty_score)``.
+* :func:`score_masks`' micro IoU/Dice (counts summed over images): all sums zero -> ``(empty_score, empty_score)``.
 * :func:`boundary_f1`, :func:`cl_dice`: both empty -> ``1.0``; exactly one
   empty -> ``0.0``.
 
@@ -23,7 +23,7 @@ Threshold selection
 :func:`threshold_sweep_counts` and :func:`choose_threshold` pick the
 probability threshold on validation data. The sweep scores are computed on the
 RAW thresholded probabilities (``probs > t``), i.e. before the morphological
-post-processing of :func:`promptseg.infer.torch_engine.postprocess_probabilities`.
+post-processing of :func:`postprocess_probabilities`.
 Thresholding is strict (``>``) everywhere and is done in the dtype of
 ``probs``, exactly like the post-processing.
 """
@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
+import torch
 from skimage.morphology import skeletonize
 
 __all__ = [
@@ -42,12 +43,14 @@ __all__ = [
     "iou_dice_from_counts",
     "iou_dice",
     "confusion_counts",
-    "micro_iou_dice",
     "boundary_f1",
     "cl_dice",
     "lit_fraction",
     "threshold_sweep_counts",
     "choose_threshold",
+    "postprocess_probabilities",
+    "image_scores",
+    "score_masks",
 ]
 
 
@@ -77,8 +80,6 @@ def pixel_counts(pred, gt):
     fp = pred.sum((-2, -1)) - tp
     fn = gt.sum((-2, -1)) - tp
     if type(tp).__module__.startswith("torch"):
-        import torch
-
         return torch.stack([tp, fp, fn], dim=-1)
     return np.stack([tp, fp, fn], axis=-1).astype(np.int64)
 
@@ -90,8 +91,6 @@ def iou_dice_from_counts(counts, empty_score: float):
     tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
     union, denom = tp + fp + fn, 2 * tp + fp + fn
     if type(counts).__module__.startswith("torch"):
-        import torch
-
         tp, union, denom = tp.double(), union.double(), denom.double()
         empty = torch.full_like(union, float(empty_score))
         return (
@@ -126,25 +125,6 @@ def iou_dice(pred: np.ndarray, gt: np.ndarray, *, empty_score: float = 1.0) -> t
     this library function's own default); one empty -> ``(0.0, 0.0)``.
     """
     return _iou_dice_from_counts(*confusion_counts(pred, gt), empty_score)
-
-
-def micro_iou_dice(
-    tps: int | Sequence[int] | np.ndarray,
-    fps: int | Sequence[int] | np.ndarray,
-    fns: int | Sequence[int] | np.ndarray,
-    *,
-    empty_score: float = 1.0,
-) -> tuple[float, float]:
-    """Dataset-level (micro) IoU and Dice from per-image counts.
-
-    ``tps``, ``fps``, ``fns`` are scalars or equal-length sequences of per-image
-    counts (see :func:`confusion_counts`); they are summed first, so large
-    masks weigh more than small ones. All sums zero -> ``(empty_score, empty_score)``.
-    """
-    tp = int(np.sum(np.asarray(tps, dtype=np.int64)))
-    fp = int(np.sum(np.asarray(fps, dtype=np.int64)))
-    fn = int(np.sum(np.asarray(fns, dtype=np.int64)))
-    return _iou_dice_from_counts(tp, fp, fn, empty_score)
 
 
 def _distance_to(mask: np.ndarray) -> np.ndarray:
@@ -290,3 +270,103 @@ def choose_threshold(per_threshold_scores: Mapping[float, float]) -> float:
         raise ValueError("no (non-NaN) scores to choose a threshold from")
     best = max(candidates)
     return -best[2]
+
+
+# --------------------------------------------------------------------------- masks from probabilities, and their scores
+def postprocess_probabilities(
+    probs: np.ndarray,
+    threshold: float,
+    *,
+    morphology: bool = True,
+    kernel_size: int = 3,
+) -> np.ndarray:
+    """Binarise an ``(H, W)`` probability map into a ``uint8`` ``{0, 255}`` mask.
+
+    Steps:
+
+    1. ``probs > threshold`` (strict; compared in the dtype of ``probs``, the
+       same rule as :func:`promptseg.metrics.threshold_sweep_counts`);
+    2. if ``morphology``: ``cv2.morphologyEx`` OPEN, then CLOSE, both with a
+       ``kernel_size x kernel_size`` rectangular kernel. OPEN removes specks
+       smaller than the kernel, CLOSE fills gaps narrower than it.
+       ``kernel_size == 1`` is a no-op.
+
+    Note that OPEN with a ``k x k`` kernel also deletes any structure thinner
+    than ``k`` px (e.g. a 1-px-wide crack with ``k = 3``); pass
+    ``morphology=False`` to keep such structures.
+
+    Args:
+        probs: ``(H, W)`` float map (float32 expected) in ``[0, 1]``.
+        threshold: probability threshold.
+        morphology: apply OPEN then CLOSE.
+        kernel_size: side of the square structuring element, ``>= 1``.
+
+    Returns:
+        ``(H, W)`` ``uint8`` array with values in ``{0, 255}``.
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be (H, W), got shape {probs.shape}")
+    if not np.issubdtype(probs.dtype, np.floating):
+        probs = probs.astype(np.float64)
+    if int(kernel_size) != kernel_size or kernel_size < 1:
+        raise ValueError(f"kernel_size must be a positive integer, got {kernel_size}")
+    thr = np.asarray(threshold, dtype=probs.dtype)
+    mask = np.where(probs > thr, 255, 0).astype(np.uint8)
+    if morphology and kernel_size > 1:
+        k = int(kernel_size)
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    return mask
+
+
+def image_scores(masks, truths, *, empty_score: float, tolerance_px: int, thin: bool) -> dict[str, np.ndarray]:
+    """Per image: ``counts`` (tp, fp, fn), ``iou``, ``dice``, ``pred_share`` and ``true_share`` (foreground
+    fractions), and for thin structures ``boundary_f1`` (``tolerance_px``) and ``cl_dice``: what :func:`score_masks`
+    averages; both-empty images score ``empty_score``."""
+    bf1, cld, counts, pred_share, true_share = [], [], [], [], []
+    for mask, truth in zip(masks, truths):
+        pred = mask > 0
+        counts.append(confusion_counts(pred, truth))
+        pred_share.append(lit_fraction(pred))
+        true_share.append(lit_fraction(truth))
+        if thin:
+            bf1.append(boundary_f1(pred, truth, tolerance_px=tolerance_px))
+            cld.append(cl_dice(pred, truth))
+    counts = np.array(counts, dtype=np.int64).reshape(-1, 3)  # (images, 3): tp, fp, fn, counted once
+    ious, dices = iou_dice_from_counts(counts, empty_score)
+    scores = {
+        "counts": counts,
+        "iou": np.asarray(ious, dtype=float),
+        "dice": np.asarray(dices, dtype=float),
+        "pred_share": np.array(pred_share, dtype=float),
+        "true_share": np.array(true_share, dtype=float),
+    }
+    if thin:
+        scores["boundary_f1"] = np.array(bf1, dtype=float)
+        scores["cl_dice"] = np.array(cld, dtype=float)
+    return scores
+
+
+def score_masks(
+    masks, truths, *, empty_score: float, tolerance_px: int, thin: bool, per_image: dict | None = None
+) -> dict:
+    """Per-image mean IoU/Dice (+ boundary F1, clDice for thin structures) and micro IoU/Dice.
+
+    ``per_image`` (a dict) receives :func:`image_scores`, the numbers the means are made of."""
+    each = image_scores(masks, truths, empty_score=empty_score, tolerance_px=tolerance_px, thin=thin)
+    if per_image is not None:
+        per_image.update(each)
+    micro_iou, micro_dice = iou_dice_from_counts(each["counts"].sum(axis=0), empty_score)
+    scores = {
+        "miou": float(np.mean(each["iou"])),
+        "dice": float(np.mean(each["dice"])),
+        "micro_iou": float(micro_iou),
+        "micro_dice": float(micro_dice),
+        "images": len(masks),
+    }
+    if thin:
+        scores["boundary_f1"] = float(np.mean(each["boundary_f1"]))
+        scores["cl_dice"] = float(np.mean(each["cl_dice"]))
+    return scores

@@ -24,20 +24,3 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ParamsError(f"{path} not found: run the stage from the repository root.")
     with path.open() as handle:
         return yaml.safe_load(handle)
-
-
-def section(params: dict[str, Any], dotted: str) -> Any:
-    """``section(p, "data.cracks")`` -> p["data"]["cracks"], or a ParamsError naming the missing key."""
-    node: Any = params
-    for i, key in enumerate(dotted.split(".")):
-        if not isinstance(node, dict) or key not in node:
-            where = ".".join(dotted.split(".")[: i + 1])
-            raise ParamsError(f"params.yaml has no key {where!r}; add it (see the README's params section).")
-        node = node[key]
-    return node
-
-
-def check_dataset(name: str) -> str:
-    if name not in DATASETS:
-        raise ParamsError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}.")
-    return name

@@ -31,6 +31,9 @@ METRICS_RUNTIME = METRICS / "runtime"
 BASELINES_JSON = METRICS_EVAL / "baselines.json"
 REPORT_MD = METRICS / "report.md"
 SUMMARY_JSON = METRICS / "summary.json"
+MODEL_CARD = (
+    "promptseg.json"  # beside a trained model's weights: rung, training prompts, summary (promptseg.train.loop)
+)
 
 
 def raw_dir(dataset: str) -> Path:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
-from promptseg.settings import MlflowSettings
+from promptseg.settings import MlflowSettings, build
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -35,14 +36,13 @@ def flatten_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
 
 def as_mlflow_settings(mlflow_cfg: MlflowSettings | dict) -> MlflowSettings:
     """The ``mlflow`` settings, validated when given as a plain mapping (tests, library callers)."""
-    from promptseg.settings import build
 
     return mlflow_cfg if isinstance(mlflow_cfg, MlflowSettings) else build(MlflowSettings, dict(mlflow_cfg), "mlflow")
 
 
 def connect(mlflow_cfg: MlflowSettings | dict):
     """Point MLflow at the configured store (``MLFLOW_TRACKING_URI`` wins) and experiment."""
-    import mlflow
+    import mlflow  # noqa: PLC0415 (heavy, optional: mlflow)
 
     mlflow_cfg = as_mlflow_settings(mlflow_cfg)
 
@@ -60,10 +60,9 @@ def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
     """Finish the rung's run that :class:`promptseg.train.live.EpochLogger` opened and filled each epoch (params,
     per-epoch metrics, overlays): add the parameter counts, the DVCLive series (``metrics/``) and the model
     folder (``model/``). Returns ``run_id``; the logger ends the run."""
-    import time
 
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+    from mlflow.entities import Metric  # noqa: PLC0415 (heavy, optional: mlflow)
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415 (heavy, optional: mlflow)
 
     client = MlflowClient(tracking_uri=connect(setup.settings.mlflow).get_tracking_uri())
     now = int(time.time() * 1000)

@@ -13,14 +13,14 @@
 ``models/<rung>`` is a DVC output: unless ``.dvcignore`` lists ``models/*/onnx/``, DVC sees the export
 as a modification of that output and ``dvc repro`` re-runs the training stage (which deletes the export).
 
-``OnnxSegmenter(export_dir).predict_probabilities(images, prompts)`` mirrors
-``promptseg.infer.torch_engine.predict_probabilities``: the same preprocessing (``promptseg.modeling.preprocessing.preprocess_image``),
-bilinear upsampling of the logits to each image's own size and sigmoid, written in NumPy (tested equal to
-the torch functions); masks then go through the same ``postprocess_probabilities``.
+``OnnxSegmenter(export_dir)`` is a ``promptseg.infer.segmenter.Segmenter``: its plain path mirrors the torch
+engine's (the same preprocessing as ``promptseg.modeling.preprocessing.preprocess_image``, bilinear upsampling
+of the logits to each image's own size and sigmoid, written in NumPy and tested equal to the torch functions);
+its tiles run in the session; masks go through the same ``promptseg.metrics.postprocess_probabilities``.
 
 The export takes any ``nn.Module`` whose forward is ``(pixel_values, input_ids, attention_mask) -> logits
-(B, H, W)`` (``export_onnx``). What is specific to a model type is its loading (``load_trained_source``,
-through ``promptseg.infer.torch_engine.load_trained_model``); ``load_export_source`` picks it by the folder's config file.
+(B, H, W)`` (``export_onnx``). A model folder of any registered architecture (promptseg.modeling.registry)
+loads through ``promptseg.infer.torch_engine.load_trained_model``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from promptseg.infer.logits import average_prompts_and_flips, prompt_sets
+from promptseg.infer.segmenter import Segmenter
+from promptseg.infer.torch_engine import load_trained_model
+from promptseg.modeling.preprocessing import resize_rgb
+from promptseg.modeling.registry import ARCHITECTURES, folder_architecture, segmentation_logits
 
 __all__ = [
     "ONNX_FILENAME",
@@ -66,8 +74,6 @@ DEFAULT_OPSET = 17
 INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# (model type, the config file that marks its save_pretrained folder)
-MODEL_CONFIG_FILES = (("clipseg", "config.json"), ("unet", "unet_config.json"))
 _EXAMPLE_PROMPTS = ("segment crack", "segment drywall seam")  # two lengths: padding is part of the traced graph
 
 
@@ -108,10 +114,7 @@ class ExportSource:
 
 def logits_module(model):
     """An ``nn.Module`` whose forward is ``(pixel_values, input_ids, attention_mask) -> logits (B, H, W)``:
-    ``promptseg.modeling.clipseg.segmentation_logits`` on ``model`` (torch is imported only when called)."""
-    import torch
-
-    from promptseg.modeling.clipseg import segmentation_logits
+    ``promptseg.modeling.registry.segmentation_logits`` on ``model``."""
 
     class SegmentationLogits(torch.nn.Module):
         def __init__(self, inner):
@@ -131,12 +134,10 @@ def load_trained_source(model_dir: str | Path) -> ExportSource:
     other folder type it learns to load), so preprocessing is read exactly as the PyTorch engine reads it:
     image size and mean/std from the saved processor, ``per_image_standardization`` from the card.
     """
-    from promptseg.infer.torch_engine import load_trained_model
-
     model_dir = Path(model_dir)
     trained = load_trained_model(model_dir)
     weights = next((model_dir / name for name in WEIGHT_FILES if (model_dir / name).is_file()), None)
-    model_type = next((kind for kind, name in MODEL_CONFIG_FILES if (model_dir / name).is_file()), "unknown")
+    model_type = trained.architecture
     return ExportSource(
         module=logits_module(trained.model),
         tokenizer=trained.processor.tokenizer,
@@ -151,10 +152,9 @@ def load_trained_source(model_dir: str | Path) -> ExportSource:
 
 
 def load_export_source(model_dir: str | Path) -> ExportSource:
-    """The loaded model of a folder whose config file (``MODEL_CONFIG_FILES``) says what it is.
+    """The loaded model of a trained folder (its architecture known by its config file: promptseg.modeling.registry).
 
-    A model type that ``load_trained_model`` cannot load needs its own loader returning an ``ExportSource``
-    (its forward, tokenizer and preprocessing), picked here by its config file.
+    Every architecture of ``promptseg.modeling.registry`` loads through ``load_trained_model``.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -162,9 +162,9 @@ def load_export_source(model_dir: str | Path) -> ExportSource:
             f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass "
             "--model with a folder written by save_pretrained (e.g. models/lora)"
         )
-    if any((model_dir / name).is_file() for _, name in MODEL_CONFIG_FILES):
+    if folder_architecture(model_dir) is not None:
         return load_trained_source(model_dir)
-    names = " or ".join(name for _, name in MODEL_CONFIG_FILES)
+    names = " or ".join(row.config_file for row in ARCHITECTURES.values())
     raise OnnxEngineError(
         f"{model_dir} is not a trained model folder: it has no {names} "
         "(expected weights + processor files + promptseg.json, as `dvc repro train` writes)"
@@ -191,7 +191,6 @@ def export_onnx(
     different lengths, padded) or, without one, are ones. Uses the legacy TorchScript exporter
     (``dynamo=False``): it handles CLIPSeg's data-dependent pooling and position-embedding interpolation.
     """
-    import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +244,6 @@ def _position_embeddings_as_constants(module, image_size: int):
     photo to it), so the table is a constant: the same values eager PyTorch adds (the stored table itself
     where the side is the config's; its torch bicubic interpolation otherwise).
     """
-    import torch
 
     patched = []
     for embeddings in module.modules():
@@ -273,7 +271,6 @@ def export_model_dir(
     graph once in onnxruntime on the example inputs and raises if its logits differ from the PyTorch
     forward's by more than 1e-3.
     """
-    import torch
 
     model_dir = Path(model_dir)
     out_dir = Path(out_dir) if out_dir is not None else model_dir / EXPORT_SUBDIR
@@ -307,7 +304,6 @@ def export_model_dir(
 
 
 def _check_export(source: ExportSource, onnx_path: Path, tolerance: float = 1e-3) -> None:
-    import torch
 
     session = _make_session(onnx_path, threads=default_threads(), optimization="all")
     rng = np.random.default_rng(0)
@@ -383,7 +379,7 @@ _OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def _make_session(onnx_path: Path, *, threads: int, optimization: str):
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 (heavy, optional: onnxruntime)
 
     if optimization not in _OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization must be one of {_OPTIMIZATION_LEVELS}, got {optimization!r}")
@@ -408,8 +404,6 @@ def preprocess(rgb: np.ndarray, size: int, mean, std, per_image: bool = False) -
     PIL bilinear resize (``resize_rgb``), /255, (x - mean) / std, then with ``per_image`` the whole array
     standardised to zero mean and unit (unbiased, as torch's) std plus 1e-6.
     """
-    from promptseg.modeling.preprocessing import resize_rgb
-
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     scale, offset = (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
     x = np.asarray(resize_rgb(rgb, size), dtype=np.float32) * scale + offset  # (S, S, 3): one fused pass
@@ -430,7 +424,7 @@ def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def upsample_bilinear(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) float32 -> (H, W) float32: ``promptseg.infer.torch_engine.upsample_logits`` (torch bilinear,
+    """(h, w) float32 -> (H, W) float32: ``promptseg.infer.logits.upsample_logits`` (torch bilinear,
     ``align_corners=False``, no antialiasing) in NumPy."""
     y0, y1, wy = _source_index(int(size[0]), logits.shape[0])
     x0, x1, wx = _source_index(int(size[1]), logits.shape[1])
@@ -445,7 +439,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (np.tanh(0.5 * x.astype(np.float32)) + 1.0)).astype(np.float32)
 
 
-class OnnxSegmenter:
+class OnnxSegmenter(Segmenter):
     """An exported model in an onnxruntime CPU session, with the same pre- and post-processing as the torch path.
 
     ``export_dir``: a folder written by ``export_model_dir`` (or a model folder holding ``onnx/``).
@@ -476,13 +470,12 @@ class OnnxSegmenter:
             ) from None
         self.per_image = bool(self.meta.get("per_image_standardization", False))
         self.card = dict(self.meta.get("card") or {})
-        self.model_type = str(self.meta.get("model_type", "unknown"))  # clipseg | unet (MODEL_CONFIG_FILES)
+        self.architecture = str(self.meta.get("model_type", "unknown"))  # a row of promptseg.modeling.registry
         self.threads = int(threads) if threads else default_threads()
         self.tokenizer = self._load_tokenizer()
         self.session = _make_session(self.export_dir / onnx_file, threads=self.threads, optimization=optimization)
 
     def _load_tokenizer(self):
-        from transformers import AutoTokenizer
 
         try:
             return AutoTokenizer.from_pretrained(str(self.export_dir), local_files_only=True)
@@ -502,31 +495,29 @@ class OnnxSegmenter:
         }
         return self.session.run([OUTPUT_NAME], feeds)[0]
 
-    def predict_probabilities(
-        self, images: list[np.ndarray], prompts: list, *, batch_size: int = 16, hflip_tta: bool = False
-    ) -> list[np.ndarray]:
+    engine = "onnx"
+
+    def window_logits(self, pixel_values: torch.Tensor, prompts: list[str], precision: str) -> torch.Tensor:
+        """Logits (N, t, t) of a batch of tiles of the export's size (``precision``: the graph's own, fp32)."""
+        return torch.from_numpy(self.logits(pixel_values.numpy(), prompts))
+
+    def whole_image_probabilities(self, images, prompts, *, batch_size=16, hflip_tta=False, precision="fp32"):
         """Probability maps at each image's OWN size, one per (image, prompt) pair (float32 (H, W) in [0, 1]).
 
-        The ONNX twin of ``promptseg.infer.torch_engine.predict_probabilities`` (same contract: ``prompts[i]`` may be
+        The plain path of ``promptseg.infer.torch_engine.TorchSegmenter`` in NumPy (same contract: ``prompts[i]`` may be
         a list, a prompt ensemble; ``hflip_tta`` averages with the mirrored image's logits flipped back, in
         the same order): resize + normalise (``preprocess``, = ``promptseg.modeling.preprocessing.preprocess_image``) ->
         logits at the model's input size, averaged -> bilinear upsample of the logits to (H, W)
-        (``upsample_bilinear``, = ``promptseg.infer.torch_engine.upsample_logits``) -> sigmoid.
+        (``upsample_bilinear``, = ``promptseg.infer.logits.upsample_logits``) -> sigmoid.
         Pre- and post-processing run in NumPy: no torch thread pool (on a busy machine its small ops
         cost ~100 ms per image at 2 threads, measured).
         """
-        from promptseg.infer.torch_engine import average_prompts_and_flips
-
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        prompt_sets = [[p] if isinstance(p, str) else list(p) for p in prompts]
-        if any(not ps for ps in prompt_sets):
-            raise ValueError("an empty prompt list was given for an image: pass at least one prompt.")
+        sets = prompt_sets(images, prompts)
         out: list[np.ndarray] = []
         for start in range(0, len(images), batch_size):
-            chunk, chunk_sets = images[start : start + batch_size], prompt_sets[start : start + batch_size]
+            chunk, chunk_sets = images[start : start + batch_size], sets[start : start + batch_size]
             pixel_values = np.stack(
                 [preprocess(im, self.image_size, self.mean, self.std, self.per_image) for im in chunk]
             )
@@ -542,23 +533,6 @@ class OnnxSegmenter:
                 out.append(sigmoid(upsample_bilinear(logit, image.shape[:2])))
         return out
 
-    def predict_masks(
-        self,
-        images: list[np.ndarray],
-        prompts: list,
-        *,
-        threshold: float,
-        morphology: bool = True,
-        kernel_size: int = 3,
-        batch_size: int = 16,
-        hflip_tta: bool = False,
-    ) -> list[np.ndarray]:
-        """{0,255} uint8 masks at each image's own size: probabilities -> threshold -> open/close."""
-        from promptseg.infer.torch_engine import postprocess_probabilities
-
-        probs = self.predict_probabilities(images, prompts, batch_size=batch_size, hflip_tta=hflip_tta)
-        return [postprocess_probabilities(p, threshold, morphology=morphology, kernel_size=kernel_size) for p in probs]
-
 
 def quantize_int8(export_dir: str | Path, out_file: str = "model.int8.onnx") -> Path:
     """Dynamic int8 quantisation of ``model.onnx`` (weights int8, activations quantised at run time).
@@ -566,7 +540,7 @@ def quantize_int8(export_dir: str | Path, out_file: str = "model.int8.onnx") -> 
     Writes ``out_file`` beside it; load it with ``OnnxSegmenter(export_dir, onnx_file=out_file)``. Check the
     masks against the fp32 graph before using it: with small or random models the error can be large.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415 (heavy, optional: onnxruntime)
 
     export_dir = find_export_dir(export_dir)
     target = export_dir / out_file

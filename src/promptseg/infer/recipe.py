@@ -15,19 +15,12 @@ thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
+from promptseg.settings import InferSettings
 
-__all__ = [
-    "FALLBACK_THRESHOLD",
-    "Recipe",
-    "load_recipe",
-    "override",
-    "predict_masks_with_recipe",
-    "recipe_from_eval_config",
-]
+__all__ = ["FALLBACK_THRESHOLD", "RECIPE_FILENAME", "Recipe", "load_recipe", "override", "recipe_prompts"]
 
 FALLBACK_THRESHOLD = 0.5
 RECIPE_FILENAME = "recipe.json"  # written by `promptseg export` beside model.onnx: the recipes travel with it
@@ -51,28 +44,68 @@ def copy_recipes(eval_path: Path, out_dir: Path) -> Path | None:
     return target
 
 
-def recipe_file(eval_path: Path, engine) -> Path:
-    """``eval_path`` if it exists, else the ``recipe.json`` an ONNX export carries (``engine.export_dir``)."""
-    export_dir = getattr(engine, "export_dir", None)
+def recipe_file(eval_path: Path, export_dir: Path | None) -> Path:
+    """``eval_path`` if it exists, else the ``recipe.json`` an ONNX export carries (its ``export_dir``)."""
     if not Path(eval_path).exists() and export_dir is not None and (Path(export_dir) / RECIPE_FILENAME).exists():
         return Path(export_dir) / RECIPE_FILENAME
     return Path(eval_path)
 
 
+def _option(default, help: str, flag: str | None = None, **cli):
+    """A recipe field: its default and the ``promptseg predict`` flag generated from it (promptseg.serve.cli):
+    ``help``; ``flag`` when it is not ``--<field-name>``; ``cli`` extra argparse settings (``choices``,
+    ``kind``: probability | positive_int | positive_float); ``help=""``: no flag."""
+    return field(default=default, metadata={"help": help, "flag": flag, **cli})
+
+
 @dataclass(frozen=True)
 class Recipe:
-    threshold: float = FALLBACK_THRESHOLD
-    morphology: bool = True
-    kernel: int = 3
-    hflip_tta: bool = False
-    prompt_ensemble: bool = False
-    ensemble_threshold: float | None = None
-    tiled: bool = False
-    tile_upscale: float = 1.0
-    tile_overlap: float = 0.25
-    batch_size: int = 16
-    native_resolution: bool = False  # U-Net: the whole photo at its own size (promptseg.infer.native), before tiling
-    precision: str = "fp32"  # the forward's precision on the torch engine (infer.precision)
+    """How a model turns a photo and a prompt into a mask: declared once here, filled from ``params.yaml: infer``
+    (:meth:`from_settings`) and the val threshold, recorded per dataset in ``metrics/eval/<rung>.json``, and
+    followed by every caller through ``promptseg.infer.segmenter.Segmenter``. The fields' order is the JSON's."""
+
+    threshold: float = _option(
+        FALLBACK_THRESHOLD,
+        "probability threshold in [0, 1]; default: the one chosen on val for the prompt's dataset "
+        "(metrics/eval/<rung>.json), else 0.5",
+        kind="probability",
+    )
+    morphology: bool = _option(True, "opening/closing (--no-morphology keeps 1-px structures)")
+    kernel: int = _option(3, "opening/closing kernel side", flag="--kernel-size", kind="positive_int")
+    hflip_tta: bool = _option(False, "average with the mirrored image")
+    prompt_ensemble: bool = _option(False, "average the logits over the prompt's dataset's prompts")
+    ensemble_threshold: float | None = _option(None, "")  # chosen on val for the ensemble; no flag
+    tiled: bool = _option(False, "sliding-window inference at the image's resolution")
+    tile_upscale: float = _option(1.0, "tiled: resize factor of the photo before tiling", kind="positive_float")
+    tile_overlap: float = _option(0.25, "tiled: fraction of a tile shared by neighbours, in [0, 1)", kind="probability")
+    batch_size: int = _option(16, "images (tiles when tiled) per forward pass", kind="positive_int")
+    native_resolution: bool = _option(False, "U-Net: the whole photo at its own size, no resize and no tiles")
+    precision: str = _option(
+        "fp32",
+        "torch engine: bf16 autocast is faster on CPUs with AVX512-BF16/AMX (masks may differ slightly); auto: "
+        "bf16 on CUDA and on such CPUs",
+        choices=("auto", "fp32", "bf16"),
+    )
+
+    @classmethod
+    def from_settings(
+        cls, infer: InferSettings, dataset: str, threshold: float = FALLBACK_THRESHOLD, ensemble_threshold=None
+    ) -> Recipe:
+        """The recipe ``params.yaml: infer`` gives ``dataset``, with the threshold chosen on val."""
+        return cls(
+            threshold=float(threshold),
+            morphology=bool(infer.morphology.enabled),
+            kernel=int(infer.morphology.kernel),
+            hflip_tta=bool(infer.hflip_tta),
+            prompt_ensemble=bool(infer.prompt_ensemble),
+            ensemble_threshold=None if ensemble_threshold is None else float(ensemble_threshold),
+            tiled=bool(infer.tiled.get(dataset, False)),
+            tile_upscale=float(infer.tiling.upscale),
+            tile_overlap=float(infer.tiling.overlap),
+            batch_size=int(infer.batch_size),
+            native_resolution=bool(infer.native_resolution.get(dataset, False)),
+            precision=str(infer.precision),
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,27 +126,6 @@ class Recipe:
             f"precision {self.precision}",
         ]
         return ", ".join(parts)
-
-
-def recipe_from_eval_config(
-    cfg, dataset: str, threshold: float, ensemble_threshold: float | None = None, precision: str = "fp32"
-) -> dict:
-    """The recipe evaluation scored ``dataset`` with (``cfg``: promptseg.score.evaluate.EvalConfig; ``precision``: the
-    model's ``infer.precision``), as a dict."""
-    return Recipe(
-        threshold=float(threshold),
-        morphology=bool(cfg.morphology),
-        kernel=int(cfg.kernel_size),
-        hflip_tta=bool(cfg.hflip_tta),
-        prompt_ensemble=bool(cfg.prompt_ensemble),
-        ensemble_threshold=None if ensemble_threshold is None else float(ensemble_threshold),
-        tiled=bool(cfg.tiled.get(dataset, False)),
-        tile_upscale=float(cfg.tile_upscale),
-        tile_overlap=float(cfg.tile_overlap),
-        batch_size=int(cfg.batch_size),
-        native_resolution=bool(cfg.native_resolution.get(dataset, False)),
-        precision=str(precision),
-    ).to_dict()
 
 
 def prompt_dataset(card: dict, prompt: str) -> str | None:
@@ -166,12 +178,16 @@ def load_recipe(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[Re
             ),
         )
     if isinstance(entry.get("recipe"), dict):
-        return Recipe.from_dict(entry["recipe"]), dataset, f"evaluation's recipe for dataset {dataset!r} ({eval_path})"
+        return (
+            Recipe.from_dict(entry["recipe"]),
+            dataset,
+            f"evaluation's recipe for dataset {dataset!r} ({eval_path}), its threshold chosen on val",
+        )
     return (
         Recipe(threshold=threshold),
         dataset,
         (
-            f"threshold chosen on val for dataset {dataset!r} ({eval_path}); "
+            f"chosen on val for dataset {dataset!r} ({eval_path}); "
             "that file records no recipe (evaluated before recipes were "
             "recorded): the other fields are the defaults"
         ),
@@ -196,57 +212,3 @@ def recipe_prompts(recipe: Recipe, card: dict, prompt: str, dataset: str | None)
             recipe.ensemble_threshold if recipe.ensemble_threshold is not None else recipe.threshold
         )
     return prompt, float(recipe.threshold)
-
-
-def onnx_cannot_run(engine, recipe: Recipe) -> bool:
-    """Whether ``engine`` is an ONNX export that cannot follow ``recipe``: a U-Net export (traced at one input
-    size) asked to run each photo at its own size. A CLIPSeg resizes on the torch engine too (as evaluation
-    did), so its export follows such a recipe; a tiled recipe runs on both engines."""
-    return hasattr(engine, "session") and recipe.native_resolution and engine.model_type != "clipseg"
-
-
-def predict_probabilities_with_recipe(engine, images: list[np.ndarray], prompt, recipe: Recipe) -> list[np.ndarray]:
-    """Probabilities for ``images`` with ``prompt`` (a string or an ensemble list) the way ``recipe`` says,
-    on a torch ``TrainedModel`` or an ``OnnxSegmenter``: single pass or tiled (both engines), at each photo's
-    own size (torch only: the export is traced at one size), flip TTA or not."""
-    from promptseg.infer.tiling import predict_probabilities_tiled
-
-    prompts = [prompt] * len(images)
-    tiled = {"upscale": recipe.tile_upscale, "overlap": recipe.tile_overlap, "batch_size": recipe.batch_size}
-    if hasattr(engine, "session"):  # OnnxSegmenter
-        if onnx_cannot_run(engine, recipe):
-            raise ValueError(
-                "this recipe runs the U-Net on each photo at its own size, which runs on the torch engine: use "
-                "--engine torch, or --no-native-resolution to run the ONNX engine at the export's size (not the "
-                "recipe evaluation scored)"
-            )
-        if recipe.tiled:  # tiles of the export's size: the session runs on each batch of tiles
-            return predict_probabilities_tiled(engine, images, prompts, hflip_tta=recipe.hflip_tta, **tiled)
-        return engine.predict_probabilities(images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
-    trained = getattr(engine, "trained", engine)
-    trained.precision = recipe.precision  # infer.precision as evaluated, or --precision
-    from promptseg.infer.native import predict_probabilities_native, supports_native_resolution
-
-    if recipe.native_resolution and supports_native_resolution(trained):  # as evaluation: before tiling
-        return predict_probabilities_native(
-            trained, images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta
-        )
-    if recipe.tiled:
-        return predict_probabilities_tiled(trained, images, prompts, hflip_tta=recipe.hflip_tta, **tiled)
-    from promptseg.infer.torch_engine import predict_probabilities
-
-    return predict_probabilities(trained, images, prompts, batch_size=recipe.batch_size, hflip_tta=recipe.hflip_tta)
-
-
-def predict_masks_with_recipe(
-    engine, images: list[np.ndarray], prompt, recipe: Recipe, threshold: float | None = None
-) -> list[np.ndarray]:
-    """{0,255} masks: :func:`predict_probabilities_with_recipe`, then threshold (``threshold`` or the
-    recipe's) and the recipe's open/close (promptseg.infer.torch_engine.postprocess_probabilities)."""
-    from promptseg.infer.torch_engine import postprocess_probabilities
-
-    t = recipe.threshold if threshold is None else threshold
-    return [
-        postprocess_probabilities(p, t, morphology=recipe.morphology, kernel_size=recipe.kernel)
-        for p in predict_probabilities_with_recipe(engine, images, prompt, recipe)
-    ]

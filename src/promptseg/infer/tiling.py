@@ -1,6 +1,6 @@
 """Sliding-window (tiled) inference for thin structures such as wall cracks.
 
-Why: :func:`promptseg.infer.torch_engine.predict_probabilities` resizes the whole photo to the model's input
+Why: the plain path (``Segmenter.whole_image_probabilities``) resizes the whole photo to the model's input
 size (224 or 352 px). On a 640 px photo that is a 0.35-0.55x downscale, so a 2-px crack becomes a
 sub-pixel, low-contrast line that the ViT's 16-px patches barely see, and the upsampled logits can
 only give back a blurred band. Tiling instead runs the model on ``image_size x image_size`` windows
@@ -15,7 +15,7 @@ How:
   edges only). Every pixel's result is ``sum_t w_t * logit_t / sum_t w_t`` over the tiles ``t``
   covering it: a weighted average, so identical overlapping values come back unchanged (no seams),
   and tile borders, where the model lacks context, count less than tile centres.
-- Blending happens on **logits**, like :func:`promptseg.infer.torch_engine.upsample_logits`; the sigmoid comes
+- Blending happens on **logits**, like :func:`promptseg.infer.logits.upsample_logits`; the sigmoid comes
   last.
 - An image smaller than the tile in some dimension is reflect-padded up to the tile (replicate-padded
   when it is too small to reflect) and the result is cropped back.
@@ -37,6 +37,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from promptseg.infer.logits import average_prompts_and_flips, prompt_sets, upsample_logits
+from promptseg.modeling.preprocessing import normalize
 
 __all__ = ["tile_origins", "blend_window", "tiled_logits", "predict_probabilities_tiled"]
 
@@ -166,7 +170,7 @@ def tiled_logits(
 
 @torch.no_grad()
 def predict_probabilities_tiled(
-    engine,
+    segmenter,
     images: list[np.ndarray],
     prompts: list,
     *,
@@ -175,85 +179,52 @@ def predict_probabilities_tiled(
     batch_size: int = 16,
     window: str = "hann",
     hflip_tta: bool = False,
+    precision: str = "fp32",
 ) -> list[np.ndarray]:
-    """Tiled counterpart of :func:`promptseg.infer.torch_engine.predict_probabilities` (same contract), on a torch
-    ``TrainedModel`` or an ``OnnxSegmenter`` (``promptseg.infer.onnx_engine``: its tiles are its export's size).
+    """The tiled path of ``promptseg.infer.segmenter.Segmenter.probabilities`` (same contract), on any engine:
+    its ``window_logits`` runs the model on a batch of tiles of its input size.
 
     ``images[i]`` is an ``(H, W, 3)`` uint8 RGB array paired with ``prompts[i]``. Per image:
     bilinear (PIL) resize to ``(round(H * upscale), round(W * upscale))`` -> :func:`promptseg.modeling.preprocessing.normalize`
     with the engine's mean/std/per_image over the whole resized image -> :func:`tiled_logits` with
-    ``tile = engine.image_size`` and the prompt repeated for each tile batch -> bilinear
+    ``tile = segmenter.image_size`` and the prompt repeated for each tile batch -> bilinear
     upsample of the blended logits to ``(H, W)`` -> sigmoid. Returns float32 ``(H, W)`` arrays in [0, 1].
     ``batch_size`` counts tiles (of one image), not images.
 
-    As in ``predict_probabilities``, ``prompts[i]`` may be a list of strings (a prompt ensemble: the
-    tile logits of every prompt are averaged) and ``hflip_tta`` also averages each tile's logits with
-    those of its horizontal mirror, flipped back. Both average logits before blending.
+    ``prompts[i]`` may be a list of strings (a prompt ensemble: the tile logits of every prompt are averaged)
+    and ``hflip_tta`` also averages each tile's logits with those of its horizontal mirror, flipped back. Both
+    average logits before blending.
     """
-    from promptseg.infer.torch_engine import upsample_logits
-
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: pass one prompt per image.")
     if not upscale > 0:
         raise ValueError(f"upscale must be > 0, got {upscale}")
-    prompt_sets = [[p] if isinstance(p, str) else list(p) for p in prompts]
-    if any(not ps for ps in prompt_sets):
-        raise ValueError("an empty prompt list was given for an image: pass at least one prompt.")
-    onnx = hasattr(engine, "session")  # an OnnxSegmenter: NumPy in, NumPy out, on the CPU
-    tile_logits = _onnx_tile_logits(engine) if onnx else _torch_tile_logits(engine)
-    device = "cpu" if onnx else engine.device
+    sets = prompt_sets(images, prompts)
     out: list[np.ndarray] = []
-    for image, prompt_set in zip(images, prompt_sets):
+    for image, prompt_set in zip(images, sets):
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"images must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
-        x = _resized_input(engine, image, upscale).to(device)
-        logits_fn = _tile_logits_fn(tile_logits, prompt_set, hflip_tta)
+        x = _resized_input(segmenter, image, upscale).to(segmenter.device)
+
+        def logits_fn(batch: torch.Tensor, prompt_set=prompt_set) -> torch.Tensor:
+            return average_prompts_and_flips(
+                lambda view, rows, ps, flipped: segmenter.window_logits(view[rows], ps, precision),
+                batch,
+                [prompt_set] * batch.shape[0],
+                hflip_tta,
+                lambda v: torch.flip(v, dims=[-1]),
+                torch.zeros,
+            )
+
         blended = tiled_logits(
-            logits_fn, x, tile=engine.image_size, overlap=overlap, batch_size=batch_size, window=window
+            logits_fn, x, tile=segmenter.image_size, overlap=overlap, batch_size=batch_size, window=window
         )
         out.append(torch.sigmoid(upsample_logits(blended, (height, width))).numpy().astype(np.float32, copy=False))
     return out
 
 
-def _torch_tile_logits(trained):
-    """``tile_logits(view, rows, prompts, flipped)`` of a torch ``TrainedModel``: one image's tiles share a
-    prompt, tokenised once per prompt; ``infer.precision`` as the single-pass path."""
-    from promptseg.modeling.clipseg import segmentation_logits
-    from promptseg.modeling.precision import model_autocast
-
-    device = trained.device
-    tokens_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
-        prompt = prompts[0]  # every tile of this image has the same prompt
-        if prompt not in tokens_cache:
-            tokens = trained.processor.tokenizer([prompt], padding=True, return_tensors="pt")
-            tokens_cache[prompt] = (tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-        ids, mask = tokens_cache[prompt]
-        n = len(rows)
-        with model_autocast(trained):  # infer.precision (promptseg.modeling.precision)
-            return segmentation_logits(trained.model, view[rows], ids.expand(n, -1), mask.expand(n, -1)).float()
-
-    return tile_logits
-
-
-def _onnx_tile_logits(segmenter):
-    """``tile_logits(view, rows, prompts, flipped)`` of an ``OnnxSegmenter``: the session on the tiles."""
-
-    def tile_logits(view: torch.Tensor, rows: list[int], prompts: list[str], flipped: bool) -> torch.Tensor:
-        return torch.from_numpy(segmenter.logits(view[rows].numpy(), prompts))
-
-    return tile_logits
-
-
-def _resized_input(engine, image: np.ndarray, upscale: float) -> torch.Tensor:
+def _resized_input(segmenter, image: np.ndarray, upscale: float) -> torch.Tensor:
     """The image resized by ``upscale`` (PIL bilinear) and normalised as the engine's model expects (CPU)."""
-    from PIL import Image
-
-    from promptseg.modeling.preprocessing import normalize
-
     height, width = image.shape[:2]
     size = (max(1, int(round(height * upscale))), max(1, int(round(width * upscale))))
     resized = (
@@ -261,22 +232,4 @@ def _resized_input(engine, image: np.ndarray, upscale: float) -> torch.Tensor:
         if size == (height, width)
         else np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
     )
-    return normalize(np.ascontiguousarray(resized), engine.mean, engine.std, engine.per_image)
-
-
-def _tile_logits_fn(tile_logits, prompt_set: list[str], hflip_tta: bool):
-    """``logits_fn(batch of tiles)`` for :func:`tiled_logits`: ``tile_logits`` for one image's prompt set,
-    averaged over the prompts (and the horizontal mirror with ``hflip_tta``)."""
-    from promptseg.infer.torch_engine import average_prompts_and_flips
-
-    def logits_fn(batch: torch.Tensor) -> torch.Tensor:
-        return average_prompts_and_flips(
-            tile_logits,
-            batch,
-            [prompt_set] * batch.shape[0],
-            hflip_tta,
-            lambda x: torch.flip(x, dims=[-1]),
-            torch.zeros,
-        )
-
-    return logits_fn
+    return normalize(np.ascontiguousarray(resized), segmenter.mean, segmenter.std, segmenter.per_image)

@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
+from PIL import Image
 
 from promptseg.images import IMAGE_SUFFIXES
 from promptseg.params import SPLITS
@@ -597,8 +599,6 @@ def _read_yolo_names(root: Path, problems: list[Problem]) -> int | None:
     if not path.is_file():
         return None
     try:
-        import yaml
-
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
@@ -653,8 +653,6 @@ def _parse_yolo_line(line: str):
 def _image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the header, without decoding the pixels; None if unreadable."""
     try:
-        from PIL import Image
-
         with Image.open(path) as im:
             w, h = im.size
         return int(w), int(h)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from promptseg.images import ImageReadError, read_image
@@ -142,7 +143,6 @@ def render_box_mask(height: int, width: int, boxes: list[tuple[float, float, flo
 
 
 def _decode_rle(rle: dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
 
     h, w = (int(v) for v in rle["size"])
     cnts = rle["counts"]

@@ -12,6 +12,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from promptseg.images import IMAGE_SUFFIXES
+from promptseg.ingest.exports import ExportError, detect_export_format
 from promptseg.ingest.synthetic import write_synthetic_export
 from promptseg.settings import RoboflowSettings, SourceSettings, SyntheticSettings, to_plain
 
@@ -47,8 +49,8 @@ def download_from_roboflow(dataset: str, roboflow_cfg: RoboflowSettings, out_dir
             f"Export it in your shell (never put it in params.yaml). {_alternatives(dataset)}"
         )
     try:
-        import requests
-        from roboflow import Roboflow
+        import requests  # noqa: PLC0415 (heavy, optional: roboflow (and its requests))
+        from roboflow import Roboflow  # noqa: PLC0415 (heavy, optional: roboflow)
     except ImportError as exc:  # pragma: no cover - roboflow is a pinned dependency
         raise SourceError(f"the roboflow package is not installed ({exc}); run `make install`.") from None
 
@@ -123,8 +125,6 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
 def check_landed_export(dataset: str, folder: Path, came_from: str) -> None:
     """Refuse a landed export that the masks stage could not use: no split folder with annotations
     (an empty folder, a wrong folder) or not a single image file in its split folders."""
-    from promptseg.images import IMAGE_SUFFIXES
-    from promptseg.ingest.exports import ExportError, detect_export_format
 
     try:
         detect_export_format(folder)

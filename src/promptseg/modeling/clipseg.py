@@ -152,17 +152,6 @@ def build_small_model(
     return clipseg, processor
 
 
-def build_unet_model(model: ModelSettings | Mapping, image_size: int, seed: int):
-    """The text-conditioned U-Net (random init) sized by ``model.unet``, with the same CLIP tokenizer."""
-    from promptseg.modeling.unet import TextConditionedUNet, UNetConfig
-
-    model = as_model_settings(model, "unet")
-    torch.manual_seed(seed)
-    unet = TextConditionedUNet(UNetConfig.from_params({**to_plain(model.unet), "image_size": image_size}))
-    processor = make_processor(build_clip_tokenizer(), image_size, model.image_mean, model.image_std)
-    return unet, processor
-
-
 def uses_per_image_standardization(model: ModelSettings | Mapping, architecture: str) -> bool:
     """Whether inputs are standardised per image after the mean/std normalisation.
 
@@ -198,10 +187,6 @@ def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
     """
     local = Path(source).expanduser()
     if local.is_dir():
-        from promptseg.modeling.unet import TextConditionedUNet, is_unet_directory
-
-        if is_unet_directory(local):
-            return TextConditionedUNet.from_pretrained(local), CLIPSegProcessor.from_pretrained(local)
         try:
             return (CLIPSegForImageSegmentation.from_pretrained(local), CLIPSegProcessor.from_pretrained(local))
         except (OSError, ValueError) as exc:
@@ -227,18 +212,6 @@ def load_pretrained(source: str) -> tuple[CLIPSegForImageSegmentation, CLIPSegPr
         return CLIPSegForImageSegmentation.from_pretrained(source), CLIPSegProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load model {source!r} from the Hugging Face hub ({exc}). {fix}") from None
-
-
-def load_base_model(model: ModelSettings | Mapping, image_size: int, seed: int, architecture: str):
-    """The model and processor of ``architecture`` (CLIPSeg from ``model.source``, or the U-Net)."""
-    if architecture == "unet":
-        return build_unet_model(model, image_size, seed)
-    if architecture != "clipseg":
-        raise ValueError(f"unknown architecture {architecture!r} in train.rungs: use clipseg or unet.")
-    model = as_model_settings(model, architecture)
-    if model.source == "small":
-        return build_small_model(model, image_size, seed)
-    return load_pretrained(model.source)
 
 
 # ----------------------------------------------------------------------------------------- rungs
@@ -274,7 +247,7 @@ def apply_method(model: CLIPSegForImageSegmentation, method: str, lora: LoraSett
         model.decoder.requires_grad_(True)
         return model
     if method == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # noqa: PLC0415 (heavy, optional: peft pulls in accelerate)
 
         if lora is None:
             raise ValueError(
@@ -322,58 +295,20 @@ def clipseg_decode(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     size: tuple[int, int],
-) -> torch.Tensor:
+    *,
+    with_presence: bool = False,
+):
     """Logits (B, H, W) from vision activations and prompts: pooled text features projected to
-    ``projection_dim``, then the FiLM-conditioned decoder; ``size`` is the input image's (H, W)."""
+    ``projection_dim``, then the FiLM-conditioned decoder; ``size`` is the input image's (H, W).
+    ``with_presence``: ``(logits, None)`` (CLIPSeg has no presence gate)."""
     text = model.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-    return model.decoder(activations, text).logits.reshape(input_ids.shape[0], *size)
+    logits = model.decoder(activations, text).logits.reshape(input_ids.shape[0], *size)
+    return (logits, None) if with_presence else logits
 
 
-def encode_images(model: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-    """The prompt-independent half of either architecture: CLIPSeg's vision activations, or the U-Net's
-    encoder features. Inference over many prompts can compute it once per image."""
-    if hasattr(model, "clip"):
-        return clipseg_vision_activations(model, pixel_values)
-    return model.encode_image(pixel_values)
-
-
-def decode_prompts(
-    model: nn.Module,
-    features: list[torch.Tensor],
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    size: tuple[int, int],
-    *,
-    with_presence: bool = False,
-):
-    """The prompt half: logits (B, H, W) from :func:`encode_images`' features and one prompt per image.
-    ``with_presence``: ``(logits, presence logits (B,))`` where the model has a presence gate (the U-Net
-    with ``presence_gate``), else ``(logits, None)``."""
-    if hasattr(model, "clip"):
-        logits = clipseg_decode(model, features, input_ids, attention_mask, size)
-        return (logits, None) if with_presence else logits
-    return model.decode_features(
-        features, model.text_features(input_ids, attention_mask), size, with_presence=with_presence
-    )
-
-
-def segmentation_logits(
-    module: nn.Module,
-    pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    with_presence: bool = False,
-):
-    """Logits (B, H, W) with gradients reaching every encoder: :func:`encode_images`, then
-    :func:`decode_prompts`. For CLIPSeg these are the steps of ``CLIPSegForImageSegmentation.forward``
-    without its ``no_grad``; for the U-Net, its own forward. ``with_presence``: see :func:`decode_prompts`."""
-    model = unwrap(module)
-    return decode_prompts(
-        model,
-        encode_images(model, pixel_values),
-        input_ids,
-        attention_mask,
-        tuple(pixel_values.shape[-2:]),
-        with_presence=with_presence,
-    )
+def build_clipseg(model: ModelSettings | Mapping, image_size: int, seed: int):
+    """CLIPSeg to train: the random ``small`` one, or the pretrained ``model.source`` (a folder or a hub id)."""
+    model = as_model_settings(model, "clipseg")
+    if model.source == "small":
+        return build_small_model(model, image_size, seed)
+    return load_pretrained(model.source)

@@ -73,10 +73,3 @@ def device_and_autocast(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_precision(precision, device, where)
     return device, autocast(resolved, device), resolved
-
-
-def model_autocast(trained):
-    """The forward's context for a loaded model (``promptseg.infer.torch_engine.TrainedModel``): its ``precision``
-    attribute (``auto | fp32 | bf16``; fp32 when absent) resolved on the model's device."""
-    device = trained.device
-    return autocast(resolve_precision(getattr(trained, "precision", "fp32"), device, "the model's precision"), device)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from promptseg.modeling.clipseg import as_model_settings, build_clip_tokenizer, make_processor
+from promptseg.settings import ModelSettings, to_plain
 
 CONFIG_NAME = "unet_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -289,3 +293,19 @@ def load_text_encoder_weights(model: TextConditionedUNet, clip_text_state_dict: 
     }
     model.text_encoder.load_state_dict(state, strict=True)
     return model
+
+
+def build_unet_model(model: ModelSettings | Mapping, image_size: int, seed: int):
+    """The text-conditioned U-Net (random init) sized by ``model.unet``, with the same CLIP tokenizer."""
+    model = as_model_settings(model, "unet")
+    torch.manual_seed(seed)
+    unet = TextConditionedUNet(UNetConfig.from_params({**to_plain(model.unet), "image_size": image_size}))
+    processor = make_processor(build_clip_tokenizer(), image_size, model.image_mean, model.image_std)
+    return unet, processor
+
+
+def unet_decode(model: TextConditionedUNet, features, input_ids, attention_mask, size, *, with_presence: bool = False):
+    """The prompt half of the U-Net: text features, then the FiLM decoder (``decode_features``)."""
+    return model.decode_features(
+        features, model.text_features(input_ids, attention_mask), size, with_presence=with_presence
+    )

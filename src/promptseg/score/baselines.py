@@ -3,7 +3,7 @@
 ``dvc repro baselines`` writes ``metrics/eval/baselines.json``: per dataset, ``{"all zeros": scores,
 "all ones": scores}`` and, for thin structures (cracks), ``{"darkest 5%": scores}`` (each image's darkest
 pixels, then the models' open/close; the share is ``report.darkest_share``). ``scores`` are what
-:func:`promptseg.score.evaluate.score_masks` gives on the processed test split, plus ``lit`` (the mean share of pixels
+:func:`promptseg.metrics.score_masks` gives on the processed test split, plus ``lit`` (the mean share of pixels
 lit: with any prompt, since the masks ignore it). The report reads this file; it computes nothing itself.
 """
 
@@ -17,10 +17,8 @@ import cv2
 import numpy as np
 
 from promptseg.images import list_split, read_rgb
-from promptseg.infer.torch_engine import postprocess_probabilities
-from promptseg.metrics import lit_fraction
+from promptseg.metrics import lit_fraction, postprocess_probabilities, score_masks
 from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
-from promptseg.score.evaluate import EvalConfig, score_masks
 
 __all__ = [
     "trivial_baseline_scores",
@@ -46,7 +44,7 @@ def darkest_pixels_mask(
 
     The pixels whose grayscale value (``cv2.COLOR_RGB2GRAY``) is at or below the image's ``share`` quantile
     (``np.quantile``, linear interpolation), then the models' post-processing
-    (:func:`promptseg.infer.torch_engine.postprocess_probabilities` on a map that is 1.0 on those pixels, threshold 0.5:
+    (:func:`promptseg.metrics.postprocess_probabilities` on a map that is 1.0 on those pixels, threshold 0.5:
     OPEN then CLOSE with a ``kernel_size`` square). Ties at the quantile are all kept, so a uniform image is lit
     everywhere.
     """
@@ -78,7 +76,7 @@ def trivial_baseline_scores(
     Returns ``{"all zeros": scores, "all ones": scores}`` and, for thin-structure datasets (cracks) when
     ``darkest_share`` is not None, ``{darkest_name(darkest_share): scores}`` (:func:`darkest_pixels_mask` with
     ``morphology`` / ``kernel_size``, the ``infer.morphology`` the models use). ``scores`` is what
-    :func:`promptseg.score.evaluate.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``, ``images``;
+    :func:`promptseg.metrics.score_masks` gives (``miou``, ``dice``, ``micro_iou``, ``micro_dice``, ``images``;
     for thin-structure datasets also ``boundary_f1`` and ``cl_dice``), with the same empty-mask rule (an image
     whose ground truth and prediction are both empty scores ``empty_score``), plus ``lit``, the mean share of
     pixels lit. Returns ``{}`` when the split has no images. Images are read only for the darkest baseline.
@@ -92,13 +90,13 @@ def trivial_baseline_scores(
         truths.append(mask > 0)
     if not truths:
         return {}
-    cfg = EvalConfig.for_scoring(empty_score=empty_score, boundary_tolerance_px=boundary_tolerance_px)
     thin = dataset in THIN_STRUCTURE_DATASETS
+    scoring = {"empty_score": empty_score, "tolerance_px": boundary_tolerance_px, "thin": thin}
     zeros = [np.zeros(t.shape, dtype=np.uint8) for t in truths]
     ones = [np.full(t.shape, 255, dtype=np.uint8) for t in truths]
     out = {
-        "all zeros": _with_lit(score_masks(zeros, truths, cfg, thin), zeros),
-        "all ones": _with_lit(score_masks(ones, truths, cfg, thin), ones),
+        "all zeros": _with_lit(score_masks(zeros, truths, **scoring), zeros),
+        "all ones": _with_lit(score_masks(ones, truths, **scoring), ones),
     }
     if thin and darkest_share is not None:
         dark = []
@@ -112,7 +110,7 @@ def trivial_baseline_scores(
                     f"{mask_path.name} is {truth.shape[1]}x{truth.shape[0]}; rerun `dvc repro masks@{dataset}`."
                 )
             dark.append(mask)
-        out[darkest_name(darkest_share)] = _with_lit(score_masks(dark, truths, cfg, thin), dark)
+        out[darkest_name(darkest_share)] = _with_lit(score_masks(dark, truths, **scoring), dark)
     return out
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -944,6 +945,5 @@ def write_report(
 
 
 def _relative(path: Path, start: Path) -> str:
-    import os
 
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()

@@ -2,7 +2,7 @@
 
 Per rung, on a handful of processed test images (each with its dataset's first prompt):
 
-- ``torch_ms_per_image``: :func:`promptseg.infer.torch_engine.predict_probabilities` (the ``promptseg predict`` /
+- ``torch_ms_per_image``: ``Segmenter.probabilities`` with the plain recipe (the ``promptseg predict`` /
   evaluation path: preprocessing, forward, upsampling to the image's own size) at ``infer.batch_size``;
 - ``onnx_ms_per_image``: the same images through :class:`promptseg.infer.onnx_engine.OnnxSegmenter` (``--engine onnx``)
   when ``runtime.onnx`` is on; the graph is exported (``export_model_dir``, checked against PyTorch) to a
@@ -27,6 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from promptseg.images import list_split, read_rgb
+from promptseg.infer.engines import load_segmenter
+from promptseg.infer.onnx_engine import export_model_dir
+from promptseg.infer.recipe import Recipe
 
 __all__ = ["best_rates", "folder_mb", "peak_rss_mb", "measure_runtime", "runtime_images"]
 
@@ -62,8 +68,6 @@ def peak_rss_mb() -> float:
 def runtime_images(processed_root: Path, prompts: dict[str, list[str]], count: int) -> tuple[list, list[str]]:
     """The first ``count`` test images, alternating datasets (``prompts`` order), each with its dataset's first
     prompt; an unreadable image is skipped and named."""
-    from promptseg.images import list_split, read_rgb
-
     queues = {d: [img for img, _ in list_split(Path(processed_root), d, "test")] for d in prompts}
     images, chosen = [], []
     while len(images) < count and any(queues.values()):
@@ -89,21 +93,19 @@ def measure_runtime(
     threads: int | None = None,
     onnx: bool = True,
 ) -> dict:
-    """The figures of this module's docstring for one model folder on ``images`` (one prompt each)."""
-    import torch
-
-    from promptseg.infer.torch_engine import load_trained_model, predict_probabilities
-
+    """The figures of this module's docstring for one model folder on ``images`` (one prompt each): the plain
+    recipe (resize, no tiles, no flip) at ``batch_size`` on each engine."""
     if not images:
         raise ValueError("no images to time: the processed test splits are empty (run `dvc repro masks`)")
     if threads:
         torch.set_num_threads(int(threads))
     model_dir = Path(model_dir)
-    trained = load_trained_model(model_dir)
+    recipe = Recipe(batch_size=batch_size)
+    trained = load_segmenter(model_dir, "torch")
 
     def torch_path(warmup: bool) -> None:
         n = min(2, len(images)) if warmup else len(images)
-        predict_probabilities(trained, images[:n], prompts[:n], batch_size=batch_size)
+        trained.probabilities(images[:n], prompts[:n], recipe)
 
     torch_rate = best_rates({"torch": torch_path}, len(images), rounds)["torch"]
     out = {
@@ -119,17 +121,15 @@ def measure_runtime(
     if trained.device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
     if onnx:
-        from promptseg.infer.onnx_engine import OnnxSegmenter, export_model_dir
-
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             export_dir = export_model_dir(model_dir, Path(tmp) / "onnx")
             out["onnx_export_s"] = round(time.perf_counter() - started, 2)
-            engine = OnnxSegmenter(export_dir, threads=threads)
+            engine = load_segmenter(export_dir, "onnx", threads=threads)
 
             def onnx_path(warmup: bool) -> None:
                 n = min(2, len(images)) if warmup else len(images)
-                engine.predict_probabilities(images[:n], prompts[:n], batch_size=batch_size)
+                engine.probabilities(images[:n], prompts[:n], recipe)
 
             onnx_rate = best_rates({"onnx": onnx_path}, len(images), rounds)["onnx"]
             out.update(

@@ -4,7 +4,7 @@ Upload a photo (or pick a test image), choose a preset prompt or type one, move 
 the recipe's val threshold for the prompt's dataset; an unseen prompt says its threshold is the fallback),
 set the overlay opacity and, for measurements in mm and the BRE Digest 251 category, the scale. Outputs:
 the overlay, the mask, the measurements table and a summary; the mask PNG and the measurements JSON to
-download. Masks come from the same recipe code as ``promptseg predict`` (promptseg.infer.recipe), so the app's
+download. Masks come from the same Segmenter and recipe as ``promptseg predict`` (promptseg.infer), so the app's
 mask equals predict's for the same engine and threshold (tests/test_app_browser.py checks it in Chromium).
 Bound to 127.0.0.1 unless ``--host`` says otherwise. A bad upload gives a message on the page; the app
 keeps serving.
@@ -18,7 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+
+from promptseg.images import IMAGE_SUFFIXES, read_rgb
+from promptseg.infer.engines import load_segmenter
+from promptseg.infer.recipe import load_recipe, override, recipe_file, recipe_prompts
+from promptseg.infer.segmenter import Segmenter
 from promptseg.paths import eval_json, mask_name, processed_dir
+from promptseg.serve.measure import draw_measurements, measure_kind, measure_mask
 
 __all__ = ["AppModel", "build_app", "launch", "segment"]
 
@@ -27,7 +34,7 @@ TABLE_COLUMNS = ["#", "length", "mean width", "max width", "orientation (deg)", 
 
 @dataclass
 class AppModel:
-    engine: object  # a TrainedModel or an OnnxSegmenter
+    engine: Segmenter
     engine_name: str
     card: dict
     rung: str
@@ -35,19 +42,15 @@ class AppModel:
     model_dir: Path
     test_images: list[Path]
     torch_fallback: bool = False  # engine auto chose ONNX: a recipe only torch runs switches to torch (engine_for)
-    _torch_engine: object = None
+    _torch_engine: Segmenter | None = None
 
-    def engine_for(self, recipe) -> tuple[object, str]:
+    def engine_for(self, recipe) -> tuple[Segmenter, str]:
         """(engine, name) that runs ``recipe``: the chosen one, or, with ``torch_fallback``, PyTorch (loaded once)
         for a U-Net recipe at each photo's own size, which the ONNX export (traced at one size) cannot run."""
-        from promptseg.infer.recipe import onnx_cannot_run
-
-        if not (self.torch_fallback and onnx_cannot_run(self.engine, recipe)):
+        if not (self.torch_fallback and self.engine.cannot_follow(recipe)):
             return self.engine, self.engine_name
         if self._torch_engine is None:
-            from promptseg.infer.torch_engine import load_trained_model
-
-            self._torch_engine = load_trained_model(self.model_dir)
+            self._torch_engine = load_segmenter(self.model_dir, "torch")
         return self._torch_engine, "torch"
 
     @property
@@ -66,49 +69,25 @@ def load_app_model(
 ) -> AppModel:
     """The model (ONNX export where one exists and ``engine`` is auto or onnx, else PyTorch), its recipe file
     and the test images offered in the page (``images``, else data/processed/<dataset>/test/images)."""
-    from promptseg.images import IMAGE_SUFFIXES
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(
             f"model folder {model_dir} not found: train it first (`dvc repro train`) or pass "
             "--model with a trained model folder (e.g. models/unet)"
         )
-    chosen = None
-    if engine in ("auto", "onnx"):
-        from promptseg.infer.onnx_engine import (
-            OnnxEngineError,
-            OnnxSegmenter,
-            find_export_dir,
-        )
-
-        try:
-            chosen, name = OnnxSegmenter(find_export_dir(model_dir), threads=threads), "onnx"
-        except OnnxEngineError:
-            if engine == "onnx":
-                raise
-    if chosen is None:
-        from promptseg.infer.torch_engine import load_trained_model
-
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
-        chosen, name = load_trained_model(model_dir), "torch"
+    chosen = load_segmenter(model_dir, engine, threads=threads)
     card = dict(chosen.card)
     rung = str(card.get("rung") or model_dir.name)
-    from promptseg.infer.recipe import recipe_file
-
-    eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen)
+    eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen.export_dir)
     folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return AppModel(chosen, name, card, rung, eval_path, model_dir, test_images, torch_fallback=engine == "auto")
+    return AppModel(
+        chosen, chosen.engine, card, rung, eval_path, model_dir, test_images, torch_fallback=engine == "auto"
+    )
 
 
 def recipe_for(app: AppModel, prompt: str):
     """(recipe, dataset, message) for a prompt; the message says where the threshold comes from."""
-    from promptseg.infer.recipe import load_recipe
-
     recipe, dataset, why = load_recipe(app.card, prompt, app.rung, app.eval_path)
     return recipe, dataset, f"threshold {recipe.threshold:g}: {why}"
 
@@ -123,11 +102,6 @@ def segment(
     out_dir: Path,
 ) -> dict:
     """Everything the page shows for one request; ``{"error": message}`` for a bad request."""
-    from promptseg.images import read_rgb
-    from promptseg.infer.recipe import override, predict_masks_with_recipe, recipe_prompts
-    from promptseg.serve.cli import measure_kind
-    from promptseg.serve.measure import draw_measurements, measure_mask
-
     prompt = (prompt or "").strip()
     if not image_path:
         return {"error": "Upload a photo or pick a test image first."}
@@ -146,7 +120,7 @@ def segment(
     run_prompt, t = recipe_prompts(recipe, app.card, prompt, dataset)
     engine, engine_name = app.engine_for(recipe)
     try:
-        mask = predict_masks_with_recipe(engine, [rgb], run_prompt, recipe, threshold=t)[0]
+        mask = engine.masks([rgb], run_prompt, recipe, threshold=t)[0]
     except ValueError as exc:
         return {"error": str(exc)}
     predicted = time.perf_counter()
@@ -182,7 +156,6 @@ def segment(
 
 def _write_request_files(out_dir: Path, image_path, prompt: str, mask, recipe, engine_name: str, result: dict):
     """``<stem>__<prompt slug>.png`` (the mask) and ``..._measurements.json`` in ``out_dir``: their paths."""
-    import cv2
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem
@@ -239,7 +212,7 @@ def _summary_lines(result: dict, kind: str, unit: str) -> list[str]:
 def build_app(app: AppModel):
     """The page: inputs on the left, overlay and mask on the right, the measurements below (a declarative
     layout; the work is in :func:`segment`)."""
-    import gradio as gr
+    import gradio as gr  # noqa: PLC0415 (heavy, optional: gradio)
 
     out_root = Path(tempfile.mkdtemp(prefix="promptseg-app-"))
     presets = app.presets or ["segment crack"]

@@ -31,19 +31,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from dataclasses import dataclass
+import tempfile
+import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import cv2
 import numpy as np
+import yaml
+from tqdm import tqdm
+from transformers.utils import logging as hf_logging
 
-from promptseg.paths import eval_json, mask_name
+from promptseg.images import IMAGE_SUFFIXES, ImageReadError, overlay_image, read_rgb
+from promptseg.infer.engines import ENGINES, EngineLoadError, load_segmenter
+from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
+from promptseg.infer.recipe import Recipe, copy_recipes, load_recipe, override, recipe_file, recipe_prompts
+from promptseg.infer.segmenter import Segmenter
+from promptseg.modeling.clipseg import ModelSourceError
+from promptseg.paths import MODEL_CARD, eval_json, mask_name
+from promptseg.serve.app import launch, load_app_model
+from promptseg.serve.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, MeasureSettings, measure_files, measure_kind
 
-__all__ = ["main", "build_parser", "default_threshold", "expand_inputs"]
+__all__ = ["main", "build_parser", "expand_inputs"]
 
 EXIT_OK, EXIT_NOTHING_WRITTEN, EXIT_USAGE = 0, 1, 2
-FALLBACK_THRESHOLD = 0.5
-ENGINES = ("torch", "onnx")
 
 
 def _err(message: str) -> None:
@@ -65,7 +78,6 @@ def expand_inputs(paths: list[Path]) -> Inputs:
     returned in ``skipped``; hidden files and sub-folders are ignored. The same file named twice is kept once.
     Raises ``FileNotFoundError`` naming the first path that does not exist.
     """
-    from promptseg.images import IMAGE_SUFFIXES
 
     images, skipped, seen, any_folder = [], [], set(), False
     for path in paths:
@@ -91,46 +103,9 @@ def expand_inputs(paths: list[Path]) -> Inputs:
     return Inputs(images, skipped, any_folder)
 
 
-# --------------------------------------------------------------------------- threshold
-def default_threshold(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[float, str]:
-    """(threshold, why): the threshold chosen on val for the dataset whose training prompts contain ``prompt``.
-
-    Falls back to 0.5 (and says why) when the model card lists no prompts, the prompt is not one of them,
-    or ``eval_path`` is missing or has no threshold for that dataset.
-    """
-    prompts = card.get("prompts") if isinstance(card, dict) else None
-    if not isinstance(prompts, dict) or not prompts:
-        return (
-            FALLBACK_THRESHOLD,
-            "the default, because the model folder has no promptseg.json listing its training prompts",
-        )
-    dataset = next((name for name, ps in prompts.items() if isinstance(ps, list) and prompt in ps), None)
-    if dataset is None:
-        known = "; ".join(f"{name}: {', '.join(repr(p) for p in ps)}" for name, ps in prompts.items())
-        return (
-            FALLBACK_THRESHOLD,
-            f"the default, because {prompt!r} is not one of the model's training prompts ({known})",
-        )
-    if not eval_path.exists():
-        return (
-            FALLBACK_THRESHOLD,
-            f"the default, because {eval_path} was not found (evaluate the rung {rung!r} to get a tuned threshold)",
-        )
-    try:
-        threshold = json.loads(eval_path.read_text())[dataset]["threshold"]
-        threshold = float(threshold)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return (
-            FALLBACK_THRESHOLD,
-            f"the default, because {eval_path} has no usable threshold for {dataset} ({type(exc).__name__}: {exc})",
-        )
-    return threshold, f"chosen on val for dataset {dataset!r} ({eval_path})"
-
-
 # --------------------------------------------------------------------------- outputs
 def _write_png(path: Path, image: np.ndarray, *, rgb: bool = False) -> None:
     """Encode in memory and write with Python, so that a failure says why (OSError with its reason)."""
-    import cv2
 
     data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb else image
     ok, encoded = cv2.imencode(".png", data)
@@ -141,8 +116,6 @@ def _write_png(path: Path, image: np.ndarray, *, rgb: bool = False) -> None:
 
 def _unwritable_reason(folder: Path) -> str | None:
     """None if a file can be created in ``folder`` (created if missing), else why not."""
-    import os
-    import tempfile
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -157,13 +130,8 @@ def _unwritable_reason(folder: Path) -> str | None:
 # --------------------------------------------------------------------------- predict
 def _quiet_transformers() -> None:
     """No weight-loading bars or backend notices from transformers: the user sees our messages only."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _probability(text: str) -> float:
@@ -210,45 +178,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _err(f"cannot write to the output folder {out_dir}: {why}; pass --out with a folder you can write to")
         return EXIT_USAGE
 
-    _quiet_transformers()  # before promptseg.modeling.clipseg imports the processor classes
+    _quiet_transformers()  # no weight-loading bars or backend notices
     try:
-        engine = _load_engine(args.engine, model_dir, args.threads)
-    except _EngineLoadError as exc:
+        engine = load_segmenter(model_dir, args.engine, threads=args.threads)
+    except EngineLoadError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    if engine.stale:
+        _err(f"warning: {engine.stale}")
+    if engine.engine == "onnx":
+        print(f"engine onnx: {engine.export_dir} (onnxruntime, {engine.threads} threads)")
 
     args.recipe, args.run_prompt, threshold = _resolve_recipe(args, engine, model_dir, prompt)
     return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
 
 
-def _resolve_recipe(args: argparse.Namespace, engine, model_dir: Path, prompt: str):
+def _resolve_recipe(args: argparse.Namespace, engine: Segmenter, model_dir: Path, prompt: str):
     """The recipe evaluation recorded for the prompt's dataset, with the flags' overrides; prints where each
     part came from. Returns (recipe, the prompt or ensemble list to run, threshold)."""
-    from promptseg.infer.recipe import load_recipe, override, recipe_file, recipe_prompts
-
     rung = str(engine.card.get("rung") or model_dir.name)
     eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
-    eval_path = recipe_file(eval_path, engine)
+    eval_path = recipe_file(eval_path, engine.export_dir)
     recipe, dataset, recipe_why = load_recipe(engine.card, prompt, rung, eval_path)
-    if args.threshold is not None:
-        threshold, why = args.threshold, "given with --threshold"
-    else:
-        threshold, why = default_threshold(engine.card, prompt, rung, eval_path)
-    recipe, changed = override(
-        recipe,
-        threshold=args.threshold,
-        morphology=False if args.no_morphology else None,
-        kernel=args.kernel_size,
-        hflip_tta=args.hflip_tta,
-        prompt_ensemble=args.prompt_ensemble,
-        tiled=args.tiled,
-        native_resolution=args.native_resolution,
-        batch_size=args.batch_size,
-        precision=getattr(args, "precision", None),
-    )
+    recipe, changed = override(recipe, **recipe_overrides(args))
     run_prompt, threshold = recipe_prompts(recipe, engine.card, prompt, dataset)
-    print(f"threshold {threshold:g}: {why}")
-    print(f"recipe: {recipe.describe()}; from {recipe_why}")
+    how = "given with --threshold" if args.threshold is not None else recipe_why
+    if isinstance(run_prompt, list) and recipe.ensemble_threshold is not None:
+        how = f"the ensemble threshold chosen on val, {recipe_why}"
+    print(f"threshold {threshold:g}: {how}")
+    print(f"recipe: {recipe.describe()}" + (f"; from {recipe_why}" if how != recipe_why else ""))
     if changed:
         print(f"overridden by flags: {', '.join(changed)}")
     if isinstance(run_prompt, list):
@@ -260,71 +218,7 @@ class _PredictAbort(Exception):
     """The recipe cannot run on this engine; the message was printed."""
 
 
-class _EngineLoadError(Exception):
-    """The model cannot be loaded for the chosen engine; the message says why and what to do."""
-
-
-class _TorchEngine:
-    """The PyTorch engine (``promptseg.infer.torch_engine``) behind the interface ``OnnxSegmenter`` also offers."""
-
-    def __init__(self, trained):
-        self.trained = trained
-        self.card = trained.card
-
-    def predict_masks(self, images, prompts, **kwargs):
-        from promptseg.infer.torch_engine import predict_masks
-
-        return predict_masks(self.trained, images, prompts, **kwargs)
-
-
-def _load_engine(name: str, model_dir: Path, threads: int | None):
-    """An object with ``.card`` and ``.predict_masks(images, prompts, threshold=, morphology=, kernel_size=,
-    batch_size=)`` for ``--engine torch`` (``load_trained_model``) or ``--engine onnx`` (``OnnxSegmenter``)."""
-    if name == "onnx":
-        from promptseg.infer.onnx_engine import OnnxEngineError, OnnxSegmenter, find_export_dir, stale_export_reason
-
-        try:
-            export_dir = find_export_dir(model_dir)
-            engine = OnnxSegmenter(export_dir, threads=threads)
-        except OnnxEngineError as exc:  # MissingExportError included: it names `promptseg export`
-            raise _EngineLoadError(str(exc)) from None
-        except Exception as exc:  # onnxruntime raises its own classes for a corrupt graph
-            raise _EngineLoadError(
-                f"cannot load the ONNX export in {export_dir}: {type(exc).__name__}: {exc}. "
-                f"Export it again: `promptseg export --model {model_dir}`"
-            ) from None
-        stale = stale_export_reason(export_dir, model_dir if export_dir != model_dir else None)
-        if stale:
-            _err(f"warning: {stale}")
-        print(f"engine onnx: {export_dir} (onnxruntime, {engine.threads} threads)")
-        return engine
-
-    from promptseg.infer.torch_engine import load_trained_model
-    from promptseg.modeling.clipseg import ModelSourceError
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    from safetensors import SafetensorError
-
-    try:
-        trained = load_trained_model(model_dir)
-        return _TorchEngine(trained)
-    except (ModelSourceError, OSError, ValueError) as exc:
-        raise _EngineLoadError(f"cannot load the model from {model_dir}: {exc}") from None
-    except (SafetensorError, RuntimeError) as exc:  # a truncated or corrupt weights file
-        weights = ", ".join(str(p) for p in sorted(model_dir.glob("*.safetensors"))) or f"the weights in {model_dir}"
-        raise _EngineLoadError(
-            f"cannot load the model from {model_dir}: {weights} is corrupt or truncated "
-            f"({type(exc).__name__}: {exc}). Copy the model folder again, or retrain it "
-            "(`dvc repro train`)"
-        ) from None
-
-
 def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
-    from promptseg.images import ImageReadError, read_rgb
-
     writer = _MaskWriter(engine, prompt, out_dir, threshold, args, inputs)
     for path, why in inputs.skipped:
         writer.skip(path, why)
@@ -357,8 +251,6 @@ class _MaskWriter:
     what is written and skipped; the first write error stops it."""
 
     def __init__(self, engine, prompt: str, out_dir: Path, threshold: float, args: argparse.Namespace, inputs):
-        from tqdm import tqdm
-
         self.engine, self.prompt, self.out_dir, self.threshold, self.args = engine, prompt, out_dir, threshold, args
         self.written, self.skipped = 0, 0
         self.write_error: list[str] = []
@@ -383,15 +275,12 @@ class _MaskWriter:
 
     def flush(self) -> None:
         """Predict and write the batch; raises :class:`_PredictAbort` when the recipe cannot run."""
-        from promptseg.images import overlay_image
-        from promptseg.infer.recipe import predict_masks_with_recipe
-
         args, out_dir, prompt = self.args, self.out_dir, self.prompt
         if not self.batch or self.write_error:
             return
         try:
-            masks = predict_masks_with_recipe(
-                self.engine, [im for _, _, im in self.batch], args.run_prompt, args.recipe, threshold=self.threshold
+            masks = self.engine.masks(
+                [im for _, _, im in self.batch], args.run_prompt, args.recipe, threshold=self.threshold
             )
         except ValueError as exc:  # e.g. a native-resolution recipe on the ONNX engine
             _err(str(exc))
@@ -421,14 +310,6 @@ class _MaskWriter:
             kind = measure_kind(self.engine.card, self.prompt)
             _run_measure([p for p, _ in self.measured], kind, self.args, {p.stem: im for p, im in self.measured})
         return EXIT_OK if self.written else EXIT_NOTHING_WRITTEN
-
-
-def measure_kind(card: dict, prompt: str) -> str:
-    """joint for a prompt of the model's drywall dataset, else crack."""
-    prompts = card.get("prompts") if isinstance(card, dict) else None
-    if isinstance(prompts, dict) and prompt in (prompts.get("drywall") or []):
-        return "joint"
-    return "crack"
 
 
 # --------------------------------------------------------------------------- parser
@@ -482,63 +363,34 @@ def _add_predict_command(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+_FLAG_TYPES = {"probability": "_probability", "positive_int": "_positive_int", "positive_float": "_positive_float"}
+
+
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
-    """The flags that override one field of the evaluated recipe (promptseg.infer.recipe); None: the recipe's."""
-    p.add_argument(
-        "--threshold",
-        type=_probability,
-        default=None,
-        help="probability threshold in [0, 1]; default: the one chosen on val for the prompt's dataset "
-        "(metrics/eval/<rung>.json), else 0.5",
-    )
+    """One flag per field of :class:`promptseg.infer.recipe.Recipe` (its metadata: help, flag name, kind),
+    overriding that field of the evaluated recipe; default None: the recipe's. Booleans get ``--x/--no-x``."""
+    for f in fields(Recipe):
+        meta = f.metadata
+        if not meta.get("help"):
+            continue
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            kwargs = {"action": argparse.BooleanOptionalAction}
+        elif "choices" in meta:
+            kwargs = {"choices": meta["choices"]}
+        else:
+            kwargs = {"type": globals()[_FLAG_TYPES[meta["kind"]]]}
+        p.add_argument(flag, dest=f.name, default=None, help=f"{meta['help']} (default: the recipe's)", **kwargs)
     p.add_argument(
         "--eval-metrics",
         default=None,
-        help="the eval JSON to read the default threshold from (default: metrics/eval/<rung>.json)",
+        help="the eval JSON to read the recipe from (default: metrics/eval/<rung>.json)",
     )
-    p.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="images per forward pass (default: the recipe's, 16)"
-    )
-    p.add_argument(
-        "--no-morphology",
-        action="store_true",
-        default=None,
-        help="skip the opening/closing (keeps 1-px structures); default: the recipe's",
-    )
-    p.add_argument(
-        "--kernel-size", type=_positive_int, default=None, help="opening/closing kernel side (default: the recipe's, 3)"
-    )
-    p.add_argument(
-        "--hflip-tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average with the mirrored image (default: the recipe's)",
-    )
-    p.add_argument(
-        "--prompt-ensemble",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average the logits over the prompt's dataset's prompts (default: the recipe's)",
-    )
-    p.add_argument(
-        "--tiled",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="sliding-window inference at the image's resolution (default: the recipe's)",
-    )
-    p.add_argument(
-        "--native-resolution",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="U-Net: the whole photo at its own size, no resize and no tiles (default: the recipe's)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default=None,
-        help="torch engine: default the recipe's (infer.precision as evaluated); bf16 autocast is faster on "
-        "CPUs with AVX512-BF16/AMX (masks may differ slightly); auto: bf16 on CUDA and on such CPUs",
-    )
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    """The recipe fields given as flags (None: not given)."""
+    return {f.name: getattr(args, f.name, None) for f in fields(Recipe) if f.metadata.get("help")}
 
 
 def _add_measure_command(sub) -> None:
@@ -645,18 +497,15 @@ def _add_scale_args(parser: argparse.ArgumentParser) -> None:
 
 def _measure_settings(params_path: str | None):
     """MeasureSettings from params.yaml's measure: section (or the defaults when there is no params.yaml)."""
-    from promptseg.serve.measure import MeasureSettings
 
     path = Path(params_path or "params.yaml")
     if not path.exists():
         return MeasureSettings()
-    import yaml
 
     return MeasureSettings.from_params(yaml.safe_load(path.read_text()))
 
 
 def _run_measure(paths: list[Path], kind: str, args: argparse.Namespace, images: dict | None = None) -> int:
-    from promptseg.serve.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, measure_files
 
     try:
         settings = _measure_settings(getattr(args, "params", None))
@@ -709,8 +558,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_WRITTEN
     images = None
     if args.images:
-        from promptseg.images import IMAGE_SUFFIXES, read_rgb
-
         folder = Path(args.images)
         if not folder.is_dir():
             _err(f"--images {folder} is not a folder")
@@ -729,14 +576,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     try:
-        import gradio  # noqa: F401
+        import gradio  # noqa: F401, PLC0415 (heavy, optional: gradio)
     except ImportError:
         _err("the app needs gradio: pip install -r requirements.txt (gradio==6.31.0)")
         return EXIT_USAGE
     _quiet_transformers()
-    from promptseg.infer.onnx_engine import OnnxEngineError
-    from promptseg.modeling.clipseg import ModelSourceError
-    from promptseg.serve.app import launch, load_app_model
 
     try:
         app = load_app_model(
@@ -762,10 +606,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     _quiet_transformers()
-    import time
-
-    from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
-    from promptseg.modeling.clipseg import ModelSourceError
 
     started = time.perf_counter()
     try:
@@ -780,10 +620,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         _err(f"the ONNX export of {model_dir} failed: {type(exc).__name__}: {exc}")
         return EXIT_NOTHING_WRITTEN
     size_mb = (out_dir / ONNX_FILENAME).stat().st_size / 1e6
-    from promptseg.infer.recipe import copy_recipes
 
     try:
-        rung = json.loads((model_dir / "promptseg.json").read_text()).get("rung") or model_dir.name
+        rung = json.loads((model_dir / MODEL_CARD).read_text()).get("rung") or model_dir.name
     except (OSError, ValueError):
         rung = model_dir.name
     eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)

@@ -43,6 +43,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from skimage.morphology import skeletonize
+
+from promptseg.settings import MeasureParams, build, to_plain
 
 __all__ = [
     "BRE_251_LIMITS_MM",
@@ -86,7 +89,6 @@ class MeasureSettings:
         """From a params file's ``measure:`` section, validated by the schema (promptseg.settings.MeasureParams:
         an unknown key names the nearest known one); the built-in values above only where a folder has no
         params.yaml (a user's own photos)."""
-        from promptseg.settings import MeasureParams, build, to_plain
 
         section = (params or {}).get("measure")
         if section is None:
@@ -305,7 +307,6 @@ def measure_mask(
 def _measure_component(label: int, labels, stats, edt, settings, kind: str, image_px: int) -> dict:
     """Length (pruned skeleton plus its ends' half-widths), mean and max width, orientation, area and box of one
     connected component (``labels == label``) in pixels; joints also get their orientation class and image share."""
-    from skimage.morphology import skeletonize
 
     area = int(stats[label, cv2.CC_STAT_AREA])
     x0, y0 = int(stats[label, cv2.CC_STAT_LEFT]), int(stats[label, cv2.CC_STAT_TOP])
@@ -495,3 +496,11 @@ def measure_files(
     for folder, results in by_dir.items():
         run.written.extend(write_outputs(results, folder))
     return run
+
+
+def measure_kind(card: dict, prompt: str) -> str:
+    """joint for a prompt of the model's drywall dataset, else crack."""
+    prompts = card.get("prompts") if isinstance(card, dict) else None
+    if isinstance(prompts, dict) and prompt in (prompts.get("drywall") or []):
+        return "joint"
+    return "crack"

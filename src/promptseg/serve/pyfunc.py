@@ -14,7 +14,7 @@ carries evaluation's recipe per dataset (``metrics/eval/<rung>.json``'s ``<datas
 val, open/close, flip TTA, prompt ensemble, tiling, native resolution, precision), and each row runs
 :func:`promptseg.infer.recipe.load_recipe` (the recipe of the dataset whose training prompts contain the prompt, else
 the defaults with threshold 0.5), :func:`promptseg.infer.recipe.recipe_prompts` and
-:func:`promptseg.infer.recipe.predict_masks_with_recipe`, as ``predict`` does. ``params={"threshold": t}`` (t in [0, 1])
+``Segmenter.masks`` (promptseg.infer.segmenter), as ``predict`` does. ``params={"threshold": t}`` (t in [0, 1])
 overrides the threshold like ``--threshold``; the default, -1, keeps the recipe's. An undecodable image is an
 error naming its row (nothing is silently dropped).
 
@@ -24,12 +24,20 @@ and registers it; the evaluation stage calls it once the recipes are chosen on v
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from promptseg.infer.engines import load_segmenter
+from promptseg.infer.recipe import Recipe, load_recipe, override, recipe_prompts
+from promptseg.paths import MODEL_CARD
+from promptseg.tracking import connect
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -46,7 +54,6 @@ RUNTIME_PACKAGES = ("torch", "transformers", "peft", "opencv-python-headless", "
 
 def pip_requirements() -> list[str]:
     """``name==version`` of every runtime package as installed, then ``promptseg`` itself."""
-    from importlib.metadata import version
 
     return [f"{name}=={version(name)}" for name in RUNTIME_PACKAGES] + ["promptseg"]
 
@@ -59,11 +66,8 @@ def registered_name(rung: str) -> str:
 def decode_image(data: bytes, row: int = 0) -> np.ndarray:
     """(H, W, 3) uint8 RGB from an encoded image file's bytes (what :func:`promptseg.images.read_rgb` gives for the
     same file); ValueError naming the row when the bytes are not a readable image."""
-    import cv2
 
     if isinstance(data, str):  # a base64 string (JSON serving input)
-        import base64
-
         data = base64.b64decode(data)
     image = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -73,7 +77,6 @@ def decode_image(data: bytes, row: int = 0) -> np.ndarray:
 
 def encode_mask(mask: np.ndarray) -> bytes:
     """PNG bytes of a (H, W) uint8 mask (lossless: decoding gives the same pixels)."""
-    import cv2
 
     ok, buffer = cv2.imencode(".png", mask)
     if not ok:
@@ -85,17 +88,13 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
     """image + prompt in, {0, 255} mask out, through ``promptseg predict``'s inference path."""
 
     def load_context(self, context) -> None:
-        from promptseg.infer.torch_engine import load_trained_model
-
-        self.trained = load_trained_model(Path(context.artifacts[MODEL_ARTIFACT]))
+        self.trained = load_segmenter(Path(context.artifacts[MODEL_ARTIFACT]), "torch")
         self.serving_path = Path(context.artifacts[SERVING_ARTIFACT])
         self.serving = json.loads(self.serving_path.read_text())
 
     def recipe_for(self, prompt: str, threshold: float | None = None):
         """(recipe, the prompt or ensemble list to run, the threshold) for ``prompt``, as ``promptseg predict``
         resolves them (``threshold``: the ``--threshold`` override, None for the recipe's)."""
-        from promptseg.infer.recipe import load_recipe, override, recipe_prompts
-
         rung = str(self.trained.card.get("rung") or self.serving.get("rung", ""))
         recipe, dataset, _ = load_recipe(self.trained.card, prompt, rung, self.serving_path)
         recipe, _ = override(recipe, threshold=threshold)
@@ -103,9 +102,7 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         return recipe, run_prompt, used
 
     def predict(self, context, model_input, params: dict | None = None):
-        import pandas as pd
-
-        from promptseg.infer.recipe import predict_masks_with_recipe
+        import pandas as pd  # noqa: PLC0415 (heavy, optional: pandas, with mlflow serving)
 
         missing = {"image", "prompt"} - set(model_input.columns)
         if missing:
@@ -126,9 +123,7 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
             rows = [i for i, p in enumerate(prompts) if p == prompt]
             for start in range(0, len(rows), recipe.batch_size):
                 chunk = rows[start : start + recipe.batch_size]
-                batch = predict_masks_with_recipe(
-                    self.trained, [images[i] for i in chunk], run_prompt, recipe, threshold=threshold
-                )
+                batch = self.trained.masks([images[i] for i in chunk], run_prompt, recipe, threshold=threshold)
                 for i, mask in zip(chunk, batch):
                     masks[i], thresholds[i] = mask, threshold
         return pd.DataFrame({"mask": [encode_mask(m) for m in masks], "threshold": thresholds})
@@ -162,19 +157,16 @@ def log_pyfunc_model(
 
     Returns the registered model's URI, ``models:/promptseg-<rung>/<version>``.
     """
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    from promptseg.tracking import connect
+    import pandas as pd  # noqa: PLC0415 (heavy, optional: pandas, with mlflow)
+    from mlflow.models import infer_signature  # noqa: PLC0415 (heavy, optional: mlflow)
 
     model_dir = Path(model_dir)
-    if not (model_dir / "promptseg.json").is_file():
+    if not (model_dir / MODEL_CARD).is_file():
         raise FileNotFoundError(
             f"{model_dir} has no promptseg.json: not a trained model folder (train it first: `dvc repro train@<rung>`)"
         )
-    card = json.loads((model_dir / "promptseg.json").read_text())
+    card = json.loads((model_dir / MODEL_CARD).read_text())
     rung = rung or str(card.get("rung") or model_dir.name)
-    from promptseg.infer.recipe import Recipe
 
     recipes = {d: (r if isinstance(r, Recipe) else Recipe.from_dict(r)).to_dict() for d, r in recipes.items()}
     mlflow = connect(mlflow_cfg)

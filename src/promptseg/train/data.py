@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
+from promptseg.cache import ByteBudgetCache
 from promptseg.images import ImageReadError, explain_empty_split, read_rgb
 from promptseg.modeling.preprocessing import normalize, resize_rgb
 
@@ -49,31 +50,6 @@ def upscale_to_fit(rgb: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.nda
         np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR)),
         np.asarray(Image.fromarray(mask).resize(new, Image.BILINEAR)),
     )
-
-
-class ByteBudgetCache:
-    """A least-recently-used dict of numpy arrays (or tuples of them) holding at most ``max_bytes``;
-    ``max_bytes=0`` keeps nothing. What it returns is what was stored: results never depend on it."""
-
-    def __init__(self, max_bytes: int):
-        from collections import OrderedDict
-
-        self.max_bytes, self.used = int(max_bytes), 0
-        self._entries: OrderedDict = OrderedDict()
-
-    def get(self, key, compute):
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key][0]
-        value = compute()
-        size = sum(a.nbytes for a in (value if isinstance(value, tuple) else (value,)))
-        if size <= self.max_bytes:
-            self._entries[key] = (value, size)
-            self.used += size
-            while self.used > self.max_bytes:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self.used -= dropped
-        return value
 
 
 def jitter_colors(rgb: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:

@@ -38,11 +38,14 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from promptseg.tracking import _flatten, as_mlflow_settings, connect
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -54,7 +57,6 @@ SERIES = ("train_loss", "val_loss", "val_dice", "lr")
 
 
 def _flat_params(params: dict) -> dict[str, str]:
-    from promptseg.tracking import _flatten
 
     return {k: str(v)[:500] for k, v in _flatten("", params, {}).items()}
 
@@ -100,7 +102,7 @@ class EpochLogger:
         mlflow_run_id: str | None = None,
         history: list[dict] | None = None,
     ):
-        from dvclive import Live
+        from dvclive import Live  # noqa: PLC0415 (heavy, optional: dvclive)
 
         self.rung, self.live_dir = rung, Path(live_dir)
         self.resume_epoch = int(resume_epoch)
@@ -110,8 +112,6 @@ class EpochLogger:
         self.live = Live(dir=str(self.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
         history = [r for r in (history or []) if 0 < int(r["epoch"]) <= self.resume_epoch] if resume else []
         if resume and history:
-            import shutil
-
             shutil.rmtree(Path(self.live.plots_dir) / "metrics", ignore_errors=True)
             for row in history:  # the same rows, the same steps, as the interrupted run wrote
                 self.live.step = int(row["epoch"]) - 1
@@ -141,7 +141,7 @@ class EpochLogger:
         }
 
     def _log_mlflow_metrics(self, rows: list[dict]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # noqa: PLC0415 (heavy, optional: mlflow)
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, int(row["epoch"]) - 1) for row in rows for k, v in self._values(row).items()]
@@ -149,9 +149,7 @@ class EpochLogger:
 
     # ------------------------------------------------------------------ MLflow
     def _open_mlflow(self, mlflow_cfg: dict, params: dict | None, run_id: str | None) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from promptseg.tracking import as_mlflow_settings, connect
+        from mlflow.tracking import MlflowClient  # noqa: PLC0415 (heavy, optional: mlflow)
 
         mlflow_cfg = as_mlflow_settings(mlflow_cfg)
         mlflow = connect(mlflow_cfg)
@@ -163,7 +161,7 @@ class EpochLogger:
             run = client.create_run(experiment.experiment_id, run_name=self.rung, tags={"rung": self.rung})
             run_id = run.info.run_id
             if params:
-                from mlflow.entities import Param
+                from mlflow.entities import Param  # noqa: PLC0415 (heavy, optional: mlflow)
 
                 client.log_batch(run_id, params=[Param(k, v) for k, v in _flat_params(params).items()])
         self._client, self.mlflow_run_id = client, run_id

@@ -30,15 +30,15 @@ from promptseg.metrics import iou_dice_from_counts, pixel_counts
 from promptseg.modeling.clipseg import (
     apply_method,
     count_parameters,
-    load_base_model,
     lora_parameter_count,
     merged_model,
-    segmentation_logits,
     uses_per_image_standardization,
 )
 from promptseg.modeling.precision import device_and_autocast
 from promptseg.modeling.preprocessing import normalize
+from promptseg.modeling.registry import build_model, segmentation_logits
 from promptseg.settings import RungSettings, TrainCommonSettings, TrainSettings, to_plain, zeroshot_skip_reason
+from promptseg.tracking import log_training_run
 from promptseg.train.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate
 from promptseg.train.live import EpochLogger
 from promptseg.train.losses import bce_dice_loss, box_components, box_projection_loss, presence_loss
@@ -162,7 +162,7 @@ def launched_world_size() -> int:
 
 
 class TrainingForward(nn.Module):
-    """:func:`promptseg.modeling.clipseg.segmentation_logits` as a module's ``forward``.
+    """:func:`promptseg.modeling.registry.segmentation_logits` as a module's ``forward``.
 
     Under ``accelerate launch`` this module is what DDP wraps: DDP all-reduces gradients only for
     calls that go through the wrapper's ``forward``, and ``segmentation_logits`` bypasses the library
@@ -418,7 +418,7 @@ def _accelerator():
     batches (train.common.batch_size is per process) while DDP all-reduces the gradients."""
     if launched_world_size() <= 1:
         return None
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DistributedDataParallelKwargs  # noqa: PLC0415 (heavy, optional: accelerate)
 
     # find_unused_parameters: CLIP's logit_scale and projections the decoder never reads get no gradient
     return Accelerator(
@@ -435,7 +435,7 @@ def build_run(setup: TrainSetup) -> Run:
     accelerator = _accelerator()
     # train.common.precision: auto | fp32 | bf16 (promptseg.modeling.precision); BN stats, loss and optimiser stay fp32
     device, autocast, precision = device_and_autocast(train.precision, accelerator.device if accelerator else None)
-    base, processor = load_base_model(setup.settings.model, setup.image_size, train.seed, setup.architecture)
+    base, processor = build_model(setup.settings.model, setup.image_size, train.seed, setup.architecture)
     module = apply_method(base, rung.method, rung.lora).to(device)
     module.train()
     train_set = build_datasets(setup, processor, "train", training=True)
@@ -622,8 +622,6 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
             return summary
     save_trained_model(run.module, run.processor, setup, summary)
     if logger is not None and logger.mlflow_run_id is not None:
-        from promptseg.tracking import log_training_run
-
         summary["mlflow_run_id"] = log_training_run(setup, summary, logger.mlflow_run_id, logger.live_dir)
     (setup.metrics_dir / f"{setup.rung_name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh

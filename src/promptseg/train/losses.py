@@ -27,6 +27,7 @@ the outside term alone, which then covers all its pixels.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -145,7 +146,6 @@ def box_components(box_masks: torch.Tensor, *, threshold: float = 0.5) -> torch.
     edge merge into one component. Compute it once per batch (or in the dataset) and pass it to
     :func:`box_projection_loss` as ``components``; the result is on ``box_masks``'s device.
     """
-    import cv2
 
     if box_masks.ndim != 3:
         raise ValueError(f"box_masks must have shape (B, H, W), got {tuple(box_masks.shape)}")
