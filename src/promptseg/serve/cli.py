@@ -586,6 +586,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         app = load_app_model(
             args.model, engine=args.engine, eval_path=args.eval_metrics, images=args.images, threads=args.threads
         )
+    except EngineLoadError as exc:  # its message names the folder and the fix
+        _err(str(exc))
+        return EXIT_USAGE
     except (FileNotFoundError, ModelSourceError, OnnxEngineError, OSError, ValueError) as exc:
         _err(f"cannot load the model from {args.model}: {exc}")
         return EXIT_USAGE
