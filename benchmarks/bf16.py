@@ -41,18 +41,19 @@ def load() -> str:
 def train_step_share(rung: str, params: dict, steps: int, peak: float) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.modeling.clipseg import apply_method
     from promptseg.modeling.precision import autocast
-    from promptseg.modeling.registry import build_model, segmentation_logits
+    from promptseg.modeling.registry import apply_method, build_model, segmentation_logits
     from promptseg.settings import train_settings
     from promptseg.train.loop import make_optimizer
     from promptseg.train.losses import bce_dice_loss
 
     settings = train_settings(params, rung).rung  # typed, with the rung's overrides of train.common
     size, batch = settings.train.image_size, settings.train.batch_size
-    base, processor = build_model(train_settings(params, rung).model, size, 0, settings.architecture)
+    base, processor = build_model(train_settings(params, rung).model, size, 0, settings.architecture, settings.method)
     module = apply_method(base, settings.method, settings.lora).train()
-    optimizer = make_optimizer(module, settings.train, settings.text_lr)  # training's AdamW (train.common.adamw)
+    optimizer = make_optimizer(
+        module, settings.train, settings.text_lr, settings.encoder_lr
+    )  # training's AdamW (train.common.adamw)
     pixels, targets = torch.randn(batch, 3, size, size), (torch.rand(batch, size, size) > 0.9).float()
     tokens = processor.tokenizer(
         ["segment crack", "segment joint tape"] * (batch // 2), padding=True, return_tensors="pt"
