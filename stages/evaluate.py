@@ -1,7 +1,6 @@
 """DVC stage `evaluate@<rung>`: metrics/eval/<rung>.json, the val threshold sweep CSV, per-image scores
 (metrics/eval/per_image/<rung>.csv), masks, figures (first images, and the k worst per dataset)."""
 
-import json
 import sys
 
 from promptseg import paths
@@ -45,7 +44,7 @@ def main(rung: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # what the forward ran in (infer.precision resolved on this machine)
     results["precision"] = resolve_precision(settings.infer.precision, segmenter.device)
-    paths.eval_json(rung).write_text(json.dumps(results, indent=2) + "\n")
+    paths.write_json(paths.eval_json(rung), results)
     write_sweep_csv(paths.sweep_csv(rung), sweeps)
     write_per_image_csv(paths.per_image_csv(rung), per_image)
     figures = []

@@ -3,7 +3,6 @@ render {0,255} masks, write metrics/data/<dataset>.json, contact sheets, the sus
 problems table (every problem with its file). data/processed/<dataset> is written to a .partial sibling
 and renamed into place when complete."""
 
-import json
 import sys
 
 from promptseg import paths
@@ -61,7 +60,7 @@ def main(dataset: str) -> None:
         max_foreground_share=cfg.suspicious_max_foreground_share,
     )
     metrics = paths.data_json(dataset)
-    metrics.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    paths.write_json(metrics, summary, sort_keys=True)
 
     split = summary["split"]
     for which in ("as_exported", "written"):

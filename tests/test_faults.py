@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from promptseg.images import (
     CORRUPT,
@@ -498,6 +500,84 @@ def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, mo
         assert rc == 2 and err == (
             f"promptseg: cannot write to the output folder {out}: {reason}; pass --out with a folder you can write to\n"
         )
+
+
+# ------------------------------------------------------------------------------- values out of range
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train.common.lr", -0.001, "train.common.lr: -0.001 is out of range; allowed: > 0"),
+        ("train.common.epochs", 0, "train.common.epochs: 0 is out of range; allowed: >= 1"),
+        ("infer.threshold_grid", [0.5, 1.5, -0.2], "infer.threshold_grid[1]: 1.5 is out of range; allowed: in (0, 1)"),
+        ("infer.threshold_grid", [], "infer.threshold_grid: is an empty list; give at least one value"),
+        ("train.rungs.unet.lr", 0, "train.rungs.unet.lr: 0.0 is out of range; allowed: > 0"),
+        (
+            "train.common.negative_prompt_prob",
+            1.5,
+            "train.common.negative_prompt_prob: 1.5 is out of range; allowed: in [0, 1]",
+        ),
+        ("eval.empty_score", float("nan"), "eval.empty_score: nan is not a finite number; give a number"),
+        ("model.unet.widths", [32, 0], "model.unet.widths[1]: 0 is out of range; allowed: >= 1"),
+    ],
+)
+def test_a_value_out_of_range_is_exit_2_naming_the_key_and_the_range(tmp_path, key, value, message):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    node = params
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node[key.rsplit(".", 1)[-1]] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run(
+        [sys.executable, "-m", "promptseg.settings", "params.yaml"],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2 and run.stderr == f"promptseg.settings: params.yaml: {message}\n"
+
+
+def _recipe_file(path: Path, **recipe) -> Path:
+    from promptseg.infer.recipe import Recipe
+
+    entry = {"threshold": 0.5, "recipe": {**Recipe().to_dict(), **recipe}}
+    path.write_text(json.dumps({"cracks": entry, "drywall": {"threshold": 0.5}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [("threshold", -0.2, "in (0, 1)"), ("kernel", 0, ">= 1"), ("tile_overlap", 1.0, "in [0, 1)")],
+)
+def test_a_recipe_out_of_range_is_refused_by_predict_the_app_and_the_pyfunc_model(
+    tiny_model_dir, tmp_path, capsys, field, value, allowed
+):
+    from promptseg.infer.recipe import RecipeError, check_recipes
+    from promptseg.serve.cli import main
+
+    recipe = _recipe_file(tmp_path / "eval.json", **{field: value})
+    write_image(tmp_path / "a.jpg")
+    argv = ["predict", "--model", str(tiny_model_dir), "--prompt", "segment crack", str(tmp_path / "a.jpg")]
+    rc = main([*argv, "--out", str(tmp_path / "out"), "--eval-metrics", str(recipe)])
+    err = capsys.readouterr().err
+    said = f"{recipe}: cracks.recipe.{field}: {value!r} is out of range; allowed: {allowed}"
+    assert rc == 2 and err.count("\n") == 1 and said in err and not list((tmp_path / "out").glob("*.png"))
+    card = json.loads((tiny_model_dir / "promptseg.json").read_text())
+    with pytest.raises(RecipeError, match=re.escape(said)):  # what the app and the pyfunc model call on load
+        check_recipes(card, "tiny", recipe)
+    check_recipes(card, "tiny", _recipe_file(tmp_path / "good.json"))
+
+
+def test_metric_json_never_holds_nan_or_infinity(tmp_path):
+    from promptseg.paths import write_json
+
+    path = write_json(tmp_path / "m.json", {"dice": float("nan"), "per": [1.0, float("inf"), np.float32("nan")]})
+    assert path.read_text() == '{\n  "dice": null,\n  "per": [\n    1.0,\n    null,\n    null\n  ]\n}\n'
+    assert not list(tmp_path.glob(".*tmp"))  # written beside it, then renamed
 
 
 # ------------------------------------------------------------------------------- fuzz test

@@ -15,10 +15,12 @@ thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from promptseg.settings import InferSettings
+from promptseg.params import ParamsError
+from promptseg.settings import InferSettings, PositiveInt, Threshold, TilingSettings, check_value
 
 __all__ = ["FALLBACK_THRESHOLD", "RECIPE_FILENAME", "Recipe", "load_recipe", "override", "recipe_prompts"]
 
@@ -111,9 +113,11 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Recipe:
+    def from_dict(cls, data: dict, where: str = "recipe") -> Recipe:
+        """The recipe in ``data``, each field checked against the range its params key allows
+        (:func:`_recipe_types`); :class:`RecipeError` naming ``where`` and the field otherwise."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: check_recipe_field(k, v, where) for k, v in data.items() if k in known})
 
     def describe(self) -> str:
         parts = [
@@ -126,6 +130,37 @@ class Recipe:
             f"precision {self.precision}",
         ]
         return ", ".join(parts)
+
+
+class RecipeError(ValueError):
+    """A recipe file holds a value its params key would refuse (one line naming the file and the field)."""
+
+
+def _recipe_types() -> dict:
+    """Each recipe field's type and range: the params key it comes from (promptseg.settings)."""
+    infer, tiling = (typing.get_type_hints(c, include_extras=True) for c in (InferSettings, TilingSettings))
+    return {
+        "threshold": Threshold,  # one of infer.threshold_grid
+        "morphology": bool,
+        "kernel": PositiveInt,  # infer.morphology.kernel
+        "hflip_tta": bool,
+        "prompt_ensemble": bool,
+        "ensemble_threshold": Threshold | None,
+        "tiled": bool,
+        "tile_upscale": tiling["upscale"],
+        "tile_overlap": tiling["overlap"],
+        "batch_size": infer["batch_size"],
+        "native_resolution": bool,
+        "precision": infer["precision"],
+    }
+
+
+def check_recipe_field(name: str, value, where: str = "recipe"):
+    """``value`` if the recipe field ``name`` may hold it (the ranges of promptseg.settings), else RecipeError."""
+    try:
+        return check_value(_recipe_types()[name], value, f"{where}.{name}")
+    except ParamsError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def prompt_dataset(card: dict, prompt: str) -> str | None:
@@ -177,9 +212,10 @@ def load_recipe(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[Re
                 f"({type(exc).__name__}: {exc})"
             ),
         )
+    threshold = check_recipe_field("threshold", threshold, f"{eval_path}: {dataset}")
     if isinstance(entry.get("recipe"), dict):
         return (
-            Recipe.from_dict(entry["recipe"]),
+            Recipe.from_dict(entry["recipe"], where=f"{eval_path}: {dataset}.recipe"),
             dataset,
             f"evaluation's recipe for dataset {dataset!r} ({eval_path}), its threshold chosen on val",
         )
@@ -192,6 +228,15 @@ def load_recipe(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[Re
             "recorded): the other fields are the defaults"
         ),
     )
+
+
+def check_recipes(card: dict, rung: str, eval_path: Path) -> None:
+    """Every dataset's recipe in ``eval_path`` loaded and checked once, when a model is loaded (predict, the
+    app, the pyfunc model): :class:`RecipeError` naming the file and the field if one is out of range."""
+    prompts = card.get("prompts") if isinstance(card, dict) else None
+    for dataset_prompts in (prompts or {}).values() if isinstance(prompts, dict) else ():
+        if isinstance(dataset_prompts, list) and dataset_prompts:
+            load_recipe(card, dataset_prompts[0], rung, eval_path)
 
 
 def override(recipe: Recipe, **flags) -> tuple[Recipe, list[str]]:

@@ -22,7 +22,7 @@ import cv2
 
 from promptseg.images import IMAGE_SUFFIXES, read_rgb
 from promptseg.infer.engines import load_segmenter
-from promptseg.infer.recipe import load_recipe, override, recipe_file, recipe_prompts
+from promptseg.infer.recipe import check_recipes, load_recipe, override, recipe_file, recipe_prompts
 from promptseg.infer.segmenter import Segmenter
 from promptseg.paths import eval_json, mask_name, processed_dir
 from promptseg.serve.measure import draw_measurements, measure_kind, measure_mask
@@ -79,6 +79,7 @@ def load_app_model(
     card = dict(chosen.card)
     rung = str(card.get("rung") or model_dir.name)
     eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen.export_dir)
+    check_recipes(card, rung, eval_path)  # a RecipeError (ValueError) names the file and the field
     folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return AppModel(

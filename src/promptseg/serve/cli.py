@@ -47,7 +47,15 @@ from transformers.utils import logging as hf_logging
 from promptseg.images import IMAGE_SUFFIXES, ImageReadError, overlay_image, read_rgb
 from promptseg.infer.engines import ENGINES, EngineLoadError, load_segmenter
 from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
-from promptseg.infer.recipe import Recipe, copy_recipes, load_recipe, override, recipe_file, recipe_prompts
+from promptseg.infer.recipe import (
+    Recipe,
+    RecipeError,
+    copy_recipes,
+    load_recipe,
+    override,
+    recipe_file,
+    recipe_prompts,
+)
 from promptseg.infer.segmenter import Segmenter
 from promptseg.modeling.clipseg import ModelSourceError
 from promptseg.paths import MODEL_CARD, eval_json, mask_name
@@ -189,7 +197,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if engine.engine == "onnx":
         print(f"engine onnx: {engine.export_dir} (onnxruntime, {engine.threads} threads)")
 
-    args.recipe, args.run_prompt, threshold = _resolve_recipe(args, engine, model_dir, prompt)
+    try:
+        args.recipe, args.run_prompt, threshold = _resolve_recipe(args, engine, model_dir, prompt)
+    except RecipeError as exc:
+        _err(f"{exc}; re-run `dvc repro evaluate` or pass --eval-metrics with a valid recipe file")
+        return EXIT_USAGE
     return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
 
 
@@ -474,8 +486,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive finite number")
     return value
 
 

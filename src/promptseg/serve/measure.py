@@ -36,7 +36,6 @@ box-shaped bands; the output says so.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
+from promptseg.paths import write_json
 from promptseg.settings import MeasureParams, build, to_plain
 
 __all__ = [
@@ -431,7 +431,7 @@ def write_outputs(results: dict[str, dict], out_dir: Path, name: str = "measurem
     """``<out_dir>/<name>.json`` (every mask's result) and ``<name>.csv`` (one row per component)."""
     out_dir = Path(out_dir)
     json_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    write_json(json_path, results, indent=1)
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()

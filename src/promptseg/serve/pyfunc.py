@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from promptseg.infer.engines import load_segmenter
-from promptseg.infer.recipe import Recipe, load_recipe, override, recipe_prompts
+from promptseg.infer.recipe import Recipe, check_recipes, load_recipe, override, recipe_prompts
 from promptseg.paths import MODEL_CARD
 from promptseg.tracking import connect
 
@@ -91,6 +91,8 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         self.trained = load_segmenter(Path(context.artifacts[MODEL_ARTIFACT]), "torch")
         self.serving_path = Path(context.artifacts[SERVING_ARTIFACT])
         self.serving = json.loads(self.serving_path.read_text())
+        rung = str(self.trained.card.get("rung") or self.serving.get("rung", ""))
+        check_recipes(self.trained.card, rung, self.serving_path)  # RecipeError: the file and the field
 
     def recipe_for(self, prompt: str, threshold: float | None = None):
         """(recipe, the prompt or ensemble list to run, the threshold) for ``prompt``, as ``promptseg predict``

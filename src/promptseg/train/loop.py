@@ -37,6 +37,7 @@ from promptseg.modeling.clipseg import (
 from promptseg.modeling.precision import device_and_autocast
 from promptseg.modeling.preprocessing import normalize
 from promptseg.modeling.registry import build_model, segmentation_logits
+from promptseg.paths import write_json
 from promptseg.settings import RungSettings, TrainCommonSettings, TrainSettings, to_plain, zeroshot_skip_reason
 from promptseg.tracking import log_training_run
 from promptseg.train.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate
@@ -382,7 +383,7 @@ def skip_zeroshot(setup: TrainSetup, reason: str) -> dict:
     setup.model_dir.mkdir(parents=True)
     _write_model_card(setup, summary)
     open_epoch_logger(setup, mlflow=False).close()
-    (setup.metrics_dir / f"{setup.rung_name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(setup.metrics_dir / f"{setup.rung_name}.json", summary)
     print(f"[train] {setup.rung_name}: skipped: {reason}")
     return summary
 
@@ -623,7 +624,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
     save_trained_model(run.module, run.processor, setup, summary)
     if logger is not None and logger.mlflow_run_id is not None:
         summary["mlflow_run_id"] = log_training_run(setup, summary, logger.mlflow_run_id, logger.live_dir)
-    (setup.metrics_dir / f"{setup.rung_name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(setup.metrics_dir / f"{setup.rung_name}.json", summary)
     shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
     return summary
 
@@ -641,7 +642,7 @@ def _write_model_card(setup: TrainSetup, summary: dict) -> None:
         "prompts": {d: list(p) for d, p in setup.prompts.items()},
         "summary": {k: v for k, v in summary.items() if k not in TIMING_KEYS and k != "mlflow_run_id"},
     }
-    (setup.model_dir / "promptseg.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_json(setup.model_dir / "promptseg.json", card)
 
 
 def save_trained_model(module, processor, setup: TrainSetup, summary: dict) -> None:
