@@ -22,7 +22,7 @@ def main(dataset: str) -> None:
     problems_csv = paths.problems_csv(dataset)
     read = None
     try:
-        read = read_export(raw, empty_segmentation=settings.empty_polygon)
+        read = read_export(raw, empty_segmentation=settings.empty_polygon, max_image_pixels=settings.max_image_pixels)
         plan = plan_splits(
             read.records,
             strategy=settings.split,

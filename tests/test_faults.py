@@ -502,6 +502,164 @@ def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, mo
         )
 
 
+# ------------------------------------------------------------------------- inside the file: damage, EXIF, size
+
+
+def damage_jpeg(path: Path, nbytes: int = 4096, seed: int = 0) -> Path:
+    """``nbytes`` of the JPEG's scan data overwritten in the middle: the file stays complete (its EOI is there)."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 - nbytes // 2
+    data[start : start + nbytes] = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def set_orientation(path: Path, orientation: int) -> Path:
+    """The file's pixels as stored, re-saved with EXIF orientation ``orientation`` (a phone's portrait photo: 6)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.load()
+        im.save(path, exif=exif.tobytes(), **({"quality": 95} if im.format == "JPEG" else {}))
+    return path
+
+
+def huge_header_jpeg(path: Path, width: int, height: int) -> Path:
+    """A small real JPEG whose frame header (SOF0) claims ``width`` x ``height``: nothing decodes it cheaply."""
+    write_image(path, 16, 16)
+    data = bytearray(path.read_bytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_jpeg_damaged_inside_is_corrupt_although_complete(tmp_path):
+    path = damage_jpeg(write_image(tmp_path / "d.jpg", 640, 400, seed=3))
+    assert check_image_bytes(path.read_bytes()) is None  # complete: the end-of-image marker is there
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert info.value.kind == CORRUPT and "the JPEG data is damaged inside (libjpeg: Corrupt JPEG data" in str(
+        info.value
+    )
+    d = _coco_three(tmp_path / "exp")
+    damage_jpeg(shutil.copy(path, d / "a.jpg"))
+    read = read_export(tmp_path / "exp")
+    t = build_processed_dataset(read, tmp_path / "out", workers=1)["train"]
+    assert (t["images_listed"], t["images"], t["corrupt_image"]) == (3, 2, 1)
+    assert [p.file for p in read.problems if p.kind == CORRUPT] == [str(d / "a.jpg")]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
+def test_exif_orientation_is_applied_once_for_every_format(tmp_path, suffix):
+    from PIL import Image, ImageOps
+
+    from promptseg.images import image_size
+
+    for orientation in range(1, 9):
+        path = set_orientation(write_image(tmp_path / f"o{orientation}{suffix}", 50, 30, seed=orientation), orientation)
+        ours = read_image(path)[:, :, ::-1]
+        with Image.open(path) as im:
+            shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        assert ours.shape == shown.shape == ((50, 30, 3) if orientation >= 5 else (30, 50, 3))
+        assert image_size(path) == (ours.shape[1], ours.shape[0])
+        if suffix == ".png":  # lossless: exactly PIL's exif_transpose
+            np.testing.assert_array_equal(ours, shown)
+        gray = read_image(path, cv2.IMREAD_GRAYSCALE)
+        assert gray.shape == ours.shape[:2]
+
+
+def _lit_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask)
+    return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+
+
+def test_rotated_photos_get_their_labels_in_the_displayed_frame_coco_and_yolo(tmp_path):
+    """Stored 640x400 with EXIF orientation 6: shown (and labelled) 400 wide, 640 tall. The box
+    x 100..300, y 128..192 of the shown photo renders there in both formats, at the shown size."""
+    from promptseg.images import read_rgb
+
+    yolo = write_yolo_export(
+        tmp_path / "yolo", {"train": {"box": (640, 400, ["0 0.5 0.25 0.5 0.1"]), "poly": (640, 400, None)}}
+    )
+    poly = "0 0.25 0.2 0.75 0.2 0.75 0.3 0.25 0.3"  # x 100..300, y 128..192 of 400x640
+    (yolo / "train" / "labels" / "poly.txt").write_text(poly + "\n")
+    coco = write_coco_split(
+        tmp_path / "coco",
+        "train",
+        [coco_image(0, "rot.jpg", 400, 640)],
+        [coco_ann(1, 0, segmentation=[[100, 128, 300, 128, 300, 192, 100, 192]], bbox=(100, 128, 200, 64))],
+        sizes={"rot.jpg": (640, 400)},
+    )
+    stored = [yolo / "train" / "images" / "box.jpg", yolo / "train" / "images" / "poly.jpg", coco / "rot.jpg"]
+    for path in stored:
+        set_orientation(path, 6)
+    for root in (yolo, tmp_path / "coco"):
+        read = read_export(root)
+        out = tmp_path / f"out_{root.name}"
+        t = build_processed_dataset(read, out, workers=1)["train"]
+        assert t["size_mismatch"] == 0 and t["images"] == len(read.records)
+        for mask_path in sorted((out / "train" / "masks").iterdir()):
+            mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            image = read_rgb(next((out / "train" / "images").glob(f"{mask_path.stem}.*")))
+            assert mask.shape == image.shape[:2] == (640, 400)
+            assert _lit_box(mask) in ((100, 128, 299, 191), (100, 128, 300, 192))  # box half-open, polygon inclusive
+    as_stored = cv2.imread(str(stored[0]), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    np.testing.assert_array_equal(read_image(stored[0]), np.rot90(as_stored, k=-1))  # turned clockwise, once
+
+
+@pytest.mark.parametrize("side", [30000, 60000])
+def test_a_huge_header_is_image_too_large_before_decoding_in_coco_and_yolo(tmp_path, side):
+    from promptseg.images import TOO_LARGE
+
+    d = _coco_three(tmp_path / "coco")
+    huge_header_jpeg(d / "a.jpg", side, side)
+    yolo = write_yolo_export(tmp_path / "yolo", {"train": {"big": (32, 24, ["0 0.5 0.5 0.2 0.2"]), "ok": (32, 24, [])}})
+    huge_header_jpeg(yolo / "train" / "images" / "big.jpg", side, side)
+    for root, victim in ((tmp_path / "coco", d / "a.jpg"), (yolo, yolo / "train" / "images" / "big.jpg")):
+        started = time.perf_counter()
+        read = read_export(root, max_image_pixels=100_000_000)
+        assert time.perf_counter() - started < 5  # read from the header, nothing decoded
+        c = read.counts["train"]
+        assert (c["images_listed"], c[TOO_LARGE]) == (len(read.records) + 1, 1)
+        problem = next(p for p in read.problems if p.kind == TOO_LARGE)
+        assert problem.file == str(victim) and f"{side}x{side} pixels" in str(problem)
+        assert "is more than the cap of 100,000,000 (data.max_image_pixels" in str(problem)
+        assert victim not in [r.image_path for r in read.records]
+
+
+def test_predict_refuses_damaged_and_huge_images_and_writes_rotated_ones_as_shown(tiny_model_dir, tmp_path, capsys):
+    from promptseg.serve.cli import main
+
+    folder = tmp_path / "in"
+    damage_jpeg(write_image(folder / "damaged.jpg", 640, 400))
+    huge_header_jpeg(folder / "huge.jpg", 30000, 30000)
+    set_orientation(write_image(folder / "rotated.jpg", 64, 40), 6)
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "segment crack",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        + ["--threshold", "0.5", "--quiet"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0 and "1 masks written, 2 skipped" in captured.out
+    assert cv2.imread(str(tmp_path / "out" / "rotated__segment-crack.png"), cv2.IMREAD_GRAYSCALE).shape == (64, 40)
+    assert f"skipped {folder / 'damaged.jpg'}: not a readable image (the JPEG data is damaged inside" in captured.err
+    assert (
+        f"skipped {folder / 'huge.jpg'}: 30000x30000 pixels (900,000,000) is more than the cap of 100,000,000"
+        in captured.err
+    )
+
+
 # ------------------------------------------------------------------------------- values out of range
 
 
@@ -631,9 +789,28 @@ def _delete_json_key(path: Path, rng: np.random.Generator) -> str | None:
     return f"deleted key {key!r} in {path.name}"
 
 
+def _corrupt_jpeg_inside(f: Path, rng: np.random.Generator) -> str:
+    """Damage that leaves the JPEG complete: scan data overwritten, an EXIF rotation, a huge frame header."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        n = max(8, len(f.read_bytes()) // 10)
+        damage_jpeg(f, nbytes=n, seed=int(rng.integers(1 << 30)))
+        return f"overwrote {n} bytes of scan data inside {f.name}"
+    if kind == 1:
+        orientation = int(rng.integers(2, 9))
+        try:
+            set_orientation(f, orientation)
+        except OSError:  # damaged by an earlier corruption of this run: PIL cannot re-save it
+            return f"(no EXIF rotation: {f.name} is already damaged)"
+        return f"EXIF orientation {orientation} on {f.name}"
+    side = int(rng.choice([12000, 30000, 60000]))
+    huge_header_jpeg(f, side, side)
+    return f"header of {f.name} claims {side}x{side}"
+
+
 def corrupt_export(root: Path, rng: np.random.Generator) -> list[str]:
     """1-3 random corruptions: bytes flipped or the file truncated (images, label files, JSON, data.yaml),
-    or a key deleted from the COCO JSON."""
+    a key deleted from the COCO JSON, or a JPEG damaged inside (scan data, EXIF rotation, huge header)."""
     files = sorted(
         p
         for p in root.rglob("*")
@@ -649,6 +826,9 @@ def corrupt_export(root: Path, rng: np.random.Generator) -> list[str]:
             if what:
                 done.append(what)
                 continue
+        if f.suffix.lower() == ".jpg" and f.stat().st_size > 600 and rng.random() < 0.4:
+            done.append(_corrupt_jpeg_inside(f, rng))
+            continue
         data = bytearray(f.read_bytes())
         if data and rng.random() < 0.5:
             keep = int(rng.integers(0, len(data)))
@@ -713,7 +893,7 @@ def fuzz_once(base: Path, work: Path, fmt: str, seed: int) -> dict:
     }
     read = None
     try:
-        read = read_export(export)
+        read = read_export(export, max_image_pixels=100_000_000)  # params.yaml's data.max_image_pixels
         plan = plan_splits(read.records, strategy="grouped" if seed % 4 == 3 else "as_exported", workers=1)
         write_processed_dataset(read, out, plan=plan, workers=1)
     except ExportError as exc:  # the project's own error: one message

@@ -9,7 +9,8 @@ it, a value of the wrong type is an error naming the key. A field typed ``X | No
 Per stage (each reads exactly the keys its ``dvc.yaml`` entry declares):
 
 * ``download@<dataset>``: :func:`download_settings` -> ``data.<dataset>.{source,roboflow,local}``, ``synthetic``
-* ``masks@<dataset>``:    :func:`masks_settings` -> ``data.<dataset>.{empty_polygon,split}``, ``masks``
+* ``masks@<dataset>``:    :func:`masks_settings` -> ``data.<dataset>.{empty_polygon,split}``, ``data.max_image_pixels``,
+  ``masks``
 * ``train@<rung>``:       :func:`train_settings` -> the rung resolved over ``train.common`` (:class:`RungSettings`),
   ``model.{source,image_mean,image_std,<architecture>}``, the prompts, ``eval.empty_score``, ``mlflow``
 * ``evaluate@<rung>``:    :func:`evaluate_settings` -> ``infer``, ``eval``, the prompts, ``mlflow``
@@ -78,6 +79,7 @@ Share = Annotated[float, Range(0, 1)]  # probabilities and shares: [0, 1]
 Threshold = Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]  # probability thresholds: (0, 1)
 PositiveInt = Annotated[int, Range(1)]  # sizes, counts that must be there: >= 1
 Count = Annotated[int, Range(0)]  # counts, seeds, tolerances: >= 0
+MaxImagePixels = Annotated[int, Range(1024)]  # data.max_image_pixels: width x height read from the header
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -388,6 +390,7 @@ class MasksStageSettings:
     empty_polygon: str
     split: str
     masks: MasksSettings
+    max_image_pixels: int  # data.max_image_pixels: larger images are skipped from their header (image_too_large)
 
 
 @dataclass(frozen=True)
@@ -707,6 +710,7 @@ def masks_settings(params, dataset: str) -> MasksStageSettings:
         _convert(hints["empty_polygon"], _node(params, f"{d}.empty_polygon"), f"{d}.empty_polygon"),
         _convert(hints["split"], _node(params, f"{d}.split"), f"{d}.split"),
         _check_ratios(_build(MasksSettings, _node(params, "masks"), "masks")),
+        _convert(MaxImagePixels, _node(params, "data.max_image_pixels"), "data.max_image_pixels"),
     )
 
 
@@ -803,8 +807,8 @@ def validate_params(params) -> dict[str, Any]:
         if key not in SECTIONS:
             raise _unknown(key, SECTIONS, "params")
     for key in _node(params, "data"):
-        if key not in DATASETS:
-            raise _unknown(key, DATASETS, "data")
+        if key not in (*DATASETS, "max_image_pixels"):
+            raise _unknown(key, (*DATASETS, "max_image_pixels"), "data")
     train = _node(params, "train")
     for key in train:
         if key not in ("common", "rungs"):

@@ -529,7 +529,7 @@ def _raise_no_usable_images(read: ExportReadResult, render_counts: dict) -> None
     corrupt = sum(
         c.get(k, 0)
         for c in [*read.counts.values(), *render_counts.values()]
-        for k in ("corrupt_image", "truncated_image")
+        for k in ("corrupt_image", "truncated_image", "image_too_large")
     )
     invalid = sum(c.get("all_labels_invalid", 0) for c in [*read.counts.values(), *render_counts.values()])
     where = read.root if read.root is not None else "the export"
@@ -537,7 +537,7 @@ def _raise_no_usable_images(read: ExportReadResult, render_counts: dict) -> None
     first = f"; first problem: {read.problems[0]}" if read.problems else ""
     raise ExportError(
         f"no usable images in {where}: {listed} listed, {missing} missing on disk, "
-        f"{corrupt} corrupt or truncated, {invalid} with only invalid labels; {hint}{first}"
+        f"{corrupt} corrupt, truncated or too large, {invalid} with only invalid labels; {hint}{first}"
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cv2
 
-from promptseg.images import IMAGE_SUFFIXES, read_rgb
+from promptseg.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, TOO_LARGE, read_rgb
 from promptseg.infer.engines import load_segmenter
 from promptseg.infer.recipe import check_recipes, load_recipe, override, recipe_file, recipe_prompts
 from promptseg.infer.segmenter import Segmenter
@@ -109,8 +109,10 @@ def segment(
     if not prompt:
         return {"error": 'Type a prompt, e.g. "segment crack".'}
     try:
-        rgb = read_rgb(Path(image_path))
-    except (ValueError, OSError):
+        rgb = read_rgb(Path(image_path), DEFAULT_MAX_IMAGE_PIXELS)
+    except (ValueError, OSError) as exc:
+        if getattr(exc, "kind", None) == TOO_LARGE:
+            return {"error": f"{Path(image_path).name}: {exc.reason}"}
         return {
             "error": f"Could not read {Path(image_path).name} as an image (corrupt, or not an image file). "
             "Upload a JPEG or PNG photo."

@@ -44,7 +44,14 @@ import yaml
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
-from promptseg.images import IMAGE_SUFFIXES, ImageReadError, overlay_image, read_rgb
+from promptseg.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_SUFFIXES,
+    TOO_LARGE,
+    ImageReadError,
+    overlay_image,
+    read_rgb,
+)
 from promptseg.infer.engines import ENGINES, EngineLoadError, load_segmenter
 from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
 from promptseg.infer.recipe import (
@@ -231,6 +238,7 @@ class _PredictAbort(Exception):
 
 
 def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
+    max_pixels = getattr(args, "max_image_pixels", None) or DEFAULT_MAX_IMAGE_PIXELS
     writer = _MaskWriter(engine, prompt, out_dir, threshold, args, inputs)
     for path, why in inputs.skipped:
         writer.skip(path, why)
@@ -245,9 +253,9 @@ def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: 
             if writer.write_error:
                 break
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, max_pixels)
             except ImageReadError as exc:
-                writer.skip(path, f"not a readable image ({exc.reason})")
+                writer.skip(path, exc.reason if exc.kind == TOO_LARGE else f"not a readable image ({exc.reason})")
                 writer.progress.update(1)
                 continue
             used_names[stem] = path
@@ -369,6 +377,13 @@ def _add_predict_command(sub) -> None:
         "--measure",
         action="store_true",
         help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=None,
+        help="skip images whose header says width x height is larger, before decoding them "
+        "(default: data.max_image_pixels, 100000000)",
     )
     _add_recipe_flags(p)
     _add_scale_args(p)

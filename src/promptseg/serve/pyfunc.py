@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptseg.images import DEFAULT_MAX_IMAGE_PIXELS, ImageReadError, decode_image_bytes
 from promptseg.infer.engines import load_segmenter
 from promptseg.infer.recipe import Recipe, check_recipes, load_recipe, override, recipe_prompts
 from promptseg.paths import MODEL_CARD
@@ -69,9 +70,12 @@ def decode_image(data: bytes, row: int = 0) -> np.ndarray:
 
     if isinstance(data, str):  # a base64 string (JSON serving input)
         data = base64.b64decode(data)
-    image = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"row {row}: `image` is not a readable image file (PNG, JPEG, ...); pass the file's bytes.")
+    try:  # the one decoder: full decoding, EXIF orientation, the pixel cap
+        image = decode_image_bytes(bytes(data), f"row {row}", cv2.IMREAD_COLOR, DEFAULT_MAX_IMAGE_PIXELS)
+    except ImageReadError as exc:
+        raise ValueError(
+            f"row {row}: `image` is not a readable image file (PNG, JPEG, ...): {exc.reason}; pass the file's bytes."
+        ) from None
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
