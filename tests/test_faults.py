@@ -738,6 +738,41 @@ def test_metric_json_never_holds_nan_or_infinity(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # written beside it, then renamed
 
 
+# ------------------------------------------------------------------------------- validation DVC cannot skip
+
+
+def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**stage_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true")
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_a_misspelt_key_fails_dvc_exp_run_and_dvc_repro_even_when_no_stage_reads_it(tmp_path):
+    from conftest import copy_repository
+
+    repo = copy_repository(tmp_path / "repo")
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+    for args in (["git", "init", "-q"], ["git", "add", "-A"], [*commit, "base"]):
+        assert _dvc(args, repo).returncode == 0
+    first = _dvc(["dvc", "repro", "validate"], repo)
+    assert first.returncode == 0 and (repo / "metrics" / "params_check.txt").is_file(), first.stderr
+    again = _dvc(["dvc", "repro", "validate"], repo)
+    assert "didn't change" in again.stdout + again.stderr and "Running stage" not in again.stdout
+    _dvc(["git", "add", "-A"], repo)
+    _dvc([*commit, "validated"], repo)
+    said = "validate: params.yaml: data.cracks.sorce: unknown key; did you mean 'source'?"
+    exp = _dvc(["dvc", "exp", "run", "-S", "+data.cracks.sorce=local", "validate"], repo)  # DVC's own syntax
+    assert exp.returncode != 0 and said in exp.stdout + exp.stderr, exp.stdout + exp.stderr
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["cracks"]["sorce"] = "local"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = _dvc(["dvc", "repro", "validate"], repo)
+    assert repro.returncode != 0 and said in repro.stdout + repro.stderr
+    assert "Traceback" not in repro.stdout + repro.stderr + exp.stdout + exp.stderr
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "metrics/params_check.txt" in stages["download"]["do"]["deps"]  # every stage runs after it
+
+
 # ------------------------------------------------------------------------------- fuzz test
 
 FUZZ_RUNS = 200

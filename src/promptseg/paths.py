@@ -37,6 +37,7 @@ SUMMARY_JSON = METRICS / "summary.json"
 MODEL_CARD = (
     "promptseg.json"  # beside a trained model's weights: rung, training prompts, summary (promptseg.train.loop)
 )
+PARAMS_CHECK = METRICS / "params_check.txt"  # stage `validate`: params.yaml checked as a whole
 
 
 def raw_dir(dataset: str) -> Path:
