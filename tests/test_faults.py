@@ -413,6 +413,56 @@ def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
         land_export("cracks", local(str(empty)), None, out)
 
 
+def test_symlink_loops_and_a_path_holding_the_repository_are_one_message_at_download(tmp_path, monkeypatch):
+    from promptseg.ingest.sources import SourceError, land_export
+    from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings
+
+    def local(path):
+        return SourceSettings(source="local", roboflow=RoboflowSettings("w", "p", 1, "coco"), local=LocalSettings(path))
+
+    repo = tmp_path / "repo"
+    out = repo / "data" / "raw" / "cracks"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(SourceError, match=r"is a symbolic link that loops back on itself"):
+        land_export("cracks", local(str(tmp_path / "a")), None, out)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SourceError, match=r"is a symbolic link to .*nowhere', which does not exist"):
+        land_export("cracks", local(str(tmp_path / "dangling")), None, out)
+    export = _coco_three(tmp_path / "exp").parent
+    (export / "train" / "loop").symlink_to(export / "train" / "loop")
+    with pytest.raises(SourceError) as failed:
+        land_export("cracks", local(str(export)), None, out)
+    assert f"data.cracks.local.path {str(export)!r}: 1 file(s) cannot be copied, e.g. {export / 'train' / 'loop'}" in (
+        str(failed.value)
+    )
+    monkeypatch.chdir(repo)  # the repository; local.path: .. holds it
+    with pytest.raises(SourceError, match=r"contains the folder the export is copied into"):
+        land_export("cracks", local(".."), None, Path("data") / "raw" / "cracks")
+    assert not out.exists() and not list((repo / "data" / "raw").glob("*"))
+
+
+def test_as_exported_without_a_train_split_is_one_message_from_the_train_stage(processed_root, tmp_path):
+    project = tmp_path / "project"
+    for dataset in ("cracks", "drywall"):
+        shutil.copytree(processed_root / dataset, project / "data" / "processed" / dataset)
+    shutil.rmtree(project / "data" / "processed" / "cracks" / "train")
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    shutil.copytree(REPO / "vendor", project / "vendor")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py"), "unet"],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("train@unet: no images for dataset 'cracks' in ")
+    assert "has no train split (it has: test, val)" in done.stderr and "data.cracks.split: grouped" in done.stderr
+
+
 # ------------------------------------------------------------------------------------ predict
 
 

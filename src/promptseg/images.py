@@ -298,6 +298,11 @@ def list_split(processed_root: Path, dataset: str, split: str) -> list[tuple[Pat
     return SplitPairs([(p, folder / "masks" / f"{p.stem}.png") for p in images], folder)
 
 
+class EmptySplitError(ValueError):
+    """A split the training needs has no images (:func:`explain_empty_split` says why and the fix); the train
+    stage prints it as one message."""
+
+
 def explain_empty_split(folder: Path, dataset: str) -> str:
     """Why ``<processed>/<dataset>/<split>`` has no images, and the fix."""
     folder = Path(folder)
