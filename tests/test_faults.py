@@ -552,6 +552,41 @@ def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, mo
         )
 
 
+def test_a_polygon_wholly_outside_is_invalid_and_its_image_skipped_when_nothing_remains(tmp_path):
+    images = [coco_image(0, "out.jpg"), coco_image(1, "half.jpg")]
+    outside = [[40, 30, 60, 30, 40, 50]]  # a 32x24 image: every vertex beyond x 32, y 24
+    anns = [
+        coco_ann(1, 0, segmentation=outside),
+        coco_ann(2, 1, segmentation=outside),
+        coco_ann(3, 1, segmentation=TRI),
+    ]
+    write_coco_split(tmp_path / "exp", "train", images, anns)
+    read = read_export(tmp_path / "exp")
+    t = build_processed_dataset(read, tmp_path / "out", workers=1)["train"]
+    assert (t["images_listed"], t["images"], t["polygons_outside_image"], t["all_labels_invalid"]) == (2, 1, 2, 1)
+    named = [p for p in read.problems if p.kind == "polygons_outside_image"]
+    assert sorted(p.annotation for p in named) == ["1", "2"] and "wholly outside the 32x24 image" in named[0]
+    assert [p.file for p in read.problems if p.kind == "all_labels_invalid"] == [
+        str(tmp_path / "exp" / "train" / "out.jpg")
+    ]
+
+
+def test_yolo_values_outside_unit_are_named_and_an_unreadable_split_json_loses_counted_images(tmp_path):
+    root = write_yolo_export(tmp_path / "yolo", {"train": {"a": (32, 24, ["0 0.5 0.5 1.4 0.2", "0 0.5 0.5 0.2 0.2"])}})
+    read = read_export(root)
+    assert read.counts["train"]["label_values_outside_unit"] == 1
+    (named,) = [p for p in read.problems if p.kind == "label_values_outside_unit"]
+    assert named.annotation == "line 1" and "1 value(s) outside [0, 1] (e.g. 1.4)" in named
+    coco = _coco_three(tmp_path / "coco")
+    valid = write_coco_split(tmp_path / "coco", "valid", [coco_image(0, "v.jpg")], [coco_ann(1, 0, segmentation=TRI)])
+    (valid / "_annotations.coco.json").write_text("{not json")
+    read = read_export(tmp_path / "coco")
+    v = read.counts["val"]
+    assert (v["unreadable_annotation_file"], v["images_listed"], v["lost_with_annotation_file"]) == (1, 1, 1)
+    assert [p.file for p in read.problems if p.kind == "lost_with_annotation_file"] == [str(valid / "v.jpg")]
+    assert read.counts["train"]["images"] == 3 and coco.name == "train"
+
+
 # ------------------------------------------------------------------------- inside the file: damage, EXIF, size
 
 
@@ -945,8 +980,9 @@ def listed_images(root: Path, fmt: str) -> tuple[int, bool]:
         try:
             data = json.loads(path.read_bytes().decode("utf-8"))
         except ValueError:
-            continue
-        if not isinstance(data, dict):
+            data = None
+        if not isinstance(data, dict):  # unreadable: the split's image files are listed, and lost
+            listed += sum(1 for p in path.parent.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             continue
         if not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
             refused = True

@@ -94,8 +94,10 @@ COUNT_KEYS = (
     "malformed_annotations",
     "malformed_label_lines",
     "unreadable_annotation_file",
+    "lost_with_annotation_file",
     "all_labels_invalid",
     "unlisted_image",
+    "label_values_outside_unit",
 )
 
 #: Counters that mean "this listed image was not kept" (read time and, in :mod:`promptseg.ingest.masks`,
@@ -106,6 +108,7 @@ IMAGE_SKIP_KINDS = (
     "corrupt_image",
     "truncated_image",
     "image_too_large",
+    "lost_with_annotation_file",
     "all_labels_invalid",
 )
 
@@ -370,9 +373,26 @@ def _load_coco_splits(root: Path, counts: dict[str, Counter], problems: list[Pro
                     split=split,
                 )
             )
+            _count_lost_images(d, ann_path, split, c, problems)
             continue
         loaded.append((split, ann_path, data))
     return loaded
+
+
+def _count_lost_images(split_dir: Path, ann_path: Path, split: str, c: Counter, problems: list[Problem]) -> None:
+    """The image files of a split whose annotation file cannot be read: each is listed and lost
+    (``lost_with_annotation_file``), named, so that images listed = written + skipped still holds."""
+    for img in sorted(p for p in split_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        c["images_listed"] += 1
+        c["lost_with_annotation_file"] += 1
+        problems.append(
+            Problem(
+                f"{img}: not used, because {ann_path.name} beside it cannot be read (see that problem)",
+                kind="lost_with_annotation_file",
+                file=img,
+                split=split,
+            )
+        )
 
 
 class _CocoSplitReader:
@@ -773,6 +793,18 @@ def _yolo_label_lines(lbl: Path, c: Counter, problem) -> tuple[list, int]:
                 f"line {lineno}",
             )
             continue
+        outside = [v for v in p[1] if not 0.0 <= v <= 1.0]
+        if (
+            outside
+        ):  # kept: clipped to the image when rendered (clipped_boxes / clipped_polygons; wholly outside: dropped)
+            c["label_values_outside_unit"] += 1
+            problem(
+                f"{lbl}:{lineno}: {len(outside)} value(s) outside [0, 1] (e.g. {outside[0]:g}); YOLO coordinates are "
+                "fractions of the image: the shape is clipped to the image; fix the labels",
+                "label_values_outside_unit",
+                lbl,
+                f"line {lineno}",
+            )
         lines.append((lineno, *p))
     return lines, dropped
 

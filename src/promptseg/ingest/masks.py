@@ -20,7 +20,8 @@ Conventions (tested in ``tests/test_masks.py``):
 * **Polygon**: vertices rounded half-up, then ``np.clip`` to ``[0, W-1] x [0, H-1]``,
   then ``cv2.fillPoly`` (boundary pixels included). A polygon with a vertex outside
   ``[0, W] x [0, H]`` is counted ``clipped_polygons`` (a vertex exactly on the border,
-  ``x == W``, as Roboflow writes them, is inside). Several polygons (the parts of a
+  ``x == W``, as Roboflow writes them, is inside); one wholly outside (its bounding box misses the image)
+  draws nothing and is dropped as ``polygons_outside_image``. Several polygons (the parts of a
   multi-part annotation, or several annotations) render to their union: each is filled
   on its own, so overlaps never cancel. COCO polygons cannot express holes.
 * **RLE**: decoded with ``pycocotools.mask`` (compressed or uncompressed counts). An RLE
@@ -64,6 +65,7 @@ RENDER_COUNT_KEYS = (
     "size_mismatch",
     "clipped_boxes",
     "clipped_polygons",
+    "polygons_outside_image",
     "degenerate_boxes",
     "rle_size_mismatch",
     "malformed_rle",
@@ -184,6 +186,14 @@ def render_record_mask(
                 or (pts[:, 1] > height).any()
             ):
                 counts["clipped_polygons"] += 1
+            if pts[:, 0].max() < 0 or pts[:, 0].min() > width or pts[:, 1].max() < 0 or pts[:, 1].min() > height:
+                counts["polygons_outside_image"] += 1
+                why = (
+                    f"polygon spans x {pts[:, 0].min():g}..{pts[:, 0].max():g}, y {pts[:, 1].min():g}.."
+                    f"{pts[:, 1].max():g}: wholly outside the {width}x{height} image"
+                )
+                dropped.append((shape, "polygons_outside_image", why))
+                continue
             polygons.append(pts)
         elif shape.kind == "box":
             c0, r0, c1, r1, clipped, cw, ch = _box_pixels(shape.box, height, width)
