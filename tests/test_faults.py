@@ -488,7 +488,7 @@ def test_predict_skips_truncated_images_with_the_reason(tiny_model_dir, tmp_path
         ]
     )
     captured = capsys.readouterr()
-    assert rc == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good__segment-crack.png"]
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "out").glob("[!.]*")) == ["good__segment-crack.png"]
     assert (
         f"skipped {folder / 'cut.jpg'}: not a readable image (JPEG data ends without its end-of-image marker"
         in captured.err
@@ -743,6 +743,39 @@ def test_predict_refuses_damaged_and_huge_images_and_writes_rotated_ones_as_show
         f"skipped {folder / 'huge.jpg'}: 30000x30000 pixels (900,000,000) is more than the cap of 100,000,000"
         in captured.err
     )
+
+
+def test_predict_never_mixes_runs_in_one_out_folder(tiny_model_dir, tmp_path, capsys):
+    from promptseg.serve.cli import PREDICT_LOCK, main
+
+    write_image(tmp_path / "in" / "a.jpg", 40, 30, seed=1)
+    write_image(tmp_path / "in" / "b.jpg", 40, 30, seed=2)
+    out = tmp_path / "out"
+
+    def predict(image: str, prompt: str = "segment crack", model: Path = tiny_model_dir, *flags: str) -> int:
+        argv = ["predict", "--model", str(model), "--prompt", prompt, str(tmp_path / "in" / image), "--out", str(out)]
+        return main([*argv, "--threshold", "0.5", "--quiet", "--measure", *flags])
+
+    assert predict("a.jpg") == 0 and predict("b.jpg") == 0  # the same model and prompt: one run's folder
+    measured = json.loads((out / "measurements.json").read_text())
+    assert sorted(measured) == ["a__segment-crack.png", "b__segment-crack.png"]  # merged, not the last run's alone
+    capsys.readouterr()
+    other = Path(shutil.copytree(tiny_model_dir, tmp_path / "other"))
+    for (prompt, model), said in (
+        (("segment wall crack", tiny_model_dir), f"with prompt 'segment crack'; writing those of {tiny_model_dir}"),
+        (("segment crack", other), f"of model {tiny_model_dir.resolve()} with prompt 'segment crack'"),
+    ):
+        rc, err = predict("a.jpg", prompt, model), capsys.readouterr().err
+        assert rc == 2 and f"{out} already holds 2 masks " in err and said in err and "--overwrite" in err
+    assert sorted(p.name for p in out.glob("*__*[!d].png")) == ["a__segment-crack.png", "b__segment-crack.png"]
+    assert predict("a.jpg", "segment wall crack", tiny_model_dir, "--overwrite") == 0
+    (out / PREDICT_LOCK).write_text(f"{os.getpid()}\n")  # a predict that is running
+    assert predict("b.jpg", "segment wall crack") == 2
+    assert f"another promptseg predict (pid {os.getpid()}) is writing into {out}" in capsys.readouterr().err
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / PREDICT_LOCK).write_text(f"{dead.pid}\n")  # a predict killed while writing
+    assert predict("b.jpg", "segment wall crack") == 0 and not (out / PREDICT_LOCK).exists()
 
 
 # ------------------------------------------------------------------------------- values out of range

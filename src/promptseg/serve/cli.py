@@ -20,7 +20,10 @@ Exit codes: 0 at least one mask written; 1 none written (every image skipped) or
 error; 2 usage errors (unknown path, empty prompt, missing or unreadable model directory, a corrupt weights
 file, no ONNX export for ``--engine onnx``, an ``--out`` folder that cannot be written, bad option values).
 Every image is decoded and checked once (``promptseg.images.read_image``): a truncated, empty or undecodable
-file is skipped and named with the reason. ``--out`` is checked for writing before the model is loaded.
+file is skipped and named with the reason. ``--out`` is checked for writing before the model is loaded; one
+predict at a time writes there (``.promptseg-predict.lock``), and one whose masks come from another model or
+prompt (``.promptseg-predict.json``) is refused unless ``--overwrite``; ``--measure`` merges measurements.json/.csv
+with an earlier run's (this run's masks replace their own entries).
 
 ``promptseg export --model models/lora [--out models/lora/onnx]`` writes ``model.onnx``, its metadata
 (image size, mean/std, per-image standardisation, the model card) and the tokenizer files. Exit codes:
@@ -65,7 +68,7 @@ from promptseg.infer.recipe import (
 )
 from promptseg.infer.segmenter import Segmenter
 from promptseg.modeling.clipseg import ModelSourceError
-from promptseg.paths import MODEL_CARD, eval_json, mask_name
+from promptseg.paths import MODEL_CARD, eval_json, mask_name, write_json
 from promptseg.serve.app import launch, load_app_model
 from promptseg.serve.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, MeasureSettings, measure_files, measure_kind
 
@@ -192,7 +195,86 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if why is not None:
         _err(f"cannot write to the output folder {out_dir}: {why}; pass --out with a folder you can write to")
         return EXIT_USAGE
+    why = _lock_out(out_dir)  # one predict at a time per folder
+    if why is not None:
+        _err(why)
+        return EXIT_USAGE
+    try:
+        why = _claim_out(out_dir, model_dir, prompt, args.overwrite)
+        if why is not None:
+            _err(why)
+            return EXIT_USAGE
+        return _load_and_predict(args, inputs, model_dir, out_dir, prompt)
+    finally:
+        (out_dir / PREDICT_LOCK).unlink(missing_ok=True)
 
+
+PREDICT_LOCK = ".promptseg-predict.lock"  # in --out while a predict writes there: the writer's pid
+PREDICT_MANIFEST = ".promptseg-predict.json"  # in --out: the model folder and prompt its masks come from
+
+
+def _lock_out(out_dir: Path) -> str | None:
+    """Take ``<out>/.promptseg-predict.lock`` (created exclusively, holding this pid); the reason if another
+    running predict holds it. A lock whose process is gone (killed) is taken over."""
+    lock = out_dir / PREDICT_LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return (
+                    f"another promptseg predict (pid {pid}) is writing into {out_dir}; wait for it to finish or "
+                    f"pass another --out (a stale lock: delete {lock})"
+                )
+            lock.unlink(missing_ok=True)  # its writer is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return None
+    return f"cannot take the lock {lock}; delete it if no predict is running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _claim_out(out_dir: Path, model_dir: Path, prompt: str, overwrite: bool) -> str | None:
+    """Refuse (the reason) an ``--out`` that holds masks of another model or prompt, or of unknown origin,
+    unless ``overwrite``; then record this run's model and prompt in ``<out>/.promptseg-predict.json``."""
+    manifest = out_dir / PREDICT_MANIFEST
+    mine = {"model": str(model_dir.resolve()), "prompt": prompt}
+    masks = [p for p in out_dir.glob("*__*.png") if not p.stem.endswith(("_overlay", "_measured"))]
+    try:
+        theirs = json.loads(manifest.read_text()) if manifest.is_file() else None
+    except (OSError, ValueError):
+        theirs = None
+    same = isinstance(theirs, dict) and all(theirs.get(k) == v for k, v in mine.items())
+    if masks and not same and not overwrite:
+        origin = (
+            f"of model {theirs.get('model')} with prompt {theirs.get('prompt')!r}"
+            if isinstance(theirs, dict)
+            else f"of unknown origin (no {PREDICT_MANIFEST})"
+        )
+        return (
+            f"{out_dir} already holds {len(masks)} masks {origin}; writing those of {model_dir} with prompt "
+            f"{prompt!r} beside them would mix two runs: pass another --out, or --overwrite to write there anyway"
+        )
+    write_json(manifest, mine)
+    return None
+
+
+def _load_and_predict(args: argparse.Namespace, inputs: Inputs, model_dir: Path, out_dir: Path, prompt: str) -> int:
+    """Load the engine, resolve the recipe and write the masks (``--out`` already checked and locked)."""
     _quiet_transformers()  # no weight-loading bars or backend notices
     try:
         engine = load_segmenter(model_dir, args.engine, threads=args.threads)
@@ -359,6 +441,11 @@ def _add_predict_command(sub) -> None:
     p.add_argument("--prompt", required=True, help='the text prompt, e.g. "segment wall crack"')
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--overlay", action="store_true", help="also write <stem>__<slug>_overlay.png (mask in red)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out that holds masks of another model or prompt (refused without it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--engine",
