@@ -5,7 +5,7 @@ import sys
 
 from promptseg import paths
 from promptseg.infer.engines import load_segmenter
-from promptseg.infer.recipe import Recipe
+from promptseg.infer.recipe import SCORED_MODEL_KEY, Recipe, scored_model
 from promptseg.modeling.precision import resolve_precision
 from promptseg.params import DATASETS
 from promptseg.score.evaluate import (
@@ -44,6 +44,7 @@ def main(rung: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # what the forward ran in (infer.precision resolved on this machine)
     results["precision"] = resolve_precision(settings.infer.precision, segmenter.device)
+    results[SCORED_MODEL_KEY] = scored_model(model_dir, rung)  # predict, the app, pyfunc check the weights match
     paths.write_json(paths.eval_json(rung), results)
     write_sweep_csv(paths.sweep_csv(rung), sweeps)
     write_per_image_csv(paths.per_image_csv(rung), per_image)

@@ -848,6 +848,52 @@ def test_a_recipe_out_of_range_is_refused_by_predict_the_app_and_the_pyfunc_mode
     check_recipes(card, "tiny", _recipe_file(tmp_path / "good.json"))
 
 
+def test_a_recipe_scored_on_other_weights_or_another_rung_is_refused_or_with_the_flag_warned(
+    tiny_model_dir, tmp_path, capsys
+):
+    import hashlib
+
+    from promptseg.infer.recipe import SCORED_MODEL_KEY, RecipeError, check_recipes, scored_model
+    from promptseg.serve.cli import main
+
+    weights = tiny_model_dir / "model.safetensors"
+    expected = hashlib.sha256(b"model.safetensors\0" + weights.read_bytes()).hexdigest()
+    assert scored_model(tiny_model_dir, "tiny") == {"rung": "tiny", "weights_sha256": expected}
+    write_image(tmp_path / "a.jpg")
+    card = json.loads((tiny_model_dir / "promptseg.json").read_text())
+
+    def recipe_for(record: dict) -> Path:
+        path = _recipe_file(tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), SCORED_MODEL_KEY: record}))
+        return path
+
+    def predict(recipe: Path, *flags: str) -> tuple[int, str]:
+        argv = ["predict", "--model", str(tiny_model_dir), "--prompt", "segment crack", str(tmp_path / "a.jpg")]
+        rc = main([*argv, "--out", str(tmp_path / f"out{next(outs)}"), "--eval-metrics", str(recipe), *flags])
+        captured = capsys.readouterr()
+        return rc, captured.out + captured.err
+
+    outs = iter(range(10))
+    assert predict(recipe_for({"rung": "tiny", "weights_sha256": expected}))[0] == 0
+    retrained = recipe_for({"rung": "tiny", "weights_sha256": "0" * 64})
+    rc, said = predict(retrained)
+    assert (
+        rc == 2
+        and f"{retrained} was scored on weights with sha256 000000000000..., and {tiny_model_dir} holds " in said
+    )
+    assert "its threshold and recipe were chosen for another model" in said and "--warn-recipe-mismatch" in said
+    rc, said = predict(retrained, "--warn-recipe-mismatch")
+    assert rc == 0 and "warning: " in said and "used anyway (--warn-recipe-mismatch)" in said
+    other_rung = recipe_for({"rung": "unet", "weights_sha256": expected})
+    rc, said = predict(other_rung)
+    assert rc == 2 and f"{other_rung} was scored on rung 'unet', and {tiny_model_dir} is rung 'tiny'" in said
+    with pytest.raises(RecipeError, match="was scored on weights with sha256"):  # the app and the pyfunc model
+        check_recipes(card, "tiny", retrained, tiny_model_dir)
+    assert check_recipes(card, "tiny", _recipe_file(tmp_path / "old.json"), tiny_model_dir) == [
+        f"note: {tmp_path / 'old.json'} does not record the weights it scored (evaluated before it did): not checked"
+    ]
+
+
 def test_metric_json_never_holds_nan_or_infinity(tmp_path):
     from promptseg.paths import write_json
 

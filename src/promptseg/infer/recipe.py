@@ -14,6 +14,7 @@ thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -41,6 +42,8 @@ def copy_recipes(eval_path: Path, out_dir: Path) -> Path | None:
     }
     if not keep:
         return None
+    if isinstance(data.get(SCORED_MODEL_KEY), dict):
+        keep[SCORED_MODEL_KEY] = data[SCORED_MODEL_KEY]
     target = Path(out_dir) / RECIPE_FILENAME
     target.write_text(json.dumps({**keep, "copied_from": str(eval_path)}, indent=2) + "\n")
     return target
@@ -230,13 +233,71 @@ def load_recipe(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[Re
     )
 
 
-def check_recipes(card: dict, rung: str, eval_path: Path) -> None:
+def check_recipes(
+    card: dict, rung: str, eval_path: Path, model_dir: Path | None = None, warn_only: bool = False
+) -> list[str]:
     """Every dataset's recipe in ``eval_path`` loaded and checked once, when a model is loaded (predict, the
-    app, the pyfunc model): :class:`RecipeError` naming the file and the field if one is out of range."""
+    app, the pyfunc model): :class:`RecipeError` naming the file and the field if one is out of range, or if
+    the file was scored on other weights than ``model_dir``'s (:func:`check_scored_model`). Returns the notes
+    to print (a mismatch with ``warn_only``, a file too old to say which weights it scored)."""
     prompts = card.get("prompts") if isinstance(card, dict) else None
     for dataset_prompts in (prompts or {}).values() if isinstance(prompts, dict) else ():
         if isinstance(dataset_prompts, list) and dataset_prompts:
             load_recipe(card, dataset_prompts[0], rung, eval_path)
+    return check_scored_model(eval_path, model_dir, rung, warn_only) if model_dir is not None else []
+
+
+SCORED_MODEL_KEY = "scored_model"  # metrics/eval/<rung>.json: {"rung", "weights_sha256"} of the weights scored
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    """sha256 over a model folder's weight files (top level, sorted by name: each name, then its bytes); None
+    if it holds none (an ONNX export folder on its own)."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scored_model(model_dir: Path, rung: str) -> dict:
+    """What an evaluation records about the model it scored (``<eval json>[SCORED_MODEL_KEY]``)."""
+    return {"rung": rung, "weights_sha256": weights_sha256(model_dir)}
+
+
+def check_scored_model(eval_path: Path, model_dir: Path, rung: str, warn_only: bool = False) -> list[str]:
+    """RecipeError (a note with ``warn_only``) when ``eval_path`` records other weights, or another rung, than
+    ``model_dir`` / ``rung``: its threshold was chosen for another model. Notes when it cannot tell."""
+    try:
+        recorded = json.loads(Path(eval_path).read_text()).get(SCORED_MODEL_KEY)
+    except (OSError, ValueError, AttributeError):
+        return []  # no recipe file (the defaults are used, and said so)
+    if not isinstance(recorded, dict):
+        return [f"note: {eval_path} does not record the weights it scored (evaluated before it did): not checked"]
+    mine = weights_sha256(model_dir)
+    problem = None
+    if recorded.get("rung") != rung:
+        problem = f"was scored on rung {recorded.get('rung')!r}, and {model_dir} is rung {rung!r}"
+    elif mine is not None and recorded.get("weights_sha256") != mine:
+        problem = (
+            f"was scored on weights with sha256 {str(recorded.get('weights_sha256'))[:12]}..., and {model_dir} "
+            f"holds {mine[:12]}... (retrained since?)"
+        )
+    if problem is None:
+        return []
+    text = f"{eval_path} {problem}: its threshold and recipe were chosen for another model"
+    if warn_only:
+        return [f"warning: {text}; used anyway (--warn-recipe-mismatch)"]
+    raise RecipeError(
+        f"{text}; re-run `dvc repro evaluate@{rung}`, pass --eval-metrics with this model's file, or "
+        "--warn-recipe-mismatch to use it anyway"
+    )
 
 
 def override(recipe: Recipe, **flags) -> tuple[Recipe, list[str]]:

@@ -66,6 +66,7 @@ def load_app_model(
     eval_path: str | Path | None = None,
     images: str | Path | None = None,
     threads: int | None = None,
+    warn_recipe_mismatch: bool = False,
 ) -> AppModel:
     """The model (ONNX export where one exists and ``engine`` is auto or onnx, else PyTorch), its recipe file
     and the test images offered in the page (``images``, else data/processed/<dataset>/test/images)."""
@@ -79,7 +80,8 @@ def load_app_model(
     card = dict(chosen.card)
     rung = str(card.get("rung") or model_dir.name)
     eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen.export_dir)
-    check_recipes(card, rung, eval_path)  # a RecipeError (ValueError) names the file and the field
+    for note in check_recipes(card, rung, eval_path, model_dir, warn_recipe_mismatch):  # RecipeError: a ValueError
+        print(note)
     folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return AppModel(

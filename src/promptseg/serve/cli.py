@@ -60,6 +60,7 @@ from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, Onnx
 from promptseg.infer.recipe import (
     Recipe,
     RecipeError,
+    check_scored_model,
     copy_recipes,
     load_recipe,
     override,
@@ -301,6 +302,8 @@ def _resolve_recipe(args: argparse.Namespace, engine: Segmenter, model_dir: Path
     eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
     eval_path = recipe_file(eval_path, engine.export_dir)
     recipe, dataset, recipe_why = load_recipe(engine.card, prompt, rung, eval_path)
+    for note in check_scored_model(eval_path, model_dir, rung, getattr(args, "warn_recipe_mismatch", False)):
+        print(note)
     recipe, changed = override(recipe, **recipe_overrides(args))
     run_prompt, threshold = recipe_prompts(recipe, engine.card, prompt, dataset)
     how = "given with --threshold" if args.threshold is not None else recipe_why
@@ -482,7 +485,13 @@ _FLAG_TYPES = {"probability": "_probability", "positive_int": "_positive_int", "
 
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     """One flag per field of :class:`promptseg.infer.recipe.Recipe` (its metadata: help, flag name, kind),
-    overriding that field of the evaluated recipe; default None: the recipe's. Booleans get ``--x/--no-x``."""
+    overriding that field of the evaluated recipe; default None: the recipe's. Booleans get ``--x/--no-x``.
+    Also ``--warn-recipe-mismatch``: use a recipe file scored on other weights, with a warning."""
+    p.add_argument(
+        "--warn-recipe-mismatch",
+        action="store_true",
+        help="use a recipe file scored on other weights or another rung (refused without it), with a warning",
+    )
     for f in fields(Recipe):
         meta = f.metadata
         if not meta.get("help"):
@@ -550,6 +559,11 @@ def _add_app_command(sub) -> None:
         help="auto (default): the ONNX export where one exists, else PyTorch",
     )
     a.add_argument("--eval-metrics", default=None, help="the recipe file (default: metrics/eval/<rung>.json)")
+    a.add_argument(
+        "--warn-recipe-mismatch",
+        action="store_true",
+        help="use a recipe file scored on other weights or another rung (refused without it), with a warning",
+    )
     a.add_argument(
         "--images",
         default=None,
@@ -698,7 +712,12 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     try:
         app = load_app_model(
-            args.model, engine=args.engine, eval_path=args.eval_metrics, images=args.images, threads=args.threads
+            args.model,
+            engine=args.engine,
+            eval_path=args.eval_metrics,
+            images=args.images,
+            threads=args.threads,
+            warn_recipe_mismatch=args.warn_recipe_mismatch,
         )
     except EngineLoadError as exc:  # its message names the folder and the fix
         _err(str(exc))

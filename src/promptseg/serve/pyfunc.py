@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -36,7 +37,15 @@ import numpy as np
 
 from promptseg.images import DEFAULT_MAX_IMAGE_PIXELS, ImageReadError, decode_image_bytes
 from promptseg.infer.engines import load_segmenter
-from promptseg.infer.recipe import Recipe, check_recipes, load_recipe, override, recipe_prompts
+from promptseg.infer.recipe import (
+    SCORED_MODEL_KEY,
+    Recipe,
+    check_recipes,
+    load_recipe,
+    override,
+    recipe_prompts,
+    scored_model,
+)
 from promptseg.paths import MODEL_CARD
 from promptseg.tracking import connect
 
@@ -96,7 +105,9 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         self.serving_path = Path(context.artifacts[SERVING_ARTIFACT])
         self.serving = json.loads(self.serving_path.read_text())
         rung = str(self.trained.card.get("rung") or self.serving.get("rung", ""))
-        check_recipes(self.trained.card, rung, self.serving_path)  # RecipeError: the file and the field
+        model_dir = Path(context.artifacts[MODEL_ARTIFACT])  # RecipeError: a field out of range, other weights
+        for note in check_recipes(self.trained.card, rung, self.serving_path, model_dir):
+            print(note, file=sys.stderr)
 
     def recipe_for(self, prompt: str, threshold: float | None = None):
         """(recipe, the prompt or ensemble list to run, the threshold) for ``prompt``, as ``promptseg predict``
@@ -190,6 +201,7 @@ def log_pyfunc_model(
             json.dumps(
                 {  # the layout of metrics/eval/<rung>.json, so promptseg.infer.recipe.load_recipe reads it
                     "rung": rung,
+                    SCORED_MODEL_KEY: scored_model(model_dir, rung),  # load_context checks the weights match
                     **{d: {"threshold": float(r["threshold"]), "recipe": r} for d, r in recipes.items()},
                 },
                 indent=2,
