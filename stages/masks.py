@@ -31,7 +31,9 @@ def main(dataset: str) -> None:
             max_distance=cfg.near_duplicates.dhash_max_distance,
             min_correlation=cfg.near_duplicates.min_correlation,
         )
-        summary = write_processed_dataset(read, out, min_box_side_px=cfg.min_box_side_px, plan=plan)
+        summary = write_processed_dataset(
+            read, out, min_box_side_px=cfg.min_box_side_px, plan=plan, describes=(paths.data_json(dataset),)
+        )
     except (ValueError, OSError) as exc:
         if read is not None and read.problems:
             write_problems_csv(read.problems, problems_csv)

@@ -778,6 +778,75 @@ def test_predict_never_mixes_runs_in_one_out_folder(tiny_model_dir, tmp_path, ca
     assert predict("b.jpg", "segment wall crack") == 0 and not (out / PREDICT_LOCK).exists()
 
 
+def test_dvclive_overlays_of_the_epochs_before_a_kill_survive_dvc_deleting_the_outputs(tmp_path, monkeypatch):
+    from promptseg.train.live import OVERLAY_NAME, EpochLogger
+
+    monkeypatch.chdir(tmp_path)
+    live_dir, store = tmp_path / "metrics" / "train" / "unet", tmp_path / "checkpoints" / "unet" / OVERLAY_NAME
+    first = EpochLogger("unet", live_dir, params={"epochs": 3}, overlay_store=store)
+    rows = []
+    for epoch in (1, 2):
+        image = np.zeros((6, 8, 3), np.uint8)
+        image[:, :epoch] = (255, 0, 0)
+        first.log_epoch(epoch, 0.5, 0.5, 0.5, 1e-3, image)
+        rows.append({"epoch": epoch, "train_loss": 0.5, "val_loss": 0.5, "val_dice": 0.5, "lr": 1e-3})
+    first.close("KILLED")
+    images = live_dir / "plots" / "images" / OVERLAY_NAME
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    shutil.rmtree(live_dir)  # `dvc repro` removes the stage's outputs; the checkpoint folder stays
+    resumed = EpochLogger("unet", live_dir, params={"epochs": 3}, resume_epoch=2, history=rows, overlay_store=store)
+    resumed.log_epoch(3, 0.4, 0.4, 0.6, 1e-3, np.zeros((6, 8, 3), np.uint8))
+    resumed.close()
+    assert sorted(before) == ["0.png", "1.png"]
+    assert {p.name: p.read_bytes() for p in images.iterdir() if p.name != "2.png"} == before
+    assert (images / "2.png").is_file()
+
+
+def test_the_smaller_faults_are_one_message_each(tmp_path, capsys, monkeypatch):
+    """A masks run interrupted just after its rename leaves no stale metrics; --mm-per-px inf is refused; a bad
+    unet_config.json is named; an input that is a symlink loop says so."""
+    from promptseg.ingest import masks
+    from promptseg.modeling.unet import build_unet_model
+    from promptseg.serve.cli import main
+
+    from conftest import TINY_MODEL, TINY_UNET
+
+    _coco_three(tmp_path / "exp")
+    out, metrics = tmp_path / "processed" / "cracks", tmp_path / "metrics" / "cracks.json"
+    metrics.parent.mkdir()
+    metrics.write_text('{"old": 1}')
+    real_rename = Path.rename
+
+    def killed_after_the_rename(self, target):
+        real_rename(self, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "rename", killed_after_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        masks.write_processed_dataset(read_export(tmp_path / "exp"), out, workers=1, describes=(metrics,))
+    monkeypatch.undo()
+    assert (out / "index.csv").is_file() and not metrics.exists()  # the new tree, no metrics of the old one
+
+    write_image(tmp_path / "m.png", 16, 16)
+    assert main(["measure", str(tmp_path / "m.png"), "--mm-per-px", "inf"]) == 2
+    assert "inf must be a positive finite number" in capsys.readouterr().err
+
+    model, processor = build_unet_model({**TINY_MODEL, "unet": TINY_UNET}, 64, 0)
+    unet = tmp_path / "unet"
+    model.save_pretrained(unet)
+    processor.save_pretrained(unet)
+    (unet / "unet_config.json").write_text('{"architecture": "unet", "widths": [8]')  # cut short
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    argv = ["predict", "--model", str(unet), "--prompt", "segment crack", "--out", str(tmp_path / "o")]
+    assert main([*argv, str(tmp_path / "loop.jpg")]) == 2
+    assert (
+        capsys.readouterr().err == f"promptseg: {tmp_path / 'loop.jpg'} is a symbolic link that loops back on itself\n"
+    )
+    assert main([*argv, str(tmp_path / "m.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{unet / 'unet_config.json'} cannot be read as the U-Net's config" in err
+
+
 # ------------------------------------------------------------------------------- values out of range
 
 

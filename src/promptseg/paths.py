@@ -15,6 +15,7 @@ report, the CLI and the app take them from here.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -138,3 +139,19 @@ def write_json(path: str | Path, obj, *, indent: int | None = 2, sort_keys: bool
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def broken_link_reason(path: str | Path) -> str | None:
+    """Why ``path``, a symbolic link that cannot be followed, cannot be used (a loop, or a target that does not
+    exist); None if ``path`` is not a symbolic link."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11: "Symlink loop from ..."
+        return "is a symbolic link that loops back on itself"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link that loops back on itself"
+    return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"

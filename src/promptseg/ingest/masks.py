@@ -397,10 +397,12 @@ def write_problems_csv(problems: list, path: Path) -> collections.Counter:
     return kinds
 
 
-def write_processed_dataset(read: ExportReadResult, out_dir: Path, **kwargs) -> dict:
+def write_processed_dataset(read: ExportReadResult, out_dir: Path, *, describes: tuple = (), **kwargs) -> dict:
     """:func:`build_processed_dataset` into the sibling folder ``<out_dir>.partial``, renamed to
     ``out_dir`` (replacing it) only when complete: an interrupted run never leaves a half-written
-    tree or a stale ``index.csv`` behind (``download`` does the same)."""
+    tree or a stale ``index.csv`` behind (``download`` does the same). ``describes``: files written about the
+    tree after it (``metrics/data/<dataset>.json``), removed just before the rename, so that an interruption
+    leaves the old tree with its files, or the new tree without them, never the new tree with the old ones."""
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -409,6 +411,8 @@ def write_processed_dataset(read: ExportReadResult, out_dir: Path, **kwargs) -> 
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    for stale in describes:
+        Path(stale).unlink(missing_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
     return summary

@@ -6,7 +6,6 @@ into place only when complete, so a failure never leaves a half-written export b
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import zipfile
@@ -16,6 +15,7 @@ from pathlib import Path
 from promptseg.images import IMAGE_SUFFIXES
 from promptseg.ingest.exports import ExportError, detect_export_format
 from promptseg.ingest.synthetic import write_synthetic_export
+from promptseg.paths import broken_link_reason
 from promptseg.settings import RoboflowSettings, SourceSettings, SyntheticSettings, to_plain
 
 SOURCES = ("synthetic", "local", "roboflow")
@@ -129,15 +129,9 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
 def _why_missing(src: Path) -> str:
     """The end of 'data.<d>.local.path X ...' for a path that cannot be reached: a symbolic link that loops or
     points nowhere, or a path that does not exist."""
-    if src.is_symlink():
-        try:
-            src.resolve(strict=True)
-        except RuntimeError:  # Python 3.11: "Symlink loop from ..."
-            return "is a symbolic link that loops back on itself: point it at the export's real folder or zip."
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return "is a symbolic link that loops back on itself: point it at the export's real folder or zip."
-        return f"is a symbolic link to {os.readlink(src)!r}, which does not exist: point it at the export itself."
+    link = broken_link_reason(src)
+    if link:
+        return f"{link}: point it at the export's real folder or zip."
     return "does not exist. Point it at a Roboflow export zip or folder."
 
 

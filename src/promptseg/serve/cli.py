@@ -69,7 +69,7 @@ from promptseg.infer.recipe import (
 )
 from promptseg.infer.segmenter import Segmenter
 from promptseg.modeling.clipseg import ModelSourceError
-from promptseg.paths import MODEL_CARD, eval_json, mask_name, write_json
+from promptseg.paths import MODEL_CARD, broken_link_reason, eval_json, mask_name, write_json
 from promptseg.serve.app import launch, load_app_model
 from promptseg.serve.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, MeasureSettings, measure_files, measure_kind
 
@@ -101,10 +101,15 @@ def expand_inputs(paths: list[Path]) -> Inputs:
     images, skipped, seen, any_folder = [], [], set(), False
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            link = broken_link_reason(path)
+            raise FileNotFoundError(f"{path} {link}" if link else f"no such file or folder: {path}")
         if path.is_dir():
             any_folder = True
             for child in sorted(path.iterdir()):
+                link = None if child.name.startswith(".") else broken_link_reason(child)
+                if link and not child.exists():
+                    skipped.append((child, link))
+                    continue
                 if child.name.startswith(".") or not child.is_file():
                     continue
                 if child.suffix.lower() not in IMAGE_SUFFIXES:

@@ -358,6 +358,7 @@ def open_epoch_logger(
             resume_epoch=resume_epoch,
             history=history,
             mlflow_run_id=mlflow_run_id,
+            overlay_store=setup.checkpoint_dir / "val_overlay",  # survives `dvc repro` deleting the outputs
         )
 
 
