@@ -117,13 +117,13 @@ def check_image_bytes(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def _header(data: bytes, path: Path, max_pixels: int | None) -> tuple[int, int, int]:
+def _header(data: bytes | Path, path: Path, max_pixels: int | None) -> tuple[int, int, int]:
     """(width, height, EXIF orientation 1-8) from the header: the size as DISPLAYED (orientations 5-8 swap
     the stored width and height); no pixel is decoded. ImageReadError if unreadable or over ``max_pixels``."""
 
     Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check is replaced by max_pixels, checked below from the header
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:  # reads what it needs
             (w, h), fmt = im.size, im.format
             exif = im.getexif() if fmt != "PNG" or "exif" in im.info else {}
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad headers
@@ -149,13 +149,12 @@ def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, in
     the frame :func:`read_image` returns. :class:`ImageReadError` as :func:`read_image` for the header."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            head = f.read(1 << 20)  # headers and EXIF sit at the start; PIL asks for no more to size an image
+        empty = path.stat().st_size == 0
     except OSError as exc:
         raise ImageReadError(path, CORRUPT, f"cannot be read ({exc.strerror or exc})") from None
-    if not head:
+    if empty:
         raise ImageReadError(path, CORRUPT, "the file is empty (0 bytes)")
-    w, h, _ = _header(head, path, max_pixels)
+    w, h, _ = _header(path, path, max_pixels)  # PIL reads the header and EXIF only (WebP keeps EXIF at the end)
     return w, h
 
 
