@@ -294,8 +294,13 @@ def _load_and_predict(args: argparse.Namespace, inputs: Inputs, model_dir: Path,
 
     try:
         args.recipe, args.run_prompt, threshold = _resolve_recipe(args, engine, model_dir, prompt)
-    except RecipeError as exc:
-        _err(f"{exc}; re-run `dvc repro evaluate` or pass --eval-metrics with a valid recipe file")
+    except RecipeError as exc:  # a field out of range, or a file scored on other weights (which says the fix)
+        text = str(exc)
+        _err(
+            text
+            if "re-run" in text
+            else f"{text}; re-run `dvc repro evaluate` or pass --eval-metrics with a valid file"
+        )
         return EXIT_USAGE
     return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
 
