@@ -565,7 +565,7 @@ def _build(cls: type[T], raw: Any, where: str, known: tuple[str, ...] | None = N
 
 
 def check_value(tp, value, where: str):
-    """``value`` converted to ``tp`` and checked against its range (a recipe field: promptseg.recipe)."""
+    """``value`` converted to ``tp`` and checked against its range (a recipe field: promptseg.infer.recipe)."""
     return _convert(tp, value, where)
 
 
