@@ -1,12 +1,11 @@
 """DVC stage `evaluate@<rung>`: metrics/eval/<rung>.json, the val threshold sweep CSV, per-image scores
 (metrics/eval/per_image/<rung>.csv), masks, figures (first images, and the k worst per dataset)."""
 
-import json
 import sys
 
 from promptseg import paths
 from promptseg.infer.engines import load_segmenter
-from promptseg.infer.recipe import Recipe
+from promptseg.infer.recipe import SCORED_MODEL_KEY, Recipe, scored_model
 from promptseg.modeling.precision import resolve_precision
 from promptseg.params import DATASETS
 from promptseg.score.evaluate import (
@@ -49,7 +48,8 @@ def main(rung: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # what the forward ran in (infer.precision resolved on this machine)
     results["precision"] = resolve_precision(settings.infer.precision, segmenter.device)
-    paths.eval_json(rung).write_text(json.dumps(results, indent=2) + "\n")
+    results[SCORED_MODEL_KEY] = scored_model(model_dir, rung)  # predict, the app, pyfunc check the weights match
+    paths.write_json(paths.eval_json(rung), results)
     write_sweep_csv(paths.sweep_csv(rung), sweeps)
     write_per_image_csv(paths.per_image_csv(rung), per_image)
     figures = []

@@ -3,7 +3,6 @@ render {0,255} masks, write metrics/data/<dataset>.json, contact sheets, the sus
 problems table (every problem with its file). data/processed/<dataset> is written to a .partial sibling
 and renamed into place when complete."""
 
-import json
 import sys
 
 from promptseg import paths
@@ -23,7 +22,7 @@ def main(dataset: str) -> None:
     problems_csv = paths.problems_csv(dataset)
     read = None
     try:
-        read = read_export(raw, empty_segmentation=settings.empty_polygon)
+        read = read_export(raw, empty_segmentation=settings.empty_polygon, max_image_pixels=settings.max_image_pixels)
         plan = plan_splits(
             read.records,
             strategy=settings.split,
@@ -32,7 +31,9 @@ def main(dataset: str) -> None:
             max_distance=cfg.near_duplicates.dhash_max_distance,
             min_correlation=cfg.near_duplicates.min_correlation,
         )
-        summary = write_processed_dataset(read, out, min_box_side_px=cfg.min_box_side_px, plan=plan)
+        summary = write_processed_dataset(
+            read, out, min_box_side_px=cfg.min_box_side_px, plan=plan, describes=(paths.data_json(dataset),)
+        )
     except (ValueError, OSError) as exc:
         if read is not None and read.problems:
             write_problems_csv(read.problems, problems_csv)
@@ -61,7 +62,7 @@ def main(dataset: str) -> None:
         max_foreground_share=cfg.suspicious_max_foreground_share,
     )
     metrics = paths.data_json(dataset)
-    metrics.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    paths.write_json(metrics, summary, sort_keys=True)
 
     split = summary["split"]
     for which in ("as_exported", "written"):

@@ -3,6 +3,7 @@
 import sys
 
 from promptseg import paths
+from promptseg.images import EmptySplitError
 from promptseg.settings import load_stage_settings, train_settings
 from promptseg.train.loop import TrainSetup, train_rung
 
@@ -15,7 +16,10 @@ def main(rung: str) -> None:
         metrics_dir=paths.METRICS_TRAIN,
         checkpoint_dir=paths.checkpoint_dir(rung),
     )
-    summary = train_rung(setup)
+    try:
+        summary = train_rung(setup)
+    except EmptySplitError as exc:  # e.g. split: as_exported on an export without a train split
+        sys.exit(f"train@{rung}: {exc}")
     if "skipped" in summary:
         return
     print(

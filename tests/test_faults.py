@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from promptseg.images import (
     CORRUPT,
@@ -411,6 +413,56 @@ def test_corrupt_zip_and_empty_folder_fail_at_download_naming_them(tmp_path):
         land_export("cracks", local(str(empty)), None, out)
 
 
+def test_symlink_loops_and_a_path_holding_the_repository_are_one_message_at_download(tmp_path, monkeypatch):
+    from promptseg.ingest.sources import SourceError, land_export
+    from promptseg.settings import LocalSettings, RoboflowSettings, SourceSettings
+
+    def local(path):
+        return SourceSettings(source="local", roboflow=RoboflowSettings("w", "p", 1, "coco"), local=LocalSettings(path))
+
+    repo = tmp_path / "repo"
+    out = repo / "data" / "raw" / "cracks"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(SourceError, match=r"is a symbolic link that loops back on itself"):
+        land_export("cracks", local(str(tmp_path / "a")), None, out)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SourceError, match=r"is a symbolic link to .*nowhere', which does not exist"):
+        land_export("cracks", local(str(tmp_path / "dangling")), None, out)
+    export = _coco_three(tmp_path / "exp").parent
+    (export / "train" / "loop").symlink_to(export / "train" / "loop")
+    with pytest.raises(SourceError) as failed:
+        land_export("cracks", local(str(export)), None, out)
+    assert f"data.cracks.local.path {str(export)!r}: 1 file(s) cannot be copied, e.g. {export / 'train' / 'loop'}" in (
+        str(failed.value)
+    )
+    monkeypatch.chdir(repo)  # the repository; local.path: .. holds it
+    with pytest.raises(SourceError, match=r"contains the folder the export is copied into"):
+        land_export("cracks", local(".."), None, Path("data") / "raw" / "cracks")
+    assert not out.exists() and not list((repo / "data" / "raw").glob("*"))
+
+
+def test_as_exported_without_a_train_split_is_one_message_from_the_train_stage(processed_root, tmp_path):
+    project = tmp_path / "project"
+    for dataset in ("cracks", "drywall"):
+        shutil.copytree(processed_root / dataset, project / "data" / "processed" / dataset)
+    shutil.rmtree(project / "data" / "processed" / "cracks" / "train")
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    shutil.copytree(REPO / "vendor", project / "vendor")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py"), "unet"],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("train@unet: no images for dataset 'cracks' in ")
+    assert "has no train split (it has: test, val)" in done.stderr and "data.cracks.split: grouped" in done.stderr
+
+
 # ------------------------------------------------------------------------------------ predict
 
 
@@ -436,7 +488,7 @@ def test_predict_skips_truncated_images_with_the_reason(tiny_model_dir, tmp_path
         ]
     )
     captured = capsys.readouterr()
-    assert rc == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good__segment-crack.png"]
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "out").glob("[!.]*")) == ["good__segment-crack.png"]
     assert (
         f"skipped {folder / 'cut.jpg'}: not a readable image (JPEG data ends without its end-of-image marker"
         in captured.err
@@ -500,6 +552,460 @@ def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, mo
         )
 
 
+def test_a_polygon_wholly_outside_is_invalid_and_its_image_skipped_when_nothing_remains(tmp_path):
+    images = [coco_image(0, "out.jpg"), coco_image(1, "half.jpg")]
+    outside = [[40, 30, 60, 30, 40, 50]]  # a 32x24 image: every vertex beyond x 32, y 24
+    anns = [
+        coco_ann(1, 0, segmentation=outside),
+        coco_ann(2, 1, segmentation=outside),
+        coco_ann(3, 1, segmentation=TRI),
+    ]
+    write_coco_split(tmp_path / "exp", "train", images, anns)
+    read = read_export(tmp_path / "exp")
+    t = build_processed_dataset(read, tmp_path / "out", workers=1)["train"]
+    assert (t["images_listed"], t["images"], t["polygons_outside_image"], t["all_labels_invalid"]) == (2, 1, 2, 1)
+    named = [p for p in read.problems if p.kind == "polygons_outside_image"]
+    assert sorted(p.annotation for p in named) == ["1", "2"] and "wholly outside the 32x24 image" in named[0]
+    assert [p.file for p in read.problems if p.kind == "all_labels_invalid"] == [
+        str(tmp_path / "exp" / "train" / "out.jpg")
+    ]
+
+
+def test_yolo_values_outside_unit_are_named_and_an_unreadable_split_json_loses_counted_images(tmp_path):
+    root = write_yolo_export(tmp_path / "yolo", {"train": {"a": (32, 24, ["0 0.5 0.5 1.4 0.2", "0 0.5 0.5 0.2 0.2"])}})
+    read = read_export(root)
+    assert read.counts["train"]["label_values_outside_unit"] == 1
+    (named,) = [p for p in read.problems if p.kind == "label_values_outside_unit"]
+    assert named.annotation == "line 1" and "1 value(s) outside [0, 1] (e.g. 1.4)" in named
+    coco = _coco_three(tmp_path / "coco")
+    valid = write_coco_split(tmp_path / "coco", "valid", [coco_image(0, "v.jpg")], [coco_ann(1, 0, segmentation=TRI)])
+    (valid / "_annotations.coco.json").write_text("{not json")
+    read = read_export(tmp_path / "coco")
+    v = read.counts["val"]
+    assert (v["unreadable_annotation_file"], v["images_listed"], v["lost_with_annotation_file"]) == (1, 1, 1)
+    assert [p.file for p in read.problems if p.kind == "lost_with_annotation_file"] == [str(valid / "v.jpg")]
+    assert read.counts["train"]["images"] == 3 and coco.name == "train"
+
+
+# ------------------------------------------------------------------------- inside the file: damage, EXIF, size
+
+
+def damage_jpeg(path: Path, nbytes: int = 4096, seed: int = 0) -> Path:
+    """``nbytes`` of the JPEG's scan data overwritten in the middle: the file stays complete (its EOI is there)."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 - nbytes // 2
+    data[start : start + nbytes] = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def set_orientation(path: Path, orientation: int) -> Path:
+    """The file's pixels as stored, re-saved with EXIF orientation ``orientation`` (a phone's portrait photo: 6)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.load()
+        im.save(path, exif=exif.tobytes(), **({"quality": 95} if im.format == "JPEG" else {}))
+    return path
+
+
+def huge_header_jpeg(path: Path, width: int, height: int) -> Path:
+    """A small real JPEG whose frame header (SOF0) claims ``width`` x ``height``: nothing decodes it cheaply."""
+    write_image(path, 16, 16)
+    data = bytearray(path.read_bytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_jpeg_damaged_inside_is_corrupt_although_complete(tmp_path):
+    path = damage_jpeg(write_image(tmp_path / "d.jpg", 640, 400, seed=3))
+    assert check_image_bytes(path.read_bytes()) is None  # complete: the end-of-image marker is there
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert info.value.kind == CORRUPT and "the JPEG data is damaged inside (libjpeg: Corrupt JPEG data" in str(
+        info.value
+    )
+    d = _coco_three(tmp_path / "exp")
+    damage_jpeg(shutil.copy(path, d / "a.jpg"))
+    read = read_export(tmp_path / "exp")
+    t = build_processed_dataset(read, tmp_path / "out", workers=1)["train"]
+    assert (t["images_listed"], t["images"], t["corrupt_image"]) == (3, 2, 1)
+    assert [p.file for p in read.problems if p.kind == CORRUPT] == [str(d / "a.jpg")]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
+def test_exif_orientation_is_applied_once_for_every_format(tmp_path, suffix):
+    from PIL import Image, ImageOps
+
+    from promptseg.images import image_size
+
+    for orientation in range(1, 9):
+        path = set_orientation(write_image(tmp_path / f"o{orientation}{suffix}", 50, 30, seed=orientation), orientation)
+        ours = read_image(path)[:, :, ::-1]
+        with Image.open(path) as im:
+            shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        assert ours.shape == shown.shape == ((50, 30, 3) if orientation >= 5 else (30, 50, 3))
+        assert image_size(path) == (ours.shape[1], ours.shape[0])
+        if suffix == ".png":  # lossless: exactly PIL's exif_transpose
+            np.testing.assert_array_equal(ours, shown)
+        gray = read_image(path, cv2.IMREAD_GRAYSCALE)
+        assert gray.shape == ours.shape[:2]
+
+
+def _lit_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask)
+    return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+
+
+def test_rotated_photos_get_their_labels_in_the_displayed_frame_coco_and_yolo(tmp_path):
+    """Stored 640x400 with EXIF orientation 6: shown (and labelled) 400 wide, 640 tall. The box
+    x 100..300, y 128..192 of the shown photo renders there in both formats, at the shown size."""
+    from promptseg.images import read_rgb
+
+    yolo = write_yolo_export(
+        tmp_path / "yolo", {"train": {"box": (640, 400, ["0 0.5 0.25 0.5 0.1"]), "poly": (640, 400, None)}}
+    )
+    poly = "0 0.25 0.2 0.75 0.2 0.75 0.3 0.25 0.3"  # x 100..300, y 128..192 of 400x640
+    (yolo / "train" / "labels" / "poly.txt").write_text(poly + "\n")
+    coco = write_coco_split(
+        tmp_path / "coco",
+        "train",
+        [coco_image(0, "rot.jpg", 400, 640)],
+        [coco_ann(1, 0, segmentation=[[100, 128, 300, 128, 300, 192, 100, 192]], bbox=(100, 128, 200, 64))],
+        sizes={"rot.jpg": (640, 400)},
+    )
+    stored = [yolo / "train" / "images" / "box.jpg", yolo / "train" / "images" / "poly.jpg", coco / "rot.jpg"]
+    for path in stored:
+        set_orientation(path, 6)
+    for root in (yolo, tmp_path / "coco"):
+        read = read_export(root)
+        out = tmp_path / f"out_{root.name}"
+        t = build_processed_dataset(read, out, workers=1)["train"]
+        assert t["size_mismatch"] == 0 and t["images"] == len(read.records)
+        for mask_path in sorted((out / "train" / "masks").iterdir()):
+            mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            image = read_rgb(next((out / "train" / "images").glob(f"{mask_path.stem}.*")))
+            assert mask.shape == image.shape[:2] == (640, 400)
+            assert _lit_box(mask) in ((100, 128, 299, 191), (100, 128, 300, 192))  # box half-open, polygon inclusive
+    as_stored = cv2.imread(str(stored[0]), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    np.testing.assert_array_equal(read_image(stored[0]), np.rot90(as_stored, k=-1))  # turned clockwise, once
+
+
+@pytest.mark.parametrize("side", [30000, 60000])
+def test_a_huge_header_is_image_too_large_before_decoding_in_coco_and_yolo(tmp_path, side):
+    from promptseg.images import TOO_LARGE
+
+    d = _coco_three(tmp_path / "coco")
+    huge_header_jpeg(d / "a.jpg", side, side)
+    yolo = write_yolo_export(tmp_path / "yolo", {"train": {"big": (32, 24, ["0 0.5 0.5 0.2 0.2"]), "ok": (32, 24, [])}})
+    huge_header_jpeg(yolo / "train" / "images" / "big.jpg", side, side)
+    for root, victim in ((tmp_path / "coco", d / "a.jpg"), (yolo, yolo / "train" / "images" / "big.jpg")):
+        started = time.perf_counter()
+        read = read_export(root, max_image_pixels=100_000_000)
+        assert time.perf_counter() - started < 5  # read from the header, nothing decoded
+        c = read.counts["train"]
+        assert (c["images_listed"], c[TOO_LARGE]) == (len(read.records) + 1, 1)
+        problem = next(p for p in read.problems if p.kind == TOO_LARGE)
+        assert problem.file == str(victim) and f"{side}x{side} pixels" in str(problem)
+        assert "is more than the cap of 100,000,000 (data.max_image_pixels" in str(problem)
+        assert victim not in [r.image_path for r in read.records]
+
+
+def test_predict_refuses_damaged_and_huge_images_and_writes_rotated_ones_as_shown(tiny_model_dir, tmp_path, capsys):
+    from promptseg.serve.cli import main
+
+    folder = tmp_path / "in"
+    damage_jpeg(write_image(folder / "damaged.jpg", 640, 400))
+    huge_header_jpeg(folder / "huge.jpg", 30000, 30000)
+    set_orientation(write_image(folder / "rotated.jpg", 64, 40), 6)
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "segment crack",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        + ["--threshold", "0.5", "--quiet"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0 and "1 masks written, 2 skipped" in captured.out
+    assert cv2.imread(str(tmp_path / "out" / "rotated__segment-crack.png"), cv2.IMREAD_GRAYSCALE).shape == (64, 40)
+    assert f"skipped {folder / 'damaged.jpg'}: not a readable image (the JPEG data is damaged inside" in captured.err
+    assert (
+        f"skipped {folder / 'huge.jpg'}: 30000x30000 pixels (900,000,000) is more than the cap of 100,000,000"
+        in captured.err
+    )
+
+
+def test_predict_never_mixes_runs_in_one_out_folder(tiny_model_dir, tmp_path, capsys):
+    from promptseg.serve.cli import PREDICT_LOCK, main
+
+    write_image(tmp_path / "in" / "a.jpg", 40, 30, seed=1)
+    write_image(tmp_path / "in" / "b.jpg", 40, 30, seed=2)
+    out = tmp_path / "out"
+
+    def predict(image: str, prompt: str = "segment crack", model: Path = tiny_model_dir, *flags: str) -> int:
+        argv = ["predict", "--model", str(model), "--prompt", prompt, str(tmp_path / "in" / image), "--out", str(out)]
+        return main([*argv, "--threshold", "0.5", "--quiet", "--measure", *flags])
+
+    assert predict("a.jpg") == 0 and predict("b.jpg") == 0  # the same model and prompt: one run's folder
+    measured = json.loads((out / "measurements.json").read_text())
+    assert sorted(measured) == ["a__segment-crack.png", "b__segment-crack.png"]  # merged, not the last run's alone
+    capsys.readouterr()
+    other = Path(shutil.copytree(tiny_model_dir, tmp_path / "other"))
+    for (prompt, model), said in (
+        (("segment wall crack", tiny_model_dir), f"with prompt 'segment crack'; writing those of {tiny_model_dir}"),
+        (("segment crack", other), f"of model {tiny_model_dir.resolve()} with prompt 'segment crack'"),
+    ):
+        rc, err = predict("a.jpg", prompt, model), capsys.readouterr().err
+        assert rc == 2 and f"{out} already holds 2 masks " in err and said in err and "--overwrite" in err
+    assert sorted(p.name for p in out.glob("*__*[!d].png")) == ["a__segment-crack.png", "b__segment-crack.png"]
+    assert predict("a.jpg", "segment wall crack", tiny_model_dir, "--overwrite") == 0
+    (out / PREDICT_LOCK).write_text(f"{os.getpid()}\n")  # a predict that is running
+    assert predict("b.jpg", "segment wall crack") == 2
+    assert f"another promptseg predict (pid {os.getpid()}) is writing into {out}" in capsys.readouterr().err
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / PREDICT_LOCK).write_text(f"{dead.pid}\n")  # a predict killed while writing
+    assert predict("b.jpg", "segment wall crack") == 0 and not (out / PREDICT_LOCK).exists()
+
+
+def test_dvclive_overlays_of_the_epochs_before_a_kill_survive_dvc_deleting_the_outputs(tmp_path, monkeypatch):
+    from promptseg.train.live import OVERLAY_NAME, EpochLogger
+
+    monkeypatch.chdir(tmp_path)
+    live_dir, store = tmp_path / "metrics" / "train" / "unet", tmp_path / "checkpoints" / "unet" / OVERLAY_NAME
+    first = EpochLogger("unet", live_dir, params={"epochs": 3}, overlay_store=store)
+    rows = []
+    for epoch in (1, 2):
+        image = np.zeros((6, 8, 3), np.uint8)
+        image[:, :epoch] = (255, 0, 0)
+        first.log_epoch(epoch, 0.5, 0.5, 0.5, 1e-3, image)
+        rows.append({"epoch": epoch, "train_loss": 0.5, "val_loss": 0.5, "val_dice": 0.5, "lr": 1e-3})
+    first.close("KILLED")
+    images = live_dir / "plots" / "images" / OVERLAY_NAME
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    shutil.rmtree(live_dir)  # `dvc repro` removes the stage's outputs; the checkpoint folder stays
+    resumed = EpochLogger("unet", live_dir, params={"epochs": 3}, resume_epoch=2, history=rows, overlay_store=store)
+    resumed.log_epoch(3, 0.4, 0.4, 0.6, 1e-3, np.zeros((6, 8, 3), np.uint8))
+    resumed.close()
+    assert sorted(before) == ["0.png", "1.png"]
+    assert {p.name: p.read_bytes() for p in images.iterdir() if p.name != "2.png"} == before
+    assert (images / "2.png").is_file()
+
+
+def test_the_smaller_faults_are_one_message_each(tmp_path, capsys, monkeypatch):
+    """A masks run interrupted just after its rename leaves no stale metrics; --mm-per-px inf is refused; a bad
+    unet_config.json is named; an input that is a symlink loop says so."""
+    from promptseg.ingest import masks
+    from promptseg.modeling.unet import build_unet_model
+    from promptseg.serve.cli import main
+
+    from conftest import TINY_MODEL, TINY_UNET
+
+    _coco_three(tmp_path / "exp")
+    out, metrics = tmp_path / "processed" / "cracks", tmp_path / "metrics" / "cracks.json"
+    metrics.parent.mkdir()
+    metrics.write_text('{"old": 1}')
+    real_rename = Path.rename
+
+    def killed_after_the_rename(self, target):
+        real_rename(self, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "rename", killed_after_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        masks.write_processed_dataset(read_export(tmp_path / "exp"), out, workers=1, describes=(metrics,))
+    monkeypatch.undo()
+    assert (out / "index.csv").is_file() and not metrics.exists()  # the new tree, no metrics of the old one
+
+    write_image(tmp_path / "m.png", 16, 16)
+    assert main(["measure", str(tmp_path / "m.png"), "--mm-per-px", "inf"]) == 2
+    assert "inf must be a positive finite number" in capsys.readouterr().err
+
+    model, processor = build_unet_model({**TINY_MODEL, "unet": TINY_UNET}, 64, 0)
+    unet = tmp_path / "unet"
+    model.save_pretrained(unet)
+    processor.save_pretrained(unet)
+    (unet / "unet_config.json").write_text('{"architecture": "unet", "widths": [8]')  # cut short
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    argv = ["predict", "--model", str(unet), "--prompt", "segment crack", "--out", str(tmp_path / "o")]
+    assert main([*argv, str(tmp_path / "loop.jpg")]) == 2
+    assert (
+        capsys.readouterr().err == f"promptseg: {tmp_path / 'loop.jpg'} is a symbolic link that loops back on itself\n"
+    )
+    assert main([*argv, str(tmp_path / "m.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{unet / 'unet_config.json'} cannot be read as the U-Net's config" in err
+
+
+# ------------------------------------------------------------------------------- values out of range
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train.common.lr", -0.001, "train.common.lr: -0.001 is out of range; allowed: > 0"),
+        ("train.common.epochs", 0, "train.common.epochs: 0 is out of range; allowed: >= 1"),
+        ("infer.threshold_grid", [0.5, 1.5, -0.2], "infer.threshold_grid[1]: 1.5 is out of range; allowed: in (0, 1)"),
+        ("infer.threshold_grid", [], "infer.threshold_grid: is an empty list; give at least one value"),
+        ("train.rungs.unet.lr", 0, "train.rungs.unet.lr: 0.0 is out of range; allowed: > 0"),
+        (
+            "train.common.negative_prompt_prob",
+            1.5,
+            "train.common.negative_prompt_prob: 1.5 is out of range; allowed: in [0, 1]",
+        ),
+        ("eval.empty_score", float("nan"), "eval.empty_score: nan is not a finite number; give a number"),
+        ("model.unet.widths", [32, 0], "model.unet.widths[1]: 0 is out of range; allowed: >= 1"),
+    ],
+)
+def test_a_value_out_of_range_is_exit_2_naming_the_key_and_the_range(tmp_path, key, value, message):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    node = params
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node[key.rsplit(".", 1)[-1]] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run(
+        [sys.executable, "-m", "promptseg.settings", "params.yaml"],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2 and run.stderr == f"promptseg.settings: params.yaml: {message}\n"
+
+
+def _recipe_file(path: Path, **recipe) -> Path:
+    from promptseg.infer.recipe import Recipe
+
+    entry = {"threshold": 0.5, "recipe": {**Recipe().to_dict(), **recipe}}
+    path.write_text(json.dumps({"cracks": entry, "drywall": {"threshold": 0.5}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [("threshold", -0.2, "in (0, 1)"), ("kernel", 0, ">= 1"), ("tile_overlap", 1.0, "in [0, 1)")],
+)
+def test_a_recipe_out_of_range_is_refused_by_predict_the_app_and_the_pyfunc_model(
+    tiny_model_dir, tmp_path, capsys, field, value, allowed
+):
+    from promptseg.infer.recipe import RecipeError, check_recipes
+    from promptseg.serve.cli import main
+
+    recipe = _recipe_file(tmp_path / "eval.json", **{field: value})
+    write_image(tmp_path / "a.jpg")
+    argv = ["predict", "--model", str(tiny_model_dir), "--prompt", "segment crack", str(tmp_path / "a.jpg")]
+    rc = main([*argv, "--out", str(tmp_path / "out"), "--eval-metrics", str(recipe)])
+    err = capsys.readouterr().err
+    said = f"{recipe}: cracks.recipe.{field}: {value!r} is out of range; allowed: {allowed}"
+    assert rc == 2 and err.count("\n") == 1 and said in err and not list((tmp_path / "out").glob("*.png"))
+    card = json.loads((tiny_model_dir / "promptseg.json").read_text())
+    with pytest.raises(RecipeError, match=re.escape(said)):  # what the app and the pyfunc model call on load
+        check_recipes(card, "tiny", recipe)
+    check_recipes(card, "tiny", _recipe_file(tmp_path / "good.json"))
+
+
+def test_a_recipe_scored_on_other_weights_or_another_rung_is_refused_or_with_the_flag_warned(
+    tiny_model_dir, tmp_path, capsys
+):
+    import hashlib
+
+    from promptseg.infer.recipe import SCORED_MODEL_KEY, RecipeError, check_recipes, scored_model
+    from promptseg.serve.cli import main
+
+    weights = tiny_model_dir / "model.safetensors"
+    expected = hashlib.sha256(b"model.safetensors\0" + weights.read_bytes()).hexdigest()
+    assert scored_model(tiny_model_dir, "tiny") == {"rung": "tiny", "weights_sha256": expected}
+    write_image(tmp_path / "a.jpg")
+    card = json.loads((tiny_model_dir / "promptseg.json").read_text())
+
+    def recipe_for(record: dict) -> Path:
+        path = _recipe_file(tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), SCORED_MODEL_KEY: record}))
+        return path
+
+    def predict(recipe: Path, *flags: str) -> tuple[int, str]:
+        argv = ["predict", "--model", str(tiny_model_dir), "--prompt", "segment crack", str(tmp_path / "a.jpg")]
+        rc = main([*argv, "--out", str(tmp_path / f"out{next(outs)}"), "--eval-metrics", str(recipe), *flags])
+        captured = capsys.readouterr()
+        return rc, captured.out + captured.err
+
+    outs = iter(range(10))
+    assert predict(recipe_for({"rung": "tiny", "weights_sha256": expected}))[0] == 0
+    retrained = recipe_for({"rung": "tiny", "weights_sha256": "0" * 64})
+    rc, said = predict(retrained)
+    assert (
+        rc == 2
+        and f"{retrained} was scored on weights with sha256 000000000000..., and {tiny_model_dir} holds " in said
+    )
+    assert "its threshold and recipe were chosen for another model" in said and "--warn-recipe-mismatch" in said
+    rc, said = predict(retrained, "--warn-recipe-mismatch")
+    assert rc == 0 and "warning: " in said and "used anyway (--warn-recipe-mismatch)" in said
+    other_rung = recipe_for({"rung": "unet", "weights_sha256": expected})
+    rc, said = predict(other_rung)
+    assert rc == 2 and f"{other_rung} was scored on rung 'unet', and {tiny_model_dir} is rung 'tiny'" in said
+    with pytest.raises(RecipeError, match="was scored on weights with sha256"):  # the app and the pyfunc model
+        check_recipes(card, "tiny", retrained, tiny_model_dir)
+    assert check_recipes(card, "tiny", _recipe_file(tmp_path / "old.json"), tiny_model_dir) == [
+        f"note: {tmp_path / 'old.json'} does not record the weights it scored (evaluated before it did): not checked"
+    ]
+
+
+def test_metric_json_never_holds_nan_or_infinity(tmp_path):
+    from promptseg.paths import write_json
+
+    path = write_json(tmp_path / "m.json", {"dice": float("nan"), "per": [1.0, float("inf"), np.float32("nan")]})
+    assert path.read_text() == '{\n  "dice": null,\n  "per": [\n    1.0,\n    null,\n    null\n  ]\n}\n'
+    assert not list(tmp_path.glob(".*tmp"))  # written beside it, then renamed
+
+
+# ------------------------------------------------------------------------------- validation DVC cannot skip
+
+
+def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**stage_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true")
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_a_misspelt_key_fails_dvc_exp_run_and_dvc_repro_even_when_no_stage_reads_it(tmp_path):
+    from conftest import copy_repository
+
+    repo = copy_repository(tmp_path / "repo")
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+    for args in (["git", "init", "-q"], ["git", "add", "-A"], [*commit, "base"]):
+        assert _dvc(args, repo).returncode == 0
+    first = _dvc(["dvc", "repro", "validate"], repo)
+    assert first.returncode == 0 and (repo / "metrics" / "params_check.txt").is_file(), first.stderr
+    again = _dvc(["dvc", "repro", "validate"], repo)
+    assert "didn't change" in again.stdout + again.stderr and "Running stage" not in again.stdout
+    _dvc(["git", "add", "-A"], repo)
+    _dvc([*commit, "validated"], repo)
+    said = "validate: params.yaml: data.cracks.sorce: unknown key; did you mean 'source'?"
+    exp = _dvc(["dvc", "exp", "run", "-S", "+data.cracks.sorce=local", "validate"], repo)  # DVC's own syntax
+    assert exp.returncode != 0 and said in exp.stdout + exp.stderr, exp.stdout + exp.stderr
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["cracks"]["sorce"] = "local"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = _dvc(["dvc", "repro", "validate"], repo)
+    assert repro.returncode != 0 and said in repro.stdout + repro.stderr
+    assert "Traceback" not in repro.stdout + repro.stderr + exp.stdout + exp.stderr
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "metrics/params_check.txt" in stages["download"]["do"]["deps"]  # every stage runs after it
+
+
 # ------------------------------------------------------------------------------- fuzz test
 
 FUZZ_RUNS = 200
@@ -551,9 +1057,28 @@ def _delete_json_key(path: Path, rng: np.random.Generator) -> str | None:
     return f"deleted key {key!r} in {path.name}"
 
 
+def _corrupt_jpeg_inside(f: Path, rng: np.random.Generator) -> str:
+    """Damage that leaves the JPEG complete: scan data overwritten, an EXIF rotation, a huge frame header."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        n = max(8, len(f.read_bytes()) // 10)
+        damage_jpeg(f, nbytes=n, seed=int(rng.integers(1 << 30)))
+        return f"overwrote {n} bytes of scan data inside {f.name}"
+    if kind == 1:
+        orientation = int(rng.integers(2, 9))
+        try:
+            set_orientation(f, orientation)
+        except OSError:  # damaged by an earlier corruption of this run: PIL cannot re-save it
+            return f"(no EXIF rotation: {f.name} is already damaged)"
+        return f"EXIF orientation {orientation} on {f.name}"
+    side = int(rng.choice([12000, 30000, 60000]))
+    huge_header_jpeg(f, side, side)
+    return f"header of {f.name} claims {side}x{side}"
+
+
 def corrupt_export(root: Path, rng: np.random.Generator) -> list[str]:
     """1-3 random corruptions: bytes flipped or the file truncated (images, label files, JSON, data.yaml),
-    or a key deleted from the COCO JSON."""
+    a key deleted from the COCO JSON, or a JPEG damaged inside (scan data, EXIF rotation, huge header)."""
     files = sorted(
         p
         for p in root.rglob("*")
@@ -569,6 +1094,9 @@ def corrupt_export(root: Path, rng: np.random.Generator) -> list[str]:
             if what:
                 done.append(what)
                 continue
+        if f.suffix.lower() == ".jpg" and f.stat().st_size > 600 and rng.random() < 0.4:
+            done.append(_corrupt_jpeg_inside(f, rng))
+            continue
         data = bytearray(f.read_bytes())
         if data and rng.random() < 0.5:
             keep = int(rng.integers(0, len(data)))
@@ -600,8 +1128,9 @@ def listed_images(root: Path, fmt: str) -> tuple[int, bool]:
         try:
             data = json.loads(path.read_bytes().decode("utf-8"))
         except ValueError:
-            continue
-        if not isinstance(data, dict):
+            data = None
+        if not isinstance(data, dict):  # unreadable: the split's image files are listed, and lost
+            listed += sum(1 for p in path.parent.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             continue
         if not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
             refused = True
@@ -633,7 +1162,7 @@ def fuzz_once(base: Path, work: Path, fmt: str, seed: int) -> dict:
     }
     read = None
     try:
-        read = read_export(export)
+        read = read_export(export, max_image_pixels=100_000_000)  # params.yaml's data.max_image_pixels
         plan = plan_splits(read.records, strategy="grouped" if seed % 4 == 3 else "as_exported", workers=1)
         write_processed_dataset(read, out, plan=plan, workers=1)
     except ExportError as exc:  # the project's own error: one message

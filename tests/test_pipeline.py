@@ -99,6 +99,9 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     # per-image scores (skipped zeroshot: the header alone) and the worst-image galleries the report links
     per_image = (repo_copy / "metrics" / "eval" / "per_image" / "unet.csv").read_text().splitlines()
     unet = json.loads((repo_copy / "metrics" / "eval" / "unet.json").read_text())
+    from promptseg.infer.recipe import weights_sha256
+
+    assert unet["scored_model"] == {"rung": "unet", "weights_sha256": weights_sha256(repo_copy / "models" / "unet")}
     scored = [unet[d][s] for d in ("cracks", "drywall") for s in ("val", "test") if s in unet[d]]
     assert len(per_image) == 1 + sum(b["images"] * len(b["prompts"]) for b in scored)  # header + image x prompt
     assert len((repo_copy / "metrics" / "eval" / "per_image" / "zeroshot.csv").read_text().splitlines()) == 1

@@ -41,7 +41,7 @@ def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(tiny_model
     )
     captured = capsys.readouterr()
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a__segment-crack.png", "b__segment-crack.png"]
+    assert sorted(p.name for p in out.glob("[!.]*")) == ["a__segment-crack.png", "b__segment-crack.png"]
     for name, shape in (("a", (40, 56)), ("b", (33, 47))):
         mask = cv2.imread(str(out / f"{name}__segment-crack.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == shape and mask.dtype == np.uint8
@@ -80,7 +80,7 @@ def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(tiny_
             "segment a cat",
             str(folder / "a.png"),
             "--out",
-            str(tmp_path / "o"),
+            str(tmp_path / "o2"),  # o holds another prompt's masks: refused there without --overwrite
             "--eval-metrics",
             str(eval_path),
         ]

@@ -15,6 +15,10 @@ report, the CLI and the app take them from here.
 
 from __future__ import annotations
 
+import errno
+import json
+import math
+import os
 import re
 from pathlib import Path
 
@@ -36,6 +40,7 @@ SUMMARY_JSON = METRICS / "summary.json"
 MODEL_CARD = (
     "promptseg.json"  # beside a trained model's weights: rung, training prompts, summary (promptseg.train.loop)
 )
+PARAMS_CHECK = METRICS / "params_check.txt"  # stage `validate`: params.yaml checked as a whole
 
 
 def raw_dir(dataset: str) -> Path:
@@ -111,3 +116,44 @@ def mask_name(stem: str, prompt: str, suffix: str = "", ext: str = ".png") -> st
     """``<stem>__<prompt slug><suffix>.png``: a predicted mask's file name (evaluation, ``promptseg predict``, the
     app); ``suffix`` e.g. ``_overlay``."""
     return f"{stem}__{prompt_slug(prompt)}{suffix}{ext}"
+
+
+def finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON null): a metric that has no value."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # a numpy or torch scalar
+        return finite(obj.item())
+    return obj
+
+
+def write_json(path: str | Path, obj, *, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as strict JSON (never NaN or Infinity: :func:`finite`, then ``allow_nan=False``) to
+    ``path`` atomically (a temporary file beside it, then ``os.replace``): a reader sees the old file or the
+    new one, never half of one."""
+    path = Path(path)
+    text = json.dumps(finite(obj), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def broken_link_reason(path: str | Path) -> str | None:
+    """Why ``path``, a symbolic link that cannot be followed, cannot be used (a loop, or a target that does not
+    exist); None if ``path`` is not a symbolic link."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11: "Symlink loop from ..."
+        return "is a symbolic link that loops back on itself"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link that loops back on itself"
+    return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"

@@ -9,7 +9,8 @@ it, a value of the wrong type is an error naming the key. A field typed ``X | No
 Per stage (each reads exactly the keys its ``dvc.yaml`` entry declares):
 
 * ``download@<dataset>``: :func:`download_settings` -> ``data.<dataset>.{source,roboflow,local}``, ``synthetic``
-* ``masks@<dataset>``:    :func:`masks_settings` -> ``data.<dataset>.{empty_polygon,split}``, ``masks``
+* ``masks@<dataset>``:    :func:`masks_settings` -> ``data.<dataset>.{empty_polygon,split}``, ``data.max_image_pixels``,
+  ``masks``
 * ``train@<rung>``:       :func:`train_settings` -> the rung resolved over ``train.common`` (:class:`RungSettings`),
   ``model.{source,image_mean,image_std,<architecture>}``, the prompts, ``eval.empty_score``, ``mlflow``
 * ``evaluate@<rung>``:    :func:`evaluate_settings` -> ``infer``, ``eval``, the prompts, ``mlflow``
@@ -23,17 +24,62 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from promptseg.params import DATASETS, ParamsError, load_params
 
 T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------------------- ranges
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take, stated beside its field (``lr: Positive``); :func:`_convert` checks it and
+    names the key and this range (``train.common.lr: -0.001 is out of range; allowed: > 0``)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v) -> bool:
+        below = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
+        above = self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi)
+        return not (below or above)
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+
+    def problem(self, value) -> str | None:
+        return None if self.holds(value) else f"{value!r} is out of range; allowed: {self}"
+
+
+@dataclass(frozen=True)
+class NonEmpty:
+    """A list that needs at least one value."""
+
+    def problem(self, value) -> str | None:
+        return None if len(value) else "is an empty list; give at least one value"
+
+
+Positive = Annotated[float, Range(0, lo_open=True)]  # rates, scales: > 0
+NonNegative = Annotated[float, Range(0)]  # loss weights, pixel sizes: >= 0
+Share = Annotated[float, Range(0, 1)]  # probabilities and shares: [0, 1]
+Threshold = Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]  # probability thresholds: (0, 1)
+PositiveInt = Annotated[int, Range(1)]  # sizes, counts that must be there: >= 1
+Count = Annotated[int, Range(0)]  # counts, seeds, tolerances: >= 0
+MaxImagePixels = Annotated[int, Range(1024)]  # data.max_image_pixels: width x height read from the header
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -41,7 +87,7 @@ T = TypeVar("T")
 class RoboflowSettings:
     workspace: str
     project: str
-    version: int
+    version: PositiveInt
     format: str  # the SDK's export name; on reading, the format is detected
 
 
@@ -70,71 +116,71 @@ class DatasetSettings(SourceSettings):
 
 @dataclass(frozen=True)
 class SplitCounts:
-    train: int
-    valid: int
-    test: int
+    train: PositiveInt
+    valid: Count
+    test: Count
 
 
 @dataclass(frozen=True)
 class SyntheticSettings:
-    seed: int
-    image_size: int
+    seed: Count
+    image_size: Annotated[int, Range(32)]
     counts: SplitCounts
-    negative_share: float
-    augment_copies_share: float
+    negative_share: Share
+    augment_copies_share: Share
 
 
 # ----------------------------------------------------------------------------------------- masks
 @dataclass(frozen=True)
 class SplitRatios:
-    train: float
-    val: float
-    test: float
+    train: Share
+    val: Share
+    test: Share
 
 
 @dataclass(frozen=True)
 class GroupedSplitSettings:
-    seed: int
+    seed: Count
     ratios: SplitRatios
 
 
 @dataclass(frozen=True)
 class NearDuplicateSettings:
-    dhash_max_distance: int
-    min_correlation: float
+    dhash_max_distance: Annotated[int, Range(0, 64)]
+    min_correlation: Annotated[float, Range(-1, 1)]
 
 
 @dataclass(frozen=True)
 class ContactSheetSettings:
-    grid: int
-    tile_px: int
+    grid: PositiveInt
+    tile_px: PositiveInt
 
 
 @dataclass(frozen=True)
 class MasksSettings:
-    min_box_side_px: float
+    min_box_side_px: NonNegative
     grouped_split: GroupedSplitSettings
     near_duplicates: NearDuplicateSettings
-    suspicious_max_foreground_share: float
+    suspicious_max_foreground_share: Share
     contact_sheet: ContactSheetSettings
 
 
 # ----------------------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class VisionSettings:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    patch_size: int
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    num_attention_heads: PositiveInt
+    intermediate_size: PositiveInt
+    patch_size: PositiveInt
 
 
 @dataclass(frozen=True)
 class TextSettings:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    num_attention_heads: PositiveInt
+    intermediate_size: PositiveInt
 
 
 @dataclass(frozen=True)
@@ -143,10 +189,10 @@ class ClipSegSettings:
 
     vision: VisionSettings
     text: TextSettings
-    projection_dim: int
-    reduce_dim: int
-    extract_layers: tuple[int, ...]
-    decoder_num_attention_heads: int
+    projection_dim: PositiveInt
+    reduce_dim: PositiveInt
+    extract_layers: Annotated[tuple[Count, ...], NonEmpty()]
+    decoder_num_attention_heads: PositiveInt
     per_image_standardization: bool
 
 
@@ -154,7 +200,7 @@ class ClipSegSettings:
 class UNetSettings:
     """``model.unet``: the text-conditioned U-Net."""
 
-    widths: tuple[int, ...]
+    widths: Annotated[tuple[PositiveInt, ...], NonEmpty()]
     text: TextSettings
     freeze_text: bool
     presence_gate: bool
@@ -165,7 +211,7 @@ class HedSettings:
     """``model.hed``: the text-conditioned segmenter on the pretrained HED-VGG16 encoder (promptseg.modeling.hed)."""
 
     decoder: Literal["side", "unet"]  # side: HED's side outputs only; unet: + a zero-initialised U-Net branch
-    decoder_widths: tuple[int, int, int, int, int]  # the U-Net branch at S/16, S/8, S/4, S/2, S
+    decoder_widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt]  # the U-Net branch at S/16, S/8, S/4, S/2, S
     text: TextSettings
     presence_gate: bool
 
@@ -179,15 +225,15 @@ class ModelSettings:
     clipseg: ClipSegSettings | None
     unet: UNetSettings | None
     hed: HedSettings | None
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
+    image_mean: tuple[Share, Share, Share]
+    image_std: tuple[Positive, Positive, Positive]
 
 
 # ----------------------------------------------------------------------------------------- train
 @dataclass(frozen=True)
 class BoxProjectionSettings:
-    outside_weight: float
-    pairwise_weight: float
+    outside_weight: NonNegative
+    pairwise_weight: NonNegative
 
 
 @dataclass(frozen=True)
@@ -195,24 +241,24 @@ class TrainCommonSettings:
     """``train.common``; a rung may override any of these keys except ``targets`` (which a LoRA rung uses
     for its target modules)."""
 
-    seed: int
-    image_size: int
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    negative_prompt_prob: float
+    seed: Count
+    image_size: PositiveInt
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Positive
+    weight_decay: NonNegative
+    warmup_steps: Count
+    negative_prompt_prob: Share
     unrelated_negative_prompts: tuple[str, ...]
-    unrelated_negative_share: float
-    dice_weight: float
-    bce_weight: float
+    unrelated_negative_share: Share
+    dice_weight: NonNegative
+    bce_weight: NonNegative
     targets: dict[str, Literal["mask", "box_fill", "box_projection"]]
     box_projection: BoxProjectionSettings
-    hflip_prob: float
-    rot90_prob: float  # rotations by 90/180/270 degrees (promptseg.train.data); 0.0: none
-    color_jitter: float  # brightness/contrast/saturation factors in [1 - s, 1 + s] (promptseg.train.data); 0.0: none
-    num_workers: int
+    hflip_prob: Share
+    rot90_prob: Share  # rotations by 90/180/270 degrees (promptseg.train.data); 0.0: none
+    color_jitter: Share  # brightness/contrast/saturation factors in [1 - s, 1 + s] (promptseg.train.data); 0.0: none
+    num_workers: Count
     precision: Literal[
         "auto", "fp32", "bf16"
     ]  # promptseg.modeling.precision: auto = bf16 where the device runs it natively
@@ -223,17 +269,17 @@ class TrainCommonSettings:
 class LoraSettings:
     """A ``method: lora`` rung's keys (required there, refused elsewhere)."""
 
-    r: int
-    alpha: int
-    dropout: float
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: Annotated[float, Range(0, 1, hi_open=True)]
     targets: tuple[str, ...]
     train_decoder: bool
 
 
 @dataclass(frozen=True)
 class CropSettings:
-    size: int  # px side of a crop cut from the photo at its own resolution
-    share: float  # share of training samples that are crops (the rest: whole resized views)
+    size: PositiveInt  # px side of a crop cut from the photo at its own resolution
+    share: Share  # share of training samples that are crops (the rest: whole resized views)
 
 
 @dataclass(frozen=True)
@@ -242,13 +288,15 @@ class RungOwnSettings:
 
     method: Literal["zeroshot", "decoder", "lora", "full"]
     architecture: Literal["clipseg", "unet", "hed"]
-    datasets: tuple[str, ...]
-    text_lr: float | None  # absent: the U-Net's text encoder trains at the rung's lr
-    encoder_lr: float | None  # HED: the pretrained VGG16 blocks' lr (absent: the rung's lr)
-    presence_weight: float | None  # absent: no presence-gate loss (required for a U-Net with model.unet.presence_gate)
-    r: int | None  # LoRA keys: see LoraSettings
-    alpha: int | None
-    dropout: float | None
+    datasets: Annotated[tuple[str, ...], NonEmpty()]
+    text_lr: Positive | None  # absent: the U-Net's text encoder trains at the rung's lr
+    encoder_lr: Positive | None  # HED: the pretrained VGG16 blocks' lr (absent: the rung's lr)
+    presence_weight: (
+        NonNegative | None
+    )  # absent: no presence-gate loss (required for a U-Net with model.unet.presence_gate)
+    r: PositiveInt | None  # LoRA keys: see LoraSettings
+    alpha: PositiveInt | None
+    dropout: Annotated[float, Range(0, 1, hi_open=True)] | None
     targets: tuple[str, ...] | None
     train_decoder: bool | None
     crop: CropSettings | None  # absent: whole resized views only (promptseg.train.data)
@@ -304,19 +352,19 @@ class RungSettings:
 @dataclass(frozen=True)
 class MorphologySettings:
     enabled: bool
-    kernel: int
+    kernel: PositiveInt
 
 
 @dataclass(frozen=True)
 class TilingSettings:
-    upscale: float
-    overlap: float
+    upscale: Positive
+    overlap: Annotated[float, Range(0, 1, hi_open=True)]
 
 
 @dataclass(frozen=True)
 class InferSettings:
-    batch_size: int
-    threshold_grid: tuple[float, ...]
+    batch_size: PositiveInt
+    threshold_grid: Annotated[tuple[Threshold, ...], NonEmpty()]
     morphology: MorphologySettings
     hflip_tta: bool
     prompt_ensemble: bool
@@ -328,19 +376,19 @@ class InferSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    boundary_tolerance_px: int
-    empty_score: float  # an image whose GT and prediction are both empty scores IoU = Dice = this
-    figure_images: int
+    boundary_tolerance_px: Count
+    empty_score: Share  # an image whose GT and prediction are both empty scores IoU = Dice = this
+    figure_images: Count
     unrelated_prompts: tuple[str, ...]
     measure_inference_options: bool
     paraphrases: dict[str, tuple[str, ...]]
     missing_test_split: Literal["report_val", "error"]  # a dataset without test split (promptseg.score.evaluate)
-    worst_images: int  # k lowest-Dice images of the reported split per dataset in a gallery figure
+    worst_images: Count  # k lowest-Dice images of the reported split per dataset in a gallery figure
 
 
 @dataclass(frozen=True)
 class ReportParams:
-    darkest_share: float
+    darkest_share: Threshold
 
 
 @dataclass(frozen=True)
@@ -364,6 +412,7 @@ class MasksStageSettings:
     empty_polygon: str
     split: str
     masks: MasksSettings
+    max_image_pixels: int  # data.max_image_pixels: larger images are skipped from their header (image_too_large)
 
 
 @dataclass(frozen=True)
@@ -403,18 +452,18 @@ class BaselinesSettings:
 
 @dataclass(frozen=True)
 class RuntimeParams:
-    images: int  # test images timed (alternating datasets)
-    rounds: int  # interleaved timed rounds after one warm-up; the fastest counts
-    threads: int  # torch and onnxruntime intra-op threads (0: the libraries' defaults)
+    images: PositiveInt  # test images timed (alternating datasets)
+    rounds: PositiveInt  # interleaved timed rounds after one warm-up; the fastest counts
+    threads: Count  # torch and onnxruntime intra-op threads (0: the libraries' defaults)
     onnx: bool  # also time the ONNX engine (exported to a temporary folder)
 
 
 @dataclass(frozen=True)
 class MeasureParams:  # promptseg measure / predict --measure / the app (promptseg.serve.measure)
-    min_area_px: int
-    prune_factor: float
-    min_spur_px: int
-    orientation_tolerance_deg: float
+    min_area_px: Count
+    prune_factor: NonNegative
+    min_spur_px: Count
+    orientation_tolerance_deg: Annotated[float, Range(0, 45)]
 
 
 @dataclass(frozen=True)
@@ -468,6 +517,13 @@ def _convert(tp, value, where: str):
             return None
         raise ParamsError(f"{where}: is null; give it a value")
     tp, origin, args = inner, typing.get_origin(inner), typing.get_args(inner)
+    if origin is Annotated:  # a type with its allowed range (Range, NonEmpty) stated beside the field
+        value = _convert(args[0], value, where)
+        for mark in tp.__metadata__:
+            problem = mark.problem(value)
+            if problem:
+                raise ParamsError(f"{where}: {problem}")
+        return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if origin is Literal:
@@ -485,6 +541,8 @@ def _convert(tp, value, where: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{where}: {value!r} is not a finite number; give a number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -510,7 +568,7 @@ def _build(cls: type[T], raw: Any, where: str, known: tuple[str, ...] | None = N
     fields of ``cls``; wider where a stage builds part of a block)."""
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{where}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = tuple(f.name for f in fields(cls))
     known = known or names
     for key in raw:
@@ -526,6 +584,11 @@ def _build(cls: type[T], raw: Any, where: str, known: tuple[str, ...] | None = N
             raise ParamsError(f"{where}.{name}: missing key; add it")
         values[name] = _convert(hints[name], raw[name], f"{where}.{name}")
     return cls(**values)
+
+
+def check_value(tp, value, where: str):
+    """``value`` converted to ``tp`` and checked against its range (a recipe field: promptseg.infer.recipe)."""
+    return _convert(tp, value, where)
 
 
 def build(cls: type[T], raw: Any, where: str) -> T:
@@ -596,7 +659,7 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
     for key in raw_rung:
         if key not in known:
             raise _unknown(key, known, where)
-    hints = typing.get_type_hints(TrainCommonSettings)
+    hints = typing.get_type_hints(TrainCommonSettings, include_extras=True)
     overrides = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in raw_rung.items() if k in OVERRIDABLE}
     for dataset in own.datasets:
         _dataset(dataset)
@@ -666,13 +729,25 @@ def download_settings(params, dataset: str) -> DownloadSettings:
 
 def masks_settings(params, dataset: str) -> MasksStageSettings:
     d = f"data.{_dataset(dataset)}"
-    hints = typing.get_type_hints(DatasetSettings)
+    hints = typing.get_type_hints(DatasetSettings, include_extras=True)
     return MasksStageSettings(
         dataset,
         _convert(hints["empty_polygon"], _node(params, f"{d}.empty_polygon"), f"{d}.empty_polygon"),
         _convert(hints["split"], _node(params, f"{d}.split"), f"{d}.split"),
-        _build(MasksSettings, _node(params, "masks"), "masks"),
+        _check_ratios(_build(MasksSettings, _node(params, "masks"), "masks")),
+        _convert(MaxImagePixels, _node(params, "data.max_image_pixels"), "data.max_image_pixels"),
     )
+
+
+def _check_ratios(masks: MasksSettings) -> MasksSettings:
+    """``masks.grouped_split.ratios`` are shares of images: train needs some, and they add up to 1."""
+    r = masks.grouped_split.ratios
+    if r.train <= 0 or abs(r.train + r.val + r.test - 1.0) > 1e-6:
+        raise ParamsError(
+            f"masks.grouped_split.ratios: train {r.train:g}, val {r.val:g}, test {r.test:g}; "
+            "allowed: shares with train > 0 that add up to 1"
+        )
+    return masks
 
 
 def train_settings(params, rung: str) -> TrainSettings:
@@ -754,8 +829,8 @@ def validate_params(params) -> dict[str, Any]:
         if key not in SECTIONS:
             raise _unknown(key, SECTIONS, "params")
     for key in _node(params, "data"):
-        if key not in DATASETS:
-            raise _unknown(key, DATASETS, "data")
+        if key not in (*DATASETS, "max_image_pixels"):
+            raise _unknown(key, (*DATASETS, "max_image_pixels"), "data")
     train = _node(params, "train")
     for key in train:
         if key not in ("common", "rungs"):

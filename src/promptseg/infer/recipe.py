@@ -14,11 +14,14 @@ thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-
 
 from __future__ import annotations
 
+import hashlib
 import json
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from promptseg.settings import InferSettings
+from promptseg.params import ParamsError
+from promptseg.settings import InferSettings, PositiveInt, Threshold, TilingSettings, check_value
 
 __all__ = ["FALLBACK_THRESHOLD", "RECIPE_FILENAME", "Recipe", "load_recipe", "override", "recipe_prompts"]
 
@@ -39,6 +42,8 @@ def copy_recipes(eval_path: Path, out_dir: Path) -> Path | None:
     }
     if not keep:
         return None
+    if isinstance(data.get(SCORED_MODEL_KEY), dict):
+        keep[SCORED_MODEL_KEY] = data[SCORED_MODEL_KEY]
     target = Path(out_dir) / RECIPE_FILENAME
     target.write_text(json.dumps({**keep, "copied_from": str(eval_path)}, indent=2) + "\n")
     return target
@@ -111,9 +116,11 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Recipe:
+    def from_dict(cls, data: dict, where: str = "recipe") -> Recipe:
+        """The recipe in ``data``, each field checked against the range its params key allows
+        (:func:`_recipe_types`); :class:`RecipeError` naming ``where`` and the field otherwise."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: check_recipe_field(k, v, where) for k, v in data.items() if k in known})
 
     def describe(self) -> str:
         parts = [
@@ -126,6 +133,37 @@ class Recipe:
             f"precision {self.precision}",
         ]
         return ", ".join(parts)
+
+
+class RecipeError(ValueError):
+    """A recipe file holds a value its params key would refuse (one line naming the file and the field)."""
+
+
+def _recipe_types() -> dict:
+    """Each recipe field's type and range: the params key it comes from (promptseg.settings)."""
+    infer, tiling = (typing.get_type_hints(c, include_extras=True) for c in (InferSettings, TilingSettings))
+    return {
+        "threshold": Threshold,  # one of infer.threshold_grid
+        "morphology": bool,
+        "kernel": PositiveInt,  # infer.morphology.kernel
+        "hflip_tta": bool,
+        "prompt_ensemble": bool,
+        "ensemble_threshold": Threshold | None,
+        "tiled": bool,
+        "tile_upscale": tiling["upscale"],
+        "tile_overlap": tiling["overlap"],
+        "batch_size": infer["batch_size"],
+        "native_resolution": bool,
+        "precision": infer["precision"],
+    }
+
+
+def check_recipe_field(name: str, value, where: str = "recipe"):
+    """``value`` if the recipe field ``name`` may hold it (the ranges of promptseg.settings), else RecipeError."""
+    try:
+        return check_value(_recipe_types()[name], value, f"{where}.{name}")
+    except ParamsError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def prompt_dataset(card: dict, prompt: str) -> str | None:
@@ -177,9 +215,10 @@ def load_recipe(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[Re
                 f"({type(exc).__name__}: {exc})"
             ),
         )
+    threshold = check_recipe_field("threshold", threshold, f"{eval_path}: {dataset}")
     if isinstance(entry.get("recipe"), dict):
         return (
-            Recipe.from_dict(entry["recipe"]),
+            Recipe.from_dict(entry["recipe"], where=f"{eval_path}: {dataset}.recipe"),
             dataset,
             f"evaluation's recipe for dataset {dataset!r} ({eval_path}), its threshold chosen on val",
         )
@@ -191,6 +230,73 @@ def load_recipe(card: dict, prompt: str, rung: str, eval_path: Path) -> tuple[Re
             "that file records no recipe (evaluated before recipes were "
             "recorded): the other fields are the defaults"
         ),
+    )
+
+
+def check_recipes(
+    card: dict, rung: str, eval_path: Path, model_dir: Path | None = None, warn_only: bool = False
+) -> list[str]:
+    """Every dataset's recipe in ``eval_path`` loaded and checked once, when a model is loaded (predict, the
+    app, the pyfunc model): :class:`RecipeError` naming the file and the field if one is out of range, or if
+    the file was scored on other weights than ``model_dir``'s (:func:`check_scored_model`). Returns the notes
+    to print (a mismatch with ``warn_only``, a file too old to say which weights it scored)."""
+    prompts = card.get("prompts") if isinstance(card, dict) else None
+    for dataset_prompts in (prompts or {}).values() if isinstance(prompts, dict) else ():
+        if isinstance(dataset_prompts, list) and dataset_prompts:
+            load_recipe(card, dataset_prompts[0], rung, eval_path)
+    return check_scored_model(eval_path, model_dir, rung, warn_only) if model_dir is not None else []
+
+
+SCORED_MODEL_KEY = "scored_model"  # metrics/eval/<rung>.json: {"rung", "weights_sha256"} of the weights scored
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    """sha256 over a model folder's weight files (top level, sorted by name: each name, then its bytes); None
+    if it holds none (an ONNX export folder on its own)."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scored_model(model_dir: Path, rung: str) -> dict:
+    """What an evaluation records about the model it scored (``<eval json>[SCORED_MODEL_KEY]``)."""
+    return {"rung": rung, "weights_sha256": weights_sha256(model_dir)}
+
+
+def check_scored_model(eval_path: Path, model_dir: Path, rung: str, warn_only: bool = False) -> list[str]:
+    """RecipeError (a note with ``warn_only``) when ``eval_path`` records other weights, or another rung, than
+    ``model_dir`` / ``rung``: its threshold was chosen for another model. Notes when it cannot tell."""
+    try:
+        recorded = json.loads(Path(eval_path).read_text()).get(SCORED_MODEL_KEY)
+    except (OSError, ValueError, AttributeError):
+        return []  # no recipe file (the defaults are used, and said so)
+    if not isinstance(recorded, dict):
+        return [f"note: {eval_path} does not record the weights it scored (evaluated before it did): not checked"]
+    mine = weights_sha256(model_dir)
+    problem = None
+    if recorded.get("rung") != rung:
+        problem = f"was scored on rung {recorded.get('rung')!r}, and {model_dir} is rung {rung!r}"
+    elif mine is not None and recorded.get("weights_sha256") != mine:
+        problem = (
+            f"was scored on weights with sha256 {str(recorded.get('weights_sha256'))[:12]}..., and {model_dir} "
+            f"holds {mine[:12]}... (retrained since?)"
+        )
+    if problem is None:
+        return []
+    text = f"{eval_path} {problem}: its threshold and recipe were chosen for another model"
+    if warn_only:
+        return [f"warning: {text}; used anyway (--warn-recipe-mismatch)"]
+    raise RecipeError(
+        f"{text}; re-run `dvc repro evaluate@{rung}`, pass --eval-metrics with this model's file, or "
+        "--warn-recipe-mismatch to use it anyway"
     )
 
 

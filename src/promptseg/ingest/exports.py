@@ -62,9 +62,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
-from promptseg.images import IMAGE_SUFFIXES
+from promptseg.images import IMAGE_SUFFIXES, TOO_LARGE, ImageReadError, image_size
 from promptseg.params import SPLITS
 
 COCO_ANNOTATION_FILE = "_annotations.coco.json"
@@ -79,6 +78,7 @@ COUNT_KEYS = (
     "images_without_labels",
     "missing_image_file",
     "corrupt_image",
+    "image_too_large",
     "duplicate_image_ids",
     "annotations",
     "polygons",
@@ -94,8 +94,10 @@ COUNT_KEYS = (
     "malformed_annotations",
     "malformed_label_lines",
     "unreadable_annotation_file",
+    "lost_with_annotation_file",
     "all_labels_invalid",
     "unlisted_image",
+    "label_values_outside_unit",
 )
 
 #: Counters that mean "this listed image was not kept" (read time and, in :mod:`promptseg.ingest.masks`,
@@ -105,6 +107,8 @@ IMAGE_SKIP_KINDS = (
     "duplicate_image_ids",
     "corrupt_image",
     "truncated_image",
+    "image_too_large",
+    "lost_with_annotation_file",
     "all_labels_invalid",
 )
 
@@ -231,8 +235,13 @@ def detect_export_format(root: Path) -> str:
     )
 
 
-def read_export(root: Path, *, empty_segmentation: str = "box") -> ExportReadResult:
+def read_export(
+    root: Path, *, empty_segmentation: str = "box", max_image_pixels: int | None = None
+) -> ExportReadResult:
     """Read the Roboflow export at ``root`` (format detected) into records and counts.
+
+    ``max_image_pixels`` (``data.max_image_pixels``): an image whose header says it is larger is skipped as
+    ``image_too_large`` before any of its pixels is decoded (:func:`promptseg.images.image_size`).
 
     ``empty_segmentation``: what an annotation with an empty segmentation but a bbox
     becomes in an export that otherwise has masks: ``"box"`` (its bbox) or ``"skip"``.
@@ -243,9 +252,9 @@ def read_export(root: Path, *, empty_segmentation: str = "box") -> ExportReadRes
     root = Path(root)
     fmt = detect_export_format(root)
     if fmt == "coco":
-        result = _read_coco(root, empty_segmentation)
+        result = _read_coco(root, empty_segmentation, max_image_pixels)
     else:
-        result = _read_yolo(root, empty_segmentation)
+        result = _read_yolo(root, empty_segmentation, max_image_pixels)
     result.root = root
     return result
 
@@ -321,7 +330,7 @@ def _load_coco_file(ann_path: Path) -> dict:
     return data
 
 
-def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
+def _read_coco(root: Path, empty_mode: str, max_pixels: int | None = None) -> ExportReadResult:
     problems: list[Problem] = []
     counts: dict[str, Counter] = {}
     loaded = _load_coco_splits(root, counts, problems)
@@ -335,6 +344,7 @@ def _read_coco(root: Path, empty_mode: str) -> ExportReadResult:
     records: list[ImageRecord] = []
     for split, ann_path, data in loaded:
         reader = _CocoSplitReader(split, ann_path, data, counts[split], problems, has_masks, empty_mode)
+        reader.max_pixels = max_pixels
         records += reader.read()
     return ExportReadResult("coco", records, _finalise_counts(counts), problems)
 
@@ -363,9 +373,26 @@ def _load_coco_splits(root: Path, counts: dict[str, Counter], problems: list[Pro
                     split=split,
                 )
             )
+            _count_lost_images(d, ann_path, split, c, problems)
             continue
         loaded.append((split, ann_path, data))
     return loaded
+
+
+def _count_lost_images(split_dir: Path, ann_path: Path, split: str, c: Counter, problems: list[Problem]) -> None:
+    """The image files of a split whose annotation file cannot be read: each is listed and lost
+    (``lost_with_annotation_file``), named, so that images listed = written + skipped still holds."""
+    for img in sorted(p for p in split_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        c["images_listed"] += 1
+        c["lost_with_annotation_file"] += 1
+        problems.append(
+            Problem(
+                f"{img}: not used, because {ann_path.name} beside it cannot be read (see that problem)",
+                kind="lost_with_annotation_file",
+                file=img,
+                split=split,
+            )
+        )
 
 
 class _CocoSplitReader:
@@ -384,6 +411,7 @@ class _CocoSplitReader:
         self.used_categories: set = set()
         self.annotated_ids: set = set()
         self.invalid: Counter = Counter()  # image id -> annotations dropped by validation
+        self.max_pixels: int | None = None  # data.max_image_pixels
 
     def problem(self, message: str, kind: str, file=None, annotation="") -> None:
         file = self.ann_path if file is None else file
@@ -556,6 +584,11 @@ class _CocoSplitReader:
                     file=rec.image_path,
                 )
                 continue
+            too_large = _too_large(rec.image_path, self.max_pixels)
+            if too_large:
+                c[TOO_LARGE] += 1
+                self.problem(f"{rec.image_path}: {too_large}; it is skipped", TOO_LARGE, file=rec.image_path)
+                continue
             if self.invalid[img_id] and not rec.shapes:
                 c["all_labels_invalid"] += 1
                 self.problem(
@@ -650,17 +683,19 @@ def _parse_yolo_line(line: str):
     return None
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the header, without decoding the pixels; None if unreadable."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-        return int(w), int(h)
-    except Exception:  # noqa: BLE001 - unreadable for whatever reason
+def _too_large(path: Path, max_pixels: int | None) -> str | None:
+    """Why the image at ``path`` is over ``max_pixels`` (read from its header), else None; a header that cannot
+    be read is left to the decoder, which names it."""
+    if max_pixels is None:
         return None
+    try:
+        image_size(path, max_pixels)
+    except ImageReadError as exc:
+        return exc.reason if exc.kind == TOO_LARGE else None
+    return None
 
 
-def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
+def _read_yolo(root: Path, empty_mode: str, max_pixels: int | None = None) -> ExportReadResult:
     problems: list[Problem] = []
     counts: dict[str, Counter] = {}
     nc = _read_yolo_names(root, problems)
@@ -681,7 +716,9 @@ def _read_yolo(root: Path, empty_mode: str) -> ExportReadResult:
     for split, c, parsed, problem in splits:
         used: set = set()
         for img, (lbl, lines, dropped) in parsed.items():
-            rec = _yolo_record(split, img, lbl, lines, dropped, c, problem, used, nc, has_polygons, empty_mode)
+            rec = _yolo_record(
+                split, img, lbl, lines, dropped, c, problem, used, nc, has_polygons, empty_mode, max_pixels
+            )
             if rec is not None:
                 records.append(rec)
                 c["images"] += 1
@@ -756,25 +793,34 @@ def _yolo_label_lines(lbl: Path, c: Counter, problem) -> tuple[list, int]:
                 f"line {lineno}",
             )
             continue
+        outside = [v for v in p[1] if not 0.0 <= v <= 1.0]
+        if (
+            outside
+        ):  # kept: clipped to the image when rendered (clipped_boxes / clipped_polygons; wholly outside: dropped)
+            c["label_values_outside_unit"] += 1
+            problem(
+                f"{lbl}:{lineno}: {len(outside)} value(s) outside [0, 1] (e.g. {outside[0]:g}); YOLO coordinates are "
+                "fractions of the image: the shape is clipped to the image; fix the labels",
+                "label_values_outside_unit",
+                lbl,
+                f"line {lineno}",
+            )
         lines.append((lineno, *p))
     return lines, dropped
 
 
-def _yolo_record(split, img, lbl, lines, dropped, c, problem, used, nc, has_polygons, empty_mode):
-    """One image's record (its lines as boxes or polygons in pixels), or None when it cannot be read or every
-    label line is invalid (counted and named); the classes it uses are added to ``used``."""
+def _yolo_record(split, img, lbl, lines, dropped, c, problem, used, nc, has_polygons, empty_mode, max_pixels=None):
+    """One image's record (its lines as boxes or polygons in pixels, scaled by the image's size AS DISPLAYED:
+    EXIF orientation applied, as every reader decodes it), or None when it cannot be read, is over
+    ``max_pixels`` or every label line is invalid (counted and named); the classes it uses are added to ``used``."""
     c["images_listed"] += 1
-    size = _image_size(img)
-    if size is None:
-        c["corrupt_image"] += 1
-        problem(
-            f"{img}: cannot be read as an image (corrupt or not an image); it is "
-            "skipped; re-download the export or delete the file",
-            "corrupt_image",
-            img,
-        )
+    try:
+        W, H = image_size(img, max_pixels)
+    except ImageReadError as exc:
+        c[exc.kind] += 1
+        fix = "" if exc.kind == TOO_LARGE else "; re-download the export or delete the file"
+        problem(f"{img}: {exc.reason}; it is skipped{fix}", exc.kind, img)
         return None
-    W, H = size
     shapes: list[Shape] = []
     if not lines and not dropped:
         c["images_without_labels"] += 1

@@ -20,7 +20,8 @@ Conventions (tested in ``tests/test_masks.py``):
 * **Polygon**: vertices rounded half-up, then ``np.clip`` to ``[0, W-1] x [0, H-1]``,
   then ``cv2.fillPoly`` (boundary pixels included). A polygon with a vertex outside
   ``[0, W] x [0, H]`` is counted ``clipped_polygons`` (a vertex exactly on the border,
-  ``x == W``, as Roboflow writes them, is inside). Several polygons (the parts of a
+  ``x == W``, as Roboflow writes them, is inside); one wholly outside (its bounding box misses the image)
+  draws nothing and is dropped as ``polygons_outside_image``. Several polygons (the parts of a
   multi-part annotation, or several annotations) render to their union: each is filled
   on its own, so overlaps never cancel. COCO polygons cannot express holes.
 * **RLE**: decoded with ``pycocotools.mask`` (compressed or uncompressed counts). An RLE
@@ -64,6 +65,7 @@ RENDER_COUNT_KEYS = (
     "size_mismatch",
     "clipped_boxes",
     "clipped_polygons",
+    "polygons_outside_image",
     "degenerate_boxes",
     "rle_size_mismatch",
     "malformed_rle",
@@ -184,6 +186,14 @@ def render_record_mask(
                 or (pts[:, 1] > height).any()
             ):
                 counts["clipped_polygons"] += 1
+            if pts[:, 0].max() < 0 or pts[:, 0].min() > width or pts[:, 1].max() < 0 or pts[:, 1].min() > height:
+                counts["polygons_outside_image"] += 1
+                why = (
+                    f"polygon spans x {pts[:, 0].min():g}..{pts[:, 0].max():g}, y {pts[:, 1].min():g}.."
+                    f"{pts[:, 1].max():g}: wholly outside the {width}x{height} image"
+                )
+                dropped.append((shape, "polygons_outside_image", why))
+                continue
             polygons.append(pts)
         elif shape.kind == "box":
             c0, r0, c1, r1, clipped, cw, ch = _box_pixels(shape.box, height, width)
@@ -387,10 +397,12 @@ def write_problems_csv(problems: list, path: Path) -> collections.Counter:
     return kinds
 
 
-def write_processed_dataset(read: ExportReadResult, out_dir: Path, **kwargs) -> dict:
+def write_processed_dataset(read: ExportReadResult, out_dir: Path, *, describes: tuple = (), **kwargs) -> dict:
     """:func:`build_processed_dataset` into the sibling folder ``<out_dir>.partial``, renamed to
     ``out_dir`` (replacing it) only when complete: an interrupted run never leaves a half-written
-    tree or a stale ``index.csv`` behind (``download`` does the same)."""
+    tree or a stale ``index.csv`` behind (``download`` does the same). ``describes``: files written about the
+    tree after it (``metrics/data/<dataset>.json``), removed just before the rename, so that an interruption
+    leaves the old tree with its files, or the new tree without them, never the new tree with the old ones."""
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -399,6 +411,8 @@ def write_processed_dataset(read: ExportReadResult, out_dir: Path, **kwargs) -> 
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    for stale in describes:
+        Path(stale).unlink(missing_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
     return summary
@@ -529,7 +543,7 @@ def _raise_no_usable_images(read: ExportReadResult, render_counts: dict) -> None
     corrupt = sum(
         c.get(k, 0)
         for c in [*read.counts.values(), *render_counts.values()]
-        for k in ("corrupt_image", "truncated_image")
+        for k in ("corrupt_image", "truncated_image", "image_too_large")
     )
     invalid = sum(c.get("all_labels_invalid", 0) for c in [*read.counts.values(), *render_counts.values()])
     where = read.root if read.root is not None else "the export"
@@ -537,7 +551,7 @@ def _raise_no_usable_images(read: ExportReadResult, render_counts: dict) -> None
     first = f"; first problem: {read.problems[0]}" if read.problems else ""
     raise ExportError(
         f"no usable images in {where}: {listed} listed, {missing} missing on disk, "
-        f"{corrupt} corrupt or truncated, {invalid} with only invalid labels; {hint}{first}"
+        f"{corrupt} corrupt, truncated or too large, {invalid} with only invalid labels; {hint}{first}"
     )
 
 

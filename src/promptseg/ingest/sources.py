@@ -15,6 +15,7 @@ from pathlib import Path
 from promptseg.images import IMAGE_SUFFIXES
 from promptseg.ingest.exports import ExportError, detect_export_format
 from promptseg.ingest.synthetic import write_synthetic_export
+from promptseg.paths import broken_link_reason
 from promptseg.settings import RoboflowSettings, SourceSettings, SyntheticSettings, to_plain
 
 SOURCES = ("synthetic", "local", "roboflow")
@@ -93,8 +94,11 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
         )
     src = Path(path).expanduser()
     if not src.exists():
+        raise SourceError(f"data.{dataset}.local.path {str(src)!r} {_why_missing(src)}")
+    if _contains(src, out_dir):
         raise SourceError(
-            f"data.{dataset}.local.path {str(src)!r} does not exist. Point it at a Roboflow export zip or folder."
+            f"data.{dataset}.local.path {str(src)!r} contains the folder the export is copied into ({out_dir}): "
+            "copying it would copy the repository into itself. Point it at the export's own folder or zip."
         )
     if src.is_file():
         if not zipfile.is_zipfile(src):
@@ -115,11 +119,44 @@ def copy_local_export(dataset: str, path: str | os.PathLike, out_dir: Path) -> N
                 ) from None
             except OSError as exc:
                 raise SourceError(f"cannot unzip {src} into {staging}: {exc}") from None
-            shutil.copytree(_export_root(staging), out_dir)
+            _copy_folder(dataset, _export_root(staging), out_dir, src)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     else:
-        shutil.copytree(_export_root(src), out_dir)
+        _copy_folder(dataset, _export_root(src), out_dir, src)
+
+
+def _why_missing(src: Path) -> str:
+    """The end of 'data.<d>.local.path X ...' for a path that cannot be reached: a symbolic link that loops or
+    points nowhere, or a path that does not exist."""
+    link = broken_link_reason(src)
+    if link:
+        return f"{link}: point it at the export's real folder or zip."
+    return "does not exist. Point it at a Roboflow export zip or folder."
+
+
+def _contains(folder: Path, inner: Path) -> bool:
+    """Whether ``inner`` is ``folder`` or lies inside it (both resolved)."""
+    try:
+        folder, inner = folder.resolve(), Path(inner).resolve()
+    except (OSError, RuntimeError):
+        return False
+    return inner == folder or folder in inner.parents
+
+
+def _copy_folder(dataset: str, folder: Path, out_dir: Path, came_from: Path) -> None:
+    """``shutil.copytree`` of an export folder; a file it cannot copy (a symbolic link that loops or points
+    nowhere, a file without read permission) is one message naming the first few."""
+    try:
+        shutil.copytree(folder, out_dir)
+    except shutil.Error as exc:
+        failed = [f"{src} ({why})" for src, _, why in exc.args[0][:3]] if exc.args and exc.args[0] else [str(exc)]
+        raise SourceError(
+            f"data.{dataset}.local.path {str(came_from)!r}: {len(exc.args[0]) if exc.args else 1} file(s) cannot be "
+            f"copied, e.g. {'; '.join(failed)}: remove or fix those links/files in the export and run again."
+        ) from None
+    except (OSError, RecursionError) as exc:
+        raise SourceError(f"data.{dataset}.local.path {str(came_from)!r}: cannot copy {folder}: {exc}") from None
 
 
 def check_landed_export(dataset: str, folder: Path, came_from: str) -> None:

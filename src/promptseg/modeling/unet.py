@@ -254,10 +254,17 @@ class TextConditionedUNet(nn.Module):
     def from_pretrained(cls, directory: str | Path) -> TextConditionedUNet:
         """The model ``save_pretrained`` wrote, in eval mode (call ``.train()`` to go on training)."""
         directory = Path(directory)
-        params = json.loads((directory / CONFIG_NAME).read_text())
-        if params.pop("architecture", "unet") != "unet":
-            raise ValueError(f"{directory / CONFIG_NAME} does not describe a text-conditioned U-Net")
-        model = cls(UNetConfig.from_params(params))
+        try:
+            params = json.loads((directory / CONFIG_NAME).read_text())
+            if not isinstance(params, dict) or params.pop("architecture", "unet") != "unet":
+                raise ValueError("it does not describe a text-conditioned U-Net")
+            config = UNetConfig.from_params(params)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged or hand-edited file
+            raise ValueError(
+                f"{directory / CONFIG_NAME} cannot be read as the U-Net's config ({type(exc).__name__}: {exc}); "
+                "copy the model folder again, or retrain it (`dvc repro train`)"
+            ) from None
+        model = cls(config)
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device="cpu"), strict=True)
         return model.eval()
 

@@ -9,7 +9,6 @@ lit: with any prompt, since the masks ignore it). The report reads this file; it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from promptseg.images import list_split, read_rgb
 from promptseg.metrics import lit_fraction, postprocess_probabilities, score_masks
 from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS
+from promptseg.paths import write_json
 
 __all__ = [
     "trivial_baseline_scores",
@@ -163,5 +163,5 @@ def write_baselines(processed_root: Path, out_path: Path, **kwargs) -> dict:
     scores = baseline_scores(Path(processed_root), **kwargs)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(scores, indent=2) + "\n")
+    write_json(out_path, scores)
     return scores

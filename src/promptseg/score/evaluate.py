@@ -46,7 +46,16 @@ from promptseg.metrics import (
     threshold_sweep_counts,
 )
 from promptseg.params import NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS
-from promptseg.paths import MODEL_CARD, eval_json, figure_png, mask_name, per_image_csv, sweep_csv, worst_png
+from promptseg.paths import (
+    MODEL_CARD,
+    eval_json,
+    figure_png,
+    mask_name,
+    per_image_csv,
+    sweep_csv,
+    worst_png,
+    write_json,
+)
 from promptseg.score.figures import message_figure
 from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
 
@@ -412,7 +421,7 @@ def skipped_reason(model_dir: Path) -> str | None:
 def write_skipped_outputs(rung: str, reason: str, metrics_dir: Path, predictions_dir: Path, datasets) -> None:
     """The evaluate stage's outputs for a skipped rung: the reason, no numbers, and figures that say so."""
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    eval_json(rung, metrics_dir).write_text(json.dumps({"skipped": reason}, indent=2) + "\n")
+    write_json(eval_json(rung, metrics_dir), {"skipped": reason})
     write_sweep_csv(sweep_csv(rung, metrics_dir), {})
     write_per_image_csv(per_image_csv(rung, metrics_dir), [])
     predictions_dir.mkdir(parents=True, exist_ok=True)

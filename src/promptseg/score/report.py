@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from promptseg.params import DATASETS, NO_TEST_SPLIT_NOTE, THIN_STRUCTURE_DATASETS
-from promptseg.paths import data_json, eval_json, figure_png, per_image_csv, runtime_json, train_json, worst_png
+from promptseg.paths import (
+    data_json,
+    eval_json,
+    figure_png,
+    per_image_csv,
+    runtime_json,
+    train_json,
+    worst_png,
+    write_json,
+)
 from promptseg.settings import zeroshot_skip_reason
 
 __all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
@@ -1009,7 +1018,7 @@ def write_report(
     if summary_path is not None:
         summary = build_summary(train, evals, baselines, rungs=rungs, datasets=datasets)
         Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(summary_path, summary)
     return text
 
 

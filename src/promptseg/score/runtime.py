@@ -18,7 +18,6 @@ call per path, then ``rounds`` interleaved rounds; each path's fastest round cou
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from promptseg.images import list_split, read_rgb
 from promptseg.infer.engines import load_segmenter
 from promptseg.infer.onnx_engine import export_model_dir
 from promptseg.infer.recipe import Recipe
+from promptseg.paths import write_json
 
 __all__ = ["best_rates", "folder_mb", "peak_rss_mb", "measure_runtime", "runtime_images"]
 
@@ -143,4 +143,4 @@ def measure_runtime(
 def write_runtime(out_path: Path, figures: dict) -> None:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(out_path, figures)

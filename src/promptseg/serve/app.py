@@ -20,9 +20,9 @@ from pathlib import Path
 
 import cv2
 
-from promptseg.images import IMAGE_SUFFIXES, read_rgb
+from promptseg.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, TOO_LARGE, read_rgb
 from promptseg.infer.engines import load_segmenter
-from promptseg.infer.recipe import load_recipe, override, recipe_file, recipe_prompts
+from promptseg.infer.recipe import check_recipes, load_recipe, override, recipe_file, recipe_prompts
 from promptseg.infer.segmenter import Segmenter
 from promptseg.paths import eval_json, mask_name, processed_dir
 from promptseg.serve.measure import draw_measurements, measure_kind, measure_mask
@@ -66,6 +66,7 @@ def load_app_model(
     eval_path: str | Path | None = None,
     images: str | Path | None = None,
     threads: int | None = None,
+    warn_recipe_mismatch: bool = False,
 ) -> AppModel:
     """The model (ONNX export where one exists and ``engine`` is auto or onnx, else PyTorch), its recipe file
     and the test images offered in the page (``images``, else data/processed/<dataset>/test/images)."""
@@ -79,6 +80,8 @@ def load_app_model(
     card = dict(chosen.card)
     rung = str(card.get("rung") or model_dir.name)
     eval_path = recipe_file(Path(eval_path) if eval_path else eval_json(rung), chosen.export_dir)
+    for note in check_recipes(card, rung, eval_path, model_dir, warn_recipe_mismatch):  # RecipeError: a ValueError
+        print(note)
     folders = [Path(images)] if images else [processed_dir(d) / "test" / "images" for d in (card.get("prompts") or {})]
     test_images = sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return AppModel(
@@ -108,8 +111,10 @@ def segment(
     if not prompt:
         return {"error": 'Type a prompt, e.g. "segment crack".'}
     try:
-        rgb = read_rgb(Path(image_path))
-    except (ValueError, OSError):
+        rgb = read_rgb(Path(image_path), DEFAULT_MAX_IMAGE_PIXELS)
+    except (ValueError, OSError) as exc:
+        if getattr(exc, "kind", None) == TOO_LARGE:
+            return {"error": f"{Path(image_path).name}: {exc.reason}"}
         return {
             "error": f"Could not read {Path(image_path).name} as an image (corrupt, or not an image file). "
             "Upload a JPEG or PNG photo."

@@ -20,7 +20,10 @@ Exit codes: 0 at least one mask written; 1 none written (every image skipped) or
 error; 2 usage errors (unknown path, empty prompt, missing or unreadable model directory, a corrupt weights
 file, no ONNX export for ``--engine onnx``, an ``--out`` folder that cannot be written, bad option values).
 Every image is decoded and checked once (``promptseg.images.read_image``): a truncated, empty or undecodable
-file is skipped and named with the reason. ``--out`` is checked for writing before the model is loaded.
+file is skipped and named with the reason. ``--out`` is checked for writing before the model is loaded; one
+predict at a time writes there (``.promptseg-predict.lock``), and one whose masks come from another model or
+prompt (``.promptseg-predict.json``) is refused unless ``--overwrite``; ``--measure`` merges measurements.json/.csv
+with an earlier run's (this run's masks replace their own entries).
 
 ``promptseg export --model models/lora [--out models/lora/onnx]`` writes ``model.onnx``, its metadata
 (image size, mean/std, per-image standardisation, the model card) and the tokenizer files. Exit codes:
@@ -44,13 +47,29 @@ import yaml
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
-from promptseg.images import IMAGE_SUFFIXES, ImageReadError, overlay_image, read_rgb
+from promptseg.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_SUFFIXES,
+    TOO_LARGE,
+    ImageReadError,
+    overlay_image,
+    read_rgb,
+)
 from promptseg.infer.engines import ENGINES, EngineLoadError, load_segmenter
 from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
-from promptseg.infer.recipe import Recipe, copy_recipes, load_recipe, override, recipe_file, recipe_prompts
+from promptseg.infer.recipe import (
+    Recipe,
+    RecipeError,
+    check_scored_model,
+    copy_recipes,
+    load_recipe,
+    override,
+    recipe_file,
+    recipe_prompts,
+)
 from promptseg.infer.segmenter import Segmenter
 from promptseg.modeling.clipseg import ModelSourceError
-from promptseg.paths import MODEL_CARD, eval_json, mask_name
+from promptseg.paths import MODEL_CARD, broken_link_reason, eval_json, mask_name, write_json
 from promptseg.serve.app import launch, load_app_model
 from promptseg.serve.measure import JOINT_LABEL_NOTE, NO_SCALE_NOTE, MeasureSettings, measure_files, measure_kind
 
@@ -82,10 +101,15 @@ def expand_inputs(paths: list[Path]) -> Inputs:
     images, skipped, seen, any_folder = [], [], set(), False
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            link = broken_link_reason(path)
+            raise FileNotFoundError(f"{path} {link}" if link else f"no such file or folder: {path}")
         if path.is_dir():
             any_folder = True
             for child in sorted(path.iterdir()):
+                link = None if child.name.startswith(".") else broken_link_reason(child)
+                if link and not child.exists():
+                    skipped.append((child, link))
+                    continue
                 if child.name.startswith(".") or not child.is_file():
                     continue
                 if child.suffix.lower() not in IMAGE_SUFFIXES:
@@ -177,7 +201,86 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if why is not None:
         _err(f"cannot write to the output folder {out_dir}: {why}; pass --out with a folder you can write to")
         return EXIT_USAGE
+    why = _lock_out(out_dir)  # one predict at a time per folder
+    if why is not None:
+        _err(why)
+        return EXIT_USAGE
+    try:
+        why = _claim_out(out_dir, model_dir, prompt, args.overwrite)
+        if why is not None:
+            _err(why)
+            return EXIT_USAGE
+        return _load_and_predict(args, inputs, model_dir, out_dir, prompt)
+    finally:
+        (out_dir / PREDICT_LOCK).unlink(missing_ok=True)
 
+
+PREDICT_LOCK = ".promptseg-predict.lock"  # in --out while a predict writes there: the writer's pid
+PREDICT_MANIFEST = ".promptseg-predict.json"  # in --out: the model folder and prompt its masks come from
+
+
+def _lock_out(out_dir: Path) -> str | None:
+    """Take ``<out>/.promptseg-predict.lock`` (created exclusively, holding this pid); the reason if another
+    running predict holds it. A lock whose process is gone (killed) is taken over."""
+    lock = out_dir / PREDICT_LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return (
+                    f"another promptseg predict (pid {pid}) is writing into {out_dir}; wait for it to finish or "
+                    f"pass another --out (a stale lock: delete {lock})"
+                )
+            lock.unlink(missing_ok=True)  # its writer is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return None
+    return f"cannot take the lock {lock}; delete it if no predict is running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _claim_out(out_dir: Path, model_dir: Path, prompt: str, overwrite: bool) -> str | None:
+    """Refuse (the reason) an ``--out`` that holds masks of another model or prompt, or of unknown origin,
+    unless ``overwrite``; then record this run's model and prompt in ``<out>/.promptseg-predict.json``."""
+    manifest = out_dir / PREDICT_MANIFEST
+    mine = {"model": str(model_dir.resolve()), "prompt": prompt}
+    masks = [p for p in out_dir.glob("*__*.png") if not p.stem.endswith(("_overlay", "_measured"))]
+    try:
+        theirs = json.loads(manifest.read_text()) if manifest.is_file() else None
+    except (OSError, ValueError):
+        theirs = None
+    same = isinstance(theirs, dict) and all(theirs.get(k) == v for k, v in mine.items())
+    if masks and not same and not overwrite:
+        origin = (
+            f"of model {theirs.get('model')} with prompt {theirs.get('prompt')!r}"
+            if isinstance(theirs, dict)
+            else f"of unknown origin (no {PREDICT_MANIFEST})"
+        )
+        return (
+            f"{out_dir} already holds {len(masks)} masks {origin}; writing those of {model_dir} with prompt "
+            f"{prompt!r} beside them would mix two runs: pass another --out, or --overwrite to write there anyway"
+        )
+    write_json(manifest, mine)
+    return None
+
+
+def _load_and_predict(args: argparse.Namespace, inputs: Inputs, model_dir: Path, out_dir: Path, prompt: str) -> int:
+    """Load the engine, resolve the recipe and write the masks (``--out`` already checked and locked)."""
     _quiet_transformers()  # no weight-loading bars or backend notices
     try:
         engine = load_segmenter(model_dir, args.engine, threads=args.threads)
@@ -189,7 +292,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if engine.engine == "onnx":
         print(f"engine onnx: {engine.export_dir} (onnxruntime, {engine.threads} threads)")
 
-    args.recipe, args.run_prompt, threshold = _resolve_recipe(args, engine, model_dir, prompt)
+    try:
+        args.recipe, args.run_prompt, threshold = _resolve_recipe(args, engine, model_dir, prompt)
+    except RecipeError as exc:  # a field out of range, or a file scored on other weights (which says the fix)
+        text = str(exc)
+        _err(
+            text
+            if "re-run" in text
+            else f"{text}; re-run `dvc repro evaluate` or pass --eval-metrics with a valid file"
+        )
+        return EXIT_USAGE
     return _predict_all(engine, prompt, inputs, out_dir, threshold, args)
 
 
@@ -200,6 +312,8 @@ def _resolve_recipe(args: argparse.Namespace, engine: Segmenter, model_dir: Path
     eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
     eval_path = recipe_file(eval_path, engine.export_dir)
     recipe, dataset, recipe_why = load_recipe(engine.card, prompt, rung, eval_path)
+    for note in check_scored_model(eval_path, model_dir, rung, getattr(args, "warn_recipe_mismatch", False)):
+        print(note)
     recipe, changed = override(recipe, **recipe_overrides(args))
     run_prompt, threshold = recipe_prompts(recipe, engine.card, prompt, dataset)
     how = "given with --threshold" if args.threshold is not None else recipe_why
@@ -219,6 +333,7 @@ class _PredictAbort(Exception):
 
 
 def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: float, args: argparse.Namespace) -> int:
+    max_pixels = getattr(args, "max_image_pixels", None) or DEFAULT_MAX_IMAGE_PIXELS
     writer = _MaskWriter(engine, prompt, out_dir, threshold, args, inputs)
     for path, why in inputs.skipped:
         writer.skip(path, why)
@@ -233,9 +348,9 @@ def _predict_all(engine, prompt: str, inputs: Inputs, out_dir: Path, threshold: 
             if writer.write_error:
                 break
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, max_pixels)
             except ImageReadError as exc:
-                writer.skip(path, f"not a readable image ({exc.reason})")
+                writer.skip(path, exc.reason if exc.kind == TOO_LARGE else f"not a readable image ({exc.reason})")
                 writer.progress.update(1)
                 continue
             used_names[stem] = path
@@ -339,6 +454,11 @@ def _add_predict_command(sub) -> None:
     p.add_argument("--prompt", required=True, help='the text prompt, e.g. "segment wall crack"')
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--overlay", action="store_true", help="also write <stem>__<slug>_overlay.png (mask in red)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out that holds masks of another model or prompt (refused without it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--engine",
@@ -358,6 +478,13 @@ def _add_predict_command(sub) -> None:
         action="store_true",
         help="also measure the masks (promptseg measure): measurements.json/.csv and <stem>__<slug>_measured.png",
     )
+    p.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=None,
+        help="skip images whose header says width x height is larger, before decoding them "
+        "(default: data.max_image_pixels, 100000000)",
+    )
     _add_recipe_flags(p)
     _add_scale_args(p)
     p.set_defaults(func=cmd_predict)
@@ -368,7 +495,13 @@ _FLAG_TYPES = {"probability": "_probability", "positive_int": "_positive_int", "
 
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     """One flag per field of :class:`promptseg.infer.recipe.Recipe` (its metadata: help, flag name, kind),
-    overriding that field of the evaluated recipe; default None: the recipe's. Booleans get ``--x/--no-x``."""
+    overriding that field of the evaluated recipe; default None: the recipe's. Booleans get ``--x/--no-x``.
+    Also ``--warn-recipe-mismatch``: use a recipe file scored on other weights, with a warning."""
+    p.add_argument(
+        "--warn-recipe-mismatch",
+        action="store_true",
+        help="use a recipe file scored on other weights or another rung (refused without it), with a warning",
+    )
     for f in fields(Recipe):
         meta = f.metadata
         if not meta.get("help"):
@@ -437,6 +570,11 @@ def _add_app_command(sub) -> None:
     )
     a.add_argument("--eval-metrics", default=None, help="the recipe file (default: metrics/eval/<rung>.json)")
     a.add_argument(
+        "--warn-recipe-mismatch",
+        action="store_true",
+        help="use a recipe file scored on other weights or another rung (refused without it), with a warning",
+    )
+    a.add_argument(
         "--images",
         default=None,
         help="folder of images offered as test images (default: data/processed/<dataset>/test/images)",
@@ -474,8 +612,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive finite number")
     return value
 
 
@@ -584,7 +722,12 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     try:
         app = load_app_model(
-            args.model, engine=args.engine, eval_path=args.eval_metrics, images=args.images, threads=args.threads
+            args.model,
+            engine=args.engine,
+            eval_path=args.eval_metrics,
+            images=args.images,
+            threads=args.threads,
+            warn_recipe_mismatch=args.warn_recipe_mismatch,
         )
     except EngineLoadError as exc:  # its message names the folder and the fix
         _err(str(exc))

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
+from promptseg.paths import write_json
 from promptseg.settings import MeasureParams, build, to_plain
 
 __all__ = [
@@ -428,10 +429,24 @@ CSV_FIELDS = [
 
 
 def write_outputs(results: dict[str, dict], out_dir: Path, name: str = "measurements") -> tuple[Path, Path]:
-    """``<out_dir>/<name>.json`` (every mask's result) and ``<name>.csv`` (one row per component)."""
+    """``<out_dir>/<name>.json`` (every mask's result) and ``<name>.csv`` (one row per component), MERGED with
+    what an earlier run wrote there: this run's masks replace their own entries, the others are kept."""
     out_dir = Path(out_dir)
     json_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    try:
+        earlier = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    except (OSError, ValueError):
+        earlier = {}
+    if isinstance(earlier, dict):
+        results = {
+            **{
+                k: v
+                for k, v in earlier.items()
+                if k not in results and isinstance(v, dict) and isinstance(v.get("components"), list)
+            },
+            **results,
+        }
+    write_json(json_path, results, indent=1)
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()

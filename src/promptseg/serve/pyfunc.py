@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -34,8 +35,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptseg.images import DEFAULT_MAX_IMAGE_PIXELS, ImageReadError, decode_image_bytes
 from promptseg.infer.engines import load_segmenter
-from promptseg.infer.recipe import Recipe, load_recipe, override, recipe_prompts
+from promptseg.infer.recipe import (
+    SCORED_MODEL_KEY,
+    Recipe,
+    check_recipes,
+    load_recipe,
+    override,
+    recipe_prompts,
+    scored_model,
+)
 from promptseg.paths import MODEL_CARD
 from promptseg.tracking import connect
 
@@ -69,9 +79,12 @@ def decode_image(data: bytes, row: int = 0) -> np.ndarray:
 
     if isinstance(data, str):  # a base64 string (JSON serving input)
         data = base64.b64decode(data)
-    image = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"row {row}: `image` is not a readable image file (PNG, JPEG, ...); pass the file's bytes.")
+    try:  # the one decoder: full decoding, EXIF orientation, the pixel cap
+        image = decode_image_bytes(bytes(data), f"row {row}", cv2.IMREAD_COLOR, DEFAULT_MAX_IMAGE_PIXELS)
+    except ImageReadError as exc:
+        raise ValueError(
+            f"row {row}: `image` is not a readable image file (PNG, JPEG, ...): {exc.reason}; pass the file's bytes."
+        ) from None
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -91,6 +104,10 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         self.trained = load_segmenter(Path(context.artifacts[MODEL_ARTIFACT]), "torch")
         self.serving_path = Path(context.artifacts[SERVING_ARTIFACT])
         self.serving = json.loads(self.serving_path.read_text())
+        rung = str(self.trained.card.get("rung") or self.serving.get("rung", ""))
+        model_dir = Path(context.artifacts[MODEL_ARTIFACT])  # RecipeError: a field out of range, other weights
+        for note in check_recipes(self.trained.card, rung, self.serving_path, model_dir):
+            print(note, file=sys.stderr)
 
     def recipe_for(self, prompt: str, threshold: float | None = None):
         """(recipe, the prompt or ensemble list to run, the threshold) for ``prompt``, as ``promptseg predict``
@@ -184,6 +201,7 @@ def log_pyfunc_model(
             json.dumps(
                 {  # the layout of metrics/eval/<rung>.json, so promptseg.infer.recipe.load_recipe reads it
                     "rung": rung,
+                    SCORED_MODEL_KEY: scored_model(model_dir, rung),  # load_context checks the weights match
                     **{d: {"threshold": float(r["threshold"]), "recipe": r} for d, r in recipes.items()},
                 },
                 indent=2,

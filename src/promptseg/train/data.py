@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from promptseg.cache import ByteBudgetCache
-from promptseg.images import ImageReadError, explain_empty_split, read_rgb
+from promptseg.images import EmptySplitError, ImageReadError, explain_empty_split, read_rgb
 from promptseg.modeling.preprocessing import normalize, resize_rgb
 
 
@@ -118,7 +118,7 @@ class PromptedSegmentation(Dataset):
     ):
         if not pairs:
             folder = getattr(pairs, "folder", None)
-            raise ValueError(
+            raise EmptySplitError(
                 explain_empty_split(folder, dataset)
                 if folder is not None
                 else f"no images for dataset {dataset!r}: run `dvc repro masks` first."

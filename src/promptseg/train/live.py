@@ -30,8 +30,9 @@ Resume: pass ``resume_epoch`` = the number of epochs the checkpoint holds (and t
 drop any later ones (an epoch logged after the checkpoint was written and then lost in a crash), so the
 resumed run continues the same step series with no duplicate; the MLflow run is reopened, not duplicated.
 ``dvc repro`` deletes a stage's outputs before it runs the command, so pass the checkpoint's per-epoch rows
-as ``history`` too: the series are then rewritten from them (the images of earlier epochs cannot be), and an
-MLflow run that cannot be reopened (no id) is replaced by a new one that gets the history first.
+as ``history`` too: the series are then rewritten from them, and an MLflow run that cannot be reopened (no id) is
+replaced by a new one that gets the history first. The overlays of earlier epochs are restored from
+``overlay_store`` (the training passes a folder beside its checkpoint), where each is also saved when logged.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from promptseg.tracking import _flatten, as_mlflow_settings, connect
 
@@ -101,6 +103,7 @@ class EpochLogger:
         resume_epoch: int = 0,
         mlflow_run_id: str | None = None,
         history: list[dict] | None = None,
+        overlay_store: str | Path | None = None,
     ):
         from dvclive import Live  # noqa: PLC0415 (heavy, optional: dvclive)
 
@@ -117,7 +120,9 @@ class EpochLogger:
                 self.live.step = int(row["epoch"]) - 1
                 for name, value in self._values(row).items():
                     self.live.log_metric(name, value)
+        self.overlay_store = Path(overlay_store) if overlay_store is not None else None
         if resume:
+            self._restore_overlays()
             _truncate_series(Path(self.live.plots_dir), self.resume_epoch)
         if resume:  # the next epoch's step (epoch e is step e - 1); a fresh run's first log_metric starts at 0
             self.live.step = self.resume_epoch
@@ -130,6 +135,17 @@ class EpochLogger:
             if reopen is None and history:
                 self._log_mlflow_metrics(history)
         self._closed = False
+
+    def _restore_overlays(self) -> None:
+        """On resume, the overlays of the epochs the checkpoint holds, copied back from ``overlay_store`` where
+        ``dvc repro`` deleted them with the stage's outputs."""
+        if self.overlay_store is None or not self.overlay_store.is_dir():
+            return
+        folder = Path(self.live.plots_dir) / "images" / OVERLAY_NAME
+        for png in self.overlay_store.glob("*.png"):
+            if png.stem.isdigit() and int(png.stem) < self.resume_epoch and not (folder / png.name).exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(png, folder / png.name)
 
     @staticmethod
     def _values(row: dict) -> dict[str, float]:
@@ -203,6 +219,9 @@ class EpochLogger:
             self.live.log_metric(name, value)
         if overlay_image is not None:
             self.live.log_image(f"{OVERLAY_NAME}/{step}.png", np.ascontiguousarray(overlay_image))
+            if self.overlay_store is not None:  # beside the checkpoint, which `dvc repro` does not delete
+                self.overlay_store.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.ascontiguousarray(overlay_image)).save(self.overlay_store / f"{step}.png")
         if self._client is not None:
             self._log_mlflow_metrics([{"epoch": epoch, **values}])
             if overlay_image is not None:

@@ -37,7 +37,7 @@ from promptseg.modeling.hed import weights_record
 from promptseg.modeling.precision import device_and_autocast
 from promptseg.modeling.preprocessing import normalize
 from promptseg.modeling.registry import apply_method, build_model, segmentation_logits
-from promptseg.paths import HED_WEIGHTS_DIR
+from promptseg.paths import HED_WEIGHTS_DIR, write_json
 from promptseg.settings import RungSettings, TrainCommonSettings, TrainSettings, to_plain, zeroshot_skip_reason
 from promptseg.tracking import log_training_run
 from promptseg.train.data import EpochShuffleSampler, JointSegmentation, PromptedSegmentation, collate
@@ -375,6 +375,7 @@ def open_epoch_logger(
             resume_epoch=resume_epoch,
             history=history,
             mlflow_run_id=mlflow_run_id,
+            overlay_store=setup.checkpoint_dir / "val_overlay",  # survives `dvc repro` deleting the outputs
         )
 
 
@@ -400,7 +401,7 @@ def skip_zeroshot(setup: TrainSetup, reason: str) -> dict:
     setup.model_dir.mkdir(parents=True)
     _write_model_card(setup, summary)
     open_epoch_logger(setup, mlflow=False).close()
-    (setup.metrics_dir / f"{setup.rung_name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(setup.metrics_dir / f"{setup.rung_name}.json", summary)
     print(f"[train] {setup.rung_name}: skipped: {reason}")
     return summary
 
@@ -649,7 +650,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
     save_trained_model(run.module, run.processor, setup, summary)
     if logger is not None and logger.mlflow_run_id is not None:
         summary["mlflow_run_id"] = log_training_run(setup, summary, logger.mlflow_run_id, logger.live_dir)
-    (setup.metrics_dir / f"{setup.rung_name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(setup.metrics_dir / f"{setup.rung_name}.json", summary)
     shutil.rmtree(setup.checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
     return summary
 
@@ -667,7 +668,7 @@ def _write_model_card(setup: TrainSetup, summary: dict) -> None:
         "prompts": {d: list(p) for d, p in setup.prompts.items()},
         "summary": {k: v for k, v in summary.items() if k not in TIMING_KEYS and k != "mlflow_run_id"},
     }
-    (setup.model_dir / "promptseg.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_json(setup.model_dir / "promptseg.json", card)
 
 
 def save_trained_model(module, processor, setup: TrainSetup, summary: dict) -> None:
