@@ -7,6 +7,9 @@ Per rung, on a handful of processed test images (each with its dataset's first p
 - ``onnx_ms_per_image``: the same images through :class:`promptseg.infer.onnx_engine.OnnxSegmenter` (``--engine onnx``)
   when ``runtime.onnx`` is on; the graph is exported (``export_model_dir``, checked against PyTorch) to a
   temporary folder, never into the model folder (a DVC output);
+- ``onnx_check``: how far the export's outputs are from PyTorch's on the check's inputs (the largest
+  probability and logit differences, the share of mask pixels that differ at threshold 0.5;
+  :func:`promptseg.infer.onnx_engine.compare_outputs`); the export fails above the probability tolerance;
 - ``model_mb``: the model folder's size on disk (every file; MB = 10^6 bytes), ``onnx_mb``: the ONNX graph's;
 - ``peak_rss_mb``: the process's peak resident memory after loading the model and running the torch path
   (interpreter and libraries included: what a one-model inference process needs), and ``peak_rss_onnx_mb``
@@ -125,6 +128,12 @@ def measure_runtime(
             started = time.perf_counter()
             export_dir = export_model_dir(model_dir, Path(tmp) / "onnx")
             out["onnx_export_s"] = round(time.perf_counter() - started, 2)
+            check = json.loads((export_dir / "promptseg_onnx.json").read_text())["check"]
+            out["onnx_check"] = {  # onnxruntime vs PyTorch on the export check's inputs (mask at threshold 0.5)
+                "max_probability_difference": check["max_probability_difference"],
+                "max_logit_difference": check["max_logit_difference"],
+                "mask_difference_share": check["mask_difference_share"]["default"],
+            }
             engine = load_segmenter(export_dir, "onnx", threads=threads)
 
             def onnx_path(warmup: bool) -> None:
