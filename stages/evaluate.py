@@ -7,6 +7,7 @@ import sys
 from promptseg import paths
 from promptseg.infer.engines import load_segmenter
 from promptseg.infer.recipe import Recipe
+from promptseg.machine import MACHINE_KEY, machine_facts, machine_tags
 from promptseg.modeling.precision import resolve_precision
 from promptseg.params import DATASETS
 from promptseg.score.evaluate import (
@@ -45,6 +46,9 @@ def main(rung: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # what the forward ran in (infer.precision resolved on this machine)
     results["precision"] = resolve_precision(settings.infer.precision, segmenter.device)
+    results[MACHINE_KEY] = machine_facts(
+        results["precision"], str(segmenter.device)
+    )  # strings: metrics diff skips them
     paths.eval_json(rung).write_text(json.dumps(results, indent=2) + "\n")
     write_sweep_csv(paths.sweep_csv(rung), sweeps)
     write_per_image_csv(paths.per_image_csv(rung), per_image)
@@ -84,6 +88,7 @@ def main(rung: str) -> None:
         run_id,
         flatten_metrics(results, "eval"),
         [paths.eval_json(rung), paths.sweep_csv(rung), paths.per_image_csv(rung), *figures],
+        tags=machine_tags(results[MACHINE_KEY], "eval_machine"),
     )
     uri = log_pyfunc_model(
         model_dir,
