@@ -6,6 +6,7 @@ import sys
 from promptseg import paths
 from promptseg.infer.engines import load_segmenter
 from promptseg.infer.recipe import SCORED_MODEL_KEY, Recipe, scored_model
+from promptseg.machine import MACHINE_KEY, machine_facts, machine_tags
 from promptseg.modeling.precision import resolve_precision
 from promptseg.params import DATASETS
 from promptseg.score.evaluate import (
@@ -49,6 +50,9 @@ def main(rung: str) -> None:
     # what the forward ran in (infer.precision resolved on this machine)
     results["precision"] = resolve_precision(settings.infer.precision, segmenter.device)
     results[SCORED_MODEL_KEY] = scored_model(model_dir, rung)  # predict, the app, pyfunc check the weights match
+    results[MACHINE_KEY] = machine_facts(
+        results["precision"], str(segmenter.device)
+    )  # strings: metrics diff skips them
     paths.write_json(paths.eval_json(rung), results)
     write_sweep_csv(paths.sweep_csv(rung), sweeps)
     write_per_image_csv(paths.per_image_csv(rung), per_image)
@@ -88,6 +92,7 @@ def main(rung: str) -> None:
         run_id,
         flatten_metrics(results, "eval"),
         [paths.eval_json(rung), paths.sweep_csv(rung), paths.per_image_csv(rung), *figures],
+        tags=machine_tags(results[MACHINE_KEY], "eval_machine"),
     )
     uri = log_pyfunc_model(
         model_dir,

@@ -185,3 +185,131 @@ def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(
         assert 0.0 < (mask > 0).mean() < 1.0
         differs += int(not np.array_equal(mask, plain))
     assert differs > 0  # flip TTA changed at least one mask: the pyfunc did not ignore it
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, dict, float]:
+    """(HTTP status, the JSON answer, seconds) of a POST; an HTTP error's status and body, not an exception."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read()), time.perf_counter() - started
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}"), time.perf_counter() - started
+
+
+def test_mlflow_models_serve_answers_a_photo_with_the_mask_of_promptseg_predict(unet_dir, tmp_path, monkeypatch):
+    """`mlflow models serve -m models:/promptseg-unet/1 --env-manager local` on 127.0.0.1 and a free port: a JPEG
+    photo POSTed as base64 JSON comes back as the mask `promptseg predict` writes (pixel for pixel), with the
+    measurements when asked; a malformed request is a 400 naming the problem and the server keeps serving."""
+    import base64
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from promptseg.infer.recipe import Recipe
+    from promptseg.infer.torch_engine import load_trained_model
+    from promptseg.ingest.synthetic import render_wall_sample
+    from promptseg.serve.pyfunc import log_pyfunc_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = {"tracking_uri": uri, "experiment": "serve-test", "artifact_root": str(tmp_path / "mlartifacts")}
+    photo = tmp_path / "photos" / "wall.jpg"  # a camera's format: JPEG, not square
+    photo.parent.mkdir()
+    bgr = render_wall_sample("cracks", np.random.default_rng(5), 96, negative=False).image[:80]
+    assert cv2.imwrite(str(photo), bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    trained = load_trained_model(unet_dir)  # a threshold that lights about a tenth of the photo
+    rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+    threshold = float(np.quantile(trained.whole_image_probabilities([rgb], ["segment crack"])[0], 0.9))
+    recipes = {"cracks": Recipe(threshold=threshold).to_dict(), "drywall": Recipe(threshold=0.5).to_dict()}
+    eval_json = tmp_path / "unet.json"
+    eval_json.write_text(json.dumps({d: {"threshold": r["threshold"], "recipe": r} for d, r in recipes.items()}))
+    assert log_pyfunc_model(unet_dir, cfg, recipes=recipes) == "models:/promptseg-unet/1"
+    out_dir = tmp_path / "cli"
+    args = ["predict", "--model", str(unet_dir), "--prompt", "segment crack", str(photo), "--out", str(out_dir)]
+    assert main([*args, "--eval-metrics", str(eval_json)]) == 0
+    expected = cv2.imread(str(out_dir / "wall__segment-crack.png"), cv2.IMREAD_UNCHANGED)
+    assert expected.shape == (80, 96) and 0.0 < (expected > 0).mean() < 0.5  # neither empty nor full
+
+    port = _free_port()
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/promptseg-unet/1", "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the uvicorn worker is stopped with it
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, ready = time.monotonic() + 480, False  # start-up is imports: 20 s quiet, minutes on a starved core
+        while time.monotonic() < deadline and server.poll() is None and not ready:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as answer:
+                    ready = answer.status == 200
+            except OSError:
+                time.sleep(1)
+        assert ready, f"the server did not answer /ping: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+
+        image = base64.b64encode(photo.read_bytes()).decode()
+        request = {"dataframe_split": {"columns": ["image", "prompt"], "data": [[image, "segment crack"]]}}
+        status, answer, seconds = _post(f"{base}/invocations", request)
+        assert status == 200, answer
+        row = answer["predictions"][0]
+        mask = cv2.imdecode(np.frombuffer(base64.b64decode(row["mask"]), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(mask, expected) and row["threshold"] == threshold and "measurements" not in row
+        print(f"served /invocations: {seconds * 1000:.0f} ms for one {photo.stat().st_size} byte JPEG")
+
+        status, answer, _ = _post(
+            f"{base}/invocations", {**request, "params": {"threshold": 0.0, "measure": True, "mm_per_px": 0.5}}
+        )
+        assert status == 200, answer
+        row = answer["predictions"][0]
+        all_on = cv2.imdecode(np.frombuffer(base64.b64decode(row["mask"]), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert row["threshold"] == 0.0 and (all_on == 255).all()  # threshold 0: every pixel is on
+        measured = json.loads(row["measurements"])
+        assert measured["kind"] == "crack" and measured["mm_per_px"] == 0.5 and measured["image"]
+
+        bad = {"dataframe_split": {"columns": ["image", "prompt"], "data": [[base64.b64encode(b"no").decode(), "x"]]}}
+        status, answer, _ = _post(f"{base}/invocations", bad)
+        assert status == 400 and "row 0: `image` is not a readable image" in answer["message"], answer
+        status, answer, _ = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["image"], "data": [[image]]}})
+        assert 400 <= status < 500 and "prompt" in answer["message"], answer
+        status, _, _ = _post(f"{base}/invocations", request)  # still serving
+        assert status == 200 and server.poll() is None
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
+    time.sleep(0.5)
+    with pytest.raises(OSError):  # nothing listens on the port any more
+        urllib.request.urlopen(f"{base}/ping", timeout=5)

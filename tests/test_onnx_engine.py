@@ -266,3 +266,69 @@ def test_export_onnx_takes_any_module_with_the_same_forward(tmp_path):
     with torch.no_grad():
         expected = toy(pixel_values, ids, mask).numpy()
     assert got.shape == (3, 16, 16) and np.abs(got - expected).max() < 1e-4
+
+
+def test_the_export_check_compares_probabilities_and_counts_the_mask_pixels_that_flip():
+    """A logit off by 0.00119 (what an Intel AMX machine's fp32 kernels gave against onnxruntime's, issue 32)
+    moves a probability by at most a quarter of that: the check passes, and names the one pixel whose mask
+    flips (its logit sits 0.0005 below 0). A graph off by 0.1 in every logit fails."""
+    from promptseg.infer.onnx_engine import PROBABILITY_TOLERANCE, compare_outputs
+
+    torch_logits = np.array([[[-0.0005, 0.5], [3.0, -3.0]]], np.float32)
+    near = compare_outputs(torch_logits + 0.00119, torch_logits, {"cracks": 0.5, "drywall": 0.9})
+    assert near.passed and PROBABILITY_TOLERANCE == 1e-3 and near.pixels == 4
+    assert near.max_logit_difference == pytest.approx(0.00119, abs=1e-6)
+    assert near.max_probability_difference == pytest.approx(0.00119 / 4, rel=1e-3)  # sigmoid's slope at 0
+    assert near.mask_difference_share == {"cracks": 0.25, "drywall": 0.0}  # p = 0.9526 at logit 3: no flip at 0.9
+    assert "25.0000% at the cracks threshold 0.5" in near.summary()
+    far = compare_outputs(torch_logits + 0.1, torch_logits)
+    assert not far.passed and far.thresholds == {"default": 0.5}
+    assert far.max_probability_difference == pytest.approx(0.5 * (np.tanh(0.05) + 1) - 0.5, rel=1e-4)
+    with pytest.raises(ValueError, match="shapes differ"):
+        compare_outputs(torch_logits, torch_logits[0])
+
+
+def _offset_sessions(monkeypatch, offset: float):
+    """onnxruntime sessions whose logits are the graph's plus ``offset`` (a stand-in for another CPU's kernels)."""
+    from promptseg.infer import onnx_engine
+
+    make = onnx_engine._make_session
+
+    class Offset:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            return [out + np.float32(offset) for out in self.session.run(names, feeds)]
+
+    monkeypatch.setattr(onnx_engine, "_make_session", lambda *a, **k: Offset(make(*a, **k)))
+
+
+def test_export_passes_a_logit_offset_of_0_00119_and_records_the_check(model_dir, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "tiny"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("onnx"))
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"cracks": {"threshold": 0.4}, "drywall": {"threshold": 0.6}, "overall": {}}))
+    _offset_sessions(monkeypatch, 0.00119)
+    assert main(["export", "--model", str(copy), "--eval-metrics", str(eval_json)]) == 0
+    check = json.loads((copy / "onnx" / "promptseg_onnx.json").read_text())["check"]
+    assert check["passed"] is True and check["probability_tolerance"] == 1e-3
+    assert check["thresholds"] == {"cracks": 0.4, "drywall": 0.6}
+    assert check["max_logit_difference"] == pytest.approx(0.00119, abs=1e-5)
+    assert 0.00119 / 4 * 0.9 < check["max_probability_difference"] <= 0.00119 / 4 + 1e-6
+    assert set(check["mask_difference_share"]) == {"cracks", "drywall"}
+    out = capsys.readouterr().out
+    assert "check against PyTorch: max probability difference 2.9" in out and "the cracks threshold 0.4" in out
+
+
+def test_export_of_a_wrong_graph_fails_naming_the_difference(model_dir, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "tiny"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("onnx"))
+    _offset_sessions(monkeypatch, 0.2)  # every probability off by about 0.05
+    assert (
+        main(["export", "--model", str(copy), "--eval-metrics", str(tmp_path / "none.json")]) == 1
+    )  # EXIT_NOTHING_WRITTEN
+    err = capsys.readouterr().err
+    assert "does not reproduce the PyTorch probabilities: max probability difference 4.9" in err
+    assert "(tolerance 0.001)" in err and "at the default threshold 0.5" in err and "Traceback" not in err
+    assert json.loads((copy / "onnx" / "promptseg_onnx.json").read_text())["check"]["passed"] is False

@@ -117,6 +117,12 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
         "drywall",
         "scored_splits",
     }
+    from promptseg.machine import cpu_model
+
+    for folder in ("train", "eval", "runtime"):  # every metrics file names the machine that made it
+        facts = json.loads((repo_copy / "metrics" / folder / "unet.json").read_text())["machine"]
+        assert facts["cpu"] == cpu_model() and all(isinstance(v, str) for v in facts.values())
+    assert unet["machine"]["precision"] == unet["precision"]
     timing = json.loads((repo_copy / "metrics" / "runtime" / "unet.json").read_text())
     assert timing["torch_ms_per_image"] > 0 and timing["onnx_ms_per_image"] > 0 and timing["model_mb"] > 0
     assert "runtime and footprint" in report
@@ -140,6 +146,10 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     assert {m.name for m in registry.search_registered_models()} == {
         f"promptseg-{v}" for v in ("decoder", "lora", "full", "hed_zeroshot", "hed_lora", "unet")
     }
+    unet_run = registry.search_runs(
+        [e.experiment_id for e in registry.search_experiments()], "tags.rung = 'unet'", max_results=1
+    )[0]
+    assert unet_run.data.tags["machine.cpu"] == unet_run.data.tags["eval_machine.cpu"] == cpu_model()
     run(["git", "add", "-A"], repo_copy)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo_copy)
     # the secret that was in the environment during `dvc repro` is nowhere in what it wrote
@@ -155,3 +165,4 @@ def test_whole_pipeline_and_metrics_diff_after_a_param_change(repo_copy):
     run(["dvc", "repro", "evaluate@lora"], repo_copy)
     diff = run(["dvc", "metrics", "diff", "--md"], repo_copy)
     assert "metrics/eval/lora.json" in diff and "cracks.threshold" in diff
+    assert "machine." not in diff  # the same machine: its facts (strings) are not in the diff

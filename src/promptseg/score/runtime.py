@@ -7,6 +7,10 @@ Per rung, on a handful of processed test images (each with its dataset's first p
 - ``onnx_ms_per_image``: the same images through :class:`promptseg.infer.onnx_engine.OnnxSegmenter` (``--engine onnx``)
   when ``runtime.onnx`` is on; the graph is exported (``export_model_dir``, checked against PyTorch) to a
   temporary folder, never into the model folder (a DVC output);
+- ``onnx_check``: how far the export's outputs are from PyTorch's on the check's inputs (the largest
+  probability and logit differences, the share of mask pixels that differ at threshold 0.5;
+  :func:`promptseg.infer.onnx_engine.compare_outputs`); the export fails above the probability tolerance;
+- ``machine``: the machine facts (promptseg.machine: CPU, oneDNN's instruction set, versions, threads);
 - ``model_mb``: the model folder's size on disk (every file; MB = 10^6 bytes), ``onnx_mb``: the ONNX graph's;
 - ``peak_rss_mb``: the process's peak resident memory after loading the model and running the torch path
   (interpreter and libraries included: what a one-model inference process needs), and ``peak_rss_onnx_mb``
@@ -18,6 +22,7 @@ call per path, then ``rounds`` interleaved rounds; each path's fastest round cou
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import tempfile
@@ -32,6 +37,7 @@ from promptseg.images import list_split, read_rgb
 from promptseg.infer.engines import load_segmenter
 from promptseg.infer.onnx_engine import export_model_dir
 from promptseg.infer.recipe import Recipe
+from promptseg.machine import MACHINE_KEY, machine_facts
 from promptseg.paths import write_json
 
 __all__ = ["best_rates", "folder_mb", "peak_rss_mb", "measure_runtime", "runtime_images"]
@@ -114,6 +120,7 @@ def measure_runtime(
         "batch_size": int(batch_size),
         "threads": int(torch.get_num_threads()),
         "device": str(trained.device),
+        MACHINE_KEY: machine_facts(recipe.precision, str(trained.device)),  # what made these timings
         "torch_ms_per_image": round(1000.0 / torch_rate, 2),
         "model_mb": round(folder_mb(model_dir), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -125,6 +132,12 @@ def measure_runtime(
             started = time.perf_counter()
             export_dir = export_model_dir(model_dir, Path(tmp) / "onnx")
             out["onnx_export_s"] = round(time.perf_counter() - started, 2)
+            check = json.loads((export_dir / "promptseg_onnx.json").read_text())["check"]
+            out["onnx_check"] = {  # onnxruntime vs PyTorch on the export check's inputs (mask at threshold 0.5)
+                "max_probability_difference": check["max_probability_difference"],
+                "max_logit_difference": check["max_logit_difference"],
+                "mask_difference_share": check["mask_difference_share"]["default"],
+            }
             engine = load_segmenter(export_dir, "onnx", threads=threads)
 
             def onnx_path(warmup: bool) -> None:

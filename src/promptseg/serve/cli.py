@@ -56,7 +56,14 @@ from promptseg.images import (
     read_rgb,
 )
 from promptseg.infer.engines import ENGINES, EngineLoadError, load_segmenter
-from promptseg.infer.onnx_engine import ONNX_FILENAME, ExportMismatchError, OnnxEngineError, export_model_dir
+from promptseg.infer.onnx_engine import (
+    META_FILENAME,
+    ONNX_FILENAME,
+    ExportCheck,
+    ExportMismatchError,
+    OnnxEngineError,
+    export_model_dir,
+)
 from promptseg.infer.recipe import (
     Recipe,
     RecipeError,
@@ -743,6 +750,16 @@ def cmd_app(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _recipe_thresholds(eval_path: Path) -> dict[str, float] | None:
+    """dataset -> threshold from an evaluation JSON (None when it is missing or has none: the check uses 0.5)."""
+    try:
+        data = json.loads(Path(eval_path).read_text())
+    except (OSError, ValueError):
+        return None
+    found = {d: float(e["threshold"]) for d, e in data.items() if isinstance(e, dict) and "threshold" in e}
+    return found or None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     if not model_dir.is_dir():
@@ -753,9 +770,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     _quiet_transformers()
 
+    try:
+        rung = json.loads((model_dir / MODEL_CARD).read_text()).get("rung") or model_dir.name
+    except (OSError, ValueError):
+        rung = model_dir.name
+    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
+    thresholds = _recipe_thresholds(eval_path)  # the check compares masks at the thresholds predict will use
     started = time.perf_counter()
     try:
-        out_dir = export_model_dir(model_dir, args.out, opset=args.opset, check=not args.no_check)
+        out_dir = export_model_dir(
+            model_dir, args.out, opset=args.opset, check=not args.no_check, thresholds=thresholds
+        )
     except ExportMismatchError as exc:
         _err(str(exc))
         return EXIT_NOTHING_WRITTEN
@@ -767,11 +792,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_WRITTEN
     size_mb = (out_dir / ONNX_FILENAME).stat().st_size / 1e6
 
-    try:
-        rung = json.loads((model_dir / MODEL_CARD).read_text()).get("rung") or model_dir.name
-    except (OSError, ValueError):
-        rung = model_dir.name
-    eval_path = Path(args.eval_metrics) if args.eval_metrics else eval_json(rung)
+    check = json.loads((out_dir / META_FILENAME).read_text()).get("check")
+    if check:
+        print(f"check against PyTorch: {ExportCheck.from_dict(check).summary()}")
     copied = copy_recipes(eval_path, out_dir)
     print(
         f"recipe: copied from {eval_path} to {copied}"

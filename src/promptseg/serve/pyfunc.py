@@ -7,7 +7,16 @@
     # out["mask"][0]: PNG bytes of a {0, 255} mask at the image's own size
 
 Input: a DataFrame with ``image`` (the bytes of an encoded image file: PNG, JPEG, ...) and ``prompt`` (text).
-Output: a DataFrame with ``mask`` (PNG bytes, {0, 255}, the image's own size) and ``threshold`` (the one used).
+Output: a DataFrame with ``mask`` (PNG bytes, {0, 255}, the image's own size) and ``threshold`` (the one used);
+with ``params={"measure": True}`` also ``measurements``: :func:`promptseg.measure.measure_mask`'s result as JSON
+(kind from the prompt's dataset, as ``promptseg predict --measure``; ``mm_per_px`` for millimetres and the BRE 251
+category; the measure settings' defaults, as ``promptseg app``).
+
+The signature (:func:`serving_signature`) lets ``mlflow models serve`` take JSON: binary columns travel as
+base64, as MLflow documents it (``{"dataframe_split": {"columns": ["image", "prompt"], "data": [["<base64>",
+"segment crack"]]}, "params": {"threshold": 0.4}}``); the response's ``mask`` is base64 too (docs/tracking.md).
+A bad request (an unreadable image, an empty prompt, a threshold outside [0, 1]) raises an ``MlflowException``
+with ``INVALID_PARAMETER_VALUE``: the server answers 400 with the message and keeps serving.
 The masks are the ones ``promptseg predict --model models/<rung>`` writes: the same loader
 (:func:`promptseg.infer.torch_engine.load_trained_model`) and the same inference recipe (promptseg.infer.recipe): the model
 carries evaluation's recipe per dataset (``metrics/eval/<rung>.json``'s ``<dataset>.recipe``: threshold chosen on
@@ -47,13 +56,24 @@ from promptseg.infer.recipe import (
     scored_model,
 )
 from promptseg.paths import MODEL_CARD
+from promptseg.serve.measure import measure_kind, measure_mask
 from promptseg.tracking import connect
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow.pyfunc  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
 
-__all__ = ["PromptSegPyfunc", "log_pyfunc_model", "registered_name", "decode_image", "encode_mask"]
+__all__ = [
+    "PromptSegPyfunc",
+    "log_pyfunc_model",
+    "registered_name",
+    "decode_image",
+    "encode_mask",
+    "serving_signature",
+]
 
 MODEL_ARTIFACT, SERVING_ARTIFACT = "model_dir", "serving"
 # What the pyfunc environment needs, pinned to the versions installed here (the project's pins, read from the
@@ -118,21 +138,15 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
         run_prompt, used = recipe_prompts(recipe, self.trained.card, prompt, dataset)
         return recipe, run_prompt, used
 
-    def predict(self, context, model_input, params: dict | None = None):
-        import pandas as pd  # noqa: PLC0415 (heavy, optional: pandas, with mlflow serving)
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        try:
+            request = _read_request(model_input, params or {})
+        except ValueError as exc:  # the caller's mistake: a 400 with the message when served
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+        return self._predict(*request)
 
-        missing = {"image", "prompt"} - set(model_input.columns)
-        if missing:
-            raise ValueError(f"input needs the columns `image` and `prompt`; missing: {', '.join(sorted(missing))}")
-        images = [decode_image(data, i) for i, data in enumerate(model_input["image"])]
-        prompts = [str(p).strip() for p in model_input["prompt"]]
-        for i, prompt in enumerate(prompts):
-            if not prompt:
-                raise ValueError(f"row {i}: `prompt` is empty; give a text prompt such as 'segment crack'.")
-        override = (params or {}).get("threshold")
-        override = None if override is None or float(override) < 0 else float(override)  # -1: the val threshold
-        if override is not None and override > 1:
-            raise ValueError(f"params threshold {override} is outside [0, 1]")
+    def _predict(self, images, prompts, override, measure, mm_per_px) -> pd.DataFrame:
+
         masks: list = [None] * len(images)
         thresholds: list = [None] * len(images)
         for prompt in dict.fromkeys(prompts):  # one recipe per prompt; batches of its batch_size, rows in order
@@ -143,7 +157,63 @@ class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
                 batch = self.trained.masks([images[i] for i in chunk], run_prompt, recipe, threshold=threshold)
                 for i, mask in zip(chunk, batch):
                     masks[i], thresholds[i] = mask, threshold
-        return pd.DataFrame({"mask": [encode_mask(m) for m in masks], "threshold": thresholds})
+        out = pd.DataFrame({"mask": [encode_mask(m) for m in masks], "threshold": thresholds})
+        if measure:
+            out["measurements"] = [
+                json.dumps(measure_mask(m, kind=measure_kind(self.trained.card, p), mm_per_px=mm_per_px))
+                for m, p in zip(masks, prompts)
+            ]
+        return out
+
+
+def _read_request(model_input, params: dict) -> tuple:
+    """(images, prompts, threshold override or None, measure, mm_per_px or None) from a request; a ValueError
+    naming the row or the param for anything the caller must fix."""
+    if not isinstance(model_input, pd.DataFrame):
+        raise ValueError("input must be a table with the columns `image` and `prompt`")
+    missing = {"image", "prompt"} - set(model_input.columns)
+    if missing:
+        raise ValueError(f"input needs the columns `image` and `prompt`; missing: {', '.join(sorted(missing))}")
+    if model_input.empty:
+        raise ValueError("input has no rows: send at least one image and prompt")
+    images = [decode_image(data, i) for i, data in enumerate(model_input["image"])]
+    prompts = [str(p).strip() if p is not None else "" for p in model_input["prompt"]]
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"row {i}: `prompt` is empty; give a text prompt such as 'segment crack'.")
+    override = params.get("threshold")
+    override = None if override is None or float(override) < 0 else float(override)  # -1: the val threshold
+    if override is not None and override > 1:
+        raise ValueError(f"params threshold {override} is outside [0, 1]")
+    mm_per_px = params.get("mm_per_px")
+    mm_per_px = None if mm_per_px is None or float(mm_per_px) <= 0 else float(mm_per_px)  # -1: pixels only
+    return images, prompts, override, bool(params.get("measure", False)), mm_per_px
+
+
+def serving_signature():
+    """Input ``image`` (binary: base64 in JSON) and ``prompt`` (string); params ``threshold`` (-1: the recipe's),
+    ``measure`` (False), ``mm_per_px`` (-1: pixels only); output ``mask`` (binary PNG), ``threshold`` and, when
+    measured, ``measurements`` (JSON string)."""
+    from mlflow.models import ModelSignature  # noqa: PLC0415 (heavy, optional: mlflow)
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema  # noqa: PLC0415 (heavy, optional: mlflow)
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image"), ColSpec("string", "prompt")]),
+        outputs=Schema(
+            [
+                ColSpec("binary", "mask"),
+                ColSpec("double", "threshold"),
+                ColSpec("string", "measurements", required=False),
+            ]
+        ),
+        params=ParamSchema(
+            [
+                ParamSpec("threshold", "double", -1.0),
+                ParamSpec("measure", "boolean", False),
+                ParamSpec("mm_per_px", "double", -1.0),
+            ]
+        ),
+    )
 
 
 def _example_image(size: int = 32) -> bytes:
@@ -174,8 +244,6 @@ def log_pyfunc_model(
 
     Returns the registered model's URI, ``models:/promptseg-<rung>/<version>``.
     """
-    import pandas as pd  # noqa: PLC0415 (heavy, optional: pandas, with mlflow)
-    from mlflow.models import infer_signature  # noqa: PLC0415 (heavy, optional: mlflow)
 
     model_dir = Path(model_dir)
     if not (model_dir / MODEL_CARD).is_file():
@@ -194,7 +262,7 @@ def log_pyfunc_model(
         }
     )
     # params: MLflow fills a missing param with its default, so the default -1.0 means "the val threshold"
-    signature = infer_signature(example, pd.DataFrame({"mask": [b""], "threshold": [0.5]}), params={"threshold": -1.0})
+    signature = serving_signature()
     with tempfile.TemporaryDirectory() as tmp:
         serving = Path(tmp) / "serving.json"
         serving.write_text(

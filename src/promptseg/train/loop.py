@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from promptseg.images import list_split, overlay_image
+from promptseg.machine import MACHINE_KEY, machine_facts
 from promptseg.metrics import iou_dice_from_counts, pixel_counts
 from promptseg.modeling.clipseg import (
     count_parameters,
@@ -636,6 +637,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
         "precision": run.precision,
         "processes": run.accelerator.num_processes if run.accelerator else 1,
         "steps_per_epoch_per_process": run.steps_per_epoch,
+        MACHINE_KEY: machine_facts(run.precision, str(run.device)),  # what made these numbers (promptseg.machine)
     }
     summary["train_seconds"] = round(float(sum(r["seconds"] for r in rows)), 1)
     if hasattr(run.module, "peft_config"):  # the adapter alone, as a user of peft would ship it
