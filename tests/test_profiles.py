@@ -105,7 +105,7 @@ def test_paper_profile_offline_fails_fast_at_download_with_the_roboflow_message(
     assert not (tmp_path / "data" / "raw" / "drywall").exists()
 
 
-def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_the_unet():
+def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_the_cpu_rungs():
     overrides = load_profile("real-cpu", ROOT / "profiles")
     real = apply_profile(load_params(ROOT / "params.yaml"), overrides)
     assert real["data"]["cracks"]["source"] == real["data"]["drywall"]["source"] == "local"
@@ -117,7 +117,9 @@ def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_
                 "data.cracks.source",
                 "data.drywall.source",
                 "model.unet.presence_gate",
+                "model.hed.presence_gate",
                 "train.rungs.unet.",
+                "train.rungs.hed_",
                 "train.common.",
             )
         )
