@@ -51,6 +51,7 @@ __all__ = [
     "postprocess_probabilities",
     "image_scores",
     "score_masks",
+    "summarise_image_scores",
 ]
 
 
@@ -358,15 +359,22 @@ def score_masks(
     each = image_scores(masks, truths, empty_score=empty_score, tolerance_px=tolerance_px, thin=thin)
     if per_image is not None:
         per_image.update(each)
-    micro_iou, micro_dice = iou_dice_from_counts(each["counts"].sum(axis=0), empty_score)
+    return summarise_image_scores(each, empty_score=empty_score)
+
+
+def summarise_image_scores(each: Mapping[str, np.ndarray], *, empty_score: float) -> dict:
+    """What :func:`score_masks` reports from :func:`image_scores` (or several of them concatenated key by key):
+    the means of the per-image IoU/Dice (boundary F1 and clDice where present), micro IoU/Dice from the summed
+    counts, and the number of images."""
+    micro_iou, micro_dice = iou_dice_from_counts(np.asarray(each["counts"]).reshape(-1, 3).sum(axis=0), empty_score)
     scores = {
         "miou": float(np.mean(each["iou"])),
         "dice": float(np.mean(each["dice"])),
         "micro_iou": float(micro_iou),
         "micro_dice": float(micro_dice),
-        "images": len(masks),
+        "images": len(each["iou"]),
     }
-    if thin:
+    if "boundary_f1" in each:
         scores["boundary_f1"] = float(np.mean(each["boundary_f1"]))
         scores["cl_dice"] = float(np.mean(each["cl_dice"]))
     return scores

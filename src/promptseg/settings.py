@@ -435,6 +435,13 @@ class EvaluateSettings:
 
 
 @dataclass(frozen=True)
+class OutsideSettings:  # python -m promptseg.score.outside: an outside export read and leak-checked as masks@ does
+    masks: MasksStageSettings  # empty_polygon, max_image_pixels, min_box_side_px, the near-duplicate test
+    eval: EvalSettings  # empty_score, boundary_tolerance_px
+    prompts: tuple[str, ...]  # data.<dataset>.prompts: every one scored on every kept image
+
+
+@dataclass(frozen=True)
 class ReportSettings:
     rungs: tuple[str, ...]  # the ladder, in params order
     model_source: str
@@ -789,6 +796,16 @@ def evaluate_settings(params) -> EvaluateSettings:
         _build(EvalSettings, _node(params, "eval"), "eval"),
         prompts_of(params),
         _build(MlflowSettings, _node(params, "mlflow"), "mlflow"),
+    )
+
+
+def outside_settings(params, dataset: str) -> OutsideSettings:
+    """What scoring on an outside export reads: the masks stage's settings of ``dataset`` (so that the export is
+    rendered and leak-checked with the same rules and thresholds), ``eval`` and the dataset's prompts."""
+    return OutsideSettings(
+        masks_settings(params, dataset),
+        _build(EvalSettings, _node(params, "eval"), "eval"),
+        prompts_of(params)[dataset],
     )
 
 
