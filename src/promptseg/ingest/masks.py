@@ -281,8 +281,8 @@ def _process_one(
     h, w = size
     if dup:
         per_image["duplicate_stems"] += 1
-    _check_size(rec, path, split, h, w, per_image, problems)
-    mask = _render_with_problems(rec, path, split, h, w, min_box_side_px, per_image, problems)
+    check_size(rec, path, split, h, w, per_image, problems)
+    mask = render_with_problems(rec, path, split, h, w, min_box_side_px, per_image, problems)
     if mask is None:
         return None, per_image, problems
     _write_image_and_masks(path, out_dir / split, stem, mask, true_mask)
@@ -307,7 +307,7 @@ def _decoded_size(path: Path, split: str, per_image: collections.Counter, proble
     return img.shape[:2]
 
 
-def _check_size(rec: ImageRecord, path: Path, split: str, h: int, w: int, per_image, problems: list) -> None:
+def check_size(rec: ImageRecord, path: Path, split: str, h: int, w: int, per_image, problems: list) -> None:
     """A size in the annotation that differs from the file's is counted and named."""
     if (rec.width is not None and rec.width != w) or (rec.height is not None and rec.height != h):
         per_image["size_mismatch"] += 1
@@ -322,7 +322,7 @@ def _check_size(rec: ImageRecord, path: Path, split: str, h: int, w: int, per_im
         )
 
 
-def _render_with_problems(
+def render_with_problems(
     rec: ImageRecord, path: Path, split: str, h: int, w: int, min_box_side_px: float, per_image, problems: list
 ) -> np.ndarray | None:
     """The rendered mask, each shape that draws nothing named; None when every shape draws nothing."""
@@ -576,6 +576,8 @@ def _split_summaries(read, plan: SplitPlan, split_names: list[str], render_count
 __all__ = [
     "INDEX_COLUMNS",
     "RENDER_COUNT_KEYS",
+    "check_size",
+    "render_with_problems",
     "build_processed_dataset",
     "write_problems_csv",
     "write_processed_dataset",

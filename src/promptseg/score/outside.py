@@ -54,7 +54,7 @@ from promptseg.ingest.exports import (
     Problem,
     read_export,
 )
-from promptseg.ingest.masks import _check_size, _render_with_problems
+from promptseg.ingest.masks import check_size, render_with_problems
 from promptseg.ingest.splits import plan_splits
 from promptseg.metrics import image_scores, summarise_image_scores
 from promptseg.params import DATASETS, THIN_STRUCTURE_DATASETS, ParamsError, load_params
@@ -228,8 +228,8 @@ def _load_chunk(records, photos, min_box_side_px, max_pixels, skipped, problems,
             problems.append(Problem(f"{path}: {exc.reason}; it is skipped", kind=exc.kind, file=path, split=rec.split))
             continue
         h, w = image.shape[:2]
-        _check_size(rec, path, rec.split, h, w, per_image, problems)
-        mask = _render_with_problems(rec, path, rec.split, h, w, min_box_side_px, per_image, problems)
+        check_size(rec, path, rec.split, h, w, per_image, problems)
+        mask = render_with_problems(rec, path, rec.split, h, w, min_box_side_px, per_image, problems)
         for kind, count in per_image.items():
             skipped[kind] += count
         if mask is None:  # every shape drew nothing: skipped, not scored as a negative (as the masks stage does)
