@@ -209,3 +209,31 @@ def copy_repository(dest):
         path = dest / generated
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return dest
+
+
+def write_tiny_pipeline_params(repo, *, add_clipseg_rungs: bool = False, drop_rungs=()) -> None:
+    """The pipeline tests' tiny profile, written to ``repo/params.yaml``: 12 synthetic images per dataset at 96 px
+    (6 train + 2 copies, 3 val, 3 test), the tiny CLIPSeg and U-Net, every rung 1 epoch at 64 px.
+    ``add_clipseg_rungs``: the CLIPSeg rungs the default ladder leaves out, appended as profiles/clipseg-small.yaml
+    adds them (LoRA at r 2); ``drop_rungs``: rungs taken out of the ladder."""
+    from pathlib import Path
+
+    import yaml
+
+    from promptseg.profiles import apply_profile, load_profile
+
+    repo = Path(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    if add_clipseg_rungs:
+        params = apply_profile(params, load_profile("clipseg-small", repo / "profiles"))
+        params["train"]["rungs"]["lora"]["r"] = 2
+    params["synthetic"].update(image_size=96, counts={"train": 6, "valid": 3, "test": 3})
+    params["model"] = {**params["model"], **TINY_MODEL, "unet": dict(TINY_UNET)}
+    params["train"]["common"].update(image_size=64, epochs=1, batch_size=4, warmup_steps=0)
+    for rung in drop_rungs:
+        params["train"]["rungs"].pop(rung)
+    for rung in params["train"]["rungs"].values():
+        for key in ("epochs", "image_size"):
+            rung.pop(key, None)
+    params["data"]["drywall"]["source"] = "synthetic"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

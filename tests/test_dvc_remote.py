@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import TINY_MODEL, copy_repository
+from conftest import copy_repository, write_tiny_pipeline_params
 
 BIN = Path(sys.executable).parent
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -43,25 +42,6 @@ def run(args, cwd, **env):
     return done.stdout + done.stderr
 
 
-def tiny_params(repo: Path) -> None:
-    """The pipeline test's tiny profile: 12 synthetic images per dataset, the tiny U-Net, 1 epoch at 64 px."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["synthetic"].update(image_size=96, counts={"train": 6, "valid": 3, "test": 3})
-    params["model"] = {**params["model"], **TINY_MODEL}
-    params["train"]["common"].update(image_size=64, epochs=1, batch_size=4, warmup_steps=0)
-    for rung in params["train"]["rungs"].values():
-        for key in ("epochs", "image_size"):
-            rung.pop(key, None)
-    params["model"]["unet"] = {
-        "widths": [8, 16, 32, 64],
-        "freeze_text": False,
-        "presence_gate": True,
-        "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-    }
-    params["data"]["drywall"]["source"] = "synthetic"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -80,7 +60,7 @@ def pushed(tmp_path_factory):
     """The original repository, run and pushed to a local-folder remote; its cache deleted afterwards."""
     tmp = tmp_path_factory.mktemp("remote")
     origin, store = copy_repository(tmp / "origin"), tmp / "store"
-    tiny_params(origin)
+    write_tiny_pipeline_params(origin)
     run(["git", "init", "-q"], origin)
     run(["dvc", "remote", "add", "-d", "store", str(store)], origin)  # committed in .dvc/config, as docs/remote.md
     run(["git", "add", "-A"], origin)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from promptseg.params import ParamsError, load_params
-from promptseg.profiles import apply_profile, dvc_set_flags, flatten_overrides, load_profile
+from promptseg.profiles import apply_profile, dvc_set_flags, flatten_overrides, load_profile, profile_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,20 +69,49 @@ def test_only_the_profiles_keys_differ_from_the_default():
     assert differing and differing <= set(flatten_overrides(load_profile("paper", ROOT / "profiles")))
 
 
-def test_dvc_flags_round_trip_through_yaml():
-    overrides = load_profile("paper", ROOT / "profiles")
-    flags = dvc_set_flags(overrides)
-    assert flags[0::2] == ["-S"] * (len(flags) // 2)
-    parsed = {k: yaml.safe_load(v) for k, v in (f.split("=", 1) for f in flags[1::2])}
-    assert parsed == flatten_overrides(overrides)
-    assert all(" " not in f for f in flags)
+def test_dvc_flags_round_trip_through_the_override_grammar_dvc_uses():
+    """Parsed by Hydra's override parser (what `dvc exp run -S` applies), the flags give back the profile: a
+    leaf per key params.yaml has, and each rung the profile adds as one `++` (add or override) of its whole body."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = load_params(ROOT / "params.yaml")
+    for name in ("paper", "clipseg-small", "real-cpu"):
+        overrides = load_profile(name, ROOT / "profiles")
+        flags = dvc_set_flags(overrides, params)
+        assert flags[0::2] == ["-S"] * (len(flags) // 2)
+        assert all(" " not in f for f in flags)
+        parsed = OverridesParser.create().parse_overrides(flags[1::2])
+        added = {o.key_or_group: o.value() for o in parsed if o.is_force_add()}
+        leaves = {o.key_or_group: o.value() for o in parsed if not o.is_force_add()}
+        assert not any(o.is_add() or o.is_delete() for o in parsed)
+        assert {**leaves, **added} == {k: v for k, v, _ in profile_changes(params, overrides)}
+        assert set(added) == {f"train.rungs.{r}" for r in overrides.get("train", {}).get("rungs", {})} - {
+            f"train.rungs.{r}" for r in params["train"]["rungs"]
+        }
+    assert set(added) == set()  # real-cpu (the last) only changes rungs params.yaml has
+
+
+def test_the_default_ladder_leaves_the_clipseg_rungs_to_the_profiles_that_add_them():
+    default = load_params(ROOT / "params.yaml")["train"]["rungs"]
+    assert {v["architecture"] for v in default.values()} == {"hed", "unet"}
+    for name in ("paper", "clipseg-small"):
+        rungs = apply_profile(load_params(ROOT / "params.yaml"), load_profile(name, ROOT / "profiles"))["train"][
+            "rungs"
+        ]
+        assert list(rungs) == [*default, "zeroshot", "decoder", "lora", "full"]  # appended, as dvc exp run does
+        assert all(rungs[r]["architecture"] == "clipseg" for r in ("zeroshot", "decoder", "lora", "full"))
 
 
 def test_a_profile_key_params_lacks_is_an_error():
     with pytest.raises(ParamsError, match="train.common.epochz"):
         apply_profile(load_params(ROOT / "params.yaml"), {"train": {"common": {"epochz": 3}}})
-    with pytest.raises(ParamsError, match="known profiles: paper"):
+    with pytest.raises(ParamsError, match="known profiles: clipseg-small, paper"):
         load_profile("papr", ROOT / "profiles")
+    # a rung params.yaml lacks is a typo unless the profile gives its whole definition
+    with pytest.raises(ParamsError, match=r"no rung 'hed_ful'.*method, architecture missing"):
+        apply_profile(load_params(ROOT / "params.yaml"), {"train": {"rungs": {"hed_ful": {"epochs": 10}}}})
+    with pytest.raises(ParamsError, match=r"no section 'trian'"):
+        apply_profile(load_params(ROOT / "params.yaml"), {"trian": {"rungs": {"x": {"method": "full"}}}})
 
 
 def test_paper_profile_offline_fails_fast_at_download_with_the_roboflow_message(tmp_path):

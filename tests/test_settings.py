@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def params():
-    return load_params(ROOT / "params.yaml")
+    """params.yaml with the CLIPSeg rungs its default ladder leaves out (profiles/clipseg-small.yaml adds them)."""
+    return apply_profile(load_params(ROOT / "params.yaml"), load_profile("clipseg-small", ROOT / "profiles"))
 
 
 def test_params_yaml_and_every_profile_validate():

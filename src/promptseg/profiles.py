@@ -7,7 +7,9 @@ prints one ``-S key=value`` per overridden leaf, so that::
 
 runs the pipeline with exactly those keys changed (``make repro-paper``), and ``dvc exp diff paper``
 shows exactly those keys. A profile key that ``params.yaml`` does not have is an error (a typo would
-otherwise be added silently).
+otherwise be added silently), with one exception: a profile may add whole rungs to ``train.rungs`` (the
+CLIPSeg rungs, which the default ladder leaves out), each given with at least its method and architecture
+and passed to DVC as one ``++train.rungs.<name>={...}``.
 """
 
 from __future__ import annotations
@@ -49,18 +51,51 @@ def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, 
     return flat
 
 
+# Sections where a profile may ADD a whole entry that params.yaml lacks: a rung (its complete definition). Anywhere
+# else a key params.yaml lacks is a typo and an error.
+ADDABLE_SECTIONS = ("train.rungs",)
+RUNG_REQUIRED = ("method", "architecture")
+
+
+def profile_changes(params: dict[str, Any], overrides: dict[str, Any]) -> list[tuple[str, Any, bool]]:
+    """``(dotted key, value, added)`` for every override, in the profile's order: a leaf params.yaml has
+    (``added`` False), or a whole new entry of an :data:`ADDABLE_SECTIONS` section (``added`` True: a rung the
+    default ladder leaves out, e.g. the CLIPSeg rungs of the paper profile). Raises ParamsError for anything else."""
+    changes: list[tuple[str, Any, bool]] = []
+
+    def walk(over: dict[str, Any], node: Any, prefix: str) -> None:
+        for key, value in over.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if prefix in ADDABLE_SECTIONS and key not in node:
+                missing = [k for k in RUNG_REQUIRED if not isinstance(value, dict) or k not in value]
+                if missing:
+                    raise ParamsError(
+                        f"profile key {name!r}: params.yaml has no rung {key!r}, and a profile that adds a rung gives "
+                        f"its whole definition ({', '.join(missing)} missing): fix the name or complete the rung."
+                    )
+                changes.append((name, value, True))
+            elif isinstance(value, dict):
+                if not isinstance(node.get(key), dict):
+                    raise ParamsError(f"profile key {name!r}: params.yaml has no section {name!r}.")
+                walk(value, node[key], name)
+            elif key not in node:
+                raise ParamsError(f"profile key {name!r} is not in params.yaml: fix the profile or add the key.")
+            else:
+                changes.append((name, value, False))
+
+    walk(overrides, params, "")
+    return changes
+
+
 def apply_profile(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``params`` with every override set; raises ParamsError for a key params.yaml lacks."""
+    """A copy of ``params`` with every override set and every added rung appended (as ``dvc exp run`` does);
+    raises ParamsError for a key params.yaml lacks."""
     merged = copy.deepcopy(params)
-    for dotted, value in flatten_overrides(overrides).items():
+    for dotted, value, _ in profile_changes(params, overrides):
         node = merged
         keys = dotted.split(".")
-        for i, key in enumerate(keys[:-1]):
-            if not isinstance(node.get(key), dict):
-                raise ParamsError(f"profile key {dotted!r}: params.yaml has no section {'.'.join(keys[: i + 1])!r}.")
+        for key in keys[:-1]:
             node = node[key]
-        if keys[-1] not in node:
-            raise ParamsError(f"profile key {dotted!r} is not in params.yaml: fix the profile or add the key.")
         node[keys[-1]] = copy.deepcopy(value)
     return merged
 
@@ -71,6 +106,8 @@ def _hydra_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         if any(c in value for c in " ,[]{}'\"=") or value.lower() in ("true", "false", "null"):
             raise ParamsError(f"profile value {value!r} needs quoting; use a plainer value.")
@@ -78,11 +115,12 @@ def _hydra_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def dvc_set_flags(overrides: dict[str, Any]) -> list[str]:
-    """``["-S", "a.b=1", "-S", ...]`` for ``dvc exp run``."""
+def dvc_set_flags(overrides: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """``["-S", "a.b=1", "-S", ...]`` for ``dvc exp run``; an added rung is one ``++train.rungs.<name>={...}``
+    (Hydra's add-or-override: a workspace that already holds the rung from an earlier run takes it again)."""
     flags: list[str] = []
-    for dotted, value in flatten_overrides(overrides).items():
-        flags += ["-S", f"{dotted}={_hydra_value(value)}"]
+    for dotted, value, added in profile_changes(params, overrides):
+        flags += ["-S", f"{'++' if added else ''}{dotted}={_hydra_value(value)}"]
     return flags
 
 
@@ -95,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        overrides = load_profile(argv[0])
-        validate_params(apply_profile(load_params(), overrides))  # every key must exist in params.yaml, and validate
+        overrides, params = load_profile(argv[0]), load_params()
+        validate_params(apply_profile(params, overrides))  # every key must exist in params.yaml, and validate
     except ParamsError as exc:
         print(f"promptseg.profiles: {exc}", file=sys.stderr)
         return 2
-    print(" ".join(dvc_set_flags(overrides)))
+    print(" ".join(dvc_set_flags(overrides, params)))
     return 0
 
 
