@@ -40,4 +40,4 @@ def main(rungs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["full"])
+    main(sys.argv[1:] or ["unet"])

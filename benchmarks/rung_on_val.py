@@ -2,7 +2,7 @@
 
     python benchmarks/rung_on_val.py full -S model.clipseg.vision.patch_size=8 -S train.common.image_size=160
 
-Reads ``params.yaml`` and the processed data of the current workspace (``dvc repro masks@cracks
+Reads ``params.yaml`` (with the CLIPSeg rungs of ``profiles/clipseg-small.yaml``) and the processed data of the current workspace (``dvc repro masks@cracks
 masks@drywall`` first), applies each ``-S key=value`` (the value parsed as YAML), trains the rung with
 ``promptseg.train.loop.train_rung`` into a temporary folder (no MLflow run, nothing in the workspace
 changes) and prints one ``RESULT`` JSON line. Per dataset, on the val split, at the threshold (0.1 ...
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from promptseg.images import list_split, read_rgb
 from promptseg.infer.torch_engine import load_trained_model  # noqa: E402
 from promptseg.metrics import iou_dice, lit_fraction  # noqa: E402
+from promptseg.profiles import params_with_profiles  # noqa: E402
 from promptseg.settings import train_settings  # noqa: E402
 from promptseg.train.loop import TrainSetup, train_rung  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--processed", type=Path, default=Path("data/processed"))
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
+    params = params_with_profiles("clipseg-small")  # the default ladder + the CLIPSeg rungs it leaves out
     for item in args.overrides:
         key, value = item.split("=", 1)
         set_key(params, key, yaml.safe_load(value))

@@ -37,13 +37,13 @@ def measure(rung: str, rd64: bool, steps: int, precision: str = "fp32", layout: 
     from promptseg.modeling.clipseg import apply_method, build_clip_tokenizer, make_processor, rd64_refined_config
     from promptseg.modeling.precision import autocast
     from promptseg.modeling.registry import build_model, segmentation_logits
-    from promptseg.params import load_params
+    from promptseg.profiles import params_with_profiles
     from promptseg.settings import train_settings
     from promptseg.train.data import EpochShuffleSampler, collate
     from promptseg.train.loop import TrainSetup, build_datasets, make_optimizer
     from promptseg.train.losses import bce_dice_loss
 
-    params = load_params()
+    params = params_with_profiles("clipseg-small")  # the default ladder + the CLIPSeg rungs it leaves out
     if rd64:
         params["train"]["common"].update(image_size=352, batch_size=4)
     settings = train_settings(params, rung)
@@ -135,7 +135,7 @@ def interleaved(rung: str, steps: int) -> dict:
     from promptseg.modeling.clipseg import apply_method
     from promptseg.modeling.precision import autocast
     from promptseg.modeling.registry import segmentation_logits
-    from promptseg.params import load_params
+    from promptseg.profiles import params_with_profiles
     from promptseg.settings import train_settings
     from promptseg.train.data import EpochShuffleSampler, collate
     from promptseg.train.loop import (
@@ -147,7 +147,7 @@ def interleaved(rung: str, steps: int) -> dict:
     )
     from promptseg.train.losses import bce_dice_loss
 
-    settings_ = train_settings(load_params(), rung)
+    settings_ = train_settings(params_with_profiles("clipseg-small"), rung)
     setup = TrainSetup(
         settings=settings_,
         processed_root=Path("data/processed"),

@@ -19,6 +19,7 @@ def main() -> None:
         out,
         rungs=list(s.rungs),
         model_source=s.model_source,
+        clipseg_in_ladder=bool(s.clipseg_rungs),
         datasets=DATASETS,
         boundary_tolerance_px=s.boundary_tolerance_px,
         infer_defaults={"hflip_tta": s.hflip_tta, "prompt_ensemble": s.prompt_ensemble},

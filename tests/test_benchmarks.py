@@ -26,7 +26,7 @@ def _benchmark(name: str):
 @pytest.fixture
 def tiny_repository(tmp_path, processed_root, monkeypatch):
     """A working directory the benchmark reads as the repository root: params.yaml (the repository's, with the
-    tiny models and 64 px U-Net views), data/processed (the tiny fixture tree) and the vendored BPE."""
+    tiny models and 64 px U-Net views), data/processed (the tiny fixture tree), profiles/ and the vendored BPE."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"]["clipseg"] = TINY_MODEL["clipseg"]
     params["model"]["unet"] = TINY_UNET
@@ -36,6 +36,7 @@ def tiny_repository(tmp_path, processed_root, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "processed").symlink_to(processed_root)
     (tmp_path / "vendor").symlink_to(ROOT / "vendor")
+    (tmp_path / "profiles").symlink_to(ROOT / "profiles")  # the benchmarks add the CLIPSeg rungs from a profile
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

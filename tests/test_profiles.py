@@ -156,3 +156,13 @@ def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_
     ), overrides
     assert real["model"]["unet"]["presence_gate"] is True and real["model"]["unet"]["widths"]  # merged, not replaced
     assert real["train"]["rungs"]["unet"]["epochs"] >= 12
+
+
+def test_params_with_profiles_applies_them_in_order(tmp_path, monkeypatch):
+    from promptseg.profiles import params_with_profiles
+
+    monkeypatch.chdir(ROOT)
+    both = params_with_profiles("clipseg-small", "paper")
+    assert both["train"]["rungs"]["lora"]["train_decoder"] is False  # paper's body replaced clipseg-small's keys
+    assert both["train"]["rungs"]["decoder"]["epochs"] == 3  # ... and kept the ones paper's body lacks (as ++ does)
+    assert list(params_with_profiles()["train"]["rungs"]) == list(load_params(ROOT / "params.yaml")["train"]["rungs"])

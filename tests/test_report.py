@@ -360,6 +360,18 @@ def test_skipped_rung_says_skipped_with_its_reason_and_no_numbers():
     # on `small` the skipped zero-shot rung keeps its one-line explanation and gets no row at all
     small = build_report(DATA, train, evals, BASELINES, model_source="small", rungs=["zeroshot", "lora", "full"])
     assert "meaningless for a randomly initialised model" in small and "zeroshot" not in small
+    # a ladder without CLIPSeg rungs (the default: HED and U-Net) does not describe the CLIPSeg source at all
+    no_clipseg = build_report(
+        DATA,
+        {"unet": TRAIN["lora"]},
+        {"unet": EVAL["lora"]},
+        BASELINES,
+        model_source="small",
+        rungs=["unet"],
+        clipseg_in_ladder=False,
+    )
+    assert "Model source" not in no_clipseg and "Zero-shot" not in no_clipseg
+    assert "No CLIPSeg rung in this ladder" in no_clipseg and "| unet" in no_clipseg
 
 
 def test_ladder_lists_baselines_first_then_rungs_in_params_order():

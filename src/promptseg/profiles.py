@@ -100,6 +100,15 @@ def apply_profile(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
+def params_with_profiles(*names: str, params_path: Path = Path("params.yaml")) -> dict[str, Any]:
+    """params.yaml with the named profiles applied in order, e.g. ``params_with_profiles("clipseg-small")``: the
+    default ladder plus the random-init CLIPSeg rungs, for the benchmarks that time every architecture."""
+    params = load_params(params_path)
+    for name in names:
+        params = apply_profile(params, load_profile(name, Path(params_path).parent / PROFILES_DIR))
+    return params
+
+
 def _hydra_value(value: Any) -> str:
     """A value in the override grammar of ``dvc exp run -S`` (no spaces, so the shell keeps one word)."""
     if isinstance(value, bool):

@@ -444,6 +444,7 @@ class OutsideSettings:  # python -m promptseg.score.outside: an outside export r
 @dataclass(frozen=True)
 class ReportSettings:
     rungs: tuple[str, ...]  # the ladder, in params order
+    clipseg_rungs: tuple[str, ...]  # those with architecture: clipseg (model.source describes only them)
     model_source: str
     boundary_tolerance_px: int
     hflip_tta: bool
@@ -810,8 +811,13 @@ def outside_settings(params, dataset: str) -> OutsideSettings:
 
 
 def report_settings(params) -> ReportSettings:
+    rungs = rung_names(params)
+    ladder = _node(params, "train.rungs")
     return ReportSettings(
-        rungs=rung_names(params),
+        rungs=rungs,
+        clipseg_rungs=tuple(
+            r for r in rungs if isinstance(ladder[r], Mapping) and ladder[r].get("architecture") == "clipseg"
+        ),
         model_source=_convert(str, _node(params, "model.source"), "model.source"),
         boundary_tolerance_px=_convert(int, _node(params, "eval.boundary_tolerance_px"), "eval.boundary_tolerance_px"),
         hflip_tta=_convert(bool, _node(params, "infer.hflip_tta"), "infer.hflip_tta"),

@@ -192,13 +192,17 @@ def _missing_test_lines(splits: dict[str, str]) -> list[str]:
     return out
 
 
-def _header(rungs: list[str], model_source: str, datasets: Sequence[str]) -> list[str]:
+def _header(rungs: list[str], model_source: str, datasets: Sequence[str], clipseg_in_ladder: bool) -> list[str]:
+    source = (
+        f"Model source: {_source_description(model_source)}. "
+        if clipseg_in_ladder
+        else "No CLIPSeg rung in this ladder (`model.source` describes only those; profiles/paper.yaml and "
+        "profiles/clipseg-small.yaml add them). "
+    )
     return [
         "# promptseg report",
         "",
-        f"Model source: {_source_description(model_source)}. "
-        f"Rungs: {', '.join(f'`{v}`' for v in rungs) if rungs else 'none'}. "
-        f"Datasets: {', '.join(datasets)}.",
+        f"{source}Rungs: {', '.join(f'`{v}`' for v in rungs) if rungs else 'none'}. Datasets: {', '.join(datasets)}.",
         "",
         "Metric: IoU and Dice are computed per image over the whole 2-D mask, then averaged over images "
         "(mIoU, Dice); an image whose ground truth and prediction are both empty scores 1. "
@@ -814,6 +818,7 @@ def build_report(
     infer_defaults: dict | None = None,
     runtime: dict[str, dict] | None = None,
     scored_splits: dict[str, str] | None = None,
+    clipseg_in_ladder: bool = True,
 ) -> str:
     """The markdown report.
 
@@ -835,21 +840,23 @@ def build_report(
         scored_splits: ``{dataset: "test" | "val"}``, the split each dataset's tables report (``val`` for a dataset
             without test split, labelled as optimistic); default: ``val`` where an evaluation says
             ``reported_split: val``, else ``test``.
+        clipseg_in_ladder: whether the ladder has CLIPSeg rungs; without them the header says so instead of
+            describing ``model_source``, and the CLIPSeg zero-shot notes are left out.
     """
     if rungs is None:
         rungs = list(dict.fromkeys([*train_metrics, *eval_metrics]))
     rungs = list(rungs)
     zeroshot_skipped = zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is not None  # the one rule
-    if not zeroshot_skipped and ZEROSHOT in eval_metrics and ZEROSHOT not in rungs:
+    if clipseg_in_ladder and not zeroshot_skipped and ZEROSHOT in eval_metrics and ZEROSHOT not in rungs:
         rungs.append(ZEROSHOT)
     if zeroshot_skipped:
         rungs = [v for v in rungs if v != ZEROSHOT]
 
     splits = {d: _scored_split(d, eval_metrics, scored_splits) for d in datasets}
-    lines = _header(rungs, model_source, datasets) + _missing_test_lines(splits)
-    if zeroshot_skipped:
+    lines = _header(rungs, model_source, datasets, clipseg_in_ladder) + _missing_test_lines(splits)
+    if clipseg_in_ladder and zeroshot_skipped:
         lines += ["Zero-shot: a zero-shot row is meaningless for a randomly initialised model and is omitted.", ""]
-    elif ZEROSHOT not in eval_metrics:
+    elif clipseg_in_ladder and ZEROSHOT not in eval_metrics:
         lines += [f"Zero-shot: no metrics/eval/{ZEROSHOT}.json yet, so no zero-shot row.", ""]
     lines += _data_section(data_metrics, datasets)
     number = 2
@@ -970,6 +977,7 @@ def write_report(
     boundary_tolerance_px: int = 2,
     infer_defaults: dict | None = None,
     summary_path: Path | None = None,
+    clipseg_in_ladder: bool = True,
 ) -> str:
     """Read the metrics files under ``metrics_dir`` (data, train, eval and ``eval/baselines.json``) and write the
     markdown report to ``out_path`` (figure links relative to it) and, with ``summary_path``, the headline
@@ -977,7 +985,8 @@ def write_report(
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     rungs = list(rungs)
     if (
-        zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None
+        clipseg_in_ladder
+        and zeroshot_skip_reason(ZEROSHOT, "clipseg", model_source) is None
         and eval_json(ZEROSHOT, metrics_dir / "eval").exists()
         and ZEROSHOT not in rungs
     ):
@@ -1012,6 +1021,7 @@ def write_report(
         boundary_tolerance_px=boundary_tolerance_px,
         infer_defaults=infer_defaults,
         runtime=runtime or None,
+        clipseg_in_ladder=clipseg_in_ladder,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
