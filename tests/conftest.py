@@ -237,3 +237,9 @@ def write_tiny_pipeline_params(repo, *, add_clipseg_rungs: bool = False, drop_ru
             rung.pop(key, None)
     params["data"]["drywall"]["source"] = "synthetic"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def predict_argv(model, *inputs, out, prompt: str = "segment crack", extra=()) -> list[str]:
+    """``promptseg predict`` arguments: the model folder, one prompt, the input files or folders, the output
+    folder, then ``extra`` options."""
+    return ["predict", "--model", str(model), "--prompt", prompt, *(str(i) for i in inputs), "--out", str(out), *extra]

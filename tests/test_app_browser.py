@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import PROMPTS, TINY_MODEL
+from conftest import PROMPTS, TINY_MODEL, predict_argv
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
@@ -214,19 +214,13 @@ def test_upload_prompt_measure_download_equals_predict(served, browser, tmp_path
     out = tmp_path / "predict"
     assert (
         main(
-            [
-                "predict",
-                "--model",
+            predict_argv(
                 str(served["model"]),
-                "--prompt",
-                PROMPT,
                 str(served["image"]),
-                "--out",
-                str(out),
-                "--eval-metrics",
-                str(served["eval"]),
-                "--quiet",
-            ]
+                out=str(out),
+                prompt=PROMPT,
+                extra=["--eval-metrics", str(served["eval"]), "--quiet"],
+            )
         )
         == 0
     )

@@ -42,6 +42,7 @@ from promptseg.ingest.exports import (
 from promptseg.ingest.masks import build_processed_dataset, write_processed_dataset
 from promptseg.ingest.splits import image_signature, plan_splits
 
+from conftest import predict_argv
 from fixtures_exports import (
     coco_ann,
     coco_image,
@@ -473,19 +474,9 @@ def test_predict_skips_truncated_images_with_the_reason(tiny_model_dir, tmp_path
     write_image(folder / "good.jpg", 40, 30)
     truncate(Path(shutil.copy(folder / "good.jpg", folder / "cut.jpg")))
     rc = main(
-        [
-            "predict",
-            "--model",
-            str(tiny_model_dir),
-            "--prompt",
-            "segment crack",
-            str(folder),
-            "--out",
-            str(tmp_path / "out"),
-            "--threshold",
-            "0.5",
-            "--quiet",
-        ]
+        predict_argv(
+            str(tiny_model_dir), str(folder), out=str(tmp_path / "out"), extra=["--threshold", "0.5", "--quiet"]
+        )
     )
     captured = capsys.readouterr()
     assert rc == 0 and sorted(p.name for p in (tmp_path / "out").glob("[!.]*")) == ["good__segment-crack.png"]
@@ -504,18 +495,7 @@ def test_predict_with_corrupt_weights_is_rc2_with_a_message(tiny_model_dir, tmp_
     truncate(broken / "model.safetensors")
     write_image(tmp_path / "a.jpg")
     rc = main(
-        [
-            "predict",
-            "--model",
-            str(broken),
-            "--prompt",
-            "segment crack",
-            str(tmp_path / "a.jpg"),
-            "--out",
-            str(tmp_path / "out"),
-            "--threshold",
-            "0.5",
-        ]
+        predict_argv(str(broken), str(tmp_path / "a.jpg"), out=str(tmp_path / "out"), extra=["--threshold", "0.5"])
     )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
@@ -543,9 +523,7 @@ def test_predict_refuses_an_unwritable_out_before_loading_the_model(tmp_path, mo
         ro.chmod(0o500)
         targets.append((ro, "Permission denied"))
     for out, reason in targets:
-        rc = cli.main(
-            ["predict", "--model", str(model), "--prompt", "segment crack", str(tmp_path / "a.jpg"), "--out", str(out)]
-        )
+        rc = cli.main(predict_argv(str(model), str(tmp_path / "a.jpg"), out=str(out)))
         err = capsys.readouterr().err
         assert rc == 2 and err == (
             f"promptseg: cannot write to the output folder {out}: {reason}; pass --out with a folder you can write to\n"
@@ -723,17 +701,7 @@ def test_predict_refuses_damaged_and_huge_images_and_writes_rotated_ones_as_show
     huge_header_jpeg(folder / "huge.jpg", 30000, 30000)
     set_orientation(write_image(folder / "rotated.jpg", 64, 40), 6)
     rc = main(
-        [
-            "predict",
-            "--model",
-            str(tiny_model_dir),
-            "--prompt",
-            "segment crack",
-            str(folder),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-        + ["--threshold", "0.5", "--quiet"]
+        predict_argv(str(tiny_model_dir), str(folder), out=str(tmp_path / "out")) + ["--threshold", "0.5", "--quiet"]
     )
     captured = capsys.readouterr()
     assert rc == 0 and "1 masks written, 2 skipped" in captured.out
@@ -753,7 +721,7 @@ def test_predict_never_mixes_runs_in_one_out_folder(tiny_model_dir, tmp_path, ca
     out = tmp_path / "out"
 
     def predict(image: str, prompt: str = "segment crack", model: Path = tiny_model_dir, *flags: str) -> int:
-        argv = ["predict", "--model", str(model), "--prompt", prompt, str(tmp_path / "in" / image), "--out", str(out)]
+        argv = predict_argv(str(model), str(tmp_path / "in" / image), out=str(out), prompt=prompt)
         return main([*argv, "--threshold", "0.5", "--quiet", "--measure", *flags])
 
     assert predict("a.jpg") == 0 and predict("b.jpg") == 0  # the same model and prompt: one run's folder
@@ -837,7 +805,7 @@ def test_the_smaller_faults_are_one_message_each(tmp_path, capsys, monkeypatch):
     processor.save_pretrained(unet)
     (unet / "unet_config.json").write_text('{"architecture": "unet", "widths": [8]')  # cut short
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
-    argv = ["predict", "--model", str(unet), "--prompt", "segment crack", "--out", str(tmp_path / "o")]
+    argv = predict_argv(str(unet), out=str(tmp_path / "o"))
     assert main([*argv, str(tmp_path / "loop.jpg")]) == 2
     assert (
         capsys.readouterr().err == f"promptseg: {tmp_path / 'loop.jpg'} is a symbolic link that loops back on itself\n"

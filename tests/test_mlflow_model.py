@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from promptseg.serve.cli import main
 
-from conftest import PROMPTS, TINY_MODEL
+from conftest import PROMPTS, TINY_MODEL, predict_argv
 
 UNET = {
     "widths": [8, 16, 32, 64],
@@ -102,18 +102,13 @@ def test_registered_pyfunc_predicts_the_masks_of_promptseg_predict(unet_dir, tmp
         out_dir = tmp_path / f"cli-{prompt.replace(' ', '-')}"
         assert (
             main(
-                [
-                    "predict",
-                    "--model",
+                predict_argv(
                     str(unet_dir),
-                    "--prompt",
-                    prompt,
                     str(folder),
-                    "--out",
-                    str(out_dir),
-                    "--eval-metrics",
-                    str(eval_json),
-                ]
+                    out=str(out_dir),
+                    prompt=prompt,
+                    extra=["--eval-metrics", str(eval_json)],
+                )
             )
             == 0
         )
@@ -171,7 +166,7 @@ def test_pyfunc_applies_the_recipe_flip_tta_and_kernel_5_like_promptseg_predict(
     loaded = mlflow.pyfunc.load_model("models:/promptseg-unet/1")
 
     out_dir = tmp_path / "cli"
-    args = ["predict", "--model", str(unet_dir), "--prompt", "segment crack", str(folder), "--out", str(out_dir)]
+    args = predict_argv(str(unet_dir), str(folder), out=str(out_dir))
     assert main([*args, "--eval-metrics", str(eval_json)]) == 0
     frame = pd.DataFrame({"image": [(folder / n).read_bytes() for n in names], "prompt": ["segment crack"] * 3})
     got = loaded.predict(frame)
@@ -244,7 +239,7 @@ def test_mlflow_models_serve_answers_a_photo_with_the_mask_of_promptseg_predict(
     eval_json.write_text(json.dumps({d: {"threshold": r["threshold"], "recipe": r} for d, r in recipes.items()}))
     assert log_pyfunc_model(unet_dir, cfg, recipes=recipes) == "models:/promptseg-unet/1"
     out_dir = tmp_path / "cli"
-    args = ["predict", "--model", str(unet_dir), "--prompt", "segment crack", str(photo), "--out", str(out_dir)]
+    args = predict_argv(str(unet_dir), str(photo), out=str(out_dir))
     assert main([*args, "--eval-metrics", str(eval_json)]) == 0
     expected = cv2.imread(str(out_dir / "wall__segment-crack.png"), cv2.IMREAD_UNCHANGED)
     assert expected.shape == (80, 96) and 0.0 < (expected > 0).mean() < 0.5  # neither empty nor full

@@ -8,6 +8,8 @@ import pytest
 
 from promptseg.serve.cli import main
 
+from conftest import predict_argv
+
 
 @pytest.fixture
 def folder(tmp_path):
@@ -24,20 +26,12 @@ def folder(tmp_path):
 def test_folder_with_bad_files_writes_good_masks_and_reports_the_rest(tiny_model_dir, folder, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(
-        [
-            "predict",
-            "--model",
+        predict_argv(
             str(tiny_model_dir),
-            "--prompt",
-            "segment crack",
             str(folder),
-            "--out",
-            str(out),
-            "--batch-size",
-            "2",
-            "--eval-metrics",
-            str(tmp_path / "none.json"),
-        ]
+            out=str(out),
+            extra=["--batch-size", "2", "--eval-metrics", str(tmp_path / "none.json")],
+        )
     )
     captured = capsys.readouterr()
     assert rc == 0
@@ -56,18 +50,13 @@ def test_threshold_default_comes_from_the_eval_file_of_the_prompts_dataset(tiny_
     eval_path = tmp_path / "tiny.json"
     eval_path.write_text(json.dumps({"cracks": {"threshold": 0.3}, "drywall": {"threshold": 0.7}}))
     rc = main(
-        [
-            "predict",
-            "--model",
+        predict_argv(
             str(tiny_model_dir),
-            "--prompt",
-            "segment joint tape",
             str(folder / "a.png"),
-            "--out",
-            str(tmp_path / "o"),
-            "--eval-metrics",
-            str(eval_path),
-        ]
+            out=str(tmp_path / "o"),
+            prompt="segment joint tape",
+            extra=["--eval-metrics", str(eval_path)],
+        )
     )
     out = capsys.readouterr().out
     assert rc == 0 and "threshold 0.7: chosen on val for dataset 'drywall'" in out
@@ -95,20 +84,13 @@ def test_threshold_one_gives_empty_masks_and_overlay_is_written(tiny_model_dir, 
     out = tmp_path / "out"
     assert (
         main(
-            [
-                "predict",
-                "--model",
+            predict_argv(
                 str(tiny_model_dir),
-                "--prompt",
-                "segment crack",
                 str(folder / "a.png"),
                 str(folder / "b.jpg"),
-                "--out",
-                str(out),
-                "--threshold",
-                "1.0",
-                "--overlay",
-            ]
+                out=str(out),
+                extra=["--threshold", "1.0", "--overlay"],
+            )
         )
         == 0
     )
@@ -121,20 +103,12 @@ def test_threshold_one_gives_empty_masks_and_overlay_is_written(tiny_model_dir, 
     zero = tmp_path / "zero"
     assert (
         main(
-            [
-                "predict",
-                "--model",
+            predict_argv(
                 str(tiny_model_dir),
-                "--prompt",
-                "segment crack",
                 str(folder / "a.png"),
-                "--out",
-                str(zero),
-                "--threshold",
-                "0",
-                "--overlay",
-                "--no-morphology",
-            ]
+                out=str(zero),
+                extra=["--threshold", "0", "--overlay", "--no-morphology"],
+            )
         )
         == 0
     )
@@ -149,69 +123,18 @@ def test_threshold_one_gives_empty_masks_and_overlay_is_written(tiny_model_dir, 
 
 def test_usage_errors_exit_2(tiny_model_dir, folder, tmp_path, capsys):
     missing = tmp_path / "nope.png"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(tiny_model_dir),
-                "--prompt",
-                "segment crack",
-                str(missing),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert main(predict_argv(str(tiny_model_dir), str(missing), out=str(tmp_path / "o"))) == 2
     assert str(missing) in capsys.readouterr().err
     for prompt in ("", "   "):
-        assert (
-            main(
-                [
-                    "predict",
-                    "--model",
-                    str(tiny_model_dir),
-                    "--prompt",
-                    prompt,
-                    str(folder),
-                    "--out",
-                    str(tmp_path / "o"),
-                ]
-            )
-            == 2
-        )
+        assert main(predict_argv(str(tiny_model_dir), str(folder), out=str(tmp_path / "o"), prompt=prompt)) == 2
         assert "give a non-empty --prompt" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(tmp_path / "no-model"),
-                "--prompt",
-                "segment crack",
-                str(folder),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert main(predict_argv(str(tmp_path / "no-model"), str(folder), out=str(tmp_path / "o"))) == 2
     assert "no-model" in capsys.readouterr().err
     assert (
         main(
-            [
-                "predict",
-                "--model",
-                str(tiny_model_dir),
-                "--prompt",
-                "x",
-                str(folder),
-                "--out",
-                str(tmp_path / "o"),
-                "--threshold",
-                "1.5",
-            ]
+            predict_argv(
+                str(tiny_model_dir), str(folder), out=str(tmp_path / "o"), prompt="x", extra=["--threshold", "1.5"]
+            )
         )
         == 2
     )
@@ -221,36 +144,13 @@ def test_nothing_readable_exits_1(tiny_model_dir, tmp_path, capsys):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "broken.png").write_bytes(b"not a png")
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(tiny_model_dir),
-                "--prompt",
-                "segment crack",
-                str(d),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 1
-    )
+    assert main(predict_argv(str(tiny_model_dir), str(d), out=str(tmp_path / "o"))) == 1
     assert "0 masks written, 1 skipped" in capsys.readouterr().out
 
 
 def test_engine_and_threads_options(tiny_model_dir, folder, tmp_path, capsys):
     """--engine onnx on a folder without an export: one line naming `promptseg export`; bad values exit 2."""
-    args = [
-        "predict",
-        "--model",
-        str(tiny_model_dir),
-        "--prompt",
-        "segment crack",
-        str(folder / "a.png"),
-        "--out",
-        str(tmp_path / "o"),
-    ]
+    args = predict_argv(str(tiny_model_dir), str(folder / "a.png"), out=str(tmp_path / "o"))
     assert main([*args, "--engine", "onnx"]) == 2
     err = capsys.readouterr().err
     assert f"run `promptseg export --model {tiny_model_dir}` first" in err and err.count("\n") == 1

@@ -12,7 +12,7 @@ from promptseg.paths import prompt_slug
 from promptseg.score.evaluate import evaluate_rung
 from promptseg.serve.cli import main
 
-from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
+from conftest import PROMPTS, TINY_MODEL, predict_argv, tiny_eval_config
 
 PROMPT = PROMPTS["cracks"][1]
 
@@ -52,21 +52,13 @@ def mid_threshold(model_dir, processed_root):
 def _predict(model, images, out, eval_json, engine):
     """`promptseg predict` of PROMPT on a folder with a recipe file and an engine; its exit code."""
     return main(
-        [
-            "predict",
-            "--model",
+        predict_argv(
             str(model),
-            "--prompt",
-            PROMPT,
             str(images),
-            "--out",
-            str(out),
-            "--eval-metrics",
-            str(eval_json),
-            "--engine",
-            engine,
-            "--quiet",
-        ]
+            out=str(out),
+            prompt=PROMPT,
+            extra=["--eval-metrics", str(eval_json), "--engine", engine, "--quiet"],
+        )
     )
 
 
@@ -124,23 +116,21 @@ def test_a_flag_overrides_one_field_and_says_so(model_dir, processed_root, tmp_p
     )
     image = processed_root / "cracks" / "test" / "images"
     rc = main(
-        [
-            "predict",
-            "--model",
+        predict_argv(
             str(model_dir),
-            "--prompt",
-            PROMPT,
             str(image),
-            "--out",
-            str(tmp_path / "o"),
-            "--eval-metrics",
-            str(eval_json),
-            "--kernel-size",
-            "3",
-            "--hflip-tta",
-            "--native-resolution",
-            "--quiet",
-        ]
+            out=str(tmp_path / "o"),
+            prompt=PROMPT,
+            extra=[
+                "--eval-metrics",
+                str(eval_json),
+                "--kernel-size",
+                "3",
+                "--hflip-tta",
+                "--native-resolution",
+                "--quiet",
+            ],
+        )
     )
     printed = capsys.readouterr().out
     assert rc == 0
@@ -251,24 +241,22 @@ def test_predict_measure_writes_the_measurements_of_the_masks_it_wrote(model_dir
     images = processed_root / "drywall" / "test" / "images"
     out = tmp_path / "o"
     rc = main(
-        [
-            "predict",
-            "--model",
+        predict_argv(
             str(model_dir),
-            "--prompt",
-            "segment joint tape",
             str(images),
-            "--out",
-            str(out),
-            "--eval-metrics",
-            str(tmp_path / "absent.json"),
-            "--threshold",
-            "0.5",
-            "--measure",
-            "--mm-per-px",
-            "0.5",
-            "--quiet",
-        ]
+            out=str(out),
+            prompt="segment joint tape",
+            extra=[
+                "--eval-metrics",
+                str(tmp_path / "absent.json"),
+                "--threshold",
+                "0.5",
+                "--measure",
+                "--mm-per-px",
+                "0.5",
+                "--quiet",
+            ],
+        )
     )
     printed = capsys.readouterr().out
     assert rc == 0 and "training labels were boxes" in printed  # a drywall prompt: joints
