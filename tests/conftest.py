@@ -220,12 +220,11 @@ def write_tiny_pipeline_params(repo, *, add_clipseg_rungs: bool = False, drop_ru
 
     import yaml
 
-    from promptseg.profiles import apply_profile, load_profile
+    from promptseg.profiles import params_with_profiles
 
     repo = Path(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = params_with_profiles(*(["clipseg-small"] if add_clipseg_rungs else []), params_path=repo / "params.yaml")
     if add_clipseg_rungs:
-        params = apply_profile(params, load_profile("clipseg-small", repo / "profiles"))
         params["train"]["rungs"]["lora"]["r"] = 2
     params["synthetic"].update(image_size=96, counts={"train": 6, "valid": 3, "test": 3})
     params["model"] = {**params["model"], **TINY_MODEL, "unet": dict(TINY_UNET)}

@@ -158,7 +158,7 @@ def test_real_cpu_profile_reads_local_exports_and_changes_only_data_sources_and_
     assert real["train"]["rungs"]["unet"]["epochs"] >= 12
 
 
-def test_params_with_profiles_applies_them_in_order(tmp_path, monkeypatch):
+def test_params_with_profiles_applies_them_in_order(monkeypatch):
     from promptseg.profiles import params_with_profiles
 
     monkeypatch.chdir(ROOT)

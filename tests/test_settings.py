@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptseg.params import ParamsError, load_params
-from promptseg.profiles import apply_profile, load_profile
+from promptseg.params import ParamsError
+from promptseg.profiles import apply_profile, load_profile, params_with_profiles
 from promptseg.settings import (
     download_settings,
     evaluate_settings,
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def params():
     """params.yaml with the CLIPSeg rungs its default ladder leaves out (profiles/clipseg-small.yaml adds them)."""
-    return apply_profile(load_params(ROOT / "params.yaml"), load_profile("clipseg-small", ROOT / "profiles"))
+    return params_with_profiles("clipseg-small", params_path=ROOT / "params.yaml")
 
 
 def test_params_yaml_and_every_profile_validate():
