@@ -51,7 +51,7 @@ repro-paper: install
 	$(BIN)/dvc exp run -n paper $$($(BIN)/python -m promptseg.profiles paper)
 
 # The real sample (profiles/real-cpu.yaml) as a DVC experiment on the CPU: every rung and the report, about
-# 2 hours on 2 cores (session 13, in one go: 89 min of install and training, then ~4 min per evaluation: docs/pretrained.md). TARGET=evaluate@unet runs the U-Net rung alone (14 min).
+# 2 hours on 2 cores (session 13, in one go: 109 min, 89 of them install and training: docs/pretrained.md). TARGET=evaluate@unet runs the U-Net rung alone (14 min).
 REAL ?= ../shared/real
 TARGET ?=
 repro-real: install
