@@ -349,3 +349,29 @@ def test_adamw_kernels_foreach_is_the_for_loop_update_and_fused_the_same_formula
     assert not torch.equal(loop, torch.cat([p.detach().flatten() for p in start.parameters()]))
     assert torch.equal(foreach, loop)
     assert torch.allclose(fused, loop, atol=1e-5) and not torch.equal(fused, loop)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_per_epoch_validation_runs_in_the_training_precision(tmp_path, processed_root, monkeypatch, precision):
+    """The val curve's forward runs under the training's autocast (bf16 costs a third of fp32 on this CPU),
+    and its loss and Dice are still taken on float logits."""
+    import promptseg.train.loop
+
+    seen = []  # (training mode, autocast on, logits dtype) of every forward the loop makes
+    original = promptseg.train.loop.segmentation_logits
+
+    def recording(module, *args, **kwargs):
+        logits = original(module, *args, **kwargs)
+        first = logits[0] if isinstance(logits, tuple) else logits  # (logits, presence) in the training forward
+        seen.append((module.training, torch.is_autocast_enabled("cpu"), first.dtype))
+        return logits
+
+    monkeypatch.setattr(promptseg.train.loop, "segmentation_logits", recording)
+    setup = make_setup(tmp_path, processed_root, precision=precision, epochs=1)
+    summary = train_rung(setup)
+    validation = [(on, dtype) for training, on, dtype in seen if not training]
+    assert validation, seen  # the val set's batches and the logged overlay
+    bf16 = precision == "bf16"
+    assert all(on == bf16 for on, _ in validation), validation
+    assert all(dtype == (torch.bfloat16 if bf16 else torch.float32) for _, dtype in validation), validation
+    assert summary["precision"] == precision and 0.0 <= summary["final_val_dice"] <= 1.0

@@ -35,7 +35,7 @@ from promptseg.modeling.clipseg import (
     uses_per_image_standardization,
 )
 from promptseg.modeling.hed import weights_record
-from promptseg.modeling.precision import device_and_autocast
+from promptseg.modeling.precision import autocast, device_and_autocast
 from promptseg.modeling.preprocessing import normalize
 from promptseg.modeling.registry import apply_method, build_model, segmentation_logits
 from promptseg.paths import HED_WEIGHTS_DIR, write_json
@@ -248,13 +248,17 @@ def _tokenize(processor, prompts, device):
 
 
 def run_epoch_validation(
-    module, processor, loader, device, train: TrainCommonSettings, empty_score: float
+    module, processor, loader, device, train: TrainCommonSettings, empty_score: float, precision: str = "fp32"
 ) -> tuple[float, float]:
     """(mean val loss, mean per-image Dice at threshold 0.5) with each image's first prompt; an image whose
-    prediction and target are both empty scores ``empty_score`` (``eval.empty_score``, the evaluation's rule)."""
+    prediction and target are both empty scores ``empty_score`` (``eval.empty_score``, the evaluation's rule).
+
+    ``precision``: the training's resolved precision (``Run.precision``), so the per-epoch curve costs what a
+    training forward costs (bf16 on the real sample's HED: 11 s per epoch against 37 s in fp32); the loss and
+    Dice are taken on float logits. The evaluation stage scores in its own ``infer.precision``."""
     module.eval()
     losses, dices = [], []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, device):
         for pixel_values, targets, prompts, _ in loader:
             ids, mask = _tokenize(processor, prompts, device)
             logits = segmentation_logits(module, pixel_values.to(device), ids, mask).float()
@@ -388,7 +392,7 @@ def val_overlay(run: Run) -> np.ndarray:
     pixel_values = normalize(np.ascontiguousarray(rgb), part.mean, part.std, part.per_image)[None].to(run.device)
     ids, mask = _tokenize(run.processor, part.prompts[:1], run.device)
     run.module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(run.precision, run.device):
         logits = segmentation_logits(run.module, pixel_values, ids, mask).float()
     run.module.train()
     return overlay_image(rgb, (logits[0] > 0).cpu().numpy())
@@ -454,7 +458,9 @@ def build_run(setup: TrainSetup) -> Run:
     seed_everything(train.seed)
     accelerator = _accelerator()
     # train.common.precision: auto | fp32 | bf16 (promptseg.modeling.precision); BN stats, loss and optimiser stay fp32
-    device, autocast, precision = device_and_autocast(train.precision, accelerator.device if accelerator else None)
+    device, forward_context, precision = device_and_autocast(
+        train.precision, accelerator.device if accelerator else None
+    )
     base, processor = build_model(setup.settings.model, setup.image_size, train.seed, setup.architecture, rung.method)
     module = apply_method(base, rung.method, rung.lora).to(device)
     module.train()
@@ -485,7 +491,7 @@ def build_run(setup: TrainSetup) -> Run:
         train_loader,
         val_loader,
         device,
-        autocast,
+        forward_context,
         precision,
         accelerator,
         len(train_loader),
@@ -562,7 +568,13 @@ def train_epochs(
         seconds = time.perf_counter() - started
         # validate: every process scores the same whole val set with the same weights (no collective)
         val_loss, val_dice = run_epoch_validation(
-            run.module, run.processor, run.val_loader, run.device, setup.rung.train, setup.settings.empty_score
+            run.module,
+            run.processor,
+            run.val_loader,
+            run.device,
+            setup.rung.train,
+            setup.settings.empty_score,
+            run.precision,
         )
         row = {
             "epoch": epoch + 1,
@@ -604,7 +616,13 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
     model folder), drop the checkpoint. ``logger``: the main process's live log (None on the others)."""
     if not rows:  # zeroshot on a pretrained model: score the untouched model once (logged at step 0)
         val_loss, val_dice = run_epoch_validation(
-            run.module, run.processor, run.val_loader, run.device, setup.rung.train, setup.settings.empty_score
+            run.module,
+            run.processor,
+            run.val_loader,
+            run.device,
+            setup.rung.train,
+            setup.settings.empty_score,
+            run.precision,
         )
         rows = [
             {
