@@ -52,10 +52,12 @@ repro-paper: install
 
 # The real sample (profiles/real-cpu.yaml) as a DVC experiment on the CPU: every rung and the report, about
 # 2 hours on 2 cores (session 13, in one go: 109 min, 89 of them install and training: docs/pretrained.md). TARGET=evaluate@unet runs the U-Net rung alone (14 min).
+# PROFILE="real-cpu real-cpu-60min": the same ladder at fewer epochs and bf16 evaluation, for a 60-minute budget.
 REAL ?= ../shared/real
 TARGET ?=
+PROFILE ?= real-cpu
 repro-real: install
-	$(BIN)/dvc exp run -n real-cpu $$($(BIN)/python -m promptseg.profiles real-cpu) \
+	$(BIN)/dvc exp run -n $(lastword $(PROFILE)) $$($(BIN)/python -m promptseg.profiles $(PROFILE)) \
 	    -S data.cracks.local.path=$(abspath $(REAL))/cracks-3ii36-yg05p \
 	    -S data.drywall.local.path=$(abspath $(REAL))/drywall-join-detect-v1 $(TARGET)
 

@@ -166,3 +166,30 @@ def test_params_with_profiles_applies_them_in_order(monkeypatch):
     assert both["train"]["rungs"]["lora"]["train_decoder"] is False  # paper's body replaced clipseg-small's keys
     assert both["train"]["rungs"]["decoder"]["epochs"] == 3  # ... and kept the ones paper's body lacks (as ++ does)
     assert list(params_with_profiles()["train"]["rungs"]) == list(load_params(ROOT / "params.yaml")["train"]["rungs"])
+
+
+def test_profiles_laid_over_each_other_reach_dvc_once_per_key_the_later_winning(monkeypatch, capsys):
+    """`make repro-real PROFILE="real-cpu real-cpu-60min"`: real-cpu's settings, then the 60-minute budget's epochs
+    and evaluation precision; each key reaches `dvc exp run` once, with the last profile's value."""
+    from promptseg.profiles import load_profiles, main, merge_overrides
+
+    assert merge_overrides({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}, "e": 6}) == {
+        "a": {"b": 5, "c": 2},
+        "d": 3,
+        "e": 6,
+    }
+    budget = load_profile("real-cpu-60min", ROOT / "profiles")
+    assert set(flatten_overrides(budget)) <= {f"train.rungs.{r}.epochs" for r in ("unet", "hed_lora", "hed_full")} | {
+        "infer.precision"
+    }
+    layered = load_profiles(["real-cpu", "real-cpu-60min"], ROOT / "profiles")
+    assert layered["train"]["rungs"]["hed_lora"] == {"epochs": 4, "image_size": 320}  # real-cpu's size kept
+    assert layered["train"]["rungs"]["hed_lora"]["epochs"] == layered["train"]["rungs"]["hed_full"]["epochs"]
+    monkeypatch.chdir(ROOT)
+    assert main(["real-cpu", "real-cpu-60min"]) == 0
+    flags = capsys.readouterr().out.split()
+    keys = [f.split("=")[0] for f in flags[1::2]]
+    assert len(keys) == len(set(keys)), keys
+    assert "train.rungs.hed_full.epochs=4" in flags and "train.rungs.hed_full.epochs=8" not in flags
+    assert "data.cracks.source=local" in flags and "infer.precision=bf16" in flags
+    assert main(["real-cpu", "real-cpu-6Omin"]) == 2 and "known profiles" in capsys.readouterr().err

@@ -39,6 +39,27 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]
     return overrides
 
 
+def merge_overrides(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """``first`` with ``then`` laid over it, section by section (a leaf of ``then`` wins): two profiles as one,
+    so each key reaches ``dvc exp run`` once."""
+    merged = copy.deepcopy(first)
+    for key, value in then.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_profiles(names: list[str] | tuple[str, ...], profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
+    """The overrides of several profiles applied in order (``real-cpu real-cpu-60min``: the real sample's
+    settings, then the 60-minute budget's epochs), as one nested mapping."""
+    merged: dict[str, Any] = {}
+    for name in names:
+        merged = merge_overrides(merged, load_profile(name, profiles_dir))
+    return merged
+
+
 def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are leaves."""
     flat: dict[str, Any] = {}
@@ -135,14 +156,15 @@ def dvc_set_flags(overrides: dict[str, Any], params: dict[str, Any]) -> list[str
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
+    if not argv:
         print(
-            "usage: python -m promptseg.profiles NAME   (prints the `dvc exp run -S` flags of profiles/NAME.yaml)",
+            "usage: python -m promptseg.profiles NAME [NAME ...]   (prints the `dvc exp run -S` flags of "
+            "profiles/NAME.yaml; several names are laid over each other in order)",
             file=sys.stderr,
         )
         return 2
     try:
-        overrides, params = load_profile(argv[0]), load_params()
+        overrides, params = load_profiles(argv), load_params()
         validate_params(apply_profile(params, overrides))  # every key must exist in params.yaml, and validate
     except ParamsError as exc:
         print(f"promptseg.profiles: {exc}", file=sys.stderr)
