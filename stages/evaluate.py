@@ -22,10 +22,10 @@ from promptseg.serve.pyfunc import log_pyfunc_model  # the rung as a pyfunc mode
 from promptseg.settings import evaluate_settings, load_stage_settings
 from promptseg.tracking import flatten_metrics, log_to_run, training_run_id
 
-# The images' encodings, reused across ten or so prompts per split. Evaluation runs each prompt over a whole split,
-# so the cache must hold a split's encodings: least-recently-used under a cyclic scan larger than itself hits
-# nothing. HED-VGG16 at 320 px keeps ~50 MB per image (the real sample's 122 crack val photos: ~6 GB); 512 MB
-# made its evaluation encode every image once per prompt (measured: ~1 h instead of minutes on 1 core).
+# The images' encodings, reused across ten or so prompts per split (one split at a time: the cache is emptied at
+# each new split). HED-VGG16 at 320 px keeps ~50 MB per image in fp32 (the real sample's 122 crack val photos:
+# ~6 GB; flip TTA doubles it; bf16 halves it). A split larger than this keeps what fits (promptseg.cache policy
+# "keep"); under least-recently-used, 512 MB made HED's evaluation encode every image once per prompt (~1 h).
 ENCODING_CACHE_BYTES = 7 * 2**30
 
 

@@ -8,7 +8,7 @@ from promptseg.cache import ByteBudgetCache
 from promptseg.infer.torch_engine import TorchSegmenter
 from promptseg.modeling.registry import build_model
 
-from conftest import TINY_MODEL
+from conftest import PROMPTS, TINY_MODEL, tiny_eval_config
 
 UNET_MODEL = {
     **TINY_MODEL,
@@ -67,3 +67,50 @@ def test_cache_stays_within_its_byte_budget_and_drops_the_oldest():
     off = ByteBudgetCache(max_bytes=0)
     off.get("k", lambda: torch.zeros(3))
     assert off.used == 0 and not off._entries
+
+
+def test_unknown_cache_policy_is_an_error():
+    with pytest.raises(ValueError, match="cache policy 'fifo'"):
+        ByteBudgetCache(100, policy="fifo")
+
+
+def test_keep_policy_hits_on_what_it_holds_where_lru_hits_nothing_under_a_cyclic_scan():
+    """Every prompt over a split larger than the budget: LRU drops each entry just before its next use."""
+    computed = {"lru": 0, "keep": 0}
+    for policy in computed:
+        cache = ByteBudgetCache(max_bytes=6 * 400, policy=policy)  # six of the ten 10 x 10 float32 tensors
+        for _ in range(3):  # three prompts, each over the ten images
+            for key in range(10):
+                cache.get(key, lambda p=policy: computed.__setitem__(p, computed[p] + 1) or torch.zeros(10, 10))
+        assert cache.used <= cache.max_bytes
+    assert computed == {"lru": 30, "keep": 10 + 2 * 4}  # keep: the first six hit on the second and third pass
+    cache.clear()
+    assert cache.used == 0 and not cache._entries
+
+
+def test_evaluation_encodes_each_split_once_when_the_budget_holds_one_split(processed_root, monkeypatch):
+    """The cache is emptied at each new split, so a budget of one split's encodings is enough: every split's images
+    are encoded once (one batch: 4 images), whatever the number of prompt passes over it (nine here)."""
+    import promptseg.infer.torch_engine
+    from promptseg.score.evaluate import evaluate_rung
+
+    encoded, original = [], promptseg.infer.torch_engine.encode_images
+    monkeypatch.setattr(
+        promptseg.infer.torch_engine,
+        "encode_images",
+        lambda model, pixel_values: encoded.append(len(pixel_values)) or original(model, pixel_values),
+    )
+    cfg = tiny_eval_config()
+    roomy = trained_model("unet", cache_bytes=512 * 2**20)
+    held = []  # what the cache holds when each split ends
+    forget = roomy.forget_encodings
+    monkeypatch.setattr(roomy, "forget_encodings", lambda: held.append(roomy.encodings.used) or forget())
+    expected, _ = evaluate_rung(roomy, processed_root, PROMPTS, cfg)
+    assert len(held) == 4 and held[0] == 0 and encoded == [4] * 4  # 2 datasets x (val, test), one batch each
+    one_split = roomy.encodings.used
+    assert one_split == max(held) > 0
+    encoded.clear()
+    tight = trained_model("unet", cache_bytes=one_split)
+    results, _ = evaluate_rung(tight, processed_root, PROMPTS, cfg)
+    assert encoded == [4] * 4
+    assert results == expected

@@ -59,6 +59,9 @@ class Segmenter:
     def window_logits(self, pixel_values: torch.Tensor, prompts: list[str], precision: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def forget_encodings(self) -> None:
+        """Drop any images' encodings held for reuse across prompts (evaluation, at a new split); none by default."""
+
     # ----------------------------------------------------------------------- the one dispatch
     def cannot_follow(self, recipe: Recipe) -> str | None:
         """Why this engine cannot run ``recipe`` (None if it can): a model that runs each photo at its own size

@@ -165,6 +165,7 @@ class _Predictor:
         self.segmenter, self.dataset, self.cfg = segmenter, dataset, cfg
         self.recipe = cfg.recipe(dataset)  # its threshold is not used here: probabilities only
         self.bars: dict[int, tqdm] = {}  # id(split data) -> its progress bar (images done over every prompt pass)
+        self._split: SplitData | None = None  # the split whose encodings the segmenter may hold (held: ids get reused)
 
     def open_bars(self, splits: dict[str, SplitData], prompts, other_prompts) -> None:
         for split, data in splits.items():
@@ -193,6 +194,9 @@ class _Predictor:
                 + (" +hflip" if recipe.hflip_tta else "")
                 + (" tiled" if recipe.tiled else "")
             )
+        if data is not self._split:  # a new split: its images' encodings replace the last split's
+            self.segmenter.forget_encodings()
+            self._split = data
         probs = self.segmenter.probabilities(data.images, [prompt] * len(data.images), recipe)
         if bar is not None:
             bar.update(len(data.images))
