@@ -499,25 +499,30 @@ def build_run(setup: TrainSetup) -> Run:
 
 
 # --------------------------------------------------------------------------------------- one epoch
+def train_step(setup: TrainSetup, run: Run, batch) -> float:
+    """One optimiser step on one batch (pixels, targets, prompts, datasets): forward under the training's
+    autocast, the loss on float logits (+ the presence gate's own loss), backward, AdamW, schedule; its loss."""
+    pixel_values, targets, prompts, datasets = batch
+    pixel_values, targets = pixel_values.to(run.device), targets.to(run.device)
+    ids, mask = _tokenize(run.processor, prompts, run.device)
+    with run.autocast:
+        logits, presence = run.forward(pixel_values, ids, mask)
+    loss = training_loss(logits.float(), targets, datasets, pixel_values, setup.rung.train)
+    if presence is not None:  # the gate's own image-level supervision (promptseg.modeling.unet)
+        loss = loss + setup.rung.presence_weight * presence_loss(presence.float(), targets)
+    run.step_optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP the gradients are all-reduced here
+    run.step_optimizer.step()
+    run.scheduler.step()
+    return loss.item()
+
+
 def train_one_epoch(setup: TrainSetup, run: Run, epoch: int) -> float:
     """One pass over this process's training batches; returns the mean loss over every process's batches."""
-    losses = []
     batches = tqdm(
         run.train_loader, desc=f"{setup.rung_name} epoch {epoch + 1}/{setup.rung.epochs}", leave=False, disable=None
     )
-    for pixel_values, targets, prompts, datasets in batches:
-        pixel_values, targets = pixel_values.to(run.device), targets.to(run.device)
-        ids, mask = _tokenize(run.processor, prompts, run.device)
-        with run.autocast:
-            logits, presence = run.forward(pixel_values, ids, mask)
-        loss = training_loss(logits.float(), targets, datasets, pixel_values, setup.rung.train)
-        if presence is not None:  # the gate's own image-level supervision (promptseg.modeling.unet)
-            loss = loss + setup.rung.presence_weight * presence_loss(presence.float(), targets)
-        run.step_optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP the gradients are all-reduced here
-        run.step_optimizer.step()
-        run.scheduler.step()
-        losses.append(loss.item())
+    losses = [train_step(setup, run, batch) for batch in batches]
     train_loss = float(np.mean(losses))
     if run.accelerator is not None:  # the mean over every process's batches
         train_loss = float(run.accelerator.gather(torch.tensor([train_loss], device=run.device)).mean())
