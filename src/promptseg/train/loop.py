@@ -384,6 +384,19 @@ def open_epoch_logger(
         )
 
 
+def validate_epoch(setup: TrainSetup, run: Run) -> tuple[float, float]:
+    """The per-epoch (val loss, val Dice) of ``run``'s model now, in the training's precision."""
+    return run_epoch_validation(
+        run.module,
+        run.processor,
+        run.val_loader,
+        run.device,
+        setup.rung.train,
+        setup.settings.empty_score,
+        run.precision,
+    )
+
+
 def val_overlay(run: Run) -> np.ndarray:
     """The fixed image logged each epoch: the first val image (first dataset) at the training size, with its
     dataset's first prompt, the predicted mask (logit > 0) drawn in red (:func:`promptseg.images.overlay_image`)."""
@@ -572,15 +585,7 @@ def train_epochs(
         train_loss = train_one_epoch(setup, run, epoch)
         seconds = time.perf_counter() - started
         # validate: every process scores the same whole val set with the same weights (no collective)
-        val_loss, val_dice = run_epoch_validation(
-            run.module,
-            run.processor,
-            run.val_loader,
-            run.device,
-            setup.rung.train,
-            setup.settings.empty_score,
-            run.precision,
-        )
+        val_loss, val_dice = validate_epoch(setup, run)
         row = {
             "epoch": epoch + 1,
             "train_loss": round(train_loss, 6),
@@ -620,15 +625,7 @@ def finish(setup: TrainSetup, run: Run, rows: list[dict], logger: EpochLogger | 
     """Summary, replica check, save the model folder and the metrics, finish the MLflow run (counts and the
     model folder), drop the checkpoint. ``logger``: the main process's live log (None on the others)."""
     if not rows:  # zeroshot on a pretrained model: score the untouched model once (logged at step 0)
-        val_loss, val_dice = run_epoch_validation(
-            run.module,
-            run.processor,
-            run.val_loader,
-            run.device,
-            setup.rung.train,
-            setup.settings.empty_score,
-            run.precision,
-        )
+        val_loss, val_dice = validate_epoch(setup, run)
         rows = [
             {
                 "epoch": 0,
