@@ -124,10 +124,7 @@ def apply_profile(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 def params_with_profiles(*names: str, params_path: Path = Path("params.yaml")) -> dict[str, Any]:
     """params.yaml with the named profiles applied in order, e.g. ``params_with_profiles("clipseg-small")``: the
     default ladder plus the random-init CLIPSeg rungs, for the benchmarks that time every architecture."""
-    params = load_params(params_path)
-    for name in names:
-        params = apply_profile(params, load_profile(name, Path(params_path).parent / PROFILES_DIR))
-    return params
+    return apply_profile(load_params(params_path), load_profiles(names, Path(params_path).parent / PROFILES_DIR))
 
 
 def _hydra_value(value: Any) -> str:
