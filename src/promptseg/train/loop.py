@@ -405,7 +405,7 @@ def val_overlay(run: Run) -> np.ndarray:
     pixel_values = normalize(np.ascontiguousarray(rgb), part.mean, part.std, part.per_image)[None].to(run.device)
     ids, mask = _tokenize(run.processor, part.prompts[:1], run.device)
     run.module.eval()
-    with torch.no_grad(), autocast(run.precision, run.device):
+    with torch.no_grad(), run.autocast:  # the training's own forward context
         logits = segmentation_logits(run.module, pixel_values, ids, mask).float()
     run.module.train()
     return overlay_image(rgb, (logits[0] > 0).cpu().numpy())
