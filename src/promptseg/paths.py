@@ -35,6 +35,7 @@ METRICS_TRAIN = METRICS / "train"
 METRICS_EVAL = METRICS / "eval"
 METRICS_RUNTIME = METRICS / "runtime"
 BASELINES_JSON = METRICS_EVAL / "baselines.json"
+CEILINGS_JSON = METRICS_EVAL / "ceilings.json"  # what the crack labels allow (promptseg.score.ceilings)
 REPORT_MD = METRICS / "report.md"
 SUMMARY_JSON = METRICS / "summary.json"
 MODEL_CARD = (

@@ -391,6 +391,9 @@ class EvalSettings:
 @dataclass(frozen=True)
 class ReportParams:
     darkest_share: Threshold
+    ceiling_radii: Annotated[
+        tuple[Count, ...], NonEmpty()
+    ]  # label centerlines drawn at these radii (promptseg.score.ceilings)
 
 
 @dataclass(frozen=True)
@@ -458,6 +461,7 @@ class BaselinesSettings:
     boundary_tolerance_px: int
     darkest_share: float
     morphology: MorphologySettings
+    ceiling_radii: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -832,6 +836,7 @@ def baselines_settings(params) -> BaselinesSettings:
         boundary_tolerance_px=_convert(int, _node(params, "eval.boundary_tolerance_px"), "eval.boundary_tolerance_px"),
         darkest_share=_build(ReportParams, _node(params, "report"), "report").darkest_share,
         morphology=_build(MorphologySettings, _node(params, "infer.morphology"), "infer.morphology"),
+        ceiling_radii=_build(ReportParams, _node(params, "report"), "report").ceiling_radii,
     )
 
 

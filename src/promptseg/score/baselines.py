@@ -26,6 +26,8 @@ __all__ = [
     "darkest_name",
     "baseline_scores",
     "write_baselines",
+    "read_label_masks",
+    "scored_split",
     "DEFAULT_DARKEST_SHARE",
 ]
 
@@ -60,6 +62,17 @@ def _with_lit(scores: dict, masks: list[np.ndarray]) -> dict:
     return {**scores, "lit": float(np.mean([lit_fraction(m > 0) for m in masks]))}
 
 
+def read_label_masks(pairs, dataset: str) -> list[np.ndarray]:
+    """The bool label masks of ``pairs`` (``promptseg.images.list_split``); one clear error for a missing one."""
+    truths = []
+    for _, mask_path in pairs:
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks@{dataset}`.")
+        truths.append(mask > 0)
+    return truths
+
+
 def trivial_baseline_scores(
     processed_root: Path,
     dataset: str,
@@ -82,12 +95,7 @@ def trivial_baseline_scores(
     pixels lit. Returns ``{}`` when the split has no images. Images are read only for the darkest baseline.
     """
     pairs = list_split(Path(processed_root), dataset, split)
-    truths = []
-    for _, mask_path in pairs:
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise ValueError(f"{mask_path}: mask missing or unreadable; rerun `dvc repro masks@{dataset}`.")
-        truths.append(mask > 0)
+    truths = read_label_masks(pairs, dataset)
     if not truths:
         return {}
     thin = dataset in THIN_STRUCTURE_DATASETS

@@ -54,6 +54,7 @@ __all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS"
 ZEROSHOT = "zeroshot"
 BASELINE_NAMES = ("all zeros", "all ones")  # the prompt-blind constant masks; "darkest N%" joins them for cracks
 BASELINES_FILE = "baselines.json"  # under metrics/eval: written by the `baselines` stage
+CEILINGS_FILE = "ceilings.json"  # under metrics/eval: what the crack labels allow (promptseg.score.ceilings)
 
 # Counters in metrics/data/<dataset>.json that describe the data rather than something skipped or repaired.
 QUIRK_IGNORED_KEYS = frozenset(
@@ -437,8 +438,10 @@ def _ladder_section(
     eval_metrics: dict[str, dict],
     baselines: dict,
     split: str = "test",
+    ceiling: dict | None = None,
 ) -> list[str]:
-    """One dataset's ladder: the no-learning baselines, then every rung in ``rungs`` (params) order."""
+    """One dataset's ladder: the no-learning baselines, then every rung in ``rungs`` (params) order; with
+    ``ceiling`` (:func:`promptseg.score.ceilings.label_ceilings` of the same split), what its labels allow."""
     cols = _score_columns(dataset)
     out = [f"## Table {number}: {dataset} ladder ({_split_label(split)}, mean over prompts)", ""]
     header = [
@@ -469,6 +472,7 @@ def _ladder_section(
         notes = _beaten_notes(dataset, rungs, eval_metrics, base, split) + notes
     else:
         notes.insert(0, f"No no-learning baselines for {dataset} (no processed {split} split found).")
+    out += _ceiling_lines(ceiling, split)
     if split != "test":
         notes.insert(0, f"Scored on {split}: {NO_TEST_SPLIT_NOTE} (see the note at the top).")
     if base:
@@ -478,6 +482,28 @@ def _ladder_section(
         )
     out += [n + "\n" for n in skipped_notes + notes]
     return out
+
+
+def _ceiling_lines(ceiling: dict | None, split: str) -> list[str]:
+    """What the labels allow (promptseg.score.ceilings), in two sentences; nothing without it."""
+    one, each = (ceiling or {}).get("one width"), (ceiling or {}).get("each image's width")
+    if not one or not each:
+        return []
+    widths = ceiling.get("label_width_px") or {}
+    width_text = (
+        f" The labels' own width (area / skeleton length) runs from {_num(widths['p10'], 1)} px (10th percentile) "
+        f"through {_num(widths['p50'], 1)} (median) to {_num(widths['p90'], 1)} (90th)."
+        if {"p10", "p50", "p90"} <= set(widths)
+        else ""
+    )
+    return [
+        f"What the labels allow (upper references read off the {split} labels themselves, not models): their own "
+        f"centerline drawn at one width (a disk of radius {one.get('radius_px', MISSING)} px, the best single radius) scores "
+        f"mIoU {_num(one.get('miou'))} / Dice {_num(one.get('dice'))}; drawn at each image's best width, "
+        f"{_num(each.get('miou'))} / {_num(each.get('dice'))}. A model that finds every centerline exactly but draws one "
+        f"width scores at most the first.{width_text}",
+        "",
+    ]
 
 
 def _ladder_row(rung, dataset, split, cols, width, train_metrics, eval_metrics, notes, skipped_notes):
@@ -819,6 +845,7 @@ def build_report(
     runtime: dict[str, dict] | None = None,
     scored_splits: dict[str, str] | None = None,
     clipseg_in_ladder: bool = True,
+    ceilings: dict | None = None,
 ) -> str:
     """The markdown report.
 
@@ -842,6 +869,8 @@ def build_report(
             ``reported_split: val``, else ``test``.
         clipseg_in_ladder: whether the ladder has CLIPSeg rungs; without them the header says so instead of
             describing ``model_source``, and the CLIPSeg zero-shot notes are left out.
+        ceilings: ``metrics/eval/ceilings.json`` (:func:`promptseg.score.ceilings.ceiling_scores`): what each
+            thin-structure dataset's labels allow, stated under its ladder when scored on the same split.
     """
     if rungs is None:
         rungs = list(dict.fromkeys([*train_metrics, *eval_metrics]))
@@ -861,7 +890,12 @@ def build_report(
     lines += _data_section(data_metrics, datasets)
     number = 2
     for dataset in datasets:
-        lines += _ladder_section(number, dataset, rungs, train_metrics, eval_metrics, baselines, splits[dataset])
+        ceiling = (ceilings or {}).get(dataset)
+        if ((ceilings or {}).get("scored_splits") or {}).get(dataset) != splits[dataset]:
+            ceiling = None  # read off another split than the ladder's: not comparable
+        lines += _ladder_section(
+            number, dataset, rungs, train_metrics, eval_metrics, baselines, splits[dataset], ceiling
+        )
         number += 1
     pretrained = _pretrained_section(number, rungs, train_metrics, eval_metrics, datasets, splits)
     if pretrained:
@@ -997,6 +1031,7 @@ def write_report(
     runtime = {v: m for v in rungs if (m := _read_json(runtime_json(v, metrics_dir / "runtime"))) is not None}
     baselines = _read_json(metrics_dir / "eval" / BASELINES_FILE) or {}
     baselines = {d: b for d, b in baselines.items() if d in datasets and isinstance(b, dict) and b}
+    ceilings = _read_json(metrics_dir / "eval" / CEILINGS_FILE)
     figures: dict[str, list[str]] = {}
     for rung in rungs:  # linked by path, not read: the first-N figure, then the worst-image gallery
         for dataset in datasets:
@@ -1022,6 +1057,7 @@ def write_report(
         infer_defaults=infer_defaults,
         runtime=runtime or None,
         clipseg_in_ladder=clipseg_in_ladder,
+        ceilings=ceilings if isinstance(ceilings, dict) else None,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
