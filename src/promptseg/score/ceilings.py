@@ -12,7 +12,9 @@ alone (no model, no image):
   width (among ``radii``) scores at most this.
 - ``label_width_px``: each non-empty label's mean width, area / skeleton length, as deciles.
 
-Both are UPPER references, not baselines: they read the test labels. :func:`centerline_width_scores` scores any
+Both read the test labels, so they are references, not baselines. The first bounds any model that draws every
+crack at one width; neither bounds a model that reads each crack's width off the photo (on the synthetic default,
+whose cracks vary in width, ``hed_full`` scores above both: a disk-dilated skeleton is not the label's shape). :func:`centerline_width_scores` scores any
 masks this way (a model's own centerline, for a diagnosis: ``benchmarks/crack_width_ceiling.py``). The
 ``baselines`` stage writes :func:`label_ceilings` of every thin-structure dataset to ``metrics/eval/ceilings.json``;
 the report quotes it under the crack ladder.

@@ -497,11 +497,12 @@ def _ceiling_lines(ceiling: dict | None, split: str) -> list[str]:
         else ""
     )
     return [
-        f"What the labels allow (upper references read off the {split} labels themselves, not models): their own "
-        f"centerline drawn at one width (a disk of radius {one.get('radius_px', MISSING)} px, the best single radius) scores "
+        f"What the labels allow (read off the {split} labels themselves, not a model): their own centerline drawn "
+        f"at one width (a disk of radius {one.get('radius_px', MISSING)} px, the best single radius) scores "
         f"mIoU {_num(one.get('miou'))} / Dice {_num(one.get('dice'))}; drawn at each image's best width, "
-        f"{_num(each.get('miou'))} / {_num(each.get('dice'))}. A model that finds every centerline exactly but draws one "
-        f"width scores at most the first.{width_text}",
+        f"{_num(each.get('miou'))} / {_num(each.get('dice'))}. A model that finds every crack's centerline exactly "
+        "but draws every crack at one width scores at most the first; only a model that reads each crack's labelled "
+        f"width off the photo can go beyond it.{width_text}",
         "",
     ]
 
