@@ -56,6 +56,7 @@ TINY_COMMON = {
     "rot90_prob": 0.0,
     "color_jitter": 0.0,
     "adamw": "fused",
+    "dataset_repeats": {"cracks": 1, "drywall": 1},
     "num_workers": 0,
     "precision": "fp32",
 }

@@ -168,3 +168,32 @@ def test_training_loader_never_opens_the_true_masks(processed_root, monkeypatch)
         joint[index]
     assert any("masks" in p for p in opened)  # the recorder sees the label masks being read
     assert not [p for p in opened if "true_masks" in p]
+
+
+def test_repeats_show_each_photo_that_many_times_with_draws_of_their_own(processed_root):
+    once, twice = make(processed_root, hflip_prob=0.5), make(processed_root, hflip_prob=0.5, repeats=2)
+    n = len(once)
+    assert len(twice) == 2 * n and [twice.photo(i) for i in range(2 * n)] == [*range(n), *range(n)]
+    for epoch in range(3):
+        once.set_epoch(epoch), twice.set_epoch(epoch)
+        for i in range(n):  # the first copy is the item a single pass gives, draw for draw
+            xa, ya, pa, _ = once[i]
+            xb, yb, pb, _ = twice[i]
+            assert pa == pb and torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the second copy shows the same photo, flipped or not by a draw of its own
+    plain = make(processed_root, repeats=2)
+    same_photo, draws_differ = True, False
+    for epoch in range(4):
+        twice.set_epoch(epoch), plain.set_epoch(epoch)
+        for i in range(n):
+            base = plain[i][0]
+            assert torch.equal(plain[i + n][0], base)
+            copy = twice[i + n][0]
+            same_photo &= torch.equal(copy, base) or torch.equal(copy, base.flip(-1))
+            draws_differ |= not torch.equal(copy, twice[i][0])
+    assert same_photo and draws_differ
+
+
+def test_repeats_must_be_at_least_one(processed_root):
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        make(processed_root, repeats=0)

@@ -179,3 +179,19 @@ def test_stages_exit_with_one_message_and_no_traceback(tmp_path, script, args, m
     assert done.returncode == 2, done.stderr
     # the last line (transformers may warn on import before it), and nothing else of ours
     assert done.stderr.strip().splitlines()[-1] == message and "Traceback" not in done.stderr + done.stdout
+
+
+def test_dataset_repeats_take_a_rungs_override_and_name_an_unknown_dataset():
+    p = params()
+    assert train_settings(p, "hed_full").rung.train.dataset_repeats == {"cracks": 1, "drywall": 1}
+    p["train"]["rungs"]["hed_full"]["dataset_repeats"] = {"cracks": 1, "drywall": 3}
+    assert train_settings(p, "hed_full").rung.train.dataset_repeats == {"cracks": 1, "drywall": 3}
+    assert train_settings(p, "hed_lora").rung.train.dataset_repeats == {"cracks": 1, "drywall": 1}
+    p["train"]["rungs"]["hed_full"]["dataset_repeats"] = {"drywal": 3}
+    with pytest.raises(
+        ParamsError, match=r"train\.rungs\.hed_full\.dataset_repeats\.drywal: unknown key; did you mean"
+    ):
+        train_settings(p, "hed_full")
+    p["train"]["rungs"]["hed_full"]["dataset_repeats"] = {"drywall": 0}
+    with pytest.raises(ParamsError, match=r"dataset_repeats\.drywall: 0 is out of range; allowed: >= 1"):
+        train_settings(p, "hed_full")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from promptseg.images import list_split
 from promptseg.train.loop import TrainSetup, cosine_lr_factor, train_rung
 
 from conftest import PROMPTS, TINY_COMMON, TINY_MODEL, TINY_RUNGS, TINY_UNET, tiny_train_settings
@@ -269,6 +270,21 @@ def test_unrelated_negative_prompts_are_a_second_pool_drawn_at_their_share(tmp_p
         not part.negative_prompts and not part.unrelated_prompts and part.negative_prompt_prob == 0.0
         for part in val_parts
     )
+
+
+def test_dataset_repeats_reach_the_training_set_and_never_the_validation_set(tmp_path, processed_root):
+    from types import SimpleNamespace
+
+    from promptseg.train.loop import build_datasets
+
+    processor = SimpleNamespace(image_processor=SimpleNamespace(image_mean=[0.5] * 3, image_std=[0.5] * 3))
+    setup = make_setup(tmp_path, processed_root, dataset_repeats={"cracks": 1, "drywall": 3})
+    cracks, drywall = build_datasets(setup, processor, "train", training=True).datasets
+    photos = {name: len(list_split(processed_root, name, "train")) for name in ("cracks", "drywall")}
+    assert (len(cracks), len(drywall)) == (photos["cracks"], 3 * photos["drywall"])
+    assert len(build_datasets(setup, processor, "train", training=True)) == photos["cracks"] + 3 * photos["drywall"]
+    val = build_datasets(setup, processor, "val", training=False).datasets
+    assert [part.repeats for part in val] == [1, 1]
 
 
 def test_params_keep_training_negatives_apart_from_the_held_out_unrelated_prompts():

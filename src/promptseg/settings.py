@@ -265,6 +265,9 @@ class TrainCommonSettings:
         "auto", "fp32", "bf16"
     ]  # promptseg.modeling.precision: auto = bf16 where the device runs it natively
     adamw: Literal["foreach", "fused"]  # AdamW's kernels (promptseg.train.loop.make_optimizer)
+    dataset_repeats: dict[
+        str, PositiveInt
+    ]  # each training photo of a dataset this many times per epoch (promptseg.train.data)
 
 
 @dataclass(frozen=True)
@@ -680,6 +683,14 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
     for dataset in common.targets:
         if dataset not in DATASETS:
             raise _unknown(dataset, DATASETS, "train.common.targets")
+    train = dataclasses.replace(common, **overrides)
+    for dataset in train.dataset_repeats:
+        if dataset not in DATASETS:
+            raise _unknown(
+                dataset,
+                DATASETS,
+                f"{where}.dataset_repeats" if "dataset_repeats" in overrides else "train.common.dataset_repeats",
+            )
     for dataset in DATASETS:
         if dataset not in common.targets:
             raise ParamsError(f"train.common.targets.{dataset}: missing key; add it (mask, box_fill or box_projection)")
@@ -701,7 +712,7 @@ def resolve_rung(name: str, raw_rung: Any, common: TrainCommonSettings | Mapping
         method=own.method,
         architecture=own.architecture,
         datasets=own.datasets,
-        train=dataclasses.replace(common, **overrides),
+        train=train,
         text_lr=own.text_lr,
         presence_weight=own.presence_weight,
         lora=lora,

@@ -237,6 +237,7 @@ def build_datasets(setup: TrainSetup, processor, split: str, training: bool):
                 per_image=setup.per_image_standardization,
                 crop_size=crop.size if crop else 0,
                 crop_share=crop.share if crop else 0.0,
+                repeats=train.dataset_repeats.get(name, 1) if training else 1,
             )
         )
     return JointSegmentation(parts)
