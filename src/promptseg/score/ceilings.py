@@ -6,18 +6,18 @@ exactly would still have to guess that width. This module measures how much the 
 alone (no model, no image):
 
 - ``one width``: each label's skeleton (``skimage.morphology.skeletonize``) dilated by a disk of radius ``r``,
-  for every ``r`` in ``radii``; the best single ``r`` over the split is reported. A model that draws every crack
-  at one width, on exactly the right centerline, scores at most this.
-- ``each image's width``: the same, with each image's own best ``r``: a model that also guesses every label's
-  width (among ``radii``) scores at most this.
+  for every ``r`` in ``radii``; the best single ``r`` over the split is reported: about the best a model that
+  draws every crack on its true centerline at one width can score.
+- ``each image's width``: the same, with each image's own best ``r`` (a model that also guessed every label's
+  width among ``radii``).
 - ``label_width_px``: each non-empty label's mean width, area / skeleton length, as deciles.
 
-Both read the test labels, so they are references, not baselines. The first bounds any model that draws every
-crack at one width; neither bounds a model that reads each crack's width off the photo (on the synthetic default,
-whose cracks vary in width, ``hed_full`` scores above both: a disk-dilated skeleton is not the label's shape). :func:`centerline_width_scores` scores any
-masks this way (a model's own centerline, for a diagnosis: ``benchmarks/crack_width_ceiling.py``). The
-``baselines`` stage writes :func:`label_ceilings` of every thin-structure dataset to ``metrics/eval/ceilings.json``;
-the report quotes it under the crack ladder.
+Both read the test labels, so they are references, not baselines, and neither bounds a model that reads each
+crack's width off the photo: a disk-dilated skeleton is not exactly a label's shape, and on the synthetic default
+``hed_full`` scores above both. :func:`centerline_width_scores` scores any masks this way (a model's own
+centerline, for a diagnosis: ``benchmarks/crack_width_ceiling.py``). The ``baselines`` stage writes
+:func:`label_ceilings` of every thin-structure dataset to ``metrics/eval/ceilings.json``; the report quotes it
+under the crack ladder.
 """
 
 from __future__ import annotations

@@ -501,8 +501,8 @@ def _ceiling_lines(ceiling: dict | None, split: str) -> list[str]:
         f"at one width (a disk of radius {one.get('radius_px', MISSING)} px, the best single radius) scores "
         f"mIoU {_num(one.get('miou'))} / Dice {_num(one.get('dice'))}; drawn at each image's best width, "
         f"{_num(each.get('miou'))} / {_num(each.get('dice'))}. A model that finds every crack's centerline exactly "
-        "but draws every crack at one width scores at most the first; only a model that reads each crack's labelled "
-        f"width off the photo can go beyond it.{width_text}",
+        "but draws every crack at one width scores about the first at best; to go beyond it, a model has to read "
+        f"each crack's labelled width off the photo.{width_text}",
         "",
     ]
 
