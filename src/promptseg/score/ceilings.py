@@ -1,7 +1,8 @@
 """What the labels allow: the crack labels' own centerline, drawn at a width, scored against the labels.
 
-A crack label is a polygon whose width is the annotator's choice: on the real sample the same kind of hairline
-crack is outlined 5 px wide in one photo and 50 px in the next. A model that found every crack's centerline
+A crack label is a polygon whose width is the annotator's choice: on the real sample's test split the labels'
+mean widths run from 6.6 px (10th percentile) to 57 px (90th), and cracks that look alike are outlined a few px
+wide in one photo and tens of px in the next. A model that found every crack's centerline
 exactly would still have to guess that width. This module measures how much the guess costs, from the labels
 alone (no model, no image):
 
