@@ -41,12 +41,15 @@ def main() -> None:
     from promptseg.metrics import image_scores
     from promptseg.params import load_params
     from promptseg.score.ceilings import centerline_width_scores, label_ceilings
+    from promptseg.settings import evaluate_settings
 
     radii = [int(r) for r in args.radii.split(",")]
     recipe = Recipe.from_dict(json.loads(Path(args.eval_json).read_text())["cracks"]["recipe"], args.eval_json)
     if args.precision:
         recipe = replace(recipe, precision=args.precision)
-    prompt = load_params()["data"]["cracks"]["prompts"][0]
+    params = load_params()
+    prompt = params["data"]["cracks"]["prompts"][0]
+    empty_score = evaluate_settings(params).eval.empty_score  # the rule evaluation scored with
     segmenter = load_segmenter(args.model_dir, "torch")
     print(f"{args.model_dir}, prompt {prompt!r}: {recipe.describe()}")
     for split in ("val", "test"):
@@ -57,9 +60,9 @@ def main() -> None:
         masks = [m > 0 for m in segmenter.masks(data.images, prompt, recipe)]
         segmenter.forget_encodings()
         seconds = time.perf_counter() - start
-        model = image_scores(masks, data.truths, empty_score=1.0, tolerance_px=0, thin=False)["iou"].mean()
-        drawn = centerline_width_scores(masks, data.truths, radii, empty_score=1.0)
-        labels = label_ceilings(data.truths, radii, empty_score=1.0)
+        model = image_scores(masks, data.truths, empty_score=empty_score, tolerance_px=0, thin=False)["iou"].mean()
+        drawn = centerline_width_scores(masks, data.truths, radii, empty_score=empty_score)
+        labels = label_ceilings(data.truths, radii, empty_score=empty_score)
         print(f"{split} ({len(data.images)} photos, predicted in {seconds:.0f} s)")
         print(f"  model masks                      mIoU {model:.3f}")
         for name, scores in (("model's centerline", drawn), ("labels' own centerline", labels)):

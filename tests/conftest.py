@@ -142,6 +142,7 @@ def tiny_eval_config(**changes):
         tiling=TilingSettings(upscale=1.0, overlap=0.25),
         precision="fp32",
         native_resolution={},
+        mask_shape={},
     )
     ev = EvalSettings(
         boundary_tolerance_px=2,

@@ -90,7 +90,9 @@ def test_keep_policy_hits_on_what_it_holds_where_lru_hits_nothing_under_a_cyclic
 
 def test_evaluation_encodes_each_split_once_when_the_budget_holds_one_split(processed_root, monkeypatch):
     """The cache is emptied at each new split, so a budget of one split's encodings is enough: every split's images
-    are encoded once (one batch: 4 images), whatever the number of prompt passes over it (nine here)."""
+    are encoded once (one batch: 4 images), whatever the number of prompt passes over it (nine here), except the
+    second dataset's val split: its recipe is chosen on it before the first dataset is scored (so that each prompt is
+    masked with its own dataset's recipe in prompt switching), then it is scored: twice."""
     import promptseg.infer.torch_engine
     from promptseg.score.evaluate import evaluate_rung
 
@@ -106,11 +108,12 @@ def test_evaluation_encodes_each_split_once_when_the_budget_holds_one_split(proc
     forget = roomy.forget_encodings
     monkeypatch.setattr(roomy, "forget_encodings", lambda: held.append(roomy.encodings.used) or forget())
     expected, _ = evaluate_rung(roomy, processed_root, PROMPTS, cfg)
-    assert len(held) == 4 and held[0] == 0 and encoded == [4] * 4  # 2 datasets x (val, test), one batch each
+    # drywall val (choose), cracks val (choose, then scored from the cache), cracks test, drywall val, drywall test
+    assert len(held) == 5 and held[0] == 0 and encoded == [4] * 5
     one_split = roomy.encodings.used
     assert one_split == max(held) > 0
     encoded.clear()
     tight = trained_model("unet", cache_bytes=one_split)
     results, _ = evaluate_rung(tight, processed_root, PROMPTS, cfg)
-    assert encoded == [4] * 4
+    assert encoded == [4] * 5
     assert results == expected

@@ -68,6 +68,7 @@ RECIPES = {
     "kernel5": {"kernel": 5},
     "no_morphology": {"morphology": False},
     "hflip_tta": {"hflip_tta": True},
+    "boxes": {"mask_shape": {"cracks": "boxes"}, "kernel": 5},  # what a 5 x 5 opening leaves, filled to boxes
     # tiles of the export's size; no opening: the untrained model's tiles at the photo's scale are pixel noise
     "tiled_hflip": {"tiled": {"cracks": True}, "tile_upscale": TILE_UPSCALE, "hflip_tta": True, "morphology": False},
 }
@@ -88,6 +89,7 @@ def test_predict_writes_the_masks_evaluation_wrote(name, model_dir, processed_ro
     assert recipe == Recipe.from_settings(cfg.infer, "cracks", threshold=mid_threshold).to_dict()
     assert recipe["threshold"] == mid_threshold and recipe["kernel"] == RECIPES[name].get("kernel", 3)
     assert recipe["tiled"] == ("tiled" in RECIPES[name])
+    assert recipe["boxes"] == ("mask_shape" in RECIPES[name])
 
     evaluated = sorted((tmp_path / "predictions" / "cracks" / "test").glob(f"*__{prompt_slug(PROMPT)}.png"))
     assert len(evaluated) >= 3
@@ -126,6 +128,7 @@ def test_a_flag_overrides_one_field_and_says_so(model_dir, processed_root, tmp_p
                 str(eval_json),
                 "--kernel-size",
                 "3",
+                "--boxes",
                 "--hflip-tta",
                 "--native-resolution",
                 "--quiet",
@@ -134,7 +137,7 @@ def test_a_flag_overrides_one_field_and_says_so(model_dir, processed_root, tmp_p
     )
     printed = capsys.readouterr().out
     assert rc == 0
-    assert "overridden by flags: kernel 3, hflip_tta True, native_resolution True" in printed
+    assert "overridden by flags: kernel 3, boxes True, hflip_tta True, native_resolution True" in printed
     assert "threshold 0.4" in printed
 
 

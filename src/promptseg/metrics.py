@@ -49,6 +49,7 @@ __all__ = [
     "threshold_sweep_counts",
     "choose_threshold",
     "postprocess_probabilities",
+    "fill_bounding_boxes",
     "image_scores",
     "score_masks",
     "summarise_image_scores",
@@ -280,6 +281,7 @@ def postprocess_probabilities(
     *,
     morphology: bool = True,
     kernel_size: int = 3,
+    boxes: bool = False,
 ) -> np.ndarray:
     """Binarise an ``(H, W)`` probability map into a ``uint8`` ``{0, 255}`` mask.
 
@@ -290,7 +292,9 @@ def postprocess_probabilities(
     2. if ``morphology``: ``cv2.morphologyEx`` OPEN, then CLOSE, both with a
        ``kernel_size x kernel_size`` rectangular kernel. OPEN removes specks
        smaller than the kernel, CLOSE fills gaps narrower than it.
-       ``kernel_size == 1`` is a no-op.
+       ``kernel_size == 1`` is a no-op;
+    3. if ``boxes``: each region replaced by its filled bounding box (:func:`fill_bounding_boxes`), the
+       shape of a box-annotated dataset's labels.
 
     Note that OPEN with a ``k x k`` kernel also deletes any structure thinner
     than ``k`` px (e.g. a 1-px-wide crack with ``k = 3``); pass
@@ -301,6 +305,7 @@ def postprocess_probabilities(
         threshold: probability threshold.
         morphology: apply OPEN then CLOSE.
         kernel_size: side of the square structuring element, ``>= 1``.
+        boxes: replace each 8-connected region by its bounding box.
 
     Returns:
         ``(H, W)`` ``uint8`` array with values in ``{0, 255}``.
@@ -319,7 +324,17 @@ def postprocess_probabilities(
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    return mask
+    return fill_bounding_boxes(mask) if boxes else mask
+
+
+def fill_bounding_boxes(mask: np.ndarray) -> np.ndarray:
+    """``uint8`` ``{0, 255}`` mask in which each 8-connected region of ``mask`` (non-zero = foreground) is
+    replaced by its filled axis-aligned bounding box. Boxes may overlap; they are not merged further."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats((np.asarray(mask) > 0).astype(np.uint8), connectivity=8)
+    out = np.zeros(np.asarray(mask).shape, dtype=np.uint8)
+    for x, y, w, h, _ in stats[1:count]:
+        out[y : y + h, x : x + w] = 255
+    return out
 
 
 def image_scores(masks, truths, *, empty_score: float, tolerance_px: int, thin: bool) -> dict[str, np.ndarray]:

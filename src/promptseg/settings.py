@@ -366,6 +366,9 @@ class TilingSettings:
     overlap: Annotated[float, Range(0, 1, hi_open=True)]
 
 
+MaskShape = Literal["pixels", "boxes", "choose_on_val"]
+
+
 @dataclass(frozen=True)
 class InferSettings:
     batch_size: PositiveInt
@@ -377,6 +380,9 @@ class InferSettings:
     tiling: TilingSettings
     precision: Literal["auto", "fp32", "bf16"]  # evaluation's forward (promptseg.modeling.precision)
     native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size
+    # dataset -> its masks as thresholded pixels, as the bounding boxes of their regions, or whichever scores the
+    # higher val Dice (promptseg.score.evaluate); a dataset not named: pixels
+    mask_shape: dict[str, MaskShape]
 
 
 @dataclass(frozen=True)
@@ -807,8 +813,12 @@ def check_rung_against_model(rung: RungSettings, model: ModelSettings) -> None:
 
 
 def evaluate_settings(params) -> EvaluateSettings:
+    infer = _build(InferSettings, _node(params, "infer"), "infer")
+    for dataset in infer.mask_shape:
+        if dataset not in DATASETS:
+            raise _unknown(dataset, DATASETS, "infer.mask_shape")
     return EvaluateSettings(
-        _build(InferSettings, _node(params, "infer"), "infer"),
+        infer,
         _build(EvalSettings, _node(params, "eval"), "eval"),
         prompts_of(params),
         _build(MlflowSettings, _node(params, "mlflow"), "mlflow"),

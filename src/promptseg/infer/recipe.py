@@ -6,7 +6,8 @@ is not touched). ``promptseg predict`` (torch and ONNX engines), ``promptseg mea
 ``predict --measure``, and ``promptseg app`` read that one recipe for the prompt's dataset; a CLI flag
 overrides a field and the output says which.
 
-Fields: ``threshold`` (chosen on val), ``morphology`` and ``kernel`` (open/close), ``hflip_tta`` (logits
+Fields: ``threshold`` (chosen on val), ``morphology`` and ``kernel`` (open/close), ``boxes`` (each region
+filled to its bounding box, the labels' shape for box-annotated datasets; ``infer.mask_shape``), ``hflip_tta`` (logits
 averaged with the mirrored image's), ``prompt_ensemble`` (logits averaged over the dataset's prompts,
 thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-prompt), ``tiled`` with
 ``tile_upscale`` and ``tile_overlap`` (promptseg.infer.tiling), and ``batch_size``.
@@ -20,6 +21,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from promptseg.metrics import postprocess_probabilities
 from promptseg.params import ParamsError
 from promptseg.settings import InferSettings, PositiveInt, Threshold, TilingSettings, check_value
 
@@ -77,6 +79,11 @@ class Recipe:
     )
     morphology: bool = _option(True, "opening/closing (--no-morphology keeps 1-px structures)")
     kernel: int = _option(3, "opening/closing kernel side", flag="--kernel-size", kind="positive_int")
+    boxes: bool = _option(
+        False,
+        "each region of the mask filled to its bounding box (the drywall labels are boxes; evaluation decides "
+        "per dataset on val: infer.mask_shape)",
+    )
     hflip_tta: bool = _option(False, "average with the mirrored image")
     prompt_ensemble: bool = _option(False, "average the logits over the prompt's dataset's prompts")
     ensemble_threshold: float | None = _option(None, "")  # chosen on val for the ensemble; no flag
@@ -94,13 +101,20 @@ class Recipe:
 
     @classmethod
     def from_settings(
-        cls, infer: InferSettings, dataset: str, threshold: float = FALLBACK_THRESHOLD, ensemble_threshold=None
+        cls,
+        infer: InferSettings,
+        dataset: str,
+        threshold: float = FALLBACK_THRESHOLD,
+        ensemble_threshold=None,
+        boxes: bool | None = None,
     ) -> Recipe:
-        """The recipe ``params.yaml: infer`` gives ``dataset``, with the threshold chosen on val."""
+        """The recipe ``params.yaml: infer`` gives ``dataset``, with the threshold chosen on val; ``boxes``: the mask
+        shape chosen on val (None: ``infer.mask_shape`` says ``boxes`` for the dataset)."""
         return cls(
             threshold=float(threshold),
             morphology=bool(infer.morphology.enabled),
             kernel=int(infer.morphology.kernel),
+            boxes=bool(infer.mask_shape.get(dataset, "pixels") == "boxes" if boxes is None else boxes),
             hflip_tta=bool(infer.hflip_tta),
             prompt_ensemble=bool(infer.prompt_ensemble),
             ensemble_threshold=None if ensemble_threshold is None else float(ensemble_threshold),
@@ -115,6 +129,17 @@ class Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def mask(self, probs, threshold: float | None = None):
+        """The ``uint8`` ``{0, 255}`` mask of one ``(H, W)`` probability map: ``threshold`` (default: the recipe's),
+        open/close, boxes (``promptseg.metrics.postprocess_probabilities``)."""
+        return postprocess_probabilities(
+            probs,
+            self.threshold if threshold is None else threshold,
+            morphology=self.morphology,
+            kernel_size=self.kernel,
+            boxes=self.boxes,
+        )
+
     @classmethod
     def from_dict(cls, data: dict, where: str = "recipe") -> Recipe:
         """The recipe in ``data``, each field checked against the range its params key allows
@@ -126,6 +151,7 @@ class Recipe:
         parts = [
             f"threshold {self.threshold:g}",
             f"morphology {'open/close k=' + str(self.kernel) if self.morphology else 'off'}",
+            f"boxes {'on' if self.boxes else 'off'}",
             f"flip TTA {'on' if self.hflip_tta else 'off'}",
             f"prompt ensemble {'on' if self.prompt_ensemble else 'off'}",
             (f"tiled on (upscale {self.tile_upscale:g}, overlap {self.tile_overlap:g})" if self.tiled else "tiled off"),
@@ -146,6 +172,7 @@ def _recipe_types() -> dict:
         "threshold": Threshold,  # one of infer.threshold_grid
         "morphology": bool,
         "kernel": PositiveInt,  # infer.morphology.kernel
+        "boxes": bool,  # infer.mask_shape, decided on val
         "hflip_tta": bool,
         "prompt_ensemble": bool,
         "ensemble_threshold": Threshold | None,

@@ -28,7 +28,6 @@ from promptseg.infer.logits import prompt_sets
 from promptseg.infer.native import predict_probabilities_native
 from promptseg.infer.recipe import Recipe
 from promptseg.infer.tiling import predict_probabilities_tiled
-from promptseg.metrics import postprocess_probabilities
 from promptseg.modeling.registry import ARCHITECTURES
 
 __all__ = ["Segmenter"]
@@ -106,10 +105,6 @@ class Segmenter:
         )
 
     def masks(self, images: list[np.ndarray], prompts, recipe: Recipe, threshold: float | None = None):
-        """{0,255} uint8 masks: :meth:`probabilities`, then ``threshold`` (default the recipe's) and the recipe's
-        open/close (``promptseg.metrics.postprocess_probabilities``)."""
-        t = recipe.threshold if threshold is None else threshold
-        return [
-            postprocess_probabilities(p, t, morphology=recipe.morphology, kernel_size=recipe.kernel)
-            for p in self.probabilities(images, prompts, recipe)
-        ]
+        """{0,255} uint8 masks: :meth:`probabilities`, then ``threshold`` (default the recipe's), the recipe's
+        open/close and boxes (:meth:`Recipe.mask`)."""
+        return [recipe.mask(p, threshold) for p in self.probabilities(images, prompts, recipe)]

@@ -52,18 +52,24 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def dilated_centerlines(mask: np.ndarray, radii: Sequence[int]) -> list[np.ndarray]:
-    """The skeleton of ``mask`` (bool or {0, 255}, (H, W)) dilated by a disk of each radius in ``radii``
-    (radius 0: the skeleton itself), as bool masks of the same shape. An empty mask gives empty masks."""
-    skeleton = skeletonize(np.asarray(mask) > 0).astype(np.uint8)
+def _skeleton(mask: np.ndarray) -> np.ndarray:
+    return skeletonize(np.asarray(mask) > 0)
+
+
+def dilated_centerlines(mask: np.ndarray, radii: Sequence[int], skeleton: np.ndarray | None = None) -> list[np.ndarray]:
+    """The skeleton of ``mask`` (bool or {0, 255}, (H, W); or ``skeleton`` when already computed) dilated by a disk
+    of each radius in ``radii`` (radius 0: the skeleton itself), as bool masks of the same shape. An empty mask gives
+    empty masks."""
+    skeleton = (_skeleton(mask) if skeleton is None else np.asarray(skeleton)).astype(np.uint8)
     return [(cv2.dilate(skeleton, _disk(int(r))) if r else skeleton) > 0 for r in radii]
 
 
-def centerline_width_scores(masks, truths, radii: Sequence[int], *, empty_score: float) -> dict:
+def centerline_width_scores(masks, truths, radii: Sequence[int], *, empty_score: float, skeletons=None) -> dict:
     """Score the centerlines of ``masks`` (the truths themselves: :func:`label_ceilings`) against ``truths`` at
     each radius: ``{"per_radius": {r: {"miou", "dice"}}, "one width": {"radius_px", "miou", "dice"}`` (the best
     single radius by mIoU; the smallest on ties), ``"each image's width": {"miou", "dice"}`` (each image's best
-    radius by IoU), ``"images"``}. Per-image IoU/Dice as evaluation counts them (both empty: ``empty_score``)."""
+    radius by IoU), ``"images"``}. Per-image IoU/Dice as evaluation counts them (both empty: ``empty_score``).
+    ``skeletons``: the masks' skeletons, where the caller already has them."""
     radii = [int(r) for r in radii]
     if not radii or min(radii) < 0:
         raise ValueError(f"radii must be one or more radii >= 0 px, got {list(radii)}")
@@ -72,7 +78,7 @@ def centerline_width_scores(masks, truths, radii: Sequence[int], *, empty_score:
     iou = np.zeros((len(truths), len(radii)))
     dice = np.zeros_like(iou)
     for i, (mask, truth) in enumerate(zip(masks, truths)):
-        drawn = dilated_centerlines(mask, radii)
+        drawn = dilated_centerlines(mask, radii, None if skeletons is None else skeletons[i])
         each = image_scores(drawn, [truth] * len(radii), empty_score=empty_score, tolerance_px=0, thin=False)
         iou[i], dice[i] = each["iou"], each["dice"]
     if not len(truths):
@@ -91,12 +97,13 @@ def centerline_width_scores(masks, truths, radii: Sequence[int], *, empty_score:
     }
 
 
-def label_widths(truths) -> list[float]:
-    """Each non-empty label's mean width in px: its area over its skeleton's length (pixels)."""
+def label_widths(truths, skeletons=None) -> list[float]:
+    """Each non-empty label's mean width in px: its area over its skeleton's length (pixels; ``skeletons``: the
+    labels' skeletons, where the caller already has them)."""
     widths = []
-    for truth in truths:
+    for i, truth in enumerate(truths):
         truth = np.asarray(truth) > 0
-        length = int(np.count_nonzero(skeletonize(truth)))
+        length = int(np.count_nonzero(_skeleton(truth) if skeletons is None else skeletons[i]))
         if length:
             widths.append(float(np.count_nonzero(truth)) / length)
     return widths
@@ -105,8 +112,9 @@ def label_widths(truths) -> list[float]:
 def label_ceilings(truths, radii: Sequence[int], *, empty_score: float) -> dict:
     """:func:`centerline_width_scores` of the labels' own centerlines, plus ``label_width_px``: the deciles
     (:data:`WIDTH_QUANTILES`) of :func:`label_widths` (None without a non-empty label)."""
-    out = centerline_width_scores(truths, truths, radii, empty_score=empty_score)
-    widths = label_widths(truths)
+    skeletons = [_skeleton(t) for t in truths]  # once, for both
+    out = centerline_width_scores(truths, truths, radii, empty_score=empty_score, skeletons=skeletons)
+    widths = label_widths(truths, skeletons)
     out["label_width_px"] = (
         {f"p{round(q * 100)}": float(v) for q, v in zip(WIDTH_QUANTILES, np.quantile(widths, WIDTH_QUANTILES))}
         if widths

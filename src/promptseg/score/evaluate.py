@@ -7,7 +7,9 @@ Per dataset:
    (both-empty image scores 1.0), micro IoU/Dice from summed counts, and for cracks boundary F1
    (2 px) and clDice. Masks are written to ``<predictions>/<dataset>/<split>/<stem>__<prompt>.png``.
 3. Prompt switching: the same images with every prompt of the OTHER dataset should light nothing;
-   ``cross_prompt_lit`` is the mean fraction of pixels lit (lower is better), next to ``in_prompt_lit``.
+   ``cross_prompt_lit`` is the mean fraction of pixels lit (lower is better), next to ``in_prompt_lit``. Each
+   prompt is masked with its own dataset's recipe (threshold, mask shape), as ``promptseg predict`` masks it, so
+   every dataset's recipe is chosen on val first (:func:`choose_dataset_recipe`), then every dataset is scored.
    Unrelated prompts (``eval.unrelated_prompts``) give ``unrelated_prompt_lit``; paraphrases never
    used in training (``eval.paraphrases``) get Dice like the training prompts.
 4. Inference options measured on val only (``options_val``): the best-threshold val Dice of single prompts,
@@ -19,7 +21,10 @@ Per dataset:
    the val threshold and labels it (``reported_split: val`` and :data:`NO_TEST_SPLIT_NOTE` in the JSON, the
    figure and the report); ``error`` stops with a message naming the fix. With a test split,
    ``reported_split`` is ``test``.
-6. Where the export has TRUE object masks (the synthetic drywall export's tape bands, beside the box
+6. Mask shape (``infer.mask_shape``): a dataset's masks may be filled to the bounding boxes of their regions,
+   the shape of box labels (drywall). ``choose_on_val`` decides per rung on val (:func:`choose_mask_shape`); the
+   choice (``mask_shape``, ``mask_shape_val``) and its threshold go into the recipe that every caller follows.
+7. Where the export has TRUE object masks (the synthetic drywall export's tape bands, beside the box
    labels), the same masks are also scored against them (``vs_true_masks``).
 """
 
@@ -41,7 +46,6 @@ from promptseg.metrics import (
     choose_threshold,
     iou_dice_from_counts,
     lit_fraction,
-    postprocess_probabilities,
     score_masks,
     threshold_sweep_counts,
 )
@@ -73,9 +77,11 @@ class EvalConfig:
         settings = evaluate_settings(params)
         return cls(settings.infer, settings.eval)
 
-    def recipe(self, dataset: str, threshold: float = FALLBACK_THRESHOLD, ensemble_threshold=None) -> Recipe:
+    def recipe(
+        self, dataset: str, threshold: float = FALLBACK_THRESHOLD, ensemble_threshold=None, boxes: bool | None = None
+    ) -> Recipe:
         """The recipe ``dataset`` is predicted with (promptseg.infer.recipe.Recipe.from_settings)."""
-        return Recipe.from_settings(self.infer, dataset, threshold, ensemble_threshold)
+        return Recipe.from_settings(self.infer, dataset, threshold, ensemble_threshold, boxes)
 
     def score(self, masks, truths, thin: bool, per_image: dict | None = None) -> dict:
         """``promptseg.metrics.score_masks`` with ``eval.empty_score`` and ``eval.boundary_tolerance_px``."""
@@ -161,11 +167,13 @@ class _Predictor:
     """Probabilities for every image of a split with one prompt, with ``dataset``'s recipe (``hflip``/``tiled``
     overridden for the options measured on val), advancing the split's progress bar."""
 
-    def __init__(self, segmenter: Segmenter, dataset: str, cfg: EvalConfig):
+    def __init__(self, segmenter: Segmenter, dataset: str, cfg: EvalConfig, held: list | None = None):
         self.segmenter, self.dataset, self.cfg = segmenter, dataset, cfg
         self.recipe = cfg.recipe(dataset)  # its threshold is not used here: probabilities only
         self.bars: dict[int, tqdm] = {}  # id(split data) -> its progress bar (images done over every prompt pass)
-        self._split: SplitData | None = None  # the split whose encodings the segmenter may hold (held: ids get reused)
+        # [the split whose encodings the segmenter may hold] (held: ids get reused), shared by every predictor
+        # over one segmenter: the datasets' predictors take turns (promptseg.score.evaluate.evaluate_rung)
+        self._held = [None] if held is None else held
 
     def open_bars(self, splits: dict[str, SplitData], prompts, other_prompts) -> None:
         for split, data in splits.items():
@@ -194,9 +202,9 @@ class _Predictor:
                 + (" +hflip" if recipe.hflip_tta else "")
                 + (" tiled" if recipe.tiled else "")
             )
-        if data is not self._split:  # a new split: its images' encodings replace the last split's
+        if data is not self._held[0]:  # a new split: its images' encodings replace the last split's
             self.segmenter.forget_encodings()
-            self._split = data
+            self._held[0] = data
         probs = self.segmenter.probabilities(data.images, [prompt] * len(data.images), recipe)
         if bar is not None:
             bar.update(len(data.images))
@@ -204,9 +212,7 @@ class _Predictor:
 
 
 def _post(probs, threshold: float, recipe: Recipe) -> list[np.ndarray]:
-    return [
-        postprocess_probabilities(p, threshold, morphology=recipe.morphology, kernel_size=recipe.kernel) for p in probs
-    ]
+    return [recipe.mask(p, threshold) for p in probs]
 
 
 def _load_eval_splits(processed_root: Path, dataset: str, cfg: EvalConfig) -> dict[str, SplitData]:
@@ -227,27 +233,56 @@ def _load_eval_splits(processed_root: Path, dataset: str, cfg: EvalConfig) -> di
     return splits
 
 
-def evaluate_dataset(
+@dataclass
+class _ValChoice:
+    """One dataset's recipe chosen on val (:func:`choose_dataset_recipe`), and what scoring it needs next."""
+
+    splits: dict[str, SplitData]
+    predict: _Predictor  # its recipe: the chosen one (threshold, mask shape)
+    result: dict  # the dataset's JSON block so far (threshold, mask shape, recipe, ...)
+    sweep: dict  # the val threshold sweep {t: (miou, dice)}
+    val_probs: dict  # prompt -> the val probabilities, reused when the val split is scored
+
+
+def choose_dataset_recipe(
     segmenter: Segmenter,
     processed_root: Path,
     dataset: str,
     prompts: list[str],
-    other_prompts: list[str],
+    other_prompts,
+    cfg: EvalConfig,
+    held: list | None = None,
+) -> _ValChoice:
+    """Phase 1 of :func:`evaluate_rung` for one dataset: its splits, and its recipe chosen on val (``held``: the
+    split whose encodings ``segmenter`` holds, shared with the other datasets' predictors)."""
+    splits = _load_eval_splits(processed_root, dataset, cfg)
+    predict = _Predictor(segmenter, dataset, cfg, held)
+    predict.open_bars(splits, prompts, other_prompts)
+    result, sweep, val_probs = choose_threshold_on_val(predict, splits, dataset, prompts, cfg)
+    predict.recipe = replace(predict.recipe, threshold=result["threshold"], boxes=result["recipe"]["boxes"])
+    return _ValChoice(splits, predict, result, sweep, val_probs)
+
+
+def score_dataset(
+    chosen: _ValChoice,
+    dataset: str,
+    prompts: list[str],
+    other_recipes: dict[str, Recipe],
     cfg: EvalConfig,
     predictions_dir: Path | None,
     per_image: list[dict] | None = None,
 ) -> tuple[dict, dict]:
-    """Scores of one dataset (see the module docstring) and its threshold sweep {t: (miou, dice)}.
+    """Phase 2 of :func:`evaluate_rung` for one dataset: its scores (see the module docstring) and its val
+    threshold sweep {t: (miou, dice)}. ``other_recipes``: each other dataset's prompt -> that dataset's recipe, the
+    one ``promptseg predict`` would follow for it (prompt switching).
 
     ``per_image`` (a list) receives one row per (split, image, prompt) (:func:`per_image_rows`)."""
     thin = dataset in THIN_STRUCTURE_DATASETS
-    splits = _load_eval_splits(processed_root, dataset, cfg)
-    predict = _Predictor(segmenter, dataset, cfg)
-    predict.open_bars(splits, prompts, other_prompts)
-    result, sweep, val_probs = choose_threshold_on_val(predict, splits, dataset, prompts, cfg)
+    predict, result = chosen.predict, chosen.result
     threshold = result["threshold"]
-    for split, data in splits.items():
-        given = val_probs if split == "val" else {}  # val's probabilities are already there
+    own = {p: predict.recipe for p in cfg.eval.unrelated_prompts}  # no dataset of their own: the photo's recipe
+    for split, data in chosen.splits.items():
+        given = chosen.val_probs if split == "val" else {}  # val's probabilities are already there
         folder = None if predictions_dir is None else predictions_dir / dataset / split
         each_prompt: dict[str, dict] = {}  # prompt -> image_scores: the per-image numbers behind the means
         per_prompt, in_lit, vs_true = score_prompts(
@@ -261,7 +296,7 @@ def evaluate_dataset(
             "all_prompts": _mean_of(list(per_prompt.values())),
             "images": len(data.images),
             "in_prompt_lit": float(np.mean(in_lit)),
-            "cross_prompt_lit": prompt_switching(predict, data, other_prompts, threshold, cfg),
+            "cross_prompt_lit": prompt_switching(predict, data, other_recipes),
         }
         if vs_true:  # the same masks against the true object pixels (e.g. the tape band inside each box)
             entry["vs_true_masks"] = {"prompts": vs_true, "all_prompts": _mean_of(list(vs_true.values()))}
@@ -270,9 +305,7 @@ def evaluate_dataset(
                 _post(predict(data, list(prompts)), result["ensemble_threshold"], predict.recipe), data.truths, thin
             )
         if cfg.eval.unrelated_prompts:
-            entry["unrelated_prompt_lit"] = prompt_switching(
-                predict, data, list(cfg.eval.unrelated_prompts), threshold, cfg
-            )
+            entry["unrelated_prompt_lit"] = prompt_switching(predict, data, own)
         paraphrases = cfg.eval.paraphrases.get(dataset, ())
         if paraphrases:
             entry["paraphrases"] = {
@@ -280,7 +313,7 @@ def evaluate_dataset(
             }
         result[split] = entry
     predict.close_bars()
-    return result, sweep
+    return result, chosen.sweep
 
 
 def choose_threshold_on_val(
@@ -293,6 +326,14 @@ def choose_threshold_on_val(
     sweep = sweep_thresholds(val_probs, val.truths, cfg)
     threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
     result: dict = {"threshold": threshold, "threshold_chosen_on": "val"}
+    shape = cfg.infer.mask_shape.get(dataset, "pixels")
+    boxes = shape == "boxes"
+    if shape != "pixels":
+        threshold, boxes, result["mask_shape_val"] = choose_mask_shape(
+            val_probs, val.truths, threshold, shape, predict.recipe, cfg
+        )
+        result["threshold"] = threshold
+    result["mask_shape"] = "boxes" if boxes else "pixels"
     if "test" in splits:
         result["reported_split"] = "test"
     else:  # eval.missing_test_split: report_val
@@ -302,8 +343,42 @@ def choose_threshold_on_val(
     if cfg.infer.prompt_ensemble:
         ensemble_sweep = sweep_thresholds({"ensemble": predict(val, list(prompts))}, val.truths, cfg)
         result["ensemble_threshold"] = choose_threshold({t: dice for t, (_, dice) in ensemble_sweep.items()})
-    result["recipe"] = cfg.recipe(dataset, threshold, result.get("ensemble_threshold")).to_dict()
+    result["recipe"] = cfg.recipe(dataset, threshold, result.get("ensemble_threshold"), boxes=boxes).to_dict()
     return result, sweep, val_probs
+
+
+def choose_mask_shape(
+    val_probs: dict[str, list[np.ndarray]], truths, pixel_threshold: float, shape: str, recipe: Recipe, cfg: EvalConfig
+) -> tuple[float, bool, dict]:
+    """(threshold, boxes?, what was measured) for ``infer.mask_shape`` ``boxes`` or ``choose_on_val``.
+
+    Box masks (each region of the recipe's mask filled to its bounding box) get their own threshold: the best mean
+    val Dice over images x prompts on ``infer.threshold_grid``, scored on the finished masks (a box is not a
+    per-pixel decision, so the raw one-pass sweep cannot stand in). ``choose_on_val`` keeps pixels, with the
+    threshold the raw sweep chose (``pixel_threshold``), unless boxes score a strictly higher val Dice than the pixel
+    masks at ANY threshold of the grid, both after ``recipe``'s open/close (so boxes win on shape, not on a threshold
+    search that pixels did not get)."""
+
+    def val_dice(threshold: float, boxes: bool) -> float:
+        shaped = replace(recipe, boxes=boxes)
+        masks = [shaped.mask(p, threshold) for probs in val_probs.values() for p in probs]
+        return cfg.score(masks, list(truths) * len(val_probs), thin=False)["dice"]
+
+    box_sweep = {float(t): val_dice(t, True) for t in cfg.infer.threshold_grid}
+    box_threshold = choose_threshold(box_sweep)
+    measured = {"boxes": {"threshold": box_threshold, "dice": box_sweep[box_threshold], "sweep": box_sweep}}
+    if shape == "boxes":
+        return box_threshold, True, measured
+    pixel_sweep = {float(t): val_dice(t, False) for t in cfg.infer.threshold_grid}
+    measured["pixels"] = {
+        "threshold": pixel_threshold,
+        "dice": pixel_sweep[float(pixel_threshold)],
+        "best_dice": max(pixel_sweep.values()),
+        "sweep": pixel_sweep,
+    }
+    if measured["boxes"]["dice"] > measured["pixels"]["best_dice"]:
+        return box_threshold, True, measured
+    return pixel_threshold, False, measured
 
 
 def score_prompts(
@@ -336,9 +411,14 @@ def score_prompts(
     return per_prompt, in_lit, vs_true
 
 
-def prompt_switching(predict: _Predictor, data: SplitData, prompts: list[str], threshold: float, cfg: EvalConfig):
-    """Mean fraction of pixels lit over the images of ``data`` with prompts that should light nothing (NaN if none)."""
-    lit = [lit_fraction(m > 0) for prompt in prompts for m in _post(predict(data, prompt), threshold, predict.recipe)]
+def prompt_switching(predict: _Predictor, data: SplitData, prompt_recipes: dict[str, Recipe]):
+    """Mean fraction of pixels lit over the images of ``data`` with prompts that should light nothing, each masked
+    with its recipe (threshold, open/close, boxes) in ``prompt_recipes`` (NaN if none)."""
+    lit = [
+        lit_fraction(recipe.mask(prob) > 0)
+        for prompt, recipe in prompt_recipes.items()
+        for prob in predict(data, prompt)
+    ]
     return float(np.mean(lit)) if lit else float("nan")
 
 
@@ -382,11 +462,27 @@ def evaluate_rung(
 
     Each split is scored with ten or so prompts: load the segmenter with an encoding cache
     (``load_segmenter(..., cache_bytes=...)``) so each image is encoded once."""
+    others = {d: [p for name, ps in prompts.items() if name != d for p in ps] for d in prompts}
+    # 1. every dataset's recipe, chosen on its own val split, so that every prompt below is masked with its own;
+    # in reverse, so that the first dataset's val encodings are still cached when step 2 scores it (only the
+    # other datasets' val splits are encoded twice)
+    held: list = [None]  # the split whose encodings the segmenter holds
+    chosen = {
+        d: choose_dataset_recipe(segmenter, processed_root, d, prompts[d], others[d], cfg, held)
+        for d in reversed(prompts)
+    }
+    recipe_of = {p: chosen[d].predict.recipe for d, ps in prompts.items() for p in ps}
+    # 2. scores, prompt switching with the other datasets' prompts under their own recipes
     results, sweeps = {}, {}
     for dataset, dataset_prompts in prompts.items():
-        others = [p for name, ps in prompts.items() if name != dataset for p in ps]
-        results[dataset], sweeps[dataset] = evaluate_dataset(
-            segmenter, processed_root, dataset, dataset_prompts, others, cfg, predictions_dir, per_image
+        results[dataset], sweeps[dataset] = score_dataset(
+            chosen[dataset],
+            dataset,
+            dataset_prompts,
+            {p: recipe_of[p] for p in others[dataset]},
+            cfg,
+            predictions_dir,
+            per_image,
         )
     overall = {}
     for split in ("val", "test"):

@@ -12,7 +12,6 @@ import cv2
 from promptseg.images import load_split
 from promptseg.infer.recipe import Recipe
 from promptseg.infer.segmenter import Segmenter
-from promptseg.metrics import postprocess_probabilities
 from promptseg.paths import prompt_slug
 
 __all__ = ["qualitative_figure", "worst_images", "worst_images_figure", "message_figure", "panel_figure"]
@@ -45,15 +44,16 @@ def qualitative_figure(
         return
     probs = segmenter.probabilities(data.images[:n], [prompt] * n, recipe)
     threshold = recipe.threshold
+    shape = ", boxes" if recipe.boxes else ""
     rows = []
     for image, truth, prob in zip(data.images, data.truths, probs):
-        mask = postprocess_probabilities(prob, threshold, morphology=recipe.morphology, kernel_size=recipe.kernel)
+        mask = recipe.mask(prob)
         rows.append(
             [
                 (image, "image", None),
                 (truth, "ground truth", "gray"),
                 (prob, f"heatmap: {prompt!r}", "magma"),
-                (mask, f"mask (t={threshold:g})", "gray"),
+                (mask, f"mask (t={threshold:g}{shape})", "gray"),
             ]
         )
     panel_figure(rows, data.stems, heading, out_path, highlight=bool(note))

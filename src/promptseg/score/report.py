@@ -351,6 +351,22 @@ def _per_prompt_section(
     return out
 
 
+def _boxes_note(rung: str, dataset: str, block: dict) -> str:
+    """Why a rung's masks of ``dataset`` are boxes (``infer.mask_shape``; promptseg.score.evaluate)."""
+    measured = block.get("mask_shape_val") or {}
+    boxes, pixels = measured.get("boxes") or {}, measured.get("pixels") or {}
+    why = (
+        f"val Dice {_num(boxes.get('dice'))} against at most {_num(pixels.get('best_dice', pixels.get('dice')))} "
+        "as pixels"
+        if pixels
+        else "`infer.mask_shape` says boxes"
+    )
+    return (
+        f"Rung `{rung}`, {dataset}: each region of the mask is filled to its bounding box, the shape of the labels "
+        f"({why}); `promptseg predict` and the app draw the same boxes."
+    )
+
+
 def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols, notes: list[str]) -> list:
     """One rung's rows of the per-prompt table: each prompt, their mean, the ensemble; or a note saying why none."""
     if ev is None:
@@ -368,6 +384,9 @@ def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols
         return []
     rows = []
     threshold = _num(block.get("threshold"))
+    if block.get("mask_shape") == "boxes":
+        threshold += ", boxes"
+        notes.append(_boxes_note(rung, dataset, block))
     for prompt, scores in (test.get("prompts") or {}).items():
         rows.append(
             [f'"{prompt}"', rung, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
@@ -640,8 +659,9 @@ def _switching_section(
         f"## Table {number}: prompt switching ({title})",
         "",
         "Fraction of pixels lit: with the dataset's own prompts (in-prompt; compare with the ground-truth "
-        "foreground share), with every prompt of the OTHER dataset (cross-prompt: a model that does not "
-        "switch on the prompt lights the same pixels; lower is better) and with unrelated prompts "
+        "foreground share), with every prompt of the OTHER dataset, each masked with its own dataset's recipe as "
+        "`promptseg predict` masks it (cross-prompt: a model that does not switch on the prompt lights the same "
+        "pixels; lower is better) and with unrelated prompts, masked with the photo's dataset's recipe "
         "(lower is better). Paraphrase Dice: prompts never used in training, scored like the training prompts.",
         "",
     ]

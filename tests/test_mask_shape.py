@@ -1,0 +1,204 @@
+"""Masks shaped like the labels: drywall labels are boxes, so a rung's drywall masks may be filled to the bounding
+boxes of their regions (``infer.mask_shape``), decided on val, recorded in the recipe and followed by predict."""
+
+import copy
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from promptseg.images import load_split
+from promptseg.infer.recipe import Recipe
+from promptseg.infer.segmenter import Segmenter
+from promptseg.metrics import fill_bounding_boxes, postprocess_probabilities, score_masks
+from promptseg.params import ParamsError
+from promptseg.profiles import params_with_profiles
+from promptseg.score.evaluate import choose_mask_shape, evaluate_rung
+from promptseg.score.report import _rung_prompt_rows
+from promptseg.settings import evaluate_settings
+
+from conftest import PROMPTS, tiny_eval_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_each_region_becomes_its_filled_bounding_box():
+    mask = np.zeros((8, 10), np.uint8)
+    mask[1, 1:5] = 255  # an L: row 1, columns 1-4 ...
+    mask[1:4, 1] = 255  # ... and column 1, rows 1-3
+    mask[7, 0] = 255  # a lone pixel
+    mask[4, 6] = mask[5, 7] = 255  # two pixels touching at a corner: one region (8-connected)
+    expected = np.zeros_like(mask)
+    expected[1:4, 1:5] = 255
+    expected[7, 0] = 255
+    expected[4:6, 6:8] = 255
+    assert np.array_equal(fill_bounding_boxes(mask), expected)
+    assert not fill_bounding_boxes(np.zeros((3, 3), np.uint8)).any()
+
+
+def test_postprocessing_fills_the_boxes_after_the_threshold_and_open_close():
+    probs = np.zeros((12, 12), np.float32)
+    probs[2:9, 2:9] = 0.9
+    probs[5, 5] = 0.1  # a hole inside: closed by the 3 x 3 closing anyway
+    probs[2:4, 7:9] = 0.2  # the top right corner below the threshold: the box puts it back
+    probs[11, 0] = 0.9  # a speck: opened away before the boxes
+    plain = postprocess_probabilities(probs, 0.5)
+    boxed = postprocess_probabilities(probs, 0.5, boxes=True)
+    assert plain[2:4, 7:9].sum() == 0 and plain[11, 0] == 0
+    expected = np.zeros((12, 12), np.uint8)
+    expected[2:9, 2:9] = 255
+    assert np.array_equal(boxed, expected)
+    assert np.array_equal(Recipe(threshold=0.5, boxes=True).mask(probs), expected)
+
+
+def _box_truths():
+    """Two 20 x 20 label images with one box each, and 'probabilities' lighting a ragged cross inside each box."""
+    truths, probs = [], []
+    for top, left in ((2, 3), (6, 5)):
+        truth = np.zeros((20, 20), np.uint8)
+        truth[top : top + 10, left : left + 12] = 255
+        prob = np.zeros((20, 20), np.float32)
+        prob[top + 3 : top + 7, left : left + 12] = 0.8  # a band across the box ...
+        prob[top : top + 10, left + 4 : left + 8] = 0.8  # ... and one down it: its bounding box is the box
+        truths.append(truth)
+        probs.append(prob)
+    return truths, probs
+
+
+def test_choose_on_val_takes_boxes_where_they_score_higher_and_records_both():
+    truths, probs = _box_truths()
+    cfg = tiny_eval_config(threshold_grid=(0.5, 0.9))
+    recipe = Recipe.from_settings(cfg.infer, "drywall")
+    threshold, boxes, measured = choose_mask_shape({"a": probs, "b": probs}, truths, 0.5, "choose_on_val", recipe, cfg)
+    assert (threshold, boxes) == (0.5, True)
+    assert measured["boxes"]["dice"] == 1.0 and measured["boxes"]["threshold"] == 0.5
+    assert measured["boxes"]["sweep"] == {0.5: 1.0, 0.9: 0.0}  # nothing lit above 0.8
+    # the cross covers 4 x 12 + 10 x 4 - 4 x 4 = 72 of the box's 120 pixels: Dice 2 * 72 / (72 + 120)
+    assert measured["pixels"] == {
+        "threshold": 0.5,
+        "dice": pytest.approx(2 * 72 / 192),
+        "best_dice": pytest.approx(2 * 72 / 192),
+        "sweep": {0.5: pytest.approx(2 * 72 / 192), 0.9: 0.0},
+    }
+
+
+def test_choose_on_val_keeps_pixels_where_boxes_would_swallow_thin_diagonals():
+    truth = np.zeros((20, 20), np.uint8)
+    for i in range(2, 18):
+        truth[i, i - 1 : i + 2] = 255  # a 3 px diagonal crack
+    prob = (truth > 0).astype(np.float32) * 0.8
+    cfg = tiny_eval_config(threshold_grid=(0.5,), morphology=False)
+    recipe = Recipe.from_settings(cfg.infer, "cracks")
+    threshold, boxes, measured = choose_mask_shape({"a": [prob]}, [truth], 0.5, "choose_on_val", recipe, cfg)
+    assert (threshold, boxes) == (0.5, False)
+    assert measured["pixels"]["dice"] == 1.0 and measured["boxes"]["dice"] < 0.3
+
+
+class _LabelSegmenter(Segmenter):
+    """'Probabilities' made from each image's own label: 0.8 on the labelled pixels except a grid of one-pixel holes
+    (every third row and column crossing), so the region of a box stays one region and its bounding box is the box."""
+
+    def __init__(self, labels: dict[bytes, np.ndarray]):
+        self.labels = labels
+
+    def probabilities(self, images, prompts, recipe):
+        out = []
+        for image in images:
+            label = self.labels[hashlib.sha256(image.tobytes()).digest()]
+            prob = (label > 0).astype(np.float32) * 0.8
+            prob[1::3, 1::3] = 0.0
+            out.append(prob)
+        return out
+
+    def forget_encodings(self):
+        pass
+
+
+def _box_label_tree(root: Path) -> Path:
+    """A processed drywall tree whose labels are single boxes (one test image has none): 3 val, 3 test images."""
+    rng = np.random.default_rng(0)
+    boxes = {"val": [(2, 3, 20, 9), (5, 5, 9, 22), (10, 1, 18, 18)], "test": [(4, 4, 12, 20), (1, 8, 25, 6), None]}
+    for split, split_boxes in boxes.items():
+        for k, box in enumerate(split_boxes):
+            for folder in ("images", "masks"):
+                (root / "drywall" / split / folder).mkdir(parents=True, exist_ok=True)
+            label = np.zeros((32, 32), np.uint8)
+            if box is not None:
+                top, left, height, width = box
+                label[top : top + height, left : left + width] = 255
+            cv2.imwrite(
+                str(root / "drywall" / split / "images" / f"{split}{k}.png"),
+                rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+            )
+            cv2.imwrite(str(root / "drywall" / split / "masks" / f"{split}{k}.png"), label)
+    return root
+
+
+def test_evaluation_chooses_boxes_for_box_labels_and_writes_box_masks(tmp_path):
+    processed_root = _box_label_tree(tmp_path / "processed")
+    labels = {}
+    for split in ("val", "test"):
+        data = load_split(processed_root, "drywall", split)
+        labels.update({hashlib.sha256(i.tobytes()).digest(): t for i, t in zip(data.images, data.truths)})
+    cfg = tiny_eval_config(threshold_grid=(0.5,), morphology=False, mask_shape={"drywall": "choose_on_val"})
+    results, _ = evaluate_rung(
+        _LabelSegmenter(labels), processed_root, {"drywall": PROMPTS["drywall"]}, cfg, tmp_path / "predictions"
+    )
+    block = results["drywall"]
+    assert block["mask_shape"] == "boxes" and block["recipe"]["boxes"] is True
+    assert block["mask_shape_val"]["boxes"]["dice"] > block["mask_shape_val"]["pixels"]["dice"]
+    test = load_split(processed_root, "drywall", "test")
+    probs = _LabelSegmenter(labels).probabilities(test.images, None, None)
+    expected = score_masks(
+        [fill_bounding_boxes(p > 0.5) for p in probs], test.truths, empty_score=1.0, tolerance_px=2, thin=False
+    )
+    assert block["test"]["all_prompts"]["dice"] == pytest.approx(expected["dice"], abs=1e-12) == 1.0
+    for path in (tmp_path / "predictions" / "drywall" / "test").glob("*.png"):  # the masks evaluation wrote: boxes
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(mask, fill_bounding_boxes(mask)), path.name
+    # pixels where the params say so: the same maps, no boxes, the raw sweep's threshold
+    plain, _ = evaluate_rung(
+        _LabelSegmenter(labels),
+        processed_root,
+        {"drywall": PROMPTS["drywall"]},
+        dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, mask_shape={})),
+        None,
+    )
+    assert plain["drywall"]["mask_shape"] == "pixels" and "mask_shape_val" not in plain["drywall"]
+    assert plain["drywall"]["recipe"]["boxes"] is False
+    assert plain["drywall"]["test"]["all_prompts"]["dice"] < block["test"]["all_prompts"]["dice"]
+
+
+def test_the_report_says_which_masks_are_boxes_and_why():
+    block = {
+        "threshold": 0.6,
+        "mask_shape": "boxes",
+        "mask_shape_val": {
+            "boxes": {"threshold": 0.6, "dice": 0.617},
+            "pixels": {"threshold": 0.5, "dice": 0.553, "best_dice": 0.5561},
+        },
+        "test": {"prompts": {"segment joint tape": {"miou": 0.4, "dice": 0.5, "images": 3}}, "all_prompts": {}},
+    }
+    notes: list[str] = []
+    rows = _rung_prompt_rows("hed_full", {"drywall": block}, "drywall", "test", [("mIoU", "miou")], notes)
+    assert rows[0][:3] == ['"segment joint tape"', "hed_full", "0.600, boxes"]
+    assert notes == [
+        "Rung `hed_full`, drywall: each region of the mask is filled to its bounding box, the shape of the labels "
+        "(val Dice 0.617 against at most 0.556 as pixels); `promptseg predict` and the app draw the same boxes."
+    ]
+
+
+def test_mask_shape_params_are_checked():
+    base = params_with_profiles(params_path=ROOT / "params.yaml")
+    assert evaluate_settings(base).infer.mask_shape == {"cracks": "pixels", "drywall": "choose_on_val"}
+    p = copy.deepcopy(base)
+    p["infer"]["mask_shape"]["drywal"] = "boxes"
+    with pytest.raises(ParamsError, match=r"infer\.mask_shape\.drywal: unknown key; did you mean 'drywall'"):
+        evaluate_settings(p)
+    p = copy.deepcopy(base)
+    p["infer"]["mask_shape"]["drywall"] = "box"
+    with pytest.raises(ParamsError, match=r"infer\.mask_shape\.drywall"):
+        evaluate_settings(p)
