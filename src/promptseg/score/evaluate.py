@@ -259,7 +259,7 @@ def choose_dataset_recipe(
     predict = _Predictor(segmenter, dataset, cfg, held)
     predict.open_bars(splits, prompts, other_prompts)
     result, sweep, val_probs = choose_threshold_on_val(predict, splits, dataset, prompts, cfg)
-    predict.recipe = replace(predict.recipe, threshold=result["threshold"], boxes=result["recipe"]["boxes"])
+    predict.recipe = Recipe.from_dict(result["recipe"])  # the recipe it chose: every mask below follows it
     return _ValChoice(splits, predict, result, sweep, val_probs)
 
 
@@ -280,7 +280,7 @@ def score_dataset(
     thin = dataset in THIN_STRUCTURE_DATASETS
     predict, result = chosen.predict, chosen.result
     threshold = result["threshold"]
-    own = {p: predict.recipe for p in cfg.eval.unrelated_prompts}  # no dataset of their own: the photo's recipe
+    unrelated = {p: predict.recipe for p in cfg.eval.unrelated_prompts}  # no dataset of their own: the photo's recipe
     for split, data in chosen.splits.items():
         given = chosen.val_probs if split == "val" else {}  # val's probabilities are already there
         folder = None if predictions_dir is None else predictions_dir / dataset / split
@@ -305,7 +305,7 @@ def score_dataset(
                 _post(predict(data, list(prompts)), result["ensemble_threshold"], predict.recipe), data.truths, thin
             )
         if cfg.eval.unrelated_prompts:
-            entry["unrelated_prompt_lit"] = prompt_switching(predict, data, own)
+            entry["unrelated_prompt_lit"] = prompt_switching(predict, data, unrelated)
         paraphrases = cfg.eval.paraphrases.get(dataset, ())
         if paraphrases:
             entry["paraphrases"] = {
