@@ -7,9 +7,11 @@ prints one ``-S key=value`` per overridden leaf, so that::
 
 runs the pipeline with exactly those keys changed (``make repro-paper``), and ``dvc exp diff paper``
 shows exactly those keys. A profile key that ``params.yaml`` does not have is an error (a typo would
-otherwise be added silently), with one exception: a profile may add whole rungs to ``train.rungs`` (the
+otherwise be added silently), with two exceptions: a profile may add whole rungs to ``train.rungs`` (the
 CLIPSeg rungs, which the default ladder leaves out), each given with at least its method and architecture
-and passed to DVC as one ``++train.rungs.<name>={...}``.
+and passed to DVC as one ``++train.rungs.<name>={...}``; and it may give a rung its own value of a
+``train.common`` setting the rung does not override in ``params.yaml`` (e.g. ``dataset_repeats``), passed
+as one ``++train.rungs.<name>.<key>=...`` of the whole value.
 """
 
 from __future__ import annotations
@@ -78,16 +80,23 @@ ADDABLE_SECTIONS = ("train.rungs",)
 RUNG_REQUIRED = ("method", "architecture")
 
 
+def _is_rung(prefix: str) -> bool:
+    return prefix.startswith("train.rungs.") and prefix.count(".") == 2
+
+
 def profile_changes(params: dict[str, Any], overrides: dict[str, Any]) -> list[tuple[str, Any, bool]]:
     """``(dotted key, value, added)`` for every override, in the profile's order: a leaf params.yaml has
-    (``added`` False), or a whole new entry of an :data:`ADDABLE_SECTIONS` section (``added`` True: a rung the
-    default ladder leaves out, e.g. the CLIPSeg rungs of the paper profile). Raises ParamsError for anything else."""
+    (``added`` False), a whole new entry of an :data:`ADDABLE_SECTIONS` section (``added`` True: a rung the
+    default ladder leaves out, e.g. the CLIPSeg rungs of the paper profile), or a rung's own value of a
+    ``train.common`` key (``added`` True). Raises ParamsError for anything else."""
     changes: list[tuple[str, Any, bool]] = []
 
     def walk(over: dict[str, Any], node: Any, prefix: str) -> None:
         for key, value in over.items():
             name = f"{prefix}.{key}" if prefix else str(key)
-            if prefix in ADDABLE_SECTIONS and key not in node:
+            if _is_rung(prefix) and key not in node and key in params["train"]["common"]:
+                changes.append((name, value, True))  # the rung's own value of a train.common setting
+            elif prefix in ADDABLE_SECTIONS and key not in node:
                 missing = [k for k in RUNG_REQUIRED if not isinstance(value, dict) or k not in value]
                 if missing:
                     raise ParamsError(
