@@ -193,3 +193,32 @@ def test_profiles_laid_over_each_other_reach_dvc_once_per_key_the_later_winning(
     assert "train.rungs.hed_full.epochs=4" in flags and "train.rungs.hed_full.epochs=8" not in flags
     assert "data.cracks.source=local" in flags and "infer.precision=bf16" in flags
     assert main(["real-cpu", "real-cpu-6Omin"]) == 2 and "known profiles" in capsys.readouterr().err
+
+
+def test_a_rung_may_take_its_own_value_of_a_common_setting_and_a_typo_there_is_still_an_error():
+    """real-cpu-drywall-x3 shows each drywall photo three times per epoch, but keeps hed_decoder and the U-Net at
+    once: the rungs get their own `dataset_repeats` (params.yaml's rungs lack the key), one `++` of the whole value,
+    which Hydra parses back to the same mapping and the settings resolve per rung."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from promptseg.profiles import load_profiles
+    from promptseg.settings import validate_params
+
+    params = load_params(ROOT / "params.yaml")
+    overrides = load_profiles(["real-cpu", "real-cpu-60min", "real-cpu-drywall-x3"], ROOT / "profiles")
+    flags = dvc_set_flags(overrides, params)
+    assert "++train.rungs.hed_decoder.dataset_repeats={cracks:1,drywall:1}" in flags
+    assert "train.common.dataset_repeats.drywall=3" in flags
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(flags[1::2])}
+    assert parsed["train.rungs.unet.dataset_repeats"] == {"cracks": 1, "drywall": 1}
+    train = validate_params(apply_profile(params, overrides))["train"]
+    assert {r: dict(train[r].rung.train.dataset_repeats) for r in ("hed_decoder", "hed_lora", "hed_full", "unet")} == {
+        "hed_decoder": {"cracks": 1, "drywall": 1},
+        "hed_lora": {"cracks": 1, "drywall": 3},
+        "hed_full": {"cracks": 1, "drywall": 3},
+        "unet": {"cracks": 1, "drywall": 1},
+    }
+    with pytest.raises(ParamsError, match=r"no section .train.rungs.unet.dataset_repeatz"):
+        apply_profile(params, {"train": {"rungs": {"unet": {"dataset_repeatz": {"cracks": 1}}}}})
+    with pytest.raises(ParamsError, match=r"train.rungs.unet.epochz.*not in params.yaml"):
+        apply_profile(params, {"train": {"rungs": {"unet": {"epochz": 3}}}})
