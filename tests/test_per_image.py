@@ -122,3 +122,16 @@ def test_report_links_the_gallery_next_to_the_first_images_and_the_csv(tmp_path)
     assert lines[first + 1] == "- lora, cracks, worst images: ![lora_cracks_worst](eval/figures/lora_cracks_worst.png)"
     assert "- lora, drywall, worst images: ![lora_drywall_worst](eval/figures/lora_drywall_worst.png)" in lines
     assert "(eval/per_image/lora.csv)" in text and "lowest-Dice images of the reported split" in text
+
+
+def test_the_reports_interval_is_centred_on_the_json_miou(evaluated):
+    """The report's interval (promptseg.score.intervals) averages the per-image CSV's (image, prompt) rows: its
+    mean is the evaluation's all-prompts mIoU, each image in its own group here."""
+    from promptseg.score.intervals import score_interval
+
+    results, _, read, _ = evaluated
+    for dataset in PROMPTS:
+        rows = [r for r in read if (r["dataset"], r["split"]) == (dataset, "test")]
+        found = score_interval(rows, {}, resamples=200, level=0.95, seed=0)
+        assert found.mean == pytest.approx(results[dataset]["test"]["all_prompts"]["miou"], abs=1e-6)
+        assert found.low <= found.mean <= found.high and found.groups == 4

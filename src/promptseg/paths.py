@@ -52,6 +52,11 @@ def processed_dir(dataset: str) -> Path:
     return DATA_PROCESSED / dataset
 
 
+def processed_index(dataset: str) -> Path:
+    """The processed dataset's ``index.csv``: one row per image (split, source group, hash, size, notes)."""
+    return processed_dir(dataset) / "index.csv"
+
+
 def model_dir(rung: str) -> Path:
     return MODELS / rung
 

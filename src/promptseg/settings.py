@@ -398,11 +398,21 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class BootstrapParams:
+    """``report.bootstrap``: how the report's mIoU intervals resample whole source photos (promptseg.score.intervals)."""
+
+    resamples: PositiveInt
+    level: Threshold  # the interval's coverage, in (0, 1)
+    seed: Count
+
+
+@dataclass(frozen=True)
 class ReportParams:
     darkest_share: Threshold
     ceiling_radii: Annotated[
         tuple[Count, ...], NonEmpty()
     ]  # label centerlines drawn at these radii (promptseg.score.ceilings)
+    bootstrap: BootstrapParams
 
 
 @dataclass(frozen=True)
@@ -461,6 +471,7 @@ class ReportSettings:
     boundary_tolerance_px: int
     hflip_tta: bool
     prompt_ensemble: bool
+    bootstrap: BootstrapParams
 
 
 @dataclass(frozen=True)
@@ -847,6 +858,7 @@ def report_settings(params) -> ReportSettings:
         boundary_tolerance_px=_convert(int, _node(params, "eval.boundary_tolerance_px"), "eval.boundary_tolerance_px"),
         hflip_tta=_convert(bool, _node(params, "infer.hflip_tta"), "infer.hflip_tta"),
         prompt_ensemble=_convert(bool, _node(params, "infer.prompt_ensemble"), "infer.prompt_ensemble"),
+        bootstrap=_build(BootstrapParams, _node(params, "report.bootstrap"), "report.bootstrap"),
     )
 
 

@@ -14,7 +14,10 @@ Inputs (all small JSON files written by earlier stages):
   (:mod:`promptseg.score.runtime`);
 - ``metrics/eval/baselines.json``: the no-learning baselines ("all zeros", "all ones" and, for thin structures,
   "darkest 5%") scored on the same test images by the ``baselines`` stage (:mod:`promptseg.score.baselines`), so a
-  model's figures can be read against masks that need no model.
+  model's figures can be read against masks that need no model;
+- with ``bootstrap`` settings, ``metrics/eval/per_image/<rung>.csv`` and each dataset's source-photo groups (the
+  processed ``index.csv``): every rung's mIoU interval and the LoRA-minus-full paired interval, resampling whole
+  source photos (:mod:`promptseg.score.intervals`).
 
 The report's core is one "ladder" table per dataset: the baselines first, then every rung of
 ``train.rungs`` in params order.
@@ -47,9 +50,10 @@ from promptseg.paths import (
     worst_png,
     write_json,
 )
-from promptseg.settings import zeroshot_skip_reason
+from promptseg.score.intervals import Interval, paired_interval, read_scored_rows, score_interval
+from promptseg.settings import BootstrapParams, zeroshot_skip_reason
 
-__all__ = ["build_report", "build_summary", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
+__all__ = ["build_report", "build_summary", "rung_intervals", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
 
 ZEROSHOT = "zeroshot"
 BASELINE_NAMES = ("all zeros", "all ones")  # the prompt-blind constant masks; "darkest N%" joins them for cracks
@@ -458,17 +462,21 @@ def _ladder_section(
     baselines: dict,
     split: str = "test",
     ceiling: dict | None = None,
+    intervals: dict[str, Interval] | None = None,
 ) -> list[str]:
     """One dataset's ladder: the no-learning baselines, then every rung in ``rungs`` (params) order; with
-    ``ceiling`` (:func:`promptseg.score.ceilings.label_ceilings` of the same split), what its labels allow."""
+    ``ceiling`` (:func:`promptseg.score.ceilings.label_ceilings` of the same split), what its labels allow; with
+    ``intervals`` (``{rung: Interval}`` of its mIoU), a column of them and a note on how they were drawn."""
     cols = _score_columns(dataset)
     out = [f"## Table {number}: {dataset} ladder ({_split_label(split)}, mean over prompts)", ""]
+    level = next(iter(intervals.values())).level if intervals else None
     header = [
         "rung",
         "method / architecture",
         "trainable params",
         "total params",
         *(c for c, _ in cols),
+        *([f"mIoU {_percent(level)} interval"] if level is not None else []),
         "cross-prompt lit",
         "unrelated-prompt lit",
         "epochs @ px",
@@ -478,13 +486,26 @@ def _ladder_section(
     base = baselines.get(dataset) or {}
     for name, scores in _baseline_rows(base):
         lit = _num(scores.get("lit"))
-        rows.append([name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), lit, lit, NONE, NONE])
+        extra = [NONE] if level is not None else []
+        rows.append(
+            [name, "no learning", NONE, NONE, *(_num(scores.get(k)) for _, k in cols), *extra, lit, lit, NONE, NONE]
+        )
     for rung in rungs:
         row = _ladder_row(rung, dataset, split, cols, len(header), train_metrics, eval_metrics, notes, skipped_notes)
         if row is not None:
+            if level is not None and len(row) == len(header) - 1:
+                row.insert(4 + len(cols), _interval_cell((intervals or {}).get(rung)))
             rows.append(row)
     if rows:
-        out += [_table(header, rows, "llrr" + "r" * len(cols) + "rrrr"), ""]
+        out += [_table(header, rows, "llrr" + "r" * (len(header) - 4)), ""]
+    if level is not None:
+        groups = max(i.groups for i in intervals.values())
+        notes.append(
+            f"mIoU intervals: {_percent(level)} percentile bootstrap over whole source photos ({groups} groups of "
+            f"the {split} split: a photo's flipped copies and near-duplicates are resampled together; "
+            "promptseg.score.intervals). Two rungs whose intervals overlap may still differ: the paired LoRA-against-full "
+            "comparison below resamples their difference on the same photos."
+        )
     best = _best_baseline(base)
     if best is not None:
         out += [f"Read every rung against the best no-learning baseline ({best[0]}, Dice {_num(best[1])}).", ""]
@@ -501,6 +522,34 @@ def _ladder_section(
         )
     out += [n + "\n" for n in skipped_notes + notes]
     return out
+
+
+def _percent(level: float) -> str:
+    return f"{100 * level:g} %"
+
+
+def _interval_cell(interval: Interval | None) -> str:
+    return MISSING if interval is None else f"[{_num(interval.low)}, {_num(interval.high)}]"
+
+
+def _paired_text(interval: Interval | None, a: str, b: str) -> str:
+    """`` (paired ...)``: the mean difference a - b on the same rows, its interval, and what it says."""
+    if interval is None:
+        return ""
+    if interval.low > 0:
+        verdict = f"`{a}` is above `{b}`"
+    elif interval.high < 0:
+        verdict = f"`{a}` is below `{b}`"
+    else:
+        verdict = "the split cannot tell them apart"
+    sign = "+" if interval.mean >= 0 else ""
+    low_sign = "+" if interval.low >= 0 else ""
+    high_sign = "+" if interval.high >= 0 else ""
+    return (
+        f"; paired on the same {interval.rows} (image, prompt) rows: {sign}{_num(interval.mean)}, "
+        f"{_percent(interval.level)} interval [{low_sign}{_num(interval.low)}, {high_sign}{_num(interval.high)}] "
+        f"over {interval.groups} source photos: {verdict}"
+    )
 
 
 def _ceiling_lines(ceiling: dict | None, split: str) -> list[str]:
@@ -710,10 +759,12 @@ def _pretrained_section(
     eval_metrics: dict[str, dict],
     datasets: Sequence[str],
     splits: dict[str, str],
+    paired: dict[tuple[str, str, str], Interval] | None = None,
 ) -> list[str]:
     """The project's question on real weights: the rungs of a pretrained architecture side by side with what
     they train (parameters, LoRA weights), what it cost (training minutes) and what they score; the U-Net
-    rung (random init) beside them when present. Empty when no pretrained rung has train metrics."""
+    rung (random init) beside them when present; with ``paired`` (``{(lora, full, dataset): Interval}``), how
+    sure the LoRA-minus-full difference is. Empty when no pretrained rung has train metrics."""
     ours = [r for r in rungs if (train_metrics.get(r) or {}).get("architecture") in PRETRAINED_ARCHITECTURES]
     if not ours:
         return []
@@ -760,7 +811,8 @@ def _pretrained_section(
                 f"{dataset}: `{lora[0]}` {_num(a)} vs `{full[0]}` {_num(b)} {_split_label(splits[dataset])} mIoU "
                 f"({'+' if a >= b else ''}{_num(a - b)}), after {_int(lo.get('epochs'))} vs {_int(fu.get('epochs'))} "
                 f"epochs, {_int(lo.get('trainable_params'))} vs {_int(fu.get('trainable_params'))} trainable "
-                f"parameters ({_int(lo.get('lora_params'))} of them LoRA weights on the encoder).\n"
+                f"parameters ({_int(lo.get('lora_params'))} of them LoRA weights on the encoder)"
+                f"{_paired_text((paired or {}).get((lora[0], full[0], dataset)), lora[0], full[0])}.\n"
             )
     return out
 
@@ -867,6 +919,8 @@ def build_report(
     scored_splits: dict[str, str] | None = None,
     clipseg_in_ladder: bool = True,
     ceilings: dict | None = None,
+    intervals: dict[str, dict[str, Interval]] | None = None,
+    paired: dict[tuple[str, str, str], Interval] | None = None,
 ) -> str:
     """The markdown report.
 
@@ -892,6 +946,10 @@ def build_report(
             describing ``model_source``, and the CLIPSeg zero-shot notes are left out.
         ceilings: ``metrics/eval/ceilings.json`` (:func:`promptseg.score.ceilings.ceiling_scores`): what each
             thin-structure dataset's labels allow, stated under its ladder when scored on the same split.
+        intervals: ``{dataset: {rung: Interval}}`` of each rung's mIoU on the reported split
+            (:func:`rung_intervals`): a column of the ladder tables when given.
+        paired: ``{(lora rung, full rung, dataset): Interval}`` of the mean per-row difference
+            (:func:`rung_intervals`), stated with the LoRA-against-full comparison.
     """
     if rungs is None:
         rungs = list(dict.fromkeys([*train_metrics, *eval_metrics]))
@@ -915,10 +973,18 @@ def build_report(
         if ((ceilings or {}).get("scored_splits") or {}).get(dataset) != splits[dataset]:
             ceiling = None  # read off another split than the ladder's: not comparable
         lines += _ladder_section(
-            number, dataset, rungs, train_metrics, eval_metrics, baselines, splits[dataset], ceiling
+            number,
+            dataset,
+            rungs,
+            train_metrics,
+            eval_metrics,
+            baselines,
+            splits[dataset],
+            ceiling,
+            (intervals or {}).get(dataset) or None,
         )
         number += 1
-    pretrained = _pretrained_section(number, rungs, train_metrics, eval_metrics, datasets, splits)
+    pretrained = _pretrained_section(number, rungs, train_metrics, eval_metrics, datasets, splits, paired)
     if pretrained:
         lines += pretrained
         number += 1
@@ -1033,10 +1099,13 @@ def write_report(
     infer_defaults: dict | None = None,
     summary_path: Path | None = None,
     clipseg_in_ladder: bool = True,
+    groups: dict[str, dict[str, str]] | None = None,
+    bootstrap: BootstrapParams | None = None,
 ) -> str:
     """Read the metrics files under ``metrics_dir`` (data, train, eval and ``eval/baselines.json``) and write the
     markdown report to ``out_path`` (figure links relative to it) and, with ``summary_path``, the headline
-    (:func:`build_summary`) as JSON. Returns the report's text."""
+    (:func:`build_summary`) as JSON. With ``bootstrap``, mIoU intervals from the per-image CSVs, resampling the
+    source-photo ``groups`` (``{dataset: {stem: group}}``; a stem without a group is its own). Returns the text."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     rungs = list(rungs)
     if (
@@ -1065,6 +1134,9 @@ def write_report(
         per_image = per_image_csv(rung, metrics_dir / "eval")
         if per_image.exists():
             figures.setdefault(rung, []).append(_relative(per_image, out_path.parent))
+    intervals, paired = None, None
+    if bootstrap is not None:
+        intervals, paired = rung_intervals(metrics_dir / "eval", rungs, train, evals, datasets, groups or {}, bootstrap)
     text = build_report(
         data,
         train,
@@ -1079,6 +1151,8 @@ def write_report(
         runtime=runtime or None,
         clipseg_in_ladder=clipseg_in_ladder,
         ceilings=ceilings if isinstance(ceilings, dict) else None,
+        intervals=intervals,
+        paired=paired,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
@@ -1087,6 +1161,38 @@ def write_report(
         Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
         write_json(summary_path, summary)
     return text
+
+
+def rung_intervals(
+    eval_dir: Path,
+    rungs: Sequence[str],
+    train_metrics: dict[str, dict],
+    eval_metrics: dict[str, dict],
+    datasets: Sequence[str],
+    groups: dict[str, dict[str, str]],
+    bootstrap: BootstrapParams,
+) -> tuple[dict[str, dict[str, Interval]], dict[tuple[str, str, str], Interval]]:
+    """Each rung's mIoU interval per dataset on its reported split, from ``per_image/<rung>.csv``, and the paired
+    interval of every LoRA rung minus every full rung of the same architecture (``{(lora, full, dataset): ...}``).
+    Rungs without a per-image CSV are left out (the table says n/a)."""
+    options = {"resamples": bootstrap.resamples, "level": bootstrap.level, "seed": bootstrap.seed}
+    intervals: dict[str, dict[str, Interval]] = {}
+    paired: dict[tuple[str, str, str], Interval] = {}
+    for dataset in datasets:
+        split = _scored_split(dataset, eval_metrics, None)
+        rows = {r: read_scored_rows(per_image_csv(r, eval_dir), dataset, split) for r in rungs}
+        own = groups.get(dataset) or {}
+        for rung in rungs:
+            if rows[rung] and (found := score_interval(rows[rung], own, **options)) is not None:
+                intervals.setdefault(dataset, {})[rung] = found
+        method = {r: (train_metrics.get(r) or {}).get("method") for r in rungs}
+        architecture = {r: (train_metrics.get(r) or {}).get("architecture") for r in rungs}
+        for lora in (r for r in rungs if method[r] == "lora" and rows[r]):
+            for full in (r for r in rungs if method[r] == "full" and rows[r] and architecture[r] == architecture[lora]):
+                found = paired_interval(rows[lora], rows[full], own, **options)
+                if found is not None:
+                    paired[(lora, full, dataset)] = found
+    return intervals, paired
 
 
 def _relative(path: Path, start: Path) -> str:
