@@ -143,6 +143,7 @@ def tiny_eval_config(**changes):
         precision="fp32",
         native_resolution={},
         mask_shape={},
+        boxes_switching_limit=0.25,
     )
     ev = EvalSettings(
         boundary_tolerance_px=2,

@@ -202,3 +202,82 @@ def test_mask_shape_params_are_checked():
     p["infer"]["mask_shape"]["drywall"] = "box"
     with pytest.raises(ParamsError, match=r"infer\.mask_shape\.drywall"):
         evaluate_settings(p)
+
+
+def _crack_band_tree(root: Path) -> Path:
+    """A processed cracks tree beside the drywall one: 2 val, 2 test images, each labelled with a 4 x 24 band."""
+    rng = np.random.default_rng(1)
+    for split in ("val", "test"):
+        for k in range(2):
+            for folder in ("images", "masks"):
+                (root / "cracks" / split / folder).mkdir(parents=True, exist_ok=True)
+            label = np.zeros((32, 32), np.uint8)
+            label[10 + k : 14 + k, 4:28] = 255
+            cv2.imwrite(str(root / "cracks" / split / "images" / f"c{split}{k}.png"), rng.integers(0, 255, (32, 32, 3)))
+            cv2.imwrite(str(root / "cracks" / split / "masks" / f"c{split}{k}.png"), label)
+    return root
+
+
+class _PromptAwareSegmenter(_LabelSegmenter):
+    """Each dataset's own prompts light its label (drywall with the holes of :class:`_LabelSegmenter`); crack prompts
+    light nothing on drywall photos; drywall prompts on crack photos light a 1-px diagonal of 12 px (``leak``) or
+    nothing: 12 px as pixels, but its bounding box, 144 px, as a box."""
+
+    def __init__(self, labels, datasets, leak: bool):
+        super().__init__(labels)
+        self.datasets, self.leak = datasets, leak
+
+    def probabilities(self, images, prompts, recipe):
+        out = []
+        for image, prompt in zip(images, prompts):
+            key = hashlib.sha256(image.tobytes()).digest()
+            photo, asked = self.datasets[key], "cracks" if prompt in PROMPTS["cracks"] else "drywall"
+            prob = np.zeros((32, 32), np.float32)
+            if photo == asked == "drywall":
+                prob = super().probabilities([image], [prompt], recipe)[0]
+            elif photo == asked == "cracks":
+                prob = (self.labels[key] > 0).astype(np.float32) * 0.8
+            elif photo == "cracks" and self.leak:
+                prob[np.arange(8, 20), np.arange(8, 20)] = 0.8
+            out.append(prob)
+        return out
+
+
+@pytest.mark.parametrize("leak", [True, False])
+def test_boxes_that_would_break_prompt_switching_on_val_are_dropped_for_pixels(tmp_path, leak):
+    """Boxes win drywall's val Dice, but drywall prompts on crack val photos light a diagonal: 12 px as pixels
+    (0.125 of the crack prompts' 96 px: switching holds), 144 px as a box (1.5 of it: it breaks). Evaluation keeps
+    pixels and says why; without the leak the boxes stay."""
+    processed_root = _crack_band_tree(_box_label_tree(tmp_path / "processed"))
+    labels, datasets = {}, {}
+    for dataset in ("cracks", "drywall"):
+        for split in ("val", "test"):
+            data = load_split(processed_root, dataset, split)
+            for image, truth in zip(data.images, data.truths):
+                key = hashlib.sha256(image.tobytes()).digest()
+                labels[key], datasets[key] = truth, dataset
+    cfg = tiny_eval_config(threshold_grid=(0.5,), morphology=False, mask_shape={"drywall": "choose_on_val"})
+    results, _ = evaluate_rung(_PromptAwareSegmenter(labels, datasets, leak), processed_root, PROMPTS, cfg, None)
+    block = results["drywall"]
+    switching = block["mask_shape_switching_val"]
+    assert switching["limit"] == 0.25 and switching["boxes_dropped"] is leak
+    on_cracks = switching["on"]["cracks"]
+    assert on_cracks["own_prompts_lit"] == pytest.approx(96 / 1024)
+    assert on_cracks["pixels_lit"] == pytest.approx(12 / 1024 if leak else 0.0)
+    assert on_cracks["boxes_lit"] == pytest.approx(144 / 1024 if leak else 0.0)
+    assert block["mask_shape_val"]["boxes"]["dice"] > block["mask_shape_val"]["pixels"]["best_dice"]
+    assert block["mask_shape"] == ("pixels" if leak else "boxes") and block["recipe"]["boxes"] is not leak
+    # the scores follow the recipe kept: drywall prompts on crack test photos light the diagonal as pixels
+    assert results["cracks"]["test"]["cross_prompt_lit"] == pytest.approx(12 / 1024 if leak else 0.0)
+    assert results["cracks"]["test"]["cross_prompt_lit"] < 0.25 * results["cracks"]["test"]["in_prompt_lit"]
+    notes: list[str] = []
+    _rung_prompt_rows("hed_lora", results, "drywall", "test", [("mIoU", "miou")], notes)
+    if leak:
+        assert notes == [
+            "Rung `hed_lora`, drywall: pixel masks, although boxes scored a higher val Dice (1.000 against "
+            f"{block['mask_shape_val']['pixels']['best_dice']:.3f}): as boxes they would break prompt switching, "
+            "which pixels keep (on cracks val photos its prompts light 0.141 as boxes and 0.012 as pixels, against "
+            "0.094 for the cracks prompts; the limit is 0.25 of the latter)."
+        ]
+    else:
+        assert notes[0].startswith("Rung `hed_lora`, drywall: each region of the mask is filled to its bounding box")

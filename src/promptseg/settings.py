@@ -383,6 +383,9 @@ class InferSettings:
     # dataset -> its masks as thresholded pixels, as the bounding boxes of their regions, or whichever scores the
     # higher val Dice (promptseg.score.evaluate); a dataset not named: pixels
     mask_shape: dict[str, MaskShape]
+    # choose_on_val keeps boxes only if they keep prompt switching where pixels do: on every other dataset's val
+    # photos, this dataset's prompts (as boxes) light less than this share of what that dataset's own prompts light
+    boxes_switching_limit: Threshold
 
 
 @dataclass(frozen=True)

@@ -381,6 +381,49 @@ def choose_mask_shape(
     return pixel_threshold, False, measured
 
 
+def keep_switching_on_val(chosen: dict[str, _ValChoice], dataset: str, prompts: list[str], cfg: EvalConfig) -> None:
+    """Drop ``dataset``'s boxes (chosen on val by ``choose_on_val``) where they would break prompt switching that its
+    pixel masks keep.
+
+    A prompt that lights a few specks on another dataset's photo lights a box around each once its masks are boxes.
+    So on every other dataset's val split, ``dataset``'s prompts are masked both ways (boxes at the box threshold,
+    pixels at the pixel threshold) and their lit share is compared with what that dataset's own prompts light there
+    (its chosen recipe). If boxes reach ``infer.boxes_switching_limit`` times that on any of them while pixels stay
+    under it everywhere, the dataset goes back to pixels (threshold, recipe, the predictor's recipe). What was
+    measured is recorded in the JSON block (``mask_shape_switching_val``); test is never looked at."""
+    choice = chosen[dataset]
+    result = choice.result
+    others = [d for d in chosen if d != dataset]
+    if result["mask_shape"] != "boxes" or cfg.infer.mask_shape.get(dataset) != "choose_on_val" or not others:
+        return
+    limit = cfg.infer.boxes_switching_limit
+    recipes = {
+        "boxes": choice.predict.recipe,
+        "pixels": replace(
+            choice.predict.recipe, boxes=False, threshold=result["mask_shape_val"]["pixels"]["threshold"]
+        ),
+    }
+    measured: dict = {}
+    for other in others:
+        theirs = chosen[other]
+        val = theirs.splits["val"]
+        own = [lit_fraction(theirs.predict.recipe.mask(p) > 0) for probs in theirs.val_probs.values() for p in probs]
+        probs = [p for prompt in prompts for p in theirs.predict(val, prompt)]
+        lit = {shape: float(np.mean([lit_fraction(r.mask(p) > 0) for p in probs])) for shape, r in recipes.items()}
+        measured[other] = {"own_prompts_lit": float(np.mean(own)), **{f"{s}_lit": v for s, v in lit.items()}}
+
+    def breaks(shape: str) -> bool:
+        return any(m[f"{shape}_lit"] >= limit * m["own_prompts_lit"] for m in measured.values())
+
+    dropped = breaks("boxes") and not breaks("pixels")
+    result["mask_shape_switching_val"] = {"limit": limit, "boxes_dropped": dropped, "on": measured}
+    if dropped:
+        result["threshold"] = recipes["pixels"].threshold
+        result["mask_shape"] = "pixels"
+        result["recipe"] = {**result["recipe"], "threshold": recipes["pixels"].threshold, "boxes": False}
+        choice.predict.recipe = Recipe.from_dict(result["recipe"])
+
+
 def score_prompts(
     predict: _Predictor,
     data: SplitData,
@@ -471,6 +514,8 @@ def evaluate_rung(
         d: choose_dataset_recipe(segmenter, processed_root, d, prompts[d], others[d], cfg, held)
         for d in reversed(prompts)
     }
+    for dataset in prompts:  # 1b. boxes that would break prompt switching on val are not kept
+        keep_switching_on_val(chosen, dataset, prompts[dataset], cfg)
     recipe_of = {p: chosen[d].predict.recipe for d, ps in prompts.items() for p in ps}
     # 2. scores, prompt switching with the other datasets' prompts under their own recipes
     results, sweeps = {}, {}

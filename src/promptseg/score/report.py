@@ -371,6 +371,24 @@ def _boxes_note(rung: str, dataset: str, block: dict) -> str:
     )
 
 
+def _boxes_dropped_note(rung: str, dataset: str, block: dict) -> str:
+    """Why a rung's masks of ``dataset`` are pixels although boxes scored higher on val: they broke prompt switching."""
+    measured = block.get("mask_shape_val") or {}
+    switching = block["mask_shape_switching_val"]
+    limit = switching.get("limit")
+    where = "; ".join(
+        f"on {other} val photos its prompts light {_num(m.get('boxes_lit'))} as boxes and {_num(m.get('pixels_lit'))} "
+        f"as pixels, against {_num(m.get('own_prompts_lit'))} for the {other} prompts"
+        for other, m in (switching.get("on") or {}).items()
+    )
+    return (
+        f"Rung `{rung}`, {dataset}: pixel masks, although boxes scored a higher val Dice "
+        f"({_num((measured.get('boxes') or {}).get('dice'))} against "
+        f"{_num((measured.get('pixels') or {}).get('best_dice'))}): as boxes they would break prompt switching, which "
+        f"pixels keep ({where}; the limit is {_num(limit, 2)} of the latter)."
+    )
+
+
 def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols, notes: list[str]) -> list:
     """One rung's rows of the per-prompt table: each prompt, their mean, the ensemble; or a note saying why none."""
     if ev is None:
@@ -391,6 +409,8 @@ def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols
     if block.get("mask_shape") == "boxes":
         threshold += ", boxes"
         notes.append(_boxes_note(rung, dataset, block))
+    elif (block.get("mask_shape_switching_val") or {}).get("boxes_dropped"):
+        notes.append(_boxes_dropped_note(rung, dataset, block))
     for prompt, scores in (test.get("prompts") or {}).items():
         rows.append(
             [f'"{prompt}"', rung, threshold, *(_num(scores.get(k)) for _, k in cols), _int(scores.get("images"))]
