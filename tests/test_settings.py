@@ -195,3 +195,24 @@ def test_dataset_repeats_take_a_rungs_override_and_name_an_unknown_dataset():
     p["train"]["rungs"]["hed_full"]["dataset_repeats"] = {"drywall": 0}
     with pytest.raises(ParamsError, match=r"dataset_repeats\.drywall: 0 is out of range; allowed: >= 1"):
         train_settings(p, "hed_full")
+
+
+def test_a_params_file_that_is_not_yaml_is_one_message_naming_the_line(tmp_path, capsys):
+    """A hand edit that breaks the YAML (a list item after a key given on its line) stops every stage with one line
+    naming the file and the place, exit 2, no parser traceback; so does a file that is not a mapping."""
+    from promptseg.settings import load_stage_settings, report_settings
+
+    broken = tmp_path / "params.yaml"
+    broken.write_text("report:\n  ceiling_radii:\n  bootstrap: {resamples: 10}\n  - 1\n  - 2\n")
+    with pytest.raises(SystemExit) as stop:
+        load_stage_settings("report", report_settings, path=broken)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"report: {broken} is not valid YAML at line 4, column 3: expected <block end>, but found '-'; "
+        "fix the file there."
+    ]
+    broken.write_text("- just a list\n")
+    with pytest.raises(SystemExit):
+        load_stage_settings("report", report_settings, path=broken)
+    assert "must be a mapping of sections" in capsys.readouterr().err

@@ -22,5 +22,14 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found: run the stage from the repository root.")
-    with path.open() as handle:
-        return yaml.safe_load(handle)
+    try:
+        with path.open() as handle:
+            params = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:  # one message naming the place, not the parser's traceback
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{path} is not valid YAML{where}: {problem}; fix the file there.") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (data, model, train, ...); it holds {params!r}.")
+    return params
