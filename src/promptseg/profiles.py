@@ -94,7 +94,7 @@ def profile_changes(params: dict[str, Any], overrides: dict[str, Any]) -> list[t
     def walk(over: dict[str, Any], node: Any, prefix: str) -> None:
         for key, value in over.items():
             name = f"{prefix}.{key}" if prefix else str(key)
-            if _is_rung(prefix) and key not in node and key in params["train"]["common"]:
+            if _is_rung(prefix) and key not in node and key in ((params.get("train") or {}).get("common") or {}):
                 changes.append((name, value, True))  # the rung's own value of a train.common setting
             elif prefix in ADDABLE_SECTIONS and key not in node:
                 missing = [k for k in RUNG_REQUIRED if not isinstance(value, dict) or k not in value]
