@@ -523,8 +523,8 @@ def _ladder_section(
         notes.append(
             f"mIoU intervals: {_percent(level)} percentile bootstrap over whole source photos ({groups} groups of "
             f"the {split} split: a photo's flipped copies and near-duplicates are resampled together; "
-            "promptseg.score.intervals). Two rungs whose intervals overlap may still differ: the paired LoRA-against-full "
-            "comparison below resamples their difference on the same photos."
+            "promptseg.score.intervals). Two rungs whose intervals overlap may still differ: only their difference "
+            "resampled on the same photos can tell (the report does so for LoRA against full)."
         )
     best = _best_baseline(base)
     if best is not None:
