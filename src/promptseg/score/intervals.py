@@ -108,17 +108,10 @@ def _values(rows: Iterable[Mapping[str, str]], metric: str) -> dict[tuple[str, s
     return {(r["stem"], r["prompt"]): float(r[metric]) for r in rows}
 
 
-def score_interval(
-    rows: Sequence[Mapping[str, str]],
-    groups: Mapping[str, str],
-    *,
-    metric: str = "iou",
-    resamples: int,
-    level: float,
-    seed: int,
+def _keyed_interval(
+    values: Mapping[tuple[str, str], float], groups: Mapping[str, str], *, resamples: int, level: float, seed: int
 ) -> Interval | None:
-    """The grouped interval of a rung's mean ``metric`` over its scored rows; None without rows."""
-    values = _values(rows, metric)
+    """:func:`grouped_interval` of ``{(stem, prompt): value}``, each stem in its index group; None without values."""
     if not values:
         return None
     keys = sorted(values)
@@ -129,6 +122,19 @@ def score_interval(
         level=level,
         seed=seed,
     )
+
+
+def score_interval(
+    rows: Sequence[Mapping[str, str]],
+    groups: Mapping[str, str],
+    *,
+    metric: str = "iou",
+    resamples: int,
+    level: float,
+    seed: int,
+) -> Interval | None:
+    """The grouped interval of a rung's mean ``metric`` over its scored rows; None without rows."""
+    return _keyed_interval(_values(rows, metric), groups, resamples=resamples, level=level, seed=seed)
 
 
 def paired_interval(
@@ -144,13 +150,5 @@ def paired_interval(
     """The grouped interval of the mean per-row difference a - b over the rows both rungs scored (same image,
     same prompt); None when they share none."""
     a, b = _values(rows_a, metric), _values(rows_b, metric)
-    keys = sorted(set(a) & set(b))
-    if not keys:
-        return None
-    return grouped_interval(
-        [a[k] - b[k] for k in keys],
-        [groups.get(stem, stem) for stem, _ in keys],
-        resamples=resamples,
-        level=level,
-        seed=seed,
-    )
+    differences = {k: a[k] - b[k] for k in set(a) & set(b)}
+    return _keyed_interval(differences, groups, resamples=resamples, level=level, seed=seed)
