@@ -143,6 +143,7 @@ def tiny_eval_config(**changes):
         precision="fp32",
         native_resolution={},
         mask_shape={},
+        strip_length=0.125,
         boxes_switching_limit=0.25,
     )
     ev = EvalSettings(

@@ -13,7 +13,7 @@ import pytest
 from promptseg.images import load_split
 from promptseg.infer.recipe import Recipe
 from promptseg.infer.segmenter import Segmenter
-from promptseg.metrics import fill_bounding_boxes, postprocess_probabilities, score_masks
+from promptseg.metrics import fill_bounding_boxes, fill_strip_boxes, postprocess_probabilities, score_masks
 from promptseg.params import ParamsError
 from promptseg.profiles import params_with_profiles
 from promptseg.score.evaluate import choose_mask_shape, evaluate_rung
@@ -72,9 +72,12 @@ def test_choose_on_val_takes_boxes_where_they_score_higher_and_records_both():
     truths, probs = _box_truths()
     cfg = tiny_eval_config(threshold_grid=(0.5, 0.9))
     recipe = Recipe.from_settings(cfg.infer, "drywall")
-    threshold, boxes, measured = choose_mask_shape({"a": probs, "b": probs}, truths, 0.5, "choose_on_val", recipe, cfg)
-    assert (threshold, boxes) == (0.5, True)
+    threshold, shape, measured = choose_mask_shape({"a": probs, "b": probs}, truths, 0.5, "choose_on_val", recipe, cfg)
+    assert (threshold, shape) == (0.5, "boxes")
     assert measured["boxes"]["dice"] == 1.0 and measured["boxes"]["threshold"] == 0.5
+    # the cross's strips run 4 px wide both ways (longer than the 3 px a strip needs here): the same one box, a
+    # tie, which goes to the simpler shape
+    assert measured["strips"]["dice"] == 1.0
     assert measured["boxes"]["sweep"] == {0.5: 1.0, 0.9: 0.0}  # nothing lit above 0.8
     # the cross covers 4 x 12 + 10 x 4 - 4 x 4 = 72 of the box's 120 pixels: Dice 2 * 72 / (72 + 120)
     assert measured["pixels"] == {
@@ -92,9 +95,81 @@ def test_choose_on_val_keeps_pixels_where_boxes_would_swallow_thin_diagonals():
     prob = (truth > 0).astype(np.float32) * 0.8
     cfg = tiny_eval_config(threshold_grid=(0.5,), morphology=False)
     recipe = Recipe.from_settings(cfg.infer, "cracks")
-    threshold, boxes, measured = choose_mask_shape({"a": [prob]}, [truth], 0.5, "choose_on_val", recipe, cfg)
-    assert (threshold, boxes) == (0.5, False)
+    threshold, shape, measured = choose_mask_shape({"a": [prob]}, [truth], 0.5, "choose_on_val", recipe, cfg)
+    assert (threshold, shape) == (0.5, "pixels")
     assert measured["pixels"]["dice"] == 1.0 and measured["boxes"]["dice"] < 0.3
+
+
+def _joint_t(height: int = 40, width: int = 40) -> np.ndarray:
+    """Two joints meeting in a T, labelled one box each: a 4 x 36 horizontal band and a 29 x 4 vertical one."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[5:9, 2:38] = 255
+    mask[9:38, 18:22] = 255
+    return mask
+
+
+def test_strips_box_each_joint_of_a_t_on_its_own():
+    joints = _joint_t()
+    assert (joints > 0).sum() == 4 * 36 + 29 * 4
+    whole = fill_bounding_boxes(joints)
+    assert (whole > 0).sum() == 33 * 36  # one box over the wall between the joints
+    # L = 0.25 x 40 = 10 -> 11 px: each band is a run of 36 (29 + 4) px its own way, 4 px the other
+    assert np.array_equal(fill_strip_boxes(joints, 0.25), joints)
+    # a ragged edge: 4 px sticking out under the horizontal band are not a strip; as boxes they would widen it by a
+    # row, as strips the rest is opened away (a 3 x 3 square does not fit in a 1 x 4 sliver)
+    ragged = joints.copy()
+    ragged[9, 5:9] = 255
+    assert np.array_equal(fill_strip_boxes(ragged, 0.25, rest_kernel=3), joints)
+    assert (fill_strip_boxes(ragged, 0.25, rest_kernel=1) > 0).sum() == (joints > 0).sum() + 4  # kept: its own box
+    # a diagonal joint is neither: its one box, as with whole-region boxes
+    diagonal = np.zeros((40, 40), np.uint8)
+    for i in range(4, 36):
+        diagonal[i, i - 2 : i + 3] = 255
+    assert np.array_equal(fill_strip_boxes(diagonal, 0.25, rest_kernel=1), fill_bounding_boxes(diagonal))
+    assert (fill_strip_boxes(diagonal, 0.25, rest_kernel=1) > 0).sum() == 32 * 36
+    with pytest.raises(ValueError, match="min_length"):
+        fill_strip_boxes(joints, 0.0)
+
+
+def test_choose_on_val_takes_strips_where_joints_meet():
+    """The labels are the T's two boxes; the model lights them with a few holes. Pixels miss the holes, whole-region
+    boxes cover the wall between the joints, strips give the two boxes back."""
+    truth = _joint_t()
+    prob = (truth > 0).astype(np.float32) * 0.8
+    for y, x in ((6, 25), (7, 30), (20, 19), (30, 20)):
+        prob[y, x] = 0.0
+    cfg = tiny_eval_config(threshold_grid=(0.5,), morphology=False, strip_length=0.25)
+    recipe = Recipe.from_settings(cfg.infer, "drywall")
+    threshold, shape, measured = choose_mask_shape({"a": [prob]}, [truth], 0.5, "choose_on_val", recipe, cfg)
+    assert (threshold, shape) == (0.5, "strips")
+    assert measured["strips"]["dice"] == 1.0
+    assert measured["pixels"]["dice"] == pytest.approx(2 * 256 / (256 + 260))
+    assert measured["boxes"]["dice"] == pytest.approx(2 * 260 / (33 * 36 + 260))
+    strips = cfg.recipe("drywall", threshold, shape=shape)
+    assert (strips.boxes, strips.strip_length, strips.mask_shape) == (True, 0.25, "strips")
+    assert np.array_equal(strips.mask(prob), truth)  # the recipe predict follows draws the same two boxes
+    assert "strips of at least 0.25 of the shorter side" in strips.describe()
+
+
+def test_the_report_says_which_masks_are_strips_and_why():
+    block = {
+        "threshold": 0.7,
+        "mask_shape": "strips",
+        "mask_shape_val": {
+            "boxes": {"threshold": 0.8, "dice": 0.625},
+            "strips": {"threshold": 0.7, "dice": 0.667},
+            "pixels": {"threshold": 0.4, "dice": 0.553, "best_dice": 0.5531},
+        },
+        "test": {"prompts": {"segment joint tape": {"miou": 0.4, "dice": 0.5, "images": 3}}, "all_prompts": {}},
+    }
+    notes: list[str] = []
+    rows = _rung_prompt_rows("hed_full", {"drywall": block}, "drywall", "test", [("mIoU", "miou")], notes)
+    assert rows[0][:3] == ['"segment joint tape"', "hed_full", "0.700, strips"]
+    assert notes == [
+        "Rung `hed_full`, drywall: each horizontal and vertical strip of the mask (and each region left over) is "
+        "filled to its own bounding box, the shape of the labels (val Dice 0.667 against 0.625 as boxes and at most "
+        "0.553 as pixels); `promptseg predict` and the app draw the same strips."
+    ]
 
 
 class _LabelSegmenter(Segmenter):
@@ -260,7 +335,7 @@ def test_boxes_that_would_break_prompt_switching_on_val_are_dropped_for_pixels(t
     results, _ = evaluate_rung(_PromptAwareSegmenter(labels, datasets, leak), processed_root, PROMPTS, cfg, None)
     block = results["drywall"]
     switching = block["mask_shape_switching_val"]
-    assert switching["limit"] == 0.25 and switching["boxes_dropped"] is leak
+    assert switching["limit"] == 0.25 and switching["shape"] == "boxes" and switching["dropped"] is leak
     on_cracks = switching["on"]["cracks"]
     assert on_cracks["own_prompts_lit"] == pytest.approx(96 / 1024)
     assert on_cracks["pixels_lit"] == pytest.approx(12 / 1024 if leak else 0.0)

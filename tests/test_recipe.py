@@ -69,6 +69,9 @@ RECIPES = {
     "no_morphology": {"morphology": False},
     "hflip_tta": {"hflip_tta": True},
     "boxes": {"mask_shape": {"cracks": "boxes"}, "kernel": 5},  # what a 5 x 5 opening leaves, filled to boxes
+    # the same, each horizontal and vertical run of at least 0.05 x 128 px (7 px) boxed on its own: strip_length
+    # travels in the JSON to both engines
+    "strips": {"mask_shape": {"cracks": "strips"}, "kernel": 5, "strip_length": 0.05},
     # tiles of the export's size; no opening: the untrained model's tiles at the photo's scale are pixel noise
     "tiled_hflip": {"tiled": {"cracks": True}, "tile_upscale": TILE_UPSCALE, "hflip_tta": True, "morphology": False},
 }

@@ -50,6 +50,7 @@ __all__ = [
     "choose_threshold",
     "postprocess_probabilities",
     "fill_bounding_boxes",
+    "fill_strip_boxes",
     "image_scores",
     "score_masks",
     "summarise_image_scores",
@@ -282,6 +283,7 @@ def postprocess_probabilities(
     morphology: bool = True,
     kernel_size: int = 3,
     boxes: bool = False,
+    strip_length: float = 0.0,
 ) -> np.ndarray:
     """Binarise an ``(H, W)`` probability map into a ``uint8`` ``{0, 255}`` mask.
 
@@ -294,7 +296,9 @@ def postprocess_probabilities(
        smaller than the kernel, CLOSE fills gaps narrower than it.
        ``kernel_size == 1`` is a no-op;
     3. if ``boxes``: each region replaced by its filled bounding box (:func:`fill_bounding_boxes`), the
-       shape of a box-annotated dataset's labels.
+       shape of a box-annotated dataset's labels; with ``strip_length > 0``, the mask is first split into its
+       horizontal and vertical strips at least that share of the shorter side long, each boxed on its own
+       (:func:`fill_strip_boxes`).
 
     Note that OPEN with a ``k x k`` kernel also deletes any structure thinner
     than ``k`` px (e.g. a 1-px-wide crack with ``k = 3``); pass
@@ -306,6 +310,7 @@ def postprocess_probabilities(
         morphology: apply OPEN then CLOSE.
         kernel_size: side of the square structuring element, ``>= 1``.
         boxes: replace each 8-connected region by its bounding box.
+        strip_length: with ``boxes``, box the horizontal and vertical strips separately (0: whole regions).
 
     Returns:
         ``(H, W)`` ``uint8`` array with values in ``{0, 255}``.
@@ -324,7 +329,11 @@ def postprocess_probabilities(
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    return fill_bounding_boxes(mask) if boxes else mask
+    if not boxes:
+        return mask
+    if strip_length > 0:
+        return fill_strip_boxes(mask, strip_length, rest_kernel=int(kernel_size) if morphology else 1)
+    return fill_bounding_boxes(mask)
 
 
 def fill_bounding_boxes(mask: np.ndarray) -> np.ndarray:
@@ -335,6 +344,32 @@ def fill_bounding_boxes(mask: np.ndarray) -> np.ndarray:
     for x, y, w, h, _ in stats[1:count]:
         out[y : y + h, x : x + w] = 255
     return out
+
+
+def fill_strip_boxes(mask: np.ndarray, min_length: float, *, rest_kernel: int = 3) -> np.ndarray:
+    """``uint8`` ``{0, 255}`` mask of boxes, one per horizontal strip, vertical strip and leftover region of ``mask``.
+
+    Box labels (drywall joints) are drawn one box per joint, so a T-, L- or cross-shaped mask of joints that meet is
+    several boxes, not the one bounding box of the whole region (which would cover the wall between them). Here:
+
+    1. the horizontal strips: ``mask`` opened with a ``1 x L`` line (``L = min_length`` x the shorter side in px,
+       odd, at least 3): the pixels on a horizontal run at least ``L`` long;
+    2. the vertical strips: the same with an ``L x 1`` line;
+    3. the rest (a diagonal joint, a blob): the pixels in neither, opened with a ``rest_kernel`` square so the
+       slivers left along a strip's edges do not become boxes of their own;
+
+    each of the three is then boxed on its own (:func:`fill_bounding_boxes`) and the boxes are united."""
+    mask = np.asarray(mask)
+    if not 0 < min_length <= 1:
+        raise ValueError(f"min_length must be a share of the shorter side in (0, 1], got {min_length}")
+    binary = np.where(mask > 0, 255, 0).astype(np.uint8)
+    length = max(3, int(round(min_length * min(binary.shape))) | 1)
+    horizontal = cv2.morphologyEx(binary, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1)))
+    vertical = cv2.morphologyEx(binary, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length)))
+    rest = np.where((horizontal > 0) | (vertical > 0), 0, binary).astype(np.uint8)
+    if rest_kernel > 1:
+        rest = cv2.morphologyEx(rest, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (rest_kernel,) * 2))
+    return np.maximum.reduce([fill_bounding_boxes(part) for part in (horizontal, vertical, rest)])
 
 
 def image_scores(masks, truths, *, empty_score: float, tolerance_px: int, thin: bool) -> dict[str, np.ndarray]:

@@ -366,7 +366,7 @@ class TilingSettings:
     overlap: Annotated[float, Range(0, 1, hi_open=True)]
 
 
-MaskShape = Literal["pixels", "boxes", "choose_on_val"]
+MaskShape = Literal["pixels", "boxes", "strips", "choose_on_val"]
 
 
 @dataclass(frozen=True)
@@ -380,11 +380,13 @@ class InferSettings:
     tiling: TilingSettings
     precision: Literal["auto", "fp32", "bf16"]  # evaluation's forward (promptseg.modeling.precision)
     native_resolution: dict[str, bool]  # dataset -> U-Net on the whole photo at its own size
-    # dataset -> its masks as thresholded pixels, as the bounding boxes of their regions, or whichever scores the
-    # higher val Dice (promptseg.score.evaluate); a dataset not named: pixels
+    # dataset -> its masks as thresholded pixels, as the bounding boxes of their regions, as one box per horizontal
+    # or vertical strip (and per leftover region), or whichever scores the highest val Dice (promptseg.score.evaluate);
+    # a dataset not named: pixels
     mask_shape: dict[str, MaskShape]
-    # choose_on_val keeps boxes only if they keep prompt switching where pixels do: on every other dataset's val
-    # photos, this dataset's prompts (as boxes) light less than this share of what that dataset's own prompts light
+    strip_length: Annotated[float, Range(0, 1, lo_open=True)]  # strips: their least length, a share of the shorter side
+    # choose_on_val keeps boxes (or strips) only if they keep prompt switching where pixels do: on every other
+    # dataset's val photos, this dataset's prompts (so shaped) light less than this share of what its own prompts light
     boxes_switching_limit: Threshold
 
 

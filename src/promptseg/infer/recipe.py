@@ -7,7 +7,8 @@ is not touched). ``promptseg predict`` (torch and ONNX engines), ``promptseg mea
 overrides a field and the output says which.
 
 Fields: ``threshold`` (chosen on val), ``morphology`` and ``kernel`` (open/close), ``boxes`` (each region
-filled to its bounding box, the labels' shape for box-annotated datasets; ``infer.mask_shape``), ``hflip_tta`` (logits
+filled to its bounding box, the labels' shape for box-annotated datasets; ``infer.mask_shape``) and ``strip_length``
+(with boxes: each horizontal and vertical strip boxed on its own, ``infer.mask_shape: strips``), ``hflip_tta`` (logits
 averaged with the mirrored image's), ``prompt_ensemble`` (logits averaged over the dataset's prompts,
 thresholded at ``ensemble_threshold``; evaluation's per-prompt masks are single-prompt), ``tiled`` with
 ``tile_upscale`` and ``tile_overlap`` (promptseg.infer.tiling), and ``batch_size``.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from promptseg.metrics import postprocess_probabilities
 from promptseg.params import ParamsError
-from promptseg.settings import InferSettings, PositiveInt, Threshold, TilingSettings, check_value
+from promptseg.settings import InferSettings, PositiveInt, Share, Threshold, TilingSettings, check_value
 
 __all__ = ["FALLBACK_THRESHOLD", "RECIPE_FILENAME", "Recipe", "load_recipe", "override", "recipe_prompts"]
 
@@ -84,6 +85,12 @@ class Recipe:
         "each region of the mask filled to its bounding box (the drywall labels are boxes; evaluation decides "
         "per dataset on val: infer.mask_shape)",
     )
+    strip_length: float = _option(
+        0.0,
+        "with --boxes: each horizontal and vertical strip at least this share of the shorter side long boxed on its "
+        "own, as joints are labelled one box each (0: each region whole; infer.mask_shape: strips)",
+        kind="probability",
+    )
     hflip_tta: bool = _option(False, "average with the mirrored image")
     prompt_ensemble: bool = _option(False, "average the logits over the prompt's dataset's prompts")
     ensemble_threshold: float | None = _option(None, "")  # chosen on val for the ensemble; no flag
@@ -106,15 +113,18 @@ class Recipe:
         dataset: str,
         threshold: float = FALLBACK_THRESHOLD,
         ensemble_threshold=None,
-        boxes: bool | None = None,
+        shape: str | None = None,
     ) -> Recipe:
-        """The recipe ``params.yaml: infer`` gives ``dataset``, with the threshold chosen on val; ``boxes``: the mask
-        shape chosen on val (None: ``infer.mask_shape`` says ``boxes`` for the dataset)."""
+        """The recipe ``params.yaml: infer`` gives ``dataset``, with the threshold chosen on val; ``shape``: the mask
+        shape chosen on val, pixels | boxes | strips (None: what ``infer.mask_shape`` says for the dataset, pixels
+        for ``choose_on_val``)."""
+        shape = infer.mask_shape.get(dataset, "pixels") if shape is None else shape
         return cls(
             threshold=float(threshold),
             morphology=bool(infer.morphology.enabled),
             kernel=int(infer.morphology.kernel),
-            boxes=bool(infer.mask_shape.get(dataset, "pixels") == "boxes" if boxes is None else boxes),
+            boxes=shape in ("boxes", "strips"),
+            strip_length=float(infer.strip_length) if shape == "strips" else 0.0,
             hflip_tta=bool(infer.hflip_tta),
             prompt_ensemble=bool(infer.prompt_ensemble),
             ensemble_threshold=None if ensemble_threshold is None else float(ensemble_threshold),
@@ -129,15 +139,27 @@ class Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def mask_shape(self) -> str:
+        """pixels | boxes | strips: what :meth:`mask` draws (``infer.mask_shape``'s names)."""
+        return ("strips" if self.strip_length > 0 else "boxes") if self.boxes else "pixels"
+
+    def shaped(self, shape: str, strip_length: float) -> Recipe:
+        """This recipe drawing ``shape`` (pixels | boxes | strips; ``strip_length`` used by strips)."""
+        if shape not in ("pixels", "boxes", "strips"):
+            raise ValueError(f"unknown mask shape {shape!r}: use pixels, boxes or strips")
+        return replace(self, boxes=shape != "pixels", strip_length=float(strip_length) if shape == "strips" else 0.0)
+
     def mask(self, probs, threshold: float | None = None):
         """The ``uint8`` ``{0, 255}`` mask of one ``(H, W)`` probability map: ``threshold`` (default: the recipe's),
-        open/close, boxes (``promptseg.metrics.postprocess_probabilities``)."""
+        open/close, boxes or strips (``promptseg.metrics.postprocess_probabilities``)."""
         return postprocess_probabilities(
             probs,
             self.threshold if threshold is None else threshold,
             morphology=self.morphology,
             kernel_size=self.kernel,
             boxes=self.boxes,
+            strip_length=self.strip_length,
         )
 
     @classmethod
@@ -151,7 +173,12 @@ class Recipe:
         parts = [
             f"threshold {self.threshold:g}",
             f"morphology {'open/close k=' + str(self.kernel) if self.morphology else 'off'}",
-            f"boxes {'on' if self.boxes else 'off'}",
+            f"boxes {'on' if self.boxes else 'off'}"
+            + (
+                f" (strips of at least {self.strip_length:g} of the shorter side)"
+                if self.boxes and self.strip_length
+                else ""
+            ),
             f"flip TTA {'on' if self.hflip_tta else 'off'}",
             f"prompt ensemble {'on' if self.prompt_ensemble else 'off'}",
             (f"tiled on (upscale {self.tile_upscale:g}, overlap {self.tile_overlap:g})" if self.tiled else "tiled off"),
@@ -173,6 +200,7 @@ def _recipe_types() -> dict:
         "morphology": bool,
         "kernel": PositiveInt,  # infer.morphology.kernel
         "boxes": bool,  # infer.mask_shape, decided on val
+        "strip_length": Share,  # infer.strip_length where infer.mask_shape chose strips, else 0
         "hflip_tta": bool,
         "prompt_ensemble": bool,
         "ensemble_threshold": Threshold | None,

@@ -22,8 +22,9 @@ Per dataset:
    figure and the report); ``error`` stops with a message naming the fix. With a test split,
    ``reported_split`` is ``test``.
 6. Mask shape (``infer.mask_shape``): a dataset's masks may be filled to the bounding boxes of their regions,
-   the shape of box labels (drywall). ``choose_on_val`` decides per rung on val (:func:`choose_mask_shape`); the
-   choice (``mask_shape``, ``mask_shape_val``) and its threshold go into the recipe that every caller follows.
+   the shape of box labels (drywall), whole (``boxes``) or one box per horizontal and vertical strip (``strips``:
+   joints are labelled one box per joint). ``choose_on_val`` decides per rung on val (:func:`choose_mask_shape`);
+   the choice (``mask_shape``, ``mask_shape_val``) and its threshold go into the recipe that every caller follows.
 7. Where the export has TRUE object masks (the synthetic drywall export's tape bands, beside the box
    labels), the same masks are also scored against them (``vs_true_masks``).
 """
@@ -78,10 +79,10 @@ class EvalConfig:
         return cls(settings.infer, settings.eval)
 
     def recipe(
-        self, dataset: str, threshold: float = FALLBACK_THRESHOLD, ensemble_threshold=None, boxes: bool | None = None
+        self, dataset: str, threshold: float = FALLBACK_THRESHOLD, ensemble_threshold=None, shape: str | None = None
     ) -> Recipe:
         """The recipe ``dataset`` is predicted with (promptseg.infer.recipe.Recipe.from_settings)."""
-        return Recipe.from_settings(self.infer, dataset, threshold, ensemble_threshold, boxes)
+        return Recipe.from_settings(self.infer, dataset, threshold, ensemble_threshold, shape)
 
     def score(self, masks, truths, thin: bool, per_image: dict | None = None) -> dict:
         """``promptseg.metrics.score_masks`` with ``eval.empty_score`` and ``eval.boundary_tolerance_px``."""
@@ -327,13 +328,12 @@ def choose_threshold_on_val(
     threshold = choose_threshold({t: dice for t, (_, dice) in sweep.items()})
     result: dict = {"threshold": threshold, "threshold_chosen_on": "val"}
     shape = cfg.infer.mask_shape.get(dataset, "pixels")
-    boxes = shape == "boxes"
     if shape != "pixels":
-        threshold, boxes, result["mask_shape_val"] = choose_mask_shape(
+        threshold, shape, result["mask_shape_val"] = choose_mask_shape(
             val_probs, val.truths, threshold, shape, predict.recipe, cfg
         )
         result["threshold"] = threshold
-    result["mask_shape"] = "boxes" if boxes else "pixels"
+    result["mask_shape"] = shape
     if "test" in splits:
         result["reported_split"] = "test"
     else:  # eval.missing_test_split: report_val
@@ -343,65 +343,76 @@ def choose_threshold_on_val(
     if cfg.infer.prompt_ensemble:
         ensemble_sweep = sweep_thresholds({"ensemble": predict(val, list(prompts))}, val.truths, cfg)
         result["ensemble_threshold"] = choose_threshold({t: dice for t, (_, dice) in ensemble_sweep.items()})
-    result["recipe"] = cfg.recipe(dataset, threshold, result.get("ensemble_threshold"), boxes=boxes).to_dict()
+    result["recipe"] = cfg.recipe(dataset, threshold, result.get("ensemble_threshold"), shape=shape).to_dict()
     return result, sweep, val_probs
+
+
+BOX_SHAPES = ("boxes", "strips")  # the mask shapes of box labels, in the order choose_on_val prefers them on a tie
 
 
 def choose_mask_shape(
     val_probs: dict[str, list[np.ndarray]], truths, pixel_threshold: float, shape: str, recipe: Recipe, cfg: EvalConfig
-) -> tuple[float, bool, dict]:
-    """(threshold, boxes?, what was measured) for ``infer.mask_shape`` ``boxes`` or ``choose_on_val``.
+) -> tuple[float, str, dict]:
+    """(threshold, shape, what was measured) for ``infer.mask_shape`` ``boxes``, ``strips`` or ``choose_on_val``.
 
-    Box masks (each region of the recipe's mask filled to its bounding box) get their own threshold: the best mean
-    val Dice over images x prompts on ``infer.threshold_grid``, scored on the finished masks (a box is not a
-    per-pixel decision, so the raw one-pass sweep cannot stand in). ``choose_on_val`` keeps pixels, with the
-    threshold the raw sweep chose (``pixel_threshold``), unless boxes score a strictly higher val Dice than the pixel
-    masks at ANY threshold of the grid, both after ``recipe``'s open/close (so boxes win on shape, not on a threshold
-    search that pixels did not get)."""
+    A box shape (``boxes``: each region of the recipe's mask filled to its bounding box; ``strips``: each horizontal
+    and vertical strip boxed on its own, ``infer.strip_length``) gets its own threshold: the best mean val Dice over
+    images x prompts on ``infer.threshold_grid``, scored on the finished masks (a box is not a per-pixel decision, so
+    the raw one-pass sweep cannot stand in). ``choose_on_val`` keeps pixels, with the threshold the raw sweep chose
+    (``pixel_threshold``), unless a box shape scores a strictly higher val Dice than the pixel masks at ANY threshold
+    of the grid, both after ``recipe``'s open/close (so boxes win on shape, not on a threshold search that pixels
+    did not get); of the two box shapes, strips only where they beat boxes strictly."""
 
-    def val_dice(threshold: float, boxes: bool) -> float:
-        shaped = replace(recipe, boxes=boxes)
-        masks = [shaped.mask(p, threshold) for probs in val_probs.values() for p in probs]
-        return cfg.score(masks, list(truths) * len(val_probs), thin=False)["dice"]
+    def sweep(shape: str) -> dict[float, float]:
+        shaped = recipe.shaped(shape, cfg.infer.strip_length)
+        out = {}
+        for t in cfg.infer.threshold_grid:
+            masks = [shaped.mask(p, t) for probs in val_probs.values() for p in probs]
+            out[float(t)] = cfg.score(masks, list(truths) * len(val_probs), thin=False)["dice"]
+        return out
 
-    box_sweep = {float(t): val_dice(t, True) for t in cfg.infer.threshold_grid}
-    box_threshold = choose_threshold(box_sweep)
-    measured = {"boxes": {"threshold": box_threshold, "dice": box_sweep[box_threshold], "sweep": box_sweep}}
-    if shape == "boxes":
-        return box_threshold, True, measured
-    pixel_sweep = {float(t): val_dice(t, False) for t in cfg.infer.threshold_grid}
+    measured: dict = {}
+    for box_shape in BOX_SHAPES if shape == "choose_on_val" else (shape,):
+        box_sweep = sweep(box_shape)
+        box_threshold = choose_threshold(box_sweep)
+        measured[box_shape] = {"threshold": box_threshold, "dice": box_sweep[box_threshold], "sweep": box_sweep}
+    best = max(measured, key=lambda k: (measured[k]["dice"], -BOX_SHAPES.index(k)))  # a tie: the simpler shape
+    if shape != "choose_on_val":
+        return measured[best]["threshold"], best, measured
+    pixel_sweep = sweep("pixels")
     measured["pixels"] = {
         "threshold": pixel_threshold,
         "dice": pixel_sweep[float(pixel_threshold)],
         "best_dice": max(pixel_sweep.values()),
         "sweep": pixel_sweep,
     }
-    if measured["boxes"]["dice"] > measured["pixels"]["best_dice"]:
-        return box_threshold, True, measured
-    return pixel_threshold, False, measured
+    if measured[best]["dice"] > measured["pixels"]["best_dice"]:
+        return measured[best]["threshold"], best, measured
+    return pixel_threshold, "pixels", measured
 
 
 def keep_switching_on_val(chosen: dict[str, _ValChoice], dataset: str, prompts: list[str], cfg: EvalConfig) -> None:
-    """Drop ``dataset``'s boxes (chosen on val by ``choose_on_val``) where they would break prompt switching that its
-    pixel masks keep.
+    """Drop ``dataset``'s box shape (boxes or strips, chosen on val by ``choose_on_val``) where it would break prompt
+    switching that its pixel masks keep.
 
     A prompt that lights a few specks on another dataset's photo lights a box around each once its masks are boxes.
-    So on every other dataset's val split, ``dataset``'s prompts are masked both ways (boxes at the box threshold,
-    pixels at the pixel threshold) and their lit share is compared with what that dataset's own prompts light there
-    (its chosen recipe). If boxes reach ``infer.boxes_switching_limit`` times that on any of them while pixels stay
-    under it everywhere, the dataset goes back to pixels (threshold, recipe, the predictor's recipe). What was
-    measured is recorded in the JSON block (``mask_shape_switching_val``); test is never looked at."""
+    So on every other dataset's val split, ``dataset``'s prompts are masked both ways (the chosen box shape at its
+    threshold, pixels at the pixel threshold) and their lit share is compared with what that dataset's own prompts
+    light there (its chosen recipe). If the box shape reaches ``infer.boxes_switching_limit`` times that on any of
+    them while pixels stay under it everywhere, the dataset goes back to pixels (threshold, recipe, the predictor's
+    recipe). What was measured is recorded in the JSON block (``mask_shape_switching_val``: ``shape``, the box
+    shape tested, ``<shape>_lit``, ``dropped``); test is never looked at."""
     choice = chosen[dataset]
     result = choice.result
     others = [d for d in chosen if d != dataset]
-    if result["mask_shape"] != "boxes" or cfg.infer.mask_shape.get(dataset) != "choose_on_val" or not others:
+    shape = result["mask_shape"]
+    if shape not in BOX_SHAPES or cfg.infer.mask_shape.get(dataset) != "choose_on_val" or not others:
         return
     limit = cfg.infer.boxes_switching_limit
+    pixels = choice.predict.recipe.shaped("pixels", 0.0)
     recipes = {
-        "boxes": choice.predict.recipe,
-        "pixels": replace(
-            choice.predict.recipe, boxes=False, threshold=result["mask_shape_val"]["pixels"]["threshold"]
-        ),
+        shape: choice.predict.recipe,
+        "pixels": replace(pixels, threshold=result["mask_shape_val"]["pixels"]["threshold"]),
     }
     measured: dict = {}
     for other in others:
@@ -409,18 +420,18 @@ def keep_switching_on_val(chosen: dict[str, _ValChoice], dataset: str, prompts: 
         val = theirs.splits["val"]
         own = [lit_fraction(theirs.predict.recipe.mask(p) > 0) for probs in theirs.val_probs.values() for p in probs]
         probs = [p for prompt in prompts for p in theirs.predict(val, prompt)]
-        lit = {shape: float(np.mean([lit_fraction(r.mask(p) > 0) for p in probs])) for shape, r in recipes.items()}
+        lit = {s: float(np.mean([lit_fraction(r.mask(p) > 0) for p in probs])) for s, r in recipes.items()}
         measured[other] = {"own_prompts_lit": float(np.mean(own)), **{f"{s}_lit": v for s, v in lit.items()}}
 
-    def breaks(shape: str) -> bool:
-        return any(m[f"{shape}_lit"] >= limit * m["own_prompts_lit"] for m in measured.values())
+    def breaks(name: str) -> bool:
+        return any(m[f"{name}_lit"] >= limit * m["own_prompts_lit"] for m in measured.values())
 
-    dropped = breaks("boxes") and not breaks("pixels")
-    result["mask_shape_switching_val"] = {"limit": limit, "boxes_dropped": dropped, "on": measured}
+    dropped = breaks(shape) and not breaks("pixels")
+    result["mask_shape_switching_val"] = {"limit": limit, "shape": shape, "dropped": dropped, "on": measured}
     if dropped:
         result["threshold"] = recipes["pixels"].threshold
         result["mask_shape"] = "pixels"
-        result["recipe"] = {**result["recipe"], "threshold": recipes["pixels"].threshold, "boxes": False}
+        result["recipe"] = {**result["recipe"], **recipes["pixels"].to_dict()}
         choice.predict.recipe = Recipe.from_dict(result["recipe"])
 
 

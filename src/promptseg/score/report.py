@@ -355,38 +355,58 @@ def _per_prompt_section(
     return out
 
 
+_SHAPE_WORDS = {
+    "boxes": "each region of the mask is filled to its bounding box",
+    "strips": "each horizontal and vertical strip of the mask (and each region left over) is filled to its own "
+    "bounding box",
+}
+
+
 def _boxes_note(rung: str, dataset: str, block: dict) -> str:
-    """Why a rung's masks of ``dataset`` are boxes (``infer.mask_shape``; promptseg.score.evaluate)."""
+    """Why a rung's masks of ``dataset`` are boxes or strips (``infer.mask_shape``; promptseg.score.evaluate)."""
+    shape = block.get("mask_shape", "boxes")
     measured = block.get("mask_shape_val") or {}
-    boxes, pixels = measured.get("boxes") or {}, measured.get("pixels") or {}
+    chosen, pixels = measured.get(shape) or {}, measured.get("pixels") or {}
+    others = [
+        f"{'at most ' if 'best_dice' in m else ''}{_num(m.get('best_dice', m.get('dice')))} as {name}"
+        for name, m in measured.items()
+        if name != shape and isinstance(m, dict)
+    ]
     why = (
-        f"val Dice {_num(boxes.get('dice'))} against at most {_num(pixels.get('best_dice', pixels.get('dice')))} "
-        "as pixels"
+        f"val Dice {_num(chosen.get('dice'))} against {' and '.join(others)}"
         if pixels
-        else "`infer.mask_shape` says boxes"
+        else f"`infer.mask_shape` says {shape}"
     )
     return (
-        f"Rung `{rung}`, {dataset}: each region of the mask is filled to its bounding box, the shape of the labels "
-        f"({why}); `promptseg predict` and the app draw the same boxes."
+        f"Rung `{rung}`, {dataset}: {_SHAPE_WORDS.get(shape, shape)}, the shape of the labels ({why}); "
+        f"`promptseg predict` and the app draw the same {shape}."
     )
 
 
 def _boxes_dropped_note(rung: str, dataset: str, block: dict) -> str:
-    """Why a rung's masks of ``dataset`` are pixels although boxes scored higher on val: they broke prompt switching."""
+    """Why a rung's masks of ``dataset`` are pixels although a box shape scored higher on val: it broke prompt
+    switching."""
     measured = block.get("mask_shape_val") or {}
     switching = block["mask_shape_switching_val"]
+    shape = switching.get("shape", "boxes")
     limit = switching.get("limit")
     where = "; ".join(
-        f"on {other} val photos its prompts light {_num(m.get('boxes_lit'))} as boxes and {_num(m.get('pixels_lit'))} "
-        f"as pixels, against {_num(m.get('own_prompts_lit'))} for the {other} prompts"
+        f"on {other} val photos its prompts light {_num(m.get(f'{shape}_lit'))} as {shape} and "
+        f"{_num(m.get('pixels_lit'))} as pixels, against {_num(m.get('own_prompts_lit'))} for the {other} prompts"
         for other, m in (switching.get("on") or {}).items()
     )
     return (
-        f"Rung `{rung}`, {dataset}: pixel masks, although boxes scored a higher val Dice "
-        f"({_num((measured.get('boxes') or {}).get('dice'))} against "
-        f"{_num((measured.get('pixels') or {}).get('best_dice'))}): as boxes they would break prompt switching, which "
-        f"pixels keep ({where}; the limit is {_num(limit, 2)} of the latter)."
+        f"Rung `{rung}`, {dataset}: pixel masks, although {shape} scored a higher val Dice "
+        f"({_num((measured.get(shape) or {}).get('dice'))} against "
+        f"{_num((measured.get('pixels') or {}).get('best_dice'))}): as {shape} they would break prompt switching, "
+        f"which pixels keep ({where}; the limit is {_num(limit, 2)} of the latter)."
     )
+
+
+def _shape_dropped(block: dict) -> bool:
+    """Whether evaluation dropped the box shape val chose, for prompt switching (``boxes_dropped``: before strips)."""
+    switching = block.get("mask_shape_switching_val") or {}
+    return bool(switching.get("dropped", switching.get("boxes_dropped")))
 
 
 def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols, notes: list[str]) -> list:
@@ -406,10 +426,10 @@ def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols
         return []
     rows = []
     threshold = _num(block.get("threshold"))
-    if block.get("mask_shape") == "boxes":
-        threshold += ", boxes"
+    if block.get("mask_shape") in ("boxes", "strips"):
+        threshold += f", {block['mask_shape']}"
         notes.append(_boxes_note(rung, dataset, block))
-    elif (block.get("mask_shape_switching_val") or {}).get("boxes_dropped"):
+    elif _shape_dropped(block):
         notes.append(_boxes_dropped_note(rung, dataset, block))
     for prompt, scores in (test.get("prompts") or {}).items():
         rows.append(
