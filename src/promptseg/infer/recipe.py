@@ -119,12 +119,10 @@ class Recipe:
         shape chosen on val, pixels | boxes | strips (None: what ``infer.mask_shape`` says for the dataset, pixels
         for ``choose_on_val``)."""
         shape = infer.mask_shape.get(dataset, "pixels") if shape is None else shape
-        return cls(
+        plain = cls(
             threshold=float(threshold),
             morphology=bool(infer.morphology.enabled),
             kernel=int(infer.morphology.kernel),
-            boxes=shape in ("boxes", "strips"),
-            strip_length=float(infer.strip_length) if shape == "strips" else 0.0,
             hflip_tta=bool(infer.hflip_tta),
             prompt_ensemble=bool(infer.prompt_ensemble),
             ensemble_threshold=None if ensemble_threshold is None else float(ensemble_threshold),
@@ -135,6 +133,7 @@ class Recipe:
             native_resolution=bool(infer.native_resolution.get(dataset, False)),
             precision=str(infer.precision),
         )
+        return plain.shaped("pixels" if shape == "choose_on_val" else shape, infer.strip_length)
 
     def to_dict(self) -> dict:
         return asdict(self)

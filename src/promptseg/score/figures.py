@@ -44,7 +44,7 @@ def qualitative_figure(
         return
     probs = segmenter.probabilities(data.images[:n], [prompt] * n, recipe)
     threshold = recipe.threshold
-    shape = ", boxes" if recipe.boxes else ""
+    shape = f", {recipe.mask_shape}" if recipe.boxes else ""
     rows = []
     for image, truth, prob in zip(data.images, data.truths, probs):
         mask = recipe.mask(prob)
