@@ -138,6 +138,24 @@ def test_numpy_pre_and_post_processing_equal_the_torch_functions(images, per_ima
         assert np.abs(sigmoid(got) - torch.sigmoid(expected).numpy()).max() < 1e-4
 
 
+def test_infinite_logits_upsample_without_nan():
+    """The exported graph's Log(Sigmoid(x)) is -inf for very negative x, where torch's logsigmoid stays finite. A
+    first output row takes all of row 0 and none of row 1 (tap weight 0): it must be row 0, not inf x 0 = NaN."""
+    import warnings
+
+    from promptseg.infer.onnx_engine import sigmoid, upsample_bilinear
+
+    logits = np.array([[3.0, -2.0], [-np.inf, -np.inf]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in multiply" fails the test
+        up = upsample_bilinear(logits, (4, 4))
+    assert not np.isnan(up).any()
+    assert np.array_equal(up[0], np.array([3.0, 1.75, -0.75, -2.0], dtype=np.float32))  # row 0 alone, x interpolated
+    assert (sigmoid(up[2:]) == 0).all()  # rows 2-3 lean on the -inf row: nothing lit there
+    finite = np.array([[3.0, -2.0], [-500.0, 7.0]], dtype=np.float32)
+    assert np.array_equal(upsample_bilinear(finite, (4, 4))[0], up[0])  # finite logits: unchanged by the clip
+
+
 def test_onnx_and_torch_engines_agree_on_20_synthetic_images(model_dir, images):
     """Probabilities within 1e-3 and, thresholded at each image's median probability (raw masks half full, so the
     comparison is not between two empty masks), per-image IoU >= 0.99 with and without the open/close."""

@@ -515,10 +515,18 @@ def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, 
 
 def upsample_bilinear(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) float32 -> (H, W) float32: ``promptseg.infer.logits.upsample_logits`` (torch bilinear,
-    ``align_corners=False``, no antialiasing) in NumPy."""
+    ``align_corners=False``, no antialiasing) in NumPy.
+
+    Infinite logits are taken as the largest finite float32 of their sign. The exported graph can hold them where the
+    torch model does not: the ONNX exporter writes ``logsigmoid`` (the presence gate's) as ``Log(Sigmoid(x))``, which
+    is -inf below x ~ -104. Interpolated as they are, a tap of weight 0 next to one of them gives inf x 0 = NaN, and
+    a NaN probability is never above a threshold, whatever the other tap says."""
     y0, y1, wy = _source_index(int(size[0]), logits.shape[0])
     x0, x1, wx = _source_index(int(size[1]), logits.shape[1])
-    a = np.asarray(logits, dtype=np.float64)  # float64 sums: within float32 rounding of torch's result
+    largest = float(np.finfo(np.float32).max)
+    a = np.clip(
+        np.asarray(logits, dtype=np.float64), -largest, largest
+    )  # float64 sums: within float32 rounding of torch's
     wy, wx = wy.astype(np.float64)[:, None], wx.astype(np.float64)[None, :]
     rows = a[y0] * (1 - wy) + a[y1] * wy
     return (rows[:, x0] * (1 - wx) + rows[:, x1] * wx).astype(np.float32)
