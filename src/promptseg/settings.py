@@ -367,6 +367,8 @@ class TilingSettings:
 
 
 MaskShape = Literal["pixels", "boxes", "strips", "choose_on_val"]
+BOX_SHAPES = ("boxes", "strips")  # the mask shapes of box labels, simpler first (choose_on_val takes it on a tie)
+MASK_SHAPES = ("pixels", *BOX_SHAPES)  # what a recipe draws (promptseg.infer.recipe.Recipe.shaped)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,15 @@ from pathlib import Path
 
 from promptseg.metrics import postprocess_probabilities
 from promptseg.params import ParamsError
-from promptseg.settings import InferSettings, PositiveInt, Share, Threshold, TilingSettings, check_value
+from promptseg.settings import (
+    MASK_SHAPES,
+    InferSettings,
+    PositiveInt,
+    Share,
+    Threshold,
+    TilingSettings,
+    check_value,
+)
 
 __all__ = ["FALLBACK_THRESHOLD", "RECIPE_FILENAME", "Recipe", "load_recipe", "override", "recipe_prompts"]
 
@@ -145,8 +153,8 @@ class Recipe:
 
     def shaped(self, shape: str, strip_length: float) -> Recipe:
         """This recipe drawing ``shape`` (pixels | boxes | strips; ``strip_length`` used by strips)."""
-        if shape not in ("pixels", "boxes", "strips"):
-            raise ValueError(f"unknown mask shape {shape!r}: use pixels, boxes or strips")
+        if shape not in MASK_SHAPES:
+            raise ValueError(f"unknown mask shape {shape!r}: use {', '.join(MASK_SHAPES)}")
         return replace(self, boxes=shape != "pixels", strip_length=float(strip_length) if shape == "strips" else 0.0)
 
     def mask(self, probs, threshold: float | None = None):

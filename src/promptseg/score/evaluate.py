@@ -62,7 +62,7 @@ from promptseg.paths import (
     write_json,
 )
 from promptseg.score.figures import message_figure
-from promptseg.settings import EvalSettings, InferSettings, evaluate_settings
+from promptseg.settings import BOX_SHAPES, EvalSettings, InferSettings, evaluate_settings
 
 
 @dataclass(frozen=True)
@@ -345,9 +345,6 @@ def choose_threshold_on_val(
         result["ensemble_threshold"] = choose_threshold({t: dice for t, (_, dice) in ensemble_sweep.items()})
     result["recipe"] = cfg.recipe(dataset, threshold, result.get("ensemble_threshold"), shape=shape).to_dict()
     return result, sweep, val_probs
-
-
-BOX_SHAPES = ("boxes", "strips")  # the mask shapes of box labels, in the order choose_on_val prefers them on a tie
 
 
 def choose_mask_shape(

@@ -51,7 +51,7 @@ from promptseg.paths import (
     write_json,
 )
 from promptseg.score.intervals import Interval, paired_interval, read_scored_rows, score_interval
-from promptseg.settings import BootstrapParams, zeroshot_skip_reason
+from promptseg.settings import BOX_SHAPES, BootstrapParams, zeroshot_skip_reason
 
 __all__ = ["build_report", "build_summary", "rung_intervals", "write_report", "QUIRK_IGNORED_KEYS", "BASELINES_FILE"]
 
@@ -426,7 +426,7 @@ def _rung_prompt_rows(rung: str, ev: dict | None, dataset: str, split: str, cols
         return []
     rows = []
     threshold = _num(block.get("threshold"))
-    if block.get("mask_shape") in ("boxes", "strips"):
+    if block.get("mask_shape") in BOX_SHAPES:
         threshold += f", {block['mask_shape']}"
         notes.append(_boxes_note(rung, dataset, block))
     elif _shape_dropped(block):
